@@ -1,0 +1,47 @@
+"""Gated attention (architecture.md §2.5): q carries a per-head output gate, q/k RMSNorm (1 + w),
+partial RoPE, GQA over the paged cache, sigmoid(gate) applied before o_proj."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import TextConfig
+from ..ops.attention import paged_attention
+from .batch import ForwardBatch
+from .cache import ModelCache
+from .linear import Linear
+from .norm import RMSNorm
+from .rope import apply_rotary
+
+
+class GatedAttention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.q_proj = Linear(h, 2 * self.n_heads * d)  # per head: d query rows, then d gate rows
+        self.k_proj = Linear(h, self.n_kv * d)
+        self.v_proj = Linear(h, self.n_kv * d)
+        self.o_proj = Linear(self.n_heads * d, h)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.scale = d ** -0.5
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
+                cache: ModelCache) -> torch.Tensor:
+        """x: [N, H] -> [N, H]."""
+        N = x.shape[0]
+        q, gate = self.q_proj(x).view(N, self.n_heads, 2 * self.head_dim).chunk(2, -1)
+        k = self.k_proj(x).view(N, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(N, self.n_kv, self.head_dim)
+        cos, sin = rope
+        q = apply_rotary(self.q_norm(q), cos, sin)
+        k = apply_rotary(self.k_norm(k), cos, sin)
+        k_cache, v_cache = cache.kv(self.layer)
+        k_cache.index_copy_(0, batch.slot_mapping, k)
+        v_cache.index_copy_(0, batch.slot_mapping, v)
+        out = paged_attention(q, k, v, k_cache, v_cache, batch, self.scale)
+        out = out.reshape(N, -1) * torch.sigmoid(gate.reshape(N, -1))
+        return self.o_proj(out)

@@ -1,0 +1,37 @@
+"""One decoder layer: pre-norm residual mixer (GDN or gated attention) then pre-norm FFN (MLP or MoE)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import TextConfig
+from .attention import GatedAttention
+from .batch import ForwardBatch
+from .cache import ModelCache
+from .gated_deltanet import GatedDeltaNet
+from .mlp import MLP
+from .moe import SparseMoE
+from .norm import RMSNorm
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int) -> None:
+        super().__init__()
+        self.is_attention = cfg.layer_types[layer] == "full_attention"
+        if self.is_attention:
+            self.self_attn = GatedAttention(cfg, layer)
+        else:
+            self.linear_attn = GatedDeltaNet(cfg, layer)
+        self.mlp = SparseMoE(cfg) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
+                cache: ModelCache) -> torch.Tensor:
+        u = self.input_layernorm(x)
+        if self.is_attention:
+            x = x + self.self_attn(u, rope, batch, cache)
+        else:
+            x = x + self.linear_attn(u, batch, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))

@@ -1,0 +1,70 @@
+"""Gated DeltaNet mixer (architecture.md §2.4): projections, causal conv1d with state, q/k l2norm,
+fp32 gates, the gated delta rule over the slot's recurrent state, gated RMSNorm, output projection."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TextConfig
+from ..ops.conv1d import causal_conv1d, causal_conv1d_step
+from ..ops.gdn import gated_delta_rule, l2norm
+from .batch import ForwardBatch
+from .cache import ModelCache
+from .linear import Linear
+from .norm import GatedRMSNorm
+
+
+class GatedDeltaNet(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.hk, self.hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+        self.dk, self.dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        h, kd, vd, cd = cfg.hidden_size, cfg.linear_key_dim, cfg.linear_value_dim, cfg.linear_conv_dim
+        self.in_proj_qkv = Linear(h, cd)  # columns: q (Hk*dk) | k (Hk*dk) | v (Hv*dv)
+        self.in_proj_z = Linear(h, vd)
+        self.in_proj_b = Linear(h, self.hv)
+        self.in_proj_a = Linear(h, self.hv)
+        self.conv1d = nn.Module()
+        self.conv1d.weight = nn.Parameter(torch.empty(cd, 1, cfg.linear_conv_kernel_dim))
+        self.A_log = nn.Parameter(torch.empty(self.hv, dtype=torch.float32))
+        self.dt_bias = nn.Parameter(torch.empty(self.hv, dtype=torch.float32))
+        self.norm = GatedRMSNorm(self.dv, cfg.rms_norm_eps)
+        self.out_proj = Linear(vd, h)
+        self.split = (kd, kd, vd)
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: ModelCache) -> torch.Tensor:
+        """x: [N, H] -> [N, H]."""
+        N = x.shape[0]
+        mixed = self.in_proj_qkv(x)  # [N, C]
+        z = self.in_proj_z(x).view(N, self.hv, self.dv)
+        beta = torch.sigmoid(self.in_proj_b(x).float())  # [N, Hv]
+        g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())
+
+        conv_pool, ssm_pool = cache.state(self.layer)
+        if batch.slot_range is not None:  # contiguous slots: work on the pool in place
+            conv_state = conv_pool[batch.slot_range[0]:batch.slot_range[1]]
+            state = ssm_pool[batch.slot_range[0]:batch.slot_range[1]]
+        else:
+            conv_state, state = conv_pool[batch.state_slots], ssm_pool[batch.state_slots]
+
+        if batch.is_decode:
+            mixed = causal_conv1d_step(mixed, self.conv1d.weight, conv_state).unsqueeze(1)  # [B, 1, C]
+        else:
+            mixed = causal_conv1d(batch.to_padded(mixed), batch.query_lens, self.conv1d.weight, conv_state)
+        B, T = mixed.shape[:2]
+        q, k, v = mixed.split(self.split, -1)
+        r = self.hv // self.hk  # V head j reads QK head j // r
+        q = l2norm(q.float().view(B, T, self.hk, self.dk)).repeat_interleave(r, 2) * self.dk ** -0.5
+        k = l2norm(k.float().view(B, T, self.hk, self.dk)).repeat_interleave(r, 2)
+        v = v.float().view(B, T, self.hv, self.dv)
+        # padding rows get beta = g = 0 from to_padded, so they leave the state untouched
+        o = gated_delta_rule(q, k, v, batch.to_padded(g), batch.to_padded(beta), state)  # [B, T, Hv, dv]
+
+        if batch.slot_range is None:
+            conv_pool.index_copy_(0, batch.state_slots, conv_state)
+            ssm_pool.index_copy_(0, batch.state_slots, state)
+        o = self.norm(batch.to_packed(o), z)  # [N, Hv, dv] -> gated norm per head
+        return self.out_proj(o.reshape(N, -1))

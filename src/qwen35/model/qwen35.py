@@ -1,0 +1,63 @@
+"""Qwen3.5 causal LM (dense and MoE): embed -> decoder layers -> final norm -> lm_head.
+
+The forward works on a packed `ForwardBatch` against a `ModelCache`; it returns hidden states for every
+new token, and `logits()` projects the rows the caller asks for (usually each sequence's last token).
+Parameter names below the text-model prefix match the official checkpoint names exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import TextConfig
+from .batch import ForwardBatch
+from .cache import ModelCache
+from .decoder import DecoderLayer
+from .linear import Linear
+from .norm import RMSNorm
+from .rope import RotaryEmbedding
+
+
+class Qwen35Model(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.rope, cfg.rotary_dim, cfg.max_position_embeddings)
+
+    def forward(self, batch: ForwardBatch, cache: ModelCache, positions: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns final-normed hidden states [N, H]. `positions` may be [3, N] (mRoPE) for vision input."""
+        x = self.embed_tokens(batch.input_ids) if inputs_embeds is None else inputs_embeds
+        rope = self.rotary(batch.positions if positions is None else positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rope, batch, cache)
+        return self.norm(x)
+
+
+class Qwen35ForCausalLM(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = Qwen35Model(cfg)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def forward(self, batch: ForwardBatch, cache: ModelCache) -> torch.Tensor:
+        return self.model(batch, cache)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [M, H] -> fp32 logits [M, vocab]."""
+        return self.lm_head(hidden).float()
+
+    def new_cache(self, num_blocks: int, block_size: int, num_slots: int) -> ModelCache:
+        return ModelCache(self.cfg, num_blocks, block_size, num_slots, self.dtype,
+                          self.model.embed_tokens.weight.device)

@@ -1,0 +1,72 @@
+"""Partial rotary embedding with interleaved mRoPE and YaRN (architecture.md §3).
+
+Only the first `rotary_dim` (= head_dim * partial_rotary_factor, 64) dims of each head rotate, with
+rotate-half (NeoX) pairing (j, j + rotary_dim/2). Text tokens carry one position, which is exactly mRoPE with
+three equal axes; vision tokens carry (t, h, w) positions, interleaved per frequency slot.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import RopeConfig
+
+
+def inv_frequencies(rope: RopeConfig, rotary_dim: int, max_position_embeddings: int) -> tuple[torch.Tensor, float]:
+    """[rotary_dim / 2] fp32 inverse frequencies and the attention scale (YaRN mscale, else 1)."""
+    d = rotary_dim
+    extra = 1.0 / rope.theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    if rope.rope_type != "yarn":
+        return extra.float(), 1.0
+    factor = rope.factor
+    original = rope.original_max_position_embeddings or int(max_position_embeddings / factor)
+
+    def corr_dim(n_rot: float) -> float:
+        return d * math.log(original / (n_rot * 2 * math.pi)) / (2 * math.log(rope.theta))
+
+    low = max(math.floor(corr_dim(rope.beta_fast)), 0)
+    high = min(math.ceil(corr_dim(rope.beta_slow)), d - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    inv = (extra / factor) * ramp + extra * (1 - ramp)
+    if rope.attention_factor is not None:
+        mscale = float(rope.attention_factor)
+    else:
+        mscale = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return inv.float(), mscale
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, rope: RopeConfig, rotary_dim: int, max_position_embeddings: int) -> None:
+        super().__init__()
+        inv, self.mscale = inv_frequencies(rope, rotary_dim, max_position_embeddings)
+        self.register_buffer("inv_freq", inv, persistent=False)
+        self.section = rope.mrope_section
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [N] (text) or [3, N] (t, h, w). Returns cos, sin: [N, rotary_dim] in `dtype`."""
+        if positions.dim() == 1:
+            freqs = positions.float()[:, None] * self.inv_freq
+        else:
+            f = positions.float()[..., None] * self.inv_freq  # [3, N, slots]
+            freqs = f[0].clone()
+            slots = freqs.shape[-1]
+            for axis in (1, 2):  # slot j % 3 == axis (below 3 * section[axis]) takes that axis' position
+                idx = torch.arange(axis, min(3 * self.section[axis], slots), 3, device=freqs.device)
+                freqs[:, idx] = f[axis][:, idx]
+        emb = torch.cat([freqs, freqs], -1)
+        return (emb.cos() * self.mscale).to(dtype), (emb.sin() * self.mscale).to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [N, heads, head_dim]; cos, sin: [N, rotary_dim]. Rotates the first rotary_dim dims."""
+    rd = cos.shape[-1]
+    x_rot, x_pass = x[..., :rd], x[..., rd:]
+    x1, x2 = x_rot[..., : rd // 2], x_rot[..., rd // 2 :]
+    rotated = torch.cat([-x2, x1], -1)
+    cos, sin = cos[:, None], sin[:, None]
+    return torch.cat([x_rot * cos + rotated * sin, x_pass], -1)

@@ -1,0 +1,1 @@
+"""Weightless maths: each op beside its reference."""
