@@ -61,7 +61,9 @@ def test_hf_padded_batch_agrees(hf_dense):
 @pytest.mark.parametrize("which", ["hf_dense", "hf_moe"])
 def test_bf16_is_as_close_to_fp32_as_transformers_bf16(which, request):
     """bf16 tolerance (docs/LOG.md): against the fp32 oracle, our bf16 logits have a mean abs error at most
-    1.5x that of transformers' own bf16 run (measured: 0.8x-1.35x), and pick the fp32 greedy token at least as often, less 5%."""
+    1.5x that of transformers' own bf16 run (measured: 0.8x-1.35x), and wherever the oracle's top-2 margin
+    exceeds 0.5 (well above the bf16 rounding noise,
+    mean abs error about 0.02-0.05 on these random models) our greedy token is the oracle's."""
     path, hf = request.getfixturevalue(which)
     ours, _ = load_model(path, dtype=torch.bfloat16)
     prompts = _prompts(hf.config.vocab_size, lengths=(160, 120), seed=3)
@@ -74,6 +76,7 @@ def test_bf16_is_as_close_to_fp32_as_transformers_bf16(which, request):
     for got, want, ref in zip(all_logits(ours, prompts), theirs, oracle):
         our_err, their_err = (got - ref).abs().mean().item(), (want - ref).abs().mean().item()
         assert our_err <= 1.5 * their_err
-        our_agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
-        their_agree = (want.argmax(-1) == ref.argmax(-1)).float().mean().item()
-        assert our_agree >= their_agree - 0.05
+        top2 = ref.topk(2, -1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 0.5
+        assert clear.sum() >= 5
+        assert torch.equal(got.argmax(-1)[clear], ref.argmax(-1)[clear])
