@@ -67,10 +67,10 @@ def hf_moe(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
-    return write_random_checkpoint(preset("tiny"), d, seed=0, shard_bytes=16 << 20)
+    return write_random_checkpoint(preset("tiny"), d, seed=0, shard_bytes=16 << 20, tokenizer=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_moe_ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_moe")
-    return write_random_checkpoint(preset("tiny-moe"), d, seed=1, shard_bytes=16 << 20)
+    return write_random_checkpoint(preset("tiny-moe"), d, seed=1, shard_bytes=16 << 20, tokenizer=False)

@@ -211,6 +211,8 @@ class TextConfig:
                 kwargs.pop(k, None)
         elif "num_experts" not in d:
             raise ConfigError("MoE config (qwen3_5_moe) has no num_experts")
+        else:
+            kwargs["intermediate_size"] = 0  # MoE models have no dense MLP
         if "rope_scaling" in d and "rope_parameters" not in d:
             d = {**d, "rope_parameters": d["rope_scaling"]}
         rope = RopeConfig.from_dict(d.get("rope_parameters"), d.get("partial_rotary_factor"))

@@ -1,0 +1,132 @@
+"""`qwen35` command line: init, generate (serve arrives with the server)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32"}
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .config import preset
+    from .loading.writer import write_random_checkpoint
+
+    cfg = preset(args.preset)
+    out = write_random_checkpoint(cfg, args.out_dir, seed=args.seed, dtype=_dtype(args.dtype),
+                                  shard_bytes=_parse_size(args.shard_size))
+    print(f"wrote a random {args.preset} checkpoint to {out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .default_model import default_model_dir
+    from .generate import GenerationStats, Generator
+    from .loading.checkpoint import load_model
+    from .tokenizer import IncrementalDetokenizer, Tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = args.model
+    if path is None:
+        path = default_model_dir()
+        print(f"[qwen35] no --model given: using the embedded default ({path}), a small RANDOM checkpoint "
+              "of the real architecture. Pass --model DIR for a real Qwen3.5 checkpoint.", file=sys.stderr)
+    model, cfg = load_model(path, dtype=_dtype(args.dtype))
+    tok = Tokenizer.from_pretrained(path)
+    prompt = tok.encode(args.prompt)
+    max_len = min(cfg.text.max_position_embeddings, len(prompt) + args.max_tokens)
+    gen = Generator(model, max_len)
+    detok = IncrementalDetokenizer(tok, skip_special_tokens=True)
+    stats = GenerationStats()
+    stop = frozenset({tok.eos_token_id, tok.im_end_id})
+    for token in gen.stream(prompt, args.max_tokens, args.temperature, args.top_p, args.top_k, args.min_p,
+                            args.seed, stop_ids=stop, stats=stats):
+        sys.stdout.write(detok.feed(token))
+        sys.stdout.flush()
+    sys.stdout.write(detok.flush() + "\n")
+    print(f"[qwen35] prompt {stats.prompt_tokens} tok at {stats.prefill_tps:.1f} tok/s, "
+          f"generated {stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qwen35", description="Qwen3.5 model, engine and server.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("init", help="write a random checkpoint of a Qwen3.5 shape in the official layout")
+    i.add_argument("preset", help="tiny, tiny-moe, dense-0.8b, dense-2b, dense-4b, dense-9b, dense-27b, "
+                                  "moe-35b-a3b, moe-122b-a10b, moe-397b-a17b")
+    i.add_argument("out_dir")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    i.add_argument("--shard-size", default="2GB", help="largest shard file (default 2GB)")
+    i.set_defaults(func=cmd_init)
+
+    g = sub.add_parser("generate", help="stream a completion of a prompt")
+    g.add_argument("--model", help="checkpoint directory (default: the embedded random model)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.command == "generate":
+        if args.max_tokens <= 0:
+            parser.error(f"--max-tokens must be positive, got {args.max_tokens}")
+        if args.temperature < 0:
+            parser.error(f"--temperature must be >= 0, got {args.temperature}")
+        if not 0 < args.top_p <= 1:
+            parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+        if args.top_k < 0:
+            parser.error(f"--top-k must be >= 0, got {args.top_k}")
+        if not 0 <= args.min_p <= 1:
+            parser.error(f"--min-p must be in [0, 1], got {args.min_p}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(args, parser)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="[%(name)s] %(message)s")
+    from .config import ConfigError
+    from .loading.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, ValueError) as e:
+        print(f"qwen35: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
