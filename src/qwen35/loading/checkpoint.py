@@ -1,7 +1,10 @@
 """Streaming load of a Hugging Face Qwen3.5 checkpoint into `Qwen35ForCausalLM`.
 
-The model is built on the meta device, then every tensor is read from its memory-mapped shard, cast and
-assigned one at a time, so peak memory stays near the size of the weights in the target dtype.
+The model is built on the meta device, then every tensor is read from its shard straight into a buffer of
+the target dtype (casting through a small bounce buffer when the dtypes differ) and assigned one at a time,
+so peak memory stays near the size of the weights in the target dtype. Shards are read with plain file
+reads, not memory-mapped: pages of a mapped shard count towards the process's resident memory until the
+shard is closed, which made an fp32 load of a bf16 checkpoint peak at ~1.6x the weights.
 fp32 is kept for the tensors the numerics need (`A_log`, `dt_bias`, the GDN gated-norm weight).
 Vision and MTP tensors are skipped deliberately and reported; anything else unknown, missing, or of the
 wrong shape is a `CheckpointError` naming the tensor and the file.
@@ -11,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
 
@@ -54,11 +58,122 @@ def shard_files(path: Path) -> dict[str, list[str]]:
     raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
 
 
-def _open(file: Path):
-    try:
-        return safe_open(str(file), framework="pt")
-    except Exception as e:  # safetensors raises its own error types for truncated or corrupt headers
-        raise CheckpointError(f"cannot read {file}: {e} (truncated or not a safetensors file?)") from None
+_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+           "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+           "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_MAX_HEADER = 100 << 20  # the safetensors format's own limit
+_CHUNK = 4 << 20  # bounce buffer for dtype conversion
+
+
+class _Shard:
+    """One safetensors file, read with plain file reads (see the module docstring for why not mmap)."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        try:
+            self._f = open(file, "rb")
+        except OSError as e:
+            raise CheckpointError(f"cannot open {file}: {e}") from None
+        try:
+            self._parse_header()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _parse_header(self) -> None:
+        file = self.file
+        size = os.fstat(self._f.fileno()).st_size
+        head = self._f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or n > min(size - 8, _MAX_HEADER):
+            raise CheckpointError(f"cannot read {file}: its header is incomplete ({size} bytes on disk; "
+                                  "truncated or not a safetensors file?)")
+        try:
+            header = json.loads(self._f.read(n))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except (UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"cannot read {file}: not a safetensors file ({e})") from None
+        header.pop("__metadata__", None)
+        self.base = 8 + n
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int]] = {}
+        for name, info in header.items():
+            try:
+                dtype = _DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                begin, end = (int(o) for o in info["data_offsets"])
+            except KeyError as e:
+                raise CheckpointError(f"cannot read tensor {name!r} from {file}: unsupported or missing "
+                                      f"header field {e}") from None
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"cannot read tensor {name!r} from {file}: bad header entry ({e})") from None
+            nbytes = math.prod(shape) * dtype.itemsize
+            if begin < 0 or end - begin != nbytes or any(d < 0 for d in shape):
+                raise CheckpointError(f"cannot read tensor {name!r} from {file}: header gives {end - begin} bytes "
+                                      f"for shape {shape} of {info['dtype']}")
+            if self.base + end > size:
+                raise CheckpointError(f"{file} is truncated: tensor {name!r} ends at byte {self.base + end} "
+                                      f"but the file has {size} bytes")
+            self.entries[name] = (dtype, shape, begin)
+
+    def keys(self) -> list[str]:
+        """Tensor names in file order (sequential reads)."""
+        return sorted(self.entries, key=lambda k: self.entries[k][2])
+
+    def tensor(self, name: str) -> "_Stored":
+        dtype, shape, offset = self.entries[name]
+        return _Stored(self, name, dtype, shape, self.base + offset)
+
+    def _read_into(self, buf: torch.Tensor, name: str) -> None:
+        view = memoryview(buf.numpy()).cast("B")
+        done = 0
+        while done < len(view):
+            got = self._f.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"cannot read tensor {name!r} from {self.file}: file ended early (truncated?)")
+            done += got
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "_Shard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Stored:
+    """A tensor in a shard, not yet read: dtype and shape are known, `load` reads it."""
+
+    def __init__(self, shard: _Shard, name: str, dtype: torch.dtype, shape: tuple[int, ...], pos: int) -> None:
+        self.shard, self.name, self.dtype, self.shape, self.pos = shard, name, dtype, shape, pos
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def load(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Read the tensor, cast to `dtype`, with no full-size intermediate copy."""
+        dtype = dtype or self.dtype
+        out = torch.empty(self.shape, dtype=dtype)
+        n = out.numel()
+        if n == 0:
+            return out
+        flat = out.view(-1)
+        self.shard._f.seek(self.pos)
+        if dtype == self.dtype:
+            self.shard._read_into(flat.view(torch.uint8), self.name)
+            return out
+        size = self.dtype.itemsize
+        per = max(1, _CHUNK // size)
+        buf = torch.empty(min(per, n) * size, dtype=torch.uint8)
+        for start in range(0, n, per):
+            k = min(per, n - start)
+            chunk = buf[: k * size]
+            self.shard._read_into(chunk, self.name)
+            flat[start:start + k].copy_(chunk.view(self.dtype))
+        return out
 
 
 class _Loader:
@@ -78,7 +193,7 @@ class _Loader:
     def _target_dtype(self, name: str) -> torch.dtype:
         return torch.float32 if name.endswith(FP32_SUFFIXES) else self.dtype
 
-    def _set_param(self, name: str, tensor: torch.Tensor, file: str) -> None:
+    def _set_param(self, name: str, tensor: "_Stored", file: str) -> None:
         if name not in self.params:
             raise CheckpointError(f"unexpected tensor {name!r} in {file}")
         if name == "lm_head.weight" and self.cfg.text.tie_word_embeddings:
@@ -89,7 +204,7 @@ class _Loader:
             raise CheckpointError(f"tensor {name!r} in {file} has shape {tuple(tensor.shape)}, expected {shape}")
         module_name, attr = name.rsplit(".", 1)
         module = self.model.get_submodule(module_name)
-        value = tensor.to(device=self.device, dtype=self._target_dtype(name))
+        value = tensor.load(self._target_dtype(name)).to(self.device)
         module._parameters[attr] = nn.Parameter(value, requires_grad=False)
         self.loaded.add(name)
 
@@ -134,26 +249,30 @@ class _Loader:
         self.expert_parts.add((stacked, expert, proj))
 
     # -- one tensor -------------------------------------------------------------------------------
-    def take(self, key: str, tensor: torch.Tensor, file: str) -> None:
+    def take(self, key: str, tensor: "_Stored", file: str) -> None:
         target = map_name(key)
         if target is None:
             raise CheckpointError(f"unexpected tensor {key!r} in {file}: not a Qwen3.5 checkpoint name")
         if target.kind == "skip":
             self.skipped[target.name] += 1
         elif target.kind == "param":
+            if target.name not in self.params:
+                raise CheckpointError(f"unexpected tensor {key!r} in {file}: the model has no {target.name!r}")
             if tensor.dtype == torch.float8_e4m3fn:
-                self._pair_fp8(target.name, tensor, None, file)
+                self._pair_fp8(target.name, tensor.load(), None, file)
             else:
                 self._set_param(target.name, tensor, file)
         elif target.kind == "scale":
-            self._pair_fp8(target.name, None, tensor, file)
+            self._pair_fp8(target.name, None, tensor.load(torch.float32), file)
         else:  # expert / expert_scale
             ident = f"{target.name}.{target.expert}.{target.proj}.weight"
+            if target.name + ".gate_up_proj" not in self.params:
+                raise CheckpointError(f"unexpected tensor {key!r} in {file}: {target.name} has no routed experts")
             if target.kind == "expert" and tensor.dtype != torch.float8_e4m3fn:
-                self._set_expert(target.name, target.expert, target.proj, tensor, file)
+                self._set_expert(target.name, target.expert, target.proj, tensor.load(self.dtype), file)
             else:
-                w = tensor if target.kind == "expert" else None
-                s = tensor if target.kind == "expert_scale" else None
+                w = tensor.load() if target.kind == "expert" else None
+                s = tensor.load(torch.float32) if target.kind == "expert_scale" else None
                 self._pair_fp8(ident, w, s, file, expert=(target.name, target.expert, target.proj))
 
     def _pair_fp8(self, weight_name: str, weight, scale, file: str, expert=None) -> None:
@@ -172,6 +291,14 @@ class _Loader:
             weight = other[0]
         if self.cfg.quant is None:
             raise CheckpointError(f"{weight_name!r} in {file} is FP8 but config.json has no quantization_config")
+        block = self.cfg.quant.weight_block_size
+        if weight.dim() != 2:
+            raise CheckpointError(f"FP8 tensor {weight_name!r} in {file} has shape {tuple(weight.shape)}; "
+                                  "block FP8 needs a 2-D weight")
+        want = (-(-weight.shape[0] // block[0]), -(-weight.shape[1] // block[1]))
+        if tuple(scale.shape) != want:  # checked here for experts too, where dequantize_fp8 would not notice
+            raise CheckpointError(f"tensor {weight_name + '_scale_inv'!r} in {file} has shape {tuple(scale.shape)}, "
+                                  f"expected {want} for weight {tuple(weight.shape)} with blocks {tuple(block)}")
         if expert is not None:  # routed experts are dequantised into the stacked tensors
             w = dequantize_fp8(weight, scale, self.cfg.quant.weight_block_size, self.dtype)
             self._set_expert(*expert, w, file)
@@ -180,8 +307,10 @@ class _Loader:
 
     # -- the end ----------------------------------------------------------------------------------
     def finish(self) -> None:
-        for name, (_, file) in list(self.pending_fp8.items()) + list(self.pending_scales.items()):
-            raise CheckpointError(f"FP8 tensor {name!r} in {file} has no matching weight/weight_scale_inv")
+        for name, (_, file) in self.pending_fp8.items():
+            raise CheckpointError(f"FP8 tensor {name!r} in {file} has no matching {name + '_scale_inv'!r}")
+        for name, (_, file) in self.pending_scales.items():
+            raise CheckpointError(f"tensor {name + '_scale_inv'!r} in {file} has no matching FP8 weight {name!r}")
         cfg = self.cfg.text
         for stacked in {s for s, _, _ in self.expert_parts}:
             want = {(stacked, e, p) for e in range(cfg.num_experts) for p in ("gate_proj", "up_proj", "down_proj")}
@@ -213,19 +342,15 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     disable = None if progress is None else not progress  # None: show only on a terminal
     with tqdm(total=total, unit="B", unit_scale=True, desc="loading", disable=disable, leave=False) as bar:
         for file in sorted(files):
-            with _open(path / file) as f:
-                keys = list(f.keys())
+            with _Shard(path / file) as f:
+                keys = f.keys()
                 absent = sorted(set(files[file]) - set(keys))
                 if absent:
                     raise CheckpointError(f"{path / file} lacks {absent[0]!r} that the index places there")
                 for key in keys:
-                    try:
-                        tensor = f.get_tensor(key)
-                    except Exception as e:
-                        raise CheckpointError(f"cannot read tensor {key!r} from {path / file}: {e}") from None
+                    tensor = f.tensor(key)
                     loader.take(key, tensor, str(path / file))
-                    bar.update(tensor.numel() * tensor.element_size())
-                    del tensor
+                    bar.update(tensor.nbytes)
     loader.finish()
     if cfg.text.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
