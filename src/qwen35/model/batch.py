@@ -53,12 +53,16 @@ class ForwardBatch:
         """[N, ...] -> [B, T, ...], padding rows are zero."""
         if self.is_decode:
             return x.unsqueeze(1)
+        if self.num_seqs == 1:
+            return x.unsqueeze(0)
         return torch.cat([x, x.new_zeros((1,) + x.shape[1:])])[self.pad_index]
 
     def to_packed(self, y: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] -> [N, ...]."""
         if self.is_decode:
             return y.squeeze(1)
+        if self.num_seqs == 1:
+            return y.squeeze(0)
         return y.reshape((-1,) + y.shape[2:])[self.unpad_index]
 
     @classmethod
