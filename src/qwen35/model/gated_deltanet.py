@@ -57,9 +57,11 @@ class GatedDeltaNet(nn.Module):
         B, T = mixed.shape[:2]
         q, k, v = mixed.split(self.split, -1)
         r = self.hv // self.hk  # V head j reads QK head j // r
-        q = l2norm(q.float().view(B, T, self.hk, self.dk)).repeat_interleave(r, 2) * self.dk ** -0.5
-        k = l2norm(k.float().view(B, T, self.hk, self.dk)).repeat_interleave(r, 2)
-        v = v.float().view(B, T, self.hv, self.dv)
+        q = l2norm(q.view(B, T, self.hk, self.dk)) * self.dk ** -0.5  # conv output is fp32 already
+        k = l2norm(k.view(B, T, self.hk, self.dk))
+        if r > 1:
+            q, k = q.repeat_interleave(r, 2), k.repeat_interleave(r, 2)
+        v = v.view(B, T, self.hv, self.dv)
         # padding rows get beta = g = 0 from to_padded, so they leave the state untouched
         o = gated_delta_rule(q, k, v, batch.to_padded(g), batch.to_padded(beta), state)  # [B, T, Hv, dv]
 
