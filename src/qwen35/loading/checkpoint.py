@@ -336,8 +336,9 @@ class _Loader:
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-               progress: bool | None = None) -> tuple[Qwen35ForCausalLM, ModelConfig]:
-    """Load `path` (a checkpoint directory) as a ready-to-run model in eval mode."""
+               progress: bool | None = None, prepack: bool = True) -> tuple[Qwen35ForCausalLM, ModelConfig]:
+    """Load `path` (a checkpoint directory) as a ready-to-run model in eval mode.
+    `prepack` (CPU): move projections to oneDNN's packed layout, the fast path for decode."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
@@ -366,4 +367,6 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     model.model.rotary = type(model.model.rotary)(cfg.text.rope, cfg.text.rotary_dim,
                                                   cfg.text.max_position_embeddings).to(device)
     model.eval()
+    if prepack and torch.device(device).type == "cpu":
+        model.prepack()
     return model, cfg

@@ -47,6 +47,13 @@ class Qwen35ForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def prepack(self) -> None:
+        """CPU: move every projection to oneDNN's packed layout. lm_head keeps its plain weight (it may be
+        tied to the embedding, and `torch.mv` reads it fastest for one row)."""
+        for module in self.model.modules():
+            if isinstance(module, Linear):
+                module.prepack()
+
     @property
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
