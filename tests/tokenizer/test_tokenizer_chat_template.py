@@ -7,26 +7,14 @@ import json
 
 import jinja2
 import pytest
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from qwen35.tokenizer import DEFAULT_CHAT_TEMPLATE
+from qwen35.tokenizer.chat_template import render_chat
 
 
 def render(messages, **kwargs) -> str:
-    """Render like transformers does (utils/chat_template_utils.py): the environment matters."""
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        # Jinja's own tojson HTML-escapes and sorts keys, which would change the prompt.
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(DEFAULT_CHAT_TEMPLATE).render(messages=messages, **kwargs)
+    kwargs.setdefault("add_generation_prompt", False)
+    return render_chat(DEFAULT_CHAT_TEMPLATE, messages, **kwargs)
 
 
 WEATHER_TOOL = {

@@ -1,0 +1,153 @@
+"""AsyncLLM: the engine behind an asyncio front, for the server.
+
+One background thread owns the `LLMEngine` and runs steps while there is work; every mutation (add, abort)
+is queued to that thread and applied between steps, so the engine itself needs no locks. Each request's
+outputs flow to an `asyncio.Queue` on the caller's loop. Leaving the `async for` early (a client that
+disconnects) aborts the request, which frees its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .llm_engine import EngineConfig, LLMEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+log = logging.getLogger("qwen35.engine")
+_DONE = object()
+
+
+class AsyncLLM:
+    def __init__(self, cfg: EngineConfig | None = None, engine: LLMEngine | None = None) -> None:
+        self.engine = engine if engine is not None else LLMEngine(cfg)
+        self._commands: queue.Queue = queue.Queue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._ids = itertools.count()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="qwen35-engine", daemon=True)
+        self._thread.start()
+
+    # -- caller side --------------------------------------------------------------------------------
+    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield incremental outputs until the request finishes; raises ValueError for a bad request."""
+        rid = request_id or f"req-{next(self._ids)}"
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        accepted = loop.create_future()
+        self._commands.put(("add", rid, prompt, params or SamplingParams(), loop, q, accepted))
+        self._wake.set()
+        await accepted  # raises the engine's ValueError (prompt too long, bad ids ...)
+        finished = False
+        try:
+            while True:
+                item = await q.get()
+                if item is _DONE:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.abort(rid)
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+        self._wake.set()
+
+    def call(self, fn, *args: Any) -> Any:
+        """Run `fn(engine, *args)` on the engine thread and wait for it (stats, cache usage)."""
+        done = threading.Event()
+        box: list = []
+        self._commands.put(("call", fn, args, box, done))
+        self._wake.set()
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    # -- engine thread ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop:
+            self._drain_commands()
+            if not self.engine.has_unfinished():
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # a bug in a step must not kill the server: fail the running requests
+                log.exception("engine step failed")
+                for rid in list(self._streams):
+                    self.engine.abort(rid)
+                    self._send(rid, RuntimeError(f"engine step failed: {e}"))
+                continue
+            for out in outputs:
+                self._send(out.request_id, out)
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            kind = cmd[0]
+            if kind == "add":
+                _, rid, prompt, params, loop, q, accepted = cmd
+                try:
+                    self.engine.add_request(rid, prompt, params)
+                except Exception as e:
+                    loop.call_soon_threadsafe(_resolve, accepted, e)
+                    continue
+                self._streams[rid] = (loop, q)
+                loop.call_soon_threadsafe(_resolve, accepted, None)
+            elif kind == "abort":
+                if self.engine.abort(cmd[1]):
+                    self._send(cmd[1], _DONE)
+            elif kind == "call":
+                _, fn, args, box, done = cmd
+                try:
+                    box.append(fn(self.engine, *args))
+                except Exception as e:
+                    box.append(e)
+                done.set()
+
+    def _send(self, rid: str, item: Any) -> None:
+        target = self._streams.get(rid)
+        if target is None:
+            return
+        loop, q = target
+        finished = item is _DONE or isinstance(item, BaseException) or getattr(item, "finished", False)
+        if finished:
+            del self._streams[rid]
+        try:
+            loop.call_soon_threadsafe(q.put_nowait, item)
+        except RuntimeError:  # the caller's loop is closed
+            pass
+
+
+def _resolve(fut: asyncio.Future, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)

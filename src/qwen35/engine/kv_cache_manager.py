@@ -1,0 +1,179 @@
+"""Who owns which cache block and state slot, and the prefix cache. Torch-free.
+
+- `BlockPool`: paged K/V blocks with reference counts. A block is shared read-only by prefix-cache entries
+  and the requests that hit them; sequences only ever append, so a shared block is never written again.
+- `SlotPool`: fixed GDN state slots (conv + recurrent state) for running requests, or for saved prefixes.
+- `PrefixCache`: saved prefixes of the hybrid model. An entry for the first `p` tokens of some sequence holds
+  references on the K/V blocks covering positions `[0, p)` (the last one possibly partial) and one state slot
+  with the GDN state right after token `p`. A new request reuses the longest saved prefix of its prompt:
+  shares the full blocks, copies the rows of a partial block, copies the state, and computes only the rest.
+  Entries are saved where chats and agent loops diverge (see `checkpoint_positions`) and at the end of each
+  finished sequence; least-recently-used entries are evicted when blocks or slots run out.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+class BlockPool:
+    def __init__(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self.refs = [0] * num_blocks
+        self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out low ids first
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise MemoryError(f"need {n} KV blocks, {len(self._free)} free")
+        out = [self._free.pop() for _ in range(n)]
+        for b in out:
+            self.refs[b] = 1
+        return out
+
+    def incref(self, blocks: list[int]) -> None:
+        for b in blocks:
+            self.refs[b] += 1
+
+    def release(self, blocks: list[int]) -> None:
+        for b in blocks:
+            self.refs[b] -= 1
+            if self.refs[b] == 0:
+                self._free.append(b)
+            elif self.refs[b] < 0:
+                raise RuntimeError(f"KV block {b} released more often than taken")
+
+
+class SlotPool:
+    def __init__(self, slots: list[int]) -> None:
+        self.capacity = len(slots)
+        self._free = list(reversed(slots))
+        self._used: set[int] = set()
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self) -> int:
+        if not self._free:
+            raise MemoryError("no free state slot")
+        slot = self._free.pop()
+        self._used.add(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        if slot not in self._used:
+            raise RuntimeError(f"state slot {slot} released but not in use")
+        self._used.remove(slot)
+        self._free.append(slot)
+
+
+def prefix_key(tokens: list[int], p: int) -> int:
+    return hash((p, tuple(tokens[:p])))
+
+
+def checkpoint_positions(prompt: list[int], boundary_id: int | None, min_length: int, every: int) -> list[int]:
+    """Prompt positions after which the GDN state is worth saving for later requests: right after each of
+    the last two `boundary_id` tokens (`<|im_start|>`: where the next chat turn, the same system prompt with
+    another question, or the next agent step diverges from this prompt) and every `every` tokens (long
+    shared documents). Each one splits the prefill (one extra forward pass), so prefixes shorter than
+    `min_length`, cheap to recompute, are not saved. Positions are strictly inside the prompt."""
+    n = len(prompt)
+    marks: set[int] = set()
+    if boundary_id is not None:
+        found = [i + 1 for i, t in enumerate(prompt) if t == boundary_id]
+        marks.update(found[-2:])
+    if every > 0:
+        marks.update(range(every, n, every))
+    return sorted(p for p in marks if min_length <= p < n)
+
+
+@dataclass(eq=False)
+class PrefixEntry:
+    key: int
+    length: int
+    blocks: list[int]  # covering [0, length)
+    slot: int
+
+
+@dataclass(frozen=True)
+class PrefixHit:
+    length: int
+    shared_blocks: list[int]  # full blocks the request now references
+    partial_block: int | None  # entry block whose first `length % block_size` rows must be copied
+    slot: int  # state slot to copy from
+
+
+class PrefixCache:
+    def __init__(self, blocks: BlockPool, slots: SlotPool, block_size: int) -> None:
+        self.blocks, self.slots, self.block_size = blocks, slots, block_size
+        self.entries: OrderedDict[int, PrefixEntry] = OrderedDict()  # LRU order: oldest first
+        self.lengths: dict[int, int] = {}  # length -> number of entries with it
+        self.hits = self.misses = self.hit_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def lookup(self, tokens: list[int], max_length: int) -> PrefixHit | None:
+        """Longest saved prefix of `tokens` no longer than `max_length`; takes block references for the caller."""
+        for length in sorted((n for n in self.lengths if n <= max_length), reverse=True):
+            entry = self.entries.get(prefix_key(tokens, length))
+            if entry is None or entry.length != length:
+                continue
+            self.entries.move_to_end(entry.key)
+            full = length // self.block_size
+            shared = entry.blocks[:full]
+            self.blocks.incref(shared)
+            self.hits += 1
+            self.hit_tokens += length
+            partial = entry.blocks[full] if length % self.block_size else None
+            return PrefixHit(length, shared, partial, entry.slot)
+        self.misses += 1
+        return None
+
+    def can_insert(self) -> bool:
+        return self.slots.capacity > 0
+
+    def insert(self, tokens: list[int], length: int, blocks: list[int]) -> int | None:
+        """Register the first `length` tokens (K/V in `blocks`). Returns the state slot the caller must fill
+        with the GDN state after token `length`, or None when it is already cached or cannot be stored."""
+        if self.slots.capacity == 0 or length <= 0:
+            return None
+        key = prefix_key(tokens, length)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return None
+        if self.slots.num_free == 0:
+            self.evict_one()
+        slot = self.slots.allocate()
+        covering = blocks[: -(-length // self.block_size)]
+        self.blocks.incref(covering)
+        self.entries[key] = PrefixEntry(key, length, covering, slot)
+        self.lengths[length] = self.lengths.get(length, 0) + 1
+        return slot
+
+    def evict_one(self) -> bool:
+        if not self.entries:
+            return False
+        _, entry = self.entries.popitem(last=False)
+        self.blocks.release(entry.blocks)
+        self.slots.release(entry.slot)
+        self.lengths[entry.length] -= 1
+        if not self.lengths[entry.length]:
+            del self.lengths[entry.length]
+        return True
+
+    def make_room(self, blocks_needed: int) -> bool:
+        """Evict LRU entries until `blocks_needed` blocks are free; False if impossible."""
+        while self.blocks.num_free < blocks_needed:
+            if not self.evict_one():
+                return False
+        return True
+
+    def clear(self) -> None:
+        while self.evict_one():
+            pass

@@ -1,0 +1,255 @@
+"""LLMEngine: requests in, incremental outputs out, one `step()` at a time.
+
+    engine = LLMEngine(EngineConfig(model="ckpt"))
+    engine.add_request("r1", "Hello", SamplingParams(max_tokens=16))
+    while engine.has_unfinished():
+        for out in engine.step(): ...
+
+The engine knows tokens and text; the scheduler knows counts and cache ownership; the runner knows tensors.
+`n > 1` becomes n sub-requests (`id#i`, seed + i) whose outputs are gathered under the parent id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..loading.checkpoint import load_model
+from ..tokenizer import Tokenizer
+from .memory import plan_memory
+from .outputs import CompletionOutput, RequestOutput
+from .request import Request, Status
+from .runner import ModelRunner
+from .sampler import PenaltyState, Sampler, SamplerOutput, min_tokens_stop_ids
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler, SchedulerConfig
+from .stop import StopChecker
+
+log = logging.getLogger("qwen35.engine")
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "auto": torch.bfloat16}
+
+
+@dataclass
+class EngineConfig:
+    model: str
+    dtype: str = "bfloat16"
+    max_model_len: int | None = None  # default: min(model context, 8192)
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 2048
+    kv_cache_memory: int | None = None  # bytes for K/V blocks + GDN state slots (default: a share of free RAM)
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    prefix_cache_fraction: float = 0.3
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+
+@dataclass(eq=False)
+class _Seq:
+    """Engine-side state of one (sub-)request."""
+
+    req: Request
+    parent: str
+    index: int
+    stop: StopChecker
+    penalties: PenaltyState
+    generator: torch.Generator | None
+    completion: CompletionOutput
+    prompt: str | None = None
+
+
+@dataclass(eq=False)
+class _Parent:
+    request_id: str
+    prompt: str | None
+    prompt_ids: list[int]
+    seqs: list[_Seq] = field(default_factory=list)
+
+
+class LLMEngine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype])
+        self.tokenizer = Tokenizer.from_pretrained(cfg.model)
+        text = self.model_cfg.text
+        self.max_model_len = min(cfg.max_model_len or min(text.max_position_embeddings, 8192),
+                                 text.max_position_embeddings)
+        self.eos_ids = self._eos_ids(Path(cfg.model))
+        plan = plan_memory(text, DTYPES[cfg.dtype], cfg.kv_cache_memory, cfg.max_num_seqs, self.max_model_len,
+                           cfg.block_size, cfg.prefix_cache_fraction if cfg.enable_prefix_caching else 0.0)
+        self.plan = plan
+        slots = plan.run_slots + plan.prefix_slots
+        self.runner = ModelRunner(self.model, plan.num_blocks, cfg.block_size, slots)
+        sched_cfg = SchedulerConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
+                                    max_model_len=self.max_model_len, block_size=cfg.block_size,
+                                    boundary_token_id=self.tokenizer.im_start_id)
+        self.scheduler = Scheduler(sched_cfg, plan.num_blocks, list(range(plan.run_slots)),
+                                   list(range(plan.run_slots, slots)))
+        self.sampler = Sampler()
+        self.parents: dict[str, _Parent] = {}
+        self.seqs: dict[str, _Seq] = {}  # sub-request id -> state
+        self.stats = {"steps": 0, "prompt_tokens": 0, "generated_tokens": 0, "preemptions": 0}
+
+    def _eos_ids(self, path: Path) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen = path / "generation_config.json"
+        if gen.exists():
+            try:
+                eos = json.loads(gen.read_text()).get("eos_token_id")
+            except json.JSONDecodeError:
+                eos = None
+                log.warning("%s is not valid JSON; using the tokenizer's EOS only", gen)
+            ids.update(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
+        return sorted(ids)
+
+    # -- requests -----------------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
+        params = params or SamplingParams()
+        if request_id in self.parents:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if isinstance(prompt, str):
+            text, ids = prompt, self.tokenizer.encode(prompt)
+        else:
+            text, ids = None, list(prompt)
+            vocab = self.model_cfg.text.vocab_size
+            if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+                raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        parent = _Parent(request_id, text, ids)
+        for i in range(params.n):
+            sub = params if params.n == 1 else _child_params(params, i)
+            sid = request_id if params.n == 1 else f"{request_id}#{i}"
+            req = Request(sid, list(ids), sub, arrival=time.monotonic())
+            self.scheduler.add(req)  # raises ValueError for prompts that can never run
+            gen = torch.Generator().manual_seed(sub.seed) if sub.seed is not None else None
+            stop = StopChecker(self.tokenizer, sub, self.eos_ids, max_tokens=req.max_len - len(ids))
+            seq = _Seq(req, request_id, i, stop,
+                       PenaltyState(ids, min_tokens_stop_ids(sub, self.eos_ids)), gen, CompletionOutput(i))
+            parent.seqs.append(seq)
+            self.seqs[sid] = seq
+        self.parents[request_id] = parent
+
+    def abort(self, request_id: str) -> bool:
+        parent = self.parents.pop(request_id, None)
+        if parent is None:
+            return False
+        for seq in parent.seqs:
+            if not seq.req.finished:
+                self.scheduler.finish(seq.req, "abort")
+            self.seqs.pop(seq.req.request_id, None)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- one step -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if not sched.seqs:
+            return []
+        self.stats["steps"] += 1
+        self.stats["preemptions"] += len(sched.preempted)
+        hit_reqs = {id(r) for r, _ in sched.hits}
+        for s in sched.seqs:  # fresh state for requests starting from scratch
+            if s.context == 0 and id(s.request) not in hit_reqs:
+                self.runner.reset_state(s.request)
+        for req, hit in sched.hits:
+            self.runner.restore(req, hit)
+        logits = self.runner.forward(sched.seqs)
+        self.scheduler.on_step_done(sched.seqs)
+        self.stats["prompt_tokens"] += sum(s.num_tokens for s in sched.seqs if not s.sample or s.num_tokens > 1)
+
+        for s in sched.seqs:  # prefix checkpoints reached by this step
+            if s.save_at is not None:
+                slot = self.scheduler.prefix.insert(s.request.all_ids, s.save_at, s.request.blocks)
+                if slot is not None:
+                    self.runner.save_state(s.request, slot)
+
+        sampled = [self.seqs[s.request.request_id] for s in sched.seqs if s.sample]
+        touched: dict[str, _Parent] = {}
+        if sampled:
+            out = self.sampler(logits, [q.req.params for q in sampled], [q.penalties for q in sampled],
+                               [q.generator for q in sampled])
+            tokens = out.token_ids.tolist()
+            for i, seq in enumerate(sampled):
+                self._append(seq, tokens[i], out, i)
+                touched[seq.parent] = self.parents[seq.parent]
+        return [self._output(p) for p in touched.values()]
+
+    def _append(self, seq: _Seq, token: int, out: SamplerOutput, i: int) -> None:
+        req = seq.req
+        req.output_ids.append(token)
+        seq.penalties.append(token)
+        self.stats["generated_tokens"] += 1
+        c = seq.completion
+        if out.logprobs is not None and req.params.logprobs is not None:
+            entry = {token: float(out.logprobs[i])}
+            n = req.params.logprobs
+            for tid, lp in zip(out.top_ids[i, :n].tolist(), out.top_logprobs[i, :n].tolist()):
+                entry.setdefault(tid, lp)
+            c.logprobs = (c.logprobs or []) + [entry]
+            c.cumulative_logprob = (c.cumulative_logprob or 0.0) + float(out.logprobs[i])
+        delta = seq.stop.feed(token)  # the stop checker also ends at max_tokens ("length")
+        c.delta_text += delta.text
+        c.text += delta.text
+        c.delta_token_ids.append(token)
+        c.token_ids.append(token)
+        if delta.finish_reason is not None:
+            c.finish_reason, c.stop_reason = delta.finish_reason, seq.stop.stop_reason
+            c.text = seq.stop.text
+            self._save_finished(req)
+            self.scheduler.finish(req, delta.finish_reason)
+
+    def _save_finished(self, req: Request) -> None:
+        """Keep the finished sequence's prefix: the next chat turn or agent step usually extends it."""
+        if req.slot is None or req.num_computed < self.cfg.block_size:
+            return
+        slot = self.scheduler.prefix.insert(req.all_ids, req.num_computed, req.blocks)
+        if slot is not None:
+            self.runner.save_state(req, slot)
+
+    def _output(self, parent: _Parent) -> RequestOutput:
+        outs = []
+        for seq in parent.seqs:
+            c = seq.completion
+            outs.append(CompletionOutput(c.index, c.text, list(c.token_ids), c.cumulative_logprob,
+                                         list(c.logprobs) if c.logprobs is not None else None, c.finish_reason,
+                                         c.stop_reason, c.delta_text, list(c.delta_token_ids)))
+            c.delta_text, c.delta_token_ids = "", []
+        finished = all(seq.req.finished for seq in parent.seqs)
+        cached = max(seq.req.num_cached for seq in parent.seqs)
+        if finished:
+            self.parents.pop(parent.request_id, None)
+            for seq in parent.seqs:
+                self.seqs.pop(seq.req.request_id, None)
+        return RequestOutput(parent.request_id, parent.prompt, parent.prompt_ids, outs, finished, cached)
+
+    # -- introspection ------------------------------------------------------------------------------
+    def cache_usage(self) -> dict[str, int]:
+        s = self.scheduler
+        return {"blocks_total": s.blocks.num_blocks, "blocks_free": s.blocks.num_free,
+                "slots_total": s.slots.capacity, "slots_free": s.slots.num_free,
+                "prefix_entries": len(s.prefix), "prefix_hits": s.prefix.hits, "prefix_misses": s.prefix.misses,
+                "prefix_hit_tokens": s.prefix.hit_tokens, "running": len(s.running), "waiting": len(s.waiting)}
+
+
+def _child_params(params: SamplingParams, i: int) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, n=1, seed=None if params.seed is None else params.seed + i)

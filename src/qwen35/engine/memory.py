@@ -1,0 +1,74 @@
+"""Memory plan: how many K/V blocks and GDN state slots a cache budget buys. Logged at start-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import TextConfig
+from ..model.cache import kv_bytes_per_token, state_bytes_per_slot
+
+log = logging.getLogger("qwen35.engine")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    num_blocks: int
+    block_size: int
+    run_slots: int
+    prefix_slots: int
+    block_bytes: int
+    slot_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.num_blocks * self.block_bytes + (self.run_slots + self.prefix_slots) * self.slot_bytes
+
+    def describe(self) -> str:
+        gib = 1 << 30
+        return (f"cache plan: {self.num_blocks} K/V blocks x {self.block_size} tokens "
+                f"({self.num_blocks * self.block_bytes / gib:.2f} GiB, {self.num_blocks * self.block_size} tokens), "
+                f"{self.run_slots} running + {self.prefix_slots} prefix-cache GDN state slots "
+                f"({(self.run_slots + self.prefix_slots) * self.slot_bytes / gib:.2f} GiB, "
+                f"{self.slot_bytes / (1 << 20):.1f} MiB each)")
+
+
+def available_memory() -> int:
+    """Bytes the OS says are available (MemAvailable), or 4 GiB when it cannot tell."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num_seqs: int, max_model_len: int,
+                block_size: int = 16, prefix_fraction: float = 0.3, memory_fraction: float = 0.4) -> MemoryPlan:
+    """Split `budget` bytes (default: `memory_fraction` of available memory) between state slots for
+    `max_num_seqs` running requests, prefix-cache state slots (`prefix_fraction` of the budget) and K/V blocks."""
+    block_bytes = max(kv_bytes_per_token(cfg, dtype) * block_size, 1)
+    slot_bytes = max(state_bytes_per_slot(cfg, dtype), 1)
+    if budget is None:
+        # enough for every sequence at full length, bounded by a share of what the machine has free
+        full = max_num_seqs * (-(-max_model_len // block_size)) * block_bytes
+        budget = min(int(available_memory() * memory_fraction), full + max_num_seqs * slot_bytes
+                     + int(prefix_fraction * (full + max_num_seqs * slot_bytes)))
+    run_bytes = max_num_seqs * slot_bytes
+    if budget <= run_bytes:
+        raise ValueError(f"KV cache memory of {budget / (1 << 20):.0f} MiB cannot hold the GDN state of "
+                         f"max_num_seqs={max_num_seqs} sequences ({run_bytes / (1 << 20):.0f} MiB)")
+    prefix_slots = int(budget * prefix_fraction) // slot_bytes
+    num_blocks = (budget - run_bytes - prefix_slots * slot_bytes) // block_bytes
+    need = -(-max_model_len // block_size)
+    if num_blocks < need:
+        raise ValueError(f"KV cache memory of {budget / (1 << 20):.0f} MiB leaves {num_blocks} blocks, fewer than "
+                         f"one max_model_len={max_model_len} sequence needs ({need}); raise --kv-cache-memory or "
+                         f"lower --max-model-len / --max-num-seqs")
+    plan = MemoryPlan(num_blocks, block_size, max_num_seqs, prefix_slots, block_bytes, slot_bytes)
+    log.info(plan.describe())
+    return plan

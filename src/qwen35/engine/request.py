@@ -1,0 +1,47 @@
+"""A request's life in the engine: tokens, progress counters and the cache it holds. Torch-free."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .sampling_params import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    arrival: float = 0.0
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose K/V and GDN state are in the cache
+    num_cached: int = 0  # of those, tokens restored from the prefix cache
+    status: Status = Status.WAITING
+    slot: int | None = None  # GDN state slot
+    blocks: list[int] = field(default_factory=list)  # KV block table
+    checkpoints: list[int] = field(default_factory=list)  # prompt positions where GDN state is saved
+    finish_reason: str | None = None
+    max_len: int = 0  # prompt + max_tokens, fixed at admission
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed < len(self.prompt_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == Status.FINISHED

@@ -1,0 +1,178 @@
+"""Token-budget scheduler with chunked prefill. Torch-free: it counts tokens and hands out cache.
+
+Each step every running request gets the tokens it still needs (one for decode, a chunk for a prompt),
+then waiting requests are admitted in arrival order while the token budget, `max_num_seqs`, state slots
+and K/V blocks allow. There is no prefill or decode phase: prompt chunks and decodes share a step.
+A prompt chunk is cut at the request's next prefix-cache checkpoint so its GDN state can be saved there.
+When blocks run out, prefix-cache entries are evicted first, then the newest running request is preempted
+(its cache freed; it is recomputed later from prompt + output so far).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .kv_cache_manager import BlockPool, PrefixCache, PrefixHit, SlotPool, checkpoint_positions
+from .request import Request, Status
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 4096
+    block_size: int = 16
+    checkpoint_every: int = 1024  # also save GDN state every this many prompt tokens (0: off)
+    checkpoint_min: int = 128  # shorter prefixes are recomputed rather than saved
+    boundary_token_id: int | None = 248045  # <|im_start|>
+
+
+@dataclass(eq=False)
+class ScheduledSeq:
+    request: Request
+    num_tokens: int  # new tokens computed this step
+    context: int  # tokens already cached before this step
+    sample: bool  # the chunk reaches the end of the known tokens: sample the next one
+    save_at: int | None  # prefix checkpoint reached at the end of this chunk
+
+
+@dataclass
+class SchedulerOutput:
+    seqs: list[ScheduledSeq] = field(default_factory=list)
+    hits: list[tuple[Request, PrefixHit]] = field(default_factory=list)  # restore these before the forward
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.seqs)
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, num_blocks: int, run_slots: list[int], prefix_slots: list[int]) -> None:
+        self.cfg = cfg
+        self.blocks = BlockPool(num_blocks)
+        self.slots = SlotPool(run_slots)
+        self.prefix = PrefixCache(self.blocks, SlotPool(prefix_slots), cfg.block_size)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    # -- requests -----------------------------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        n = len(req.prompt_ids)
+        if n == 0:
+            raise ValueError("the prompt is empty")
+        if n >= self.cfg.max_model_len:
+            raise ValueError(f"the prompt has {n} tokens, the model's context is {self.cfg.max_model_len} "
+                             f"tokens (max_model_len), which leaves no room to generate")
+        need = self._blocks_for(n + 1)
+        if need > self.blocks.num_blocks:
+            raise ValueError(f"the prompt needs {need} KV blocks but the cache holds {self.blocks.num_blocks}; "
+                             f"raise the KV cache memory or shorten the prompt")
+        budget = self.cfg.max_model_len - n
+        req.max_len = n + (budget if req.params.max_tokens is None else min(req.params.max_tokens, budget))
+        req.max_len = min(req.max_len, self.blocks.num_blocks * self.cfg.block_size)  # alone, it always fits
+        req.checkpoints = checkpoint_positions(req.prompt_ids, self.cfg.boundary_token_id,
+                                               self.cfg.checkpoint_min, self.cfg.checkpoint_every)
+        self.waiting.append(req)
+
+    def finish(self, req: Request, reason: str) -> None:
+        """Mark finished (or aborted) and free its cache. Safe to call in any state."""
+        if req.status == Status.RUNNING:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self._free(req)
+        req.status, req.finish_reason = Status.FINISHED, reason
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- one step -----------------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.cfg.max_num_batched_tokens
+        for req in list(self.running):
+            if budget == 0:
+                break
+            if req.status != Status.RUNNING:  # preempted earlier in this loop
+                continue
+            n = self._chunk(req, budget)
+            if not self._grow(req, req.num_computed + n, out):
+                continue  # req itself was preempted
+            out.seqs.append(self._seq(req, n))
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs and self.slots.num_free:
+            req = self.waiting[0]
+            hit = self.prefix.lookup(req.all_ids, req.num_tokens - 1) if req.num_computed == 0 else None
+            start = hit.length if hit else 0
+            n = min(req.num_tokens - start, budget)
+            n = self._cap_at_checkpoint(req, start, n)
+            shared = hit.shared_blocks if hit else []
+            own = self._blocks_for(start + n) - len(shared)
+            if not self.prefix.make_room(own) and self.blocks.num_free < own:
+                if hit:
+                    self.blocks.release(shared)
+                break  # head-of-line: wait for running requests to free blocks
+            self.waiting.popleft()
+            req.blocks = shared + self.blocks.allocate(own)
+            req.slot = self.slots.allocate()
+            req.status = Status.RUNNING
+            req.num_computed = req.num_cached = start
+            self.running.append(req)
+            if hit:
+                out.hits.append((req, hit))
+            out.seqs.append(self._seq(req, n))
+            budget -= n
+        return out
+
+    def _seq(self, req: Request, n: int) -> ScheduledSeq:
+        end = req.num_computed + n
+        return ScheduledSeq(req, n, req.num_computed, sample=end == req.num_tokens,
+                            save_at=end if end in req.checkpoints else None)
+
+    def _chunk(self, req: Request, budget: int) -> int:
+        n = min(req.num_tokens - req.num_computed, budget)
+        return self._cap_at_checkpoint(req, req.num_computed, n)
+
+    @staticmethod
+    def _cap_at_checkpoint(req: Request, start: int, n: int) -> int:
+        for c in req.checkpoints:
+            if start < c < start + n:
+                return c - start
+        return n
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.cfg.block_size)
+
+    def _grow(self, req: Request, tokens: int, out: SchedulerOutput) -> bool:
+        """Give `req` blocks for `tokens` positions, evicting prefixes, then preempting newer requests."""
+        need = self._blocks_for(tokens) - len(req.blocks)
+        while need > 0 and not self.prefix.make_room(need):
+            victim = self.running[-1]
+            self._preempt(victim, out)
+            if victim is req:
+                return False
+        if need > 0:
+            req.blocks += self.blocks.allocate(need)
+        return True
+
+    def _preempt(self, req: Request, out: SchedulerOutput) -> None:
+        self.running.remove(req)
+        self._free(req)
+        req.status, req.num_computed, req.num_cached = Status.WAITING, 0, 0
+        req.checkpoints = []  # recomputation saves nothing new
+        self.waiting.appendleft(req)
+        out.preempted.append(req)
+
+    def _free(self, req: Request) -> None:
+        if req.blocks:
+            self.blocks.release(req.blocks)
+            req.blocks = []
+        if req.slot is not None:
+            self.slots.release(req.slot)
+            req.slot = None
+
+    def on_step_done(self, seqs: list[ScheduledSeq]) -> None:
+        for s in seqs:
+            s.request.num_computed += s.num_tokens

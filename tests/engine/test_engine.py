@@ -1,0 +1,98 @@
+"""End-to-end engine behaviour on tiny random checkpoints (dense and MoE)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qwen35.engine import LLM, SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+
+
+def _prompts(lengths, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 20000, (n,), generator=gen).tolist() for n in lengths]
+
+
+def make_llm(path, **kw):
+    args = dict(dtype="float32", max_model_len=512, max_num_seqs=8, kv_cache_memory=96 << 20)
+    args.update(kw)
+    return LLM(str(path), **args)
+
+
+@pytest.fixture(scope="module", params=["tiny_ckpt", "tiny_moe_ckpt"])
+def ckpt(request):
+    return request.getfixturevalue(request.param)
+
+
+def _ids(outs):
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def test_greedy_identical_alone_batched_chunked_and_cached(ckpt):
+    prompts = _prompts([5, 40, 130, 17, 64, 3])
+    llm = make_llm(ckpt)
+    alone = [_ids(llm.generate([p], GREEDY))[0] for p in prompts]
+    assert _ids(llm.generate(prompts, GREEDY)) == alone
+    chunked = make_llm(ckpt, max_num_batched_tokens=7)
+    assert _ids(chunked.generate(prompts, GREEDY)) == alone
+    # second turn of a "chat": the history is prompt + answer, then more tokens
+    hist = prompts[2] + alone[2]
+    follow = hist + [11, 12, 13]
+    want = _ids(make_llm(ckpt, enable_prefix_caching=False).generate([follow], GREEDY))[0]
+    out = llm.generate([follow], GREEDY)[0]
+    assert out.num_cached_tokens > 0
+    assert out.outputs[0].token_ids == want
+
+
+def test_seeded_sampling_ignores_batch_composition(ckpt):
+    llm = make_llm(ckpt)
+    p = _prompts([30], seed=3)[0]
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=10, ignore_eos=True)
+    alone = _ids(llm.generate([p], params))[0]
+    others = _prompts([12, 50, 7], seed=4)
+    batch = llm.generate(others[:2] + [p] + others[2:],
+                         [SamplingParams(temperature=1.0, max_tokens=10), GREEDY, params, SamplingParams(seed=9)])
+    assert batch[2].outputs[0].token_ids == alone
+
+
+def test_pools_return_to_idle_after_abort_and_completion(ckpt):
+    llm = make_llm(ckpt, max_num_batched_tokens=16)
+    eng = llm.engine
+    idle = eng.cache_usage()
+    for i, p in enumerate(_prompts([100, 60, 9, 33])):
+        eng.add_request(f"r{i}", p, SamplingParams(max_tokens=30, ignore_eos=True))
+    eng.step()  # r0 is mid-prefill
+    assert eng.abort("r0")
+    for _ in range(4):
+        eng.step()  # the others are decoding
+    assert eng.abort("r1")
+    while eng.has_unfinished():
+        eng.step()
+    eng.scheduler.prefix.clear()
+    usage = eng.cache_usage()
+    assert usage["blocks_free"] == idle["blocks_free"] and usage["slots_free"] == idle["slots_free"]
+    assert all(r == 0 for r in eng.scheduler.blocks.refs)
+
+
+def test_bad_requests_are_refused_and_the_engine_keeps_serving(ckpt):
+    llm = make_llm(ckpt, max_model_len=64)
+    with pytest.raises(ValueError, match="max_model_len"):
+        llm.generate([list(range(64))], GREEDY)
+    with pytest.raises(ValueError, match="token ids"):
+        llm.generate([[-1, 5]], GREEDY)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    assert len(llm.generate([[1, 2, 3]], GREEDY)[0].outputs[0].token_ids) == 12
+
+
+def test_n_logprobs_and_lengths(ckpt):
+    llm = make_llm(ckpt)
+    out = llm.generate([[5, 6, 7, 8]], SamplingParams(n=3, temperature=1.0, seed=0, max_tokens=5, logprobs=2,
+                                                     ignore_eos=True))[0]
+    assert len(out.outputs) == 3 and all(len(c.token_ids) == 5 for c in out.outputs)
+    assert all(c.finish_reason == "length" for c in out.outputs)
+    c = out.outputs[0]
+    assert len(c.logprobs) == 5 and all(tok in lp for tok, lp in zip(c.token_ids, c.logprobs))
+    assert abs(c.cumulative_logprob - sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs))) < 1e-4
