@@ -13,9 +13,11 @@ Pipeline, in vLLM's order, over logits [B, V] fp32 (B = rows sampled this step, 
 
 Every filter is one tensor op for all rows, driven by per-row parameter tensors; a row that
 switches a filter off gets a no-op threshold. The only Python loops are O(B) (building the
-parameter tensors, and drawing the noise of seeded rows). A full sort of [B, V] happens only
-when some row uses top_p; top_k alone uses `topk(max k)`. Thresholds keep ties: every token
-whose logit equals the k-th (top_k) or the last kept (top_p) logit survives.
+parameter tensors, and drawing the noise of seeded rows). Penalties touch only the distinct
+(row, token) pairs of the histories, which `PenaltyState` keeps incrementally. A full sort of
+[B, V] happens only when some row uses top_p without top_k; otherwise top_k and top_p work on
+`topk(max k)`. Thresholds keep ties: every token whose logit equals the k-th (top_k) or the
+last kept (top_p) logit survives. Nothing reads a device value on the host (no sync).
 
 Reproducibility: a row whose request has its own `torch.Generator` draws its noise row (exactly V
 values per sampled step) from that generator only, so a seeded request yields the same tokens
@@ -264,10 +266,13 @@ def _top_k_top_p(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> None:
         x.masked_fill_(x < kth, float("-inf"))
     if not any(use_p):
         return
-    p = torch.softmax(srt, -1)
-    # drop a token once the mass strictly before it reaches top_p (the top token always stays)
+    # Unnormalised masses and a running sum: the first k sums do not depend on how many -inf
+    # (zero-mass) entries follow, so both paths (and any batch) give the same cut.
+    mass = (srt - srt[:, :1]).exp_()  # [S, K or V]
+    cum = mass.cumsum(-1)
     p_limit = torch.tensor(top_p, device=dev)[:, None]
-    keep = (p.cumsum(-1) - p) < p_limit  # a prefix of each row
+    # drop a token once the mass strictly before it reaches top_p (the top token always stays)
+    keep = (cum - mass) < p_limit * cum[:, -1:]  # a prefix of each row
     last_kept = srt.gather(1, keep.sum(-1, keepdim=True) - 1)  # [S, 1]
     # rows with top_p = 1 keep everything: cumsum rounding must not cut their tail
     last_kept.masked_fill_(p_limit >= 1, float("-inf"))
