@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -49,9 +50,13 @@ class BlockPool:
 
 
 class SlotPool:
+    """Hands out the lowest free slot, so requests running together tend to hold a contiguous range,
+    which the model updates in place instead of gathering and scattering states."""
+
     def __init__(self, slots: list[int]) -> None:
         self.capacity = len(slots)
-        self._free = list(reversed(slots))
+        self._free = sorted(slots)
+        heapq.heapify(self._free)
         self._used: set[int] = set()
 
     @property
@@ -61,7 +66,7 @@ class SlotPool:
     def allocate(self) -> int:
         if not self._free:
             raise MemoryError("no free state slot")
-        slot = self._free.pop()
+        slot = heapq.heappop(self._free)
         self._used.add(slot)
         return slot
 
@@ -69,7 +74,7 @@ class SlotPool:
         if slot not in self._used:
             raise RuntimeError(f"state slot {slot} released but not in use")
         self._used.remove(slot)
-        self._free.append(slot)
+        heapq.heappush(self._free, slot)
 
 
 def prefix_key(tokens: list[int], p: int) -> int:

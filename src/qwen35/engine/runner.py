@@ -40,11 +40,13 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, seqs: list[ScheduledSeq]) -> torch.Tensor:
         """Run the step; return fp32 logits [S, V] for the sequences with `sample` set, in order."""
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].request.slot)  # contiguous slots: in-place state
+        seqs = [seqs[i] for i in order]
         specs = [SeqSpec(s.request.all_ids[s.context:s.context + s.num_tokens], s.context, s.request.slot,
                          s.request.blocks) for s in seqs]
         batch = ForwardBatch.build(specs, self.block_size)
         hidden = self.model(batch, self.cache)
-        rows = [i for i, s in enumerate(seqs) if s.sample]
+        rows = sorted((i for i, s in enumerate(seqs) if s.sample), key=lambda i: order[i])  # caller's order
         if not rows:
             return hidden.new_empty(0, self.model.cfg.vocab_size, dtype=torch.float32)
         return self.model.logits(hidden[batch.last_index[rows]])
