@@ -60,43 +60,40 @@ def chunked_gated_delta_rule(
     """WY/UT-transform chunked form (architecture.md §2.4.7), same maths as the recurrent form.
 
     q, k: [B, T, H, dk]; v: [B, T, H, dv]; g, beta: [B, T, H]; state: [B, H, dk, dv], updated in place.
-    Returns o: [B, T, H, dv]. T is right-padded to a multiple of `chunk` with beta = g = 0 rows.
+    Returns o: [B, T, H, dv].
+
+    Per chunk of C tokens (local positions r, s), with G the in-chunk cumulative log-decay:
+        Γ[r, s] = exp(G_r - G_s) for s <= r;  A = (β K K^T) ⊙ Γ;  P = (Q K^T) ⊙ Γ
+        [U | W] = (I + strict_lower(A))^-1 [β V | β exp(G) K]
+        V' = U - W S;  O = (exp(G) Q) S + P V';  S = exp(G_C) S + (exp(G_C - G) K)^T V'
+    The whole chunk is processed before the next one, so every intermediate stays in cache; the last chunk
+    may be shorter (no padding needed).
     """
     B, T, H, dk = k.shape
     dv = v.shape[-1]
-    pad = (-T) % chunk
-    # -> [B, H, T, d]
-    q, k, v = (torch.nn.functional.pad(x.transpose(1, 2), (0, 0, 0, pad)) for x in (q, k, v))
-    g, beta = (torch.nn.functional.pad(x.transpose(1, 2), (0, pad)) for x in (g, beta))
-    n = (T + pad) // chunk
-    q, k, v = (x.reshape(B, H, n, chunk, -1) for x in (q, k, v))
-    g, beta = g.reshape(B, H, n, chunk), beta.reshape(B, H, n, chunk)
-
-    G = g.cumsum(-1)  # in-chunk cumulative log-decay
+    out = torch.empty(B, T, H, dv, dtype=q.dtype, device=q.device)
     upper = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
-    decay = _decay((G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(upper, float("-inf")))  # Γ[r, s]
-    k_beta = k * beta.unsqueeze(-1)
-    A = (k_beta @ k.transpose(-1, -2)) * decay
-    P = (q @ k.transpose(-1, -2)) * decay  # intra-chunk attention, diagonal included
-    # (I + strict_lower(A))^-1 applied to [beta*V | beta*exp(G)*K] in one triangular solve
-    G_exp = _decay(G)
-    rhs = torch.empty(B, H, n, chunk, dv + dk, dtype=q.dtype, device=q.device)
-    torch.mul(v, beta.unsqueeze(-1), out=rhs[..., :dv])
-    torch.mul(k_beta, G_exp.unsqueeze(-1), out=rhs[..., dv:])
-    sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
-    U, W = sol[..., :dv], sol[..., dv:]
-    q_dec = q * G_exp.unsqueeze(-1)
-    k_dec = k * _decay(G[..., -1:] - G).unsqueeze(-1)
-    gamma = G_exp[..., -1, None, None]  # [B, H, n, 1, 1]
-
-    out = torch.empty(B, H, n, chunk, dv, dtype=q.dtype, device=q.device)
     S = state
-    for i in range(n):  # sequential over chunks only
-        v_new = U[:, :, i] - W[:, :, i] @ S
-        out[:, :, i] = q_dec[:, :, i] @ S + P[:, :, i] @ v_new
-        S = S * gamma[:, :, i] + k_dec[:, :, i].transpose(-1, -2) @ v_new
+    for start in range(0, T, chunk):
+        end = min(start + chunk, T)
+        n = end - start
+        qc, kc, vc = (x[:, start:end].transpose(1, 2) for x in (q, k, v))  # [B, H, n, d]
+        bc = beta[:, start:end].transpose(1, 2).unsqueeze(-1)  # [B, H, n, 1]
+        G = g[:, start:end].transpose(1, 2).cumsum(-1)  # [B, H, n]
+        decay = _decay((G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(upper[:n, :n], float("-inf")))
+        k_beta = kc * bc
+        kt = kc.transpose(-1, -2)
+        A = (k_beta @ kt) * decay
+        G_exp = _decay(G).unsqueeze(-1)
+        rhs = torch.cat([vc * bc, k_beta * G_exp], -1)
+        sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+        v_new = sol[..., :dv] - sol[..., dv:] @ S
+        o = (qc * G_exp) @ S + ((qc @ kt) * decay) @ v_new
+        out[:, start:end] = o.transpose(1, 2)
+        G_last = G[..., -1:]
+        S = S * _decay(G_last).unsqueeze(-1) + (kc * _decay(G_last - G).unsqueeze(-1)).transpose(-1, -2) @ v_new
     state.copy_(S)
-    return out.reshape(B, H, n * chunk, dv)[:, :, :T].transpose(1, 2)
+    return out
 
 
 def gated_delta_rule(
