@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/qwen35 generate --prompt "The capital of France is" --max-tokens 32
+	$(BIN)/qwen35 serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""`qwen35` command line: init, generate (serve arrives with the server)."""
+"""`qwen35` command line: serve, generate, init."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _dtype(name: str):
     return getattr(torch, DTYPES[name])
 
 
-def _parse_size(text: str) -> int:
+def parse_size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().removesuffix("b")
     if t and t[-1] in units:
@@ -29,7 +29,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     cfg = preset(args.preset)
     out = write_random_checkpoint(cfg, args.out_dir, seed=args.seed, dtype=_dtype(args.dtype),
-                                  shard_bytes=_parse_size(args.shard_size))
+                                  shard_bytes=parse_size(args.shard_size))
     print(f"wrote a random {args.preset} checkpoint to {out}")
     return 0
 
@@ -93,7 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     g.set_defaults(func=cmd_generate)
+
+    from .server.serve import add_serve_args
+
+    s = sub.add_parser("serve", help="OpenAI-compatible server (vLLM-style flags)")
+    add_serve_args(s)
+    s.set_defaults(func=cmd_serve)
     return p
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.serve import serve
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return serve(args)
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

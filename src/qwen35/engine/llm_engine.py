@@ -7,6 +7,8 @@
 
 The engine knows tokens and text; the scheduler knows counts and cache ownership; the runner knows tensors.
 `n > 1` becomes n sub-requests (`id#i`, seed + i) whose outputs are gathered under the parent id.
+Requests with `params.guided` get a grammar matcher (guided.py): their logits rows are masked before
+sampling, and they finish ("stop") once the grammar is complete.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from ..loading.checkpoint import load_model
 from ..tokenizer import Tokenizer
+from .guided import GuidedDecoder, GuidedMatcher
 from .memory import plan_memory
 from .outputs import CompletionOutput, RequestOutput
 from .request import Request, Status
@@ -28,7 +31,7 @@ from .runner import ModelRunner
 from .sampler import PenaltyState, Sampler, SamplerOutput, min_tokens_stop_ids
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig
-from .stop import StopChecker
+from .stop import Delta, StopChecker
 
 log = logging.getLogger("qwen35.engine")
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
@@ -70,6 +73,7 @@ class _Seq:
     generator: torch.Generator | None
     completion: CompletionOutput
     prompt: str | None = None
+    guide: GuidedMatcher | None = None  # structured output state (params.guided)
 
 
 @dataclass(eq=False)
@@ -102,6 +106,7 @@ class LLMEngine:
         self.scheduler = Scheduler(sched_cfg, plan.num_blocks, list(range(plan.run_slots)),
                                    list(range(plan.run_slots, slots)))
         self.sampler = Sampler()
+        self.guided = GuidedDecoder(self.tokenizer, text.vocab_size, self.tokenizer.eos_token_id, self.eos_ids)
         self.parents: dict[str, _Parent] = {}
         self.seqs: dict[str, _Seq] = {}  # sub-request id -> state
         self.stats = {"steps": 0, "prompt_tokens": 0, "generated_tokens": 0, "preemptions": 0}
@@ -131,6 +136,8 @@ class LLMEngine:
             if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
                 raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
         parent = _Parent(request_id, text, ids)
+        # build the grammar matchers first: an invalid grammar fails before anything is queued
+        guides = [self.guided.matcher(params.guided) for _ in range(params.n)] if params.guided else None
         for i in range(params.n):
             sub = params if params.n == 1 else _child_params(params, i)
             sid = request_id if params.n == 1 else f"{request_id}#{i}"
@@ -139,7 +146,8 @@ class LLMEngine:
             gen = torch.Generator().manual_seed(sub.seed) if sub.seed is not None else None
             stop = StopChecker(self.tokenizer, sub, self.eos_ids, max_tokens=req.max_len - len(ids))
             seq = _Seq(req, request_id, i, stop,
-                       PenaltyState(ids, min_tokens_stop_ids(sub, self.eos_ids)), gen, CompletionOutput(i))
+                       PenaltyState(ids, min_tokens_stop_ids(sub, self.eos_ids)), gen, CompletionOutput(i),
+                       guide=guides[i] if guides else None)
             parent.seqs.append(seq)
             self.seqs[sid] = seq
         self.parents[request_id] = parent
@@ -184,6 +192,9 @@ class LLMEngine:
         sampled = [self.seqs[s.request.request_id] for s in sched.seqs if s.sample]
         touched: dict[str, _Parent] = {}
         if sampled:
+            guided = [i for i, q in enumerate(sampled) if q.guide is not None]
+            if guided:
+                self.guided.apply(logits, guided, [sampled[i].guide for i in guided])
             out = self.sampler(logits, [q.req.params for q in sampled], [q.penalties for q in sampled],
                                [q.generator for q in sampled])
             tokens = out.token_ids.tolist()
@@ -206,6 +217,12 @@ class LLMEngine:
             c.logprobs = (c.logprobs or []) + [entry]
             c.cumulative_logprob = (c.cumulative_logprob or 0.0) + float(out.logprobs[i])
         delta = seq.stop.feed(token)  # the stop checker also ends at max_tokens ("length")
+        if seq.guide is not None and delta.finish_reason is None:
+            if not seq.guide.accept(token):
+                log.warning("request %s: guided decoding failed: %s", req.request_id, seq.guide.error)
+            if seq.guide.is_finished():  # the grammar is complete: only EOS could follow
+                more = seq.stop.force_finish("stop")
+                delta = Delta(delta.text + more.text, "stop")
         c.delta_text += delta.text
         c.text += delta.text
         c.delta_token_ids.append(token)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .guided import GuidedDecoding
 
 
 @dataclass
@@ -24,6 +28,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token (0: only the chosen token's)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    guided: GuidedDecoding | None = None  # structured output (JSON schema, grammar, ...): see engine/guided.py
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -58,6 +63,13 @@ class SamplingParams:
         for ok, name, rule in checks:
             if not ok:
                 raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
+        if self.guided is not None:  # imported here: the scheduler imports this module without torch
+            from .guided import GuidedDecoding
+
+            if isinstance(self.guided, dict):
+                self.guided = GuidedDecoding(**self.guided)
+            if not isinstance(self.guided, GuidedDecoding):  # its grammar was compiled and checked when built
+                raise ValueError(f"guided must be a GuidedDecoding, got {type(self.guided).__name__}")
 
     @property
     def greedy(self) -> bool:

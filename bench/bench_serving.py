@@ -1,0 +1,139 @@
+"""Serving benchmark with the openai client: 1, 8 and 32 concurrent streaming chats.
+
+    .venv/bin/python bench/bench_serving.py [--model DIR | --preset dense-0.8b] [--concurrency 1,8,32]
+        [--max-tokens 32] [--llama-server URL]
+
+Starts `qwen35 serve` in-process on a free port, then for each concurrency level sends that many streaming
+chat requests at once and reports time to first token, inter-token latency (p50/p99) and total generated
+tokens/s. It also runs the same 8-way load straight on the engine (`AsyncLLM`, no HTTP) to measure what
+the server adds. `--llama-server URL` runs the same load against an already running llama.cpp server
+(`python -m llama_cpp.server`). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_model import checkpoint  # noqa: E402
+
+FILLER = "Tell me a long story about a lighthouse keeper and the sea, with many details. "
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def _one(client, model: str, i: int, max_tokens: int) -> dict:
+    t0 = time.perf_counter()
+    stamps = []
+    stream = await client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": f"{i}: {FILLER}"}], max_tokens=max_tokens,
+        temperature=0, stream=True, extra_body={"ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}})
+    async for chunk in stream:
+        if chunk.choices and (chunk.choices[0].delta.content or getattr(chunk.choices[0].delta, "reasoning_content",
+                                                                          None)):
+            stamps.append(time.perf_counter())
+    return {"ttft": stamps[0] - t0 if stamps else float("nan"),
+            "itl": [b - a for a, b in zip(stamps, stamps[1:])], "tokens": len(stamps)}
+
+
+async def load(base_url: str, model: str, concurrency: int, max_tokens: int) -> dict:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=3600)
+    await _one(client, model, -1, 2)  # warm-up
+    t0 = time.perf_counter()
+    res = await asyncio.gather(*[_one(client, model, i, max_tokens) for i in range(concurrency)])
+    wall = time.perf_counter() - t0
+    itl = [x for r in res for x in r["itl"]]
+    return {"concurrency": concurrency, "ttft_p50_s": _pct([r["ttft"] for r in res], 0.5),
+            "ttft_p99_s": _pct([r["ttft"] for r in res], 0.99), "itl_p50_s": _pct(itl, 0.5),
+            "itl_p99_s": _pct(itl, 0.99), "tokens_per_s": sum(r["tokens"] for r in res) / wall}
+
+
+async def engine_only(engine, tokenizer, concurrency: int, max_tokens: int) -> float:
+    from qwen35.engine import SamplingParams
+    from qwen35.tokenizer.chat_template import render_chat
+
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+    async def one(i):
+        text = render_chat(tokenizer.chat_template, [{"role": "user", "content": f"{i}: {FILLER}"}],
+                           enable_thinking=False)
+        n = 0
+        async for out in engine.generate(tokenizer.encode(text), params):
+            n = len(out.outputs[0].token_ids)
+        return n
+
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*[one(i) for i in range(concurrency)])
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model")
+    p.add_argument("--preset", default="dense-0.8b")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--llama-server", default=None)
+    args = p.parse_args()
+    import torch
+    import uvicorn
+
+    from qwen35.engine.async_engine import AsyncLLM
+    from qwen35.engine.llm_engine import EngineConfig
+    from qwen35.server.app import ServerState, create_app
+
+    torch.set_num_threads(args.threads)
+    path = checkpoint(args)
+    if not (path / "tokenizer.json").exists():
+        from qwen35.tokenizer import Tokenizer
+
+        Tokenizer.from_vocab().save(path)
+    engine = AsyncLLM(EngineConfig(model=str(path), dtype="bfloat16", max_model_len=2048, max_num_seqs=32,
+                                   kv_cache_memory=3 << 30))
+    state = ServerState(engine, ["bench"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    results: dict = {"model": str(path), "max_tokens": args.max_tokens}
+    for c in map(int, args.concurrency.split(",")):
+        r = asyncio.run(load(f"http://127.0.0.1:{port}/v1", "bench", c, args.max_tokens))
+        results[f"qwen35_c{c}"] = r
+        print(f"qwen35     c={c:3d}  {r}", flush=True)
+        if args.llama_server:
+            r = asyncio.run(load(args.llama_server.rstrip("/") + "/v1", "llama", c, args.max_tokens))
+            results[f"llamacpp_c{c}"] = r
+            print(f"llama.cpp  c={c:3d}  {r}", flush=True)
+    direct = asyncio.run(engine_only(engine, state.tokenizer, 8, args.max_tokens))
+    http = results.get("qwen35_c8", {}).get("tokens_per_s")
+    results["engine_only_c8_tokens_per_s"] = direct
+    if http:
+        results["server_overhead_c8"] = 1 - http / direct
+        print(f"engine alone c=8: {direct:.1f} tok/s; through HTTP: {http:.1f} tok/s "
+              f"(overhead {100 * results['server_overhead_c8']:.1f}%)")
+    server.should_exit = True
+    engine.shutdown()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

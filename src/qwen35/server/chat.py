@@ -1,0 +1,251 @@
+"""Chat completions: messages -> prompt -> engine -> (reasoning, content, tool calls), whole or streamed.
+
+Everything protocol-specific about a chat request is decided here once (`prepare_chat`): the prompt, the
+thinking mode read off the rendered prompt, the sampling parameters, constrained decoding for forced tool
+calls and response formats, and how to parse the output. `ChatRun` then turns engine outputs into
+OpenAI responses or SSE chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.guided import GuidedDecoding, tool_call_grammar
+from ..tokenizer.chat_template import render_chat
+from .messages import normalize_messages
+from .params import sampling_params
+from .parsers import ChatOutputParser
+from .protocol import ChatCompletionRequest
+
+
+class RequestError(ValueError):
+    """A bad request: becomes a 400 naming `param`."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ChatPlan:
+    prompt_ids: list[int]
+    params: Any  # SamplingParams
+    started_in_reasoning: bool
+    tools: list[dict] | None
+    parse_tools: bool
+    forced_name: str | None  # tool_choice naming a function: finish_reason stays "stop" (OpenAI)
+    include_reasoning: bool
+
+
+def _tool_choice(body: ChatCompletionRequest) -> tuple[str, str | None]:
+    choice = body.tool_choice
+    if choice is None:
+        return ("auto" if body.tools else "none"), None
+    if choice in ("none", "auto", "required"):
+        if choice != "none" and not body.tools:
+            raise RequestError(f"tool_choice={choice!r} needs tools", "tool_choice")
+        return choice, None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        names = [t["function"]["name"] for t in body.tools or []]
+        if not name or name not in names:
+            raise RequestError(f"tool_choice names function {name!r}, which is not in tools", "tool_choice")
+        return "named", name
+    raise RequestError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', ...}", "tool_choice")
+
+
+def _guided(body: ChatCompletionRequest, choice: str, forced: str | None, after: int | None,
+            max_tokens: int) -> GuidedDecoding | None:
+    """Constrained decoding for forced tool calls (native XML) and response formats, after `</think>`.
+    With thinking on, reasoning may use `thinking_token_budget` tokens (default: half of max_tokens, at most
+    2048 kept for the answer); then `</think>` is forced, so the constrained answer always gets room."""
+    budget = None
+    if after is not None:
+        given = getattr(body, "thinking_token_budget", None)
+        budget = given if isinstance(given, int) and given >= 0 else max_tokens - min(max_tokens // 2, 2048)
+    if choice in ("required", "named"):
+        grammar = tool_call_grammar(body.tools, [forced] if forced else None, allow_multiple=body.parallel_tool_calls)
+        return GuidedDecoding(grammar=grammar, start_after=after, reasoning_budget=budget)
+    if not body.response_format:
+        return None
+    kind = body.response_format.get("type")
+    if kind == "json_schema":
+        spec = body.response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError("response_format.json_schema.schema must be a JSON schema object", "response_format")
+        return GuidedDecoding(json_schema=schema, start_after=after, reasoning_budget=budget)
+    if kind == "json_object":
+        return GuidedDecoding(json_object=True, start_after=after, reasoning_budget=budget)
+    if kind not in ("text", None):
+        raise RequestError(f"response_format.type {kind!r} is not one of text, json_object, json_schema",
+                           "response_format")
+    return None
+
+
+def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
+    tok = server.tokenizer
+    messages = normalize_messages(body.messages)
+    choice, forced = _tool_choice(body)
+    kwargs = dict(body.chat_template_kwargs or {})
+    if body.enable_thinking is not None:
+        kwargs.setdefault("enable_thinking", body.enable_thinking)
+    tools = body.tools if choice != "none" else None
+    template = body.chat_template or server.chat_template
+    try:
+        text = render_chat(template, messages, tools=tools, add_generation_prompt=body.add_generation_prompt,
+                           **kwargs)
+    except Exception as e:  # jinja raise_exception / undefined: the messages do not fit the template
+        raise RequestError(f"the chat template rejected the messages: {e}", "messages") from None
+    if body.continue_final_message and messages[-1]["role"] == "assistant":
+        text = text[: text.rfind("<|im_end|>")] if text.rstrip().endswith("<|im_end|>") else text
+    ids = tok.encode(text)
+    if len(ids) >= server.max_model_len:
+        raise RequestError(f"the prompt is {len(ids)} tokens; this model's context is {server.max_model_len} "
+                           "tokens (max_model_len), which leaves no room for an answer", "messages")
+    tail = text.rstrip(" ")
+    started_in_reasoning = tail.endswith("<think>\n") or tail.endswith("<think>")
+    thinking = True if started_in_reasoning else (False if tail.endswith("</think>\n\n") else None)
+    after = tok.think_end_id if started_in_reasoning else None
+
+    budget = server.max_model_len - len(ids)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is not None and max_tokens > budget:
+        max_tokens = budget  # vLLM errors here; clamping keeps agent loops with long histories alive
+    try:
+        guided = _guided(body, choice, forced, after, max_tokens or budget)
+    except RequestError:
+        raise
+    except ValueError as e:  # the grammar or schema does not compile
+        raise RequestError(str(e), "tool_choice" if choice in ("required", "named") else "response_format") from None
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    body.skip_special_tokens = False  # <think>, </think>, <tool_call> are special tokens the parsers need
+    try:
+        params = sampling_params(body, max_tokens=max_tokens or budget, thinking=thinking,
+                                 defaults=server.generation_defaults, use_presets=server.use_presets,
+                                 logprobs=logprobs, guided=guided)
+    except ValueError as e:
+        raise RequestError(str(e), str(e).split(" ", 1)[0].rstrip(":")) from None
+    return ChatPlan(ids, params, started_in_reasoning, body.tools, parse_tools=choice != "none" and bool(body.tools),
+                    forced_name=forced, include_reasoning=body.include_reasoning)
+
+
+@dataclass
+class ChatRun:
+    """Turns engine outputs of one request into OpenAI chat responses or chunks."""
+
+    plan: ChatPlan
+    model: str
+    tokenizer: Any
+    emit_reasoning_alias: bool = True  # also send `reasoning` (vLLM's name) next to `reasoning_content`
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        n = self.plan.params.n
+        self.parsers = [ChatOutputParser(self.plan.started_in_reasoning, self.plan.tools, self.plan.parse_tools)
+                        for _ in range(n)]
+        self.tool_called = [False] * n
+        self.sent_role = [False] * n
+
+    # -- whole response -----------------------------------------------------------------------------
+    def response(self, final) -> dict[str, Any]:
+        choices = []
+        for c in final.outputs:
+            reasoning, content, calls = self.parsers[c.index].parse_all(c.text)
+            message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None}
+            if reasoning is not None and self.plan.include_reasoning:
+                message["reasoning_content"] = reasoning
+                if self.emit_reasoning_alias:
+                    message["reasoning"] = reasoning
+            if calls:
+                message["tool_calls"] = calls
+            choices.append({"index": c.index, "message": message, "logprobs": self._logprobs(c, c.token_ids,
+                                                                                                c.logprobs),
+                            "finish_reason": self._finish_reason(c.finish_reason, bool(calls))})
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": choices, "usage": usage(final)}
+
+    # -- streaming ----------------------------------------------------------------------------------
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": choices, **extra}
+
+    def stream_chunks(self, out) -> list[dict[str, Any]]:
+        chunks = []
+        for c in out.outputs:
+            i = c.index
+            if not self.sent_role[i]:
+                self.sent_role[i] = True
+                chunks.append(self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}]))
+            deltas = self.parsers[i].feed(c.delta_text) if c.delta_text else []
+            if c.finished:
+                deltas += self.parsers[i].finish()
+            lp = self._logprobs(c, c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):]
+                                if c.logprobs and c.delta_token_ids else None)
+            for d in deltas:
+                delta = self._delta(d, i)
+                if delta:
+                    chunks.append(self.chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}]))
+                    lp = None
+            if lp is not None:
+                chunks.append(self.chunk([{"index": i, "delta": {}, "logprobs": lp, "finish_reason": None}]))
+            if c.finished:
+                chunks.append(self.chunk([{"index": i, "delta": {}, "logprobs": None,
+                                           "finish_reason": self._finish_reason(c.finish_reason,
+                                                                                self.tool_called[i])}]))
+        return chunks
+
+    def _delta(self, d, i: int) -> dict[str, Any]:
+        kind, value = d
+        if kind == "reasoning":
+            if not value or not self.plan.include_reasoning:
+                return {}
+            out = {"reasoning_content": value}
+            if self.emit_reasoning_alias:
+                out["reasoning"] = value
+            return out
+        if kind == "content":
+            return {"content": value} if value else {}
+        self.tool_called[i] = True
+        return {"tool_calls": [value]}
+
+    def _finish_reason(self, reason: str | None, called: bool) -> str | None:
+        if reason == "stop" and called and self.plan.forced_name is None:
+            return "tool_calls"
+        if reason == "abort":
+            return "stop"
+        return reason
+
+    def _logprobs(self, c, token_ids: list[int], entries) -> dict[str, Any] | None:
+        if self.plan.params.logprobs is None or not entries:
+            return None
+        content = []
+        for tok_id, entry in zip(token_ids, entries):
+            top = sorted(entry.items(), key=lambda kv: -kv[1])[: self.plan.params.logprobs]
+            content.append({"token": self._tok(tok_id), "logprob": entry[tok_id],
+                            "bytes": list(self.tokenizer.token_bytes(tok_id)),
+                            "top_logprobs": [{"token": self._tok(t), "logprob": lp,
+                                              "bytes": list(self.tokenizer.token_bytes(t))} for t, lp in top]})
+        return {"content": content}
+
+    def _tok(self, tok_id: int) -> str:
+        return self.tokenizer.token_bytes(tok_id).decode("utf-8", errors="replace")
+
+
+def usage(final) -> dict[str, int]:
+    prompt = len(final.prompt_token_ids)
+    completion = sum(len(c.token_ids) for c in final.outputs)
+    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if final.num_cached_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": final.num_cached_tokens}
+    return out
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

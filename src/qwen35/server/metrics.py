@@ -1,0 +1,42 @@
+"""Prometheus metrics (`GET /metrics`), on a private registry so several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("qwen35_requests", "Finished HTTP generation requests", ["endpoint", "status"],
+                                registry=r)
+        self.prompt_tokens = Counter("qwen35_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.generation_tokens = Counter("qwen35_generation_tokens", "Tokens generated", registry=r)
+        self.running = Gauge("qwen35_requests_running", "Requests being processed", registry=r)
+        self.waiting = Gauge("qwen35_requests_waiting", "Requests waiting for cache", registry=r)
+        self.kv_usage = Gauge("qwen35_kv_cache_usage_ratio", "Fraction of K/V blocks in use", registry=r)
+        self.slot_usage = Gauge("qwen35_state_slots_usage_ratio", "Fraction of GDN state slots in use", registry=r)
+        self.prefix_hits = Gauge("qwen35_prefix_cache_hits", "Prefix-cache hits (requests)", registry=r)
+        self.prefix_misses = Gauge("qwen35_prefix_cache_misses", "Prefix-cache misses (requests)", registry=r)
+        self.prefix_hit_tokens = Gauge("qwen35_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
+                                       registry=r)
+        self.ttft = Histogram("qwen35_time_to_first_token_seconds", "Time to first token", registry=r,
+                              buckets=LATENCY_BUCKETS)
+        self.e2e = Histogram("qwen35_e2e_request_latency_seconds", "End-to-end request latency", registry=r,
+                             buckets=LATENCY_BUCKETS)
+        self.itl = Histogram("qwen35_inter_token_latency_seconds", "Time between streamed tokens", registry=r,
+                             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+
+    def update_cache(self, usage: dict[str, int]) -> None:
+        self.running.set(usage["running"])
+        self.waiting.set(usage["waiting"])
+        self.kv_usage.set(1 - usage["blocks_free"] / max(usage["blocks_total"], 1))
+        self.slot_usage.set(1 - usage["slots_free"] / max(usage["slots_total"], 1))
+        self.prefix_hits.set(usage["prefix_hits"])
+        self.prefix_misses.set(usage["prefix_misses"])
+        self.prefix_hit_tokens.set(usage["prefix_hit_tokens"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

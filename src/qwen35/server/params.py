@@ -1,0 +1,69 @@
+"""Request body -> `SamplingParams`, with the model's defaults filled in.
+
+Order per field: the request's value; for temperature / top_p / top_k / min_p the model card's preset for
+the chat's thinking mode (thinking 0.6 / 0.95 / 20 / 0, non-thinking 0.7 / 0.8 / 20 / 0); then the
+checkpoint's generation_config.json; then neutral values. `--generation-config vllm` turns the presets and
+generation_config off (neutral defaults), as in vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..engine.sampling_params import SamplingParams
+
+log = logging.getLogger("qwen35.server")
+
+THINKING_PRESET = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}
+NON_THINKING_PRESET = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
+_FROM_GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                           "frequency_penalty")
+
+
+def load_generation_defaults(model_dir: str | Path, mode: str = "auto") -> dict[str, Any]:
+    """Sampling defaults from generation_config.json (mode "auto"), or none (mode "vllm")."""
+    if mode == "vllm":
+        return {}
+    path = Path(mode if mode not in ("auto",) else model_dir) / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        log.warning("ignoring %s: %s", path, e)
+        return {}
+    out = {k: data[k] for k in _FROM_GENERATION_CONFIG if isinstance(data.get(k), (int, float))}
+    if data.get("do_sample") is False:
+        out["temperature"] = 0.0
+    if isinstance(data.get("max_new_tokens"), int):
+        out["max_tokens"] = data["max_new_tokens"]
+    return out
+
+
+def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None, defaults: dict[str, Any],
+                    use_presets: bool, logprobs: int | None, guided: Any = None) -> SamplingParams:
+    preset = {} if not use_presets or thinking is None else (THINKING_PRESET if thinking else NON_THINKING_PRESET)
+    values: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty"):
+        given = getattr(body, name, None)
+        if given is not None:
+            values[name] = given
+        elif name in preset:
+            values[name] = preset[name]
+        elif name in defaults:
+            values[name] = defaults[name]
+    cap = defaults.get("max_tokens")
+    if max_tokens is None and cap is not None:
+        max_tokens = cap
+    stop = body.stop if isinstance(body.stop, list) else ([body.stop] if body.stop else [])
+    kwargs = dict(values, n=body.n, seed=body.seed, max_tokens=max_tokens, min_tokens=body.min_tokens,
+                  stop=stop, stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos,
+                  logprobs=logprobs, skip_special_tokens=body.skip_special_tokens,
+                  include_stop_str_in_output=body.include_stop_str_in_output)
+    if guided is not None:
+        kwargs["guided"] = guided
+    return SamplingParams(**kwargs)

@@ -1,0 +1,132 @@
+"""Type a tool-call parameter's raw text by the tool's JSON schema (serving.md 2.3).
+
+The model writes every value as bare text: strings as they are, numbers and booleans bare, objects and
+arrays as JSON. Which of these a value is comes from the parameter's schema, as in vLLM's
+`coerce_to_schema_type`:
+
+* allowed types come from `type` (a name or a list, with aliases such as `int`, `float`, `dict`,
+  `list`), from the values of `enum`, and from `anyOf` / `oneOf` / `allOf`;
+* they are tried in the order null > integer > number > boolean > object > array > string;
+* Python spellings the chat template puts into history (`None`, `True`, `False`, `{'k': 'v'}`) are
+  accepted too, as serving.md recommends (the template renders history values with `| string`);
+* when no allowed type fits, the text is read as JSON (or a Python literal) and otherwise kept as
+  the string; a parameter the schema does not know stays a string.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import warnings
+from typing import Any
+
+_INTEGER = re.compile(r"[-+]?\d+")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_NO_VALUE = object()
+
+
+def _type_name(name: str) -> str | None:
+    t = name.strip().lower()
+    if t in ("string", "str", "text", "varchar", "char", "enum"):
+        return "string"
+    if t.startswith(("int", "uint", "long", "short", "unsigned")):
+        return "integer"
+    if t.startswith(("num", "float", "double", "decimal")):
+        return "number"
+    if t in ("boolean", "bool", "binary"):
+        return "boolean"
+    if t == "object" or t.startswith("dict"):
+        return "object"
+    if t in ("array", "arr", "sequence", "tuple") or t.startswith("list"):
+        return "array"
+    if t in ("null", "none"):
+        return "null"
+    return None
+
+
+def _value_type(value: Any) -> str:
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+                       (dict, "object"), (list, "array")):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def schema_types(schema: Any) -> set[str]:
+    """The JSON types a parameter schema allows (empty when it names none)."""
+    if not isinstance(schema, dict):
+        return set()
+    declared = schema.get("type")
+    types = {_type_name(t) for t in (declared if isinstance(declared, list) else [declared]) if isinstance(t, str)}
+    enum = schema.get("enum")
+    types |= {_value_type(v) for v in enum} if isinstance(enum, list) else set()
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in schema.get(key) or []:
+            types |= schema_types(sub)
+    return types - {None}
+
+
+def is_plain_string(schema: Any) -> bool:
+    """True when the value is kept as raw text whatever it says: unknown parameter or `string` only."""
+    return schema is None or schema_types(schema) == {"string"}
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _literal(text: str) -> Any:
+    """JSON first, then a Python literal; `_NO_VALUE` unless it is JSON-serialisable and finite."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            with warnings.catch_warnings():  # e.g. SyntaxWarning for "\d" in a string literal
+                warnings.simplefilter("ignore")
+                value = ast.literal_eval(text)
+        except Exception:  # SyntaxError, ValueError, RecursionError, MemoryError on hostile text
+            return _NO_VALUE
+    if isinstance(value, tuple):
+        value = list(value)
+    return value if _json_safe(value) else _NO_VALUE
+
+
+def _container(text: str, kind: type) -> Any:
+    value = _literal(text)
+    if isinstance(value, str):  # double-encoded, e.g. "{'k': 'v'}" inside JSON quotes
+        value = _literal(value)
+    return value if isinstance(value, kind) else _NO_VALUE
+
+
+def coerce_value(raw: str, schema: Any) -> Any:
+    """The typed value of parameter text `raw` (markup newlines already removed) under `schema`.
+
+    `schema` is the parameter's entry in the tool's `properties`, or None when it has none.
+    """
+    if schema is None:
+        return raw
+    types = schema_types(schema)
+    text = raw.strip()
+    lowered = text.lower()
+    if "null" in types and lowered in ("null", "none"):
+        return None
+    if "integer" in types and _INTEGER.fullmatch(text):
+        return int(text)
+    if "number" in types and _NUMBER.fullmatch(text):
+        number = int(text) if _INTEGER.fullmatch(text) else float(text)
+        if _json_safe(number):
+            return number
+    if "boolean" in types and lowered in ("true", "false", "1", "0"):
+        return lowered in ("true", "1")
+    for name, kind in (("object", dict), ("array", list)):
+        if name in types and (value := _container(text, kind)) is not _NO_VALUE:
+            return value
+    if "string" in types:
+        return raw
+    value = _literal(text)
+    return raw if value is _NO_VALUE else value

@@ -1,0 +1,63 @@
+"""A live qwen35 server on a random local port, serving the tiny random checkpoint."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+API_KEY = "test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tiny_ckpt):
+    import uvicorn
+
+    from qwen35.engine.async_engine import AsyncLLM
+    from qwen35.engine.llm_engine import EngineConfig
+    from qwen35.server.app import ServerState, create_app
+
+    engine = AsyncLLM(EngineConfig(model=str(tiny_ckpt), dtype="float32", max_model_len=1024, max_num_seqs=8,
+                                   kv_cache_memory=96 << 20))
+    state = ServerState(engine, ["tiny"], api_key=API_KEY, max_request_bytes=1 << 20)
+    port = _free_port()
+    config = uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        if time.time() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "state": state}
+    srv.should_exit = True
+    thread.join(timeout=10)
+    engine.shutdown()
+
+
+@pytest.fixture
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def wait_idle(state, timeout=20.0) -> dict:
+    """Cache pools back at their idle counts (prefix-cache entries cleared first)."""
+    deadline = time.time() + timeout
+    while True:
+        usage = state.engine.call(lambda e: (e.has_unfinished(), e.cache_usage()))
+        if not usage[0] or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    state.engine.call(lambda e: e.scheduler.prefix.clear())
+    return state.engine.call(lambda e: e.cache_usage())

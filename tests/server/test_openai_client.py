@@ -1,0 +1,147 @@
+"""The real `openai` client against a live server: models, chat, completions, streaming, n, seeds, usage,
+logprobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.server.conftest import wait_idle
+
+MSG = [{"role": "user", "content": "Say something."}]
+
+
+def test_models(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+
+
+def test_chat_non_stream_with_usage(client):
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, temperature=0,
+                                       extra_body={"ignore_eos": True,
+                                                   "chat_template_kwargs": {"enable_thinking": False}})
+    c = r.choices[0]
+    assert c.finish_reason == "length" and c.message.role == "assistant"
+    assert r.usage.completion_tokens == 8 and r.usage.prompt_tokens > 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 8
+
+
+def test_chat_stream_matches_non_stream(client):
+    kw = dict(model="tiny", messages=MSG, max_tokens=10, temperature=0,
+              extra_body={"ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}})
+    whole = client.chat.completions.create(**kw).choices[0].message.content
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == whole
+    assert chunks[-1].usage.completion_tokens == 10 and not chunks[-1].choices
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+
+
+def test_thinking_mode_splits_reasoning(client):
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    msg = r.choices[0].message
+    # the random model never closes </think>: everything is reasoning, content empty
+    assert getattr(msg, "reasoning_content", None) is not None
+
+
+def test_n_and_seed_reproducibility(client):
+    kw = dict(model="tiny", messages=MSG, max_tokens=6, temperature=1.0, seed=42, n=3,
+              extra_body={"ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}})
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    assert len(a.choices) == 3 and [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+
+
+def test_completions_and_logprobs(client):
+    r = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5, temperature=0, logprobs=3,
+                                  extra_body={"ignore_eos": True})
+    c = r.choices[0]
+    assert c.finish_reason == "length" and len(c.logprobs.token_logprobs) == 5
+    assert all(len(t) >= 1 for t in c.logprobs.top_logprobs)
+    s = list(client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5, temperature=0,
+                                       stream=True, extra_body={"ignore_eos": True}))
+    assert "".join(ch.choices[0].text for ch in s if ch.choices) == c.text
+
+
+def test_chat_logprobs(client):
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=4, temperature=0, logprobs=True,
+                                       top_logprobs=2, extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs.content
+    assert len(lp) == 4 and all(len(t.top_logprobs) == 2 for t in lp)
+    assert all(t.logprob >= t.top_logprobs[-1].logprob for t in lp)
+
+
+def test_tokenize_detokenize(server):
+    import httpx
+
+    r = httpx.post(server["url"] + "/tokenize", json={"prompt": "hello world"})
+    ids = r.json()["tokens"]
+    assert httpx.post(server["url"] + "/detokenize", json={"tokens": ids}).json()["prompt"] == "hello world"
+
+
+def test_metrics_and_health(server, client):
+    import httpx
+
+    assert httpx.get(server["url"] + "/health").status_code == 200
+    client.chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
+    text = httpx.get(server["url"] + "/metrics").text
+    for name in ("qwen35_requests_total", "qwen35_generation_tokens_total", "qwen35_kv_cache_usage_ratio",
+                 "qwen35_prefix_cache_hits", "qwen35_time_to_first_token_seconds_bucket"):
+        assert name in text
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"model": "tiny", "messages": MSG, "max_tokens": -1}, 400, "max_tokens"),
+    ({"model": "tiny", "messages": MSG, "temperature": "hot"}, 400, "temperature"),
+    ({"model": "tiny", "messages": MSG, "n": 1000}, 400, "n"),
+    ({"model": "tiny", "messages": MSG, "top_p": 5}, 400, "top_p"),
+    ({"model": "tiny", "messages": []}, 400, "messages"),
+    ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
+    ({"model": "tiny", "messages": MSG, "tools": []}, 400, "tools"),
+    ({"model": "tiny", "messages": MSG, "tool_choice": "required"}, 400, "tool_choice"),
+    ({"model": "nope", "messages": MSG}, 404, "model"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "word " * 1200}]}, 400, "messages"),
+])
+def test_bad_requests_get_openai_errors(server, body, status, param):
+    import httpx
+
+    r = httpx.post(server["url"] + "/v1/chat/completions", json=body,
+                   headers={"Authorization": "Bearer test-key"}, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"]
+
+
+def test_malformed_json_auth_and_size(server):
+    import httpx
+
+    url = server["url"] + "/v1/chat/completions"
+    auth = {"Authorization": "Bearer test-key", "content-type": "application/json"}
+    r = httpx.post(url, content=b"{not json", headers=auth)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    assert httpx.post(url, json={"model": "tiny", "messages": MSG}).status_code == 401
+    r = httpx.post(url, content=b"x" * (2 << 20), headers=auth)
+    assert r.status_code == 413
+    r = httpx.post(url, json={"model": "tiny", "messages": MSG, "max_tokens": 2, "some_vendor_field": 1},
+                   headers=auth)
+    assert r.status_code == 200  # unknown fields are ignored, as vLLM does
+
+
+def test_disconnect_mid_stream_frees_the_cache(server):
+    import httpx
+
+    state = server["state"]
+    idle = wait_idle(state)
+    with httpx.stream("POST", server["url"] + "/v1/chat/completions", timeout=60,
+                      headers={"Authorization": "Bearer test-key"},
+                      json={"model": "tiny", "messages": MSG, "max_tokens": 400, "stream": True,
+                            "extra_body": None, "ignore_eos": True}) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 4:
+                break  # hang up mid-stream
+    usage = wait_idle(state)
+    assert usage["blocks_free"] == idle["blocks_free"] and usage["slots_free"] == idle["slots_free"]
+    r = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": "Bearer test-key"},
+                   json={"model": "tiny", "messages": MSG, "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200

@@ -1,0 +1,100 @@
+"""Forced tool calls and JSON-schema answers from a RANDOM model are valid: constrained decoding in the
+model's native formats, parsed back into OpenAI shapes, assembled by the SDK's stream helper.
+
+Strings carry maxLength: a random model, free inside an unbounded string, would never close it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "days": {"type": "integer"},
+        "metric": {"type": "boolean"},
+        "unit": {"type": "string", "enum": ["c", "f"]}},
+        "required": ["city", "days"]}}}
+CLOCK = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}},
+                                       "required": ["zone"]}}}
+MSG = [{"role": "user", "content": "What's the weather in Paris?"}]
+NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
+
+
+def _check_weather(args: dict) -> None:
+    assert isinstance(args["city"], str) and isinstance(args["days"], int) and not isinstance(args["days"], bool)
+    assert "metric" not in args or isinstance(args["metric"], bool)
+    assert "unit" not in args or args["unit"] in ("c", "f")
+    assert set(args) <= {"city", "days", "metric", "unit"}
+
+
+@pytest.mark.parametrize("thinking", [False, True], ids=["no-think", "think"])
+def test_required_tool_call(client, thinking):
+    extra = NO_THINK if not thinking else {}
+    # with thinking on, the reasoning budget (half of max_tokens) forces </think>; one call then fits
+    r = client.chat.completions.create(model="tiny", messages=MSG, tools=[WEATHER, CLOCK], tool_choice="required",
+                                       max_tokens=300, temperature=0.8, seed=1, extra_body=extra,
+                                       parallel_tool_calls=not thinking)
+    c = r.choices[0]
+    assert c.message.tool_calls, c.message
+    assert c.finish_reason == "tool_calls"
+    for call in c.message.tool_calls:
+        args = json.loads(call.function.arguments)
+        assert call.function.name in ("get_weather", "get_time") and call.id and call.type == "function"
+        if call.function.name == "get_weather":
+            _check_weather(args)
+        else:
+            assert isinstance(args["zone"], str)
+
+
+def test_named_tool_call_streamed_through_the_sdk_helper(client):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    with client.chat.completions.stream(model="tiny", messages=MSG, tools=[WEATHER, CLOCK], tool_choice=choice,
+                                        max_tokens=300, temperature=0.8, seed=2, parallel_tool_calls=False,
+                                        extra_body=NO_THINK) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    _check_weather(json.loads(calls[0].function.arguments))
+    assert final.choices[0].finish_reason == "stop"  # forced by name: "stop", as OpenAI reports
+
+
+def test_json_schema_response(client):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 150},
+                                               "tags": {"type": "array", "maxItems": 3,
+                                                        "items": {"type": "string", "maxLength": 6}}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "A person as JSON"}], max_tokens=200, temperature=0.7,
+        seed=3, response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+        extra_body=NO_THINK)
+    data = json.loads(r.choices[0].message.content)
+    assert isinstance(data["name"], str) and isinstance(data["age"], int)
+    assert set(data) <= {"name", "age", "tags"}
+    assert all(isinstance(t, str) for t in data.get("tags", []))
+
+
+def test_json_schema_after_forced_end_of_reasoning(client):
+    """Thinking on: the random model never writes </think>; the reasoning budget forces it, then the schema."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "JSON please"}],
+                                       max_tokens=60, temperature=0.7, seed=4,
+                                       response_format={"type": "json_schema", "json_schema": {"schema": schema}},
+                                       extra_body={"thinking_token_budget": 10})
+    msg = r.choices[0].message
+    assert msg.reasoning_content and isinstance(json.loads(msg.content)["ok"], bool)
+
+
+def test_bad_schema_is_a_400(server):
+    import httpx
+
+    r = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": "Bearer test-key"},
+                   json={"model": "tiny", "messages": MSG, "response_format": {"type": "json_schema",
+                                                                               "json_schema": {"schema": 5}}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
