@@ -68,11 +68,8 @@ def test_bf16_is_as_close_to_fp32_as_transformers_bf16(which, request):
     ours, _ = load_model(path, dtype=torch.bfloat16)
     prompts = _prompts(hf.config.vocab_size, lengths=(160, 120), seed=3)
     oracle = [_hf_logits(hf, ids) for ids in prompts]
-    hf.to(torch.bfloat16)
-    try:
-        theirs = [_hf_logits(hf, ids) for ids in prompts]
-    finally:
-        hf.to(torch.float32)
+    hf16 = type(hf).from_pretrained(path, dtype=torch.bfloat16).eval()  # the session's fp32 model stays intact
+    theirs = [_hf_logits(hf16, ids) for ids in prompts]
     for got, want, ref in zip(all_logits(ours, prompts), theirs, oracle):
         our_err, their_err = (got - ref).abs().mean().item(), (want - ref).abs().mean().item()
         assert our_err <= 1.5 * their_err

@@ -368,5 +368,6 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
                                                   cfg.text.max_position_embeddings).to(device)
     model.eval()
     if prepack and torch.device(device).type == "cpu":
+        model.fuse()
         model.prepack()
     return model, cfg

@@ -10,7 +10,7 @@ from ..config import TextConfig
 from ..ops.attention import paged_attention
 from .batch import ForwardBatch
 from .cache import ModelCache
-from .linear import Linear
+from .linear import Linear, fuse_linears
 from .norm import RMSNorm
 from .rope import apply_rotary
 
@@ -28,14 +28,28 @@ class GatedAttention(nn.Module):
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.scale = d ** -0.5
+        self.qkv_proj: Linear | None = None  # q (+gate) | k | v in one matmul, after fuse()
+
+    def fuse(self) -> None:
+        fused = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
+        if fused is not None:
+            self.qkv_proj = fused
+            del self.q_proj, self.k_proj, self.v_proj
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.qkv_proj is not None:
+            kv = self.n_kv * self.head_dim
+            return self.qkv_proj(x).split((2 * self.n_heads * self.head_dim, kv, kv), -1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
                 cache: ModelCache) -> torch.Tensor:
         """x: [N, H] -> [N, H]."""
         N = x.shape[0]
-        q, gate = self.q_proj(x).view(N, self.n_heads, 2 * self.head_dim).chunk(2, -1)
-        k = self.k_proj(x).view(N, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(N, self.n_kv, self.head_dim)
+        qg, k, v = self._project(x)
+        q, gate = qg.reshape(N, self.n_heads, 2 * self.head_dim).chunk(2, -1)
+        k = k.reshape(N, self.n_kv, self.head_dim)
+        v = v.reshape(N, self.n_kv, self.head_dim)
         cos, sin = rope
         q = apply_rotary(self.q_norm(q), cos, sin)
         k = apply_rotary(self.k_norm(k), cos, sin)

@@ -12,7 +12,7 @@ from ..ops.conv1d import causal_conv1d, causal_conv1d_step
 from ..ops.gdn import gated_delta_rule, l2norm
 from .batch import ForwardBatch
 from .cache import ModelCache
-from .linear import Linear
+from .linear import Linear, fuse_linears
 from .norm import GatedRMSNorm
 
 
@@ -34,14 +34,27 @@ class GatedDeltaNet(nn.Module):
         self.norm = GatedRMSNorm(self.dv, cfg.rms_norm_eps)
         self.out_proj = Linear(vd, h)
         self.split = (kd, kd, vd)
+        self.in_proj: Linear | None = None  # qkv | z | b | a in one matmul, after fuse()
+
+    def fuse(self) -> None:
+        """Merge the four input projections into one (inference only; the originals are dropped)."""
+        fused = fuse_linears([self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a])
+        if fused is not None:
+            self.in_proj = fused
+            del self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.in_proj is not None:
+            return self.in_proj(x).split((sum(self.split), self.hv * self.dv, self.hv, self.hv), -1)
+        return self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: ModelCache) -> torch.Tensor:
         """x: [N, H] -> [N, H]."""
         N = x.shape[0]
-        mixed = self.in_proj_qkv(x)  # [N, C]
-        z = self.in_proj_z(x).view(N, self.hv, self.dv)
-        beta = torch.sigmoid(self.in_proj_b(x).float())  # [N, Hv]
-        g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())
+        mixed, z, b, a = self._project(x)  # [N, C], [N, Dv], [N, Hv], [N, Hv]
+        z = z.reshape(N, self.hv, self.dv)
+        beta = torch.sigmoid(b.float())
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
 
         conv_pool, ssm_pool = cache.state(self.layer)
         if batch.slot_range is not None:  # contiguous slots: work on the pool in place

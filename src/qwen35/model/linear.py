@@ -37,6 +37,16 @@ class Linear(nn.Module):
         self.weight = None
 
 
+def fuse_linears(linears: list[nn.Module]) -> Linear | None:
+    """One `Linear` whose output is the concatenation of `linears`' outputs (one matmul instead of several,
+    the way vLLM merges qkv and gate/up), or None when any of them is not a plain unpacked `Linear`."""
+    if not all(type(m) is Linear and m.weight is not None for m in linears):
+        return None
+    fused = Linear(linears[0].in_features, sum(m.out_features for m in linears))
+    fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears]), requires_grad=False)
+    return fused
+
+
 def dequantize_fp8(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
                    dtype: torch.dtype) -> torch.Tensor:
     """W[i, j] = W_fp8[i, j] * scale_inv[i // bo, j // bi] (the name notwithstanding, a multiplier)."""

@@ -47,6 +47,13 @@ class Qwen35ForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def fuse(self) -> None:
+        """Merge projections that read the same input (GDN qkv/z/b/a, attention q/k/v, MLP gate/up) into one
+        matmul each: fewer, larger matmuls stream the weights faster. Inference only."""
+        for module in list(self.model.modules()):
+            if hasattr(module, "fuse") and module is not self:
+                module.fuse()
+
     def prepack(self) -> None:
         """CPU: move every projection to oneDNN's packed layout. lm_head keeps its plain weight (it may be
         tied to the embedding, and `torch.mv` reads it fastest for one row)."""
