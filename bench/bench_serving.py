@@ -55,12 +55,17 @@ async def load(base_url: str, model: str, concurrency: int, max_tokens: int) -> 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=3600)
     await _one(client, model, -1, 2)  # warm-up
     t0 = time.perf_counter()
-    res = await asyncio.gather(*[_one(client, model, i, max_tokens) for i in range(concurrency)])
+    res = await asyncio.gather(*[_one(client, model, i, max_tokens) for i in range(concurrency)],
+                               return_exceptions=True)
     wall = time.perf_counter() - t0
+    await client.close()
+    failed = [r for r in res if isinstance(r, BaseException)]
+    res = [r for r in res if not isinstance(r, BaseException)]
     itl = [x for r in res for x in r["itl"]]
     return {"concurrency": concurrency, "ttft_p50_s": _pct([r["ttft"] for r in res], 0.5),
             "ttft_p99_s": _pct([r["ttft"] for r in res], 0.99), "itl_p50_s": _pct(itl, 0.5),
-            "itl_p99_s": _pct(itl, 0.99), "tokens_per_s": sum(r["tokens"] for r in res) / wall}
+            "itl_p99_s": _pct(itl, 0.99), "tokens_per_s": sum(r["tokens"] for r in res) / wall,
+            "failed_requests": len(failed)}
 
 
 async def engine_only(engine, tokenizer, concurrency: int, max_tokens: int) -> float:

@@ -115,10 +115,12 @@ class AsyncLLM:
                 try:
                     self.engine.add_request(rid, prompt, params)
                 except Exception as e:
-                    loop.call_soon_threadsafe(_resolve, accepted, e)
+                    _call(loop, _resolve, accepted, e)
                     continue
                 self._streams[rid] = (loop, q)
-                loop.call_soon_threadsafe(_resolve, accepted, None)
+                if not _call(loop, _resolve, accepted, None):  # the caller is gone
+                    self._streams.pop(rid, None)
+                    self.engine.abort(rid)
             elif kind == "abort":
                 if self.engine.abort(cmd[1]):
                     self._send(cmd[1], _DONE)
@@ -138,10 +140,16 @@ class AsyncLLM:
         finished = item is _DONE or isinstance(item, BaseException) or getattr(item, "finished", False)
         if finished:
             del self._streams[rid]
-        try:
-            loop.call_soon_threadsafe(q.put_nowait, item)
-        except RuntimeError:  # the caller's loop is closed
-            pass
+        _call(loop, q.put_nowait, item)
+
+
+def _call(loop: asyncio.AbstractEventLoop, fn, *args) -> bool:
+    """Schedule `fn` on the caller's loop; False when that loop is closed (the caller is gone)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+        return True
+    except RuntimeError:
+        return False
 
 
 def _resolve(fut: asyncio.Future, error: BaseException | None) -> None:
