@@ -36,15 +36,16 @@ def checkpoint(args) -> Path:
 
 @torch.inference_mode()
 def bench_ours(path: Path, dtype, prompt: list[int], n_decode: int) -> dict:
+    from qwen35.engine.sampling_params import SamplingParams
     from qwen35.generate import GenerationStats, Generator
     from qwen35.loading.checkpoint import load_model
 
     model, _ = load_model(path, dtype=dtype, progress=False)
     gen = Generator(model, len(prompt) + n_decode + 1)
-    for _ in gen.stream(prompt[:32], 4):  # warm-up
+    for _ in gen.stream(prompt[:32], SamplingParams(temperature=0, max_tokens=4)):  # warm-up
         pass
     stats = GenerationStats()
-    for _ in gen.stream(prompt, n_decode + 1, stats=stats):
+    for _ in gen.stream(prompt, SamplingParams(temperature=0, max_tokens=n_decode + 1), stats=stats):
         pass
     del model, gen
     return {"prefill_tps": stats.prefill_tps, "decode_tps": stats.decode_tps}

@@ -38,6 +38,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .default_model import default_model_dir
+    from .engine.sampling_params import SamplingParams
     from .generate import GenerationStats, Generator
     from .loading.checkpoint import load_model
     from .tokenizer import IncrementalDetokenizer, Tokenizer
@@ -57,8 +58,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     detok = IncrementalDetokenizer(tok, skip_special_tokens=True)
     stats = GenerationStats()
     stop = frozenset({tok.eos_token_id, tok.im_end_id})
-    for token in gen.stream(prompt, args.max_tokens, args.temperature, args.top_p, args.top_k, args.min_p,
-                            args.seed, stop_ids=stop, stats=stats):
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                            seed=args.seed, max_tokens=args.max_tokens)
+    for token in gen.stream(prompt, params, stop_ids=stop, stats=stats):
         sys.stdout.write(detok.feed(token))
         sys.stdout.flush()
     sys.stdout.write(detok.flush() + "\n")

@@ -1,7 +1,8 @@
 """Single-sequence streaming generation: the path behind `qwen35 generate`.
 
-One sequence, one cache slot, blocks allocated contiguously for `max_len` tokens. The engine
-(continuous batching) reuses the same model API with many sequences.
+One sequence, one cache slot, blocks allocated contiguously for `max_len` tokens, the engine's sampler.
+No scheduler: this is the model's own speed, what bench/bench_model.py measures. The engine (continuous
+batching) uses the same model API with many sequences.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .engine.sampler import PenaltyState, Sampler, min_tokens_stop_ids
+from .engine.sampling_params import SamplingParams
 from .model import ForwardBatch, ModelCache, Qwen35ForCausalLM, SeqSpec
-from .ops.sampling import sample
 
 BLOCK_SIZE = 16
 
@@ -44,20 +46,22 @@ class Generator:
         self.max_len = max_len
         self.blocks = list(range(-(-max_len // BLOCK_SIZE)))
         self.cache: ModelCache = model.new_cache(len(self.blocks), BLOCK_SIZE, num_slots=1)
+        self.sampler = Sampler()
 
     @torch.inference_mode()
-    def stream(self, prompt: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               top_k: int = 0, min_p: float = 0.0, seed: int | None = None, stop_ids: frozenset[int] = frozenset(),
+    def stream(self, prompt: list[int], params: SamplingParams, stop_ids: frozenset[int] = frozenset(),
                stats: GenerationStats | None = None) -> Iterator[int]:
-        """Yield up to `max_tokens` new token ids; stops after a token in `stop_ids` (which is yielded)."""
+        """Yield up to `params.max_tokens` new token ids; stops after a token in `stop_ids` (which is yielded)."""
         if not prompt:
             raise ValueError("the prompt is empty")
+        max_tokens = params.max_tokens or self.max_len - len(prompt)
         if len(prompt) + max_tokens > self.max_len:
             raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the "
                              f"context of {self.max_len} tokens")
         stats = stats if stats is not None else GenerationStats()
         stats.prompt_tokens = len(prompt)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        history = PenaltyState(prompt, min_tokens_stop_ids(params, stop_ids))
         self.cache.reset_slots([0])
         tokens, context = list(prompt), 0
         for step in range(max_tokens):
@@ -65,7 +69,8 @@ class Generator:
             batch = ForwardBatch.build([SeqSpec(tokens[context:], context, 0, self.blocks)], BLOCK_SIZE)
             hidden = self.model(batch, self.cache)
             logits = self.model.logits(hidden[batch.last_index])
-            token = int(sample(logits, temperature, top_p, top_k, min_p, gen)[0])
+            token = int(self.sampler(logits, [params], [history], [gen]).token_ids[0])
+            history.append(token)
             now = time.perf_counter()
             if step == 0:
                 stats.prefill_s = now - t0

@@ -72,7 +72,6 @@ class _Seq:
     penalties: PenaltyState
     generator: torch.Generator | None
     completion: CompletionOutput
-    prompt: str | None = None
     guide: GuidedMatcher | None = None  # structured output state (params.guided)
 
 
@@ -181,7 +180,7 @@ class LLMEngine:
             self.runner.restore(req, hit)
         logits = self.runner.forward(sched.seqs)
         self.scheduler.on_step_done(sched.seqs)
-        self.stats["prompt_tokens"] += sum(s.num_tokens for s in sched.seqs if not s.sample or s.num_tokens > 1)
+        self.stats["prompt_tokens"] += sum(_prefill_tokens(s) for s in sched.seqs)
 
         for s in sched.seqs:  # prefix checkpoints reached by this step
             if s.save_at is not None:
@@ -264,6 +263,14 @@ class LLMEngine:
                 "slots_total": s.slots.capacity, "slots_free": s.slots.num_free,
                 "prefix_entries": len(s.prefix), "prefix_hits": s.prefix.hits, "prefix_misses": s.prefix.misses,
                 "prefix_hit_tokens": s.prefix.hit_tokens, "running": len(s.running), "waiting": len(s.waiting)}
+
+
+def _prefill_tokens(s) -> int:
+    """Tokens of a scheduled chunk that were not sampled by the previous step: the prompt, or a preempted
+    request's earlier output being recomputed (everything but the newest token)."""
+    req = s.request
+    known = len(req.prompt_ids) if not req.output_ids else req.num_tokens - 1
+    return max(0, min(s.context + s.num_tokens, known) - s.context)
 
 
 def _child_params(params: SamplingParams, i: int) -> SamplingParams:
