@@ -2,10 +2,15 @@
 
     .venv/bin/python bench/bench_engine.py [--model DIR | --preset dense-0.8b] [--dtype bf16] [--threads 2]
         [--cases single,batch8,batch32,prefill2048,chat] [--decode-tokens 32] [--skip-transformers]
+        [--gguf MODEL.gguf]
 
 Cases: single-sequence decode, 8 and 32 concurrent sequences (total generated tokens/s), a 2048-token prefill
 (prompt tokens/s), and the second turn of a chat with a ~2,000-token history (time to first token with and
 without the prefix cache). Ratios ours / transformers are printed; the last line is one JSON object.
+
+With `--gguf` (a BF16 GGUF of the same checkpoint, made with the convert_hf_to_gguf.py that llama-cpp-python's
+sdist ships) and `llama_cpp` importable, llama.cpp runs the single-sequence and prefill cases too.
+llama-cpp-python's API runs one sequence at a time, so it has no batch rows.
 """
 
 from __future__ import annotations
@@ -97,6 +102,23 @@ def hf_case(model, case: str, n_decode: int) -> dict:
     return {}
 
 
+def llamacpp_case(llm, case: str, n_decode: int) -> dict:
+    if case == "single":
+        prompt = _prompts(1, 64, seed=1)[0]
+        llm.reset()
+        llm.eval(prompt)
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            llm.eval([llm.sample(temp=0)])
+        return {"tokens_per_s": n_decode / (time.perf_counter() - t0)}
+    if case == "prefill2048":
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(_prompts(1, 2048, seed=7)[0])
+        return {"prompt_tokens_per_s": 2048 / (time.perf_counter() - t0)}
+    return {}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model")
@@ -106,6 +128,7 @@ def main() -> None:
     p.add_argument("--cases", default="single,batch8,batch32,prefill2048,chat")
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--gguf", default=None, help="BF16 GGUF of the same checkpoint, for llama.cpp rows")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     path = checkpoint(args)
@@ -136,6 +159,21 @@ def main() -> None:
             ratio = results[case]["qwen35"][key] / hf[key]
             results[case]["ratio"] = ratio
             print(f"transformers {case:12s} {hf}   ratio {ratio:.2f}x", flush=True)
+    if args.gguf:
+        import llama_cpp
+
+        ref = llama_cpp.Llama(args.gguf, n_ctx=4096, n_threads=args.threads, n_batch=2048, n_ubatch=512,
+                              verbose=False)
+        ref.reset()
+        ref.eval(_prompts(1, 16, seed=0)[0])  # warm-up
+        for case in cases:
+            lc = llamacpp_case(ref, case, args.decode_tokens)
+            if not lc:
+                continue
+            key = next(iter(lc))
+            results[case]["llama.cpp"] = lc
+            results[case]["ratio_llama.cpp"] = results[case]["qwen35"][key] / lc[key]
+            print(f"llama.cpp    {case:12s} {lc}   ratio {results[case]['ratio_llama.cpp']:.2f}x", flush=True)
     print(json.dumps(results))
 
 
