@@ -98,3 +98,23 @@ def test_bad_schema_is_a_400(server):
                    json={"model": "tiny", "messages": MSG, "response_format": {"type": "json_schema",
                                                                                "json_schema": {"schema": 5}}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+
+
+def test_tool_choice_none_strips_markup_and_returns_no_calls(server):
+    """With tool_choice "none", a call the model writes anyway is removed from the content (as vLLM does)."""
+    from qwen35.server.chat import ChatRun, prepare_chat
+    from qwen35.server.protocol import ChatCompletionRequest
+
+    body = ChatCompletionRequest(messages=MSG, tools=[WEATHER], tool_choice="none", max_tokens=5)
+    run = ChatRun(prepare_chat(body, server["state"]), "tiny", server["state"].tokenizer)
+
+    class Out:  # a finished engine output whose text holds a tool call
+        index, finish_reason, token_ids, logprobs = 0, "stop", [1], None
+        text = "</think>\n\nSure.\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n" \
+               "</function>\n</tool_call>"
+
+    class Final:
+        outputs, prompt_token_ids, num_cached_tokens = [Out()], [1, 2], 0
+
+    msg = run.response(Final())["choices"][0]["message"]
+    assert "tool_calls" not in msg and "<tool_call>" not in (msg["content"] or "")

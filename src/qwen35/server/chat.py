@@ -36,7 +36,8 @@ class ChatPlan:
     params: Any  # SamplingParams
     started_in_reasoning: bool
     tools: list[dict] | None
-    parse_tools: bool
+    parse_tools: bool  # the request has tools: tool-call markup is parsed out of the content
+    drop_tool_calls: bool  # tool_choice "none" with tools: markup the model still wrote is removed, no calls
     forced_name: str | None  # tool_choice naming a function: finish_reason stays "stop" (OpenAI)
     include_reasoning: bool
 
@@ -130,7 +131,8 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
                                  logprobs=logprobs, guided=guided)
     except ValueError as e:
         raise RequestError(str(e), str(e).split(" ", 1)[0].rstrip(":")) from None
-    return ChatPlan(ids, params, started_in_reasoning, body.tools, parse_tools=choice != "none" and bool(body.tools),
+    return ChatPlan(ids, params, started_in_reasoning, body.tools, parse_tools=bool(body.tools),
+                    drop_tool_calls=choice == "none",
                     forced_name=forced, include_reasoning=body.include_reasoning)
 
 
@@ -157,6 +159,8 @@ class ChatRun:
         choices = []
         for c in final.outputs:
             reasoning, content, calls = self.parsers[c.index].parse_all(c.text)
+            if self.plan.drop_tool_calls:
+                calls = []
             message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None}
             if reasoning is not None and self.plan.include_reasoning:
                 message["reasoning_content"] = reasoning
@@ -212,6 +216,8 @@ class ChatRun:
             return out
         if kind == "content":
             return {"content": value} if value else {}
+        if self.plan.drop_tool_calls:
+            return {}
         self.tool_called[i] = True
         return {"tool_calls": [value]}
 
