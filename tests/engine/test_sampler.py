@@ -224,3 +224,16 @@ def test_invalid_inputs():
         Sampler(logprobs_mode="processed")
     with pytest.raises(ValueError, match="non-negative"):
         PenaltyState([1, -2])
+
+
+def test_logit_bias_forces_and_bans_tokens():
+    from qwen35.engine.sampler import PenaltyState, Sampler
+    from qwen35.engine.sampling_params import SamplingParams
+
+    logits = torch.zeros(2, 50)
+    params = [SamplingParams(temperature=0, logit_bias={7: 100.0}),
+              SamplingParams(temperature=1.0, logit_bias={t: -100.0 for t in range(49)})]
+    out = Sampler()(logits, params, [PenaltyState([1]), PenaltyState([1])], [None, torch.Generator().manual_seed(0)])
+    assert out.token_ids.tolist() == [7, 49]
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplingParams(logit_bias={3: 500})

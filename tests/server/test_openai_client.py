@@ -145,3 +145,11 @@ def test_disconnect_mid_stream_frees_the_cache(server):
     r = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": "Bearer test-key"},
                    json={"model": "tiny", "messages": MSG, "max_tokens": 2}, timeout=60)
     assert r.status_code == 200
+
+
+def test_logit_bias(client, server):
+    tok = server["state"].tokenizer
+    target = tok.encode(" lighthouse")[0]
+    r = client.completions.create(model="tiny", prompt="Hello", max_tokens=3, temperature=0,
+                                  logit_bias={str(target): 100}, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == tok.decode([target] * 3)

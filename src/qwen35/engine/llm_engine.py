@@ -50,6 +50,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     prefix_cache_fraction: float = 0.3
     threads: int | None = None
+    device: str = "cpu"  # "cuda" works through the same code paths (not exercised by this repo's CI)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -88,7 +89,7 @@ class LLMEngine:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype])
+        self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device)
         self.tokenizer = Tokenizer.from_pretrained(cfg.model)
         text = self.model_cfg.text
         self.max_model_len = min(cfg.max_model_len or min(text.max_position_embeddings, 8192),

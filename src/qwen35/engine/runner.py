@@ -19,6 +19,7 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.cache: ModelCache = model.new_cache(num_blocks, block_size, num_slots)
+        self.device = model.model.embed_tokens.weight.device
 
     def restore(self, req: Request, hit: PrefixHit) -> None:
         """Make `req`'s cache hold the saved prefix: copy the partial block's rows and the GDN state."""
@@ -44,7 +45,7 @@ class ModelRunner:
         seqs = [seqs[i] for i in order]
         specs = [SeqSpec(s.request.all_ids[s.context:s.context + s.num_tokens], s.context, s.request.slot,
                          s.request.blocks) for s in seqs]
-        batch = ForwardBatch.build(specs, self.block_size)
+        batch = ForwardBatch.build(specs, self.block_size, self.device)
         hidden = self.model(batch, self.cache)
         rows = sorted((i for i, s in enumerate(seqs) if s.sample), key=lambda i: order[i])  # caller's order
         if not rows:

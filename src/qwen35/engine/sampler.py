@@ -137,6 +137,7 @@ class Sampler:
         lp = None
         if lp_rows and self.logprobs_mode == "raw":
             lp = torch.log_softmax(_take_rows(logits, lp_rows), -1)  # [L, V]
+        _apply_logit_bias(logits, params)
         _apply_penalties(logits, params, histories)
         _apply_min_tokens(logits, params, histories)
         if lp_rows and self.logprobs_mode == "penalized":
@@ -183,6 +184,22 @@ def _index(rows: list[int], device: torch.device) -> torch.Tensor:
 def _take_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
     """x[rows] without a copy when rows is all of x."""
     return x if len(rows) == x.shape[0] else x[_index(rows, x.device)]
+
+
+def _apply_logit_bias(logits: torch.Tensor, params: list[SamplingParams]) -> None:
+    """OpenAI's logit_bias: add each request's per-token bias (ids past the vocabulary are ignored)."""
+    V = logits.shape[1]
+    rows, ids, vals = [], [], []
+    for i, p in enumerate(params):
+        for tok, bias in (p.logit_bias or {}).items():
+            if tok < V:
+                rows.append(i)
+                ids.append(tok)
+                vals.append(float(bias))
+    if rows:
+        dev = logits.device
+        logits.index_put_((torch.tensor(rows, device=dev), torch.tensor(ids, device=dev)),
+                          torch.tensor(vals, device=dev), accumulate=True)
 
 
 def _apply_penalties(logits: torch.Tensor, params: list[SamplingParams], histories: list[PenaltyState]) -> None:

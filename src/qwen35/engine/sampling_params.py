@@ -28,6 +28,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token (0: only the chosen token's)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: dict[int, float] | None = None  # added to the logits before sampling (OpenAI's -100..100)
     guided: GuidedDecoding | None = None  # structured output (JSON schema, grammar, ...): see engine/guided.py
 
     def __post_init__(self) -> None:
@@ -59,6 +60,9 @@ class SamplingParams:
              "must be non-negative integers"),
             (self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= 20), "logprobs",
              "must be an integer in [0, 20]"),
+            (self.logit_bias is None or (isinstance(self.logit_bias, dict) and all(
+                _is_int(k) and k >= 0 and _is_num(v) and -100 <= v <= 100 for k, v in self.logit_bias.items())),
+             "logit_bias", "must map token ids to numbers in [-100, 100]"),
         ]
         for ok, name, rule in checks:
             if not ok:

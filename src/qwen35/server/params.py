@@ -66,4 +66,9 @@ def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None,
                   include_stop_str_in_output=body.include_stop_str_in_output)
     if guided is not None:
         kwargs["guided"] = guided
+    if body.logit_bias:
+        try:
+            kwargs["logit_bias"] = {int(k): v for k, v in body.logit_bias.items()}
+        except ValueError:
+            raise ValueError("logit_bias keys must be token ids") from None
     return SamplingParams(**kwargs)

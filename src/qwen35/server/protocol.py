@@ -34,6 +34,7 @@ class _Body(BaseModel):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     user: str | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a JSON string key) -> bias in [-100, 100]
 
     @field_validator("stop")
     @classmethod

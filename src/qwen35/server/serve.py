@@ -35,6 +35,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-enable-prefix-caching", action="store_true")
     p.add_argument("--max-request-bytes", type=int, default=16 << 20)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--trust-remote-code", action="store_true", help="accepted and ignored")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="accepted; must be 1")
 
@@ -60,7 +61,8 @@ def build_state(args: argparse.Namespace):
     cfg = EngineConfig(model=path, dtype=args.dtype, max_model_len=args.max_model_len,
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        kv_cache_memory=parse_size(args.kv_cache_memory) if args.kv_cache_memory else None,
-                       enable_prefix_caching=not args.no_enable_prefix_caching, threads=args.threads or None)
+                       enable_prefix_caching=not args.no_enable_prefix_caching, threads=args.threads or None,
+                       device=args.device)
     engine = AsyncLLM(cfg)
     names = args.served_model_name or [("qwen35-default-random" if embedded else Path(path).name)]
     state = ServerState(engine, names, api_key=args.api_key, chat_template=template,
