@@ -374,3 +374,13 @@ def test_default_ids_are_unique():
 ])
 def test_coerce_value(raw, schema, value):
     assert coerce_value(raw, schema) == value
+
+
+def test_nested_values_are_typed_by_sub_schemas():
+    from qwen35.server.parsers.schema import coerce_value
+
+    schema = {"type": "object", "properties": {
+        "n": {"type": "integer"}, "flag": {"type": "boolean"}, "name": {"type": "string"},
+        "pts": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "number"}}}}}}
+    got = coerce_value('{"n": "3", "flag": "true", "name": "7", "pts": [{"x": "1.5"}, {"x": 2}]}', schema)
+    assert got == {"n": 3, "flag": True, "name": "7", "pts": [{"x": 1.5}, {"x": 2}]}

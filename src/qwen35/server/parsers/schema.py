@@ -103,6 +103,25 @@ def _container(text: str, kind: type) -> Any:
     return value if isinstance(value, kind) else _NO_VALUE
 
 
+def _coerce_nested(value: Any, schema: Any) -> Any:
+    """Type strings nested in objects and arrays by the sub-schemas (`properties`, `items`), as vLLM does:
+    `{"n": "3"}` under `{"n": {"type": "integer"}}` becomes `{"n": 3}`. Values JSON already typed stay."""
+    if not isinstance(schema, dict):
+        return value
+    if isinstance(value, dict) and isinstance(schema.get("properties"), dict):
+        props = schema["properties"]
+        return {k: _coerce_item(v, props.get(k)) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce_item(v, schema["items"]) for v in value]
+    return value
+
+
+def _coerce_item(v: Any, sub: Any) -> Any:
+    if isinstance(v, str) and sub is not None and not is_plain_string(sub):
+        return coerce_value(v, sub)
+    return _coerce_nested(v, sub)
+
+
 def coerce_value(raw: str, schema: Any) -> Any:
     """The typed value of parameter text `raw` (markup newlines already removed) under `schema`.
 
@@ -125,7 +144,7 @@ def coerce_value(raw: str, schema: Any) -> Any:
         return lowered in ("true", "1")
     for name, kind in (("object", dict), ("array", list)):
         if name in types and (value := _container(text, kind)) is not _NO_VALUE:
-            return value
+            return _coerce_nested(value, schema)
     if "string" in types:
         return raw
     value = _literal(text)
