@@ -43,6 +43,15 @@ class GatedDeltaNet(nn.Module):
             self.in_proj = fused
             del self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a
 
+    def _fp32_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-exp(A_log), dt_bias and the conv weight in fp32, computed once per loaded weights."""
+        key = (self.A_log, self.dt_bias, self.conv1d.weight)
+        cached = getattr(self, "_fp32", None)
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            self._fp32 = (key, (-self.A_log.detach().float().exp(), self.dt_bias.detach().float(),
+                                self.conv1d.weight.detach().float()))
+        return self._fp32[1]
+
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.in_proj is not None:
             return self.in_proj(x).split((sum(self.split), self.hv * self.dv, self.hv, self.hv), -1)
@@ -54,7 +63,8 @@ class GatedDeltaNet(nn.Module):
         mixed, z, b, a = self._project(x)  # [N, C], [N, Dv], [N, Hv], [N, Hv]
         z = z.reshape(N, self.hv, self.dv)
         beta = torch.sigmoid(b.float())
-        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
+        neg_a, dt_bias, conv_w = self._fp32_params()
+        g = neg_a * F.softplus(a.float() + dt_bias)
 
         conv_pool, ssm_pool = cache.state(self.layer)
         if batch.slot_range is not None:  # contiguous slots: work on the pool in place
@@ -64,7 +74,7 @@ class GatedDeltaNet(nn.Module):
             conv_state, state = conv_pool[batch.state_slots], ssm_pool[batch.state_slots]
 
         if batch.is_decode:
-            mixed = causal_conv1d_step(mixed, self.conv1d.weight, conv_state).unsqueeze(1)  # [B, 1, C]
+            mixed = causal_conv1d_step(mixed, conv_w, conv_state).unsqueeze(1)  # [B, 1, C]
         else:
             mixed = causal_conv1d(batch.to_padded(mixed), batch.query_lens, self.conv1d.weight, conv_state)
         B, T = mixed.shape[:2]

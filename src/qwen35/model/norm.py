@@ -17,11 +17,17 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(dim))
         self.eps = eps
+        self._scale: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight it came from, fp32 1 + w)
+
+    def scale(self) -> torch.Tensor:
+        """fp32 `1 + w`, computed once per weight tensor (decode calls this ~50 times a token)."""
+        if self._scale is None or self._scale[0] is not self.weight:
+            self._scale = (self.weight, 1.0 + self.weight.detach().float())
+        return self._scale[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * (1.0 + self.weight.float())).to(x.dtype)
+        # torch's fused rms_norm, in fp32: x * rsqrt(mean(x^2) + eps) * (1 + w)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.scale(), self.eps).to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):

@@ -46,6 +46,6 @@ def causal_conv1d_step(x: torch.Tensor, weight: torch.Tensor, state: torch.Tenso
     """One token per sequence. x: [B, C]; weight: [C, 1, K]; state: [B, C, K-1] updated in place.
     Returns fp32 [B, C]."""
     window = torch.cat([state, x.unsqueeze(-1).to(state.dtype)], -1)  # [B, C, K]
-    y = (window.float() * weight[:, 0, :].float()).sum(-1)
+    y = (window.float() * weight[:, 0, :].float()).sum(-1)  # .float() is free for an fp32 weight
     state.copy_(window[..., 1:])
     return F.silu(y)
