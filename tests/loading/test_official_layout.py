@@ -85,7 +85,9 @@ _CHILD = textwrap.dedent("""
     before = rss()
     model, _ = load_model(path, dtype=dtype, progress=False)
     peak = status("VmHWM")
-    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    # prepacked projections live outside parameters(): count them too (logical size in the load dtype)
+    packed = [m.packed for m in model.modules() if getattr(m, "packed", None) is not None]
+    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()) + packed)
     for p in model.parameters():  # touch everything: lazily mapped weights would only count now
         p.float().sum() if p.numel() < (1 << 24) else p[::97].float().sum()
     steady = rss()

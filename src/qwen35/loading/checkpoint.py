@@ -361,6 +361,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
                     loader.take(key, tensor, str(path / file))
                     bar.update(tensor.nbytes)
     loader.finish()
+    del loader  # it holds every parameter: fusing and packing below must be able to free the originals
     if cfg.text.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     # buffers built on meta (rotary inverse frequencies) are recomputed on the target device

@@ -50,9 +50,10 @@ class Qwen35ForCausalLM(nn.Module):
     def fuse(self) -> None:
         """Merge projections that read the same input (GDN qkv/z/b/a, attention q/k/v, MLP gate/up) into one
         matmul each: fewer, larger matmuls stream the weights faster. Inference only."""
-        for module in list(self.model.modules()):
-            if hasattr(module, "fuse") and module is not self:
-                module.fuse()
+        # keep only the fusing parents in hand: a list of every module would keep each replaced Linear
+        # (and its weight) alive until the end, doubling peak memory
+        for module in [m for m in self.model.modules() if hasattr(m, "fuse")]:
+            module.fuse()
 
     def prepack(self) -> None:
         """CPU: move every projection to oneDNN's packed layout. lm_head keeps its plain weight (it may be
