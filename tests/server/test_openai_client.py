@@ -123,6 +123,13 @@ def test_malformed_json_auth_and_size(server):
     assert httpx.post(url, json={"model": "tiny", "messages": MSG}).status_code == 401
     r = httpx.post(url, content=b"x" * (2 << 20), headers=auth)
     assert r.status_code == 413
+
+    def chunks():  # no Content-Length: the body arrives chunked
+        for _ in range(40):
+            yield b"x" * (64 << 10)
+
+    r = httpx.post(url, content=chunks(), headers=auth)
+    assert r.status_code == 413
     r = httpx.post(url, json={"model": "tiny", "messages": MSG, "max_tokens": 2, "some_vendor_field": 1},
                    headers=auth)
     assert r.status_code == 200  # unknown fields are ignored, as vLLM does

@@ -70,6 +70,8 @@ def create_app(state: ServerState) -> FastAPI:
             return error(413, f"request body of {length} bytes exceeds the limit of {state.max_request_bytes}")
         return await call_next(request)
 
+    app.add_middleware(_BodyLimit, limit=state.max_request_bytes)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
@@ -216,6 +218,41 @@ def create_app(state: ServerState) -> FastAPI:
                 "choices": choices, "usage": total}
 
     return app
+
+
+class _BodyLimit:
+    """ASGI guard for bodies sent without Content-Length (chunked): counts bytes as they arrive; past the
+    limit the app sees a disconnect (it stops reading), its own answer is dropped, and the client gets 413."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen, exceeded = 0, False
+
+        async def limited():
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if not exceeded:
+                await send(message)
+
+        try:
+            await self.app(scope, limited, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await error(413, f"request body exceeds the limit of {self.limit} bytes")(scope, receive, send)
 
 
 async def _last(stream):
