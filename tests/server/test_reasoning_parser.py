@@ -3,11 +3,11 @@ every chunking (every chunk size, random cuts, empty deltas), which must agree e
 
 from __future__ import annotations
 
-import random
 
 import pytest
 
 from qwen35.server.parsers.reasoning import ReasoningParser, parse, prompt_ends_in_reasoning
+from tests.server.chunking import chunkings
 
 CALL = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
 
@@ -50,17 +50,6 @@ CASES = [
     ("think-tag-later-is-text", False, "Use <think> tags.", None, "Use <think> tags."),
     ("unicode", True, "思考中…🤔\n</think>\n\n答案：你好 🌍", "思考中…🤔", "答案：你好 🌍"),
 ]
-
-
-def chunkings(text: str, n_random: int = 20):
-    """Every fixed chunk size, random cuts, and one chunking with empty deltas in between."""
-    for size in range(1, len(text) + 1):
-        yield [text[i:i + size] for i in range(0, len(text), size)]
-    rng = random.Random(len(text))
-    for _ in range(n_random if len(text) > 1 else 0):
-        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, min(len(text) - 1, 12))))
-        yield [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-    yield [piece for ch in text for piece in (ch, "")]
 
 
 def stream(chunks: list[str], started: bool) -> tuple[str, str]:
