@@ -127,7 +127,7 @@ class PrefixCache:
         """Longest saved prefix of `tokens` no longer than `max_length`; takes block references for the caller."""
         for length in sorted((n for n in self.lengths if n <= max_length), reverse=True):
             entry = self.entries.get(prefix_key(tokens, length))
-            if entry is None or entry.length != length:
+            if entry is None:  # the key includes the length
                 continue
             self.entries.move_to_end(entry.key)
             full = length // self.block_size

@@ -109,7 +109,7 @@ class LLMEngine:
         self.guided = GuidedDecoder(self.tokenizer, text.vocab_size, self.tokenizer.eos_token_id, self.eos_ids)
         self.parents: dict[str, _Parent] = {}
         self.seqs: dict[str, _Seq] = {}  # sub-request id -> state
-        self.stats = {"steps": 0, "prompt_tokens": 0, "generated_tokens": 0, "preemptions": 0}
+        self.preemptions = 0
 
     def _eos_ids(self, path: Path) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -171,8 +171,7 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if not sched.seqs:
             return []
-        self.stats["steps"] += 1
-        self.stats["preemptions"] += len(sched.preempted)
+        self.preemptions += len(sched.preempted)
         hit_reqs = {id(r) for r, _ in sched.hits}
         for s in sched.seqs:  # fresh state for requests starting from scratch
             if s.context == 0 and id(s.request) not in hit_reqs:
@@ -181,7 +180,6 @@ class LLMEngine:
             self.runner.restore(req, hit)
         logits = self.runner.forward(sched.seqs)
         self.scheduler.on_step_done(sched.seqs)
-        self.stats["prompt_tokens"] += sum(_prefill_tokens(s) for s in sched.seqs)
 
         for s in sched.seqs:  # prefix checkpoints reached by this step
             if s.save_at is not None:
@@ -207,7 +205,6 @@ class LLMEngine:
         req = seq.req
         req.output_ids.append(token)
         seq.penalties.append(token)
-        self.stats["generated_tokens"] += 1
         c = seq.completion
         if out.logprobs is not None and req.params.logprobs is not None:
             entry = {token: float(out.logprobs[i])}
@@ -263,15 +260,8 @@ class LLMEngine:
         return {"blocks_total": s.blocks.num_blocks, "blocks_free": s.blocks.num_free,
                 "slots_total": s.slots.capacity, "slots_free": s.slots.num_free,
                 "prefix_entries": len(s.prefix), "prefix_hits": s.prefix.hits, "prefix_misses": s.prefix.misses,
-                "prefix_hit_tokens": s.prefix.hit_tokens, "running": len(s.running), "waiting": len(s.waiting)}
-
-
-def _prefill_tokens(s) -> int:
-    """Tokens of a scheduled chunk that were not sampled by the previous step: the prompt, or a preempted
-    request's earlier output being recomputed (everything but the newest token)."""
-    req = s.request
-    known = len(req.prompt_ids) if not req.output_ids else req.num_tokens - 1
-    return max(0, min(s.context + s.num_tokens, known) - s.context)
+                "prefix_hit_tokens": s.prefix.hit_tokens, "running": len(s.running), "waiting": len(s.waiting),
+                "preemptions": self.preemptions}
 
 
 def _child_params(params: SamplingParams, i: int) -> SamplingParams:

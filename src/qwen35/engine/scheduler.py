@@ -110,7 +110,7 @@ class Scheduler:
             n = self._cap_at_checkpoint(req, start, n)
             shared = hit.shared_blocks if hit else []
             own = self._blocks_for(start + n) - len(shared)
-            if not self.prefix.make_room(own) and self.blocks.num_free < own:
+            if not self.prefix.make_room(own):
                 if hit:
                     self.blocks.release(shared)
                 break  # head-of-line: wait for running requests to free blocks

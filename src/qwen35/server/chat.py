@@ -18,7 +18,7 @@ from ..engine.guided import GuidedDecoding, tool_call_grammar
 from ..tokenizer.chat_template import render_chat
 from .messages import normalize_messages
 from .params import sampling_params
-from .parsers import ChatOutputParser
+from .parsers import ChatOutputParser, prompt_ends_in_reasoning
 from .protocol import ChatCompletionRequest
 
 
@@ -66,8 +66,9 @@ def _guided(body: ChatCompletionRequest, choice: str, forced: str | None, after:
     2048 kept for the answer); then `</think>` is forced, so the constrained answer always gets room."""
     budget = None
     if after is not None:
-        given = getattr(body, "thinking_token_budget", None)
-        budget = given if isinstance(given, int) and given >= 0 else max_tokens - min(max_tokens // 2, 2048)
+        budget = body.thinking_token_budget  # validated >= 0 by the protocol model
+        if budget is None:
+            budget = max_tokens - min(max_tokens // 2, 2048)
     if choice in ("required", "named"):
         grammar = tool_call_grammar(body.tools, [forced] if forced else None, allow_multiple=body.parallel_tool_calls)
         return GuidedDecoding(grammar=grammar, start_after=after, reasoning_budget=budget)
@@ -108,9 +109,8 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     if len(ids) >= server.max_model_len:
         raise RequestError(f"the prompt is {len(ids)} tokens; this model's context is {server.max_model_len} "
                            "tokens (max_model_len), which leaves no room for an answer", "messages")
-    tail = text.rstrip(" ")
-    started_in_reasoning = tail.endswith("<think>\n") or tail.endswith("<think>")
-    thinking = True if started_in_reasoning else (False if tail.endswith("</think>\n\n") else None)
+    started_in_reasoning = prompt_ends_in_reasoning(text)
+    thinking = True if started_in_reasoning else (False if text.endswith("</think>\n\n") else None)
     after = tok.think_end_id if started_in_reasoning else None
 
     budget = server.max_model_len - len(ids)

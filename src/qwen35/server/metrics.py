@@ -20,6 +20,8 @@ class Metrics:
         self.slot_usage = Gauge("qwen35_state_slots_usage_ratio", "Fraction of GDN state slots in use", registry=r)
         self.prefix_hits = Gauge("qwen35_prefix_cache_hits", "Prefix-cache hits (requests)", registry=r)
         self.prefix_misses = Gauge("qwen35_prefix_cache_misses", "Prefix-cache misses (requests)", registry=r)
+        self.preemptions = Gauge("qwen35_preemptions", "Requests preempted (recomputed) for lack of cache",
+                                 registry=r)
         self.prefix_hit_tokens = Gauge("qwen35_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
                                        registry=r)
         self.ttft = Histogram("qwen35_time_to_first_token_seconds", "Time to first token", registry=r,
@@ -37,6 +39,7 @@ class Metrics:
         self.prefix_hits.set(usage["prefix_hits"])
         self.prefix_misses.set(usage["prefix_misses"])
         self.prefix_hit_tokens.set(usage["prefix_hit_tokens"])
+        self.preemptions.set(usage["preemptions"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
