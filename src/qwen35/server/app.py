@@ -40,6 +40,14 @@ class ServerState:
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     use_presets: bool = True
     max_request_bytes: int = 16 << 20
+    # set from `qwen35 serve` flags (serve.py); the defaults are what a library user of create_app gets
+    trust_request_chat_template: bool = False  # --trust-request-chat-template: allow `chat_template` in requests
+    max_waiting_requests: int = 256  # --max-waiting-requests: past this many queued, 503 + Retry-After
+    allowed_origins: list[str] = field(default_factory=list)  # --allowed-origins: CORS ("*" for any)
+    allowed_hosts: list[str] | None = None  # --allowed-hosts: Host header check (None: any)
+    default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # --default-chat-template-kwargs
+    max_logprobs: int = 20  # --max-logprobs
+    log_requests: bool = False  # --enable-log-requests
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
 
