@@ -75,9 +75,12 @@ def test_chat_logprobs(client):
 def test_tokenize_detokenize(server):
     import httpx
 
-    r = httpx.post(server["url"] + "/tokenize", json={"prompt": "hello world"})
+    auth = {"Authorization": "Bearer test-key"}
+    assert httpx.post(server["url"] + "/tokenize", json={"prompt": "hi"}).status_code == 401  # costs CPU: guarded
+    r = httpx.post(server["url"] + "/tokenize", json={"prompt": "hello world"}, headers=auth)
     ids = r.json()["tokens"]
-    assert httpx.post(server["url"] + "/detokenize", json={"tokens": ids}).json()["prompt"] == "hello world"
+    assert httpx.post(server["url"] + "/detokenize", json={"tokens": ids}, headers=auth).json()["prompt"] == \
+        "hello world"
 
 
 def test_metrics_and_health(server, client):

@@ -232,7 +232,10 @@ def _value_rules(rule: str, schema: Any, defs: dict, where: str) -> list[str]:
         count = "*" if not isinstance(hi, int) and not lo else f"{{{lo},{hi if isinstance(hi, int) else ''}}}"
         # lazy: the value ends at the first "\n</parameter>"
         return [f"{rule}[lazy]: /(?s:.{count}){_CLOSE}/"]
-    sub = {**defs, **schema, "x-guidance": {**JSON_OPTIONS, **schema.get("x-guidance", {})}}
+    options = schema.get("x-guidance", {})
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: x-guidance must be an object of llguidance options, got {options!r}")
+    sub = {**defs, **schema, "x-guidance": {**JSON_OPTIONS, **options}}
     return [f'{rule}: %json {json.dumps(sub, ensure_ascii=False)} "\\n</parameter>"']
 
 
@@ -246,8 +249,11 @@ def _resolve(schema: Any, defs: dict, depth: int = 0) -> Any:
     return schema
 
 
-def _types(schema: dict, defs: dict) -> set[str] | None:
-    """The JSON types a schema allows, or None when it does not say (any value)."""
+def _types(schema: dict, defs: dict, depth: int = 0) -> set[str] | None:
+    """The JSON types a schema allows, or None when it does not say (any value) or nests too deeply
+    (a recursive `$ref` such as `{"A": {"anyOf": [{"$ref": "#/$defs/A"}]}}`)."""
+    if depth > 16:
+        return None
     t = schema.get("type")
     if isinstance(t, str):
         return {t}
@@ -260,7 +266,7 @@ def _types(schema: dict, defs: dict) -> set[str] | None:
             b = _resolve(b, defs)
             if not isinstance(b, dict):
                 return None
-            bt = _types(b, defs)
+            bt = _types(b, defs, depth + 1)
             if bt is None:
                 if "enum" in b or "const" in b:
                     vals = [b["const"]] if "const" in b else b["enum"]

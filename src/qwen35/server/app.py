@@ -2,30 +2,39 @@
 
 Errors are OpenAI-shaped (`{"error": {"message", "type", "param", "code"}}`): 400 for invalid parameters
 (named), bad messages and prompts longer than the context; 401 without the API key; 404 for an unknown
-model; 413 for oversized bodies. A client that disconnects mid-stream aborts its request, which frees its
-cache. Nothing a request does can stop the server.
+model; 413 for oversized bodies; 503 with `Retry-After` when the waiting queue is full; 500 only for a
+failure inside the server, and then without internal text. `guard.py` applies what holds for every route.
+
+The event loop only moves bytes: parsing and validating bodies, rendering templates, tokenising, compiling
+grammars and detokenising run in the server's worker threads (`ServerState.run_cpu`), and the model runs
+on the engine thread. A client that disconnects, streaming or not, aborts its request, which frees its
+cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.async_engine import AsyncLLM
-from ..tokenizer.chat_template import render_chat
-from .chat import ChatRun, RequestError, dumps, prepare_chat, usage
-from .messages import MessageError, normalize_messages
+from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage
+from .completions import CompletionRun, prepare_completion
+from .guard import Guard, error
+from .limits import RequestError, encode_bounded, parse_json
+from .messages import MessageError
 from .metrics import Metrics
-from .params import sampling_params
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 
 log = logging.getLogger("qwen35.server")
@@ -48,56 +57,50 @@ class ServerState:
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # --default-chat-template-kwargs
     max_logprobs: int = 20  # --max-logprobs
     log_requests: bool = False  # --enable-log-requests
+    cpu_threads: int = 4  # workers for parsing, templates, tokenising and grammars
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
-        self.tokenizer = self.engine.engine.tokenizer
-        self.max_model_len = self.engine.engine.max_model_len
+        engine = self.engine.engine
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.max_model_len
+        self.vocab_size = engine.model_cfg.text.vocab_size
+        self.max_running = engine.cfg.max_num_seqs
         self.chat_template = self.chat_template or self.tokenizer.chat_template
+        self.cpu = ThreadPoolExecutor(self.cpu_threads, thread_name_prefix="qwen35-cpu")
+        self.in_flight = 0  # generation requests accepted and not yet finished (event-loop side only)
+
+    async def run_cpu(self, fn, *args: Any) -> Any:
+        """Run CPU-bound `fn(*args)` on a worker thread; the event loop keeps serving meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.cpu, functools.partial(fn, *args))
 
 
-def error(status: int, message: str, param: str | None = None, kind: str | None = None) -> JSONResponse:
-    kind = kind or {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                    413: "invalid_request_error"}.get(status, "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
-                        status_code=status)
+class Overloaded(Exception):
+    """The waiting queue is full: 503."""
 
 
 def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="qwen35", docs_url=None, redoc_url=None)
+    app = FastAPI(title="qwen35", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if state.api_key and request.url.path.startswith("/v1"):
-            if request.headers.get("authorization", "") != f"Bearer {state.api_key}":
-                return error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > state.max_request_bytes:
-            return error(413, f"request body of {length} bytes exceeds the limit of {state.max_request_bytes}")
-        return await call_next(request)
-
-    app.add_middleware(_BodyLimit, limit=state.max_request_bytes)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", []) if p != "body"]
-        param = ".".join(loc) or None
-        msg = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            return error(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', msg)}")
-        return error(400, f"{param}: {msg}" if param else msg, param)
+    app.add_middleware(Guard, state=state)
+    if state.allowed_origins:  # outside the guard: preflights are answered before the API key check
+        app.add_middleware(CORSMiddleware, allow_origins=state.allowed_origins, allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials="*" not in state.allowed_origins)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         return error(exc.status_code, str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception):
-        log.exception("unhandled error")
-        return error(500, f"internal error: {type(exc).__name__}: {exc}")
+    async def read(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
+        """The body parsed and validated on a worker thread, or the 400 that says what is wrong with it."""
+        raw = await request.body()
+        try:
+            return await state.run_cpu(_parse, raw, model)
+        except RequestError as e:
+            return error(400, str(e), e.param)
+        except ValidationError as e:
+            return _validation_error(e)
 
     def check_model(name: str | None) -> JSONResponse | None:
         if name is not None and name not in state.served_names:
@@ -109,6 +112,16 @@ def create_app(state: ServerState) -> FastAPI:
     async def health():
         return {}
 
+    @app.get("/ping")
+    async def ping():
+        return {}
+
+    @app.get("/version")
+    async def version():
+        from .. import __version__
+
+        return {"version": __version__}
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [
@@ -117,153 +130,175 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics():
-        state.metrics.update_cache(await asyncio.to_thread(state.engine.call, lambda e: e.cache_usage()))
+        usage_now = await asyncio.to_thread(state.engine.call, lambda e: e.cache_usage())
+        state.metrics.update_cache(usage_now, state.in_flight)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.post("/tokenize")
-    async def tokenize(body: TokenizeRequest):
-        if (bad := check_model(body.model)) is not None:
-            return bad
-        if body.messages is not None:
-            try:
-                text = render_chat(state.chat_template, normalize_messages(body.messages),
-                                   add_generation_prompt=body.add_generation_prompt,
-                                   **(body.chat_template_kwargs or {}))
-            except MessageError as e:
-                return error(400, str(e), "messages")
-        elif body.prompt is not None:
-            text = body.prompt
-        else:
-            return error(400, "give either prompt or messages", "prompt")
-        ids = state.tokenizer.encode(text)
-        return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
-
-    @app.post("/detokenize")
-    async def detokenize(body: DetokenizeRequest):
-        if (bad := check_model(body.model)) is not None:
-            return bad
-        vocab = state.engine.engine.model_cfg.text.vocab_size
-        if any(t < 0 or t >= vocab for t in body.tokens):
-            return error(400, f"token ids must be in [0, {vocab})", "tokens")
-        return {"prompt": state.tokenizer.decode(body.tokens)}
-
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, request: Request):
+    async def tokenize(request: Request):
+        body = await read(request, TokenizeRequest)
+        if isinstance(body, JSONResponse):
+            return body
         if (bad := check_model(body.model)) is not None:
             return bad
         try:
-            plan = prepare_chat(body, state)
+            ids = await state.run_cpu(_tokenize, body, state)
         except MessageError as e:
             return error(400, str(e), "messages")
         except RequestError as e:
             return error(400, str(e), e.param)
-        except ValueError as e:
-            return error(400, str(e))
-        run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer)
-        rid = run.id
-        start = time.perf_counter()
-        try:
-            stream = await _primed(state.engine.generate(plan.prompt_ids, plan.params, request_id=rid))
-        except ValueError as e:
-            return error(400, str(e))
-        if body.stream:
-            return StreamingResponse(_sse_chat(state, run, stream, body.include_usage, start),
-                                     media_type="text/event-stream")
-        final = await _last(stream)
-        _record(state, "chat", final, start)
-        return run.response(final)
+        return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        body = await read(request, DetokenizeRequest)
+        if isinstance(body, JSONResponse):
+            return body
         if (bad := check_model(body.model)) is not None:
             return bad
-        prompts = body.prompt
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        if not prompts:
-            return error(400, "prompt must not be empty", "prompt")
-        if len(prompts) > 1 and body.stream:
-            return error(400, "streaming supports one prompt per request", "prompt")
-        id_lists = [state.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
-        for ids in id_lists:
-            if not ids:
-                return error(400, "prompt must not be empty", "prompt")
-            if len(ids) >= state.max_model_len:
-                return error(400, f"the prompt is {len(ids)} tokens; this model's context is "
-                                  f"{state.max_model_len} tokens (max_model_len)", "prompt")
+        if any(t < 0 or t >= state.vocab_size for t in body.tokens):
+            return error(400, f"token ids must be in [0, {state.vocab_size})", "tokens")
+        return {"prompt": await state.run_cpu(state.tokenizer.decode, body.tokens)}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await read(request, ChatCompletionRequest)
+        if isinstance(body, JSONResponse):
+            return body
+        if (bad := check_model(body.model)) is not None:
+            return bad
         try:
-            params = [sampling_params(body, max_tokens=min(body.max_tokens or 16, state.max_model_len - len(ids)),
-                                      thinking=None, defaults=state.generation_defaults, use_presets=False,
-                                      logprobs=body.logprobs) for ids in id_lists]
-        except ValueError as e:
-            return error(400, str(e), str(e).split(" ", 1)[0])
-        cid = f"cmpl-{uuid.uuid4().hex}"
-        model = body.model or state.served_names[0]
+            plan = await state.run_cpu(prepare_chat, body, state)
+        except MessageError as e:
+            return error(400, str(e), "messages")
+        except RequestError as e:
+            return error(400, str(e), e.param)
+        run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer)
         start = time.perf_counter()
-        if body.stream:
-            try:
-                stream = await _primed(state.engine.generate(id_lists[0], params[0], request_id=cid))
-            except ValueError as e:
-                return error(400, str(e))
-            return StreamingResponse(_sse_completion(state, cid, model, stream, body, start),
-                                     media_type="text/event-stream")
         try:
-            finals = await asyncio.gather(*[_last(state.engine.generate(ids, p, request_id=f"{cid}-{k}"))
-                                            for k, (ids, p) in enumerate(zip(id_lists, params))])
+            stream = await _start(state, plan.prompt_ids, plan.params, run.id)
+        except Overloaded as e:
+            return _overloaded(e)
         except ValueError as e:
             return error(400, str(e))
-        choices, total = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for k, final in enumerate(finals):
-            _record(state, "completions", final, start)
-            for c in final.outputs:
-                text = (prompts[k] if body.echo and isinstance(prompts[k], str) else "") + c.text
-                choices.append({"index": k * body.n + c.index, "text": text, "finish_reason": _reason(c),
-                                "logprobs": _completion_logprobs(state, c, c.token_ids, c.logprobs)})
-            for key, v in usage(final).items():
-                if key in total:
-                    total[key] += v
-        return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": total}
+        if body.stream:
+            return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, body.include_usage, start),
+                                     media_type="text/event-stream", background=BackgroundTask(stream.aclose))
+        finals = await _unless_disconnected(request, [stream])
+        if finals is None:
+            return Response(status_code=499)  # nobody is listening; the request was aborted
+        if isinstance(finals, JSONResponse):
+            return finals
+        _record(state, finals[0], start)
+        return run.response(finals[0])
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read(request, CompletionRequest)
+        if isinstance(body, JSONResponse):
+            return body
+        if (bad := check_model(body.model)) is not None:
+            return bad
+        try:
+            plan = await state.run_cpu(prepare_completion, body, state)
+        except RequestError as e:
+            return error(400, str(e), e.param)
+        run = CompletionRun(plan, body, body.model or state.served_names[0], state.tokenizer)
+        start = time.perf_counter()
+        streams = []
+        try:
+            for k, (ids, params) in enumerate(zip(plan.id_lists, plan.params)):
+                rid = run.id if len(plan.id_lists) == 1 else f"{run.id}-{k}"
+                streams.append(await _start(state, ids, params, rid))
+        except (Overloaded, ValueError) as e:
+            for s in streams:  # all or nothing: the prompts already started are aborted
+                await s.aclose()
+            return _overloaded(e) if isinstance(e, Overloaded) else error(400, str(e))
+        if body.stream:
+            return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, body.include_usage,
+                                          start), media_type="text/event-stream",
+                                     background=BackgroundTask(streams[0].aclose))
+        finals = await _unless_disconnected(request, streams)
+        if finals is None:
+            return Response(status_code=499)
+        if isinstance(finals, JSONResponse):
+            return finals
+        for final in finals:
+            _record(state, final, start)
+        return run.response(finals)
 
     return app
 
 
-class _BodyLimit:
-    """ASGI guard for bodies sent without Content-Length (chunked): counts bytes as they arrive; past the
-    limit the app sees a disconnect (it stops reading), its own answer is dropped, and the client gets 413."""
+# ---- request parsing (worker threads) -----------------------------------------------------------------
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+def _parse(raw: bytes, model: type[BaseModel]) -> BaseModel:
+    data = parse_json(raw)
+    if not isinstance(data, dict):
+        raise RequestError(f"the body must be a JSON object, got {type(data).__name__}")
+    return model.model_validate(data)
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        seen, exceeded = 0, False
 
-        async def limited():
-            nonlocal seen, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    exceeded = True
-                    return {"type": "http.disconnect"}
-            return message
+def _validation_error(exc: ValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", [])]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid request")
+    return error(400, f"{param}: {msg}" if param else msg, param)
 
-        async def guarded_send(message):
-            if not exceeded:
-                await send(message)
 
+def _tokenize(body: TokenizeRequest, state: ServerState) -> list[int]:
+    if body.messages is not None:
+        text = render_prompt(state, body.messages, tools=body.tools, add_generation_prompt=body.add_generation_prompt,
+                             template_kwargs=body.chat_template_kwargs)
+        return encode_bounded(state.tokenizer, text, state.max_model_len, "messages")
+    if body.prompt is not None:
+        return encode_bounded(state.tokenizer, body.prompt, state.max_model_len, "prompt")
+    raise RequestError("give either prompt or messages", "prompt")
+
+
+# ---- generation -------------------------------------------------------------------------------------
+
+async def _start(state: ServerState, prompt_ids: list[int], params, request_id: str) -> _Admitted:
+    """Admit one request into the engine and wait for its first output, so that a request the engine
+    refuses becomes a 400 before any streaming. Raises Overloaded when the waiting queue is full."""
+    if state.in_flight >= state.max_running + state.max_waiting_requests:
+        raise Overloaded(f"{state.in_flight} requests are running or waiting "
+                         f"(--max-num-seqs {state.max_running} + --max-waiting-requests {state.max_waiting_requests})")
+    state.in_flight += 1
+    stream = state.engine.generate(prompt_ids, params, request_id=request_id)
+    try:
+        first = await stream.__anext__()
+    except BaseException:
+        state.in_flight -= 1
+        await stream.aclose()
+        raise
+    return _Admitted(state, stream, first)
+
+
+class _Admitted:
+    """An admitted request's outputs. `aclose()` (idempotent, also when never iterated) aborts the request
+    if it is still running and gives its place in the queue back."""
+
+    def __init__(self, state: ServerState, stream, first) -> None:
+        self.state, self.stream, self.first, self.closed = state, stream, first, False
+
+    async def __aiter__(self):
         try:
-            await self.app(scope, limited, guarded_send)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded:
-            await error(413, f"request body exceeds the limit of {self.limit} bytes")(scope, receive, send)
+            yield self.first
+            async for out in self.stream:
+                yield out
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.state.in_flight -= 1
+            await self.stream.aclose()  # runs the engine stream's abort when it has not finished
 
 
-async def _last(stream):
+async def _last(stream: _Admitted):
     final = None
     try:
         async for out in stream:
@@ -273,46 +308,36 @@ async def _last(stream):
     return final
 
 
-async def _primed(stream):
-    """Wait for the first output, so a request the engine refuses becomes a 400 before any streaming."""
-    first = await stream.__anext__()
-
-    async def rest():
+async def _unless_disconnected(request: Request, streams: list) -> list | JSONResponse | None:
+    """Run the streams to their final outputs, unless the client goes away first: then abort them all
+    and return None. A request that fails inside the engine is a 500 without internal text."""
+    work = asyncio.ensure_future(asyncio.gather(*[_last(s) for s in streams]))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            for s in streams:
+                await s.aclose()
+            return None
         try:
-            yield first
-            async for out in stream:
-                yield out
-        finally:
-            await stream.aclose()  # a disconnected client lands here: aborts the request
-
-    return rest()
-
-
-def _reason(c) -> str | None:
-    return "stop" if c.finish_reason == "abort" else c.finish_reason
+            return work.result()
+        except ValueError as e:
+            return error(400, str(e))
+        except Exception:
+            log.exception("request %s failed", request.url.path)
+            return error(500, "the request failed inside the engine (see the server log)")
+    finally:
+        gone.cancel()
 
 
-def _record(state: ServerState, endpoint: str, final, start: float) -> None:
-    m = state.metrics
-    m.requests.labels(endpoint, "ok").inc()
-    if final is not None:
-        m.prompt_tokens.inc(len(final.prompt_token_ids))
-        m.generation_tokens.inc(sum(len(c.token_ids) for c in final.outputs))
-    m.e2e.observe(time.perf_counter() - start)
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
-def _completion_logprobs(state: ServerState, c, token_ids, entries) -> dict[str, Any] | None:
-    if not entries:
-        return None
-    tok = state.tokenizer
-    tokens = [tok.token_bytes(t).decode("utf-8", errors="replace") for t in token_ids]
-    return {"tokens": tokens, "token_logprobs": [e[t] for t, e in zip(token_ids, entries)],
-            "top_logprobs": [{tok.token_bytes(t).decode("utf-8", errors="replace"): lp for t, lp in e.items()}
-                             for e in entries],
-            "text_offset": []}
-
-
-async def _sse_chat(state: ServerState, run: ChatRun, stream, include_usage: bool, start: float):
+async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool, start: float):
     final, first, last = None, None, None
     try:
         async for out in stream:
@@ -324,43 +349,31 @@ async def _sse_chat(state: ServerState, run: ChatRun, stream, include_usage: boo
             elif last is not None:
                 state.metrics.itl.observe(now - last)
             last = now
-            for chunk in run.stream_chunks(out):
-                yield f"data: {dumps(chunk)}\n\n"
+            for c in to_chunks(out):
+                yield f"data: {dumps(c)}\n\n"
         if include_usage and final is not None:
-            yield f"data: {dumps(run.chunk([], usage=usage(final)))}\n\n"
-        _record(state, "chat", final, start)
+            yield f"data: {dumps(chunk([], usage=usage(final)))}\n\n"
+        _record(state, final, start)
     except ValueError as e:
         yield f"data: {dumps({'error': {'message': str(e), 'type': 'invalid_request_error', 'code': 400}})}\n\n"
-    except Exception as e:  # keep the connection well-formed: the SDK raises APIError on an `error` chunk
+    except Exception:  # keep the stream well-formed: the SDK raises APIError on an `error` chunk
         log.exception("stream failed")
-        yield f"data: {dumps({'error': {'message': str(e), 'type': 'server_error', 'code': 500}})}\n\n"
+        message = "the request failed inside the server (see the server log)"
+        yield f"data: {dumps({'error': {'message': message, 'type': 'server_error', 'code': 500}})}\n\n"
     finally:
         await stream.aclose()
     yield "data: [DONE]\n\n"
 
 
-async def _sse_completion(state: ServerState, cid: str, model: str, stream, body: CompletionRequest, start: float):
-    final = None
-    created = int(time.time())
-    try:
-        async for out in stream:
-            final = out
-            for c in out.outputs:
-                if not c.delta_text and not c.finished:
-                    continue
-                lp = (_completion_logprobs(state, c, c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):])
-                      if c.logprobs and c.delta_token_ids else None)
-                chunk = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                         "choices": [{"index": c.index, "text": c.delta_text, "logprobs": lp,
-                                      "finish_reason": _reason(c) if c.finished else None}]}
-                yield f"data: {dumps(chunk)}\n\n"
-        if body.include_usage and final is not None:
-            chunk = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [],
-                     "usage": usage(final)}
-            yield f"data: {dumps(chunk)}\n\n"
-        _record(state, "completions", final, start)
-    except ValueError as e:
-        yield f"data: {dumps({'error': {'message': str(e), 'type': 'invalid_request_error', 'code': 400}})}\n\n"
-    finally:
-        await stream.aclose()
-    yield "data: [DONE]\n\n"
+def _overloaded(e: Exception) -> JSONResponse:
+    return error(503, f"the server is at capacity: {e}; retry later", headers={"Retry-After": "1"})
+
+
+def _record(state: ServerState, final, start: float) -> None:
+    m = state.metrics
+    if final is not None:
+        m.prompt_tokens.inc(len(final.prompt_token_ids))
+        m.generation_tokens.inc(sum(len(c.token_ids) for c in final.outputs))
+        for c in final.outputs:
+            m.finished.labels(c.finish_reason or "unknown").inc()
+    m.e2e.observe(time.perf_counter() - start)

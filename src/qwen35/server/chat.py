@@ -9,25 +9,25 @@ OpenAI responses or SSE chunks.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
+
 from ..engine.guided import GuidedDecoding, tool_call_grammar
-from ..tokenizer.chat_template import render_chat
+from ..tokenizer.chat_template import TemplateLimitError, render_chat, render_chat_isolated
+from .limits import RequestError, encode_bounded
 from .messages import normalize_messages
 from .params import sampling_params
 from .parsers import ChatOutputParser, prompt_ends_in_reasoning
 from .protocol import ChatCompletionRequest
 
-
-class RequestError(ValueError):
-    """A bad request: becomes a 400 naming `param`."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+log = logging.getLogger("qwen35.server")
+# variables the server passes to the template itself: chat_template_kwargs may not replace them
+_RESERVED_TEMPLATE_VARS = ("messages", "tools", "add_generation_prompt")
 
 
 @dataclass
@@ -59,9 +59,71 @@ def _tool_choice(body: ChatCompletionRequest) -> tuple[str, str | None]:
     raise RequestError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', ...}", "tool_choice")
 
 
+def structured_spec(body: Any) -> tuple[dict[str, Any], str] | None:
+    """The request's structured-output constraint as `GuidedDecoding` fields, and the field it came from:
+    OpenAI's `response_format`, vLLM's `structured_outputs` or its older `guided_*` fields (one of them)."""
+    found: list[tuple[dict[str, Any], str]] = []
+    fmt = getattr(body, "response_format", None)
+    if fmt:
+        kind = fmt.get("type")
+        if kind == "json_schema":
+            spec = fmt.get("json_schema") or {}
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise RequestError("response_format.json_schema.schema must be a JSON schema object",
+                                   "response_format")
+            found.append(({"json_schema": schema}, "response_format"))
+        elif kind == "json_object":
+            found.append(({"json_object": True}, "response_format"))
+        elif kind not in ("text", None):
+            raise RequestError(f"response_format.type {kind!r} is not one of text, json_object, json_schema",
+                               "response_format")
+    so = body.structured_outputs
+    if so:
+        given = {k: v for k, v in so.items() if v is not None and v is not False}
+        unknown = set(given) - {"json", "regex", "choice", "grammar", "json_object"}
+        if unknown:
+            raise RequestError(f"structured_outputs.{sorted(unknown)[0]} is not supported (supported: json, "
+                               "regex, choice, grammar, json_object)", "structured_outputs")
+        if len(given) != 1:
+            raise RequestError("structured_outputs needs exactly one of json, regex, choice, grammar, json_object",
+                               "structured_outputs")
+        (key, value), = given.items()
+        found.append((_spec(key, value, f"structured_outputs.{key}"), "structured_outputs"))
+    for key in ("json", "regex", "choice", "grammar"):
+        value = getattr(body, f"guided_{key}")
+        if value is not None:
+            found.append((_spec(key, value, f"guided_{key}"), f"guided_{key}"))
+    if len(found) > 1:
+        raise RequestError(f"give one structured-output constraint, not {' and '.join(f for _, f in found)}",
+                           found[1][1])
+    return found[0] if found else None
+
+
+def _spec(key: str, value: Any, where: str) -> dict[str, Any]:
+    if key == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise RequestError(f"{where} is not valid JSON: {e}", where) from None
+        if not isinstance(value, dict):
+            raise RequestError(f"{where} must be a JSON schema object", where)
+        return {"json_schema": value}
+    return {{"json_object": "json_object"}.get(key, key): value}
+
+
+def build_guided(spec: dict[str, Any], where: str, after: int | None, budget: int | None) -> GuidedDecoding:
+    """Compile a constraint; any failure (llguidance, a hostile schema) is a 400 naming `where`."""
+    try:
+        return GuidedDecoding(**spec, start_after=after, reasoning_budget=budget)
+    except Exception as e:  # ValueError from llguidance, and TypeError/RecursionError from odd schemas
+        raise RequestError(f"{where}: {e}" if not str(e).startswith(where) else str(e), where) from None
+
+
 def _guided(body: ChatCompletionRequest, choice: str, forced: str | None, after: int | None,
             max_tokens: int) -> GuidedDecoding | None:
-    """Constrained decoding for forced tool calls (native XML) and response formats, after `</think>`.
+    """Constrained decoding for forced tool calls (native XML) and structured outputs, after `</think>`.
     With thinking on, reasoning may use `thinking_token_budget` tokens (default: half of max_tokens, at most
     2048 kept for the answer); then `</think>` is forced, so the constrained answer always gets room."""
     budget = None
@@ -70,45 +132,58 @@ def _guided(body: ChatCompletionRequest, choice: str, forced: str | None, after:
         if budget is None:
             budget = max_tokens - min(max_tokens // 2, 2048)
     if choice in ("required", "named"):
-        grammar = tool_call_grammar(body.tools, [forced] if forced else None, allow_multiple=body.parallel_tool_calls)
-        return GuidedDecoding(grammar=grammar, start_after=after, reasoning_budget=budget)
-    if not body.response_format:
-        return None
-    kind = body.response_format.get("type")
-    if kind == "json_schema":
-        spec = body.response_format.get("json_schema") or {}
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise RequestError("response_format.json_schema.schema must be a JSON schema object", "response_format")
-        return GuidedDecoding(json_schema=schema, start_after=after, reasoning_budget=budget)
-    if kind == "json_object":
-        return GuidedDecoding(json_object=True, start_after=after, reasoning_budget=budget)
-    if kind not in ("text", None):
-        raise RequestError(f"response_format.type {kind!r} is not one of text, json_object, json_schema",
-                           "response_format")
-    return None
+        # a named function is called exactly once (vLLM); required may call several unless parallel is off
+        multiple = body.parallel_tool_calls and forced is None
+        try:
+            grammar = tool_call_grammar(body.tools, [forced] if forced else None, allow_multiple=multiple)
+        except Exception as e:
+            raise RequestError(str(e), "tools") from None
+        return build_guided({"grammar": grammar}, "tools", after, budget)
+    found = structured_spec(body)
+    return None if found is None else build_guided(found[0], found[1], after, budget)
+
+
+def render_prompt(server, messages: list[Any], *, tools: list[dict] | None, add_generation_prompt: bool,
+                  template_kwargs: dict[str, Any] | None, request_template: str | None = None) -> str:
+    """Messages -> prompt text with the server's template (or, if the server trusts request templates, the
+    request's, rendered in a child process under limits). Every failure is a RequestError."""
+    if request_template is not None and not server.trust_request_chat_template:
+        raise RequestError("chat_template in a request is refused: this server was not started with "
+                           "--trust-request-chat-template", "chat_template")
+    kwargs = {**server.default_chat_template_kwargs, **(template_kwargs or {})}
+    reserved = [k for k in _RESERVED_TEMPLATE_VARS if k in kwargs]
+    if reserved:
+        raise RequestError(f"chat_template_kwargs may not set {reserved[0]!r}: it is a request field",
+                           "chat_template_kwargs")
+    clean = normalize_messages(messages)
+    try:
+        if request_template is not None:
+            return render_chat_isolated(request_template, clean, tools=tools,
+                                        add_generation_prompt=add_generation_prompt, **kwargs)
+        return render_chat(server.chat_template, clean, tools=tools, add_generation_prompt=add_generation_prompt,
+                           **kwargs)
+    except TemplateLimitError as e:
+        raise RequestError(str(e), "chat_template") from None
+    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as e:
+        # raise_exception() in the template, or messages whose shape the template cannot handle
+        raise RequestError(f"the chat template rejected the messages: {e}", "messages") from None
 
 
 def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
+    """Everything CPU-bound about a chat request (render, tokenise, compile grammars): run it off the loop."""
     tok = server.tokenizer
-    messages = normalize_messages(body.messages)
     choice, forced = _tool_choice(body)
+    if body.logprobs and (body.top_logprobs or 0) > server.max_logprobs:
+        raise RequestError(f"top_logprobs must be at most {server.max_logprobs} (--max-logprobs)", "top_logprobs")
     kwargs = dict(body.chat_template_kwargs or {})
     if body.enable_thinking is not None:
         kwargs.setdefault("enable_thinking", body.enable_thinking)
     tools = body.tools if choice != "none" else None
-    template = body.chat_template or server.chat_template
-    try:
-        text = render_chat(template, messages, tools=tools, add_generation_prompt=body.add_generation_prompt,
-                           **kwargs)
-    except Exception as e:  # jinja raise_exception / undefined: the messages do not fit the template
-        raise RequestError(f"the chat template rejected the messages: {e}", "messages") from None
-    if body.continue_final_message and messages[-1]["role"] == "assistant":
+    text = render_prompt(server, body.messages, tools=tools, add_generation_prompt=body.add_generation_prompt,
+                         template_kwargs=kwargs, request_template=body.chat_template)
+    if body.continue_final_message and body.messages[-1].get("role") == "assistant":
         text = text[: text.rfind("<|im_end|>")] if text.rstrip().endswith("<|im_end|>") else text
-    ids = tok.encode(text)
-    if len(ids) >= server.max_model_len:
-        raise RequestError(f"the prompt is {len(ids)} tokens; this model's context is {server.max_model_len} "
-                           "tokens (max_model_len), which leaves no room for an answer", "messages")
+    ids = encode_bounded(tok, text, server.max_model_len, "messages")
     started_in_reasoning = prompt_ends_in_reasoning(text)
     thinking = True if started_in_reasoning else (False if text.endswith("</think>\n\n") else None)
     after = tok.think_end_id if started_in_reasoning else None
@@ -117,12 +192,7 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None and max_tokens > budget:
         max_tokens = budget  # vLLM errors here; clamping keeps agent loops with long histories alive
-    try:
-        guided = _guided(body, choice, forced, after, max_tokens or budget)
-    except RequestError:
-        raise
-    except ValueError as e:  # the grammar or schema does not compile
-        raise RequestError(str(e), "tool_choice" if choice in ("required", "named") else "response_format") from None
+    guided = _guided(body, choice, forced, after, max_tokens or budget)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     body.skip_special_tokens = False  # <think>, </think>, <tool_call> are special tokens the parsers need
     try:
@@ -158,7 +228,7 @@ class ChatRun:
     def response(self, final) -> dict[str, Any]:
         choices = []
         for c in final.outputs:
-            reasoning, content, calls = self.parsers[c.index].parse_all(c.text)
+            reasoning, content, calls = self.parsers[c.index].parse_all(c.text, c.finish_reason == "length")
             if self.plan.drop_tool_calls:
                 calls = []
             message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None}
@@ -189,7 +259,7 @@ class ChatRun:
                                            "logprobs": None, "finish_reason": None}]))
             deltas = self.parsers[i].feed(c.delta_text) if c.delta_text else []
             if c.finished:
-                deltas += self.parsers[i].finish()
+                deltas += self.parsers[i].finish(c.finish_reason == "length")
             lp = self._logprobs(c, c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):]
                                 if c.logprobs and c.delta_token_ids else None)
             for d in deltas:

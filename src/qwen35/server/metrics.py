@@ -10,13 +10,25 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("qwen35_requests", "Finished HTTP generation requests", ["endpoint", "status"],
-                                registry=r)
+        self.requests = Counter("qwen35_requests", "HTTP API requests answered, by endpoint, status and reason",
+                                ["endpoint", "status", "reason"], registry=r)
+        self.finished = Counter("qwen35_request_finished", "Generated sequences by finish reason "
+                                "(stop, length, abort, error)", ["finish_reason"], registry=r)
+        self.in_flight = Gauge("qwen35_requests_in_flight", "Generation requests accepted by the server and not "
+                               "yet finished (running or waiting)", registry=r)
         self.prompt_tokens = Counter("qwen35_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generation_tokens = Counter("qwen35_generation_tokens", "Tokens generated", registry=r)
         self.running = Gauge("qwen35_requests_running", "Requests being processed", registry=r)
         self.waiting = Gauge("qwen35_requests_waiting", "Requests waiting for cache", registry=r)
-        self.kv_usage = Gauge("qwen35_kv_cache_usage_ratio", "Fraction of K/V blocks in use", registry=r)
+        self.kv_usage = Gauge("qwen35_kv_cache_usage_ratio", "Fraction of K/V blocks held by running requests "
+                              "(blocks only the prefix cache holds count as free: it gives them up on demand)",
+                              registry=r)
+        self.kv_prefix_usage = Gauge("qwen35_kv_cache_prefix_only_ratio", "Fraction of K/V blocks held only by "
+                                     "the prefix cache", registry=r)
+        self.prefix_entries = Gauge("qwen35_prefix_cache_entries", "Prefix-cache entries (saved GDN states)",
+                                    registry=r)
+        self.prefix_bytes = Gauge("qwen35_prefix_cache_bytes", "Memory held by prefix-cache entries (their "
+                                  "K/V blocks and GDN state slots)", registry=r)
         self.slot_usage = Gauge("qwen35_state_slots_usage_ratio", "Fraction of GDN state slots in use", registry=r)
         self.prefix_hits = Gauge("qwen35_prefix_cache_hits", "Prefix-cache hits (requests)", registry=r)
         self.prefix_misses = Gauge("qwen35_prefix_cache_misses", "Prefix-cache misses (requests)", registry=r)
@@ -31,10 +43,16 @@ class Metrics:
         self.itl = Histogram("qwen35_inter_token_latency_seconds", "Time between streamed tokens", registry=r,
                              buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 
-    def update_cache(self, usage: dict[str, int]) -> None:
+    def update_cache(self, usage: dict[str, int], in_flight: int = 0) -> None:
+        self.in_flight.set(in_flight)
         self.running.set(usage["running"])
         self.waiting.set(usage["waiting"])
-        self.kv_usage.set(1 - usage["blocks_free"] / max(usage["blocks_total"], 1))
+        total = max(usage["blocks_total"], 1)
+        prefix_only = usage.get("blocks_prefix_only", 0)
+        self.kv_usage.set((usage["blocks_total"] - usage["blocks_free"] - prefix_only) / total)
+        self.kv_prefix_usage.set(prefix_only / total)
+        self.prefix_entries.set(usage["prefix_entries"])
+        self.prefix_bytes.set(usage.get("prefix_cache_bytes", 0))
         self.slot_usage.set(1 - usage["slots_free"] / max(usage["slots_total"], 1))
         self.prefix_hits.set(usage["prefix_hits"])
         self.prefix_misses.set(usage["prefix_misses"])

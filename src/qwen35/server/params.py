@@ -44,7 +44,8 @@ def load_generation_defaults(model_dir: str | Path, mode: str = "auto") -> dict[
 
 
 def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None, defaults: dict[str, Any],
-                    use_presets: bool, logprobs: int | None, guided: Any = None) -> SamplingParams:
+                    use_presets: bool, logprobs: int | None, guided: Any = None,
+                    prompt_logprobs: int | None = None) -> SamplingParams:
     preset = {} if not use_presets or thinking is None else (THINKING_PRESET if thinking else NON_THINKING_PRESET)
     values: dict[str, Any] = {}
     for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
@@ -66,6 +67,8 @@ def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None,
                   include_stop_str_in_output=body.include_stop_str_in_output)
     if guided is not None:
         kwargs["guided"] = guided
+    if prompt_logprobs is not None:
+        kwargs["prompt_logprobs"] = prompt_logprobs
     if body.logit_bias:
         try:
             kwargs["logit_bias"] = {int(k): v for k, v in body.logit_bias.items()}

@@ -47,30 +47,31 @@ class ChatOutputParser:
     def feed(self, delta: str) -> list[Event]:
         return self._route(*self._reasoning.feed(delta), final=False)
 
-    def finish(self) -> list[Event]:
-        """End of output: flush held-back text and close an unterminated call."""
-        return self._route(*self._reasoning.finish(), final=True)
+    def finish(self, truncated: bool = False) -> list[Event]:
+        """End of output: flush held-back text and close an unterminated call, unless the output was
+        `truncated` by max_tokens: then an open call keeps its partial arguments."""
+        return self._route(*self._reasoning.finish(), final=True, truncated=truncated)
 
     def finish_reason(self, stop_reason: str | None) -> str | None:
         """`tool_calls` when calls were made and the engine stopped on its own; `length` stays `length`.
         (A server that forced one function by name reports `stop`, as OpenAI does.)"""
         return "tool_calls" if stop_reason == "stop" and self.tool_calls else stop_reason
 
-    def parse_all(self, text: str) -> tuple[str | None, str, list[dict[str, Any]]]:
+    def parse_all(self, text: str, truncated: bool = False) -> tuple[str | None, str, list[dict[str, Any]]]:
         """Parse a whole reply on a fresh state: `(reasoning or None, content, tool_calls as OpenAI dicts)`."""
         self._reset()
-        events = self.feed(text) + self.finish()
+        events = self.feed(text) + self.finish(truncated)
         reasoning = "".join(v for kind, v in events if kind == "reasoning")
         content = "".join(v for kind, v in events if kind == "content")
         return reasoning or None, content, [call.to_openai() for call in self.tool_calls]
 
-    def _route(self, reasoning: str, content: str, final: bool) -> list[Event]:
+    def _route(self, reasoning: str, content: str, final: bool, truncated: bool = False) -> list[Event]:
         events: list[Event] = [("reasoning", reasoning)] if reasoning else []
         if self._tools is None:
             return events + ([("content", content)] if content else [])
         tool_events = self._tools.feed(content) if content else []
         if final:
-            tool_events += self._tools.finish()
+            tool_events += self._tools.finish(truncated)
         for kind, value in tool_events:
             events.append((kind, value.to_openai() if kind == "tool_call" else value))
         return events

@@ -76,7 +76,7 @@ def _json_safe(value: Any) -> bool:
     try:
         json.dumps(value, allow_nan=False)
         return True
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return False
 
 
@@ -84,6 +84,8 @@ def _literal(text: str) -> Any:
     """JSON first, then a Python literal; `_NO_VALUE` unless it is JSON-serialisable and finite."""
     try:
         value = json.loads(text)
+    except RecursionError:  # nested deeper than the interpreter's stack: not a value we can type
+        return _NO_VALUE
     except ValueError:
         try:
             with warnings.catch_warnings():  # e.g. SyntaxWarning for "\d" in a string literal

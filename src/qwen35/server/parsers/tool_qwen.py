@@ -147,8 +147,21 @@ class ToolCallParser:
         self._buf += delta
         return self._run(final=False)
 
-    def finish(self) -> list[Event]:
-        """End of output: close whatever is open (missing closing tags are tolerated)."""
+    def finish(self, truncated: bool = False) -> list[Event]:
+        """End of output: close whatever is open (missing closing tags are tolerated).
+
+        `truncated` (the output hit max_tokens): a call still open is not closed. Its arguments stay the
+        partial JSON that was generated, with the open value's text as written, so a cut-off call is never
+        presented as complete (with required parameters silently missing)."""
+        if truncated and self._in_call:
+            events = self._run(final=False)
+            if self._state == _PARAM and self._param is not None and self._buf:
+                if self._streaming:
+                    self._emit_args(json.dumps(self._buf, ensure_ascii=False)[1:-1])
+                else:
+                    self._emit_args(self._key(self._param) + self._buf)
+            self._buf, self._in_call, self._state = "", False, _TEXT
+            return events + self._take_events()
         events = self._run(final=True)
         if self._in_call:
             self._close_call()
@@ -311,8 +324,11 @@ class ToolCallParser:
         elif self._streaming:
             self._emit_args(json.dumps(value, ensure_ascii=False)[1:-1] + '"')
         else:
-            typed = coerce_value(value, self._schema.get(self._param))
-            self._emit_args(self._key(self._param) + json.dumps(typed, ensure_ascii=False))
+            try:
+                typed = json.dumps(coerce_value(value, self._schema.get(self._param)), ensure_ascii=False)
+            except RecursionError:  # model output nested past the stack (e.g. 1000+ "["): keep it as text
+                typed = json.dumps(value, ensure_ascii=False)
+            self._emit_args(self._key(self._param) + typed)
 
     def _key(self, name: str) -> str:
         """`{"name": ` for the first parameter of a call, `, "name": ` after."""

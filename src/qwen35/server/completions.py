@@ -1,0 +1,155 @@
+"""Text completions (`/v1/completions`): prompts -> engine -> choices, whole or streamed.
+
+`prepare_completion` does the CPU-bound part off the event loop (tokenising, grammar compilation) and
+refuses what this server does not do rather than ignoring it: `suffix` (Qwen3.5 has no fill-in-the-middle
+format) and `best_of` > 1. `echo` puts the prompt (text, or the decoded ids) in front of each choice;
+with `logprobs` it also returns the prompt tokens' logprobs, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chat import build_guided, structured_spec, usage
+from .limits import MAX_SEQUENCES, RequestError, encode_bounded
+from .params import sampling_params
+from .protocol import CompletionRequest
+
+
+@dataclass
+class CompletionPlan:
+    prompts: list[str | list[int]]
+    id_lists: list[list[int]]
+    params: list[Any]  # SamplingParams, one per prompt
+    echo_texts: list[str]  # what echo puts before each prompt's choices ("" without echo)
+
+
+def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
+    if body.suffix:
+        raise RequestError("suffix is not supported: Qwen3.5 has no fill-in-the-middle format", "suffix")
+    if body.best_of is not None and body.best_of != 1:
+        raise RequestError("best_of is not supported (use n)", "best_of")
+    if body.logprobs is not None and body.logprobs > server.max_logprobs:
+        raise RequestError(f"logprobs must be at most {server.max_logprobs} (--max-logprobs)", "logprobs")
+    prompts = body.prompt
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    if not prompts:
+        raise RequestError("prompt must not be empty", "prompt")
+    if len(prompts) * body.n > MAX_SEQUENCES:
+        raise RequestError(f"prompts x n is {len(prompts) * body.n}; at most {MAX_SEQUENCES} sequences a request",
+                           "n")
+    if len(prompts) > 1 and body.stream:
+        raise RequestError("streaming supports one prompt per request", "prompt")
+    tok, limit = server.tokenizer, server.max_model_len
+    vocab = server.vocab_size
+    id_lists = []
+    for p in prompts:
+        if isinstance(p, str):
+            ids = encode_bounded(tok, p, limit)
+        else:
+            ids = list(p)
+            if len(ids) >= limit:
+                raise RequestError(f"the prompt is {len(ids)} tokens; this model's context is {limit} tokens "
+                                   "(max_model_len), which leaves no room for an answer", "prompt")
+            if any(not 0 <= t < vocab for t in ids):
+                raise RequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
+        if not ids:
+            raise RequestError("prompt must not be empty", "prompt")
+        id_lists.append(ids)
+    found = structured_spec(body)
+    guided = build_guided(found[0], found[1], None, None) if found else None
+    want_prompt_logprobs = body.echo and body.logprobs is not None
+    try:
+        params = [sampling_params(body, max_tokens=min(body.max_tokens or 16, limit - len(ids)), thinking=None,
+                                  defaults=server.generation_defaults, use_presets=False, logprobs=body.logprobs,
+                                  guided=guided, prompt_logprobs=body.logprobs if want_prompt_logprobs else None)
+                  for ids in id_lists]
+    except ValueError as e:
+        raise RequestError(str(e), str(e).split(" ", 1)[0]) from None
+    echo = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in prompts]
+    return CompletionPlan(prompts, id_lists, params, echo)
+
+
+@dataclass
+class CompletionRun:
+    """Turns engine outputs into OpenAI text-completion responses or chunks."""
+
+    plan: CompletionPlan
+    body: CompletionRequest
+    model: str
+    tokenizer: Any
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    echoed: bool = False  # streaming: the echo went out with the first chunk
+
+    def response(self, finals: list[Any]) -> dict[str, Any]:
+        choices, total = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        n = self.body.n
+        for k, final in enumerate(finals):
+            for c in final.outputs:
+                lp = self._logprobs(c.token_ids, c.logprobs)
+                if self.body.echo and lp is not None:
+                    lp = self._with_prompt(final, lp)
+                choices.append({"index": k * n + c.index, "text": self.plan.echo_texts[k] + c.text,
+                                "finish_reason": _reason(c), "logprobs": lp})
+            for key, v in usage(final).items():
+                if key in total:
+                    total[key] += v
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": choices, "usage": total}
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": choices, **extra}
+
+    def stream_chunks(self, out) -> list[dict[str, Any]]:
+        chunks = []
+        for c in out.outputs:
+            echo = ""
+            if self.plan.echo_texts[0] and not self.echoed:
+                self.echoed, echo = True, self.plan.echo_texts[0]
+            if not c.delta_text and not c.finished and not echo:
+                continue
+            lp = (self._logprobs(c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):])
+                  if c.logprobs and c.delta_token_ids else None)
+            chunks.append(self.chunk([{"index": c.index, "text": echo + c.delta_text, "logprobs": lp,
+                                       "finish_reason": _reason(c) if c.finished else None}]))
+        return chunks
+
+    def _logprobs(self, token_ids: list[int], entries) -> dict[str, Any] | None:
+        if self.body.logprobs is None or not entries:
+            return None
+        tokens = [self._tok(t) for t in token_ids]
+        return {"tokens": tokens, "token_logprobs": [e[t] for t, e in zip(token_ids, entries)],
+                "top_logprobs": [{self._tok(t): lp for t, lp in e.items()} for e in entries],
+                "text_offset": _offsets(tokens)}
+
+    def _with_prompt(self, final, lp: dict[str, Any]) -> dict[str, Any]:
+        """Prompt tokens first (the first has no logprob: nothing precedes it), then the generated ones."""
+        ids = final.prompt_token_ids
+        entries = getattr(final, "prompt_logprobs", None) or [None] * len(ids)
+        tokens = [self._tok(t) for t in ids]
+        return {"tokens": tokens + lp["tokens"],
+                "token_logprobs": [e[t] if e else None for t, e in zip(ids, entries)] + lp["token_logprobs"],
+                "top_logprobs": [{self._tok(t): v for t, v in e.items()} if e else None for t, e in
+                                 zip(ids, entries)] + lp["top_logprobs"],
+                "text_offset": _offsets(tokens + lp["tokens"])}
+
+    def _tok(self, tok_id: int) -> str:
+        return self.tokenizer.token_bytes(tok_id).decode("utf-8", errors="replace")
+
+
+def _offsets(tokens: list[str]) -> list[int]:
+    out, pos = [], 0
+    for t in tokens:
+        out.append(pos)
+        pos += len(t)
+    return out
+
+
+def _reason(c) -> str | None:
+    return "stop" if c.finish_reason == "abort" else c.finish_reason

@@ -1,0 +1,124 @@
+"""The ASGI layer in front of every route: what must hold for any request, before and after the app runs.
+
+* `Host` header check (`--allowed-hosts`), against DNS rebinding when the server has no API key;
+* API key on everything that costs work (`/v1/*`, `/tokenize`, `/detokenize`), compared in constant
+  time; `/health`, `/ping`, `/version` and `/metrics` stay open (vLLM);
+* body size: a declared `Content-Length` over the limit is a 413 before reading; a body sent without one
+  (chunked) is counted as it arrives and cut off at the limit, also a 413;
+* containment: an exception that escapes a route becomes a 500 whose body names no internals (the
+  traceback goes to the log), and the connection stays usable;
+* accounting: every API response is counted by endpoint, status and reason, and with
+  `--enable-log-requests` logged as one access line.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger("qwen35.server")
+access_log = logging.getLogger("qwen35.access")
+
+OPEN_PATHS = ("/health", "/ping", "/version", "/metrics")
+COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize")
+REASONS = {200: "ok", 400: "invalid_request", 401: "unauthorized", 404: "not_found", 413: "too_large",
+           499: "client_disconnected", 500: "internal_error", 503: "overloaded"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               413: "invalid_request_error", 503: "server_overloaded"}
+
+
+def error(status: int, message: str, param: str | None = None, kind: str | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    """An OpenAI-shaped error response."""
+    kind = kind or ERROR_TYPES.get(status, "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
+                        status_code=status, headers=headers)
+
+
+class Guard:
+    def __init__(self, app, state) -> None:
+        self.app, self.state = app, state
+        key = state.api_key
+        self.expected = f"Bearer {key}".encode() if key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        path = scope.get("path", "")
+        status = {"code": 0}
+
+        async def counted_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        refusal = self._refuse(scope)
+        if refusal is not None:
+            await refusal(scope, receive, counted_send)
+        else:
+            await self._run(scope, receive, counted_send)
+        if path in COUNTED_PATHS:
+            code = status["code"]
+            self.state.metrics.requests.labels(path, str(code), REASONS.get(code, "other")).inc()
+        if self.state.log_requests:
+            client = scope.get("client") or ("-", 0)
+            access_log.info("%s %s %s %d %.3fs", client[0], scope.get("method"), path, status["code"],
+                            time.perf_counter() - start)
+
+    def _refuse(self, scope) -> JSONResponse | None:
+        headers = _headers(scope)
+        state = self.state
+        if state.allowed_hosts is not None:
+            host = headers.get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if "*" not in state.allowed_hosts and name.strip("[]") not in state.allowed_hosts:
+                return error(400, f"the Host header {host!r} is not allowed (--allowed-hosts)")
+        path = scope.get("path", "")
+        if (self.expected is not None and scope.get("method") != "OPTIONS"
+                and not path.startswith(OPEN_PATHS)
+                and not hmac.compare_digest(headers.get("authorization", "").encode(), self.expected)):
+            return error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > state.max_request_bytes):
+            return error(413, f"request body of {length} bytes exceeds the limit of {state.max_request_bytes}")
+        return None
+
+    async def _run(self, scope, receive, send):
+        limit = self.state.max_request_bytes
+        seen, exceeded, started = 0, False, False
+
+        async def limited_receive():
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    exceeded = True
+                    return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if exceeded:
+                return
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+                if not started:
+                    await error(500, "internal server error (see the server log)")(scope, receive, send)
+        if exceeded:
+            await error(413, f"request body exceeds the limit of {limit} bytes")(scope, receive, send)
+
+
+def _headers(scope) -> dict[str, Any]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}

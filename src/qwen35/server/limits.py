@@ -1,0 +1,91 @@
+"""What one request may ask for, and the checks that run before any of it reaches the engine.
+
+Every bound here is a 400 that names the limit. They keep one request from taking the CPU or memory that
+other requests need: the size of each list in a body is capped, text with lone UTF-16 surrogates (valid
+JSON, invalid Unicode) is refused, and a prompt longer than the context is refused after tokenising at
+most a bounded prefix of it. All of it runs in the server's worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_MESSAGES = 10_000  # an agent loop of thousands of tool turns still fits
+MAX_TOOLS = 512
+MAX_STOP = 16
+MAX_LOGIT_BIAS = 1024
+MAX_PROMPTS = 128  # completion prompts in one request
+MAX_SEQUENCES = 256  # completion prompts x n
+MAX_JSON_DEPTH = 256  # nesting of a request body
+
+
+class RequestError(ValueError):
+    """A bad request: becomes a 400 naming `param`."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON; RequestError for invalid JSON, nesting deeper than MAX_JSON_DEPTH and lone surrogates."""
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise RequestError(f"the body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(f"the body is not valid JSON: {e}") from None
+    check_json(data)
+    return data
+
+
+def check_json(data: Any) -> None:
+    """Walk a parsed body once (iteratively): depth at most MAX_JSON_DEPTH, every string valid Unicode."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise RequestError(f"{path or 'the body'} is nested more than {MAX_JSON_DEPTH} levels deep",
+                                   path or None)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _check_text(key, path)
+                stack.append((item, f"{path}.{key}" if path and isinstance(key, str) else
+                              f"{path}[{key}]" if path else str(key), depth + 1))
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{path or 'the body'} contains a lone UTF-16 surrogate (invalid Unicode text)",
+                           path or None) from None
+
+
+def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt") -> list[int]:
+    """Token ids of `text`, refusing (RequestError) one of `limit` tokens or more without encoding all of it.
+
+    A prefix of the text has at least as many tokens as the full text has over that stretch, give or take
+    the word cut at its end; so once a prefix has `limit + 8` tokens the whole text is too long. Prefixes
+    grow 4x at a time, so refusing costs at most a few prefixes and accepting about 1.3 full encodes.
+    """
+    chars = max(limit * 16, 4096)
+    while chars < len(text):
+        n = len(tokenizer.encode(text[:chars]))
+        if n >= limit + 8:
+            raise RequestError(too_long(f"more than {limit}", limit), param)
+        chars *= 4
+    ids = tokenizer.encode(text)
+    if len(ids) >= limit:
+        raise RequestError(too_long(str(len(ids)), limit), param)
+    return ids
+
+
+def too_long(count: str, limit: int) -> str:
+    return (f"the prompt is {count} tokens; this model's context is {limit} tokens (max_model_len), "
+            "which leaves no room for an answer")
