@@ -250,10 +250,10 @@ def _resolve(schema: Any, defs: dict, depth: int = 0) -> Any:
 
 
 def _types(schema: dict, defs: dict, depth: int = 0) -> set[str] | None:
-    """The JSON types a schema allows, or None when it does not say (any value) or nests too deeply
-    (a recursive `$ref` such as `{"A": {"anyOf": [{"$ref": "#/$defs/A"}]}}`)."""
+    """The JSON types a schema allows, or None when it does not say (any value). ValueError for a `$ref`
+    cycle that never reaches a type, such as `{"A": {"anyOf": [{"$ref": "#/$defs/A"}]}}`."""
     if depth > 16:
-        return None
+        raise ValueError("the schema's $ref definitions refer to each other without ever naming a type")
     t = schema.get("type")
     if isinstance(t, str):
         return {t}
