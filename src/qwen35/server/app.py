@@ -190,7 +190,7 @@ def create_app(state: ServerState) -> FastAPI:
         if isinstance(finals, JSONResponse):
             return finals
         _record(state, finals[0], start)
-        return run.response(finals[0])
+        return await state.run_cpu(_json, run.response, finals[0])  # parsing a long reply is CPU work
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -225,7 +225,7 @@ def create_app(state: ServerState) -> FastAPI:
             return finals
         for final in finals:
             _record(state, final, start)
-        return run.response(finals)
+        return await state.run_cpu(_json, run.response, finals)
 
     return app
 
@@ -237,6 +237,10 @@ def _parse(raw: bytes, model: type[BaseModel]) -> BaseModel:
     if not isinstance(data, dict):
         raise RequestError(f"the body must be a JSON object, got {type(data).__name__}")
     return model.model_validate(data)
+
+
+def _json(build, *args: Any) -> Response:
+    return Response(dumps(build(*args)), media_type="application/json")
 
 
 def _validation_error(exc: ValidationError) -> JSONResponse:
