@@ -24,12 +24,14 @@ def server(tiny_ckpt):
     from qwen35.engine.async_engine import AsyncLLM
     from qwen35.engine.llm_engine import EngineConfig
     from qwen35.server.app import ServerState, create_app
+    from qwen35.server.http_protocol import TimedH11Protocol
 
     engine = AsyncLLM(EngineConfig(model=str(tiny_ckpt), dtype="float32", max_model_len=1024, max_num_seqs=8,
                                    kv_cache_memory=96 << 20))
     state = ServerState(engine, ["tiny"], api_key=API_KEY, max_request_bytes=1 << 20)
     port = _free_port()
-    config = uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning",
+                            http=TimedH11Protocol)
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

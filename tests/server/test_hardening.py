@@ -7,6 +7,7 @@ gets a clear 4xx (or works) while the server keeps serving everyone else.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -242,6 +243,29 @@ def test_open_and_guarded_paths(server):
         assert_error(httpx.post(server["url"] + path, json={}), 401)
     assert_error(httpx.post(server["url"] + "/tokenize", json={"prompt": "x"},
                             headers={"Authorization": "Bearer test-kez"}), 401)
+
+
+def _raw(server, data: bytes, wait: float) -> bytes:
+    host, port = server["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(data)
+        s.settimeout(wait)
+        return s.recv(4096)
+
+
+def test_half_open_connections_are_closed(server, monkeypatch):
+    from qwen35.server import guard
+    from qwen35.server.http_protocol import TimedH11Protocol
+
+    monkeypatch.setattr(TimedH11Protocol, "header_timeout", 0.5)
+    t0 = time.perf_counter()
+    assert _raw(server, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n", wait=10) == b""  # closed
+    assert time.perf_counter() - t0 < 5
+    monkeypatch.setattr(guard, "BODY_TIMEOUT", 0.5)
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\"")
+    assert _raw(server, head, wait=10).startswith(b"HTTP/1.1 408")
+    assert_serving(server)
 
 
 def test_waiting_queue_cap_is_503_with_retry_after(server):

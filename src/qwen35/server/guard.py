@@ -3,8 +3,9 @@
 * `Host` header check (`--allowed-hosts`), against DNS rebinding when the server has no API key;
 * API key on everything that costs work (`/v1/*`, `/tokenize`, `/detokenize`), compared in constant
   time; `/health`, `/ping`, `/version` and `/metrics` stay open (vLLM);
-* body size: a declared `Content-Length` over the limit is a 413 before reading; a body sent without one
-  (chunked) is counted as it arrives and cut off at the limit, also a 413;
+* body size and pace: a declared `Content-Length` over the limit is a 413 before reading; a body sent
+  without one (chunked) is counted as it arrives and cut off at the limit, also a 413; a body that stalls
+  for `BODY_TIMEOUT` seconds is dropped with a 408 (headers are bounded in `http_protocol.py`);
 * containment: an exception that escapes a route becomes a 500 whose body names no internals (the
   traceback goes to the log), and the connection stays usable;
 * accounting: every API response is counted by endpoint, status and reason, and with
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -23,12 +25,14 @@ from fastapi.responses import JSONResponse
 log = logging.getLogger("qwen35.server")
 access_log = logging.getLogger("qwen35.access")
 
+BODY_TIMEOUT = 30.0  # seconds between two pieces of a request body before the request is dropped (408)
 OPEN_PATHS = ("/health", "/ping", "/version", "/metrics")
 COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize")
-REASONS = {200: "ok", 400: "invalid_request", 401: "unauthorized", 404: "not_found", 413: "too_large",
+REASONS = {200: "ok", 400: "invalid_request", 401: "unauthorized", 404: "not_found", 408: "timeout",
+           413: "too_large",
            499: "client_disconnected", 500: "internal_error", 503: "overloaded"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               413: "invalid_request_error", 503: "server_overloaded"}
+               408: "invalid_request_error", 413: "invalid_request_error", 503: "server_overloaded"}
 
 
 def error(status: int, message: str, param: str | None = None, kind: str | None = None,
@@ -90,21 +94,29 @@ class Guard:
 
     async def _run(self, scope, receive, send):
         limit = self.state.max_request_bytes
-        seen, exceeded, started = 0, False, False
+        seen, body_done, started = 0, False, False
+        cut: JSONResponse | None = None  # the answer when the body was cut off (too large, too slow)
 
         async def limited_receive():
-            nonlocal seen, exceeded
-            message = await receive()
+            nonlocal seen, body_done, cut
+            if body_done:  # after the body only a disconnect can come: wait as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_TIMEOUT)
+            except asyncio.TimeoutError:
+                cut = error(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > limit:
-                    exceeded = True
+                    cut = error(413, f"request body exceeds the limit of {limit} bytes")
                     return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
             return message
 
         async def guarded_send(message):
             nonlocal started
-            if exceeded:
+            if cut is not None:
                 return
             started = True
             await send(message)
@@ -112,12 +124,12 @@ class Guard:
         try:
             await self.app(scope, limited_receive, guarded_send)
         except Exception:
-            if not exceeded:
+            if cut is None:
                 log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
                 if not started:
                     await error(500, "internal server error (see the server log)")(scope, receive, send)
-        if exceeded:
-            await error(413, f"request body exceeds the limit of {limit} bytes")(scope, receive, send)
+        if cut is not None and not started:
+            await cut(scope, receive, send)
 
 
 def _headers(scope) -> dict[str, Any]:
