@@ -270,6 +270,10 @@ async def _start(state: ServerState, prompt_ids: list[int], params, request_id: 
         raise Overloaded(f"{state.in_flight} requests are running or waiting "
                          f"(--max-num-seqs {state.max_running} + --max-waiting-requests {state.max_waiting_requests})")
     state.in_flight += 1
+    if state.log_requests:
+        log.info("request %s: %d prompt tokens, n=%d max_tokens=%s temperature=%s top_p=%s seed=%s%s", request_id,
+                 len(prompt_ids), params.n, params.max_tokens, params.temperature, params.top_p, params.seed,
+                 f" guided={params.guided.kind}" if params.guided else "")
     stream = state.engine.generate(prompt_ids, params, request_id=request_id)
     try:
         first = await stream.__anext__()
