@@ -69,10 +69,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line (`qwen35 serve: error: ...`, exit status 2), not usage plus a line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qwen35", description="Qwen3.5 model, engine and server.")
+    from . import __version__
+
+    p = OneLineParser(prog="qwen35", description="Qwen3.5 model, engine and server.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"qwen35 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     i = sub.add_parser("init", help="write a random checkpoint of a Qwen3.5 shape in the official layout")
     i.add_argument("preset", help="tiny, tiny-moe, dense-0.8b, dense-2b, dense-4b, dense-9b, dense-27b, "
@@ -98,20 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .server.serve import add_serve_args
 
-    s = sub.add_parser("serve", help="OpenAI-compatible server (vLLM-style flags)")
+    s = sub.add_parser("serve", help="OpenAI-compatible server (vLLM and SGLang flags)", allow_abbrev=False,
+                       description="OpenAI-compatible server. A `vllm serve` or SGLang `launch_server` command line "
+                                   "from the Qwen3.5 model cards works with `qwen35 serve` in front.")
     add_serve_args(s)
     s.set_defaults(func=cmd_serve)
     return p
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Start-up errors are one line, `qwen35 serve: error: ...`, exit status 2, no traceback."""
+    from .config import ConfigError
+    from .loading.checkpoint import CheckpointError
     from .server.serve import serve
 
-    if args.threads:
-        import torch
+    try:
+        if args.threads:
+            import torch
 
-        torch.set_num_threads(args.threads)
-    return serve(args)
+            torch.set_num_threads(args.threads)
+        return serve(args)
+    except (ConfigError, CheckpointError, ValueError, OSError) as e:
+        print(f"qwen35 serve: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
