@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     i.add_argument("--shard-size", default="2GB", help="largest shard file (default 2GB)")
-    i.set_defaults(func=cmd_init)
+    i.set_defaults(func=cmd_init, subparser=i)
 
     g = sub.add_parser("generate", help="stream a completion of a prompt")
     g.add_argument("--model", help="checkpoint directory (default: the embedded random model)")
@@ -104,15 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func=cmd_generate, subparser=g)
 
-    from .server.serve import add_serve_args
+    from .server.serve import SECURITY_NOTE, add_serve_args
 
     s = sub.add_parser("serve", help="OpenAI-compatible server (vLLM and SGLang flags)", allow_abbrev=False,
                        description="OpenAI-compatible server. A `vllm serve` or SGLang `launch_server` command line "
-                                   "from the Qwen3.5 model cards works with `qwen35 serve` in front.")
+                                   "from the Qwen3.5 model cards works with `qwen35 serve` in front.",
+                       epilog=SECURITY_NOTE)
     add_serve_args(s)
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=cmd_serve, subparser=s)
     return p
 
 
@@ -149,7 +150,9 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand, so the line reads `qwen35 serve: error: ...`
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _validate(args, parser)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="[%(name)s] %(message)s")

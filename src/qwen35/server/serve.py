@@ -111,6 +111,13 @@ SPECULATIVE = ("speculative_config", "speculative_algorithm", "speculative_num_s
                "speculative_num_draft_tokens", "num_speculative_tokens")
 
 
+SECURITY_NOTE = (
+    "Security: without --api-key (or $QWEN35_API_KEY / $VLLM_API_KEY) anyone who can reach the port can use the "
+    "model. A non-loopback --host such as 0.0.0.0 opens it to the network (qwen35 warns at start). Even on "
+    "loopback, a web page in a browser on this machine can reach it through DNS rebinding; --api-key or "
+    "--allowed-hosts prevents that.")
+
+
 class ServeError(ValueError):
     """A start-up error: printed as one line, exit status 2."""
 
@@ -207,7 +214,7 @@ def parse_json(flag: str, text: str | None, kind: type) -> Any:
     except json.JSONDecodeError as e:
         raise ServeError(f"{flag}: not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
     if not isinstance(value, kind):
-        want = "an object" if kind is dict else "a list"
+        want = "object" if kind is dict else "list"
         raise ServeError(f"{flag}: expected a JSON {want}, got {text!r}")
     return value
 
