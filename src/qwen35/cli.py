@@ -130,7 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         return serve(args)
     except (ConfigError, CheckpointError, ValueError, OSError) as e:
-        print(f"qwen35 serve: error: {e}", file=sys.stderr)
+        one_line = " ".join(str(e).split())
+        print(f"qwen35 serve: error: {one_line}", file=sys.stderr)
         return 2
 
 

@@ -328,9 +328,9 @@ def load_chat_template(arg: str) -> tuple[str, str]:
         raise ServeError(f"--chat-template {arg!r}: cannot be read: {e}") from None
 
 
-def check_chat_template(template: str, where: str) -> None:
+def check_chat_template(template: str, where: str, kwargs: dict[str, Any] | None = None) -> None:
     """ServeError when `template` does not compile under our renderer; a WARNING when it cannot render a
-    one-message conversation."""
+    one-message conversation (with the server's default template variables `kwargs`)."""
     import jinja2
 
     from ..tokenizer.chat_template import _compile, render_chat
@@ -343,7 +343,7 @@ def check_chat_template(template: str, where: str) -> None:
     except jinja2.TemplateError as e:
         raise ServeError(f"the chat template from {where} does not compile: {e}") from None
     try:
-        render_chat(template, [{"role": "user", "content": "hi"}])
+        render_chat(template, [{"role": "user", "content": "hi"}], **(kwargs or {}))
     except Exception as e:  # noqa: BLE001 - any failure here is the template's
         log.warning("the chat template from %s fails on a one-message chat: %s: %s", where, type(e).__name__, e)
 
@@ -461,7 +461,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
         checked, checked_where = (template, where) if template is not None else find_chat_template(model_dir)
     except ValueError as e:
         raise ServeError(str(e)) from None
-    check_chat_template(checked, checked_where)
+    check_chat_template(checked, checked_where, template_kwargs)
 
     # the engine loads the overridden config through an overlay directory (model_overrides.py)
     engine_dir = model_dir
