@@ -23,7 +23,7 @@ import pytest
 
 import qwen35
 from qwen35.cli import build_parser, main
-from qwen35.config import ModelConfig, TextConfig, preset
+from qwen35.config import ModelConfig, preset
 from qwen35.server import model_overrides as mo
 from qwen35.server.model_path import ModelNotFound, find_in_hf_cache, hf_cache_dir, resolve_model
 from qwen35.server.serve import ServeError, bind_socket, human_int, human_int_or_auto, plan_serve
