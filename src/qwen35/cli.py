@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     g.set_defaults(func=cmd_generate, subparser=g)
 
-    from .server.serve import SECURITY_NOTE, add_serve_args
+    from .server.serve_args import SECURITY_NOTE, add_serve_args
 
     s = sub.add_parser("serve", help="OpenAI-compatible server (vLLM and SGLang flags)", allow_abbrev=False,
                        description="OpenAI-compatible server. A `vllm serve` or SGLang `launch_server` command line "

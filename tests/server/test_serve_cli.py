@@ -26,7 +26,8 @@ from qwen35.cli import build_parser, main
 from qwen35.config import ModelConfig, preset
 from qwen35.server import model_overrides as mo
 from qwen35.server.model_path import ModelNotFound, find_in_hf_cache, hf_cache_dir, resolve_model
-from qwen35.server.serve import ServeError, bind_socket, human_int, human_int_or_auto, plan_serve
+from qwen35.server.serve import bind_socket, plan_serve
+from qwen35.server.serve_args import ServeError, human_int, human_int_or_auto
 
 HF_ID = "Qwen/Qwen3.5-0.8B"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -315,7 +316,9 @@ def test_flags_reach_server_state(hf_cache, monkeypatch):
     p = plan(HF_ID, "--default-chat-template-kwargs", '{"enable_thinking": false}', "--allowed-origins", '["*"]',
              "--allowed-hosts", "a.example,b.example", "--max-logprobs", "5", "--max-waiting-requests", "3",
              "--trust-request-chat-template", "--enable-log-requests")
-    engine = SimpleNamespace(engine=SimpleNamespace(tokenizer=SimpleNamespace(chat_template="t"), max_model_len=9))
+    engine = SimpleNamespace(engine=SimpleNamespace(tokenizer=SimpleNamespace(chat_template="t"), max_model_len=9,
+                                                    model_cfg=SimpleNamespace(text=SimpleNamespace(vocab_size=64)),
+                                                    cfg=SimpleNamespace(max_num_seqs=4)))
     state = ServerState(engine, p.served_names, **p.state_kwargs)
     assert state.api_key == "from-vllm-env"
     assert state.default_chat_template_kwargs == {"enable_thinking": False}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-HEADER_TIMEOUT = 15.0  # seconds for the request line and headers to arrive
+HEADER_TIMEOUT = 30.0  # seconds for the request line and headers to arrive (`--header-timeout`)
 
 
 class TimedH11Protocol(H11Protocol):
@@ -47,3 +47,8 @@ class TimedH11Protocol(H11Protocol):
     def connection_lost(self, exc) -> None:
         self._header_timer.cancel()
         super().connection_lost(exc)
+
+
+def with_header_timeout(seconds: float) -> type[TimedH11Protocol]:
+    """The protocol class with its own header timeout (uvicorn takes a class, not an instance)."""
+    return type("TimedH11Protocol", (TimedH11Protocol,), {"header_timeout": seconds})

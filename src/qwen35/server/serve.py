@@ -1,318 +1,32 @@
 """`qwen35 serve`: check the command line and the checkpoint, build the engine and the app, run uvicorn.
 
-Any `vllm serve` or SGLang `launch_server` command line from the Qwen3.5 model cards runs with `qwen35 serve`
-in front, or fails at once with one line that says why (`qwen35 serve: error: ...`, exit status 2):
-
-    qwen35 serve Qwen/Qwen3.5-0.8B --port 8000 --tensor-parallel-size 1 --max-model-len 128k \\
-        --reasoning-parser qwen3 --enable-auto-tool-choice --tool-call-parser qwen3_coder
-    qwen35 serve --model-path Qwen/Qwen3.5-0.8B --tp-size 1 --context-length 262144 --mem-fraction-static 0.8
-
-Flag by flag (vLLM name first, SGLang's after a slash):
-- model: positional, `--model`, `--model-path`: a checkpoint directory, or a Hugging Face id found in the
-  local HF cache (`--revision` picks the snapshot; nothing is downloaded: see model_path.py). The served
-  model name is the argument as given, unless `--served-model-name`.
-- `--max-model-len` / `--context-length`: `32768`, `2k` (x1000), `2K` (x1024; `k m g t` are decimal,
-  `K M G T` binary, as vLLM's human_readable_int), `-1` or `auto` (the full supported length). Above what the
-  model supports (max_position_embeddings, or the YaRN range) is an error naming both numbers. Default:
-  min(supported, 8192), a CPU-friendly size.
-- `--hf-overrides JSON`, `--rope-scaling JSON`, `--rope-theta X`: change config.json (model_overrides.py).
-- `--gpu-memory-utilization` / `--mem-fraction-static F`: the share of memory (device memory on CUDA, the
-  available RAM on CPU) that weights plus cache may use; the cache gets that share minus the weights, capped
-  at what max_num_seqs full-length sequences plus the prefix cache can use. `--kv-cache-memory BYTES` sets
-  the cache size directly and wins. Without either, the engine sizes the cache from free RAM.
-- `--seed` / `--random-seed`: torch's global seed, set once at start (requests still take their own seed).
-- `--api-key` (else `$QWEN35_API_KEY`, else `$VLLM_API_KEY`), `--allowed-origins '["*"]'` (CORS, a JSON
-  list), `--allowed-hosts` (Host header check, JSON list or comma-separated), `--max-logprobs N`,
-  `--max-waiting-requests N`, `--trust-request-chat-template`, `--default-chat-template-kwargs JSON`,
-  `--enable-log-requests` / `--log-requests`: fields of ServerState, enforced by the app.
-- `--chat-template`: text containing `{`, `}` or a newline is the template itself (vLLM's rule); anything
-  else is a file that must exist. The template in use (this one, else the checkpoint's) must compile.
-- `--reasoning-parser qwen3`, `--tool-call-parser qwen3_coder|qwen3_xml`: the only formats Qwen3.5 speaks;
-  both are always on. Other names are errors.
-- Not implemented yet, so an error naming the feature: tensor / pipeline / data parallelism above 1
-  (`--tensor-parallel-size`, `-tp`, `--tp-size`, `--pipeline-parallel-size`, `--pp-size`,
-  `--data-parallel-size`, `--dp-size`) and MTP speculative decoding (`--speculative-config`,
-  `--speculative-algorithm` / `--speculative-algo`, `--speculative-num-steps`, `--speculative-eagle-topk`,
-  `--speculative-num-draft-tokens`, `--num-speculative-tokens`).
-- Accepted with no effect here, named once at start-up: `--enable-prefix-caching` (on by default),
-  `--enable-chunked-prefill` (always chunked), `--enforce-eager` (no CUDA graphs to turn off),
-  `--disable-log-requests` (off by default), `--disable-log-stats`, `--trust-remote-code` (no remote code
-  is run), `--language-model-only` (the model runs text-only), `--enable-auto-tool-choice` (tool calls are
-  always parsed), `--enable-expert-parallel` (one device), `--enable-metrics` (/metrics is always on).
-
-Start-up checks, so a broken checkpoint fails at start rather than at the first request: the config parses,
-max_position_embeddings holds at least one K/V block (16 tokens), the chat template compiles (naming its
-file), and a checkpoint without tokenizer.json logs a WARNING that the built-in vocabulary is used.
-
-HTTP: the port is bound before the model loads (a port in use is a one-line error), and
-`qwen35 ready: http://HOST:PORT/v1 (model ...)` is printed to stderr only once the socket listens.
-Connection limits, chosen so idle or half-open connections cannot pile up:
-- `--timeout-keep-alive` (5 s, vLLM's default; `$VLLM_HTTP_TIMEOUT_KEEP_ALIVE`): an idle keep-alive
-  connection is closed after this long;
-- `--header-timeout` (30 s): a connection whose request headers have not fully arrived this long after it
-  opened (or after its previous response) is closed. uvicorn has no such timer: a client that connects and
-  sends nothing would otherwise hold its connection forever;
-- request headers are capped by h11 at 16 KiB (uvicorn's default `h11_max_incomplete_event_size`), bodies by
-  `--max-request-bytes` (16 MiB; 413 above);
-- no `limit_concurrency`: it counts connections, so it would refuse health checks and metric scrapes under
-  load; the waiting-queue cap (`--max-waiting-requests`, 503 + Retry-After) bounds the work instead;
-- on shutdown, open streams get 5 s to finish before they are cut.
-
-Security: without `--api-key`, anyone who can reach the port can use the model. On a non-loopback `--host`
-(`0.0.0.0`) that is everyone on the network, and qwen35 warns at start. Even on loopback, a web page open in a
-browser on the same machine can reach the server through DNS rebinding (its own domain re-resolved to
-127.0.0.1, so the browser treats the server as same-origin); `--api-key` or `--allowed-hosts` (which rejects
-the attacker's Host header) closes that.
+The flags live in `serve_args.py` and are described in `docs/SERVING.md`. Start-up checks, so that a broken
+checkpoint fails at start rather than at the first request: the config parses (with `--hf-overrides`),
+max_position_embeddings holds at least one K/V block, `--max-model-len` fits what the model supports, the
+chat template compiles (naming its file), and a checkpoint without tokenizer.json logs a WARNING that the
+built-in vocabulary is used. The port is bound before the model loads (a port in use is a one-line error);
+`qwen35 ready: http://HOST:PORT/v1 (model ...)` is printed once the socket listens.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import json
 import logging
-import os
-import re
 import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, EMBEDDED_NAME, ServeError, api_key_from,
+                         check_features, is_loopback, parse_hosts, parse_json)
+
 log = logging.getLogger("qwen35.server")
 
-BLOCK_SIZE = 16  # the engine's K/V block size (EngineConfig.block_size)
-DEFAULT_MAX_MODEL_LEN = 8192  # the engine's default cap when --max-model-len is not given
-REASONING_PARSERS = ("qwen3",)
-TOOL_PARSERS = ("qwen3_coder", "qwen3_xml")
-EMBEDDED_NAME = "qwen35-default-random"
-MTP_ERROR = "MTP speculative decoding is not implemented yet"
 
-# dest -> (the flag as users write it, why it changes nothing here)
-NOOP_FLAGS = {
-    "enable_prefix_caching": ("--enable-prefix-caching", "on by default"),
-    "enable_chunked_prefill": ("--enable-chunked-prefill", "prefill is always chunked"),
-    "enforce_eager": ("--enforce-eager", "no CUDA graphs to turn off"),
-    "disable_log_requests": ("--disable-log-requests", "requests are not logged by default"),
-    "disable_log_stats": ("--disable-log-stats", "no periodic stats log"),
-    "trust_remote_code": ("--trust-remote-code", "no remote code is run"),
-    "language_model_only": ("--language-model-only", "the model runs text-only"),
-    "enable_auto_tool_choice": ("--enable-auto-tool-choice", "tool calls are always parsed"),
-    "enable_expert_parallel": ("--enable-expert-parallel", "one device"),
-    "enable_metrics": ("--enable-metrics", "/metrics is always on"),
-}
-PARALLEL = {  # dest -> what it is
-    "tensor_parallel_size": "tensor parallelism",
-    "pipeline_parallel_size": "pipeline parallelism",
-    "data_parallel_size": "data parallelism",
-}
-SPECULATIVE = ("speculative_config", "speculative_algorithm", "speculative_num_steps", "speculative_eagle_topk",
-               "speculative_num_draft_tokens", "num_speculative_tokens")
-
-
-SECURITY_NOTE = (
-    "Security: without --api-key (or $QWEN35_API_KEY / $VLLM_API_KEY) anyone who can reach the port can use the "
-    "model. A non-loopback --host such as 0.0.0.0 opens it to the network (qwen35 warns at start). Even on "
-    "loopback, a web page in a browser on this machine can reach it through DNS rebinding; --api-key or "
-    "--allowed-hosts prevents that.")
-
-
-class ServeError(ValueError):
-    """A start-up error: printed as one line, exit status 2."""
-
-
-# ---- argument types -------------------------------------------------------------------------------------
-
-_HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)([kKmMgGtT])")
-_DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_BINARY = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def human_int(text: str) -> int:
-    """`1k` = 1000, `1K` = 1024, `25.6k` = 25600 (decimals only with the decimal suffixes), as vLLM."""
-    value = text.strip()
-    m = _HUMAN_INT.fullmatch(value)
-    if m:
-        number, suffix = m.groups()
-        if suffix in _DECIMAL:
-            return int(float(number) * _DECIMAL[suffix])
-        if "." in number:
-            raise argparse.ArgumentTypeError(f"decimals are not allowed with the binary suffix {suffix} in "
-                                              f"{value!r}; did you mean {number}{suffix.lower()}?")
-        return int(number) * _BINARY[suffix]
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid length {value!r} (use e.g. 32768, 128k, 1m, 32K, -1 or auto)") \
-            from None
-
-
-def human_int_or_auto(text: str) -> int:
-    """As human_int, plus `-1` / `auto`: -1, meaning the model's full supported length."""
-    value = text.strip()
-    if value == "-1" or value.lower() == "auto":
-        return -1
-    n = human_int(value)
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, -1 or auto, got {value!r}")
-    return n
-
-
-def _fraction(text: str) -> float:
-    try:
-        f = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < f <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return f
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def _positive_int(text: str) -> int:
-    n = _nonneg_int(text)
-    if n == 0:
-        raise argparse.ArgumentTypeError("must be positive, got 0")
-    return n
-
-
-def _positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return x
-
-
-def _choice(supported: tuple[str, ...], described: str):
-    def check(text: str) -> str:
-        if text not in supported:
-            raise argparse.ArgumentTypeError(f"{text!r} is not supported; {described}")
-        return text
-    check.__name__ = "parser name"
-    return check
-
-
-def parse_json(flag: str, text: str | None, kind: type) -> Any:
-    """`text` parsed as JSON of type `kind` (dict or list); None stays None. A ServeError names the flag."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ServeError(f"{flag}: not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
-    if not isinstance(value, kind):
-        want = "object" if kind is dict else "list"
-        raise ServeError(f"{flag}: expected a JSON {want}, got {text!r}")
-    return value
-
-
-# ---- the parser -----------------------------------------------------------------------------------------
-
-def add_serve_args(p: argparse.ArgumentParser) -> None:
-    m = p.add_argument_group("model")
-    m.add_argument("model", nargs="?", help="checkpoint directory or Hugging Face id in the local HF cache "
-                                            "(default: the embedded random model)")
-    m.add_argument("--model", "--model-path", dest="model_flag", metavar="MODEL", help="same as the positional")
-    m.add_argument("--revision", default=None, help="HF cache: a branch, tag or commit (default: main)")
-    m.add_argument("--served-model-name", nargs="+", default=None,
-                   help="names the server answers to (default: the model argument as given)")
-    m.add_argument("--max-model-len", "--context-length", dest="max_model_len", type=human_int_or_auto,
-                   default=None, metavar="N", help="context length: 32768, 128k, 32K, -1/auto (the full supported "
-                                                   f"length); default min(supported, {DEFAULT_MAX_MODEL_LEN})")
-    m.add_argument("--hf-overrides", default=None, metavar="JSON", help="deep-merged into config.json, e.g. "
-                   '\'{"text_config": {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, ...}}}\'')
-    m.add_argument("--rope-scaling", default=None, metavar="JSON", help="merged into rope_parameters (old vLLM)")
-    m.add_argument("--rope-theta", type=_positive_float, default=None, help="rope_parameters.rope_theta")
-    m.add_argument("--dtype", default="bfloat16", choices=["auto", "bfloat16", "bf16", "float32", "fp32"])
-    m.add_argument("--generation-config", default="auto", help="'auto' (checkpoint), 'vllm' (neutral) or a folder")
-    m.add_argument("--chat-template", default=None, help="a Jinja template file, or the template text itself")
-    m.add_argument("--default-chat-template-kwargs", default=None, metavar="JSON",
-                   help='template variables for every request, e.g. \'{"enable_thinking": false}\'')
-    m.add_argument("--trust-request-chat-template", action="store_true",
-                   help="allow requests to send their own chat_template")
-    m.add_argument("--reasoning-parser", default="qwen3", type=_choice(
-        REASONING_PARSERS, "the supported reasoning parser is 'qwen3' (Qwen3.5's <think> format)"))
-    m.add_argument("--tool-call-parser", default="qwen3_coder", type=_choice(
-        TOOL_PARSERS, "the supported tool-call parsers are 'qwen3_coder' and its alias 'qwen3_xml' (Qwen3.5's XML "
-                      "tool calls)"))
-
-    e = p.add_argument_group("engine")
-    e.add_argument("--max-num-seqs", "--max-running-requests", dest="max_num_seqs", type=_positive_int, default=16)
-    e.add_argument("--max-num-batched-tokens", type=_positive_int, default=2048)
-    e.add_argument("--kv-cache-memory", default=None, help="bytes for K/V + GDN state, e.g. 4GB (wins over "
-                                                           "--gpu-memory-utilization)")
-    e.add_argument("--gpu-memory-utilization", "--mem-fraction-static", dest="memory_fraction", type=_fraction,
-                   default=None, metavar="F", help="share of memory for weights + cache (see the docs)")
-    e.add_argument("--no-enable-prefix-caching", "--disable-radix-cache", dest="no_enable_prefix_caching",
-                   action="store_true")
-    e.add_argument("--threads", type=_nonneg_int, default=0, help="torch threads (default: torch's choice)")
-    e.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    e.add_argument("--seed", "--random-seed", dest="seed", type=int, default=None, help="torch's global seed")
-
-    h = p.add_argument_group("HTTP")
-    h.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; see the DNS-rebinding note in the docs")
-    h.add_argument("--port", type=_nonneg_int, default=8000)
-    h.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 "
-                                                   "(default: $QWEN35_API_KEY, else $VLLM_API_KEY)")
-    h.add_argument("--allowed-origins", default=None, metavar="JSON", help='CORS origins, e.g. \'["*"]\'')
-    h.add_argument("--allowed-hosts", default=None, help="accepted Host headers (JSON list or comma-separated)")
-    h.add_argument("--max-request-bytes", type=_positive_int, default=16 << 20)
-    h.add_argument("--max-waiting-requests", type=_nonneg_int, default=None,
-                   help="queued requests before 503 (default 256)")
-    h.add_argument("--max-logprobs", type=_nonneg_int, default=None, help="largest top_logprobs (default 20)")
-    h.add_argument("--enable-log-requests", "--log-requests", dest="enable_log_requests", action="store_true")
-    h.add_argument("--uvicorn-log-level", default="warning",
-                   choices=["critical", "error", "warning", "info", "debug", "trace"])
-    h.add_argument("--timeout-keep-alive", type=_positive_float,
-                   default=float(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", 5)),
-                   help="seconds an idle keep-alive connection stays open (default 5)")
-    h.add_argument("--header-timeout", type=_positive_float, default=30.0,
-                   help="seconds a connection may take to send its request headers (default 30)")
-
-    u = p.add_argument_group("not implemented yet (values other than 1 / any speculative setting are errors)")
-    u.add_argument("--tensor-parallel-size", "-tp", "--tp-size", "--tp", dest="tensor_parallel_size", type=int,
-                   default=1)
-    u.add_argument("--pipeline-parallel-size", "-pp", "--pp-size", dest="pipeline_parallel_size", type=int,
-                   default=1)
-    u.add_argument("--data-parallel-size", "-dp", "--dp-size", dest="data_parallel_size", type=int, default=1)
-    u.add_argument("--speculative-config", default=None, metavar="JSON")
-    u.add_argument("--speculative-algorithm", "--speculative-algo", dest="speculative_algorithm", default=None)
-    for name in ("--speculative-num-steps", "--speculative-eagle-topk", "--speculative-num-draft-tokens",
-                 "--num-speculative-tokens"):
-        u.add_argument(name, type=int, default=None)
-
-    n = p.add_argument_group("accepted, no effect here (named once at start-up)")
-    for dest, (flag, why) in NOOP_FLAGS.items():
-        n.add_argument(flag, dest=dest, action="store_true", help=why)
-
-
-# ---- checks that need no files --------------------------------------------------------------------------
-
-def check_features(args: argparse.Namespace) -> list[str]:
-    """ServeError for a flag whose feature does not exist yet; the no-op flags given, as `--flag (why)`."""
-    for dest, what in PARALLEL.items():
-        size = getattr(args, dest)
-        if size != 1:
-            raise ServeError(f"{what} is not implemented yet (runs on one device); "
-                             f"--{dest.replace('_', '-')} {size} needs {size} devices")
-    given = [f"--{d.replace('_', '-')}" for d in SPECULATIVE if getattr(args, d) is not None]
-    if given:
-        raise ServeError(f"{MTP_ERROR} ({', '.join(given)}); drop the flag to serve without it")
-    return [f"{flag} ({why})" for dest, (flag, why) in NOOP_FLAGS.items() if getattr(args, dest)]
-
+# ---- chat templates ---------------------------------------------------------------------------------------
 
 def load_chat_template(arg: str) -> tuple[str, str]:
     """(template, where it came from) for --chat-template: inline text when it contains `{`, `}` or a newline
@@ -346,31 +60,6 @@ def check_chat_template(template: str, where: str, kwargs: dict[str, Any] | None
         render_chat(template, [{"role": "user", "content": "hi"}], **(kwargs or {}))
     except Exception as e:  # noqa: BLE001 - any failure here is the template's
         log.warning("the chat template from %s fails on a one-message chat: %s: %s", where, type(e).__name__, e)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def api_key_from(args: argparse.Namespace) -> str | None:
-    return args.api_key or os.environ.get("QWEN35_API_KEY") or os.environ.get("VLLM_API_KEY") or None
-
-
-def parse_hosts(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    if text.lstrip().startswith("["):
-        hosts = parse_json("--allowed-hosts", text, list)
-    else:
-        hosts = [h.strip() for h in text.split(",") if h.strip()]
-    if not hosts or not all(isinstance(h, str) for h in hosts):
-        raise ServeError(f"--allowed-hosts: expected host names, got {text!r}")
-    return hosts
 
 
 # ---- the start-up plan ----------------------------------------------------------------------------------
@@ -589,55 +278,11 @@ def url_of(host: str, port: int) -> str:
     return f"http://{shown}:{port}/v1"
 
 
-def _protocol_class(header_timeout: float):
-    """uvicorn's h11 protocol plus a request-header timer (see the module docstring)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class TimedH11Protocol(H11Protocol):
-        _header_timer = None
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._header_timer = self.loop.call_later(header_timeout, self._on_header_timeout)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _waiting_for_headers(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self._header_timer is not None and not self._waiting_for_headers():
-                self._disarm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self._waiting_for_headers():
-                self._arm()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _on_header_timeout(self) -> None:
-            self._header_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
-
-    return TimedH11Protocol
-
-
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .http_protocol import with_header_timeout
 
     logging.getLogger("qwen35.server").setLevel(logging.INFO)  # the request log and the no-op line
     plan = plan_serve(args)
@@ -671,7 +316,7 @@ def serve(args: argparse.Namespace) -> int:
                 print(ready, file=sys.stderr, flush=True)
 
     config = uvicorn.Config(create_app(state), log_level=args.uvicorn_log_level,
-                            http=_protocol_class(args.header_timeout), timeout_keep_alive=args.timeout_keep_alive,
+                            http=with_header_timeout(args.header_timeout), timeout_keep_alive=args.timeout_keep_alive,
                             timeout_graceful_shutdown=5)
     try:
         Server(config).run(sockets=[sock])

@@ -1,0 +1,270 @@
+"""`qwen35 serve` command line: the flags, their types, and the checks that need no files.
+
+Every `vllm serve` / SGLang `launch_server` flag from the Qwen3.5 model cards is accepted here, or refused
+with one line naming the missing feature; what each flag does is in `docs/SERVING.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+from typing import Any
+
+BLOCK_SIZE = 16  # the engine's K/V block size (EngineConfig.block_size)
+DEFAULT_MAX_MODEL_LEN = 8192  # the engine's default cap when --max-model-len is not given
+REASONING_PARSERS = ("qwen3",)
+TOOL_PARSERS = ("qwen3_coder", "qwen3_xml")
+EMBEDDED_NAME = "qwen35-default-random"
+MTP_ERROR = "MTP speculative decoding is not implemented yet"
+
+# dest -> (the flag as users write it, why it changes nothing here)
+NOOP_FLAGS = {
+    "enable_prefix_caching": ("--enable-prefix-caching", "on by default"),
+    "enable_chunked_prefill": ("--enable-chunked-prefill", "prefill is always chunked"),
+    "enforce_eager": ("--enforce-eager", "no CUDA graphs to turn off"),
+    "disable_log_requests": ("--disable-log-requests", "requests are not logged by default"),
+    "disable_log_stats": ("--disable-log-stats", "no periodic stats log"),
+    "trust_remote_code": ("--trust-remote-code", "no remote code is run"),
+    "language_model_only": ("--language-model-only", "the model runs text-only"),
+    "enable_auto_tool_choice": ("--enable-auto-tool-choice", "tool calls are always parsed"),
+    "enable_expert_parallel": ("--enable-expert-parallel", "one device"),
+    "enable_metrics": ("--enable-metrics", "/metrics is always on"),
+}
+PARALLEL = {  # dest -> what it is
+    "tensor_parallel_size": "tensor parallelism",
+    "pipeline_parallel_size": "pipeline parallelism",
+    "data_parallel_size": "data parallelism",
+}
+SPECULATIVE = ("speculative_config", "speculative_algorithm", "speculative_num_steps", "speculative_eagle_topk",
+               "speculative_num_draft_tokens", "num_speculative_tokens")
+
+
+SECURITY_NOTE = (
+    "Security: without --api-key (or $QWEN35_API_KEY / $VLLM_API_KEY) anyone who can reach the port can use the "
+    "model. A non-loopback --host such as 0.0.0.0 opens it to the network (qwen35 warns at start). Even on "
+    "loopback, a web page in a browser on this machine can reach it through DNS rebinding; --api-key or "
+    "--allowed-hosts prevents that.")
+
+
+class ServeError(ValueError):
+    """A start-up error: printed as one line, exit status 2."""
+
+
+# ---- argument types -------------------------------------------------------------------------------------
+
+_HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)([kKmMgGtT])")
+_DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BINARY = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def human_int(text: str) -> int:
+    """`1k` = 1000, `1K` = 1024, `25.6k` = 25600 (decimals only with the decimal suffixes), as vLLM."""
+    value = text.strip()
+    m = _HUMAN_INT.fullmatch(value)
+    if m:
+        number, suffix = m.groups()
+        if suffix in _DECIMAL:
+            return int(float(number) * _DECIMAL[suffix])
+        if "." in number:
+            raise argparse.ArgumentTypeError(f"decimals are not allowed with the binary suffix {suffix} in "
+                                              f"{value!r}; did you mean {number}{suffix.lower()}?")
+        return int(number) * _BINARY[suffix]
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid length {value!r} (use e.g. 32768, 128k, 1m, 32K, -1 or auto)") \
+            from None
+
+
+def human_int_or_auto(text: str) -> int:
+    """As human_int, plus `-1` / `auto`: -1, meaning the model's full supported length."""
+    value = text.strip()
+    if value == "-1" or value.lower() == "auto":
+        return -1
+    n = human_int(value)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, -1 or auto, got {value!r}")
+    return n
+
+
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < f <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return f
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def _positive_int(text: str) -> int:
+    n = _nonneg_int(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be positive, got 0")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return x
+
+
+def _choice(supported: tuple[str, ...], described: str):
+    def check(text: str) -> str:
+        if text not in supported:
+            raise argparse.ArgumentTypeError(f"{text!r} is not supported; {described}")
+        return text
+    check.__name__ = "parser name"
+    return check
+
+
+def parse_json(flag: str, text: str | None, kind: type) -> Any:
+    """`text` parsed as JSON of type `kind` (dict or list); None stays None. A ServeError names the flag."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ServeError(f"{flag}: not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
+    if not isinstance(value, kind):
+        want = "object" if kind is dict else "list"
+        raise ServeError(f"{flag}: expected a JSON {want}, got {text!r}")
+    return value
+
+
+# ---- the parser -----------------------------------------------------------------------------------------
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model")
+    m.add_argument("model", nargs="?", help="checkpoint directory or Hugging Face id in the local HF cache "
+                                            "(default: the embedded random model)")
+    m.add_argument("--model", "--model-path", dest="model_flag", metavar="MODEL", help="same as the positional")
+    m.add_argument("--revision", default=None, help="HF cache: a branch, tag or commit (default: main)")
+    m.add_argument("--served-model-name", nargs="+", default=None,
+                   help="names the server answers to (default: the model argument as given)")
+    m.add_argument("--max-model-len", "--context-length", dest="max_model_len", type=human_int_or_auto,
+                   default=None, metavar="N", help="context length: 32768, 128k, 32K, -1/auto (the full supported "
+                                                   f"length); default min(supported, {DEFAULT_MAX_MODEL_LEN})")
+    m.add_argument("--hf-overrides", default=None, metavar="JSON", help="deep-merged into config.json, e.g. "
+                   '\'{"text_config": {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, ...}}}\'')
+    m.add_argument("--rope-scaling", default=None, metavar="JSON", help="merged into rope_parameters (old vLLM)")
+    m.add_argument("--rope-theta", type=_positive_float, default=None, help="rope_parameters.rope_theta")
+    m.add_argument("--dtype", default="bfloat16", choices=["auto", "bfloat16", "bf16", "float32", "fp32"])
+    m.add_argument("--generation-config", default="auto", help="'auto' (checkpoint), 'vllm' (neutral) or a folder")
+    m.add_argument("--chat-template", default=None, help="a Jinja template file, or the template text itself")
+    m.add_argument("--default-chat-template-kwargs", default=None, metavar="JSON",
+                   help='template variables for every request, e.g. \'{"enable_thinking": false}\'')
+    m.add_argument("--trust-request-chat-template", action="store_true",
+                   help="allow requests to send their own chat_template")
+    m.add_argument("--reasoning-parser", default="qwen3", type=_choice(
+        REASONING_PARSERS, "the supported reasoning parser is 'qwen3' (Qwen3.5's <think> format)"))
+    m.add_argument("--tool-call-parser", default="qwen3_coder", type=_choice(
+        TOOL_PARSERS, "the supported tool-call parsers are 'qwen3_coder' and its alias 'qwen3_xml' (Qwen3.5's XML "
+                      "tool calls)"))
+
+    e = p.add_argument_group("engine")
+    e.add_argument("--max-num-seqs", "--max-running-requests", dest="max_num_seqs", type=_positive_int, default=16)
+    e.add_argument("--max-num-batched-tokens", type=_positive_int, default=2048)
+    e.add_argument("--kv-cache-memory", default=None, help="bytes for K/V + GDN state, e.g. 4GB (wins over "
+                                                           "--gpu-memory-utilization)")
+    e.add_argument("--gpu-memory-utilization", "--mem-fraction-static", dest="memory_fraction", type=_fraction,
+                   default=None, metavar="F", help="share of memory for weights + cache (see the docs)")
+    e.add_argument("--no-enable-prefix-caching", "--disable-radix-cache", dest="no_enable_prefix_caching",
+                   action="store_true")
+    e.add_argument("--threads", type=_nonneg_int, default=0, help="torch threads (default: torch's choice)")
+    e.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    e.add_argument("--seed", "--random-seed", dest="seed", type=int, default=None, help="torch's global seed")
+
+    h = p.add_argument_group("HTTP")
+    h.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; see the DNS-rebinding note in the docs")
+    h.add_argument("--port", type=_nonneg_int, default=8000)
+    h.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 "
+                                                   "(default: $QWEN35_API_KEY, else $VLLM_API_KEY)")
+    h.add_argument("--allowed-origins", default=None, metavar="JSON", help='CORS origins, e.g. \'["*"]\'')
+    h.add_argument("--allowed-hosts", default=None, help="accepted Host headers (JSON list or comma-separated)")
+    h.add_argument("--max-request-bytes", type=_positive_int, default=16 << 20)
+    h.add_argument("--max-waiting-requests", type=_nonneg_int, default=None,
+                   help="queued requests before 503 (default 256)")
+    h.add_argument("--max-logprobs", type=_nonneg_int, default=None, help="largest top_logprobs (default 20)")
+    h.add_argument("--enable-log-requests", "--log-requests", dest="enable_log_requests", action="store_true")
+    h.add_argument("--uvicorn-log-level", default="warning",
+                   choices=["critical", "error", "warning", "info", "debug", "trace"])
+    h.add_argument("--timeout-keep-alive", type=_positive_float,
+                   default=float(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", 5)),
+                   help="seconds an idle keep-alive connection stays open (default 5)")
+    h.add_argument("--header-timeout", type=_positive_float, default=30.0,
+                   help="seconds a connection may take to send its request headers (default 30)")
+
+    u = p.add_argument_group("not implemented yet (values other than 1 / any speculative setting are errors)")
+    u.add_argument("--tensor-parallel-size", "-tp", "--tp-size", "--tp", dest="tensor_parallel_size", type=int,
+                   default=1)
+    u.add_argument("--pipeline-parallel-size", "-pp", "--pp-size", dest="pipeline_parallel_size", type=int,
+                   default=1)
+    u.add_argument("--data-parallel-size", "-dp", "--dp-size", dest="data_parallel_size", type=int, default=1)
+    u.add_argument("--speculative-config", default=None, metavar="JSON")
+    u.add_argument("--speculative-algorithm", "--speculative-algo", dest="speculative_algorithm", default=None)
+    for name in ("--speculative-num-steps", "--speculative-eagle-topk", "--speculative-num-draft-tokens",
+                 "--num-speculative-tokens"):
+        u.add_argument(name, type=int, default=None)
+
+    n = p.add_argument_group("accepted, no effect here (named once at start-up)")
+    for dest, (flag, why) in NOOP_FLAGS.items():
+        n.add_argument(flag, dest=dest, action="store_true", help=why)
+
+
+# ---- checks that need no files --------------------------------------------------------------------------
+
+def check_features(args: argparse.Namespace) -> list[str]:
+    """ServeError for a flag whose feature does not exist yet; the no-op flags given, as `--flag (why)`."""
+    for dest, what in PARALLEL.items():
+        size = getattr(args, dest)
+        if size != 1:
+            raise ServeError(f"{what} is not implemented yet (runs on one device); "
+                             f"--{dest.replace('_', '-')} {size} needs {size} devices")
+    given = [f"--{d.replace('_', '-')}" for d in SPECULATIVE if getattr(args, d) is not None]
+    if given:
+        raise ServeError(f"{MTP_ERROR} ({', '.join(given)}); drop the flag to serve without it")
+    return [f"{flag} ({why})" for dest, (flag, why) in NOOP_FLAGS.items() if getattr(args, dest)]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key_from(args: argparse.Namespace) -> str | None:
+    return args.api_key or os.environ.get("QWEN35_API_KEY") or os.environ.get("VLLM_API_KEY") or None
+
+
+def parse_hosts(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    if text.lstrip().startswith("["):
+        hosts = parse_json("--allowed-hosts", text, list)
+    else:
+        hosts = [h.strip() for h in text.split(",") if h.strip()]
+    if not hosts or not all(isinstance(h, str) for h in hosts):
+        raise ServeError(f"--allowed-hosts: expected host names, got {text!r}")
+    return hosts
