@@ -161,6 +161,21 @@ class PrefixCache:
         self.lengths[length] = self.lengths.get(length, 0) + 1
         return slot
 
+    def discard(self, tokens: list[int], length: int) -> None:
+        """Drop the entry for the first `length` tokens, if any (its state could not be saved)."""
+        entry = self.entries.get(prefix_key(tokens, length))
+        if entry is not None:
+            self.entries.move_to_end(entry.key, last=False)
+            self.evict_one()
+
+    def exclusive_blocks(self) -> int:
+        """Blocks held by prefix entries only (no running request): what clearing the cache would free."""
+        held: dict[int, int] = {}
+        for entry in self.entries.values():
+            for b in entry.blocks:
+                held[b] = held.get(b, 0) + 1
+        return sum(1 for b, n in held.items() if self.blocks.refs[b] == n)
+
     def evict_one(self) -> bool:
         if not self.entries:
             return False
