@@ -118,6 +118,7 @@ class PrefixCache:
         self.blocks, self.slots, self.block_size = blocks, slots, block_size
         self.entries: OrderedDict[int, PrefixEntry] = OrderedDict()  # LRU order: oldest first
         self.lengths: dict[int, int] = {}  # length -> number of entries with it
+        self.held: dict[int, int] = {}  # block -> references entries hold on it (for exclusive_blocks)
         self.hits = self.misses = self.hit_tokens = 0
 
     def __len__(self) -> int:
@@ -157,6 +158,8 @@ class PrefixCache:
         slot = self.slots.allocate()
         covering = blocks[: -(-length // self.block_size)]
         self.blocks.incref(covering)
+        for b in covering:
+            self.held[b] = self.held.get(b, 0) + 1
         self.entries[key] = PrefixEntry(key, length, covering, slot)
         self.lengths[length] = self.lengths.get(length, 0) + 1
         return slot
@@ -170,17 +173,17 @@ class PrefixCache:
 
     def exclusive_blocks(self) -> int:
         """Blocks held by prefix entries only (no running request): what clearing the cache would free."""
-        held: dict[int, int] = {}
-        for entry in self.entries.values():
-            for b in entry.blocks:
-                held[b] = held.get(b, 0) + 1
-        return sum(1 for b, n in held.items() if self.blocks.refs[b] == n)
+        return sum(1 for b, n in self.held.items() if self.blocks.refs[b] == n)
 
     def evict_one(self) -> bool:
         if not self.entries:
             return False
         _, entry = self.entries.popitem(last=False)
         self.blocks.release(entry.blocks)
+        for b in entry.blocks:
+            self.held[b] -= 1
+            if not self.held[b]:
+                del self.held[b]
         self.slots.release(entry.slot)
         self.lengths[entry.length] -= 1
         if not self.lengths[entry.length]:

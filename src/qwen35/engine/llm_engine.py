@@ -208,8 +208,9 @@ class LLMEngine:
         sampled = [q for q, s in zip(step_seqs, sched.seqs) if s.sample and not q.req.finished]
         if not sampled:
             return [self._output(p) for p in touched.values()]
-        if len(sampled) < logits.shape[0]:  # a request failed above: drop its row
-            keep = [i for i, s in enumerate(x for x in sched.seqs if x.sample) if not s.request.finished]
+        if len(sampled) < logits.shape[0]:  # a request failed above: drop its row (logits: one per sampling seq)
+            rows = [s for s in sched.seqs if s.sample]
+            keep = [i for i, s in enumerate(rows) if not s.request.finished]
             logits = logits[torch.tensor(keep, device=logits.device)]
         guided = [i for i, q in enumerate(sampled) if q.guide is not None]
         if guided:
@@ -218,7 +219,7 @@ class LLMEngine:
             out = self.sampler(logits, [q.req.params for q in sampled], [q.penalties for q in sampled],
                                [q.generator for q in sampled])
             tokens = out.token_ids.tolist()
-        except Exception as e:  # the batched sampler is one call for every row: fails the step
+        except Exception as e:  # one call for every sampled row: fails them all (prefill chunks go on)
             self._fail_all(sampled, "sampling", e, touched)
             return [self._output(p) for p in touched.values()]
         for i, seq in enumerate(sampled):
