@@ -6,7 +6,8 @@ Exports load lazily so the torch-free parts (scheduler, cache manager) import wi
 import importlib
 
 _EXPORTS = {"AsyncLLM": "async_engine", "LLM": "llm", "EngineConfig": "llm_engine", "LLMEngine": "llm_engine",
-            "CompletionOutput": "outputs", "RequestOutput": "outputs", "SamplingParams": "sampling_params"}
+            "CompletionOutput": "outputs", "RequestOutput": "outputs", "RequestFailed": "outputs",
+            "SamplingParams": "sampling_params"}
 __all__ = list(_EXPORTS)
 
 

@@ -4,6 +4,10 @@ One background thread owns the `LLMEngine` and runs steps while there is work; e
 is queued to that thread and applied between steps, so the engine itself needs no locks. Each request's
 outputs flow to an `asyncio.Queue` on the caller's loop. Leaving the `async for` early (a client that
 disconnects) aborts the request, which frees its cache.
+
+Errors: a bad request raises `ValueError` from `generate` before anything is queued (nothing is left behind).
+A request the engine fails while running (see llm_engine.py) raises `RequestFailed` from `generate`: the
+caller should answer with a server error, without the internal details, which are in the engine's log.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .llm_engine import EngineConfig, LLMEngine
-from .outputs import RequestOutput
+from .outputs import RequestFailed, RequestOutput
 from .sampling_params import SamplingParams
 
 log = logging.getLogger("qwen35.engine")
@@ -25,8 +29,18 @@ _DONE = object()
 
 
 class AsyncLLM:
+    """The engine on its own thread; `generate` streams one request's outputs.
+
+    `AsyncLLM.num_unfinished` (property): requests waiting or running, i.e. `generate` calls between their
+    start and their end (finished, failed, refused or left early). Counted on the callers' side under a
+    lock, so reading it is cheap, thread-safe and needs no round trip to the engine thread; it already
+    includes requests still queued for the engine thread (what a cap on waiting requests must see).
+    """
+
     def __init__(self, cfg: EngineConfig | None = None, engine: LLMEngine | None = None) -> None:
         self.engine = engine if engine is not None else LLMEngine(cfg)
+        self._unfinished = 0
+        self._count_lock = threading.Lock()
         self._commands: queue.Queue = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._ids = itertools.count()
@@ -36,18 +50,34 @@ class AsyncLLM:
         self._thread.start()
 
     # -- caller side --------------------------------------------------------------------------------
+    @property
+    def num_unfinished(self) -> int:
+        """Requests waiting or running (see the class docstring)."""
+        return self._unfinished
+
+    def _count(self, delta: int) -> None:
+        with self._count_lock:
+            self._unfinished += delta
+
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Yield incremental outputs until the request finishes; raises ValueError for a bad request."""
+        """Yield incremental outputs until the request finishes.
+
+        Raises ValueError for a bad request (nothing is queued), RequestFailed when the engine fails it."""
         rid = request_id or f"req-{next(self._ids)}"
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        accepted = loop.create_future()
-        self._commands.put(("add", rid, prompt, params or SamplingParams(), loop, q, accepted))
-        self._wake.set()
-        await accepted  # raises the engine's ValueError (prompt too long, bad ids ...)
+        self._count(1)
         finished = False
         try:
+            accepted = loop.create_future()
+            self._commands.put(("add", rid, prompt, params or SamplingParams(), loop, q, accepted))
+            self._wake.set()
+            try:
+                await accepted  # raises the engine's ValueError (prompt too long, bad ids ...)
+            except ValueError:
+                finished = True  # refused: nothing was queued
+                raise
             while True:
                 item = await q.get()
                 if item is _DONE:
@@ -56,13 +86,17 @@ class AsyncLLM:
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
+                if item.error is not None:
+                    finished = True
+                    raise RequestFailed(item.error, item)
                 yield item
                 if item.finished:
                     finished = True
                     return
         finally:
-            if not finished:
+            if not finished:  # left early (or cancelled while being added): the abort is queued after the add
                 self.abort(rid)
+            self._count(-1)
 
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
@@ -94,11 +128,11 @@ class AsyncLLM:
                 continue
             try:
                 outputs = self.engine.step()
-            except Exception as e:  # a bug in a step must not kill the server: fail the running requests
+            except Exception as e:  # the engine fails requests itself; this is the last resort for its own bugs
                 log.exception("engine step failed")
                 for rid in list(self._streams):
                     self.engine.abort(rid)
-                    self._send(rid, RuntimeError(f"engine step failed: {e}"))
+                    self._send(rid, RequestFailed(f"engine step failed ({type(e).__name__})"))
                 continue
             for out in outputs:
                 self._send(out.request_id, out)

@@ -118,6 +118,7 @@ class PrefixCache:
         self.blocks, self.slots, self.block_size = blocks, slots, block_size
         self.entries: OrderedDict[int, PrefixEntry] = OrderedDict()  # LRU order: oldest first
         self.lengths: dict[int, int] = {}  # length -> number of entries with it
+        self.held: dict[int, int] = {}  # block -> references entries hold on it (for exclusive_blocks)
         self.hits = self.misses = self.hit_tokens = 0
 
     def __len__(self) -> int:
@@ -157,15 +158,32 @@ class PrefixCache:
         slot = self.slots.allocate()
         covering = blocks[: -(-length // self.block_size)]
         self.blocks.incref(covering)
+        for b in covering:
+            self.held[b] = self.held.get(b, 0) + 1
         self.entries[key] = PrefixEntry(key, length, covering, slot)
         self.lengths[length] = self.lengths.get(length, 0) + 1
         return slot
+
+    def discard(self, tokens: list[int], length: int) -> None:
+        """Drop the entry for the first `length` tokens, if any (its state could not be saved)."""
+        entry = self.entries.get(prefix_key(tokens, length))
+        if entry is not None:
+            self.entries.move_to_end(entry.key, last=False)
+            self.evict_one()
+
+    def exclusive_blocks(self) -> int:
+        """Blocks held by prefix entries only (no running request): what clearing the cache would free."""
+        return sum(1 for b, n in self.held.items() if self.blocks.refs[b] == n)
 
     def evict_one(self) -> bool:
         if not self.entries:
             return False
         _, entry = self.entries.popitem(last=False)
         self.blocks.release(entry.blocks)
+        for b in entry.blocks:
+            self.held[b] -= 1
+            if not self.held[b]:
+                del self.held[b]
         self.slots.release(entry.slot)
         self.lengths[entry.length] -= 1
         if not self.lengths[entry.length]:

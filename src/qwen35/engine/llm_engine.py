@@ -6,9 +6,17 @@
         for out in engine.step(): ...
 
 The engine knows tokens and text; the scheduler knows counts and cache ownership; the runner knows tensors.
-`n > 1` becomes n sub-requests (`id#i`, seed + i) whose outputs are gathered under the parent id.
+`n > 1` becomes n sub-requests (`id#i`, seed + i) whose outputs are gathered under the parent id; they are
+built and checked together and queued only when all are valid, so a refused request leaves nothing behind.
 Requests with `params.guided` get a grammar matcher (guided.py): their logits rows are masked before
 sampling, and they finish ("stop") once the grammar is complete.
+
+Failures: work pinned to one request (its grammar mask, its output processing: logprobs, grammar accept,
+stop checking and detokenising) runs under its own `try`; an exception there finishes that request (all its
+sub-requests) with `finish_reason="error"` and `RequestOutput.error`, frees its cache, and the rest of the batch
+goes on. Only a failure of the whole step (the forward pass, the batched sampler) fails every request in the
+step, the same way; the scheduler and cache stay consistent and the engine keeps serving new requests.
+Prompt logprobs (`params.prompt_logprobs`) are gathered chunk by chunk from the runner (first sub-request only).
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ class _Seq:
     generator: torch.Generator | None
     completion: CompletionOutput
     guide: GuidedMatcher | None = None  # structured output state (params.guided)
+    prompt_logprobs: list[dict[int, float] | None] | None = None  # params.prompt_logprobs: [None, entries...]
 
 
 @dataclass(eq=False)
@@ -82,6 +91,7 @@ class _Parent:
     prompt: str | None
     prompt_ids: list[int]
     seqs: list[_Seq] = field(default_factory=list)
+    error: str | None = None  # why the engine failed this request
 
 
 class LLMEngine:
@@ -136,21 +146,32 @@ class LLMEngine:
             if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
                 raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
         parent = _Parent(request_id, text, ids)
-        # build the grammar matchers first: an invalid grammar fails before anything is queued
+        # Build and check every sub-request (grammar, prompt length, seed) before queueing any: whatever
+        # raises here leaves the scheduler untouched.
         guides = [self.guided.matcher(params.guided) for _ in range(params.n)] if params.guided else None
+        arrival = time.monotonic()
         for i in range(params.n):
             sub = params if params.n == 1 else _child_params(params, i)
             sid = request_id if params.n == 1 else f"{request_id}#{i}"
-            req = Request(sid, list(ids), sub, arrival=time.monotonic())
-            self.scheduler.add(req)  # raises ValueError for prompts that can never run
-            gen = torch.Generator().manual_seed(sub.seed) if sub.seed is not None else None
+            req = Request(sid, list(ids), sub, arrival=arrival)
+            self.scheduler.prepare(req)  # raises ValueError for prompts that can never run
             stop = StopChecker(self.tokenizer, sub, self.eos_ids, max_tokens=req.max_len - len(ids))
-            seq = _Seq(req, request_id, i, stop,
-                       PenaltyState(ids, min_tokens_stop_ids(sub, self.eos_ids)), gen, CompletionOutput(i),
-                       guide=guides[i] if guides else None)
+            seq = _Seq(req, request_id, i, stop, PenaltyState(ids, min_tokens_stop_ids(sub, self.eos_ids)),
+                       self._generator(sub.seed), CompletionOutput(i), guide=guides[i] if guides else None,
+                       prompt_logprobs=[None] if sub.prompt_logprobs is not None else None)
             parent.seqs.append(seq)
-            self.seqs[sid] = seq
+        self.scheduler.enqueue([seq.req for seq in parent.seqs])  # cannot fail
         self.parents[request_id] = parent
+        self.seqs.update((seq.req.request_id, seq) for seq in parent.seqs)
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        """The request's own noise stream, on the logits' device (the sampler requires it there)."""
+        if seed is None:
+            return None
+        try:
+            return torch.Generator(device=self.runner.device).manual_seed(seed)
+        except (ValueError, OverflowError, RuntimeError) as e:  # SamplingParams checks the range already
+            raise ValueError(f"seed {seed} cannot seed a generator: {e}") from None
 
     def abort(self, request_id: str) -> bool:
         parent = self.parents.pop(request_id, None)
@@ -172,6 +193,43 @@ class LLMEngine:
         if not sched.seqs:
             return []
         self.preemptions += len(sched.preempted)
+        touched: dict[str, _Parent] = {}  # parents with news for the caller
+        step_seqs = [self.seqs[s.request.request_id] for s in sched.seqs]
+        try:
+            logits = self._forward(sched)
+        except Exception as e:  # global (out of memory, a kernel error): fails the whole step
+            self._fail_all(step_seqs, "forward pass", e, touched)
+            return [self._output(p) for p in touched.values()]
+        prompt_lps, self.runner.prompt_logprobs = self.runner.prompt_logprobs, {}
+        for rid, (first, entries) in prompt_lps.items():
+            self._guarded(self.seqs[rid], "collecting prompt logprobs", touched, self._add_prompt_logprobs,
+                          self.seqs[rid], first, entries)
+
+        sampled = [q for q, s in zip(step_seqs, sched.seqs) if s.sample and not q.req.finished]
+        if not sampled:
+            return [self._output(p) for p in touched.values()]
+        if len(sampled) < logits.shape[0]:  # a request failed above: drop its row (logits: one per sampling seq)
+            rows = [s for s in sched.seqs if s.sample]
+            keep = [i for i, s in enumerate(rows) if not s.request.finished]
+            logits = logits[torch.tensor(keep, device=logits.device)]
+        guided = [i for i, q in enumerate(sampled) if q.guide is not None]
+        if guided:
+            self._apply_guided(logits, sampled, guided, touched)
+        try:
+            out = self.sampler(logits, [q.req.params for q in sampled], [q.penalties for q in sampled],
+                               [q.generator for q in sampled])
+            tokens = out.token_ids.tolist()
+        except Exception as e:  # one call for every sampled row: fails them all (prefill chunks go on)
+            self._fail_all(sampled, "sampling", e, touched)
+            return [self._output(p) for p in touched.values()]
+        for i, seq in enumerate(sampled):
+            if not seq.req.finished:  # a sibling sub-request may have failed it
+                self._guarded(seq, "processing the output", touched, self._append, seq, tokens[i], out, i)
+                touched[seq.parent] = self.parents[seq.parent]
+        return [self._output(p) for p in touched.values()]
+
+    def _forward(self, sched) -> torch.Tensor:
+        """Prepare the cache (fresh or restored GDN state), run the model, save prefix checkpoints reached."""
         hit_reqs = {id(r) for r, _ in sched.hits}
         for s in sched.seqs:  # fresh state for requests starting from scratch
             if s.context == 0 and id(s.request) not in hit_reqs:
@@ -180,26 +238,49 @@ class LLMEngine:
             self.runner.restore(req, hit)
         logits = self.runner.forward(sched.seqs)
         self.scheduler.on_step_done(sched.seqs)
-
         for s in sched.seqs:  # prefix checkpoints reached by this step
             if s.save_at is not None:
-                slot = self.scheduler.prefix.insert(s.request.all_ids, s.save_at, s.request.blocks)
-                if slot is not None:
-                    self.runner.save_state(s.request, slot)
+                self._save_prefix(s.request, s.save_at)
+        return logits
 
-        sampled = [self.seqs[s.request.request_id] for s in sched.seqs if s.sample]
-        touched: dict[str, _Parent] = {}
-        if sampled:
-            guided = [i for i, q in enumerate(sampled) if q.guide is not None]
-            if guided:
-                self.guided.apply(logits, guided, [sampled[i].guide for i in guided])
-            out = self.sampler(logits, [q.req.params for q in sampled], [q.penalties for q in sampled],
-                               [q.generator for q in sampled])
-            tokens = out.token_ids.tolist()
-            for i, seq in enumerate(sampled):
-                self._append(seq, tokens[i], out, i)
-                touched[seq.parent] = self.parents[seq.parent]
-        return [self._output(p) for p in touched.values()]
+    def _apply_guided(self, logits: torch.Tensor, sampled: list[_Seq], rows: list[int],
+                      touched: dict[str, _Parent]) -> None:
+        """Mask the grammar rows, all at once; if that fails, row by row so only the failing requests end."""
+        try:
+            self.guided.apply(logits, rows, [sampled[i].guide for i in rows])
+        except Exception:
+            for i in rows:
+                self._guarded(sampled[i], "applying the grammar", touched, self.guided.apply,
+                              logits, [i], [sampled[i].guide])
+
+    def _guarded(self, seq: _Seq, what: str, touched: dict[str, _Parent], fn, *args) -> None:
+        """Run work that belongs to `seq` alone; if it raises, fail that request and let the others go on."""
+        try:
+            fn(*args)
+        except Exception as e:
+            log.exception("request %s: %s failed", seq.parent, what)
+            self._fail(seq, f"{what} failed ({type(e).__name__})", touched)
+
+    def _fail_all(self, seqs: list[_Seq], what: str, e: Exception, touched: dict[str, _Parent]) -> None:
+        log.error("%s failed: failing the %d requests of this step", what, len(seqs), exc_info=e)
+        for seq in seqs:
+            self._fail(seq, f"{what} failed ({type(e).__name__})", touched)
+
+    def _fail(self, seq: _Seq, message: str, touched: dict[str, _Parent]) -> None:
+        """Finish `seq`'s request, every sub-request of it, with an error, and free their cache."""
+        parent = self.parents[seq.parent]
+        parent.error = parent.error or message
+        for sib in parent.seqs:
+            if not sib.req.finished:
+                self.scheduler.finish(sib.req, "error")
+                sib.completion.finish_reason = "error"
+        touched[parent.request_id] = parent
+
+    def _add_prompt_logprobs(self, seq: _Seq, first: int, entries: list[dict[int, float]]) -> None:
+        """Append the entries for prompt tokens first, first + 1, ... (a recomputed chunk adds nothing new)."""
+        have = len(seq.prompt_logprobs)
+        if first <= have:
+            seq.prompt_logprobs.extend(entries[have - first:])
 
     def _append(self, seq: _Seq, token: int, out: SamplerOutput, i: int) -> None:
         req = seq.req
@@ -209,8 +290,9 @@ class LLMEngine:
         if out.logprobs is not None and req.params.logprobs is not None:
             entry = {token: float(out.logprobs[i])}
             n = req.params.logprobs
-            for tid, lp in zip(out.top_ids[i, :n].tolist(), out.top_logprobs[i, :n].tolist()):
-                entry.setdefault(tid, lp)
+            if n and out.top_ids is not None:  # top_* are None when no row asked for top logprobs
+                for tid, lp in zip(out.top_ids[i, :n].tolist(), out.top_logprobs[i, :n].tolist()):
+                    entry.setdefault(tid, lp)
             c.logprobs = (c.logprobs or []) + [entry]
             c.cumulative_logprob = (c.cumulative_logprob or 0.0) + float(out.logprobs[i])
         delta = seq.stop.feed(token)  # the stop checker also ends at max_tokens ("length")
@@ -232,11 +314,19 @@ class LLMEngine:
 
     def _save_finished(self, req: Request) -> None:
         """Keep the finished sequence's prefix: the next chat turn or agent step usually extends it."""
-        if req.slot is None or req.num_computed < self.cfg.block_size:
-            return
-        slot = self.scheduler.prefix.insert(req.all_ids, req.num_computed, req.blocks)
+        if req.slot is not None and req.num_computed >= self.cfg.block_size:
+            self._save_prefix(req, req.num_computed)
+
+    def _save_prefix(self, req: Request, length: int) -> None:
+        """Register `req`'s first `length` tokens in the prefix cache and copy its GDN state there."""
+        prefix = self.scheduler.prefix
+        slot = prefix.insert(req.all_ids, length, req.blocks)
         if slot is not None:
-            self.runner.save_state(req, slot)
+            try:
+                self.runner.save_state(req, slot)
+            except BaseException:
+                prefix.discard(req.all_ids, length)  # never leave an entry without its state
+                raise
 
     def _output(self, parent: _Parent) -> RequestOutput:
         outs = []
@@ -252,19 +342,40 @@ class LLMEngine:
             self.parents.pop(parent.request_id, None)
             for seq in parent.seqs:
                 self.seqs.pop(seq.req.request_id, None)
-        return RequestOutput(parent.request_id, parent.prompt, parent.prompt_ids, outs, finished, cached)
+        plp = parent.seqs[0].prompt_logprobs
+        plp = plp if plp is not None and len(plp) == len(parent.prompt_ids) else None  # complete ones only
+        return RequestOutput(parent.request_id, parent.prompt, parent.prompt_ids, outs, finished, cached,
+                             prompt_logprobs=plp, error=parent.error)
 
     # -- introspection ------------------------------------------------------------------------------
     def cache_usage(self) -> dict[str, int]:
-        s = self.scheduler
+        """Pool and prefix-cache counters for metrics.
+
+        blocks_*/slots_*: K/V blocks and running-request GDN state slots. running/waiting: sub-requests
+        (n > 1 counts n). num_waiting_requests / num_running_requests: client requests with a sub-request
+        waiting for admission / none waiting. blocks_prefix_only: blocks that only prefix-cache entries hold
+        (freed by clearing it); prefix_slots_*: the prefix cache's own state slots; prefix_cache_bytes: the
+        memory only the prefix cache holds (those blocks and its used slots).
+        """
+        s, prefix = self.scheduler, self.scheduler.prefix
+        prefix_only = prefix.exclusive_blocks()
+        prefix_slots_used = prefix.slots.capacity - prefix.slots.num_free
+        waiting_parents = {self.seqs[r.request_id].parent for r in s.waiting if r.request_id in self.seqs}
         return {"blocks_total": s.blocks.num_blocks, "blocks_free": s.blocks.num_free,
                 "slots_total": s.slots.capacity, "slots_free": s.slots.num_free,
-                "prefix_entries": len(s.prefix), "prefix_hits": s.prefix.hits, "prefix_misses": s.prefix.misses,
-                "prefix_hit_tokens": s.prefix.hit_tokens, "running": len(s.running), "waiting": len(s.waiting),
-                "preemptions": self.preemptions}
+                "prefix_entries": len(prefix), "prefix_hits": prefix.hits, "prefix_misses": prefix.misses,
+                "prefix_hit_tokens": prefix.hit_tokens, "running": len(s.running), "waiting": len(s.waiting),
+                "preemptions": self.preemptions,
+                "num_waiting_requests": len(waiting_parents),
+                "num_running_requests": len(self.parents) - len(waiting_parents),
+                "blocks_prefix_only": prefix_only,
+                "prefix_slots_used": prefix_slots_used, "prefix_slots_total": prefix.slots.capacity,
+                "prefix_cache_bytes": prefix_only * self.plan.block_bytes + prefix_slots_used * self.plan.slot_bytes}
 
 
 def _child_params(params: SamplingParams, i: int) -> SamplingParams:
+    """Sub-request i of an n > 1 request: seed + i (as vLLM); prompt logprobs only once, from sub-request 0."""
     from dataclasses import replace
 
-    return replace(params, n=1, seed=None if params.seed is None else params.seed + i)
+    return replace(params, n=1, seed=None if params.seed is None else params.seed + i,
+                   prompt_logprobs=params.prompt_logprobs if i == 0 else None)

@@ -1,8 +1,23 @@
-"""What the engine hands back per request, in vLLM's shapes (`RequestOutput`, `CompletionOutput`)."""
+"""What the engine hands back per request, in vLLM's shapes (`RequestOutput`, `CompletionOutput`).
+
+A request that failed inside the engine (an exception while processing it, or a forward pass that failed for
+its whole step) finishes with `finish_reason="error"` on its completions and a short `RequestOutput.error`;
+the details go to the engine's log. `AsyncLLM.generate` raises `RequestFailed` for such an output.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+class RequestFailed(RuntimeError):
+    """The engine failed while processing this request (not the caller's fault: answer 500).
+
+    `str(e)` is the short `RequestOutput.error`; `e.output` the final output, when there is one."""
+
+    def __init__(self, message: str, output: RequestOutput | None = None) -> None:
+        super().__init__(message)
+        self.output = output
 
 
 @dataclass
@@ -12,7 +27,7 @@ class CompletionOutput:
     token_ids: list[int] = field(default_factory=list)
     cumulative_logprob: float | None = None
     logprobs: list[dict[int, float]] | None = None  # per generated token: {token id: logprob}
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     stop_reason: int | str | None = None  # the stop token id or stop string that matched
     delta_text: str = ""  # text added by the latest step (for streaming)
     delta_token_ids: list[int] = field(default_factory=list)
@@ -30,3 +45,9 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = False
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # with SamplingParams.prompt_logprobs = k: one entry per prompt token, None for the first, then
+    # {token id: logprob of that token, plus the k most likely ids} from the logits at the previous position
+    # (raw log_softmax, as vLLM). Set from the first output on (once the whole prompt is computed); the
+    # same list object in every output of the request: read it, do not modify it.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+    error: str | None = None  # set (and finished) when the engine failed this request; see the module docstring

@@ -2,6 +2,10 @@
 
 It owns the cache tensors; the scheduler owns who holds which block and slot. Prefix-cache restores
 (shared blocks, partial-block row copies, GDN state copies) and saves (state copies) happen here.
+
+Prompt logprobs: for a request with `params.prompt_logprobs` set, `forward` also scores every prompt
+position of its chunk while the hidden states are at hand (in slices, so a long chunk never holds a
+[tokens, vocab] logits tensor) and leaves the entries in `prompt_logprobs` for the engine to collect.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ from .request import Request
 from .scheduler import ScheduledSeq
 
 
+PROMPT_LOGPROBS_ROWS = 128  # prompt positions scored at once: bounds the [rows, vocab] logits buffer
+
+
 class ModelRunner:
     def __init__(self, model: Qwen35ForCausalLM, num_blocks: int, block_size: int, num_slots: int) -> None:
         self.model = model
         self.block_size = block_size
         self.cache: ModelCache = model.new_cache(num_blocks, block_size, num_slots)
         self.device = model.model.embed_tokens.weight.device
+        # filled by forward(): request id -> (index of the first prompt token scored, one entry per token)
+        self.prompt_logprobs: dict[str, tuple[int, list[dict[int, float]]]] = {}
 
     def restore(self, req: Request, hit: PrefixHit) -> None:
         """Make `req`'s cache hold the saved prefix: copy the partial block's rows and the GDN state."""
@@ -47,7 +56,35 @@ class ModelRunner:
                          s.request.blocks) for s in seqs]
         batch = ForwardBatch.build(specs, self.block_size, self.device)
         hidden = self.model(batch, self.cache)
+        self.prompt_logprobs = {}
+        start = 0  # packed row of each sequence's first new token
+        for s in seqs:
+            if s.request.params.prompt_logprobs is not None:
+                self._score_prompt(s, hidden[start:start + s.num_tokens])
+            start += s.num_tokens
         rows = sorted((i for i, s in enumerate(seqs) if s.sample), key=lambda i: order[i])  # caller's order
         if not rows:
             return hidden.new_empty(0, self.model.cfg.vocab_size, dtype=torch.float32)
         return self.model.logits(hidden[batch.last_index[rows]])
+
+    def _score_prompt(self, s: ScheduledSeq, hidden: torch.Tensor) -> None:
+        """Prompt logprobs of the prompt tokens this chunk predicts: position j's logits score token j + 1."""
+        prompt, k = s.request.prompt_ids, s.request.params.prompt_logprobs
+        end = min(s.context + s.num_tokens, len(prompt) - 1)  # the last prompt position predicts an output
+        if end <= s.context:
+            return
+        entries: list[dict[int, float]] = []
+        for a in range(s.context, end, PROMPT_LOGPROBS_ROWS):
+            b = min(a + PROMPT_LOGPROBS_ROWS, end)
+            lp = torch.log_softmax(self.model.logits(hidden[a - s.context:b - s.context]), -1)
+            targets = prompt[a + 1:b + 1]
+            chosen = lp.gather(1, torch.tensor(targets, device=lp.device)[:, None]).squeeze(1).tolist()
+            if k:
+                vals, ids = (t.tolist() for t in lp.topk(k, -1))
+            for i, (t, v) in enumerate(zip(targets, chosen)):
+                entry = {t: v}
+                if k:
+                    for tid, tv in zip(ids[i], vals[i]):
+                        entry.setdefault(tid, tv)
+                entries.append(entry)
+        self.prompt_logprobs[s.request.request_id] = (s.context + 1, entries)

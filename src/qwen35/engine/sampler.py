@@ -30,6 +30,11 @@ Logprobs follow vLLM's default `logprobs_mode="raw_logprobs"`: `log_softmax` of 
 logits, before penalties, temperature and filtering. `Sampler(logprobs_mode="penalized")` reports
 them after penalties and min_tokens masking instead, still before temperature and filtering.
 
+Totality: every row gets a token id in [0, V), whatever the logits hold. NaN logits (a broken
+checkpoint) count as -inf and +inf as the largest float, on entry and again after the penalties and
+the temperature (a tiny repetition_penalty or temperature can overflow); the top_p cut always keeps
+the top token; a row left with no finite logit (all NaN, or everything masked) falls back to token 0.
+
 `logits` is used as scratch space and modified in place (the caller's buffer is not preserved).
 """
 
@@ -45,6 +50,12 @@ import torch
 from qwen35.engine.sampling_params import SamplingParams
 
 LOGPROBS_MODES = ("raw", "penalized")
+FLOAT_MAX = torch.finfo(torch.float32).max
+
+
+def _sanitize_(x: torch.Tensor) -> torch.Tensor:
+    """In place: NaN -> -inf (never chosen), +inf -> the largest float (so softmax stays defined)."""
+    return x.nan_to_num_(nan=-math.inf, posinf=FLOAT_MAX, neginf=-math.inf)
 
 
 def min_tokens_stop_ids(params: SamplingParams, eos_token_ids: Iterable[int]) -> tuple[int, ...]:
@@ -133,6 +144,7 @@ class Sampler:
         if B == 0:
             return SamplerOutput(torch.empty(0, dtype=torch.int64, device=dev))
 
+        _sanitize_(logits)
         lp_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
         lp = None
         if lp_rows and self.logprobs_mode == "raw":
@@ -226,7 +238,7 @@ def _apply_penalties(logits: torch.Tensor, params: list[SamplingParams], histori
     vals = flat_logits[flat]
     vals = torch.where(vals > 0, vals / rep, vals * rep)
     vals = vals - freq * counts - pres * (counts > 0)
-    flat_logits[flat] = vals
+    flat_logits[flat] = _sanitize_(vals)  # a tiny repetition_penalty divides to +inf
 
 
 def _apply_min_tokens(logits: torch.Tensor, params: list[SamplingParams], histories: list[PenaltyState]) -> None:
@@ -246,13 +258,17 @@ def _sample(x: torch.Tensor, params: list[SamplingParams], generators: list[torc
     _warp(x, params)
     probs = torch.softmax(x, -1)
     q = _exponential_noise(*x.shape, x.device, generators, shared)
-    return probs.div_(q).argmax(-1)
+    picks = probs.div_(q).argmax(-1)
+    # a row with no finite logit has NaN probabilities (a live row has none: its max is finite, its sum
+    # >= 1): give it token 0 explicitly rather than whatever argmax makes of NaN
+    return picks.masked_fill_(probs[:, 0].isnan(), 0)
 
 
 def _warp(x: torch.Tensor, params: list[SamplingParams]) -> None:
     """In place on x: [S, V]: temperature, then top_k, top_p, min_p as -inf (temperature > 0)."""
     V, dev = x.shape[1], x.device
     x.div_(torch.tensor([p.temperature for p in params], device=dev)[:, None])
+    _sanitize_(x)  # huge logits / small temperature overflow to +inf; -inf / inf (huge temperature) is NaN
     top_k = [min(p.top_k, V) for p in params]  # 0: off
     top_p = [p.top_p for p in params]
     if any(top_k) or any(p < 1 for p in top_p):
@@ -290,7 +306,9 @@ def _top_k_top_p(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> None:
     p_limit = torch.tensor(top_p, device=dev)[:, None]
     # drop a token once the mass strictly before it reaches top_p (the top token always stays)
     keep = (cum - mass) < p_limit * cum[:, -1:]  # a prefix of each row
-    last_kept = srt.gather(1, keep.sum(-1, keepdim=True) - 1)  # [S, 1]
+    # at least the top token: top_p * mass underflows to 0 for tiny top_p, and rows without a finite
+    # logit have NaN masses (no token passes)
+    last_kept = srt.gather(1, keep.sum(-1, keepdim=True).clamp_min_(1) - 1)  # [S, 1]
     # rows with top_p = 1 keep everything: cumsum rounding must not cut their tail
     last_kept.masked_fill_(p_limit >= 1, float("-inf"))
     x.masked_fill_(x < last_kept, float("-inf"))

@@ -1,12 +1,31 @@
-"""`SamplingParams`: what a request asks of the sampler and the stop logic. Names follow vLLM's."""
+"""`SamplingParams`: what a request asks of the sampler and the stop logic. Names follow vLLM's.
+
+Validation rejects what the engine cannot run (the error text starts with the field name: the server
+reports it as the offending parameter). Bounds follow vLLM:
+
+* temperature, top_p, min_p, the penalties and logit_bias values must be finite; a temperature in
+  (0, 0.01) is raised to 0.01 with a warning, as vLLM does (smaller ones overflow the logits);
+* seed must fit a signed 64-bit integer, [-2**63, 2**63 - 1] (vLLM's OpenAI protocol bound, what
+  `torch.Generator.manual_seed` takes); with n > 1 sub-request i uses seed + i, so seed + n - 1 must fit too;
+* max_tokens and min_tokens must fit a signed 64-bit integer as well (the engine caps max_tokens to the
+  context anyway);
+* logprobs and prompt_logprobs: 0..20 (vLLM's default max_logprobs).
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .guided import GuidedDecoding
+
+log = logging.getLogger("qwen35.engine")
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MIN_TEMPERATURE = 0.01  # vLLM's _MAX_TEMP: smaller positive temperatures are raised to it
+MAX_LOGPROBS = 20
 
 
 @dataclass
@@ -26,6 +45,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs per generated token (0: only the chosen token's)
+    prompt_logprobs: int | None = None  # same per prompt token (RequestOutput.prompt_logprobs); None: off
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None  # added to the logits before sampling (OpenAI's -100..100)
@@ -40,26 +60,33 @@ class SamplingParams:
             self.top_k = 0
         checks = [
             (_is_int(self.n) and self.n >= 1, "n", "must be an integer >= 1"),
-            (_is_num(self.temperature) and self.temperature >= 0, "temperature", "must be >= 0"),
+            (_is_finite(self.temperature) and self.temperature >= 0, "temperature",
+             "must be a finite number >= 0"),
             (_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
             (_is_int(self.top_k) and self.top_k >= 0, "top_k", "must be -1, 0 (off) or a positive integer"),
             (_is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", "must be in [0, 1]"),
-            (_is_num(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
+            (_is_finite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+             "must be a finite number > 0"),
             (_is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2, "presence_penalty",
              "must be in [-2, 2]"),
             (_is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2, "frequency_penalty",
              "must be in [-2, 2]"),
-            (self.seed is None or _is_int(self.seed), "seed", "must be an integer"),
-            (self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1), "max_tokens",
-             "must be an integer >= 1"),
-            (_is_int(self.min_tokens) and self.min_tokens >= 0, "min_tokens", "must be an integer >= 0"),
+            (self.seed is None or (_is_int(self.seed) and INT64_MIN <= self.seed <= INT64_MAX), "seed",
+             "must be an integer in [-2**63, 2**63 - 1]"),
+            (self.max_tokens is None or (_is_int(self.max_tokens) and 1 <= self.max_tokens <= INT64_MAX),
+             "max_tokens", "must be an integer in [1, 2**63 - 1]"),
+            (_is_int(self.min_tokens) and 0 <= self.min_tokens <= INT64_MAX, "min_tokens",
+             "must be an integer in [0, 2**63 - 1]"),
             (self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
              "must not exceed max_tokens"),
             (all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"),
             (all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
              "must be non-negative integers"),
-            (self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= 20), "logprobs",
-             "must be an integer in [0, 20]"),
+            (self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS), "logprobs",
+             f"must be an integer in [0, {MAX_LOGPROBS}]"),
+            (self.prompt_logprobs is None or (_is_int(self.prompt_logprobs)
+                                              and 0 <= self.prompt_logprobs <= MAX_LOGPROBS), "prompt_logprobs",
+             f"must be an integer in [0, {MAX_LOGPROBS}]"),
             (self.logit_bias is None or (isinstance(self.logit_bias, dict) and all(
                 _is_int(k) and k >= 0 and _is_num(v) and -100 <= v <= 100 for k, v in self.logit_bias.items())),
              "logit_bias", "must map token ids to numbers in [-100, 100]"),
@@ -67,6 +94,13 @@ class SamplingParams:
         for ok, name, rule in checks:
             if not ok:
                 raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
+        if self.seed is not None and self.seed + self.n - 1 > INT64_MAX:  # sub-request i is seeded seed + i
+            raise ValueError(f"seed must be at most 2**63 - n = {INT64_MAX - self.n + 1} with n={self.n} "
+                             f"(sub-request i uses seed + i), got {self.seed}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # as vLLM: 1/temperature would overflow the logits
+            log.warning("temperature %s is below %s, which makes logits overflow; using %s",
+                        self.temperature, MIN_TEMPERATURE, MIN_TEMPERATURE)
+            self.temperature = MIN_TEMPERATURE
         if self.guided is not None:  # imported here: the scheduler imports this module without torch
             from .guided import GuidedDecoding
 
@@ -84,5 +118,14 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _is_finite(x) -> bool:
+    """A real number that is finite as a float (an int too large for a float is not)."""
+    try:
+        return _is_num(x) and math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def _is_num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # not NaN
+    """A real number that is not NaN (range checks then exclude the infinities where needed)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x

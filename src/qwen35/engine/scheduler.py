@@ -6,6 +6,7 @@ and K/V blocks allow. There is no prefill or decode phase: prompt chunks and dec
 A prompt chunk is cut at the request's next prefix-cache checkpoint so its GDN state can be saved there.
 When blocks run out, prefix-cache entries are evicted first, then the newest running request is preempted
 (its cache freed; it is recomputed later from prompt + output so far).
+Requests asking for prompt logprobs never start from a prefix-cache hit: every prompt position must be computed.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class Scheduler:
 
     # -- requests -----------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
+        self.prepare(req)
+        self.enqueue([req])
+
+    def prepare(self, req: Request) -> None:
+        """Check that `req` can ever run (ValueError if not) and fix its length limit; queues nothing."""
         n = len(req.prompt_ids)
         if n == 0:
             raise ValueError("the prompt is empty")
@@ -74,7 +80,10 @@ class Scheduler:
         req.max_len = min(req.max_len, self.blocks.num_blocks * self.cfg.block_size)  # alone, it always fits
         req.checkpoints = checkpoint_positions(req.prompt_ids, self.cfg.boundary_token_id,
                                                self.cfg.checkpoint_min, self.cfg.checkpoint_every)
-        self.waiting.append(req)
+
+    def enqueue(self, reqs: list[Request]) -> None:
+        """Queue prepared requests (cannot fail: the engine adds a request's n sub-requests all or none)."""
+        self.waiting.extend(reqs)
 
     def finish(self, req: Request, reason: str) -> None:
         """Mark finished (or aborted) and free its cache. Safe to call in any state."""
@@ -104,7 +113,9 @@ class Scheduler:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs and self.slots.num_free:
             req = self.waiting[0]
-            hit = self.prefix.lookup(req.all_ids, req.num_tokens - 1) if req.num_computed == 0 else None
+            # a request that wants prompt logprobs computes its whole prompt (as vLLM, it skips the prefix cache)
+            lookup = req.num_computed == 0 and req.params.prompt_logprobs is None
+            hit = self.prefix.lookup(req.all_ids, req.num_tokens - 1) if lookup else None
             start = hit.length if hit else 0
             n = min(req.num_tokens - start, budget)
             n = self._cap_at_checkpoint(req, start, n)
