@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engine.async_engine import AsyncLLM
+from ..engine.async_engine import AsyncLLM, RequestFailed
 from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage
 from .completions import CompletionRun, prepare_completion
 from .guard import Guard, error
@@ -181,6 +181,8 @@ def create_app(state: ServerState) -> FastAPI:
             return _overloaded(e)
         except ValueError as e:
             return error(400, str(e))
+        except RequestFailed:
+            return _failed(run.id)
         if body.stream:
             return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, body.include_usage, start),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
@@ -210,9 +212,11 @@ def create_app(state: ServerState) -> FastAPI:
             for k, (ids, params) in enumerate(zip(plan.id_lists, plan.params)):
                 rid = run.id if len(plan.id_lists) == 1 else f"{run.id}-{k}"
                 streams.append(await _start(state, ids, params, rid))
-        except (Overloaded, ValueError) as e:
+        except (Overloaded, ValueError, RequestFailed) as e:
             for s in streams:  # all or nothing: the prompts already started are aborted
                 await s.aclose()
+            if isinstance(e, RequestFailed):
+                return _failed(run.id)
             return _overloaded(e) if isinstance(e, Overloaded) else error(400, str(e))
         if body.stream:
             return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, body.include_usage,
@@ -333,8 +337,8 @@ async def _unless_disconnected(request: Request, streams: list) -> list | JSONRe
             return work.result()
         except ValueError as e:
             return error(400, str(e))
-        except Exception:
-            log.exception("request %s failed", request.url.path)
+        except RequestFailed as e:
+            log.error("request %s failed: %s", request.url.path, e)
             return error(500, "the request failed inside the engine (see the server log)")
     finally:
         gone.cancel()
@@ -371,6 +375,10 @@ async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool
     finally:
         await stream.aclose()
     yield "data: [DONE]\n\n"
+
+
+def _failed(request_id: str) -> JSONResponse:
+    return error(500, f"request {request_id} failed inside the engine (see the server log)")
 
 
 def _overloaded(e: Exception) -> JSONResponse:
