@@ -116,6 +116,15 @@ class TextConfig:
         return int(self.head_dim * self.rope.partial_rotary_factor)
 
     @property
+    def supported_length(self) -> int:
+        """Tokens the model supports: max_position_embeddings, or with YaRN factor x the original length
+        (`original_max_position_embeddings`, defaulting to max_position_embeddings as in transformers)."""
+        rope = self.rope
+        if rope.rope_type == "yarn" and rope.factor > 1:
+            return int(rope.factor * (rope.original_max_position_embeddings or self.max_position_embeddings))
+        return self.max_position_embeddings
+
+    @property
     def linear_key_dim(self) -> int:
         return self.linear_num_key_heads * self.linear_key_head_dim
 

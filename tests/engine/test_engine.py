@@ -96,3 +96,16 @@ def test_n_logprobs_and_lengths(ckpt):
     c = out.outputs[0]
     assert len(c.logprobs) == 5 and all(tok in lp for tok, lp in zip(c.token_ids, c.logprobs))
     assert abs(c.cumulative_logprob - sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs))) < 1e-4
+
+
+def test_context_length_is_checked_and_hf_config_overrides_the_file(tiny_ckpt):
+    import json
+
+    with pytest.raises(ValueError, match="max_model_len 5000 is larger than the 4096 tokens"):
+        make_llm(tiny_ckpt, max_model_len=5000)
+    config = json.loads((tiny_ckpt / "config.json").read_text())
+    text = config.get("text_config", config)
+    text["rope_parameters"] = {**text.get("rope_parameters", {}), "rope_type": "yarn", "factor": 2.0}
+    llm = make_llm(tiny_ckpt, max_model_len=8192, hf_config=config)  # YaRN: 2 x 4096
+    assert llm.engine.max_model_len == 8192 and llm.engine.model_cfg.text.rope.rope_type == "yarn"
+    assert json.loads((tiny_ckpt / "config.json").read_text()) != config  # the checkpoint is not touched

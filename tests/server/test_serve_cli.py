@@ -87,7 +87,7 @@ CARD_LINES = [
 @pytest.mark.parametrize("line", CARD_LINES)
 def test_model_card_lines_start(hf_cache, line):
     p = plan(*line.split())
-    assert p.model_dir == hf_cache.snapshot  # no overrides: the snapshot itself
+    assert p.model_dir == hf_cache.snapshot and p.hf_config is None  # no overrides: the checkpoint as it is
     assert p.served_names == [HF_ID]
     assert p.max_model_len in (262144, 128000)
 
@@ -96,14 +96,11 @@ def test_model_card_yarn_line_reaches_the_loader(hf_cache):
     p = plan(HF_ID, "--hf-overrides", json.dumps({"text_config": {"rope_parameters": YARN}}),
              "--max-model-len", "1010000")
     assert p.max_model_len == 1010000 and p.supported_len == 4 * 262144
-    assert p.model_dir != hf_cache.snapshot  # an overlay with the changed config.json
-    text = ModelConfig.from_file(p.model_dir).text
+    assert p.model_dir == hf_cache.snapshot  # the overridden config travels as EngineConfig.hf_config
+    text = ModelConfig.from_dict(p.hf_config).text
     assert text.rope.rope_type == "yarn" and text.rope.factor == 4.0
-    assert text.max_position_embeddings >= 1010000  # so the engine does not clamp the length
     assert text.rope.original_max_position_embeddings == 262144
-    assert mo.supported_length(text) == 4 * 262144
-    gen = p.model_dir / "generation_config.json"
-    assert gen.is_symlink() and gen.resolve() == (hf_cache.snapshot / "generation_config.json").resolve()
+    assert text.supported_length == 4 * 262144
     assert json.loads((hf_cache.snapshot / "config.json").read_text())["text_config"]["max_position_embeddings"] \
         == 262144  # the checkpoint is not touched
 
@@ -179,9 +176,7 @@ def test_yarn_in_config_json(tmp_path):
     d = write_config_dir(tmp_path / "yarn", cfg)
     p = plan(str(d), "--max-model-len", "auto")
     assert p.supported_len == p.max_model_len == 1048576
-    assert ModelConfig.from_file(p.model_dir).text.max_position_embeddings == 1048576
-    small = plan(str(d), "--max-model-len", "64k")
-    assert small.model_dir == d  # within max_position_embeddings: no overlay needed
+    assert p.hf_config is None  # the checkpoint's own config already has YaRN
 
 
 @pytest.mark.parametrize("flags", [
@@ -192,7 +187,7 @@ def test_yarn_in_config_json(tmp_path):
 ])
 def test_yarn_from_the_command_line(hf_cache, flags):
     p = plan(HF_ID, *flags, "--max-model-len", "1010000")
-    text = ModelConfig.from_file(p.model_dir).text
+    text = ModelConfig.from_dict(p.hf_config).text
     assert p.supported_len == 1048576 and text.rope.rope_type == "yarn"
     assert text.rope.mrope_section == (11, 11, 10)  # merged, not replaced
 
@@ -200,7 +195,7 @@ def test_yarn_from_the_command_line(hf_cache, flags):
 def test_max_position_embeddings_override(hf_cache):
     p = plan(HF_ID, "--hf-overrides", '{"max_position_embeddings": 65536}', "--max-model-len", "auto")
     assert p.max_model_len == 65536
-    assert ModelConfig.from_file(p.model_dir).text.max_position_embeddings == 65536
+    assert ModelConfig.from_dict(p.hf_config).text.max_position_embeddings == 65536
 
 
 def test_apply_overrides_leaves_the_input_alone():

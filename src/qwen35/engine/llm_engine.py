@@ -29,12 +29,13 @@ from pathlib import Path
 
 import torch
 
+from ..config import ModelConfig
 from ..loading.checkpoint import load_model
 from ..tokenizer import Tokenizer
 from .guided import GuidedDecoder, GuidedMatcher
 from .memory import plan_memory
 from .outputs import CompletionOutput, RequestOutput
-from .request import Request, Status
+from .request import Request
 from .runner import ModelRunner
 from .sampler import PenaltyState, Sampler, SamplerOutput, min_tokens_stop_ids
 from .sampling_params import SamplingParams
@@ -59,6 +60,7 @@ class EngineConfig:
     prefix_cache_fraction: float = 0.3
     threads: int | None = None
     device: str = "cpu"  # "cuda" works through the same code paths (not exercised by this repo's CI)
+    hf_config: dict | None = None  # config.json contents to use instead of the checkpoint's (--hf-overrides)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -99,11 +101,15 @@ class LLMEngine:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device)
+        config = ModelConfig.from_dict(cfg.hf_config) if cfg.hf_config is not None else None
+        self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device, config=config)
         self.tokenizer = Tokenizer.from_pretrained(cfg.model)
         text = self.model_cfg.text
-        self.max_model_len = min(cfg.max_model_len or min(text.max_position_embeddings, 8192),
-                                 text.max_position_embeddings)
+        supported = text.supported_length
+        if cfg.max_model_len is not None and cfg.max_model_len > supported:
+            raise ValueError(f"max_model_len {cfg.max_model_len} is larger than the {supported} tokens the model "
+                             "supports (max_position_embeddings, or the YaRN range)")
+        self.max_model_len = cfg.max_model_len or min(supported, 8192)
         self.eos_ids = self._eos_ids(Path(cfg.model))
         plan = plan_memory(text, DTYPES[cfg.dtype], cfg.kv_cache_memory, cfg.max_num_seqs, self.max_model_len,
                            cfg.block_size, cfg.prefix_cache_fraction if cfg.enable_prefix_caching else 0.0)

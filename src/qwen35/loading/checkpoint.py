@@ -336,13 +336,15 @@ class _Loader:
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-               progress: bool | None = None, prepack: bool = True) -> tuple[Qwen35ForCausalLM, ModelConfig]:
+               progress: bool | None = None, prepack: bool = True,
+               config: ModelConfig | None = None) -> tuple[Qwen35ForCausalLM, ModelConfig]:
     """Load `path` (a checkpoint directory) as a ready-to-run model in eval mode.
-    `prepack` (CPU): move projections to oneDNN's packed layout, the fast path for decode."""
+    `prepack` (CPU): move projections to oneDNN's packed layout, the fast path for decode.
+    `config`: use this instead of `path/config.json` (e.g. with `--hf-overrides` applied)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
-    cfg = ModelConfig.from_file(path)
+    cfg = config if config is not None else ModelConfig.from_file(path)
     files = shard_files(path)
     with torch.device("meta"):
         model = Qwen35ForCausalLM(cfg.text)

@@ -22,7 +22,7 @@ def inv_frequencies(rope: RopeConfig, rotary_dim: int, max_position_embeddings: 
     if rope.rope_type != "yarn":
         return extra.float(), 1.0
     factor = rope.factor
-    original = rope.original_max_position_embeddings or int(max_position_embeddings / factor)
+    original = rope.original_max_position_embeddings or max_position_embeddings  # transformers' default
 
     def corr_dim(n_rot: float) -> float:
         return d * math.log(original / (n_rot * 2 * math.pi)) / (2 * math.log(rope.theta))

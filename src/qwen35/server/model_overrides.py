@@ -1,5 +1,6 @@
-"""Command-line changes to a checkpoint's config.json (`--hf-overrides`, `--rope-scaling`, `--rope-theta`),
-the context length the result supports, and a way to hand the changed config to the loader.
+"""Command-line changes to a checkpoint's config.json (`--hf-overrides`, `--rope-scaling`, `--rope-theta`).
+
+The changed config reaches the loader as `EngineConfig.hf_config`; the checkpoint's files are not touched.
 
 The model cards reach about 1,010,000 tokens with static YaRN, set from the command line:
 
@@ -13,24 +14,14 @@ Rules:
   `max_position_embeddings` given at the top level go into `text_config`, where the text model reads them;
 - `rope_scaling` (the older name, also `--rope-scaling`) merges into `rope_parameters`, and `type` means
   `rope_type`;
-- the supported length is `max_position_embeddings`, or with YaRN `factor * original_max_position_embeddings`
-  (the original defaulting to `max_position_embeddings`, as in transformers and vLLM).
-
-The loader reads `<dir>/config.json`. When the config changes, or the requested length needs the YaRN range,
-`overlay_checkpoint` builds a directory of symlinks to the checkpoint's files with the changed config.json,
-so the engine loads it unchanged. With YaRN its `max_position_embeddings` is raised to the supported length
-(and `original_max_position_embeddings` written out), because the engine caps `max_model_len` at
-`max_position_embeddings`.
+- the supported length is `TextConfig.supported_length`: `max_position_embeddings`, or with YaRN
+  `factor * original_max_position_embeddings` (the original defaulting to `max_position_embeddings`, as in
+  transformers and vLLM).
 """
 
 from __future__ import annotations
 
-import atexit
 import copy
-import json
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, ModelConfig, TextConfig
@@ -85,14 +76,6 @@ def apply_overrides(config: dict[str, Any], hf_overrides: dict[str, Any] | None 
     return d
 
 
-def supported_length(text: TextConfig) -> int:
-    """Tokens the model supports: max_position_embeddings, or with YaRN factor x original length."""
-    rope = text.rope
-    if rope.rope_type == "yarn" and rope.factor > 1:
-        return int(rope.factor * (rope.original_max_position_embeddings or text.max_position_embeddings))
-    return text.max_position_embeddings
-
-
 def describe_supported(text: TextConfig) -> str:
     rope = text.rope
     if rope.rope_type == "yarn" and rope.factor > 1:
@@ -101,32 +84,8 @@ def describe_supported(text: TextConfig) -> str:
     return f"max_position_embeddings={text.max_position_embeddings}"
 
 
-def with_yarn_length(config: dict[str, Any], text: TextConfig) -> dict[str, Any]:
-    """config.json whose max_position_embeddings covers the YaRN range (see the module docstring)."""
-    d = copy.deepcopy(config)
-    t = text_section(d)
-    rope = dict(t.get("rope_parameters") or {})
-    rope.setdefault("original_max_position_embeddings", text.max_position_embeddings)
-    t["rope_parameters"] = rope
-    t["max_position_embeddings"] = supported_length(text)
-    return d
-
-
 def parse_config(config: dict[str, Any], where: str) -> ModelConfig:
     try:
         return ModelConfig.from_dict(config)
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
-
-
-def overlay_checkpoint(src: Path, config: dict[str, Any]) -> Path:
-    """A temporary directory that is `src` with `config` as its config.json (symlinks to the other files).
-    Removed when the process exits."""
-    src = Path(src).resolve()
-    out = Path(tempfile.mkdtemp(prefix=f"qwen35-{src.name}-overrides-"))
-    atexit.register(shutil.rmtree, out, True)
-    for entry in src.iterdir():
-        if entry.name != "config.json":
-            (out / entry.name).symlink_to(entry)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    return out

@@ -68,8 +68,8 @@ def check_chat_template(template: str, where: str, kwargs: dict[str, Any] | None
 class ServePlan:
     """Everything `qwen35 serve` decided before loading weights."""
 
-    model_dir: Path  # what the engine loads (an overlay directory when config.json was overridden)
-    display_path: str  # the checkpoint as the user knows it
+    model_dir: Path  # the checkpoint directory
+    hf_config: dict | None  # config.json with the command-line overrides (None: the file as it is)
     served_names: list[str]
     embedded: bool
     max_model_len: int | None
@@ -134,7 +134,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     if text.max_position_embeddings < BLOCK_SIZE:
         raise ServeError(f"{where_cfg}: max_position_embeddings={text.max_position_embeddings} is smaller than one "
                          f"K/V block ({BLOCK_SIZE} tokens)")
-    supported = mo.supported_length(text)
+    supported = text.supported_length
     max_len = args.max_model_len
     if max_len == -1:
         max_len = supported
@@ -151,15 +151,6 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     except ValueError as e:
         raise ServeError(str(e)) from None
     check_chat_template(checked, checked_where, template_kwargs)
-
-    # the engine loads the overridden config through an overlay directory (model_overrides.py)
-    engine_dir = model_dir
-    needs_yarn = max_len is not None and max_len > text.max_position_embeddings
-    if overridden or needs_yarn:
-        if needs_yarn:
-            config = mo.with_yarn_length(config, text)
-        engine_dir = mo.overlay_checkpoint(model_dir, config)
-        log.info("serving %s with an overridden config.json (%s)", model_dir, engine_dir / "config.json")
 
     kv = None
     if args.kv_cache_memory:
@@ -186,7 +177,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
         state_kwargs["max_logprobs"] = args.max_logprobs
     if args.max_waiting_requests is not None:
         state_kwargs["max_waiting_requests"] = args.max_waiting_requests
-    return ServePlan(model_dir=engine_dir, display_path=str(model_dir), embedded=embedded,
+    return ServePlan(model_dir=model_dir, hf_config=config if overridden else None, embedded=embedded,
                      served_names=args.served_model_name or [name], max_model_len=max_len, supported_len=supported,
                      kv_cache_memory=kv, chat_template=template, noops=noops, state_kwargs=state_kwargs)
 
@@ -229,14 +220,15 @@ def build_state(plan: ServePlan, args: argparse.Namespace):
     from .app import ServerState
     from .params import load_generation_defaults
 
-    cfg = EngineConfig(model=str(plan.model_dir), dtype=args.dtype, max_model_len=plan.max_model_len,
+    cfg = EngineConfig(model=str(plan.model_dir), hf_config=plan.hf_config, dtype=args.dtype,
+                       max_model_len=plan.max_model_len,
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        kv_cache_memory=plan.kv_cache_memory, block_size=BLOCK_SIZE,
                        enable_prefix_caching=not args.no_enable_prefix_caching, threads=args.threads or None,
                        device=args.device)
     engine = AsyncLLM(cfg)
     try:
-        defaults = load_generation_defaults(plan.display_path, args.generation_config)
+        defaults = load_generation_defaults(str(plan.model_dir), args.generation_config)
         return ServerState(engine, plan.served_names, chat_template=plan.chat_template,
                            generation_defaults=defaults, **plan.state_kwargs)
     except BaseException:
@@ -247,7 +239,7 @@ def build_state(plan: ServePlan, args: argparse.Namespace):
 def banner(state, plan: ServePlan) -> str:
     e = state.engine.engine
     lines = [f"qwen35 serving {state.served_names[0]!r}",
-             f"  model: {plan.display_path} ({e.model_cfg.text.num_hidden_layers} layers, hidden "
+             f"  model: {str(plan.model_dir)} ({e.model_cfg.text.num_hidden_layers} layers, hidden "
              f"{e.model_cfg.text.hidden_size}, {'MoE' if e.model_cfg.is_moe else 'dense'}), max_model_len "
              f"{e.max_model_len} (supports {plan.supported_len})",
              f"  {e.plan.describe()}"]
