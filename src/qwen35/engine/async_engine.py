@@ -39,6 +39,9 @@ class AsyncLLM:
 
     def __init__(self, cfg: EngineConfig | None = None, engine: LLMEngine | None = None) -> None:
         self.engine = engine if engine is not None else LLMEngine(cfg)
+        # llguidance's tokenizer takes ~2 s and holds the GIL: build it now, not on the engine thread while
+        # other requests are being served (the first structured-output request would stall them all)
+        _ = self.engine.guided.lltokenizer
         self._unfinished = 0
         self._count_lock = threading.Lock()
         self._commands: queue.Queue = queue.Queue()

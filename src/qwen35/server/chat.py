@@ -51,7 +51,8 @@ def _tool_choice(body: ChatCompletionRequest) -> tuple[str, str | None]:
             raise RequestError(f"tool_choice={choice!r} needs tools", "tool_choice")
         return choice, None
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
         names = [t["function"]["name"] for t in body.tools or []]
         if not name or name not in names:
             raise RequestError(f"tool_choice names function {name!r}, which is not in tools", "tool_choice")
