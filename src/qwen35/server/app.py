@@ -33,7 +33,6 @@ from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage
 from .completions import CompletionRun, prepare_completion
 from .guard import Guard, error
 from .limits import RequestError, encode_bounded, parse_json
-from .messages import MessageError
 from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 
@@ -92,21 +91,20 @@ def create_app(state: ServerState) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException):
         return error(exc.status_code, str(exc.detail))
 
-    async def read(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
-        """The body parsed and validated on a worker thread, or the 400 that says what is wrong with it."""
+    async def prepare(request: Request, model: type[BaseModel], work) -> tuple[Any, Any] | JSONResponse:
+        """Parse and validate the body, check the model name, then run `work(body, state)` (the request's
+        CPU-bound preparation) on a worker thread: `(body, result)`, or the 4xx that says what is wrong."""
         raw = await request.body()
         try:
-            return await state.run_cpu(_parse, raw, model)
+            body = await state.run_cpu(_parse, raw, model)
+            if body.model is not None and body.model not in state.served_names:
+                return error(404, f"the model {body.model!r} does not exist; this server serves "
+                                  f"{state.served_names}", "model", "not_found_error")
+            return body, await state.run_cpu(work, body, state)
         except RequestError as e:
             return error(400, str(e), e.param)
         except ValidationError as e:
             return _validation_error(e)
-
-    def check_model(name: str | None) -> JSONResponse | None:
-        if name is not None and name not in state.served_names:
-            return error(404, f"the model {name!r} does not exist; this server serves {state.served_names}",
-                         "model", "not_found_error")
-        return None
 
     @app.get("/health")
     async def health():
@@ -136,43 +134,23 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        body = await read(request, TokenizeRequest)
-        if isinstance(body, JSONResponse):
-            return body
-        if (bad := check_model(body.model)) is not None:
-            return bad
-        try:
-            ids = await state.run_cpu(_tokenize, body, state)
-        except MessageError as e:
-            return error(400, str(e), "messages")
-        except RequestError as e:
-            return error(400, str(e), e.param)
+        got = await prepare(request, TokenizeRequest, _tokenize)
+        if isinstance(got, JSONResponse):
+            return got
+        ids = got[1]
         return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
-        body = await read(request, DetokenizeRequest)
-        if isinstance(body, JSONResponse):
-            return body
-        if (bad := check_model(body.model)) is not None:
-            return bad
-        if any(t < 0 or t >= state.vocab_size for t in body.tokens):
-            return error(400, f"token ids must be in [0, {state.vocab_size})", "tokens")
-        return {"prompt": await state.run_cpu(state.tokenizer.decode, body.tokens)}
+        got = await prepare(request, DetokenizeRequest, _detokenize)
+        return got if isinstance(got, JSONResponse) else {"prompt": got[1]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await read(request, ChatCompletionRequest)
-        if isinstance(body, JSONResponse):
-            return body
-        if (bad := check_model(body.model)) is not None:
-            return bad
-        try:
-            plan = await state.run_cpu(prepare_chat, body, state)
-        except MessageError as e:
-            return error(400, str(e), "messages")
-        except RequestError as e:
-            return error(400, str(e), e.param)
+        got = await prepare(request, ChatCompletionRequest, prepare_chat)
+        if isinstance(got, JSONResponse):
+            return got
+        body, plan = got
         run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer)
         start = time.perf_counter()
         try:
@@ -196,15 +174,10 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await read(request, CompletionRequest)
-        if isinstance(body, JSONResponse):
-            return body
-        if (bad := check_model(body.model)) is not None:
-            return bad
-        try:
-            plan = await state.run_cpu(prepare_completion, body, state)
-        except RequestError as e:
-            return error(400, str(e), e.param)
+        got = await prepare(request, CompletionRequest, prepare_completion)
+        if isinstance(got, JSONResponse):
+            return got
+        body, plan = got
         run = CompletionRun(plan, body, body.model or state.served_names[0], state.tokenizer)
         start = time.perf_counter()
         streams = []
@@ -263,6 +236,12 @@ def _tokenize(body: TokenizeRequest, state: ServerState) -> list[int]:
     if body.prompt is not None:
         return encode_bounded(state.tokenizer, body.prompt, state.max_model_len, "prompt")
     raise RequestError("give either prompt or messages", "prompt")
+
+
+def _detokenize(body: DetokenizeRequest, state: ServerState) -> str:
+    if any(t < 0 or t >= state.vocab_size for t in body.tokens):
+        raise RequestError(f"token ids must be in [0, {state.vocab_size})", "tokens")
+    return state.tokenizer.decode(body.tokens)
 
 
 # ---- generation -------------------------------------------------------------------------------------

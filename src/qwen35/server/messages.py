@@ -14,11 +14,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .limits import RequestError
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-class MessageError(ValueError):
+class MessageError(RequestError):
     """A message the server cannot turn into a prompt; the text names the message and field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "messages")
 
 
 def _text(content: Any, where: str) -> str:

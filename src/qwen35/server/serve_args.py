@@ -90,41 +90,24 @@ def human_int_or_auto(text: str) -> int:
     return n
 
 
-def _fraction(text: str) -> float:
-    try:
-        f = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < f <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return f
+def _number(convert, ok, rule: str):
+    """An argparse type: `convert(text)` (int or float) that must satisfy `ok`, else an error saying `rule`."""
+    def parse(text: str):
+        try:
+            x = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if convert is int else 'a number'}, "
+                                              f"got {text!r}") from None
+        if not ok(x):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return x
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def _positive_int(text: str) -> int:
-    n = _nonneg_int(text)
-    if n == 0:
-        raise argparse.ArgumentTypeError("must be positive, got 0")
-    return n
-
-
-def _positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return x
+_fraction = _number(float, lambda f: 0 < f <= 1, "in (0, 1]")
+_nonneg_int = _number(int, lambda n: n >= 0, ">= 0")
+_positive_int = _number(int, lambda n: n > 0, "positive")
+_positive_float = _number(float, lambda x: x > 0, "positive")
 
 
 def _choice(supported: tuple[str, ...], described: str):
