@@ -12,7 +12,9 @@ import re
 import pytest
 
 from qwen35.engine import LLM, SamplingParams
-from qwen35.engine.guided import GuidedDecoder, GuidedDecoding, tool_call_grammar
+from qwen35.engine.guided import GuidedDecoder
+from qwen35.engine.structured import GuidedDecoding
+from qwen35.output_format import tool_call_grammar
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "ok", "color", "tags"],
           "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 10},

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .guided import GuidedDecoding
+    from .structured import GuidedDecoding
 
 log = logging.getLogger("qwen35.engine")
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -49,7 +49,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None  # added to the logits before sampling (OpenAI's -100..100)
-    guided: GuidedDecoding | None = None  # structured output (JSON schema, grammar, ...): see engine/guided.py
+    guided: GuidedDecoding | None = None  # structured output (JSON schema, grammar, ...): see engine/structured.py
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -102,7 +102,7 @@ class SamplingParams:
                         self.temperature, MIN_TEMPERATURE, MIN_TEMPERATURE)
             self.temperature = MIN_TEMPERATURE
         if self.guided is not None:  # imported here: the scheduler imports this module without torch
-            from .guided import GuidedDecoding
+            from .structured import GuidedDecoding
 
             if isinstance(self.guided, dict):
                 self.guided = GuidedDecoding(**self.guided)

@@ -17,7 +17,8 @@ from typing import Any
 
 import jinja2
 
-from ..engine.guided import GuidedDecoding, tool_call_grammar
+from ..engine.structured import GuidedDecoding
+from ..output_format import tool_call_grammar
 from ..tokenizer.chat_template import TemplateLimitError, render_chat, render_chat_isolated
 from .limits import RequestError, encode_bounded
 from .messages import normalize_messages

@@ -23,10 +23,9 @@ Streaming holds back only what could still be the start of a marker (`</thi`, a 
 
 from __future__ import annotations
 
-START = "<think>"
-END = "</think>"
-TOOL_CALL = "<tool_call>"
-FUNCTION = "<function="
+from ...output_format import FUNCTION, THINK_END, THINK_START, TOOL_CALL_START
+
+START, END, TOOL_CALL = THINK_START, THINK_END, TOOL_CALL_START  # this parser's markers
 _REASONING_ENDS = ("\n" + END, END, "\n" + TOOL_CALL, TOOL_CALL)
 
 _OPEN, _REASONING, _AFTER_END, _CONTENT = "open", "reasoning", "after_end", "content"

@@ -1,4 +1,5 @@
-"""Type a tool-call parameter's raw text by the tool's JSON schema (serving.md 2.3).
+"""Type a tool-call parameter's raw text by the tool's JSON schema (`output_format.schema_types`, the rules
+the tool-call grammar generates by).
 
 The model writes every value as bare text: strings as they are, numbers and booleans bare, objects and
 arrays as JSON. Which of these a value is comes from the parameter's schema, as in vLLM's
@@ -21,55 +22,11 @@ import re
 import warnings
 from typing import Any
 
+from ...output_format import is_plain_string, schema_types
+
 _INTEGER = re.compile(r"[-+]?\d+")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _NO_VALUE = object()
-
-
-def _type_name(name: str) -> str | None:
-    t = name.strip().lower()
-    if t in ("string", "str", "text", "varchar", "char", "enum"):
-        return "string"
-    if t.startswith(("int", "uint", "long", "short", "unsigned")):
-        return "integer"
-    if t.startswith(("num", "float", "double", "decimal")):
-        return "number"
-    if t in ("boolean", "bool", "binary"):
-        return "boolean"
-    if t == "object" or t.startswith("dict"):
-        return "object"
-    if t in ("array", "arr", "sequence", "tuple") or t.startswith("list"):
-        return "array"
-    if t in ("null", "none"):
-        return "null"
-    return None
-
-
-def _value_type(value: Any) -> str:
-    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
-                       (dict, "object"), (list, "array")):
-        if isinstance(value, kind):
-            return name
-    return "null"
-
-
-def schema_types(schema: Any) -> set[str]:
-    """The JSON types a parameter schema allows (empty when it names none)."""
-    if not isinstance(schema, dict):
-        return set()
-    declared = schema.get("type")
-    types = {_type_name(t) for t in (declared if isinstance(declared, list) else [declared]) if isinstance(t, str)}
-    enum = schema.get("enum")
-    types |= {_value_type(v) for v in enum} if isinstance(enum, list) else set()
-    for key in ("anyOf", "oneOf", "allOf"):
-        for sub in schema.get(key) or []:
-            types |= schema_types(sub)
-    return types - {None}
-
-
-def is_plain_string(schema: Any) -> bool:
-    """True when the value is kept as raw text whatever it says: unknown parameter or `string` only."""
-    return schema is None or schema_types(schema) == {"string"}
 
 
 def _json_safe(value: Any) -> bool:
@@ -131,7 +88,10 @@ def coerce_value(raw: str, schema: Any) -> Any:
     """
     if schema is None:
         return raw
-    types = schema_types(schema)
+    try:
+        types = schema_types(schema) or set()
+    except ValueError:  # a $ref cycle: nothing to type by
+        types = set()
     text = raw.strip()
     lowered = text.lower()
     if "null" in types and lowered in ("null", "none"):

@@ -39,13 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .schema import coerce_value, is_plain_string
+from ...output_format import (FUNCTION, FUNCTION_END, PARAMETER, PARAMETER_END, TOOL_CALL_END, TOOL_CALL_START,
+                              is_plain_string)
+from .schema import coerce_value
 
 logger = logging.getLogger(__name__)
 
-START, END = "<tool_call>", "</tool_call>"
-FUNCTION, FUNCTION_END = "<function=", "</function>"
-PARAMETER, PARAMETER_END = "<parameter=", "</parameter>"
+START, END = TOOL_CALL_START, TOOL_CALL_END  # this parser's markers
 _TAGS = (START, END, FUNCTION, FUNCTION_END, PARAMETER, PARAMETER_END)
 _BAD_NAME_CHARS = frozenset("{}<>\"' \t\r\n")  # vLLM `_is_valid_function_name`
 _TEXT, _BODY, _PARAM, _AFTER_FUNCTION = "text", "body", "param", "after_function"

@@ -1,0 +1,104 @@
+"""Structured output, the request side: `GuidedDecoding` says what a request's output must match (a JSON
+schema, "any JSON object", a Lark grammar, a regex, or one of a list of choices) and compiles it with
+llguidance when it is built, so a bad grammar is a ValueError while the request is prepared. Torch-free: the
+server builds these and hands them to the engine in `SamplingParams.guided`; `guided.py` turns them into
+per-request matchers that mask logits.
+
+For `tool_choice="required"` / a named tool the server builds the grammar with
+`output_format.tool_call_grammar`, which describes Qwen3.5's native XML tool calls.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import llguidance
+
+from ..output_format import JSON_OPTIONS, lit, validate_grammar
+
+_KINDS = ("json_schema", "json_object", "grammar", "regex", "choice")
+# How errors name each kind: the OpenAI / vLLM request field it usually comes from.
+_LABELS = {"json_schema": "response_format.json_schema", "json_object": "response_format",
+           "grammar": "structured_outputs.grammar", "regex": "structured_outputs.regex",
+           "choice": "structured_outputs.choice"}
+
+
+@dataclass
+class GuidedDecoding:
+    """What a request's output must match: exactly one of the five kinds, plus `start_after`.
+
+    json_schema: a JSON schema (dict); json_object: True for any JSON object; grammar: a Lark grammar in
+    llguidance's syntax (GBNF is converted); regex: the whole output matches it; choice: one of the strings.
+    start_after: a token id (e.g. `</think>`) before which generation is free; None: constrained from
+    the first token. reasoning_budget: at most this many free tokens; then `start_after` is forced (a model
+    that would think forever still produces the constrained answer).
+
+    Construction compiles the grammar (without a tokenizer) and raises ValueError naming the problem.
+    """
+
+    json_schema: dict | None = None
+    json_object: bool = False
+    grammar: str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    start_after: int | None = None
+    reasoning_budget: int | None = None
+    _compiled: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        given = [k for k in _KINDS if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError(f"guided decoding needs exactly one of {', '.join(_KINDS)}; got "
+                             f"{', '.join(given) or 'none'}")
+        if self.start_after is not None and (not isinstance(self.start_after, int) or isinstance(
+                self.start_after, bool) or self.start_after < 0):
+            raise ValueError(f"guided decoding start_after must be a token id, got {self.start_after!r}")
+        self._compiled = _compile(self.kind, getattr(self, self.kind))
+        error = validate_grammar(self._compiled)
+        if error:
+            raise ValueError(f"{self.label}: {error}")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _KINDS if getattr(self, k) not in (None, False))
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self.kind]
+
+    @property
+    def llguidance_grammar(self) -> str:
+        """The grammar in llguidance's serialised form (what `LLMatcher` takes)."""
+        return self._compiled
+
+
+def _compile(kind: str, value: Any) -> str:
+    label = _LABELS[kind]
+    M = llguidance.LLMatcher
+    if kind == "json_schema":
+        if not isinstance(value, dict):
+            raise ValueError(f"{label}: the schema must be a JSON object, got {type(value).__name__}")
+        try:
+            return M.grammar_from_json_schema(json.dumps(value), defaults=JSON_OPTIONS)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{label}: {e}") from None
+    if kind == "json_object":
+        if value is not True:
+            raise ValueError(f"{label}: json_object must be True, got {value!r}")
+        return M.grammar_from_json_schema('{"type": "object"}', defaults=JSON_OPTIONS)
+    if kind == "grammar":
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{label}: the grammar must be a non-empty string")
+        try:
+            return llguidance.grammar_from("grammar", value)  # Lark, or GBNF converted to Lark
+        except ValueError as e:
+            raise ValueError(f"{label}: {e}") from None
+    if kind == "regex":
+        if not isinstance(value, str):
+            raise ValueError(f"{label}: the regex must be a string, got {type(value).__name__}")
+        return M.grammar_from_regex(value)
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c for c in value):
+        raise ValueError(f"{label}: choice must be a non-empty list of non-empty strings")
+    return M.grammar_from_lark("start: " + " | ".join(lit(c) for c in value))
