@@ -20,12 +20,12 @@ def cache_root() -> Path:
 
 def default_model_dir() -> Path:
     """Path of the default checkpoint, written (atomically) the first time it is needed."""
-    from .config import preset
-    from .loading.writer import write_random_checkpoint
-
     target = cache_root() / f"default-{DEFAULT_PRESET}"
     if (target / "config.json").exists():
         return target
+    from .config import preset  # writing one needs torch; finding one does not
+    from .loading.writer import write_random_checkpoint
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".default-", dir=target.parent))
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -17,18 +18,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tiny_ckpt):
+ENGINE = dict(dtype="float32", max_model_len=1024, max_num_seqs=8, kv_cache_memory=96 << 20)
+
+
+@contextlib.contextmanager
+def live_server(client, **state_kwargs):
+    """A uvicorn server in a thread on a free loopback port, over `client` (shut down afterwards)."""
     import uvicorn
 
-    from qwen35.engine.async_engine import AsyncLLM
-    from qwen35.engine.llm_engine import EngineConfig
     from qwen35.server.app import ServerState, create_app
     from qwen35.server.http_protocol import TimedH11Protocol
 
-    engine = AsyncLLM(EngineConfig(model=str(tiny_ckpt), dtype="float32", max_model_len=1024, max_num_seqs=8,
-                                   kv_cache_memory=96 << 20))
-    state = ServerState(engine, ["tiny"], api_key=API_KEY, max_request_bytes=1 << 20)
+    state = ServerState(client, ["tiny"], api_key=API_KEY, max_request_bytes=1 << 20, **state_kwargs)
     port = _free_port()
     config = uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning",
                             http=TimedH11Protocol)
@@ -40,10 +41,22 @@ def server(tiny_ckpt):
         if time.time() > deadline:
             raise RuntimeError("server did not start")
         time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "state": state}
-    srv.should_exit = True
-    thread.join(timeout=10)
-    engine.shutdown()
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "state": state}
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        client.shutdown()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_ckpt):
+    """The engine on a thread of the server's process (AsyncLLM)."""
+    from qwen35.engine.async_engine import AsyncLLM
+    from qwen35.engine.config import EngineConfig
+
+    with live_server(AsyncLLM(EngineConfig(model=str(tiny_ckpt), **ENGINE))) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -57,9 +70,8 @@ def wait_idle(state, timeout=20.0) -> dict:
     """Cache pools back at their idle counts (prefix-cache entries cleared first)."""
     deadline = time.time() + timeout
     while True:
-        usage = state.engine.call(lambda e: (e.has_unfinished(), e.cache_usage()))
-        if not usage[0] or time.time() > deadline:
+        if not state.client.stats()["unfinished"] or time.time() > deadline:
             break
         time.sleep(0.05)
-    state.engine.call(lambda e: e.scheduler.prefix.clear())
-    return state.engine.call(lambda e: e.cache_usage())
+    state.client.reset_prefix_cache()
+    return state.client.stats()

@@ -118,7 +118,7 @@ def _settled(state, idle: dict, timeout: float = 10.0) -> list[str]:
         problems.append(f"cache pools not back at idle: {usage}, idle was {idle}")
     if usage["blocks_free"] != usage["blocks_total"] or usage["slots_free"] != usage["slots_total"]:
         problems.append(f"cache pools not all free: {usage}")
-    if usage["running"] or usage["waiting"] or state.engine.call(lambda e: e.has_unfinished()):
+    if usage["running"] or usage["waiting"] or state.client.stats()["unfinished"]:
         problems.append(f"the engine still has requests: {usage}")
     if state.in_flight != 0:
         problems.append(f"state.in_flight is {state.in_flight}, not 0")

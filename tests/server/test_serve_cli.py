@@ -311,10 +311,9 @@ def test_flags_reach_server_state(hf_cache, monkeypatch):
     p = plan(HF_ID, "--default-chat-template-kwargs", '{"enable_thinking": false}', "--allowed-origins", '["*"]',
              "--allowed-hosts", "a.example,b.example", "--max-logprobs", "5", "--max-waiting-requests", "3",
              "--trust-request-chat-template", "--enable-log-requests")
-    engine = SimpleNamespace(engine=SimpleNamespace(tokenizer=SimpleNamespace(chat_template="t"), max_model_len=9,
-                                                    model_cfg=SimpleNamespace(text=SimpleNamespace(vocab_size=64)),
-                                                    cfg=SimpleNamespace(max_num_seqs=4)))
-    state = ServerState(engine, p.served_names, **p.state_kwargs)
+    client = SimpleNamespace(tokenizer=SimpleNamespace(chat_template="t"),
+                             info=SimpleNamespace(max_model_len=9, vocab_size=64, max_num_seqs=4))
+    state = ServerState(client, p.served_names, **p.state_kwargs)
     assert state.api_key == "from-vllm-env"
     assert state.default_chat_template_kwargs == {"enable_thinking": False}
     assert state.allowed_origins == ["*"] and state.allowed_hosts == ["a.example", "b.example"]

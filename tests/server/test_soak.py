@@ -133,14 +133,14 @@ def _settle(state, idle: dict, timeout: float = 20.0) -> dict:
     assert (usage["blocks_free"], usage["slots_free"]) == (idle["blocks_free"], idle["slots_free"]), (usage, idle)
     assert usage["blocks_free"] == usage["blocks_total"] and usage["slots_free"] == usage["slots_total"], usage
     assert usage["running"] == 0 and usage["waiting"] == 0, usage
-    assert not state.engine.call(lambda e: e.has_unfinished())
+    assert not state.client.stats()["unfinished"]
     assert state.in_flight == 0, f"{state.in_flight} requests still counted in flight"
     return usage
 
 
 def test_soak_streams_with_hangups(server, monkeypatch):
     state, url = server["state"], server["url"]
-    engine = state.engine.engine
+    engine = state.client.engine  # the fixture runs the engine in-process
     aborted = []  # requests the engine aborted while they were still running: the hang-ups reached it
     real_abort = engine.abort
 

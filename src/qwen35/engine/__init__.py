@@ -5,7 +5,7 @@ Exports load lazily so the torch-free parts (scheduler, cache manager) import wi
 
 import importlib
 
-_EXPORTS = {"AsyncLLM": "async_engine", "LLM": "llm", "EngineConfig": "llm_engine", "LLMEngine": "llm_engine",
+_EXPORTS = {"AsyncLLM": "async_engine", "LLM": "llm", "EngineConfig": "config", "LLMEngine": "llm_engine",
             "CompletionOutput": "outputs", "RequestOutput": "outputs", "RequestFailed": "outputs",
             "SamplingParams": "sampling_params"}
 __all__ = list(_EXPORTS)

@@ -32,6 +32,7 @@ import torch
 from ..config import ModelConfig
 from ..loading.checkpoint import load_model
 from ..tokenizer import Tokenizer
+from .config import EngineConfig
 from .guided import GuidedDecoder, GuidedMatcher
 from .memory import plan_memory
 from .outputs import CompletionOutput, RequestOutput
@@ -44,32 +45,7 @@ from .stop import Delta, StopChecker
 
 log = logging.getLogger("qwen35.engine")
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
-          "auto": torch.bfloat16}
-
-
-@dataclass
-class EngineConfig:
-    model: str
-    dtype: str = "bfloat16"
-    max_model_len: int | None = None  # default: min(model context, 8192)
-    max_num_seqs: int = 32
-    max_num_batched_tokens: int = 2048
-    kv_cache_memory: int | None = None  # bytes for K/V blocks + GDN state slots (default: a share of free RAM)
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-    prefix_cache_fraction: float = 0.3
-    threads: int | None = None
-    device: str = "cpu"  # "cuda" works through the same code paths (not exercised by this repo's CI)
-    hf_config: dict | None = None  # config.json contents to use instead of the checkpoint's (--hf-overrides)
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+          "auto": torch.bfloat16}  # EngineConfig.dtype names
 
 
 @dataclass(eq=False)

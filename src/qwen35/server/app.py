@@ -28,7 +28,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engine.async_engine import AsyncLLM, RequestFailed
+from ..engine.client import EngineClient
+from ..engine.outputs import RequestFailed
 from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage
 from .completions import CompletionRun, prepare_completion
 from .guard import Guard, error
@@ -41,7 +42,7 @@ log = logging.getLogger("qwen35.server")
 
 @dataclass
 class ServerState:
-    engine: AsyncLLM
+    client: EngineClient  # AsyncLLM (engine on a thread) or EngineProcess (engine in its own process)
     served_names: list[str]
     api_key: str | None = None
     chat_template: str | None = None
@@ -61,11 +62,11 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
-        engine = self.engine.engine
-        self.tokenizer = engine.tokenizer
-        self.max_model_len = engine.max_model_len
-        self.vocab_size = engine.model_cfg.text.vocab_size
-        self.max_running = engine.cfg.max_num_seqs
+        info = self.client.info
+        self.tokenizer = self.client.tokenizer
+        self.max_model_len = info.max_model_len
+        self.vocab_size = info.vocab_size
+        self.max_running = info.max_num_seqs
         self.chat_template = self.chat_template or self.tokenizer.chat_template
         self.cpu = ThreadPoolExecutor(self.cpu_threads, thread_name_prefix="qwen35-cpu")
         self.in_flight = 0  # generation requests accepted and not yet finished (event-loop side only)
@@ -108,7 +109,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {}
+        return {} if state.client.healthy else error(503, "the engine is not running")
 
     @app.get("/ping")
     async def ping():
@@ -128,9 +129,13 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics():
-        usage_now = await asyncio.to_thread(state.engine.call, lambda e: e.cache_usage())
-        state.metrics.update_cache(usage_now, state.in_flight)
+        state.metrics.update_cache(await asyncio.to_thread(state.client.stats), state.in_flight)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache():
+        await asyncio.to_thread(state.client.reset_prefix_cache)
+        return {}
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
@@ -257,7 +262,7 @@ async def _start(state: ServerState, prompt_ids: list[int], params, request_id: 
         log.info("request %s: %d prompt tokens, n=%d max_tokens=%s temperature=%s top_p=%s seed=%s%s", request_id,
                  len(prompt_ids), params.n, params.max_tokens, params.temperature, params.top_p, params.seed,
                  f" guided={params.guided.kind}" if params.guided else "")
-    stream = state.engine.generate(prompt_ids, params, request_id=request_id)
+    stream = state.client.generate(prompt_ids, params, request_id=request_id)
     try:
         first = await stream.__anext__()
     except BaseException:

@@ -27,7 +27,8 @@ access_log = logging.getLogger("qwen35.access")
 
 BODY_TIMEOUT = 30.0  # seconds between two pieces of a request body before the request is dropped (408)
 OPEN_PATHS = ("/health", "/ping", "/version", "/metrics")
-COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize")
+COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize",
+                 "/reset_prefix_cache")
 REASONS = {200: "ok", 400: "invalid_request", 401: "unauthorized", 404: "not_found", 408: "timeout",
            413: "too_large",
            499: "client_disconnected", 500: "internal_error", 503: "overloaded"}

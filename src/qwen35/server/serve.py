@@ -215,8 +215,7 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
 # ---- building and running -------------------------------------------------------------------------------
 
 def build_state(plan: ServePlan, args: argparse.Namespace):
-    from ..engine.async_engine import AsyncLLM
-    from ..engine.llm_engine import EngineConfig
+    from ..engine.config import EngineConfig
     from .app import ServerState
     from .params import load_generation_defaults
 
@@ -226,23 +225,34 @@ def build_state(plan: ServePlan, args: argparse.Namespace):
                        kv_cache_memory=plan.kv_cache_memory, block_size=BLOCK_SIZE,
                        enable_prefix_caching=not args.no_enable_prefix_caching, threads=args.threads or None,
                        device=args.device)
-    engine = AsyncLLM(cfg)
+    if args.engine_process:
+        from ..engine.process import EngineProcess, EngineStartError
+
+        try:
+            client = EngineProcess(cfg)
+        except EngineStartError as e:
+            raise ServeError(f"the engine did not start: {e}") from None
+    else:
+        from ..engine.async_engine import AsyncLLM
+
+        client = AsyncLLM(cfg)
     try:
         defaults = load_generation_defaults(str(plan.model_dir), args.generation_config)
-        return ServerState(engine, plan.served_names, chat_template=plan.chat_template,
+        return ServerState(client, plan.served_names, chat_template=plan.chat_template,
                            generation_defaults=defaults, **plan.state_kwargs)
     except BaseException:
-        engine.shutdown()
+        client.shutdown()
         raise
 
 
 def banner(state, plan: ServePlan) -> str:
-    e = state.engine.engine
+    info = state.client.info
+    where = "its own process" if type(state.client).__name__ == "EngineProcess" else "a thread of the server"
     lines = [f"qwen35 serving {state.served_names[0]!r}",
-             f"  model: {str(plan.model_dir)} ({e.model_cfg.text.num_hidden_layers} layers, hidden "
-             f"{e.model_cfg.text.hidden_size}, {'MoE' if e.model_cfg.is_moe else 'dense'}), max_model_len "
-             f"{e.max_model_len} (supports {plan.supported_len})",
-             f"  {e.plan.describe()}"]
+             f"  model: {plan.model_dir} ({info.num_hidden_layers} layers, hidden {info.hidden_size}, "
+             f"{'MoE' if info.is_moe else 'dense'}), max_model_len {info.max_model_len} "
+             f"(supports {plan.supported_len}); engine in {where}",
+             f"  {info.cache_plan}"]
     if plan.embedded:
         lines += ["  NOTE: this is the EMBEDDED DEFAULT MODEL, a small checkpoint with RANDOM weights: its answers are",
                   "        noise. Serve a real checkpoint with: qwen35 serve /path/to/Qwen3.5-0.8B"]
@@ -314,5 +324,5 @@ def serve(args: argparse.Namespace) -> int:
         Server(config).run(sockets=[sock])
     finally:
         sock.close()
-        state.engine.shutdown()
+        state.client.shutdown()
     return 0

@@ -18,6 +18,7 @@ DEFAULT_MAX_MODEL_LEN = 8192  # the engine's default cap when --max-model-len is
 REASONING_PARSERS = ("qwen3",)
 TOOL_PARSERS = ("qwen3_coder", "qwen3_xml")
 EMBEDDED_NAME = "qwen35-default-random"
+ENGINE_PROCESS = False  # the engine's default home: chosen by bench/bench_serving.py (docs/LOG.md)
 MTP_ERROR = "MTP speculative decoding is not implemented yet"
 
 # dest -> (the flag as users write it, why it changes nothing here)
@@ -174,6 +175,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    action="store_true")
     e.add_argument("--threads", type=_nonneg_int, default=0, help="torch threads (default: torch's choice)")
     e.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    e.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=ENGINE_PROCESS,
+                   help="run the engine in a process of its own, apart from HTTP and tokenisation "
+                        f"(default: {'on' if ENGINE_PROCESS else 'off'}; see docs/SERVING.md)")
     e.add_argument("--seed", "--random-seed", dest="seed", type=int, default=None, help="torch's global seed")
 
     h = p.add_argument_group("HTTP")
