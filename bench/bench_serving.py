@@ -1,13 +1,15 @@
 """Serving benchmark with the openai client: 1, 8 and 32 concurrent streaming chats.
 
     .venv/bin/python bench/bench_serving.py [--model DIR | --preset dense-0.8b] [--concurrency 1,8,32]
-        [--max-tokens 32] [--llama-server URL]
+        [--max-tokens 32] [--engine thread,process] [--llama-server URL]
 
-Starts `qwen35 serve` in-process on a free port, then for each concurrency level sends that many streaming
-chat requests at once and reports time to first token, inter-token latency (p50/p99) and total generated
-tokens/s. It also runs the same 8-way load straight on the engine (`AsyncLLM`, no HTTP) to measure what
-the server adds. `--llama-server URL` runs the same load against an already running llama.cpp server
-(`python -m llama_cpp.server`). The last line is one JSON object.
+For each engine home (`thread`: the engine on a thread of the server's process, `AsyncLLM`; `process`: the
+engine in a process of its own, `EngineProcess`) it starts the server on a free port, then for each
+concurrency level sends that many streaming chat requests at once and reports time to first token,
+inter-token latency (p50/p99) and total generated tokens/s. It also runs the same 8-way load straight on the
+client (no HTTP) to measure what the server adds. `--llama-server URL` runs the same load against an already
+running llama.cpp server (`python -m llama_cpp.server`). Prints the CPU model and measured bandwidth first;
+the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import argparse
 import asyncio
 import json
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import checkpoint  # noqa: E402
+from machine import describe  # noqa: E402
 
 FILLER = "Tell me a long story about a lighthouse keeper and the sea, with many details. "
 
@@ -87,6 +89,21 @@ async def engine_only(engine, tokenizer, concurrency: int, max_tokens: int) -> f
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def serve(client, state_cls, create_app):
+    """Start the app over `client` on a free port; returns (server, url)."""
+    import uvicorn
+
+    state = state_cls(client, ["bench"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, state, f"http://127.0.0.1:{port}/v1"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model")
@@ -94,49 +111,52 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engine", default="thread,process", help="where the engine runs: thread, process or both")
     p.add_argument("--llama-server", default=None)
     args = p.parse_args()
     import torch
-    import uvicorn
 
-    from qwen35.engine.async_engine import AsyncLLM
-    from qwen35.engine.llm_engine import EngineConfig
+    from qwen35.engine.config import EngineConfig
     from qwen35.server.app import ServerState, create_app
 
     torch.set_num_threads(args.threads)
+    print(f"machine: {describe()}", flush=True)
     path = checkpoint(args)
     if not (path / "tokenizer.json").exists():
         from qwen35.tokenizer import Tokenizer
 
         Tokenizer.from_vocab().save(path)
-    engine = AsyncLLM(EngineConfig(model=str(path), dtype="bfloat16", max_model_len=2048, max_num_seqs=32,
-                                   kv_cache_memory=3 << 30))
-    state = ServerState(engine, ["bench"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    cfg = EngineConfig(model=str(path), dtype="bfloat16", max_model_len=2048, max_num_seqs=32,
+                       kv_cache_memory=3 << 30, threads=args.threads)
     results: dict = {"model": str(path), "max_tokens": args.max_tokens}
-    for c in map(int, args.concurrency.split(",")):
-        r = asyncio.run(load(f"http://127.0.0.1:{port}/v1", "bench", c, args.max_tokens))
-        results[f"qwen35_c{c}"] = r
-        print(f"qwen35     c={c:3d}  {r}", flush=True)
-        if args.llama_server:
+    for home in args.engine.split(","):
+        if home == "process":
+            from qwen35.engine.process import EngineProcess
+
+            client = EngineProcess(cfg)
+        else:
+            from qwen35.engine.async_engine import AsyncLLM
+
+            client = AsyncLLM(cfg)
+        server, state, url = serve(client, ServerState, create_app)
+        for c in map(int, args.concurrency.split(",")):
+            r = asyncio.run(load(url, "bench", c, args.max_tokens))
+            results[f"qwen35_{home}_c{c}"] = r
+            print(f"qwen35 ({home:7s}) c={c:3d}  {r}", flush=True)
+        direct = asyncio.run(engine_only(client, state.tokenizer, 8, args.max_tokens))
+        http = results.get(f"qwen35_{home}_c8", {}).get("tokens_per_s")
+        results[f"engine_only_{home}_c8_tokens_per_s"] = direct
+        if http:
+            results[f"server_overhead_{home}_c8"] = 1 - http / direct
+            print(f"engine ({home}) alone c=8: {direct:.1f} tok/s; through HTTP: {http:.1f} tok/s "
+                  f"(overhead {100 * results[f'server_overhead_{home}_c8']:.1f}%)", flush=True)
+        server.should_exit = True
+        client.shutdown()
+    if args.llama_server:
+        for c in map(int, args.concurrency.split(",")):
             r = asyncio.run(load(args.llama_server.rstrip("/") + "/v1", "llama", c, args.max_tokens))
             results[f"llamacpp_c{c}"] = r
             print(f"llama.cpp  c={c:3d}  {r}", flush=True)
-    direct = asyncio.run(engine_only(engine, state.tokenizer, 8, args.max_tokens))
-    http = results.get("qwen35_c8", {}).get("tokens_per_s")
-    results["engine_only_c8_tokens_per_s"] = direct
-    if http:
-        results["server_overhead_c8"] = 1 - http / direct
-        print(f"engine alone c=8: {direct:.1f} tok/s; through HTTP: {http:.1f} tok/s "
-              f"(overhead {100 * results['server_overhead_c8']:.1f}%)")
-    server.should_exit = True
-    engine.shutdown()
     print(json.dumps(results))
 
 

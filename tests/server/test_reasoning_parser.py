@@ -1,4 +1,4 @@
-"""The `<think>` splitter: corner cases from serving.md 2.5 and 5, each parsed whole and streamed in
+"""The `<think>` splitter: corner cases from docs/FORMAT.md §3, each parsed whole and streamed in
 every chunking (every chunk size, random cuts, empty deltas), which must agree exactly."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The qwen3_coder tool-call parser and the combined chat output parser.
 
-Every fixture (serving.md 2.3 and 5) is parsed whole and streamed in every chunking; the streams must
-give the same content and calls, and the tool-call deltas must have the shape agent.md 1.4 requires
+Every fixture (docs/FORMAT.md §2) is parsed whole and streamed in every chunking; the streams must
+give the same content and calls, and the tool-call deltas must have the shape docs/FORMAT.md §4 requires
 (checked by assembling them the way the openai SDK's `accumulate_delta` and Qwen-Agent do).
 """
 
@@ -131,7 +131,7 @@ CASES = [
      [("get_weather", {"days": 1}), ("write_file", {})]),
     ("unicode-and-escapes", call("get_weather", ("city", 'Zürich "Altstadt" \\ 東京 🌍\t')), TOOLS, "",
      [("get_weather", {"city": 'Zürich "Altstadt" \\ 東京 🌍\t'})]),
-    ("template-rendered-example",  # serving.md 2.2, bools and None as the template renders them
+    ("template-rendered-example",  # docs/FORMAT.md §1: bools and None as the template renders them
      call("get_weather", ("city", "Paris"), ("days", "2"), ("opts", '{"units": "C"}'), ("flag", "True"),
           ("missing", "None")),
      [fn("get_weather", city={"type": "string"}, days={"type": "integer"}, opts={"type": "object"},
@@ -149,7 +149,7 @@ def counter_ids():
 
 # -- clients' view of the stream ------------------------------------------------------------------------
 def check_shape(deltas: list[dict]) -> None:
-    """agent.md 1.4: header first (index, id, type, name, arguments ""), then index + arguments only;
+    """docs/FORMAT.md §4: header first (index, id, type, name, arguments ""), then index + arguments only;
     calls one after another; never a name or id twice."""
     seen: list[int] = []
     for d in deltas:

@@ -1,4 +1,4 @@
-"""The packaged Qwen3.5 chat template renders the exact strings of serving.md §2.2."""
+"""The packaged Qwen3.5 chat template renders the exact strings the official template renders in transformers (docs/FORMAT.md §1)."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ second result
 
 
 def test_template_is_the_reference_text():
-    # serving.md §2.1, byte for byte (7,756 characters, no trailing newline).
+    # the official template, byte for byte (7,756 characters, no trailing newline).
     assert len(DEFAULT_CHAT_TEMPLATE) == 7756
     digest = hashlib.sha256(DEFAULT_CHAT_TEMPLATE.encode()).hexdigest()
     assert digest == "a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715"

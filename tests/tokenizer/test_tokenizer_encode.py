@@ -62,7 +62,7 @@ def test_special_tokens_table(tok):
     assert (tok.im_start_id, tok.im_end_id) == (248045, 248046)
     assert (tok.think_start_id, tok.think_end_id) == (248068, 248069)
     assert (tok.tool_call_start_id, tok.tool_call_end_id) == (248058, 248059)
-    # Tool-call markup inside <tool_call> is plain text, not special tokens (serving.md §0).
+    # Tool-call markup inside <tool_call> is plain text, not special tokens (docs/FORMAT.md §2).
     assert len(tok.encode("<function=get_weather>")) > 1
     assert tok.chat_template == DEFAULT_CHAT_TEMPLATE
 

@@ -1,4 +1,4 @@
-"""Clean incoming chat messages before the template sees them (serving.md §1-2, agent.md §0.6).
+"""Clean incoming chat messages before the template sees them (docs/FORMAT.md §1).
 
 The official template trips on shapes real clients send; each fix below is one of them:
 - `developer` role -> `system`; system messages that are not first are merged into the first one;

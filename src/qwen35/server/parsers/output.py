@@ -6,7 +6,7 @@ Events come in output order, ready for an OpenAI delta:
 
 * `("reasoning", str)` -> `delta.reasoning_content`
 * `("content", str)` -> `delta.content`
-* `("tool_call", dict)` -> one entry of `delta.tool_calls` (agent.md 1.4: the first for a call has
+* `("tool_call", dict)` -> one entry of `delta.tool_calls` (docs/FORMAT.md §4: the first for a call has
   index, id, type, name and `arguments: ""`; the rest only index and an arguments fragment)
 
 With `parse_tools=False` (no tools in the request, `tool_choice="none"`, or a client such as

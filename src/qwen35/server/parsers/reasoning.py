@@ -3,7 +3,7 @@
 With thinking on, the chat template ends the prompt with `<think>\\n`, so the output starts *inside*
 the reasoning and contains only `</think>`; the caller says so with `started_in_reasoning` (see
 `prompt_ends_in_reasoning`). With thinking off the prompt already holds `<think>\\n\\n</think>\\n\\n`
-and everything is content. Rules (serving.md 2.5, vLLM `qwen3` reasoning parser):
+and everything is content. Rules (docs/FORMAT.md §3, vLLM `qwen3` reasoning parser):
 
 * a `<think>` at the very start of the output opens reasoning (older templates) or, when the prompt
   already opened it, is absorbed; one newline after it is dropped;
@@ -11,7 +11,7 @@ and everything is content. Rules (serving.md 2.5, vLLM `qwen3` reasoning parser)
   model may open a call before closing its thoughts, and the call must reach the tool parser as
   content. A `<tool_call>` merely mentioned in the reasoning does not end it;
 * **no `</think>` at all (output truncated) means everything is reasoning and content is empty**, as
-  vLLM's and SGLang's qwen3 parsers do and serving.md recommends;
+  vLLM's and SGLang's qwen3 parsers do;
 * one newline before the end marker is dropped from the reasoning, and the newlines right after
   `</think>` are dropped from the content (the template writes `\\n</think>\\n\\n`);
 * a stray `</think>` inside the content (e.g. after a call ended the reasoning early) is dropped.

@@ -9,7 +9,7 @@ arrays as JSON. Which of these a value is comes from the parameter's schema, as 
   `list`), from the values of `enum`, and from `anyOf` / `oneOf` / `allOf`;
 * they are tried in the order null > integer > number > boolean > object > array > string;
 * Python spellings the chat template puts into history (`None`, `True`, `False`, `{'k': 'v'}`) are
-  accepted too, as serving.md recommends (the template renders history values with `| string`);
+  accepted too (docs/FORMAT.md §2: the template renders history values with `| string`);
 * when no allowed type fits, the text is read as JSON (or a Python literal) and otherwise kept as
   the string; a parameter the schema does not know stays a string.
 """

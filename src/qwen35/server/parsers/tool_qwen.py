@@ -1,6 +1,6 @@
 """Qwen3.5 tool calls in the `qwen3_coder` XML format, whole (`parse`) or streamed (`ToolCallParser`).
 
-The model writes (serving.md 2.3), optionally after some prose and possibly several times:
+The model writes (docs/FORMAT.md §2), optionally after some prose and possibly several times:
 
     <tool_call>
     <function=get_weather>
@@ -24,7 +24,7 @@ Rules, following vLLM's `qwen3_coder` parser unless noted:
 * Names are not checked against `tools` (vLLM `validate_tool_names=False`); unknown ones log a
   warning. Values are typed by the tool's JSON schema (`schema.coerce_value`).
 
-Streaming follows agent.md 1.4: a call's first delta carries index, id, type, name and
+Streaming follows docs/FORMAT.md §4: a call's first delta carries index, id, type, name and
 `arguments: ""`; later deltas carry only index and an arguments fragment. A parameter typed exactly
 `string` (or not in the schema) streams as it arrives; any other parameter is sent whole, as
 `"key": value`, when it closes. The fragments concatenate to `json.dumps(args, ensure_ascii=False)`.
