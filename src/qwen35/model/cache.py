@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 
 from ..config import TextConfig
-from .cache_spec import AttentionSpec, CacheSpec, GDNStateSpec, cache_specs, kv_bytes, layer_cache_id, state_bytes
+from .cache_spec import AttentionSpec, CacheSpec, GDNStateSpec, cache_specs, kv_bytes, state_bytes
 
 
 def kv_bytes_per_token(cfg: TextConfig, dtype: torch.dtype) -> int:
@@ -48,38 +48,47 @@ class ModelCache:
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.num_slots = num_slots
-        self.index: dict[str, int] = {}  # cache id -> position in its kind's lists below
+        # cache id (and, for the main stack, layer index) -> position in its kind's lists below
+        self.kv_index: dict[str | int, int] = {}
+        self.state_index: dict[str | int, int] = {}
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.conv: list[torch.Tensor] = []
         self.ssm: list[torch.Tensor] = []
         for cache_id, spec in self.specs.items():
             if isinstance(spec, AttentionSpec):
-                self.index[cache_id] = len(self.k)
+                self._name(self.kv_index, cache_id, len(self.k))
                 shape = (num_blocks * block_size,) + spec.row_shape
                 self.k.append(torch.zeros(shape, dtype=spec.dtype, device=device))
                 self.v.append(torch.zeros(shape, dtype=spec.dtype, device=device))
             elif isinstance(spec, GDNStateSpec):
-                self.index[cache_id] = len(self.conv)
+                self._name(self.state_index, cache_id, len(self.conv))
                 self.conv.append(torch.zeros((num_slots,) + spec.conv_shape, dtype=spec.conv_dtype, device=device))
                 self.ssm.append(torch.zeros((num_slots,) + spec.ssm_shape, dtype=spec.ssm_dtype, device=device))
             else:
                 raise TypeError(f"unknown cache spec for {cache_id!r}: {spec!r}")
 
-    def _position(self, layer: int | str, kind: type) -> int:
-        cache_id = layer_cache_id(layer) if isinstance(layer, int) else layer
-        if not isinstance(self.specs.get(cache_id), kind):
-            raise KeyError(f"no {kind.__name__} cache for {cache_id!r}")
-        return self.index[cache_id]
+    @staticmethod
+    def _name(index: dict[str | int, int], cache_id: str, position: int) -> None:
+        index[cache_id] = position
+        prefix, _, number = cache_id.partition(".")
+        if prefix == "layers" and number.isdigit():
+            index[int(number)] = position
 
     def kv(self, layer: int | str) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V rows of an attention layer (cache id, or main-stack layer index)."""
-        i = self._position(layer, AttentionSpec)
+        try:
+            i = self.kv_index[layer]
+        except KeyError:
+            raise KeyError(f"no attention K/V cache for {layer!r}") from None
         return self.k[i], self.v[i]
 
     def state(self, layer: int | str) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv and recurrent state pools of a GDN layer (cache id, or main-stack layer index)."""
-        i = self._position(layer, GDNStateSpec)
+        try:
+            i = self.state_index[layer]
+        except KeyError:
+            raise KeyError(f"no GDN state cache for {layer!r}") from None
         return self.conv[i], self.ssm[i]
 
     def reset_slots(self, slots: torch.Tensor | list[int]) -> None:
