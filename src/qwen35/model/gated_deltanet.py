@@ -6,7 +6,8 @@ State snapshots for speculative decoding: when the step metadata carries `snapsh
 conv and recurrent state as it was after new token `T_b - (k+1) + i` of sequence b (T_b = its new tokens):
 the last k+1 tokens, the last one being the sequence's own slot state. A -1 entry, or one for a token that
 does not exist (T_b < k+1), writes nothing there. Snapshot slots must differ from every state slot of the
-step. Without the field (or with None) the forward is unchanged.
+step; the last column may be -1, since the sequence's own slot ends up holding that state anyway. Without
+the field (or with None) the forward is unchanged. Cost: k+1 extra state writes per sequence and layer.
 """
 
 from __future__ import annotations
