@@ -1,4 +1,5 @@
-"""The chunked delta rule and the recurrent one agree (outputs and final states), on odd shapes."""
+"""The chunked delta rule and the recurrent one agree (outputs and final states), on odd shapes; the snapshot
+variants of the delta rule and the conv leave exactly the states of running each prefix alone."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from qwen35.ops.conv1d import causal_conv1d, causal_conv1d_step
-from qwen35.ops.gdn import chunked_gated_delta_rule, l2norm, recurrent_gated_delta_rule
+from qwen35.ops.gdn import (chunked_gated_delta_rule, gated_delta_rule, gated_delta_rule_with_snapshots, l2norm,
+                            recurrent_gated_delta_rule)
 
 
 def _inputs(B, T, H, dk, dv, dtype=torch.float64, seed=0):
@@ -76,3 +78,78 @@ def test_conv_state_follows_each_sequences_length():
     causal_conv1d(x, torch.tensor([5, 2]), w, state)
     assert torch.equal(state[0], x[0, 2:5].T)
     assert torch.equal(state[1, :, 1:], x[1, :2].T) and torch.equal(state[1, :, 0], torch.zeros(3, dtype=torch.float64))
+
+
+def _pad_to_lens(x, lens):
+    """Zero every row past each sequence's length (the padding convention: g = beta = 0 there)."""
+    keep = torch.arange(x.shape[1])[None, :] < torch.tensor(lens)[:, None]
+    return x * keep.view(*keep.shape, *[1] * (x.dim() - 2))
+
+
+@pytest.mark.parametrize("lens,S", [([4, 4], 4), ([1, 4, 2], 4), ([9, 5, 12], 4), ([130, 3, 70], 4), ([40, 40], 1)],
+                         ids=["verify-only", "shorter-than-S", "recurrent-head", "chunked-head", "one-snapshot"])
+def test_delta_rule_snapshots_equal_prefix_states(lens, S):
+    B, T, H, dk, dv = len(lens), max(lens), 2, 8, 16
+    q, k, v, g, beta, s0 = _inputs(B, T, H, dk, dv)
+    g, beta = _pad_to_lens(g, lens), _pad_to_lens(beta, lens)
+    pool = torch.full((B * S + 1, H, dk, dv), float("nan"), dtype=s0.dtype)
+    index = torch.arange(B * S).view(B, S)
+    state = s0.clone()
+    o = gated_delta_rule_with_snapshots(q, k, v, g, beta, state, torch.tensor(lens), pool, index)
+    s_plain = s0.clone()
+    o_plain = gated_delta_rule(q, k, v, g, beta, s_plain)
+    for b, n in enumerate(lens):
+        assert torch.allclose(o[b, :n], o_plain[b, :n], atol=1e-10)
+        assert torch.allclose(state[b], s_plain[b], atol=1e-10)
+        for i in range(S):
+            t = n - S + i  # the snapshot holds the state after token t
+            if t < 0:
+                continue
+            s_ref = s0[b:b + 1].clone()
+            recurrent_gated_delta_rule(q[b:b + 1, :t + 1], k[b:b + 1, :t + 1], v[b:b + 1, :t + 1],
+                                       g[b:b + 1, :t + 1], beta[b:b + 1, :t + 1], s_ref)
+            assert torch.allclose(pool[index[b, i]], s_ref[0], atol=1e-10), (b, i)
+    assert pool[-1].isnan().all()  # nothing outside the index is written
+
+
+def test_delta_rule_snapshots_in_fp32_match_prefix_runs():
+    """fp32, chunked head: each snapshot within fp32 rounding of the prefix's own state."""
+    lens, S = [100, 67], 4
+    q, k, v, g, beta, s0 = (x.float() for x in _inputs(2, 100, 2, 16, 16))
+    g, beta = _pad_to_lens(g, lens), _pad_to_lens(beta, lens)
+    pool, index = torch.zeros(8, 2, 16, 16), torch.arange(8).view(2, S)
+    gated_delta_rule_with_snapshots(q, k, v, g, beta, s0.clone(), torch.tensor(lens), pool, index)
+    for b, n in enumerate(lens):
+        for i in range(S):
+            s_ref = s0[b:b + 1].clone()
+            t = n - S + i + 1
+            gated_delta_rule(q[b:b + 1, :t], k[b:b + 1, :t], v[b:b + 1, :t], g[b:b + 1, :t], beta[b:b + 1, :t], s_ref)
+            err = (pool[index[b, i]] - s_ref[0]).abs().max() / s_ref.abs().max()
+            assert err < 1e-5, (b, i, err)
+
+
+@pytest.mark.parametrize("lens,S", [([6, 2, 9], 4), ([1, 1], 3)], ids=["prefill", "decode-lengths"])
+def test_conv_snapshots_equal_prefix_states(lens, S):
+    gen = torch.Generator().manual_seed(2)
+    B, T, C, K = len(lens), max(lens), 5, 4
+    x = torch.randn(B, T, C, generator=gen, dtype=torch.float64)
+    w = torch.randn(C, 1, K, generator=gen, dtype=torch.float64)
+    s0 = torch.randn(B, C, K - 1, generator=gen, dtype=torch.float64)
+    pool = torch.full((B * S, C, K - 1), float("nan"), dtype=torch.float64)
+    index = torch.arange(B * S).view(B, S)
+    state = s0.clone()
+    causal_conv1d(x, torch.tensor(lens), w, state, snapshots=(pool, index))
+    if T == 1:  # the one-token step writes the last snapshot only
+        step_pool, step_state = torch.full_like(pool, float("nan")), s0.clone()
+        causal_conv1d_step(x[:, 0], w, step_state, snapshots=(step_pool, index))
+        assert torch.equal(step_pool[index[:, -1]], pool[index[:, -1]])
+        assert torch.equal(step_state, state)
+    for b, n in enumerate(lens):
+        for i in range(S):
+            t = n - S + i
+            if t < 0:
+                continue
+            s_ref = s0[b:b + 1].clone()
+            causal_conv1d(x[b:b + 1, :t + 1], torch.tensor([t + 1]), w, s_ref)
+            assert torch.equal(pool[index[b, i]], s_ref[0]), (b, i)
+        assert torch.equal(pool[index[b, -1]], state[b])

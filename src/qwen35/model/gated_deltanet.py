@@ -1,5 +1,14 @@
 """Gated DeltaNet mixer (architecture.md §2.4): projections, causal conv1d with state, q/k l2norm,
-fp32 gates, the gated delta rule over the slot's recurrent state, gated RMSNorm, output projection."""
+fp32 gates, the gated delta rule over the slot's recurrent state, gated RMSNorm, output projection.
+
+State snapshots for speculative decoding: when the step metadata carries `snapshot_slots: [B, k+1]` int64
+(read with getattr, so metadata without the field works), slot `snapshot_slots[b, i]` receives this layer's
+conv and recurrent state as it was after new token `T_b - (k+1) + i` of sequence b (T_b = its new tokens):
+the last k+1 tokens, the last one being the sequence's own slot state. A -1 entry, or one for a token that
+does not exist (T_b < k+1), writes nothing there. Snapshot slots must differ from every state slot of the
+step; the last column may be -1, since the sequence's own slot ends up holding that state anyway. Without
+the field (or with None) the forward is unchanged. Cost: k+1 extra state writes per sequence and layer.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +18,10 @@ from torch import nn
 
 from ..config import TextConfig
 from ..ops.conv1d import causal_conv1d, causal_conv1d_step
-from ..ops.gdn import gated_delta_rule, l2norm
+from ..ops.gdn import gated_delta_rule, gated_delta_rule_with_snapshots, l2norm
 from .batch import ForwardBatch
 from .cache import ModelCache
+from .cache_spec import layer_cache_id
 from .linear import Linear, fuse_linears
 from .norm import GatedRMSNorm
 
@@ -20,6 +30,7 @@ class GatedDeltaNet(nn.Module):
     def __init__(self, cfg: TextConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
+        self.cache_id = layer_cache_id(layer)
         self.hk, self.hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
         self.dk, self.dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
         h, kd, vd, cd = cfg.hidden_size, cfg.linear_key_dim, cfg.linear_value_dim, cfg.linear_conv_dim
@@ -66,17 +77,20 @@ class GatedDeltaNet(nn.Module):
         neg_a, dt_bias, conv_w = self._fp32_params()
         g = neg_a * F.softplus(a.float() + dt_bias)
 
-        conv_pool, ssm_pool = cache.state(self.layer)
+        conv_pool, ssm_pool = cache.state(self.cache_id)
         if batch.slot_range is not None:  # contiguous slots: work on the pool in place
             conv_state = conv_pool[batch.slot_range[0]:batch.slot_range[1]]
             state = ssm_pool[batch.slot_range[0]:batch.slot_range[1]]
         else:
             conv_state, state = conv_pool[batch.state_slots], ssm_pool[batch.state_slots]
+        snap = _snapshot_rows(batch)  # [B, k+1] or None
 
+        conv_snaps = None if snap is None else (conv_pool, snap)
         if batch.is_decode:
-            mixed = causal_conv1d_step(mixed, conv_w, conv_state).unsqueeze(1)  # [B, 1, C]
+            mixed = causal_conv1d_step(mixed, conv_w, conv_state, conv_snaps).unsqueeze(1)  # [B, 1, C]
         else:
-            mixed = causal_conv1d(batch.to_padded(mixed), batch.query_lens, self.conv1d.weight, conv_state)
+            mixed = causal_conv1d(batch.to_padded(mixed), batch.query_lens, self.conv1d.weight, conv_state,
+                                  conv_snaps)
         B, T = mixed.shape[:2]
         q, k, v = mixed.split(self.split, -1)
         r = self.hv // self.hk  # V head j reads QK head j // r
@@ -86,10 +100,26 @@ class GatedDeltaNet(nn.Module):
             q, k = q.repeat_interleave(r, 2), k.repeat_interleave(r, 2)
         v = v.view(B, T, self.hv, self.dv)
         # padding rows get beta = g = 0 from to_padded, so they leave the state untouched
-        o = gated_delta_rule(q, k, v, batch.to_padded(g), batch.to_padded(beta), state)  # [B, T, Hv, dv]
+        if snap is None:
+            o = gated_delta_rule(q, k, v, batch.to_padded(g), batch.to_padded(beta), state)  # [B, T, Hv, dv]
+        else:
+            o = gated_delta_rule_with_snapshots(q, k, v, batch.to_padded(g), batch.to_padded(beta), state,
+                                                batch.query_lens, ssm_pool, snap)
 
         if batch.slot_range is None:
             conv_pool.index_copy_(0, batch.state_slots, conv_state)
             ssm_pool.index_copy_(0, batch.state_slots, state)
         o = self.norm(batch.to_packed(o), z)  # [N, Hv, dv] -> gated norm per head
         return self.out_proj(o.reshape(N, -1))
+
+
+def _snapshot_rows(batch: ForwardBatch) -> torch.Tensor | None:
+    """`snapshot_slots` with every entry that writes nothing (-1, or a token the sequence does not have)
+    pointed at the sequence's own state slot: the ops may write garbage there, and the step's final state
+    overwrites it. No host sync, no boolean indexing."""
+    slots = getattr(batch, "snapshot_slots", None)
+    if slots is None:
+        return None
+    S = slots.shape[1]
+    missing = batch.query_lens.view(-1, 1) - S + torch.arange(S, device=slots.device) < 0
+    return torch.where(missing | (slots < 0), batch.state_slots.view(-1, 1), slots)

@@ -2,6 +2,13 @@
 
 State convention: the last `K - 1` raw (pre-conv) inputs of each sequence, `[B, C, K-1]`
 (vLLM keeps K-1 columns; transformers keeps K, the oldest of which is never used).
+
+Snapshots (speculative decoding): given `snapshots = (pool, index)` with `pool: [P, C, K-1]` and
+`index: [B, S]` int64 rows of `pool`, row `index[b, i]` receives the state as it was after token
+`lens[b] - S + i` of sequence b (the last S tokens; i = S-1 is the new state). Entries whose token does not
+exist (`lens[b] - S + i < 0`) may be written with unspecified contents: point them at a row that is
+overwritten afterwards (e.g. the sequence's own slot) or that nobody reads. Snapshots are written before
+`state` is updated.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import torch.nn.functional as F
 _TILE = 128  # time steps per tile of the prefill convolution
 
 
-def causal_conv1d(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+def causal_conv1d(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor, state: torch.Tensor,
+                  snapshots: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Convolve right-padded sequences that continue from `state`.
 
     x: [B, T, C] (rows past lens[b] are padding); lens: [B] int64 real lengths (>= 1);
@@ -36,16 +44,33 @@ def causal_conv1d(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor, sta
         for j in range(K - 1):
             out.addcmul_(tile[:, j:j + n], w[:, j])
         F.silu(out, inplace=True)
+    if snapshots is not None:
+        _write_snapshots(full, lens, *snapshots)
     # new state: inputs at positions lens[b] .. lens[b]+K-2 of `full` (the K-1 newest real ones)
     idx = (lens.view(B, 1) + torch.arange(K - 1, device=x.device)).view(B, K - 1, 1).expand(B, K - 1, C)
     state.copy_(full.gather(1, idx).transpose(1, 2))
     return y
 
 
-def causal_conv1d_step(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+def _write_snapshots(full: torch.Tensor, lens: torch.Tensor, pool: torch.Tensor, index: torch.Tensor) -> None:
+    """full: [B, K-1+T, C] (old state then the new inputs); the state after token t is full[:, t+1 : t+K]."""
+    B, _, C = full.shape
+    S, W = index.shape[1], pool.shape[-1]
+    start = (lens.view(B, 1) - S + 1 + torch.arange(S, device=full.device)).clamp(min=0)  # [B, S]
+    idx = (start.unsqueeze(-1) + torch.arange(W, device=full.device)).view(B, S * W, 1).expand(B, S * W, C)
+    snaps = full.gather(1, idx).view(B, S, W, C).transpose(2, 3)  # [B, S, C, K-1]
+    pool.index_copy_(0, index.reshape(-1), snaps.reshape(B * S, C, W).to(pool.dtype))
+
+
+def causal_conv1d_step(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor,
+                       snapshots: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One token per sequence. x: [B, C]; weight: [C, 1, K]; state: [B, C, K-1] updated in place.
-    Returns fp32 [B, C]."""
+    Returns fp32 [B, C]. With `snapshots` only the last entry of each row names a token (the new one), so
+    only `index[:, -1]` is written."""
     window = torch.cat([state, x.unsqueeze(-1).to(state.dtype)], -1)  # [B, C, K]
     y = (window.float() * weight[:, 0, :].float()).sum(-1)  # .float() is free for an fp32 weight
+    if snapshots is not None:
+        pool, index = snapshots
+        pool.index_copy_(0, index[:, -1], window[..., 1:].to(pool.dtype))
     state.copy_(window[..., 1:])
     return F.silu(y)

@@ -11,6 +11,12 @@ Per V head and token t (architecture.md §2.4.5):
 
 Padding convention: rows with beta = 0 and g = 0 leave the state untouched, so right-padded batches
 of different lengths give exact final states.
+
+Snapshots (speculative decoding): `gated_delta_rule_with_snapshots` also writes the state after each of the
+last S tokens of every sequence into rows of a pool, so that verifying S-1 draft tokens becomes "accept n,
+keep snapshot n". It runs the head of each sequence (all but its last S tokens) through the usual dispatch
+with the tail masked out as padding, then the tail through the recurrent form, copying the state out after
+every tail token (vLLM's verify kernel likewise writes the state after position t into slot t).
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def recurrent_gated_delta_rule(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
+    snapshots: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Token-by-token form, for decode and short spans.
 
     q, k: [B, T, H, dk]; v: [B, T, H, dv]; g, beta: [B, T, H]; state: [B, H, dk, dv], updated in place.
+    snapshots: optional (pool: [P, H, dk, dv], index: [B, T] int64): after token t, row index[b, t] of
+    pool receives the state of sequence b (pool must not share memory with `state`).
     Returns o: [B, T, H, dv].
     """
     B, T, H, dk = k.shape
@@ -50,6 +59,8 @@ def recurrent_gated_delta_rule(
         err = (vt - torch.bmm(kt.unsqueeze(1), s).squeeze(1)) * beta[:, t].reshape(B * H, 1)
         s.baddbmm_(kt.unsqueeze(2), err.unsqueeze(1))
         outs.append(torch.bmm(qt.unsqueeze(1), s).view(B, H, dv))
+        if snapshots is not None:
+            snapshots[0].index_copy_(0, snapshots[1][:, t], state)
     return torch.stack(outs, 1)
 
 
@@ -103,3 +114,43 @@ def gated_delta_rule(
     if q.shape[1] <= 16:
         return recurrent_gated_delta_rule(q, k, v, g, beta, state)
     return chunked_gated_delta_rule(q, k, v, g, beta, state)
+
+
+def gated_delta_rule_with_snapshots(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
+    lens: torch.Tensor, pool: torch.Tensor, index: torch.Tensor,
+) -> torch.Tensor:
+    """`gated_delta_rule` that also keeps the state after each of the last S tokens of every sequence.
+
+    q, k: [B, T, H, dk]; v: [B, T, H, dv]; g, beta: [B, T, H] (right-padded: rows past lens[b] have
+    g = beta = 0); state: [B, H, dk, dv], updated in place; lens: [B] int64 real lengths (>= 1).
+    pool: [P, H, dk, dv] fp32, written; index: [B, S] int64 rows of pool. Row index[b, i] receives the state
+    after token lens[b] - S + i (i = S-1: the final state). Entries whose token does not exist
+    (lens[b] - S + i < 0) are written with unspecified contents, before `state` is updated: point them at a
+    row that is overwritten afterwards (e.g. the sequence's own slot) or that nobody reads.
+    Returns o: [B, T, H, dv], the same outputs as `gated_delta_rule`.
+    """
+    B, T, H, dk = q.shape
+    S = index.shape[1]
+    dev = q.device
+    pos = lens.view(B, 1) - S + torch.arange(S, device=dev)  # [B, S] token index of each tail row
+    real = (pos >= 0).unsqueeze(-1)  # [B, S, 1]; sequences shorter than S get no-op rows in front
+    if T > S:  # head: the tokens before each tail, with the tail turned into padding
+        head = (torch.arange(T, device=dev) < (lens - S).view(B, 1)).unsqueeze(-1)  # [B, T, 1]
+        o = gated_delta_rule(q, k, v, g * head, beta * head, state)
+    else:
+        o = q.new_empty(B, T, H, v.shape[-1])
+    take = pos.clamp(min=0)
+
+    def tail(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, ...] -> the rows at `take`: [B, S, H, ...]
+        idx = take.view(B, S, *[1] * (x.dim() - 2)).expand(B, S, *x.shape[2:])
+        return x.gather(1, idx)
+
+    s = state.clone()  # the pool may hold `state` itself (in-place slots); index_copy_ needs disjoint memory
+    o_tail = recurrent_gated_delta_rule(tail(q), tail(k), tail(v), tail(g) * real, tail(beta) * real, s,
+                                        snapshots=(pool, index))
+    state.copy_(s)
+    # put the tail outputs back at their rows; rows of missing tokens go to a spare column T, then dropped
+    where = torch.where(real.squeeze(-1), pos, T).view(B, S, 1, 1).expand_as(o_tail)
+    o = torch.cat([o, o.new_empty(B, 1, H, o.shape[-1])], 1).scatter_(1, where, o_tail)
+    return o[:, :T]
