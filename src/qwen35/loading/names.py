@@ -151,7 +151,8 @@ def layer_tensors(cfg: TextConfig, full_attention: bool, fused_experts: bool = T
                 ("self_attn.q_norm.weight", (d,)), ("self_attn.k_norm.weight", (d,))]
     else:
         hv, conv = cfg.linear_num_value_heads, cfg.linear_conv_dim
-        out += [("linear_attn.in_proj_qkv.weight", (conv, h)), ("linear_attn.in_proj_z.weight", (cfg.linear_value_dim, h)),
+        out += [("linear_attn.in_proj_qkv.weight", (conv, h)),  # rows q | k | v
+                ("linear_attn.in_proj_z.weight", (cfg.linear_value_dim, h)),
                 ("linear_attn.in_proj_b.weight", (hv, h)), ("linear_attn.in_proj_a.weight", (hv, h)),
                 ("linear_attn.conv1d.weight", (conv, 1, cfg.linear_conv_kernel_dim)),
                 ("linear_attn.dt_bias", (hv,)), ("linear_attn.A_log", (hv,)),
@@ -164,7 +165,8 @@ def layer_tensors(cfg: TextConfig, full_attention: bool, fused_experts: bool = T
             out += [(FUSED_EXPERTS[0], (E, 2 * inter, h)), (FUSED_EXPERTS[1], (E, h, inter))]
         else:
             for e in range(E):
-                out += [(f"mlp.experts.{e}.gate_proj.weight", (inter, h)), (f"mlp.experts.{e}.up_proj.weight", (inter, h)),
+                out += [(f"mlp.experts.{e}.gate_proj.weight", (inter, h)),
+                        (f"mlp.experts.{e}.up_proj.weight", (inter, h)),
                         (f"mlp.experts.{e}.down_proj.weight", (h, inter))]
         out += [("mlp.shared_expert.gate_proj.weight", (shared, h)), ("mlp.shared_expert.up_proj.weight", (shared, h)),
                 ("mlp.shared_expert.down_proj.weight", (h, shared)), ("mlp.shared_expert_gate.weight", (1, h))]
