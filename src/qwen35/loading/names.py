@@ -61,8 +61,9 @@ class Name:
     proj: str = ""
 
     @property
-    def layer_prefix(self) -> str:
-        return self.prefix if self.layer is None else f"{self.prefix}layers.{self.layer}."
+    def inner(self) -> str:
+        """The name without its component prefix and scale suffix, e.g. `layers.3.self_attn.q_proj.weight`."""
+        return self.local if self.layer is None else f"layers.{self.layer}.{self.local}"
 
 
 def parse(key: str) -> Name | None:
@@ -105,7 +106,7 @@ def map_name(key: str) -> Target | None:
         return None
     if n.component in ("visual", "mtp"):
         return Target("skip", SKIPPED[n.prefix])
-    param = n.local if n.component == "lm_head" else TEXT_ONLY + n.layer_prefix[len(n.prefix):] + n.local
+    param = n.local if n.component == "lm_head" else TEXT_ONLY + n.inner
     if n.expert is not None:
         stacked = param.rsplit(".", 3)[0]  # model.layers.{i}.mlp.experts
         return Target("expert_scale" if n.scale else "expert", stacked, n.expert, n.proj)
@@ -125,7 +126,7 @@ def split_fused_experts(key: str, tensor) -> dict[str, object] | None:
     n = parse(key)
     if n is None or n.component != "text" or n.layer is None or n.local not in FUSED_EXPERTS or tensor.dim() != 3:
         return None
-    stem = n.layer_prefix + "mlp.experts"
+    stem = f"{n.prefix}layers.{n.layer}.mlp.experts"
     if n.local == FUSED_EXPERTS[0]:  # [E, 2I, H], gate rows first
         inter = tensor.shape[1] // 2
         parts = (("gate_proj", slice(0, inter)), ("up_proj", slice(inter, 2 * inter)))
