@@ -1,16 +1,21 @@
-"""Prefill and single-sequence decode: qwen35 against HF transformers, same checkpoint, same run.
+"""Prefill and single-sequence decode: qwen35 (through `LLMEngine`, the path `generate` and `serve` use)
+against HF transformers, same checkpoint, same run.
 
     .venv/bin/python bench/bench_model.py [--model DIR | --preset dense-0.8b] [--dtypes bf16,fp32]
-                                          [--threads 2] [--prompt-len 512] [--decode-tokens 64]
+                                          [--threads 2] [--prompt-len 256] [--decode-tokens 64]
 
-Prints one line per (engine, dtype) and the ratio ours / transformers; the last line is one JSON object.
-Timings on a shared 2-core machine are noisy: compare the ratios, not absolute numbers.
+Prints the CPU model and the measured memory read bandwidth, one line per (engine, dtype), the ratio
+ours / transformers and our decode MBU (weight bytes read per token x tok/s / measured bandwidth); the last
+line is one JSON object. Warm-up runs are excluded. Timings on a shared 2-core machine are noisy: compare the
+ratios, not absolute numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def checkpoint(args) -> Path:
@@ -34,21 +40,74 @@ def checkpoint(args) -> Path:
     return path
 
 
-@torch.inference_mode()
-def bench_ours(path: Path, dtype, prompt: list[int], n_decode: int) -> dict:
-    from qwen35.engine.sampling_params import SamplingParams
-    from qwen35.generate import GenerationStats, Generator
-    from qwen35.loading.checkpoint import load_model
+def cpu_model() -> str:
+    """`lscpu`'s Model name (or /proc/cpuinfo's), for reading numbers across machines."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
-    model, _ = load_model(path, dtype=dtype, progress=False)
-    gen = Generator(model, len(prompt) + n_decode + 1)
-    for _ in gen.stream(prompt[:32], SamplingParams(temperature=0, max_tokens=4)):  # warm-up
-        pass
-    stats = GenerationStats()
-    for _ in gen.stream(prompt, SamplingParams(temperature=0, max_tokens=n_decode + 1), stats=stats):
-        pass
-    del model, gen
-    return {"prefill_tps": stats.prefill_tps, "decode_tps": stats.decode_tps}
+
+def memory_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Read bandwidth in GB/s: best of `repeats` sums of an fp32 tensor far larger than the caches (decode
+    streams the weights the same way), with the benchmark's thread count."""
+    x = torch.ones(nbytes // 4)
+    x.sum()  # fault the pages in
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def weight_bytes_per_token(path: Path, dtype) -> int:
+    """Bytes of weights one decode step reads: the text model less the embedding (a row gather; the tied
+    lm_head reads it whole), and only the routed experts a token uses."""
+    from qwen35.config import ModelConfig, param_count
+
+    t = ModelConfig.from_file(path).text
+    n = param_count(t) - (0 if t.tie_word_embeddings else t.vocab_size * t.hidden_size)
+    if t.is_moe:
+        routed = t.num_hidden_layers * t.num_experts * 3 * t.hidden_size * t.moe_intermediate_size
+        n -= routed * (t.num_experts - t.num_experts_per_tok) // t.num_experts
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def bench_ours(path: Path, dtype, prompt: list[int], n_decode: int, threads: int) -> dict:
+    """One request at a time through the engine: a warm-up request, then the timed one. Prefill is the
+    step that computes the prompt and samples the first token; decode is every later step."""
+    from qwen35.engine import EngineConfig, LLMEngine, SamplingParams
+
+    engine = LLMEngine(EngineConfig(model=str(path), dtype=DTYPE_NAMES[dtype], max_model_len=len(prompt) + n_decode + 1,
+                                    max_num_seqs=1, max_num_batched_tokens=max(2048, len(prompt)),
+                                    enable_prefix_caching=False, threads=threads))
+
+    def run(ids: list[int], max_tokens: int) -> list[float]:
+        engine.add_request(f"bench-{len(ids)}-{max_tokens}", ids,
+                           SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
+        steps = []
+        while engine.has_unfinished():
+            t0 = time.perf_counter()
+            engine.step()
+            steps.append(time.perf_counter() - t0)
+        return steps
+
+    run(prompt[:32], 4)  # warm-up
+    steps = run(prompt, n_decode + 1)
+    assert len(steps) == n_decode + 1, f"expected one prefill step and {n_decode} decode steps, got {len(steps)}"
+    del engine
+    return {"prefill_tps": len(prompt) / steps[0], "decode_tps": n_decode / sum(steps[1:])}
 
 
 @torch.inference_mode()
@@ -79,27 +138,32 @@ def main() -> None:
     p.add_argument("--preset", default="dense-0.8b")
     p.add_argument("--dtypes", default="bf16,fp32")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--prompt-len", type=int, default=512)
+    p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--skip-transformers", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     path = checkpoint(args)
     prompt = torch.randint(0, 200_000, (args.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
-    results: dict = {"model": str(path), "threads": args.threads, "prompt_len": args.prompt_len,
-                     "decode_tokens": args.decode_tokens}
+    cpu, bandwidth = cpu_model(), memory_bandwidth()
+    print(f"cpu: {cpu}, {args.threads} threads; memory read bandwidth {bandwidth:.1f} GB/s (fp32 sum)")
+    results: dict = {"model": str(path), "cpu": cpu, "threads": args.threads, "bandwidth_gbs": round(bandwidth, 2),
+                     "prompt_len": args.prompt_len, "decode_tokens": args.decode_tokens}
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
-        ours = bench_ours(path, dtype, prompt, args.decode_tokens)
-        print(f"qwen35       {name}: prefill {ours['prefill_tps']:8.1f} tok/s   decode {ours['decode_tps']:6.2f} tok/s")
+        ours = bench_ours(path, dtype, prompt, args.decode_tokens, args.threads)
+        wbytes = weight_bytes_per_token(path, dtype)
+        ours["mbu"] = ours["decode_tps"] * wbytes / (bandwidth * 1e9)
+        print(f"qwen35       {name}: prefill {ours['prefill_tps']:8.1f} tok/s   decode {ours['decode_tps']:6.2f} tok/s"
+              f"   MBU {ours['mbu']:.0%} ({wbytes / 1e9:.2f} GB/token)")
         row = {"qwen35": ours}
         if not args.skip_transformers:
             hf = bench_transformers(path, dtype, prompt, args.decode_tokens)
             print(f"transformers {name}: prefill {hf['prefill_tps']:8.1f} tok/s   decode {hf['decode_tps']:6.2f} tok/s")
             row["transformers"] = hf
-            row["ratio"] = {k: ours[k] / hf[k] for k in ours}
+            row["ratio"] = {k: ours[k] / hf[k] for k in ("prefill_tps", "decode_tps")}
             print(f"ratio        {name}: prefill {row['ratio']['prefill_tps']:8.2f}x        "
-                  f"decode {row['ratio']['decode_tps']:6.2f}x")
+                  f"decode {row['ratio']['decode_tps']:6.2f}x   ({cpu}, {bandwidth:.1f} GB/s)")
         results[name] = row
     print(json.dumps(results))
 

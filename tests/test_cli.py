@@ -54,3 +54,20 @@ def test_bad_arguments_are_named(args, message):
 def test_missing_model_dir_is_a_clear_error(tmp_path):
     r = qwen35("generate", "--model", str(tmp_path / "absent"), "--prompt", "x")
     assert r.returncode == 2 and "absent" in r.stderr
+
+
+def test_generate_stops_on_generation_config_eos(init_dir, tmp_path):
+    """`generate` runs through the engine's stop logic: a token listed as EOS in generation_config.json ends
+    the stream (here the first greedy token, so exactly one token is generated and none is printed)."""
+    import shutil
+
+    from qwen35.engine import LLM, SamplingParams
+
+    ckpt = shutil.copytree(init_dir, tmp_path / "ckpt")
+    first = LLM(str(ckpt), dtype="fp32", max_model_len=64).generate(
+        "Hello there", SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))[0].outputs[0].token_ids[0]
+    gen = json.loads((ckpt / "generation_config.json").read_text())
+    (ckpt / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": [first]}))
+    r = qwen35("generate", "--model", str(ckpt), "--prompt", "Hello there", "--max-tokens", "8", "--dtype", "fp32")
+    assert r.returncode == 0, r.stderr
+    assert "generated 1 tok" in r.stderr and r.stdout == "\n"

@@ -35,37 +35,55 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
+    """Stream one completion through the engine (the same path as `serve`), then a stats line on stderr."""
+    import time
 
+    from .config import ModelConfig
     from .default_model import default_model_dir
-    from .engine.sampling_params import SamplingParams
-    from .generate import GenerationStats, Generator
-    from .loading.checkpoint import load_model
-    from .tokenizer import IncrementalDetokenizer, Tokenizer
+    from .engine import EngineConfig, LLMEngine, SamplingParams
+    from .tokenizer import Tokenizer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     path = args.model
     if path is None:
         path = default_model_dir()
         print(f"[qwen35] no --model given: using the embedded default ({path}), a small RANDOM checkpoint "
               "of the real architecture. Pass --model DIR for a real Qwen3.5 checkpoint.", file=sys.stderr)
-    model, cfg = load_model(path, dtype=_dtype(args.dtype))
-    tok = Tokenizer.from_pretrained(path)
-    prompt = tok.encode(args.prompt)
-    max_len = min(cfg.text.max_position_embeddings, len(prompt) + args.max_tokens)
-    gen = Generator(model, max_len)
-    detok = IncrementalDetokenizer(tok, skip_special_tokens=True)
-    stats = GenerationStats()
-    stop = frozenset({tok.eos_token_id, tok.im_end_id})
+    # size the cache for this one request: the prompt's length is needed before the engine is built
+    context = ModelConfig.from_file(path).text.supported_length
+    prompt = Tokenizer.from_pretrained(path).encode(args.prompt)
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    if len(prompt) + args.max_tokens > context:
+        raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({args.max_tokens}) exceeds the "
+                         f"context of {context} tokens")
+    engine = LLMEngine(EngineConfig(model=str(path), dtype=args.dtype, max_model_len=len(prompt) + args.max_tokens,
+                                    max_num_seqs=1, enable_prefix_caching=False, threads=args.threads or None))
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                             seed=args.seed, max_tokens=args.max_tokens)
-    for token in gen.stream(prompt, params, stop_ids=stop, stats=stats):
-        sys.stdout.write(detok.feed(token))
+    engine.add_request("generate", prompt, params)
+    generated, prefill_s, decode_s = 0, 0.0, 0.0
+    while engine.has_unfinished():
+        t0 = time.perf_counter()
+        outs = engine.step()
+        took = time.perf_counter() - t0
+        out = outs[0].outputs[0] if outs else None
+        if generated == 0:  # prompt chunks up to and including the step that samples the first token
+            prefill_s += took
+        else:
+            decode_s += took
+        if out is None:
+            continue
+        if outs[0].error:  # the engine has logged the details
+            print(f"\nqwen35: error: generation failed: {outs[0].error}", file=sys.stderr)
+            return 1
+        generated += len(out.delta_token_ids)
+        sys.stdout.write(out.delta_text)
         sys.stdout.flush()
-    sys.stdout.write(detok.flush() + "\n")
-    print(f"[qwen35] prompt {stats.prompt_tokens} tok at {stats.prefill_tps:.1f} tok/s, "
-          f"generated {stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s", file=sys.stderr)
+    sys.stdout.write("\n")
+    prefill_tps = len(prompt) / prefill_s if prefill_s else 0.0
+    decode_tps = (generated - 1) / decode_s if decode_s and generated > 1 else 0.0  # the first comes from prefill
+    print(f"[qwen35] prompt {len(prompt)} tok at {prefill_tps:.1f} tok/s, "
+          f"generated {generated} tok at {decode_tps:.1f} tok/s", file=sys.stderr)
     return 0
 
 

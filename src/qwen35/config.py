@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,15 +360,12 @@ class ModelConfig:
             raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The official multimodal layout, as shipped on the Hub."""
+        """The official multimodal layout, as shipped on the Hub, less the special token ids (image/video
+        placeholders, vision markers): those come from the tokenizer (`loading.writer` adds them)."""
         moe = self.is_moe
         d: dict[str, Any] = {
             "architectures": ["Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"],
             "model_type": "qwen3_5_moe" if moe else "qwen3_5",
-            "image_token_id": 248056,
-            "video_token_id": 248057,
-            "vision_start_token_id": 248053,
-            "vision_end_token_id": 248054,
             "tie_word_embeddings": self.text.tie_word_embeddings,
             "text_config": self.text.to_dict(moe),
         }
@@ -447,22 +445,11 @@ def preset(name: str) -> ModelConfig:
 
 
 def param_count(cfg: TextConfig) -> int:
-    """Language-model parameter count (no vision, no MTP), for sanity checks against published sizes."""
-    h = cfg.hidden_size
-    gdn = (h * cfg.linear_conv_dim + h * cfg.linear_value_dim + 2 * h * cfg.linear_num_value_heads
-           + cfg.linear_conv_dim * cfg.linear_conv_kernel_dim + 2 * cfg.linear_num_value_heads
-           + cfg.linear_value_head_dim + cfg.linear_value_dim * h)
-    attn = (h * 2 * cfg.num_attention_heads * cfg.head_dim + 2 * h * cfg.num_key_value_heads * cfg.head_dim
-            + cfg.num_attention_heads * cfg.head_dim * h + 2 * cfg.head_dim)
-    if cfg.is_moe:
-        ffn = (cfg.num_experts * 3 * h * cfg.moe_intermediate_size + 3 * h * cfg.shared_expert_intermediate_size
-               + cfg.num_experts * h + h)
-    else:
-        ffn = 3 * h * cfg.intermediate_size
-    n_attn = len(cfg.attention_layers)
-    n_gdn = cfg.num_hidden_layers - n_attn
-    emb = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
-    return n_gdn * gdn + n_attn * attn + cfg.num_hidden_layers * (ffn + 2 * h) + emb + h
+    """Language-model parameter count (no vision, no MTP), for sanity checks against published sizes: the
+    text tensors of the checkpoint table (`loading/names.py`)."""
+    from .loading.names import text_tensors
+
+    return sum(math.prod(shape) for _, shape in text_tensors(cfg))
 
 
 __all__ = ["ConfigError", "ModelConfig", "TextConfig", "VisionConfig", "QuantConfig", "RopeConfig",

@@ -132,7 +132,7 @@ def test_fp8_checkpoint_layout(which, request):
 @pytest.mark.parametrize("which", ["dense", "moe"])
 def test_fp8_modules_in_place(which, dtype, request):
     path = request.getfixturevalue(f"{which}_fp8")
-    model, cfg = load_model(path, dtype=dtype, prepack=False)  # plain weights to inspect
+    model, cfg = load_model(path, dtype=dtype, fuse=False, prepack=False)  # plain weights to inspect
     assert cfg.quant is not None and cfg.quant.weight_block_size == BLOCK
     layers = model.model.layers
     gdn, attn = layers[0].linear_attn, layers[3].self_attn

@@ -26,7 +26,7 @@ class SchedulerConfig:
     block_size: int = 16
     checkpoint_every: int = 1024  # also save GDN state every this many prompt tokens (0: off)
     checkpoint_min: int = 128  # shorter prefixes are recomputed rather than saved
-    boundary_token_id: int | None = 248045  # <|im_start|>
+    boundary_token_id: int | None = None  # the tokenizer's <|im_start|> (the engine passes it); None: no turn marks
 
 
 @dataclass(eq=False)

@@ -6,6 +6,7 @@ so peak memory stays near the size of the weights in the target dtype. Shards ar
 reads, not memory-mapped: pages of a mapped shard count towards the process's resident memory until the
 shard is closed, which made an fp32 load of a bf16 checkpoint peak at 1.5x the weights.
 fp32 is kept for the tensors the numerics need (`A_log`, `dt_bias`, the GDN gated-norm weight).
+Checkpoint names are resolved by `names.map_name` (the one description of the official layout).
 Vision and MTP tensors are skipped deliberately and reported; anything else unknown, missing, or of the
 wrong shape is a `CheckpointError` naming the tensor and the file.
 """
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from ..config import ModelConfig
 from ..model.linear import FP8Linear, Linear, dequantize_fp8
 from ..model.qwen35 import Qwen35ForCausalLM
-from .names import map_name
+from .names import EXPERT_PROJS, LM_HEAD, SCALE, map_name
 
 log = logging.getLogger("qwen35.loading")
 
@@ -190,7 +191,7 @@ class _Loader:
         self.params = dict(model.named_parameters(remove_duplicate=False))
         self.expected = set(self.params)
         if cfg.text.tie_word_embeddings:
-            self.expected.discard("lm_head.weight")
+            self.expected.discard(LM_HEAD)
         self.loaded: set[str] = set()
         self.skipped: Counter[str] = Counter()
         self.expert_parts: set[tuple[str, int, str]] = set()
@@ -204,7 +205,7 @@ class _Loader:
     def _set_param(self, name: str, tensor: "_Stored", file: str) -> None:
         if name not in self.params:
             raise CheckpointError(f"unexpected tensor {name!r} in {file}")
-        if name == "lm_head.weight" and self.cfg.text.tie_word_embeddings:
+        if name == LM_HEAD and self.cfg.text.tie_word_embeddings:
             self.skipped["lm_head (tied to embed_tokens)"] += 1
             return
         shape = tuple(self.params[name].shape)
@@ -305,7 +306,7 @@ class _Loader:
                                   "block FP8 needs a 2-D weight")
         want = (-(-weight.shape[0] // block[0]), -(-weight.shape[1] // block[1]))
         if tuple(scale.shape) != want:  # checked here for experts too, where dequantize_fp8 would not notice
-            raise CheckpointError(f"tensor {weight_name + '_scale_inv'!r} in {file} has shape {tuple(scale.shape)}, "
+            raise CheckpointError(f"tensor {weight_name + SCALE!r} in {file} has shape {tuple(scale.shape)}, "
                                   f"expected {want} for weight {tuple(weight.shape)} with blocks {tuple(block)}")
         if expert is not None:  # routed experts are dequantised into the stacked tensors
             w = dequantize_fp8(weight, scale, self.cfg.quant.weight_block_size, self.dtype)
@@ -316,12 +317,12 @@ class _Loader:
     # -- the end ----------------------------------------------------------------------------------
     def finish(self) -> None:
         for name, (_, file) in self.pending_fp8.items():
-            raise CheckpointError(f"FP8 tensor {name!r} in {file} has no matching {name + '_scale_inv'!r}")
+            raise CheckpointError(f"FP8 tensor {name!r} in {file} has no matching {name + SCALE!r}")
         for name, (_, file) in self.pending_scales.items():
-            raise CheckpointError(f"tensor {name + '_scale_inv'!r} in {file} has no matching FP8 weight {name!r}")
+            raise CheckpointError(f"tensor {name + SCALE!r} in {file} has no matching FP8 weight {name!r}")
         cfg = self.cfg.text
         for stacked in {s for s, _, _ in self.expert_parts}:
-            want = {(stacked, e, p) for e in range(cfg.num_experts) for p in ("gate_proj", "up_proj", "down_proj")}
+            want = {(stacked, e, p) for e in range(cfg.num_experts) for p in EXPERT_PROJS}
             lacking = sorted(want - self.expert_parts)
             if lacking:
                 s, e, p = lacking[0]
@@ -336,10 +337,13 @@ class _Loader:
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-               progress: bool | None = None, prepack: bool = True,
-               config: ModelConfig | None = None) -> tuple[Qwen35ForCausalLM, ModelConfig]:
+               progress: bool | None = None, prepack: bool = True, config: ModelConfig | None = None,
+               fuse: bool | None = None) -> tuple[Qwen35ForCausalLM, ModelConfig]:
     """Load `path` (a checkpoint directory) as a ready-to-run model in eval mode.
+    `fuse` (CPU; default: as `prepack`): merge projections that read the same input into one matmul each.
     `prepack` (CPU): move projections to oneDNN's packed layout, the fast path for decode.
+    Both off leaves the modules exactly as the checkpoint names them (tests/loading/test_unfused_path.py
+    checks that path gives the same logits).
     `config`: use this instead of `path/config.json` (e.g. with `--hf-overrides` applied)."""
     path = Path(path)
     if not path.is_dir():
@@ -370,7 +374,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     model.model.rotary = type(model.model.rotary)(cfg.text.rope, cfg.text.rotary_dim,
                                                   cfg.text.max_position_embeddings).to(device)
     model.eval()
-    if prepack and torch.device(device).type == "cpu":
-        model.fuse()
-        model.prepack()
+    fuse = prepack if fuse is None else fuse
+    if torch.device(device).type == "cpu":
+        if fuse:
+            model.fuse()
+        if prepack:
+            model.prepack()
     return model, cfg

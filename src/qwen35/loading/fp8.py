@@ -3,9 +3,8 @@ releases (architecture.md §6.9).
 
 For each quantised linear `X.weight` [out, in] the copy holds `X.weight` as F8_E4M3 and `X.weight_scale_inv`
 as F32 [ceil(out/b0), ceil(in/b1)], with `W ≈ W_fp8 · scale_inv` blockwise (scale_inv = block amax / 448).
-Quantised: `linear_attn.{in_proj_qkv,in_proj_z,out_proj}`, `self_attn.{q,k,v,o}_proj`, the dense
-`mlp.{gate,up,down}_proj`, `mlp.shared_expert.*` and the routed experts, which are written per expert
-(`mlp.experts.{e}.{gate,up,down}_proj.weight`, the fused `gate_up_proj` [E, 2I, H] split gate rows first).
+What is quantised is `names.QUANTISED` (the text layers' big projections) plus the routed experts, which are
+written per expert (`names.split_fused_experts`: the fused `gate_up_proj` [E, 2I, H] split gate rows first).
 Everything else (embeddings, lm_head, norms, conv1d, A_log, dt_bias, in_proj_a/b, the router `mlp.gate`,
 `shared_expert_gate`, the vision tower and the MTP head) is copied unchanged.
 
@@ -16,7 +15,6 @@ near the size of one source shard.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -24,18 +22,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448.0
+from .names import SCALE, is_quantised, split_fused_experts
 
-# a text-decoder layer tensor (official `model.language_model.` or text-only `model.` prefix)
-_LAYER = re.compile(r"^(?:model\.language_model\.|model\.)layers\.\d+\.")
-_QUANTISED = re.compile(
-    r"\.(?:linear_attn\.(?:in_proj_qkv|in_proj_z|out_proj)"
-    r"|self_attn\.(?:q_proj|k_proj|v_proj|o_proj)"
-    r"|mlp\.(?:gate_proj|up_proj|down_proj)"
-    r"|mlp\.shared_expert\.(?:gate_proj|up_proj|down_proj)"
-    r"|mlp\.experts\.\d+\.(?:gate_proj|up_proj|down_proj))\.weight$"
-)
-_FUSED = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448.0
 
 
 def quantize_block_fp8(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,31 +44,17 @@ def quantize_block_fp8(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> 
     return q, scale.contiguous()
 
 
-def is_quantised(name: str) -> bool:
-    """Whether checkpoint tensor `name` is stored as block FP8 in an official FP8 release."""
-    return bool(_LAYER.match(name)) and bool(_QUANTISED.search(name))
-
-
 def _convert(name: str, tensor: torch.Tensor, block: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """The output tensors for one source tensor."""
-    m = _FUSED.match(name)
-    if m and _LAYER.match(name) and tensor.dim() == 3:
-        stem, kind = m.groups()
+    """The output tensors for one source tensor: fused experts split per expert, then quantised."""
+    experts = split_fused_experts(name, tensor)
+    if experts is not None:
         out: dict[str, torch.Tensor] = {}
-        if kind == "gate_up_proj":  # [E, 2I, H], gate rows first
-            inter = tensor.shape[1] // 2
-            parts = (("gate_proj", slice(0, inter)), ("up_proj", slice(inter, 2 * inter)))
-        else:  # down_proj [E, H, I]
-            parts = (("down_proj", slice(None)),)
-        for e in range(tensor.shape[0]):
-            for proj, rows in parts:
-                q, s = quantize_block_fp8(tensor[e, rows], block)
-                out[f"{stem}.{e}.{proj}.weight"] = q
-                out[f"{stem}.{e}.{proj}.weight_scale_inv"] = s
+        for key, w in experts.items():
+            out[key], out[key + SCALE] = quantize_block_fp8(w, block)
         return out
     if tensor.dim() == 2 and is_quantised(name):
         q, s = quantize_block_fp8(tensor, block)
-        return {name: q, name + "_scale_inv": s}
+        return {name: q, name + SCALE: s}
     return {name: tensor}
 
 
