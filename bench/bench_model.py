@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_model, memory_bandwidth  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -38,37 +39,6 @@ def checkpoint(args) -> Path:
         print(f"writing a random {args.preset} checkpoint to {path} ...", file=sys.stderr)
         write_random_checkpoint(preset(args.preset), path, seed=0, tokenizer=False)
     return path
-
-
-def cpu_model() -> str:
-    """`lscpu`'s Model name (or /proc/cpuinfo's), for reading numbers across machines."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def memory_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
-    """Read bandwidth in GB/s: best of `repeats` sums of an fp32 tensor far larger than the caches (decode
-    streams the weights the same way), with the benchmark's thread count."""
-    x = torch.ones(nbytes // 4)
-    x.sum()  # fault the pages in
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return nbytes / best / 1e9
 
 
 def weight_bytes_per_token(path: Path, dtype) -> int:

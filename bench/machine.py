@@ -3,35 +3,45 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 import time
 from pathlib import Path
 
 
 def cpu_model() -> str:
+    """`lscpu`'s Model name (or /proc/cpuinfo's), for reading numbers across machines."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return platform.processor() or "unknown"
 
 
-def read_bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
-    """Single-process read bandwidth (GB/s): the best of `repeats` sums over a `mib` MiB fp32 tensor."""
+def memory_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Read bandwidth in GB/s: best of `repeats` sums of an fp32 tensor far larger than the caches (decode
+    streams the weights the same way), with the benchmark's thread count."""
     import torch
 
-    x = torch.ones(mib << 18)  # mib MiB of fp32
-    x.sum()
+    x = torch.ones(nbytes // 4)
+    x.sum()  # fault the pages in
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         x.sum()
         best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best / 1e9
+    return nbytes / best / 1e9
 
 
 def describe() -> str:
     import torch
 
-    return f"{cpu_model()}, {torch.get_num_threads()} torch threads, read bandwidth {read_bandwidth_gbs():.1f} GB/s"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads, read bandwidth {memory_bandwidth():.1f} GB/s"
