@@ -377,7 +377,7 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Presets: every published shape (architecture.md §1.5) plus tiny ones for tests.
+# Presets: every published shape (docs/MODEL.md §1) plus tiny ones for tests.
 
 _SMALL_VIT = VisionConfig(depth=12, hidden_size=768, num_heads=12, intermediate_size=3072)
 _MEDIUM_VIT = VisionConfig(depth=24, hidden_size=1024, num_heads=16, intermediate_size=4096)

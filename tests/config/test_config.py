@@ -8,7 +8,7 @@ import pytest
 
 from qwen35.config import PRESETS, ConfigError, ModelConfig, param_count, preset
 
-OFFICIAL_08B_TEXT = {  # shape of the official Qwen3.5-0.8B text_config (architecture.md §1.5)
+OFFICIAL_08B_TEXT = {  # shape of the official Qwen3.5-0.8B text_config (docs/MODEL.md §1)
     "model_type": "qwen3_5_text", "vocab_size": 248320, "hidden_size": 1024, "num_hidden_layers": 24,
     "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256, "intermediate_size": 3584,
     "linear_num_key_heads": 16, "linear_num_value_heads": 16, "linear_key_head_dim": 128,

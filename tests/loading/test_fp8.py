@@ -1,4 +1,4 @@
-"""Block-FP8 checkpoints (architecture.md §6.9): `quantize_checkpoint_fp8` writes the official FP8 layout,
+"""Block-FP8 checkpoints (docs/MODEL.md §7): `quantize_checkpoint_fp8` writes the official FP8 layout,
 `load_model` keeps those linears in FP8 (`FP8Linear`) and dequantises per-expert FP8 routed experts into the
 stacked expert tensors.
 

@@ -1,5 +1,5 @@
 """Block-FP8 quantisation of a BF16/FP32 checkpoint, in the layout of the official `Qwen/Qwen3.5-*-FP8`
-releases (architecture.md §6.9).
+releases (docs/MODEL.md §7).
 
 For each quantised linear `X.weight` [out, in] the copy holds `X.weight` as F8_E4M3 and `X.weight_scale_inv`
 as F32 [ceil(out/b0), ceil(in/b1)], with `W ≈ W_fp8 · scale_inv` blockwise (scale_inv = block amax / 448).

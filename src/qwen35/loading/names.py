@@ -1,4 +1,4 @@
-"""The official Hugging Face layout of Qwen3.5 checkpoints (architecture.md §6), described once.
+"""The official Hugging Face layout of Qwen3.5 checkpoints (docs/MODEL.md §7), described once.
 
 The loader (`map_name`), the writer (`checkpoint_tensors`), the FP8 quantiser (`is_quantised`,
 `split_fused_experts`) and the parameter count (`config.param_count`) all read this module.
