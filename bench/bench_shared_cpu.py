@@ -59,6 +59,40 @@ def bandwidth_gbs() -> float:
     return x.numel() * 4 / statistics.median(times) / 1e9
 
 
+REGION = """
+import sys, time
+if sys.argv[1] == "default":
+    sys.path.insert(0, sys.argv[2])
+    import qwen35  # noqa: F401 - runtime.py's environment, before torch loads libgomp
+import torch
+torch.set_num_threads(2)
+x = torch.ones(1 << 17)  # above the parallel grain size: each add_ is one 2-thread OpenMP region
+for _ in range(200): x.add_(1)
+ts = []
+for _ in range(7):
+    t0 = time.perf_counter()
+    for _ in range(2000): x.add_(1)
+    ts.append((time.perf_counter() - t0) / 2000)
+print(sorted(ts)[3] * 1e6)
+"""
+
+
+def region_cost_us(policy: str) -> float:
+    """Time of one small 2-thread parallel region (fork, a 0.5 MB add, join) under a policy's environment."""
+    out = subprocess.run([sys.executable, "-c", REGION, policy, SRC], env=policy_env(policy), capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout)
+
+
+def policy_env(policy: str) -> dict:
+    """The user's environment; for `old`, without any wait-policy variable (libgomp's default)."""
+    env = dict(USER_ENV)
+    if policy == "old":
+        for v in WAIT_VARS:
+            env.pop(v, None)
+    return env
+
+
 # ---- worker (one policy, one process) ------------------------------------------------------------------------
 
 def worker(args) -> None:
@@ -110,10 +144,7 @@ def worker(args) -> None:
 # ---- driver --------------------------------------------------------------------------------------------------
 
 def run_worker(args, policy: str) -> dict:
-    env = dict(USER_ENV)
-    if policy == "old":
-        for v in WAIT_VARS:
-            env.pop(v, None)
+    env = policy_env(policy)
     cmd = [sys.executable, __file__, "--worker", policy, "--model", str(args.model), "--dtype", args.dtype,
            "--hogs", ",".join(map(str, args.hogs)), "--seconds", str(args.seconds)]
     if args.threads:
@@ -148,6 +179,9 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     print(f"CPU: {cpu_model()}, {cores} cores available; load average {os.getloadavg()[0]:.2f}")
     print(f"memory bandwidth (1 GiB fp32 sum): {bandwidth_gbs():.1f} GB/s")
+    regions = {pol: statistics.median(region_cost_us(pol) for _ in range(3)) for pol in ("old", "default")}
+    print("one 2-thread parallel region (fork, small add, join): "
+          + ", ".join(f"{pol} {us:.1f} us" for pol, us in regions.items()))
     results: dict[tuple, list[float]] = {}
     meta = {}
     for rep in range(args.reps):
@@ -171,7 +205,8 @@ def main() -> None:
                       "vs_idle": round(med / idle, 3), "runs": [round(v, 3) for v in vals]})
         print(f"{policy:8} {threads:7d} {hogs:4d} {med:7.2f} {med / idle:7.2f}")
     print(json.dumps({"bench": "shared_cpu", "cpu": cpu_model(), "cores": cores, "model": str(args.model),
-                      "seconds": args.seconds, "reps": args.reps, "policies": meta, "rows": table}))
+                      "seconds": args.seconds, "reps": args.reps, "policies": meta,
+                      "region_us": {k: round(v, 1) for k, v in regions.items()}, "rows": table}))
 
 
 if __name__ == "__main__":
