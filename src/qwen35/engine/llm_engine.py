@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .. import runtime
 from ..config import ModelConfig
 from ..loading.checkpoint import load_model
 from ..tokenizer import Tokenizer
@@ -74,8 +75,7 @@ class _Parent:
 
 class LLMEngine:
     def __init__(self, cfg: EngineConfig) -> None:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        runtime.setup(cfg.threads)  # threads, flush-to-zero on every compute thread
         self.cfg = cfg
         config = ModelConfig.from_dict(cfg.hf_config) if cfg.hf_config is not None else None
         self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device, config=config)

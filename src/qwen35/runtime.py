@@ -1,0 +1,122 @@
+"""Process-wide CPU runtime: OpenMP wait policy, torch thread count, flush-to-zero for denormal floats.
+
+A decode step is ~2,000 small torch ops, each an OpenMP parallel region ending in a barrier. With libgomp's
+default wait policy a thread that reaches the barrier first spins (300k iterations) before it sleeps; when
+another process holds a core, the spinning thread burns the time slice the descheduled thread needs, and
+every region waits a scheduler tick. Measured on 2 cores with one competing busy process: 2-thread decode
+fell ~10x. `OMP_WAIT_POLICY=PASSIVE` (waiting threads sleep at once) keeps it proportional, at no measurable
+cost when the machine is idle (docs/LOG.md has the numbers; `bench/bench_shared_cpu.py` re-measures).
+
+Two entry points:
+- `configure_env()` runs at `import qwen35`, before torch loads libgomp, which reads its environment once,
+  when it is loaded. It only fills in variables the user has not set. If torch was imported first, the
+  defaults come too late for this process (`setup()` reports it) but still reach child processes.
+- `setup(threads)` runs when an engine starts; calling it again is harmless. It sets the torch thread count
+  (an explicit count, else the user's OMP_NUM_THREADS, else torch's default of one per core) and turns on
+  flush-to-zero/denormals-are-zero (FTZ/DAZ) on the calling thread *and* on its OpenMP worker threads.
+  FTZ is per thread (MXCSR): `torch.set_flush_denormal` sets only the caller's, so workers started earlier
+  keep computing with denormals (>10x slower per op); threads started later inherit the caller's mode.
+  `QWEN35_FLUSH_DENORMAL=0` leaves the floating-point mode alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import threading
+
+log = logging.getLogger("qwen35.runtime")
+
+# Any of these set by the user means the user chose the wait policy (GOMP_SPINCOUNT: libgomp, KMP_BLOCKTIME:
+# Intel's libiomp5); we then set none of them.
+WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+WAIT_POLICY_DEFAULT = "PASSIVE"
+_lock = threading.Lock()
+_late: list[str] = []  # variables configure_env set after torch (and its OpenMP runtime) had loaded
+
+
+def configure_env(environ: dict | None = None) -> dict[str, str]:
+    """Fill in the OpenMP wait policy unless the user set one; returns what was set. Call before `import torch`."""
+    env = os.environ if environ is None else environ
+    set_now: dict[str, str] = {}
+    if not any(v in env for v in WAIT_VARS):
+        env["OMP_WAIT_POLICY"] = set_now["OMP_WAIT_POLICY"] = WAIT_POLICY_DEFAULT
+    if environ is None and set_now and "torch" in sys.modules:
+        _late.extend(set_now)
+    return set_now
+
+
+def setup(threads: int | None = None) -> dict:
+    """Threads and FTZ/DAZ for the calling thread and its OpenMP team; returns a summary (see `info`)."""
+    import torch
+
+    with _lock:
+        if threads:
+            torch.set_num_threads(threads)
+        ftz = os.environ.get("QWEN35_FLUSH_DENORMAL", "1") != "0"
+        if ftz:
+            torch.set_flush_denormal(True)
+            _on_openmp_team(lambda: torch.set_flush_denormal(True), torch.get_num_threads())
+        info = runtime_info()
+        if info["wait_policy"] and not info["wait_policy_applied"]:
+            log.info("torch was imported before qwen35: OMP_WAIT_POLICY=%s does not apply to this process",
+                     info["wait_policy"])
+        return info
+
+
+def runtime_info() -> dict:
+    """Thread count, wait policy (and whether libgomp saw it), and whether denormals are flushed."""
+    import torch
+
+    return {"threads": torch.get_num_threads(),
+            "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "wait_policy_applied": "OMP_WAIT_POLICY" not in _late,
+            "denormals_flushed": denormals_flushed()}
+
+
+def denormals_flushed() -> bool:
+    """True if a denormal times 1 is 0 on this thread and on every thread of its OpenMP team (no timing)."""
+    import torch
+
+    n = max(1, torch.get_num_threads()) * 65536  # above the parallel grain size: every thread gets a share
+    x = torch.full((n,), 0x000AE398, dtype=torch.int32).view(torch.float32)  # 1e-39, made from bits
+    return not bool((x * 1.0).view(torch.int32).any())  # compare bits: DAZ would hide a denormal
+
+
+def _openmp_library() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch loaded (libgomp, or libiomp5, which exports the same GOMP_ entry points)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libgomp" in line or "libiomp5" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: dlopen returns the same handle
+            lib.GOMP_parallel  # noqa: B018 - checks the symbol exists
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _on_openmp_team(fn, num_threads: int) -> int:
+    """Run `fn()` once on each thread of the caller's OpenMP team (created now if needed); returns how many ran."""
+    lib = _openmp_library()
+    if lib is None:
+        log.info("no OpenMP runtime found; flush-to-zero is set on the calling thread only")
+        return 0
+    ran = []
+    callback_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+    def each(_data):  # runs on an OpenMP thread; ctypes takes the GIL for it
+        fn()
+        ran.append(threading.get_native_id())
+
+    callback = callback_type(each)
+    lib.GOMP_parallel.argtypes = [callback_type, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    lib.GOMP_parallel.restype = None
+    lib.GOMP_parallel(callback, None, num_threads, 0)  # CDLL releases the GIL, so the workers can take it
+    return len(ran)

@@ -1,0 +1,93 @@
+"""CPU runtime setup (runtime.py): env defaults that respect the user, idempotent setup, FTZ on every thread.
+
+No timing: flush-to-zero is checked by its effect (a denormal times 1 is 0 on each OpenMP thread's share).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwen35 import runtime
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture
+def threads_restored():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+    runtime.setup()  # leave FTZ on the team, as an engine would
+
+
+def test_env_default_fills_only_unset_wait_policy():
+    env: dict = {}
+    assert runtime.configure_env(env) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert runtime.configure_env(env) == {}  # idempotent
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "100000"}, {"KMP_BLOCKTIME": "200"}):
+        env = dict(user)
+        assert runtime.configure_env(env) == {}
+        assert env == user
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE"])
+def test_import_sets_policy_before_torch_loads(user):
+    env = {k: v for k, v in os.environ.items() if k not in runtime.WAIT_VARS}
+    env["PYTHONPATH"] = SRC
+    if user:
+        env["OMP_WAIT_POLICY"] = user
+    code = "import os, sys, qwen35; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [user or "PASSIVE", "False"]  # and `import qwen35` did not load torch
+
+
+def test_setup_is_idempotent_and_keeps_thread_count_unless_given(threads_restored):
+    torch.set_num_threads(1)
+    first = runtime.setup()
+    assert first == runtime.setup()
+    assert first["threads"] == 1 and first["denormals_flushed"]
+    assert runtime.setup(2)["threads"] == 2
+    assert runtime.setup(None)["threads"] == 2
+
+
+def test_ftz_reaches_openmp_workers_started_before_setup(threads_restored):
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(False)
+    _on_all_threads(False)
+    torch.ones(1 << 20).add_(1)  # the OpenMP team exists now, started without FTZ
+    assert not runtime.denormals_flushed()
+    torch.set_flush_denormal(True)  # what torch offers: the calling thread only
+    assert not runtime.denormals_flushed()
+    assert runtime.setup()["denormals_flushed"]
+
+
+def test_opt_out_leaves_float_mode(threads_restored, monkeypatch):
+    torch.set_flush_denormal(False)
+    monkeypatch.setenv("QWEN35_FLUSH_DENORMAL", "0")
+    assert not runtime.setup()["denormals_flushed"]
+
+
+def test_engine_start_flushes_denormals_on_its_threads(tiny_ckpt, threads_restored):
+    from qwen35.engine import LLM
+
+    torch.set_flush_denormal(False)
+    _on_all_threads(False)
+    LLM(str(tiny_ckpt), dtype="float32", max_model_len=64, max_num_seqs=1, kv_cache_memory=16 << 20, threads=2)
+    assert torch.get_num_threads() == 2 and runtime.denormals_flushed()
+    seen = []  # a thread started afterwards (AsyncLLM's engine thread) inherits the mode, and so does its team
+    t = threading.Thread(target=lambda: seen.append(runtime.denormals_flushed()))
+    t.start()
+    t.join()
+    assert seen == [True]
+
+
+def _on_all_threads(on: bool) -> None:
+    assert runtime._on_openmp_team(lambda: torch.set_flush_denormal(on), torch.get_num_threads()) >= 1
