@@ -142,11 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.serve import serve
 
     try:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        return serve(args)
+        return serve(args)  # --threads reaches the engine through EngineConfig (runtime.setup)
     except (ConfigError, CheckpointError, ValueError, OSError) as e:
         one_line = " ".join(str(e).split())
         print(f"qwen35 serve: error: {one_line}", file=sys.stderr)
