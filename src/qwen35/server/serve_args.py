@@ -18,7 +18,7 @@ DEFAULT_MAX_MODEL_LEN = 8192  # the engine's default cap when --max-model-len is
 REASONING_PARSERS = ("qwen3",)
 TOOL_PARSERS = ("qwen3_coder", "qwen3_xml")
 EMBEDDED_NAME = "qwen35-default-random"
-ENGINE_PROCESS = False  # the engine's default home: chosen by bench/bench_serving.py (docs/LOG.md)
+ENGINE_PROCESS = True  # the engine's default home: chosen by bench/bench_serving.py (docs/LOG.md)
 MTP_ERROR = "MTP speculative decoding is not implemented yet"
 
 # dest -> (the flag as users write it, why it changes nothing here)
