@@ -81,12 +81,21 @@ def test_engine_start_flushes_denormals_on_its_threads(tiny_ckpt, threads_restor
     torch.set_flush_denormal(False)
     _on_all_threads(False)
     LLM(str(tiny_ckpt), dtype="float32", max_model_len=64, max_num_seqs=1, kv_cache_memory=16 << 20, threads=2)
-    assert torch.get_num_threads() == 2 and runtime.denormals_flushed()
-    seen = []  # a thread started afterwards (AsyncLLM's engine thread) inherits the mode, and so does its team
-    t = threading.Thread(target=lambda: seen.append(runtime.denormals_flushed()))
+    assert torch.get_num_threads() == 2
+    tiny = float("5e-324")
+    assert tiny > 0 and not runtime.denormals_flushed()  # Python floats on the caller keep IEEE semantics
+    with runtime.flush_denormals():  # what LLMEngine.step does around the model
+        assert runtime.denormals_flushed()
+    seen = []  # a thread started afterwards (AsyncLLM's engine thread) gets the same inside its steps
+    t = threading.Thread(target=lambda: seen.append((float("5e-324") > 0, _flushed_in_step())))
     t.start()
     t.join()
-    assert seen == [True]
+    assert seen == [(True, True)]
+
+
+def _flushed_in_step() -> bool:
+    with runtime.flush_denormals():
+        return runtime.denormals_flushed()
 
 
 def _on_all_threads(on: bool) -> None:

@@ -13,14 +13,18 @@ Two entry points:
   defaults come too late for this process (`setup()` reports it) but still reach child processes.
 - `setup(threads)` runs when an engine starts; calling it again is harmless. It sets the torch thread count
   (an explicit count, else the user's OMP_NUM_THREADS, else torch's default of one per core) and turns on
-  flush-to-zero/denormals-are-zero (FTZ/DAZ) on the calling thread *and* on its OpenMP worker threads.
+  flush-to-zero/denormals-are-zero (FTZ/DAZ) on the OpenMP worker threads, which only ever run torch ops.
   FTZ is per thread (MXCSR): `torch.set_flush_denormal` sets only the caller's, so workers started earlier
-  keep computing with denormals (>10x slower per op); threads started later inherit the caller's mode.
+  keep computing with denormals (>10x slower per op).
+- `flush_denormals()` turns FTZ/DAZ on for the calling thread while the model computes (`LLMEngine.step`).
+  Not for longer: with DAZ on, Python's own float arithmetic on that thread (and on threads it starts, which
+  inherit its mode) reads denormals as zero, so a request's `top_p: 5e-324` would fail `top_p > 0`.
   `QWEN35_FLUSH_DENORMAL=0` leaves the floating-point mode alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -55,10 +59,9 @@ def setup(threads: int | None = None) -> dict:
     with _lock:
         if threads:
             torch.set_num_threads(threads)
-        ftz = os.environ.get("QWEN35_FLUSH_DENORMAL", "1") != "0"
-        if ftz:
-            torch.set_flush_denormal(True)
+        if _ftz_wanted():
             _on_openmp_team(lambda: torch.set_flush_denormal(True), torch.get_num_threads())
+            torch.set_flush_denormal(False)  # the caller (a member of its team) keeps IEEE semantics
         info = runtime_info()
         if info["wait_policy"] and not info["wait_policy_applied"]:
             log.info("torch was imported before qwen35: OMP_WAIT_POLICY=%s does not apply to this process",
@@ -67,13 +70,34 @@ def setup(threads: int | None = None) -> dict:
 
 
 def runtime_info() -> dict:
-    """Thread count, wait policy (and whether libgomp saw it), and whether denormals are flushed."""
+    """Thread count, wait policy (and whether libgomp saw it), and whether model compute flushes denormals."""
     import torch
 
+    with flush_denormals():
+        flushed = denormals_flushed()
     return {"threads": torch.get_num_threads(),
             "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "wait_policy_applied": "OMP_WAIT_POLICY" not in _late,
-            "denormals_flushed": denormals_flushed()}
+            "denormals_flushed": flushed}
+
+
+def _ftz_wanted() -> bool:
+    return os.environ.get("QWEN35_FLUSH_DENORMAL", "1") != "0"
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """FTZ/DAZ on the calling thread for the block (model compute); IEEE semantics again afterwards."""
+    if not _ftz_wanted():
+        yield
+        return
+    import torch
+
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def denormals_flushed() -> bool:

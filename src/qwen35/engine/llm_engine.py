@@ -169,8 +169,13 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     # -- one step -----------------------------------------------------------------------------------
-    @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
+        """Schedule, run the model and sample once; outputs of the requests that moved."""
+        with runtime.flush_denormals():  # FTZ/DAZ for the compute only: see runtime.py
+            return self._step()
+
+    @torch.inference_mode()
+    def _step(self) -> list[RequestOutput]:
         sched = self.scheduler.schedule()
         if not sched.seqs:
             return []
