@@ -1,42 +1,144 @@
-"""Causal attention over the paged K/V cache, for a packed batch of sequences.
+"""Causal GQA attention over the paged K/V cache, for a packed batch of sequences.
 
 Queries are the step's new tokens; keys are every cached position of the same sequence (the new ones were
-written to the cache just before). GQA is handled by SDPA's `enable_gqa`, so K/V heads are not repeated.
+written to the cache just before). Paths:
+
+- one fresh prompt (nothing cached): plain causal SDPA over the new K/V (O(T) memory on CPU);
+- otherwise, flash-decoding over the block table: the queries are regrouped into tiles of one sequence each
+  (`plan_query_tiles`: decode rows in one group, prompt chunks in another, so a decode row is never padded to a
+  chunk's length), and a loop over key tiles gathers K/V blocks for all tiles at once and keeps an online
+  softmax (running max, running sum, rescaled fp32 accumulator). Memory per step is
+  O(tiles x query rows x key tile), never O(context); there is no Python loop over sequences.
+
+GQA never repeats K/V: the `rep = Hq / Hkv` query heads of one K/V head are folded into the query rows
+(`[W, Hkv, rep * Qt, D]`). `paged_attention_ref` is the per-sequence fp32 reference the tests compare against.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from ..model.batch import ForwardBatch
+    from .batch import ForwardBatch, QueryTiles
+
+Q_TILE = 128  # query rows per tile when a step's prompt chunks are too ragged to pad to the longest one
+SCORE_BUDGET = 1 << 24  # fp32 scores (and K/V elements) per key tile: 64 MiB
+MAX_KEY_TILE = 4096  # keys per tile
+
+
+def plan_query_tiles(query_lens: np.ndarray, context_lens: np.ndarray,
+                     query_start_loc: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Host-side grouping of the packed query rows into tiles of one sequence each (numpy, no torch).
+
+    Returns up to two groups (decode rows, then prompt chunks), each `(rows [W, Qt], positions [W, Qt],
+    seqs [W])`: packed row (N = padding), cache position (-1 = padding) and batch row of every tile. Chunks are
+    padded to the longest chunk when that at most doubles the rows, else cut into `Q_TILE`-row tiles."""
+    N = int(query_start_loc[-1])
+    groups = []
+    dec = np.flatnonzero(query_lens == 1)
+    if dec.size:
+        groups.append((query_start_loc[dec][:, None], context_lens[dec][:, None], dec))
+    pre = np.flatnonzero(query_lens > 1)
+    if pre.size:
+        lens = query_lens[pre]
+        longest = int(lens.max())
+        qt = longest if pre.size * longest <= 2 * int(lens.sum()) else min(Q_TILE, longest)
+        ntiles = -(-lens // qt)
+        seqs = np.repeat(pre, ntiles)  # [W]
+        first = np.repeat(np.cumsum(ntiles) - ntiles, ntiles)  # tile index of each sequence's first tile
+        off = (np.arange(seqs.size) - first)[:, None] * qt + np.arange(qt)[None, :]  # [W, Qt] row in the chunk
+        valid = off < query_lens[seqs][:, None]
+        rows = np.where(valid, query_start_loc[seqs][:, None] + off, N)
+        groups.append((rows, np.where(valid, context_lens[seqs][:, None] + off, -1), seqs))
+    return groups
 
 
 def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, batch: "ForwardBatch", scale: float) -> torch.Tensor:
     """q: [N, Hq, D]; k_new, v_new: [N, Hkv, D] (already stored in the cache);
-    k_cache, v_cache: [rows, Hkv, D]. Returns [N, Hq, D]."""
+    k_cache, v_cache: [rows, Hkv, D] (rows = blocks * block_size). Returns [N, Hq, D] in q's dtype."""
     if batch.fresh_single:  # one prompt from scratch: the new K/V are the whole context
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1)[None], k_new.transpose(0, 1)[None], v_new.transpose(0, 1)[None],
             is_causal=True, scale=scale, enable_gqa=True)
         return out[0].transpose(0, 1)
-    qp = batch.to_padded(q).transpose(1, 2)  # [B, Hq, T, D]
-    k = k_cache[batch.kv_index].transpose(1, 2)  # [B, Hkv, L, D]
-    v = v_cache[batch.kv_index].transpose(1, 2)
-    out = F.scaled_dot_product_attention(qp, k, v, attn_mask=batch.attn_mask[:, None], scale=scale,
-                                         enable_gqa=True)
-    return batch.to_packed(out.transpose(1, 2))
+    return paged_attention_tiled(q, k_cache, v_cache, batch, scale)
+
+
+def paged_attention_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          batch: "ForwardBatch", scale: float) -> torch.Tensor:
+    """The block-table path for any batch (shapes as in `paged_attention`)."""
+    N, Hq, D = q.shape
+    qx = torch.cat([q, q.new_zeros(1, Hq, D)])  # row N: what padding query rows read
+    out = q.new_empty(N + 1, Hq, D)  # row N: where padding rows are written, then dropped
+    for tiles in batch.query_tiles:
+        o = _attend(qx, k_cache, v_cache, tiles, batch.block_tables, batch.block_size, scale)  # [W, Qt, Hq, D]
+        out[tiles.rows.reshape(-1)] = o.reshape(-1, Hq, D).to(q.dtype)
+    return out[:N]
+
+
+def _attend(qx: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: "QueryTiles",
+            block_tables: torch.Tensor, bs: int, scale: float) -> torch.Tensor:
+    """Online-softmax attention of one tile group over its sequences' blocks. Returns fp32 [W, Qt, Hq, D]."""
+    # W = query tiles, Qt = rows per tile, R = query heads per K/V head, n = keys in the current key tile
+    W, Qt = tiles.rows.shape
+    Hq, D = qx.shape[1:]
+    Hkv = k_cache.shape[1]
+    R = Hq // Hkv
+    q = qx[tiles.rows].view(W, Qt, Hkv, R, D).permute(0, 2, 3, 1, 4).reshape(W, Hkv, R * Qt, D).float() * scale
+    q_pos = tiles.positions.repeat(1, R)[:, None, :, None]  # [W, 1, R*Qt, 1], rows ordered (r, t)
+    tables = block_tables.index_select(0, tiles.seqs)  # [W, blocks]
+    per_key = W * max(Hq * Qt, Hkv * D)
+    tile = min(MAX_KEY_TILE, max(bs, SCORE_BUDGET // per_key // bs * bs), -(-tiles.max_kv_len // bs) * bs)
+    key_off = torch.arange(tile, device=q.device)
+    in_block = key_off[:bs]
+    m = q.new_full((W, Hkv, R * Qt, 1), float("-inf"))  # running max
+    l = q.new_zeros(W, Hkv, R * Qt, 1)  # running sum of exp(s - m)
+    acc = q.new_zeros(W, Hkv, R * Qt, D)
+    for j0 in range(0, tiles.max_kv_len, tile):
+        b0 = j0 // bs
+        blocks = tables[:, b0:b0 + tile // bs]  # [W, n / bs]
+        n = blocks.shape[1] * bs
+        rows = (blocks[:, :, None] * bs + in_block).reshape(W, n)
+        k = k_cache[rows].float().permute(0, 2, 3, 1)  # [W, Hkv, D, n]
+        v = v_cache[rows].float().transpose(1, 2)  # [W, Hkv, n, D]
+        s = torch.matmul(q, k)  # [W, Hkv, R*Qt, n]
+        s.masked_fill_(key_off[:n] + j0 > q_pos, float("-inf"))  # causal, and keys past the sequence
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+        m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)  # rows that have seen no key yet
+        p = s.sub_(m_safe).exp_()
+        alpha = (m - m_safe).exp_()
+        l.mul_(alpha).add_(p.sum(-1, keepdim=True))
+        acc.mul_(alpha).add_(torch.matmul(p, v))
+        m = m_new
+    out = acc / l.clamp_min(torch.finfo(torch.float32).tiny)  # padding rows: 0 / tiny = 0
+    return out.view(W, Hkv, R, Qt, D).permute(0, 3, 1, 2, 4).reshape(W, Qt, Hq, D)
+
+
+def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        batch: "ForwardBatch", scale: float) -> torch.Tensor:
+    """Reference: per sequence, gather its whole context from the block table and run `attention_ref`."""
+    bs = batch.block_size
+    out = torch.empty_like(q)
+    starts, ctx = batch.query_start_loc.tolist(), batch.context_lens.tolist()
+    for b, c in enumerate(ctx):
+        a, e = starts[b], starts[b + 1]
+        L = c + e - a
+        rows = (batch.block_tables[b, :-(-L // bs), None] * bs + torch.arange(bs, device=q.device)).reshape(-1)[:L]
+        out[a:e] = attention_ref(q[a:e], k_cache[rows], v_cache[rows], scale)
+    return out
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Reference causal GQA attention for one sequence, fp32. q: [T, Hq, D]; k, v: [T, Hkv, D]."""
+    """Reference causal GQA attention for one sequence, fp32. q: [T, Hq, D]; k, v: [L, Hkv, D] with L >= T:
+    query t sits at position L - T + t and sees keys 0 .. L - T + t."""
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     s = torch.einsum("thd,shd->hts", q.float(), k.float()) * scale
-    T = q.shape[0]
-    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    T, L = q.shape[0], k.shape[0]
+    s = s.masked_fill(torch.ones(T, L, dtype=torch.bool, device=q.device).triu(L - T + 1), float("-inf"))
     return torch.einsum("hts,shd->thd", s.softmax(-1), v.float()).to(q.dtype)
