@@ -1,5 +1,6 @@
-"""Paged attention (fresh-prompt SDPA and the tiled online-softmax path) against the per-sequence fp32 reference,
-on ragged batches over shuffled (non-contiguous) block tables."""
+"""Paged attention against the per-sequence fp32 reference on ragged batches over shuffled (non-contiguous) block
+tables: the dispatching op (fresh-prompt SDPA or tiles), and each tiled kernel forced (CPU flash + log-sum-exp
+merge, explicit online softmax)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ SHAPES = {
     "mixed": [(5, 1), (0, 33), (4100, 1), (700, 129), (2, 2), (64, 1)],
     "ragged-chunks": [(10, 400), (3000, 2), (0, 3), (17, 1)],
 }
+IMPLS = ["flash_cpu", "online"]
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-5), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}  # bf16: ~1 ulp
 
 
@@ -59,19 +61,21 @@ def test_paged_attention_matches_reference(name, dtype):
     q, k_cache, v_cache, batch = _case(SHAPES[name], dtype)
     want = paged_attention_ref(q, k_cache, v_cache, batch, D ** -0.5)
     got = paged_attention(q, *_new_kv(k_cache, v_cache, batch), k_cache, v_cache, batch, D ** -0.5)
-    tiled = paged_attention_tiled(q, k_cache, v_cache, batch, D ** -0.5)
     assert got.dtype == dtype and got.shape == q.shape
     _close(got, want)
-    _close(tiled, want)
+    for impl in IMPLS:
+        _close(paged_attention_tiled(q, k_cache, v_cache, batch, D ** -0.5, impl=impl), want)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("budget", [1 << 12, 1 << 16], ids=["tiny-tiles", "small-tiles"])
-def test_tile_boundaries_do_not_matter(budget, monkeypatch):
+def test_tile_boundaries_do_not_matter(budget, dtype, impl, monkeypatch):
     """Small score budgets force key tiles of one or a few blocks, not aligned with sequence ends."""
-    q, k_cache, v_cache, batch = _case(SHAPES["mixed"], torch.float32, seed=3)
+    q, k_cache, v_cache, batch = _case(SHAPES["mixed"], dtype, seed=3)
     want = paged_attention_ref(q, k_cache, v_cache, batch, D ** -0.5)
     monkeypatch.setattr(attn, "SCORE_BUDGET", budget)
-    _close(paged_attention_tiled(q, k_cache, v_cache, batch, D ** -0.5), want)
+    _close(paged_attention_tiled(q, k_cache, v_cache, batch, D ** -0.5, impl=impl), want)
 
 
 def test_ragged_chunks_are_cut_into_query_tiles():
@@ -82,11 +86,13 @@ def test_ragged_chunks_are_cut_into_query_tiles():
     assert decode_free.rows.numel() < 2 * batch.num_tokens + 3 * attn.Q_TILE
 
 
-def test_long_context_decode_and_chunk_bf16():
-    """bf16 against fp32 maths over 8k keys: the online softmax does not drift."""
+@pytest.mark.parametrize("impl", IMPLS)
+def test_long_context_decode_and_chunk_bf16(impl, monkeypatch):
+    """bf16 against fp32 maths over 8k keys in 512-key tiles: merging many tiles does not drift."""
     q, k_cache, v_cache, batch = _case([(8000, 1), (6000, 64)], torch.bfloat16, seed=5)
     want = paged_attention_ref(q, k_cache, v_cache, batch, D ** -0.5)
-    _close(paged_attention_tiled(q, k_cache, v_cache, batch, D ** -0.5), want)
+    monkeypatch.setattr(attn, "MAX_KEY_TILE", 512)
+    _close(paged_attention_tiled(q, k_cache, v_cache, batch, D ** -0.5, impl=impl), want)
 
 
 @pytest.mark.gpu
@@ -97,3 +103,4 @@ def test_paged_attention_cuda_matches_reference(name):
     got = paged_attention(q, *_new_kv(k_cache, v_cache, batch), k_cache, v_cache, batch, D ** -0.5)
     assert got.is_cuda
     _close(got, want)
+    _close(paged_attention_tiled(q, k_cache, v_cache, batch, D ** -0.5, impl="online"), want)

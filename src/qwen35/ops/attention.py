@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 Q_TILE = 128  # query rows per tile when a step's prompt chunks are too ragged to pad to the longest one
 SCORE_BUDGET = 1 << 24  # fp32 scores (and K/V elements) per key tile: 64 MiB
-MAX_KEY_TILE = 4096  # keys per tile
+MAX_KEY_TILE = 16384  # keys per tile (the budget binds first for batches)
 
 
 def plan_query_tiles(query_lens: np.ndarray, context_lens: np.ndarray,
@@ -70,53 +70,107 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k
 
 
 def paged_attention_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          batch: "ForwardBatch", scale: float) -> torch.Tensor:
-    """The block-table path for any batch (shapes as in `paged_attention`)."""
+                          batch: "ForwardBatch", scale: float, impl: str = "auto") -> torch.Tensor:
+    """The block-table path for any batch (shapes as in `paged_attention`). `impl`: "flash_cpu" (PyTorch's CPU
+    flash kernel per key tile, merged by log-sum-exp), "online" (explicit fp32 online softmax, any device) or
+    "auto" (flash_cpu on CPU when the kernel exists)."""
+    if impl == "auto":
+        impl = "flash_cpu" if q.device.type == "cpu" and _FLASH_CPU is not None else "online"
     N, Hq, D = q.shape
     qx = torch.cat([q, q.new_zeros(1, Hq, D)])  # row N: what padding query rows read
     out = q.new_empty(N + 1, Hq, D)  # row N: where padding rows are written, then dropped
     for tiles in batch.query_tiles:
-        o = _attend(qx, k_cache, v_cache, tiles, batch.block_tables, batch.block_size, scale)  # [W, Qt, Hq, D]
+        o = _attend(qx, k_cache, v_cache, tiles, batch.block_tables, batch.block_size, scale, impl)
         out[tiles.rows.reshape(-1)] = o.reshape(-1, Hq, D).to(q.dtype)
     return out[:N]
 
 
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 def _attend(qx: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: "QueryTiles",
-            block_tables: torch.Tensor, bs: int, scale: float) -> torch.Tensor:
-    """Online-softmax attention of one tile group over its sequences' blocks. Returns fp32 [W, Qt, Hq, D]."""
+            block_tables: torch.Tensor, bs: int, scale: float, impl: str) -> torch.Tensor:
+    """Attention of one tile group over its sequences' blocks, one key tile at a time. Returns [W, Qt, Hq, D]."""
     # W = query tiles, Qt = rows per tile, R = query heads per K/V head, n = keys in the current key tile
     W, Qt = tiles.rows.shape
     Hq, D = qx.shape[1:]
     Hkv = k_cache.shape[1]
     R = Hq // Hkv
-    q = qx[tiles.rows].view(W, Qt, Hkv, R, D).permute(0, 2, 3, 1, 4).reshape(W, Hkv, R * Qt, D).float() * scale
+    q = qx[tiles.rows].view(W, Qt, Hkv, R, D).permute(0, 2, 3, 1, 4).reshape(W, Hkv, R * Qt, D)
     q_pos = tiles.positions.repeat(1, R)[:, None, :, None]  # [W, 1, R*Qt, 1], rows ordered (r, t)
     tables = block_tables.index_select(0, tiles.seqs)  # [W, blocks]
     per_key = W * max(Hq * Qt, Hkv * D)
-    tile = min(MAX_KEY_TILE, max(bs, SCORE_BUDGET // per_key // bs * bs), -(-tiles.max_kv_len // bs) * bs)
+    most = min(MAX_KEY_TILE, max(bs, SCORE_BUDGET // per_key // bs * bs))
+    n_tiles = -(-tiles.max_kv_len // most)
+    tile = -(-tiles.max_kv_len // (n_tiles * bs)) * bs  # equal tiles: no sliver of a tile at the end
     key_off = torch.arange(tile, device=q.device)
-    in_block = key_off[:bs]
-    m = q.new_full((W, Hkv, R * Qt, 1), float("-inf"))  # running max
-    l = q.new_zeros(W, Hkv, R * Qt, 1)  # running sum of exp(s - m)
-    acc = q.new_zeros(W, Hkv, R * Qt, D)
+    gathered = [k_cache.new_empty(W * tile, Hkv, D), v_cache.new_empty(W * tile, Hkv, D)]
+    state = _Online(q, scale, tile) if impl == "online" else _LseMerge()
     for j0 in range(0, tiles.max_kv_len, tile):
-        b0 = j0 // bs
-        blocks = tables[:, b0:b0 + tile // bs]  # [W, n / bs]
+        blocks = tables[:, j0 // bs:j0 // bs + tile // bs]  # [W, n / bs]
         n = blocks.shape[1] * bs
-        rows = (blocks[:, :, None] * bs + in_block).reshape(W, n)
-        k = k_cache[rows].float().permute(0, 2, 3, 1)  # [W, Hkv, D, n]
-        v = v_cache[rows].float().transpose(1, 2)  # [W, Hkv, n, D]
-        s = torch.matmul(q, k)  # [W, Hkv, R*Qt, n]
-        s.masked_fill_(key_off[:n] + j0 > q_pos, float("-inf"))  # causal, and keys past the sequence
-        m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+        rows = (blocks[:, :, None] * bs + key_off[:bs]).reshape(-1)  # [W * n] cache rows, block by block
+        k, v = (torch.index_select(c, 0, rows, out=g[:W * n]).view(W, n, Hkv, D).transpose(1, 2)
+                for c, g in zip((k_cache, v_cache), gathered))  # [W, Hkv, n, D] views of the gathered rows
+        masked = key_off[:n] + j0 > q_pos  # [W, 1, R*Qt, n]: future keys, and keys past the sequence
+        if impl == "online":
+            state.add(k, v, masked)
+        else:
+            bias = torch.zeros(masked.shape, dtype=q.dtype, device=q.device).masked_fill_(masked, float("-inf"))
+            o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
+            # the kernel reports lse 0 for rows that see no key in this tile: they must not count
+            state.add(o, lse.unsqueeze(-1).masked_fill_(q_pos < j0, float("-inf")))
+    out = state.result()  # [W, Hkv, R*Qt, D]
+    return out.view(W, Hkv, R, Qt, D).permute(0, 3, 1, 2, 4).reshape(W, Qt, Hq, D)
+
+
+class _LseMerge:
+    """Combines per-tile softmax outputs by their log-sum-exp (flash-decoding's reduction), in fp32."""
+
+    def __init__(self) -> None:
+        self.acc: torch.Tensor | None = None
+        self.lse: torch.Tensor | None = None
+
+    def add(self, o: torch.Tensor, lse: torch.Tensor) -> None:
+        """o: [W, H, M, D] normalised within the tile; lse: [W, H, M, 1] fp32 (-inf: the tile adds nothing)."""
+        if self.acc is None:  # one tile (most decode steps): no merging at all
+            self.acc, self.lse = o, lse
+            return
+        new = torch.logaddexp(self.lse, lse)
+        safe = new.masked_fill(new == float("-inf"), 0.0)
+        self.acc = self.acc.float() * (self.lse - safe).exp() + o.float() * (lse - safe).exp()
+        self.lse = new
+
+    def result(self) -> torch.Tensor:
+        return self.acc
+
+
+class _Online:
+    """Explicit fp32 online softmax (running max, running sum, rescaled accumulator): portable to any device."""
+
+    def __init__(self, q: torch.Tensor, scale: float, tile: int) -> None:
+        W, H, M, D = q.shape
+        self.q = q.float() * scale
+        self.kv = [q.new_empty(W, H, tile, D, dtype=torch.float32) for _ in range(2)]  # reused fp32 tiles
+        self.m = self.q.new_full((W, H, M, 1), float("-inf"))  # running max
+        self.l = self.q.new_zeros(W, H, M, 1)  # running sum of exp(s - m)
+        self.acc = self.q.new_zeros(W, H, M, D)
+
+    def add(self, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor) -> None:
+        n = k.shape[2]
+        k32, v32 = (buf[:, :, :n].copy_(x) for buf, x in zip(self.kv, (k, v)))
+        s = torch.matmul(self.q, k32.transpose(-1, -2))  # [W, H, M, n]
+        s.masked_fill_(masked, float("-inf"))
+        m_new = torch.maximum(self.m, s.amax(-1, keepdim=True))
         m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)  # rows that have seen no key yet
         p = s.sub_(m_safe).exp_()
-        alpha = (m - m_safe).exp_()
-        l.mul_(alpha).add_(p.sum(-1, keepdim=True))
-        acc.mul_(alpha).add_(torch.matmul(p, v))
-        m = m_new
-    out = acc / l.clamp_min(torch.finfo(torch.float32).tiny)  # padding rows: 0 / tiny = 0
-    return out.view(W, Hkv, R, Qt, D).permute(0, 3, 1, 2, 4).reshape(W, Qt, Hq, D)
+        alpha = (self.m - m_safe).exp_()
+        self.l.mul_(alpha).add_(p.sum(-1, keepdim=True))
+        self.acc.mul_(alpha).add_(torch.matmul(p, v32))
+        self.m = m_new
+
+    def result(self) -> torch.Tensor:
+        return self.acc / self.l.clamp_min(torch.finfo(torch.float32).tiny)  # padding rows: 0 / tiny = 0
 
 
 def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
