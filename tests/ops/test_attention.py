@@ -46,6 +46,8 @@ SHAPES = {
     "chunk-after-context": [(2500, 300)],
     "mixed": [(5, 1), (0, 33), (4100, 1), (700, 129), (2, 2), (64, 1)],
     "ragged-chunks": [(10, 400), (3000, 2), (0, 3), (17, 1)],
+    "decode-all-cached": [(1000, 1), (3001, 1), (517, 1)],  # keys below 512 need no mask
+    "mixed-all-cached": [(300, 1), (1200, 40), (45, 3), (700, 1)],
 }
 IMPLS = ["flash_cpu", "online"]
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-5), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}  # bf16: ~1 ulp
@@ -104,3 +106,12 @@ def test_paged_attention_cuda_matches_reference(name):
     assert got.is_cuda
     _close(got, want)
     _close(paged_attention_tiled(q, k_cache, v_cache, batch, D ** -0.5, impl="online"), want)
+
+
+@pytest.mark.parametrize("start,end,per_key", [(0, 262144, 512), (4096, 4097, 16384), (0, 5000, 1 << 20)])
+def test_key_tiles_cover_the_keys_within_the_budget(start, end, per_key):
+    """Tiles are whole blocks, contiguous, cover [start, end), and never exceed the element budget."""
+    spans = attn._key_tiles(start, end, per_key, BS)
+    assert spans[0][0] == start and spans[-1][0] + spans[-1][1] >= end
+    assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))
+    assert all(n % BS == 0 and (n * per_key <= attn.SCORE_BUDGET or n == BS) for _, n in spans)

@@ -99,29 +99,42 @@ def _attend(qx: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tile
     q = qx[tiles.rows].view(W, Qt, Hkv, R, D).permute(0, 2, 3, 1, 4).reshape(W, Hkv, R * Qt, D)
     q_pos = tiles.positions.repeat(1, R)[:, None, :, None]  # [W, 1, R*Qt, 1], rows ordered (r, t)
     tables = block_tables.index_select(0, tiles.seqs)  # [W, blocks]
-    per_key = W * max(Hq * Qt, Hkv * D)
-    most = min(MAX_KEY_TILE, max(bs, SCORE_BUDGET // per_key // bs * bs))
-    n_tiles = -(-tiles.max_kv_len // most)
-    tile = -(-tiles.max_kv_len // (n_tiles * bs)) * bs  # equal tiles: no sliver of a tile at the end
-    key_off = torch.arange(tile, device=q.device)
-    gathered = [k_cache.new_empty(W * tile, Hkv, D), v_cache.new_empty(W * tile, Hkv, D)]
-    state = _Online(q, scale, tile) if impl == "online" else _LseMerge()
-    for j0 in range(0, tiles.max_kv_len, tile):
-        blocks = tables[:, j0 // bs:j0 // bs + tile // bs]  # [W, n / bs]
-        n = blocks.shape[1] * bs
+    # elements per key of one tile: gathered K (and V), and scores (online) or the mask (flash, masked tiles)
+    free_end = tiles.min_context // bs * bs  # keys [0, free_end) precede every query: no mask needed
+    spans = _key_tiles(0, free_end, W * max(Hkv * D, Hq * Qt if impl == "online" else 0), bs) + \
+        _key_tiles(free_end, tiles.max_kv_len, W * max(Hkv * D, Hq * Qt), bs)
+    most = max(n for _, n in spans)
+    key_off = torch.arange(most, device=q.device)
+    gathered = [k_cache.new_empty(W * most, Hkv, D), v_cache.new_empty(W * most, Hkv, D)]
+    state = _Online(q, scale, most) if impl == "online" else _LseMerge()
+    for j0, n in spans:
+        blocks = tables[:, j0 // bs:(j0 + n) // bs]  # [W, n / bs]
         rows = (blocks[:, :, None] * bs + key_off[:bs]).reshape(-1)  # [W * n] cache rows, block by block
         k, v = (torch.index_select(c, 0, rows, out=g[:W * n]).view(W, n, Hkv, D).transpose(1, 2)
                 for c, g in zip((k_cache, v_cache), gathered))  # [W, Hkv, n, D] views of the gathered rows
-        masked = key_off[:n] + j0 > q_pos  # [W, 1, R*Qt, n]: future keys, and keys past the sequence
+        masked = key_off[:n] + j0 > q_pos if j0 >= free_end else None  # [W, 1, R*Qt, n]: future or past the end
         if impl == "online":
             state.add(k, v, masked)
-        else:
+            continue
+        bias = None
+        if masked is not None:
             bias = torch.zeros(masked.shape, dtype=q.dtype, device=q.device).masked_fill_(masked, float("-inf"))
-            o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
-            # the kernel reports lse 0 for rows that see no key in this tile: they must not count
-            state.add(o, lse.unsqueeze(-1).masked_fill_(q_pos < j0, float("-inf")))
+        o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
+        # the kernel reports lse 0 for rows that see no key in this tile: they must not count
+        state.add(o, lse.unsqueeze(-1).masked_fill_(q_pos < j0, float("-inf")))
     out = state.result()  # [W, Hkv, R*Qt, D]
     return out.view(W, Hkv, R, Qt, D).permute(0, 3, 1, 2, 4).reshape(W, Qt, Hq, D)
+
+
+def _key_tiles(start: int, end: int, per_key: int, bs: int) -> list[tuple[int, int]]:
+    """[start, end) (start a multiple of bs) in equal whole-block tiles of at most SCORE_BUDGET / per_key keys
+    (and MAX_KEY_TILE): (first key, keys) each; the last may be shorter."""
+    if end <= start:
+        return []
+    most = min(MAX_KEY_TILE, max(bs, SCORE_BUDGET // per_key // bs * bs))
+    count = -(-(end - start) // most)
+    tile = -(-(end - start) // (count * bs)) * bs  # equal tiles: no sliver of a tile at the end
+    return [(j, min(tile, -(-(end - j) // bs) * bs)) for j in range(start, end, tile)]
 
 
 class _LseMerge:
@@ -138,7 +151,9 @@ class _LseMerge:
             return
         new = torch.logaddexp(self.lse, lse)
         safe = new.masked_fill(new == float("-inf"), 0.0)
-        self.acc = self.acc.float() * (self.lse - safe).exp() + o.float() * (lse - safe).exp()
+        if self.acc.dtype != torch.float32:
+            self.acc = self.acc.float()
+        self.acc.mul_((self.lse - safe).exp_()).add_(o.float().mul_((lse - safe).exp_()))
         self.lse = new
 
     def result(self) -> torch.Tensor:
@@ -156,11 +171,12 @@ class _Online:
         self.l = self.q.new_zeros(W, H, M, 1)  # running sum of exp(s - m)
         self.acc = self.q.new_zeros(W, H, M, D)
 
-    def add(self, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor) -> None:
+    def add(self, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor | None) -> None:
         n = k.shape[2]
         k32, v32 = (buf[:, :, :n].copy_(x) for buf, x in zip(self.kv, (k, v)))
         s = torch.matmul(self.q, k32.transpose(-1, -2))  # [W, H, M, n]
-        s.masked_fill_(masked, float("-inf"))
+        if masked is not None:
+            s.masked_fill_(masked, float("-inf"))
         m_new = torch.maximum(self.m, s.amax(-1, keepdim=True))
         m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)  # rows that have seen no key yet
         p = s.sub_(m_safe).exp_()

@@ -40,6 +40,7 @@ class QueryTiles:
     positions: torch.Tensor  # [W, Qt] int64 cache position of each query, -1 for padding
     seqs: torch.Tensor  # [W] int64 batch row of each tile (its block table)
     max_kv_len: int  # keys the longest sequence of the group sees
+    min_context: int  # shortest context in the group: keys below it are visible to every query (no mask)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -188,7 +189,7 @@ class BatchBuilder:
             self._dev[:total].copy_(self._host[:total], non_blocking=True)
         d = {name: self._dev[o:o + sizes[name]] for name, o in offsets.items()}
         groups = tuple(QueryTiles(d[f"rows{i}"].view(r.shape), d[f"pos{i}"].view(r.shape), d[f"seqs{i}"],
-                                  int(seq_lens[s].max())) for i, (r, _, s) in enumerate(tiles))
+                                  int(seq_lens[s].max()), int(ctx[s].min())) for i, (r, _, s) in enumerate(tiles))
         slots = list(state_slots)
         contiguous = slots == list(range(slots[0], slots[0] + B))
         return ForwardBatch(
