@@ -4,14 +4,19 @@ Queries are the step's new tokens; keys are every cached position of the same se
 written to the cache just before). Paths:
 
 - one fresh prompt (nothing cached): plain causal SDPA over the new K/V (O(T) memory on CPU);
-- otherwise, flash-decoding over the block table: the queries are regrouped into tiles of one sequence each
+- otherwise, flash-decoding over the block table. The queries are regrouped into tiles of one sequence each
   (`plan_query_tiles`: decode rows in one group, prompt chunks in another, so a decode row is never padded to a
-  chunk's length), and a loop over key tiles gathers K/V blocks for all tiles at once and keeps an online
-  softmax (running max, running sum, rescaled fp32 accumulator). Memory per step is
-  O(tiles x query rows x key tile), never O(context); there is no Python loop over sequences.
+  chunk's length). A loop over key tiles gathers the K/V blocks of all query tiles at once; keys below the
+  group's shortest context are visible to every query and go in large mask-free tiles, the rest with a mask.
+  Each key tile runs PyTorch's CPU flash kernel and the partial results are merged by log-sum-exp
+  (`flash_cpu`), or, on other devices, an explicit fp32 online softmax (running max, running sum, rescaled
+  accumulator; `online`). Memory per step is O(query rows x key tile) within `SCORE_BUDGET`, never O(context);
+  there is no Python loop over sequences.
 
 GQA never repeats K/V: the `rep = Hq / Hkv` query heads of one K/V head are folded into the query rows
 (`[W, Hkv, rep * Qt, D]`). `paged_attention_ref` is the per-sequence fp32 reference the tests compare against.
+Measured on a 2-core CPU, dense-0.8b shapes: a 2048-token chunk after 30k cached tokens 0.59 s vs 0.89 s for
+a dense gather + masked SDPA; a batch-32 decode step's attention at 8k context 2.6x faster.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ if TYPE_CHECKING:
     from .batch import ForwardBatch, QueryTiles
 
 Q_TILE = 128  # query rows per tile when a step's prompt chunks are too ragged to pad to the longest one
-SCORE_BUDGET = 1 << 24  # fp32 scores (and K/V elements) per key tile: 64 MiB
+SCORE_BUDGET = 1 << 24  # elements per key tile of gathered K (and V), scores or mask: 32-64 MiB each
 MAX_KEY_TILE = 16384  # keys per tile (the budget binds first for batches)
 
 
