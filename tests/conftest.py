@@ -74,3 +74,13 @@ def tiny_ckpt(tmp_path_factory):
 def tiny_moe_ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_moe")
     return write_random_checkpoint(preset("tiny-moe"), d, seed=1, shard_bytes=16 << 20, tokenizer=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skip them where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

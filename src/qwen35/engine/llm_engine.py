@@ -88,10 +88,12 @@ class LLMEngine:
         self.max_model_len = cfg.max_model_len or min(supported, 8192)
         self.eos_ids = self._eos_ids(Path(cfg.model))
         plan = plan_memory(text, DTYPES[cfg.dtype], cfg.kv_cache_memory, cfg.max_num_seqs, self.max_model_len,
-                           cfg.block_size, cfg.prefix_cache_fraction if cfg.enable_prefix_caching else 0.0)
+                           cfg.block_size, cfg.prefix_cache_fraction if cfg.enable_prefix_caching else 0.0,
+                           device=cfg.device)
         self.plan = plan
         slots = plan.run_slots + plan.prefix_slots
-        self.runner = ModelRunner(self.model, plan.num_blocks, cfg.block_size, slots)
+        self.runner = ModelRunner(self.model, plan.num_blocks, cfg.block_size, slots, cfg.max_num_batched_tokens,
+                                  cfg.max_num_seqs, self.max_model_len)
         sched_cfg = SchedulerConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                                     max_model_len=self.max_model_len, block_size=cfg.block_size,
                                     boundary_token_id=self.tokenizer.im_start_id)

@@ -1,4 +1,8 @@
-"""Memory plan: how many K/V blocks and GDN state slots a cache budget buys. Logged at start-up."""
+"""Memory plan: how many K/V blocks and GDN state slots a cache budget buys. Logged at start-up.
+
+The default budget is a share of the memory free on the cache's device: `MemAvailable` from /proc/meminfo on
+CPU, `torch.cuda.mem_get_info` on CUDA (measured after the weights are loaded, so they are already counted).
+"""
 
 from __future__ import annotations
 
@@ -36,8 +40,15 @@ class MemoryPlan:
                 f"{self.slot_bytes / (1 << 20):.1f} MiB each)")
 
 
-def available_memory() -> int:
-    """Bytes the OS says are available (MemAvailable), or 4 GiB when it cannot tell."""
+DEFAULT_FRACTION = {"cpu": 0.4, "cuda": 0.85}  # of free memory; the rest is for activations (and, on CPU, the OS)
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes free on `device`: CUDA's free memory, or what the OS says is available (MemAvailable), or 4 GiB
+    when it cannot tell."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -48,15 +59,19 @@ def available_memory() -> int:
 
 
 def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num_seqs: int, max_model_len: int,
-                block_size: int = 16, prefix_fraction: float = 0.3, memory_fraction: float = 0.4) -> MemoryPlan:
-    """Split `budget` bytes (default: `memory_fraction` of available memory) between state slots for
-    `max_num_seqs` running requests, prefix-cache state slots (`prefix_fraction` of the budget) and K/V blocks."""
+                block_size: int = 16, prefix_fraction: float = 0.3, memory_fraction: float | None = None,
+                device: torch.device | str = "cpu") -> MemoryPlan:
+    """Split `budget` bytes (default: `memory_fraction` of the memory free on `device`, by default 40% on CPU
+    and 85% on CUDA) between state slots for `max_num_seqs` running requests, prefix-cache state slots
+    (`prefix_fraction` of the budget) and K/V blocks."""
     block_bytes = max(kv_bytes_per_token(cfg, dtype) * block_size, 1)
     slot_bytes = max(state_bytes_per_slot(cfg, dtype), 1)
     if budget is None:
         # enough for every sequence at full length, bounded by a share of what the machine has free
         full = max_num_seqs * (-(-max_model_len // block_size)) * block_bytes
-        budget = min(int(available_memory() * memory_fraction), full + max_num_seqs * slot_bytes
+        if memory_fraction is None:
+            memory_fraction = DEFAULT_FRACTION.get(torch.device(device).type, DEFAULT_FRACTION["cpu"])
+        budget = min(int(available_memory(device) * memory_fraction), full + max_num_seqs * slot_bytes
                      + int(prefix_fraction * (full + max_num_seqs * slot_bytes)))
     run_bytes = max_num_seqs * slot_bytes
     if budget <= run_bytes:

@@ -1,7 +1,9 @@
 """ModelRunner: turns a scheduled step into one forward pass and returns the logits to sample.
 
-It owns the cache tensors; the scheduler owns who holds which block and slot. Prefix-cache restores
-(shared blocks, partial-block row copies, GDN state copies) and saves (state copies) happen here.
+It owns the cache tensors and the step buffers (a `BatchBuilder` sized for `max_num_batched_tokens`,
+`max_num_seqs` and the blocks of one `max_model_len` sequence, filled in place each step); the scheduler owns
+who holds which block and slot. Prefix-cache restores (shared blocks, partial-block row copies, GDN state
+copies) and saves (state copies) happen here.
 
 Prompt logprobs: for a request with `params.prompt_logprobs` set, `forward` also scores every prompt
 position of its chunk while the hidden states are at hand (in slices, so a long chunk never holds a
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..model import ForwardBatch, ModelCache, Qwen35ForCausalLM, SeqSpec
+from ..model import ModelCache, Qwen35ForCausalLM
+from ..ops.batch import BatchBuilder
 from .kv_cache_manager import PrefixHit
 from .request import Request
 from .scheduler import ScheduledSeq
@@ -22,11 +25,15 @@ PROMPT_LOGPROBS_ROWS = 128  # prompt positions scored at once: bounds the [rows,
 
 
 class ModelRunner:
-    def __init__(self, model: Qwen35ForCausalLM, num_blocks: int, block_size: int, num_slots: int) -> None:
+    def __init__(self, model: Qwen35ForCausalLM, num_blocks: int, block_size: int, num_slots: int,
+                 max_num_batched_tokens: int = 2048, max_num_seqs: int = 32, max_model_len: int | None = None) -> None:
         self.model = model
         self.block_size = block_size
         self.cache: ModelCache = model.new_cache(num_blocks, block_size, num_slots)
         self.device = model.model.embed_tokens.weight.device
+        max_blocks = -(-max_model_len // block_size) if max_model_len else num_blocks
+        self.builder = BatchBuilder(block_size, self.device, BatchBuilder.capacity_for(
+            max_num_batched_tokens, max_num_seqs, max_blocks))
         # filled by forward(): request id -> (index of the first prompt token scored, one entry per token)
         self.prompt_logprobs: dict[str, tuple[int, list[dict[int, float]]]] = {}
 
@@ -52,9 +59,10 @@ class ModelRunner:
         """Run the step; return fp32 logits [S, V] for the sequences with `sample` set, in order."""
         order = sorted(range(len(seqs)), key=lambda i: seqs[i].request.slot)  # contiguous slots: in-place state
         seqs = [seqs[i] for i in order]
-        specs = [SeqSpec(s.request.all_ids[s.context:s.context + s.num_tokens], s.context, s.request.slot,
-                         s.request.blocks) for s in seqs]
-        batch = ForwardBatch.build(specs, self.block_size, self.device)
+        rows = sorted((i for i, s in enumerate(seqs) if s.sample), key=lambda i: order[i])  # caller's order
+        batch = self.builder.build([_new_tokens(s.request, s.context, s.num_tokens) for s in seqs],
+                                   [s.context for s in seqs], [s.request.slot for s in seqs],
+                                   [s.request.blocks for s in seqs], sample=rows)
         hidden = self.model(batch, self.cache)
         self.prompt_logprobs = {}
         start = 0  # packed row of each sequence's first new token
@@ -62,10 +70,9 @@ class ModelRunner:
             if s.request.params.prompt_logprobs is not None:
                 self._score_prompt(s, hidden[start:start + s.num_tokens])
             start += s.num_tokens
-        rows = sorted((i for i, s in enumerate(seqs) if s.sample), key=lambda i: order[i])  # caller's order
         if not rows:
             return hidden.new_empty(0, self.model.cfg.vocab_size, dtype=torch.float32)
-        return self.model.logits(hidden[batch.last_index[rows]])
+        return self.model.logits(hidden[batch.logits_indices])
 
     def _score_prompt(self, s: ScheduledSeq, hidden: torch.Tensor) -> None:
         """Prompt logprobs of the prompt tokens this chunk predicts: position j's logits score token j + 1."""
@@ -88,3 +95,13 @@ class ModelRunner:
                         entry.setdefault(tid, tv)
                 entries.append(entry)
         self.prompt_logprobs[s.request.request_id] = (s.context + 1, entries)
+
+
+def _new_tokens(req: Request, start: int, n: int) -> list[int]:
+    """Tokens [start, start + n) of prompt + output, without concatenating the two lists."""
+    p, end = len(req.prompt_ids), start + n
+    if end <= p:
+        return req.prompt_ids[start:end]
+    if start >= p:
+        return req.output_ids[start - p:end - p]
+    return req.prompt_ids[start:] + req.output_ids[:end - p]

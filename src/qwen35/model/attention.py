@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import TextConfig
 from ..ops.attention import paged_attention
-from .batch import ForwardBatch
+from ..ops.batch import ForwardBatch
 from .cache import ModelCache
 from .linear import Linear, fuse_linears
 from .norm import RMSNorm

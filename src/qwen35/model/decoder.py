@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ..config import TextConfig
+from ..ops.batch import ForwardBatch
 from .attention import GatedAttention
-from .batch import ForwardBatch
 from .cache import ModelCache
 from .gated_deltanet import GatedDeltaNet
 from .mlp import MLP

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TextConfig
+from ..ops.batch import ForwardBatch
 from ..ops.conv1d import causal_conv1d, causal_conv1d_step
 from ..ops.gdn import gated_delta_rule, gated_delta_rule_with_snapshots, l2norm
-from .batch import ForwardBatch
 from .cache import ModelCache
 from .cache_spec import layer_cache_id
 from .linear import Linear, fuse_linears

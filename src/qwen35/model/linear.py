@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.linear import linear, prepack
+
 
 class Linear(nn.Module):
-    """`y = x W^T`. On CPU the loader calls `prepack()`: the weight moves to oneDNN's blocked layout, which
-    streams about 1.5x faster than `F.linear` for decode-sized inputs and is no slower for prefill
-    (docs/LOG.md). An unpacked weight still takes `torch.mv` for a single row (as fast as the packed one)."""
+    """`y = x W^T` through `ops.linear`. On CPU the loader calls `prepack()`: the weight moves to oneDNN's
+    blocked layout (faster for decode, docs/LOG.md) and the plain weight is dropped."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -23,18 +24,13 @@ class Linear(nn.Module):
         self.packed: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        if x.dim() == 2 and x.shape[0] == 1 and self.weight.device.type == "cpu":
-            return torch.mv(self.weight, x[0]).unsqueeze(0)
-        return F.linear(x, self.weight)
+        return linear(x, self.weight, self.packed)
 
     def prepack(self) -> None:
-        """Replace the weight by its oneDNN-packed copy (CPU, bf16/fp32). The plain weight is dropped."""
-        if self.weight.device.type != "cpu" or self.weight.dtype not in (torch.bfloat16, torch.float32):
-            return
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 8)
-        self.weight = None
+        """Replace the weight by its oneDNN-packed copy (CPU, bf16/fp32); elsewhere nothing changes."""
+        packed = prepack(self.weight)
+        if packed is not None:
+            self.packed, self.weight = packed, None
 
 
 def fuse_linears(linears: list[nn.Module]) -> Linear | None:

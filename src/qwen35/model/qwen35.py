@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import TextConfig
-from .batch import ForwardBatch
+from ..ops.batch import ForwardBatch
 from .cache import ModelCache
 from .decoder import DecoderLayer
 from .linear import Linear
