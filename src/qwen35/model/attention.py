@@ -1,4 +1,4 @@
-"""Gated attention (architecture.md §2.5): q carries a per-head output gate, q/k RMSNorm (1 + w),
+"""Gated attention (docs/MODEL.md §4): q carries a per-head output gate, q/k RMSNorm (1 + w),
 partial RoPE, GQA over the paged cache, sigmoid(gate) applied before o_proj."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gated DeltaNet mixer (architecture.md §2.4): projections, causal conv1d with state, q/k l2norm,
+"""Gated DeltaNet mixer (docs/MODEL.md §3): projections, causal conv1d with state, q/k l2norm,
 fp32 gates, the gated delta rule over the slot's recurrent state, gated RMSNorm, output projection.
 
 State snapshots for speculative decoding: when the step metadata carries `snapshot_slots: [B, k+1]` int64

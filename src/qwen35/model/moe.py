@@ -1,4 +1,4 @@
-"""Sparse MoE block (architecture.md §2.7): softmax router, top-k renormalised, stacked experts,
+"""Sparse MoE block (docs/MODEL.md §5): softmax router, top-k renormalised, stacked experts,
 plus a shared expert scaled by a per-token sigmoid gate."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RMSNorm variants of Qwen3.5 (architecture.md §2.3).
+"""RMSNorm variants of Qwen3.5 (docs/MODEL.md §2).
 
 - `RMSNorm`: zero-centred, `x * rsqrt(mean(x^2) + eps) * (1 + w)`, maths in fp32, cast last. Used by the
   decoder norms, the final norm and attention q/k norms. Loading `w` into a plain `x * w` norm is wrong.

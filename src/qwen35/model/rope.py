@@ -1,4 +1,4 @@
-"""Partial rotary embedding with interleaved mRoPE and YaRN (architecture.md §3).
+"""Partial rotary embedding with interleaved mRoPE and YaRN (docs/MODEL.md §6).
 
 Only the first `rotary_dim` (= head_dim * partial_rotary_factor, 64) dims of each head rotate, with
 rotate-half (NeoX) pairing (j, j + rotary_dim/2). Text tokens carry one position, which is exactly mRoPE with

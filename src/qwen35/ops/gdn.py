@@ -3,7 +3,7 @@
 One state layout everywhere: `S: [B, Hv, dk, dv]` fp32 (transformers' layout; vLLM/FLA store the transpose).
 All inputs are fp32, with q/k already expanded to the V heads, l2-normalised, and q scaled by dk^-1/2.
 
-Per V head and token t (architecture.md §2.4.5):
+Per V head and token t (docs/MODEL.md §3):
     S   = exp(g_t) * S                       # decay
     e   = beta_t * (v_t - S^T k_t)           # delta-rule error
     S   = S + k_t e^T                        # rank-1 update
@@ -68,7 +68,7 @@ def chunked_gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
     chunk: int = CHUNK,
 ) -> torch.Tensor:
-    """WY/UT-transform chunked form (architecture.md §2.4.7), same maths as the recurrent form.
+    """WY/UT-transform chunked form (docs/MODEL.md §3), same maths as the recurrent form.
 
     q, k: [B, T, H, dk]; v: [B, T, H, dv]; g, beta: [B, T, H]; state: [B, H, dk, dv], updated in place.
     Returns o: [B, T, H, dv].
