@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import DTYPES, checkpoint  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def _prompts(n: int, length: int, seed: int) -> list[list[int]]:
@@ -131,6 +132,7 @@ def main() -> None:
     p.add_argument("--gguf", default=None, help="BF16 GGUF of the same checkpoint, for llama.cpp rows")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"machine: {describe()}", flush=True)
     path = checkpoint(args)
     if not (path / "tokenizer.json").exists():
         from qwen35.tokenizer import Tokenizer
