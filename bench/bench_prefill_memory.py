@@ -19,13 +19,8 @@ import time
 from pathlib import Path
 
 GIB = 1 << 30
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_model  # noqa: E402
 
 
 def peak_rss() -> int:

@@ -30,33 +30,10 @@ from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SRC = str(HERE.parent / "src")
+sys.path.insert(0, str(HERE))
+from machine import cpu_model, memory_bandwidth  # noqa: E402
+
 WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # as runtime.WAIT_VARS
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
-
-
-def bandwidth_gbs() -> float:
-    """Read bandwidth of a 1 GiB fp32 tensor sum (torch's default threads), median of 5."""
-    import torch
-
-    x = torch.ones(256 << 20)
-    x.sum()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        x.sum()
-        times.append(time.perf_counter() - t0)
-    return x.numel() * 4 / statistics.median(times) / 1e9
 
 
 REGION = """
@@ -178,7 +155,7 @@ def main() -> None:
     args.model = checkpoint(args)
     cores = len(os.sched_getaffinity(0))
     print(f"CPU: {cpu_model()}, {cores} cores available; load average {os.getloadavg()[0]:.2f}")
-    print(f"memory bandwidth (1 GiB fp32 sum): {bandwidth_gbs():.1f} GB/s")
+    print(f"memory bandwidth (1 GiB fp32 sum): {memory_bandwidth():.1f} GB/s")
     regions = {pol: statistics.median(region_cost_us(pol) for _ in range(3)) for pol in ("old", "default")}
     print("one 2-thread parallel region (fork, small add, join): "
           + ", ".join(f"{pol} {us:.1f} us" for pol, us in regions.items()))
