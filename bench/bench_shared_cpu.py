@@ -62,11 +62,17 @@ def region_cost_us(policy: str) -> float:
 
 
 def policy_env(policy: str) -> dict:
-    """The user's environment; for `old`, without any wait-policy variable (libgomp's default)."""
+    """The user's environment; for `old`, without any wait-policy variable (libgomp's default, what offline
+    use gets); for `default`, the policy `qwen35 serve` sets (runtime.configure_env)."""
     env = dict(USER_ENV)
     if policy == "old":
         for v in WAIT_VARS:
             env.pop(v, None)
+    else:
+        sys.path.insert(0, SRC)
+        from qwen35 import runtime
+
+        runtime.configure_env(env)
     return env
 
 

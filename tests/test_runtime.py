@@ -38,15 +38,27 @@ def test_env_default_fills_only_unset_wait_policy():
         assert env == user
 
 
-@pytest.mark.parametrize("user", [None, "ACTIVE"])
-def test_import_sets_policy_before_torch_loads(user):
+def test_import_leaves_the_policy_and_serve_sets_it(monkeypatch):
+    """Offline use keeps libgomp's default; `qwen35 serve` sets the passive policy before torch can load."""
     env = {k: v for k, v in os.environ.items() if k not in runtime.WAIT_VARS}
     env["PYTHONPATH"] = SRC
-    if user:
-        env["OMP_WAIT_POLICY"] = user
-    code = "import os, sys, qwen35; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    code = "import os, sys, qwen35; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [user or "PASSIVE", "False"]  # and `import qwen35` did not load torch
+    assert out.stdout.split() == ["None", "False"]
+
+    from qwen35.server import serve
+
+    for var in runtime.WAIT_VARS:
+        monkeypatch.setenv(var, "placeholder")  # recorded, so teardown restores the environment as it was
+        monkeypatch.delenv(var)
+
+    def stop(args):
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(serve, "plan_serve", stop)
+    with pytest.raises(RuntimeError, match="stop here"):
+        serve.serve(None)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_setup_is_idempotent_and_keeps_thread_count_unless_given(threads_restored):

@@ -1,9 +1,5 @@
 """qwen35: a readable, fast Python implementation of Qwen3.5 (model, engine, server, agent runtime)."""
 
-from . import runtime as _runtime
-
-_runtime.configure_env()  # OpenMP reads its wait policy once, when torch loads it: set it before that
-
 try:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -8,9 +8,11 @@ fell ~10x. `OMP_WAIT_POLICY=PASSIVE` (waiting threads sleep at once) keeps it pr
 cost when the machine is idle (docs/LOG.md has the numbers; `bench/bench_shared_cpu.py` re-measures).
 
 Two entry points:
-- `configure_env()` runs at `import qwen35`, before torch loads libgomp, which reads its environment once,
-  when it is loaded. It only fills in variables the user has not set. If torch was imported first, the
-  defaults come too late for this process (`setup()` reports it) but still reach child processes.
+- `configure_env()` runs when `qwen35 serve` starts, before torch loads libgomp (which reads its environment
+  once, when it is loaded; the engine process inherits it). A server always shares its cores with HTTP and
+  tokenisation work, so it waits passively. Offline use (`LLM`, the benches) keeps libgomp's spinning, 13-17%
+  faster when the cores are free (docs/LOG.md). It only fills in variables the user has not set; call it
+  before `import torch` to get the server's policy elsewhere.
 - `setup(threads)` runs when an engine starts; calling it again is harmless. It sets the torch thread count
   (an explicit count, else the user's OMP_NUM_THREADS, else torch's default of one per core) and turns on
   flush-to-zero/denormals-are-zero (FTZ/DAZ) on the OpenMP worker threads, which only ever run torch ops.

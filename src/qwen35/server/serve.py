@@ -281,6 +281,9 @@ def url_of(host: str, port: int) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from .. import runtime
+
+    runtime.configure_env()  # passive OpenMP waits for the engine: set before anything loads torch
     import uvicorn
 
     from .app import create_app
