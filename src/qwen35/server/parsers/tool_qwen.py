@@ -1,16 +1,7 @@
 """Qwen3.5 tool calls in the `qwen3_coder` XML format, whole (`parse`) or streamed (`ToolCallParser`).
 
-The model writes (docs/FORMAT.md §2), optionally after some prose and possibly several times:
-
-    <tool_call>
-    <function=get_weather>
-    <parameter=city>
-    Paris
-    </parameter>
-    </function>
-    </tool_call>
-
-Rules, following vLLM's `qwen3_coder` parser unless noted:
+The model writes the calls shown in `output_format.py` (docs/FORMAT.md §2), optionally after some prose and
+possibly several times. Rules, following vLLM's `qwen3_coder` parser unless noted:
 
 * `<tool_call>` opens a call only when `<function=NAME>` follows (NAME without spaces, quotes,
   braces or angle brackets); otherwise it is plain content, so a tag mentioned in prose cannot
