@@ -69,7 +69,11 @@ class ServerState:
         self.max_running = info.max_num_seqs
         self.chat_template = self.chat_template or self.tokenizer.chat_template
         self.cpu = ThreadPoolExecutor(self.cpu_threads, thread_name_prefix="qwen35-cpu")
-        self.in_flight = 0  # generation requests accepted and not yet finished (event-loop side only)
+
+    @property
+    def in_flight(self) -> int:
+        """Generation requests admitted and not yet finished (running or waiting): the client counts them."""
+        return self.client.num_unfinished
 
     async def run_cpu(self, fn, *args: Any) -> Any:
         """Run CPU-bound `fn(*args)` on a worker thread; the event loop keeps serving meanwhile."""
@@ -253,11 +257,11 @@ def _detokenize(body: DetokenizeRequest, state: ServerState) -> str:
 
 async def _start(state: ServerState, prompt_ids: list[int], params, request_id: str) -> _Admitted:
     """Admit one request into the engine and wait for its first output, so that a request the engine
-    refuses becomes a 400 before any streaming. Raises Overloaded when the waiting queue is full."""
+    refuses becomes a 400 before any streaming. Raises Overloaded when the waiting queue is full (the check
+    and the client's count of the new request happen with no await between them)."""
     if state.in_flight >= state.max_running + state.max_waiting_requests:
         raise Overloaded(f"{state.in_flight} requests are running or waiting "
                          f"(--max-num-seqs {state.max_running} + --max-waiting-requests {state.max_waiting_requests})")
-    state.in_flight += 1
     if state.log_requests:
         log.info("request %s: %d prompt tokens, n=%d max_tokens=%s temperature=%s top_p=%s seed=%s%s", request_id,
                  len(prompt_ids), params.n, params.max_tokens, params.temperature, params.top_p, params.seed,
@@ -266,18 +270,17 @@ async def _start(state: ServerState, prompt_ids: list[int], params, request_id: 
     try:
         first = await stream.__anext__()
     except BaseException:
-        state.in_flight -= 1
         await stream.aclose()
         raise
-    return _Admitted(state, stream, first)
+    return _Admitted(stream, first)
 
 
 class _Admitted:
-    """An admitted request's outputs. `aclose()` (idempotent, also when never iterated) aborts the request
-    if it is still running and gives its place in the queue back."""
+    """An admitted request's outputs, its first one already received. `aclose()` (idempotent, also when never
+    iterated) aborts the request if it is still running, which gives its place in the queue back."""
 
-    def __init__(self, state: ServerState, stream, first) -> None:
-        self.state, self.stream, self.first, self.closed = state, stream, first, False
+    def __init__(self, stream, first) -> None:
+        self.stream, self.first = stream, first
 
     async def __aiter__(self):
         try:
@@ -288,10 +291,7 @@ class _Admitted:
             await self.aclose()
 
     async def aclose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.state.in_flight -= 1
-            await self.stream.aclose()  # runs the engine stream's abort when it has not finished
+        await self.stream.aclose()  # runs the client stream's abort when it has not finished
 
 
 async def _last(stream: _Admitted):
