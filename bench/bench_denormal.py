@@ -101,10 +101,9 @@ def worker(args) -> None:
 def run_worker(args, model: Path, ftz: bool) -> dict:
     env = {**os.environ, "QWEN35_FLUSH_DENORMAL": "1" if ftz else "0"}
     cmd = [sys.executable, __file__, "--worker", "--model", str(model), "--seconds", str(args.seconds)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from machine import run_worker as run_worker_json
+
+    return run_worker_json(cmd, env, "worker")
 
 
 def main() -> None:
@@ -121,11 +120,13 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     from bench_model import checkpoint
+    from machine import describe
 
     from qwen35.default_model import cache_root
 
     ours = checkpoint(args)
     hf = hf_checkpoint(ours, Path(args.hf_dir) if args.hf_dir else cache_root() / f"bench-hf-{args.preset}")
+    print(f"machine: {describe()}")
     print(f"denormal multiply on this CPU, 2 threads: {denormal_penalty():.1f}x slower without FTZ")
     configs = [("hf", True), ("ours", True), ("hf", False), ("ours", False)]
     runs: dict[tuple, list[dict]] = {}

@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SRC = str(HERE.parent / "src")
 sys.path.insert(0, str(HERE))
-from machine import cpu_model, memory_bandwidth  # noqa: E402
+from machine import cpu_model, memory_bandwidth, run_worker as run_worker_json  # noqa: E402
 
 WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # as runtime.WAIT_VARS
 
@@ -132,10 +132,7 @@ def run_worker(args, policy: str) -> dict:
            "--hogs", ",".join(map(str, args.hogs)), "--seconds", str(args.seconds)]
     if args.threads:
         cmd += ["--threads", ",".join(map(str, args.threads))]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"worker {policy} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker_json(cmd, env, f"worker {policy}")
 
 
 def main() -> None:

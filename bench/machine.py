@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -45,3 +47,12 @@ def describe() -> str:
     import torch
 
     return f"{cpu_model()}, {torch.get_num_threads()} torch threads, read bandwidth {memory_bandwidth():.1f} GB/s"
+
+
+def run_worker(cmd: list[str], env: dict, what: str) -> dict:
+    """Run a benchmark worker process (a fresh one, so its environment applies to torch's runtime); its last
+    stdout line is a JSON object. A failed worker ends the benchmark with the tail of its stderr."""
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

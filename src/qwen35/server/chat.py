@@ -313,7 +313,12 @@ class ChatRun:
         return {"content": content}
 
     def _tok(self, tok_id: int) -> str:
-        return self.tokenizer.token_bytes(tok_id).decode("utf-8", errors="replace")
+        return token_text(self.tokenizer, tok_id)
+
+
+def token_text(tokenizer, tok_id: int) -> str:
+    """A token as logprobs show it: its bytes as UTF-8, a cut character replaced."""
+    return tokenizer.token_bytes(tok_id).decode("utf-8", errors="replace")
 
 
 def usage(final) -> dict[str, int]:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import build_guided, structured_spec, usage
+from .chat import build_guided, structured_spec, token_text, usage
 from .limits import MAX_SEQUENCES, RequestError, encode_bounded
 from .params import sampling_params
 from .protocol import CompletionRequest
@@ -140,7 +140,7 @@ class CompletionRun:
                 "text_offset": _offsets(tokens + lp["tokens"])}
 
     def _tok(self, tok_id: int) -> str:
-        return self.tokenizer.token_bytes(tok_id).decode("utf-8", errors="replace")
+        return token_text(self.tokenizer, tok_id)
 
 
 def _offsets(tokens: list[str]) -> list[int]:
