@@ -7,7 +7,7 @@ reads, not memory-mapped: pages of a mapped shard count towards the process's re
 shard is closed, which made an fp32 load of a bf16 checkpoint peak at 1.5x the weights.
 fp32 is kept for the tensors the numerics need (`A_log`, `dt_bias`, the GDN gated-norm weight).
 Checkpoint names are resolved by `names.map_name` (the one description of the official layout).
-Vision and MTP tensors are skipped deliberately and reported; anything else unknown, missing, or of the
+Vision tensors (and MTP tensors unless `mtp=True`) are skipped deliberately and reported; anything else unknown, missing, or of the
 wrong shape is a `CheckpointError` naming the tensor and the file.
 """
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..config import ModelConfig
 from ..model.linear import FP8Linear, Linear, dequantize_fp8
 from ..model.qwen35 import Qwen35ForCausalLM
-from .names import EXPERT_PROJS, LM_HEAD, SCALE, map_name
+from .names import EXPERT_PROJS, LM_HEAD, MTP, SCALE, map_name
 
 log = logging.getLogger("qwen35.loading")
 
@@ -188,6 +188,7 @@ class _Stored:
 class _Loader:
     def __init__(self, model: Qwen35ForCausalLM, cfg: ModelConfig, dtype: torch.dtype, device) -> None:
         self.model, self.cfg, self.dtype, self.device = model, cfg, dtype, device
+        self.mtp = model.mtp is not None
         self.params = dict(model.named_parameters(remove_duplicate=False))
         self.expected = set(self.params)
         if cfg.text.tie_word_embeddings:
@@ -259,7 +260,7 @@ class _Loader:
 
     # -- one tensor -------------------------------------------------------------------------------
     def take(self, key: str, tensor: "_Stored", file: str) -> None:
-        target = map_name(key)
+        target = map_name(key, self.mtp)
         if target is None:
             raise CheckpointError(f"unexpected tensor {key!r} in {file}: not a Qwen3.5 checkpoint name")
         if target.kind == "skip":
@@ -336,22 +337,41 @@ class _Loader:
             log.info("skipped %d %s tensor(s): not used by the text model", n, what)
 
 
+def has_mtp(path: str | Path, cfg: ModelConfig | None = None) -> bool:
+    """Whether the checkpoint at `path` ships an MTP head: its config declares MTP layers and its files hold
+    `mtp.*` tensors (some conversions drop them)."""
+    path = Path(path)
+    cfg = cfg if cfg is not None else ModelConfig.from_file(path)
+    if cfg.text.mtp_num_hidden_layers < 1:
+        return False
+    files = shard_files(path)
+    if "model.safetensors" in files and not files["model.safetensors"]:  # single file: read its header
+        with _Shard(path / "model.safetensors") as f:
+            return any(k.startswith(MTP) for k in f.entries)
+    return any(k.startswith(MTP) for names in files.values() for k in names)
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                progress: bool | None = None, prepack: bool = True, config: ModelConfig | None = None,
-               fuse: bool | None = None) -> tuple[Qwen35ForCausalLM, ModelConfig]:
+               fuse: bool | None = None, mtp: bool = False) -> tuple[Qwen35ForCausalLM, ModelConfig]:
     """Load `path` (a checkpoint directory) as a ready-to-run model in eval mode.
     `fuse` (CPU; default: as `prepack`): merge projections that read the same input into one matmul each.
     `prepack` (CPU): move projections to oneDNN's packed layout, the fast path for decode.
     Both off leaves the modules exactly as the checkpoint names them (tests/loading/test_unfused_path.py
     checks that path gives the same logits).
-    `config`: use this instead of `path/config.json` (e.g. with `--hf-overrides` applied)."""
+    `config`: use this instead of `path/config.json` (e.g. with `--hf-overrides` applied).
+    `mtp`: also load the MTP head (`model.mtp`) for speculative decoding; a checkpoint without one (see
+    `has_mtp`) is a `CheckpointError` then."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
     cfg = config if config is not None else ModelConfig.from_file(path)
     files = shard_files(path)
+    if mtp and not has_mtp(path, cfg):
+        raise CheckpointError(f"{path} has no MTP head (no mtp.* tensors, or mtp_num_hidden_layers = 0 in its "
+                              "config): it cannot draft for speculative decoding")
     with torch.device("meta"):
-        model = Qwen35ForCausalLM(cfg.text)
+        model = Qwen35ForCausalLM(cfg.text, mtp=mtp)
     loader = _Loader(model, cfg, dtype, device)
     total = sum((path / f).stat().st_size for f in files)
     disable = None if progress is None else not progress  # None: show only on a terminal

@@ -10,15 +10,18 @@ from ..config import TextConfig
 from ..ops.attention import paged_attention
 from ..ops.batch import ForwardBatch
 from .cache import ModelCache
+from .cache_spec import layer_cache_id
 from .linear import Linear, fuse_linears
 from .norm import RMSNorm
 from .rope import apply_rotary
 
 
 class GatedAttention(nn.Module):
-    def __init__(self, cfg: TextConfig, layer: int) -> None:
+    def __init__(self, cfg: TextConfig, layer: int, cache_id: str | None = None) -> None:
+        """`cache_id`: whose K/V this layer reads and writes (default: main-stack layer `layer`)."""
         super().__init__()
         self.layer = layer
+        self.cache_id = cache_id or layer_cache_id(layer)
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         h, d = cfg.hidden_size, cfg.head_dim
         self.q_proj = Linear(h, 2 * self.n_heads * d)  # per head: d query rows, then d gate rows
@@ -53,7 +56,7 @@ class GatedAttention(nn.Module):
         cos, sin = rope
         q = apply_rotary(self.q_norm(q), cos, sin)
         k = apply_rotary(self.k_norm(k), cos, sin)
-        k_cache, v_cache = cache.kv(self.layer)
+        k_cache, v_cache = cache.kv(self.cache_id)
         k_cache.index_copy_(0, batch.slot_mapping, k)
         v_cache.index_copy_(0, batch.slot_mapping, v)
         out = paged_attention(q, k, v, k_cache, v_cache, batch, self.scale)

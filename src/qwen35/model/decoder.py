@@ -16,11 +16,13 @@ from .norm import RMSNorm
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig, layer: int) -> None:
+    def __init__(self, cfg: TextConfig, layer: int, cache_id: str | None = None) -> None:
+        """Decoder layer `layer` of the main stack; with `cache_id` (the MTP head's layers) a full-attention
+        layer whose K/V live under that id."""
         super().__init__()
-        self.is_attention = cfg.layer_types[layer] == "full_attention"
+        self.is_attention = cache_id is not None or cfg.layer_types[layer] == "full_attention"
         if self.is_attention:
-            self.self_attn = GatedAttention(cfg, layer)
+            self.self_attn = GatedAttention(cfg, layer, cache_id)
         else:
             self.linear_attn = GatedDeltaNet(cfg, layer)
         self.mlp = SparseMoE(cfg) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)

@@ -13,8 +13,10 @@ from torch import nn
 from ..config import TextConfig
 from ..ops.batch import ForwardBatch
 from .cache import ModelCache
+from .cache_spec import CacheSpec, cache_specs
 from .decoder import DecoderLayer
 from .linear import Linear
+from .mtp import MTPHead
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
 
@@ -39,28 +41,35 @@ class Qwen35Model(nn.Module):
 
 
 class Qwen35ForCausalLM(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, mtp: bool = False) -> None:
+        """`mtp`: also build the MTP head (`self.mtp`, parameters `mtp.*` as in the checkpoint), which
+        speculative decoding drafts with; it shares the embedding and the lm_head."""
         super().__init__()
         self.cfg = cfg
         self.model = Qwen35Model(cfg)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.mtp: MTPHead | None = MTPHead(cfg) if mtp else None
 
     def fuse(self) -> None:
         """Merge projections that read the same input (GDN qkv/z/b/a, attention q/k/v, MLP gate/up) into one
         matmul each: fewer, larger matmuls stream the weights faster. Inference only."""
         # keep only the fusing parents in hand: a list of every module would keep each replaced Linear
         # (and its weight) alive until the end, doubling peak memory
-        for module in [m for m in self.model.modules() if hasattr(m, "fuse")]:
+        for module in [m for m in self._stacks() if hasattr(m, "fuse")]:
             module.fuse()
 
     def prepack(self) -> None:
         """CPU: move every projection to oneDNN's packed layout. lm_head keeps its plain weight (it may be
         tied to the embedding, and `torch.mv` reads it fastest for one row)."""
-        for module in self.model.modules():
+        for module in self._stacks():
             if isinstance(module, Linear):
                 module.prepack()
+
+    def _stacks(self) -> list[nn.Module]:
+        """The decoder's modules and the MTP head's (not lm_head)."""
+        return list(self.model.modules()) + (list(self.mtp.modules()) if self.mtp is not None else [])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,6 +82,20 @@ class Qwen35ForCausalLM(nn.Module):
         """hidden: [M, H] -> fp32 logits [M, vocab]."""
         return self.lm_head(hidden).float()
 
+    def draft(self, token_ids: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch, cache: ModelCache,
+              step: int = 0) -> torch.Tensor:
+        """One MTP step over `batch`'s rows: row i pairs `hidden[i]` (the main model's final-normed hidden of
+        the row's position, or the previous step's output) with `token_ids[i]` (the token after it). Returns
+        the head's hidden [N, H]; `logits()` of it predicts the token two positions on."""
+        if self.mtp is None:
+            raise RuntimeError("this model was loaded without its MTP head")
+        rope = self.model.rotary(batch.positions, hidden.dtype)
+        return self.mtp(self.model.embed_tokens(token_ids), hidden, rope, batch, cache, step)
+
+    def cache_specs(self) -> dict[str, CacheSpec]:
+        """What every layer caches, the MTP head's layers included when it is loaded."""
+        return cache_specs(self.cfg, self.dtype, len(self.mtp.layers) if self.mtp is not None else 0)
+
     def new_cache(self, num_blocks: int, block_size: int, num_slots: int) -> ModelCache:
-        return ModelCache(self.cfg, num_blocks, block_size, num_slots, self.dtype,
-                          self.model.embed_tokens.weight.device)
+        return ModelCache(self.cache_specs(), num_blocks, block_size, num_slots,
+                          device=self.model.embed_tokens.weight.device)
