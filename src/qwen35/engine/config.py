@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from .spec_config import SpeculativeConfig
 
 DTYPE_NAMES = ("bfloat16", "bf16", "float32", "fp32", "auto")
 
@@ -21,6 +24,8 @@ class EngineConfig:
     threads: int | None = None
     device: str = "cpu"  # "cuda" works through the same code paths (not exercised by this repo's CI)
     hf_config: dict | None = None  # config.json contents to use instead of the checkpoint's (--hf-overrides)
+    # MTP speculative decoding: a SpeculativeConfig or vLLM's JSON dict ({"method": "mtp", ...}); None: off
+    speculative_config: SpeculativeConfig | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_NAMES:
@@ -30,3 +35,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if isinstance(self.speculative_config, dict):
+            self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config, self.model)
+        elif self.speculative_config is not None and not isinstance(self.speculative_config, SpeculativeConfig):
+            raise ValueError("speculative_config must be a dict or a SpeculativeConfig, "
+                             f"got {type(self.speculative_config).__name__}")

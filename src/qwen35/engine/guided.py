@@ -69,6 +69,12 @@ class GuidedMatcher:
             self.error = self.matcher.get_error() or f"token {token_id} is not allowed here"
         return self.error is None
 
+    def fork(self) -> "GuidedMatcher":
+        """An independent copy of the grammar state (speculative verification walks drafts on a copy)."""
+        new = GuidedMatcher(self.matcher.deep_copy(), self.spec, self.special_ids)
+        new.active, new.free_tokens, new.error = self.active, self.free_tokens, self.error
+        return new
+
     @property
     def must_start(self) -> bool:
         """The reasoning budget is spent: the next token must be `start_after`."""
@@ -139,6 +145,15 @@ class GuidedDecoder:
         self.mask_seconds += time.perf_counter() - t0
         self.mask_rows += len(active)
 
+    def apply_drafts(self, logits: torch.Tensor, row: int, matcher: GuidedMatcher, drafts: list[int]) -> None:
+        """Mask rows row .. row + len(drafts) of one verifying sequence: row i by the grammar state after
+        drafts d_1..d_i, walked on a copy (the request's matcher only sees the tokens finally kept). A draft
+        the grammar rejects has probability 0 in its row's mask, so verification stops there."""
+        walk = matcher.fork()
+        for i in range(len(drafts) + 1):
+            self.apply(logits, [row + i], [walk])
+            if i == len(drafts) or walk.is_finished() or not walk.accept(drafts[i]):
+                return  # rows past a rejected draft, or past the grammar's end, are never used
 
 def _mask_rows(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
     """logits[rows[i], t] = -inf where bit t of bitmask[i] is 0 (and for t past the bitmask)."""

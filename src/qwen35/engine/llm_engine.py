@@ -31,7 +31,7 @@ import torch
 
 from .. import runtime
 from ..config import ModelConfig
-from ..loading.checkpoint import load_model
+from ..loading.checkpoint import has_mtp, load_model
 from ..tokenizer import Tokenizer
 from .config import EngineConfig
 from .guided import GuidedDecoder, GuidedMatcher
@@ -41,8 +41,10 @@ from .request import Request
 from .runner import ModelRunner
 from .sampler import PenaltyState, Sampler, SamplerOutput, min_tokens_stop_ids
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler, SchedulerConfig
+from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
+from .speculative import DraftPolicy, SpecStats
 from .stop import Delta, StopChecker
+from .verify import row_histories, verify
 
 log = logging.getLogger("qwen35.engine")
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
@@ -62,6 +64,7 @@ class _Seq:
     completion: CompletionOutput
     guide: GuidedMatcher | None = None  # structured output state (params.guided)
     prompt_logprobs: list[dict[int, float] | None] | None = None  # params.prompt_logprobs: [None, entries...]
+    drafting: DraftPolicy | None = None  # speculative decoding on
 
 
 @dataclass(eq=False)
@@ -78,7 +81,16 @@ class LLMEngine:
         runtime.setup(cfg.threads)  # threads, flush-to-zero on every compute thread
         self.cfg = cfg
         config = ModelConfig.from_dict(cfg.hf_config) if cfg.hf_config is not None else None
-        self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device, config=config)
+        self.spec = cfg.speculative_config  # None when off, or when the checkpoint cannot draft
+        self.spec_note: str | None = None  # why speculation is off although it was asked for
+        if self.spec is not None and not has_mtp(cfg.model, config):
+            self.spec_note = (f"{cfg.model} has no MTP head (mtp.* tensors): serving without speculative "
+                              "decoding")
+            log.warning(self.spec_note)
+            self.spec = None
+        self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device, config=config,
+                                                mtp=self.spec is not None)
+        k = self.spec.k if self.spec is not None else 0
         self.tokenizer = Tokenizer.from_pretrained(cfg.model)
         text = self.model_cfg.text
         supported = text.supported_length
@@ -89,11 +101,13 @@ class LLMEngine:
         self.eos_ids = self._eos_ids(Path(cfg.model))
         plan = plan_memory(text, DTYPES[cfg.dtype], cfg.kv_cache_memory, cfg.max_num_seqs, self.max_model_len,
                            cfg.block_size, cfg.prefix_cache_fraction if cfg.enable_prefix_caching else 0.0,
-                           device=cfg.device)
+                           device=cfg.device, mtp_layers=len(self.model.mtp.layers) if k else 0,
+                           num_speculative_tokens=k)
         self.plan = plan
         slots = plan.run_slots + plan.prefix_slots
-        self.runner = ModelRunner(self.model, plan.num_blocks, cfg.block_size, slots, cfg.max_num_batched_tokens,
-                                  cfg.max_num_seqs, self.max_model_len)
+        self.runner = ModelRunner(self.model, plan.num_blocks, cfg.block_size, plan.total_slots,
+                                  cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_model_len,
+                                  num_speculative_tokens=k)
         sched_cfg = SchedulerConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                                     max_model_len=self.max_model_len, block_size=cfg.block_size,
                                     boundary_token_id=self.tokenizer.im_start_id)
@@ -104,6 +118,7 @@ class LLMEngine:
         self.parents: dict[str, _Parent] = {}
         self.seqs: dict[str, _Seq] = {}  # sub-request id -> state
         self.preemptions = 0
+        self.spec_stats = SpecStats(k)
 
     def _eos_ids(self, path: Path) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -142,7 +157,9 @@ class LLMEngine:
             stop = StopChecker(self.tokenizer, sub, self.eos_ids, max_tokens=req.max_len - len(ids))
             seq = _Seq(req, request_id, i, stop, PenaltyState(ids, min_tokens_stop_ids(sub, self.eos_ids)),
                        self._generator(sub.seed), CompletionOutput(i), guide=guides[i] if guides else None,
-                       prompt_logprobs=[None] if sub.prompt_logprobs is not None else None)
+                       prompt_logprobs=[None] if sub.prompt_logprobs is not None else None,
+                       drafting=DraftPolicy(k=self.spec.k, acceptance_floor=self.spec.acceptance_floor)
+                       if self.spec is not None else None)
             parent.seqs.append(seq)
         self.scheduler.enqueue([seq.req for seq in parent.seqs])  # cannot fail
         self.parents[request_id] = parent
@@ -194,13 +211,26 @@ class LLMEngine:
             self._guarded(self.seqs[rid], "collecting prompt logprobs", touched, self._add_prompt_logprobs,
                           self.seqs[rid], first, entries)
 
-        sampled = [q for q, s in zip(step_seqs, sched.seqs) if s.sample and not q.req.finished]
-        if not sampled:
-            return [self._output(p) for p in touched.values()]
-        if len(sampled) < logits.shape[0]:  # a request failed above: drop its row (logits: one per sampling seq)
-            rows = [s for s in sched.seqs if s.sample]
-            keep = [i for i, s in enumerate(rows) if not s.request.finished]
+        # logits: one row per sampling sequence, 1 + num_draft for one verifying drafts
+        rows, start = [], 0
+        for q, s in zip(step_seqs, sched.seqs):
+            if s.sample:
+                rows.append((q, s, start))
+                start += 1 + s.num_draft
+        live = [(q, s, r) for q, s, r in rows if not q.req.finished]  # a request may have failed above
+        if live and len(live) < len(rows):
+            keep = [r + i for _, s, r in live for i in range(1 + s.num_draft)]
             logits = logits[torch.tensor(keep, device=logits.device)]
+        if any(s.num_draft for _, s, _ in live):
+            self._verify(logits, [(q, s) for q, s, _ in live], touched)
+        elif live:
+            self._sample(logits, [q for q, _, _ in live], touched)
+        if self.spec is not None:
+            self._draft(sched.seqs)
+        return [self._output(p) for p in touched.values()]
+
+    def _sample(self, logits: torch.Tensor, sampled: list[_Seq], touched: dict[str, _Parent]) -> None:
+        """One token for each sampling sequence."""
         guided = [i for i, q in enumerate(sampled) if q.guide is not None]
         if guided:
             self._apply_guided(logits, sampled, guided, touched)
@@ -210,12 +240,67 @@ class LLMEngine:
             tokens = out.token_ids.tolist()
         except Exception as e:  # one call for every sampled row: fails them all (prefill chunks go on)
             self._fail_all(sampled, "sampling", e, touched)
-            return [self._output(p) for p in touched.values()]
+            return
         for i, seq in enumerate(sampled):
             if not seq.req.finished:  # a sibling sub-request may have failed it
                 self._guarded(seq, "processing the output", touched, self._append, seq, tokens[i], out, i)
                 touched[seq.parent] = self.parents[seq.parent]
-        return [self._output(p) for p in touched.values()]
+
+    def _verify(self, logits: torch.Tensor, seqs: list[tuple[_Seq, ScheduledSeq]],
+                touched: dict[str, _Parent]) -> None:
+        """Speculative step: keep the drafts the target agrees with (verify.py), roll back the rest, emit."""
+        drafts = [q.req.draft_ids[:s.num_draft] for q, s in seqs]
+        params, histories, starts = [], [], []
+        for (q, _), d in zip(seqs, drafts):
+            starts.append(len(params))
+            params += [q.req.params] * (len(d) + 1)
+            histories += row_histories(q.penalties, q.req.params, d)
+        for (q, _), d, r in zip(seqs, drafts, starts):
+            if q.guide is not None:  # row i is masked by the grammar state after d_1..d_i
+                self._guarded(q, "applying the grammar", touched, self.guided.apply_drafts, logits, r, q.guide, d)
+        try:
+            out, kept = verify(logits, params, histories, [q.generator for q, _ in seqs], drafts,
+                               self.sampler.generator)
+            tokens = out.token_ids.tolist()
+        except Exception as e:
+            self._fail_all([q for q, _ in seqs], "sampling", e, touched)
+            return
+        live = [(q, d, n) for (q, _), d, n in zip(seqs, drafts, kept) if not q.req.finished]
+        # roll back before emitting: emitting may finish a request and save its prefix (state included)
+        self.runner.drafter.rollback([(q.req, len(d), n) for q, d, n in live])
+        for q, d, n in live:
+            q.req.num_computed -= len(d) - n
+            q.req.draft_ids = []
+            q.drafting.record(len(d), n)
+            self.spec_stats.record(len(d), n)
+        for (q, _), r, n in zip(seqs, starts, kept):
+            for i in range(n + 1):
+                if q.req.finished:  # a stop string, EOS or max_tokens among the kept tokens
+                    break
+                self._guarded(q, "processing the output", touched, self._append, q, tokens[r + i], out, r + i)
+            touched[q.parent] = self.parents[q.parent]
+
+    def _draft(self, seqs: list[ScheduledSeq]) -> None:
+        """Run the MTP head over this step's sequences and give the ones that sampled their next drafts."""
+        busy = self.spec.disable_by_batch_size is not None and len(self.scheduler.running) >= \
+            self.spec.disable_by_batch_size
+        budgets = {}
+        for s in seqs:
+            req = s.request
+            seq = self.seqs.get(req.request_id)
+            if req.finished or seq is None or not s.sample:
+                continue
+            k = min(seq.drafting.budget(), req.max_len - req.num_tokens - 1)
+            if k > 0 and not busy and self.scheduler.reserve(req, req.num_tokens + k):
+                budgets[id(req)] = k
+        try:
+            drafts = self.runner.drafter.propose(budgets)
+        except Exception:  # drafts only make decoding faster: go on without them
+            log.exception("MTP drafting failed; this step drafts nothing")
+            return
+        for s in seqs:
+            if id(s.request) in drafts:
+                s.request.draft_ids = drafts[id(s.request)]
 
     def _forward(self, sched) -> torch.Tensor:
         """Prepare the cache (fresh or restored GDN state), run the model, save prefix checkpoints reached."""

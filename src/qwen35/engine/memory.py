@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config import TextConfig
-from ..model.cache import kv_bytes_per_token, state_bytes_per_slot
+from ..model.cache_spec import cache_specs, kv_bytes, state_bytes
 
 log = logging.getLogger("qwen35.engine")
 
@@ -26,10 +26,15 @@ class MemoryPlan:
     prefix_slots: int
     block_bytes: int
     slot_bytes: int
+    scratch_slots: int = 0  # GDN snapshot slots of speculative decoding (k per running slot), after the others
+
+    @property
+    def total_slots(self) -> int:
+        return self.run_slots + self.prefix_slots + self.scratch_slots
 
     @property
     def total_bytes(self) -> int:
-        return self.num_blocks * self.block_bytes + (self.run_slots + self.prefix_slots) * self.slot_bytes
+        return self.num_blocks * self.block_bytes + self.total_slots * self.slot_bytes
 
     def describe(self) -> str:
         gib = 1 << 30
@@ -60,23 +65,27 @@ def available_memory(device: torch.device | str = "cpu") -> int:
 
 def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num_seqs: int, max_model_len: int,
                 block_size: int = 16, prefix_fraction: float = 0.3, memory_fraction: float | None = None,
-                device: torch.device | str = "cpu") -> MemoryPlan:
+                device: torch.device | str = "cpu", mtp_layers: int = 0, num_speculative_tokens: int = 0) -> MemoryPlan:
     """Split `budget` bytes (default: `memory_fraction` of the memory free on `device`, by default 40% on CPU
-    and 85% on CUDA) between state slots for `max_num_seqs` running requests, prefix-cache state slots
-    (`prefix_fraction` of the budget) and K/V blocks."""
-    block_bytes = max(kv_bytes_per_token(cfg, dtype) * block_size, 1)
-    slot_bytes = max(state_bytes_per_slot(cfg, dtype), 1)
+    and 85% on CUDA) between state slots for `max_num_seqs` running requests (plus `num_speculative_tokens`
+    snapshot slots each), prefix-cache state slots (`prefix_fraction` of the budget) and K/V blocks (of every
+    attention layer, the `mtp_layers` of the MTP head included)."""
+    specs = cache_specs(cfg, dtype, mtp_layers)
+    block_bytes = max(kv_bytes(specs) * block_size, 1)
+    slot_bytes = max(state_bytes(specs), 1)
+    scratch = max_num_seqs * num_speculative_tokens
     if budget is None:
         # enough for every sequence at full length, bounded by a share of what the machine has free
         full = max_num_seqs * (-(-max_model_len // block_size)) * block_bytes
         if memory_fraction is None:
             memory_fraction = DEFAULT_FRACTION.get(torch.device(device).type, DEFAULT_FRACTION["cpu"])
-        budget = min(int(available_memory(device) * memory_fraction), full + max_num_seqs * slot_bytes
+        budget = min(int(available_memory(device) * memory_fraction), full + (max_num_seqs + scratch) * slot_bytes
                      + int(prefix_fraction * (full + max_num_seqs * slot_bytes)))
-    run_bytes = max_num_seqs * slot_bytes
+    run_bytes = (max_num_seqs + scratch) * slot_bytes
     if budget <= run_bytes:
         raise ValueError(f"KV cache memory of {budget / (1 << 20):.0f} MiB cannot hold the GDN state of "
-                         f"max_num_seqs={max_num_seqs} sequences ({run_bytes / (1 << 20):.0f} MiB)")
+                         f"max_num_seqs={max_num_seqs} sequences ({run_bytes / (1 << 20):.0f} MiB"
+                         + (f" with {num_speculative_tokens} snapshot slots each" if scratch else "") + ")")
     prefix_slots = int(budget * prefix_fraction) // slot_bytes
     num_blocks = (budget - run_bytes - prefix_slots * slot_bytes) // block_bytes
     need = -(-max_model_len // block_size)
@@ -84,6 +93,6 @@ def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num
         raise ValueError(f"KV cache memory of {budget / (1 << 20):.0f} MiB leaves {num_blocks} blocks, fewer than "
                          f"one max_model_len={max_model_len} sequence needs ({need}); raise --kv-cache-memory or "
                          f"lower --max-model-len / --max-num-seqs")
-    plan = MemoryPlan(num_blocks, block_size, max_num_seqs, prefix_slots, block_bytes, slot_bytes)
+    plan = MemoryPlan(num_blocks, block_size, max_num_seqs, prefix_slots, block_bytes, slot_bytes, scratch)
     log.info(plan.describe())
     return plan

@@ -29,6 +29,7 @@ class Request:
     checkpoints: list[int] = field(default_factory=list)  # prompt positions where GDN state is saved
     finish_reason: str | None = None
     max_len: int = 0  # prompt + max_tokens, fixed at admission
+    draft_ids: list[int] = field(default_factory=list)  # speculative tokens to verify after the last token
 
     @property
     def all_ids(self) -> list[int]:

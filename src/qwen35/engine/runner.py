@@ -12,6 +12,7 @@ position of its chunk while the hidden states are at hand (in slices, so a long 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..model import ModelCache, Qwen35ForCausalLM
@@ -19,6 +20,7 @@ from ..ops.batch import BatchBuilder
 from .kv_cache_manager import PrefixHit
 from .request import Request
 from .scheduler import ScheduledSeq
+from .drafter import Drafter
 
 
 PROMPT_LOGPROBS_ROWS = 128  # prompt positions scored at once: bounds the [rows, vocab] logits buffer
@@ -26,10 +28,15 @@ PROMPT_LOGPROBS_ROWS = 128  # prompt positions scored at once: bounds the [rows,
 
 class ModelRunner:
     def __init__(self, model: Qwen35ForCausalLM, num_blocks: int, block_size: int, num_slots: int,
-                 max_num_batched_tokens: int = 2048, max_num_seqs: int = 32, max_model_len: int | None = None) -> None:
+                 max_num_batched_tokens: int = 2048, max_num_seqs: int = 32, max_model_len: int | None = None,
+                 num_speculative_tokens: int = 0) -> None:
+        """`num_speculative_tokens` k > 0: the last `max_num_seqs * k` of the `num_slots` state slots are
+        scratch slots for GDN snapshots, k for each running slot (see `Drafter`)."""
         self.model = model
         self.block_size = block_size
         self.cache: ModelCache = model.new_cache(num_blocks, block_size, num_slots)
+        self.drafter = Drafter(self, num_speculative_tokens, num_slots - max_num_seqs * num_speculative_tokens) \
+            if num_speculative_tokens else None
         self.device = model.model.embed_tokens.weight.device
         max_blocks = -(-max_model_len // block_size) if max_model_len else num_blocks
         self.builder = BatchBuilder(block_size, self.device, BatchBuilder.capacity_for(
@@ -56,14 +63,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, seqs: list[ScheduledSeq]) -> torch.Tensor:
-        """Run the step; return fp32 logits [S, V] for the sequences with `sample` set, in order."""
+        """Run the step; return fp32 logits for the sequences with `sample` set, in order: one row each, or
+        `num_draft + 1` rows for a sequence verifying drafts (the logits after its last token and each draft)."""
         order = sorted(range(len(seqs)), key=lambda i: seqs[i].request.slot)  # contiguous slots: in-place state
         seqs = [seqs[i] for i in order]
         rows = sorted((i for i, s in enumerate(seqs) if s.sample), key=lambda i: order[i])  # caller's order
+        snapshots = self.drafter.snapshot_rows(seqs) if self.drafter else None
         batch = self.builder.build([_new_tokens(s.request, s.context, s.num_tokens) for s in seqs],
                                    [s.context for s in seqs], [s.request.slot for s in seqs],
-                                   [s.request.blocks for s in seqs], sample=rows)
+                                   [s.request.blocks for s in seqs], sample=rows, snapshots=snapshots)
         hidden = self.model(batch, self.cache)
+        if self.drafter:
+            self.drafter.keep(seqs, hidden)
         self.prompt_logprobs = {}
         start = 0  # packed row of each sequence's first new token
         for s in seqs:
@@ -72,6 +83,10 @@ class ModelRunner:
             start += s.num_tokens
         if not rows:
             return hidden.new_empty(0, self.model.cfg.vocab_size, dtype=torch.float32)
+        if any(seqs[i].num_draft for i in rows):
+            ends = np.cumsum([s.num_tokens for s in seqs])
+            picks = [r for i in rows for r in range(ends[i] - 1 - seqs[i].num_draft, ends[i])]
+            return self.model.logits(hidden[torch.tensor(picks, device=hidden.device)])
         return self.model.logits(hidden[batch.logits_indices])
 
     def _score_prompt(self, s: ScheduledSeq, hidden: torch.Tensor) -> None:
@@ -98,8 +113,11 @@ class ModelRunner:
 
 
 def _new_tokens(req: Request, start: int, n: int) -> list[int]:
-    """Tokens [start, start + n) of prompt + output, without concatenating the two lists."""
+    """Tokens [start, start + n) of prompt + output + drafts, without concatenating the lists."""
     p, end = len(req.prompt_ids), start + n
+    if end > req.num_tokens:  # verifying drafts: they follow the last token
+        extra = end - req.num_tokens
+        return _new_tokens(req, start, n - extra) + req.draft_ids[:extra]
     if end <= p:
         return req.prompt_ids[start:end]
     if start >= p:

@@ -98,6 +98,13 @@ class PenaltyState:
         else:
             self._counts[slot] += 1
 
+    def copy(self) -> "PenaltyState":
+        """An independent copy (speculative verification extends copies with draft tokens)."""
+        new = PenaltyState.__new__(PenaltyState)
+        new.prompt_ids, new.output_ids, new.min_tokens_ids = self.prompt_ids, list(self.output_ids), self.min_tokens_ids
+        new._slot, new._ids, new._counts = dict(self._slot), self._ids[:], self._counts[:]
+        return new
+
     @property
     def num_distinct(self) -> int:
         return len(self._ids)

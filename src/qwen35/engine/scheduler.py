@@ -7,6 +7,8 @@ A prompt chunk is cut at the request's next prefix-cache checkpoint so its GDN s
 When blocks run out, prefix-cache entries are evicted first, then the newest running request is preempted
 (its cache freed; it is recomputed later from prompt + output so far).
 Requests asking for prompt logprobs never start from a prefix-cache hit: every prompt position must be computed.
+Speculative decoding: a request's `draft_ids` ride along after its last token (verified in the same forward);
+drafts that do not fit the step's token budget are dropped, and preemption drops them all.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ScheduledSeq:
     context: int  # tokens already cached before this step
     sample: bool  # the chunk reaches the end of the known tokens: sample the next one
     save_at: int | None  # prefix checkpoint reached at the end of this chunk
+    num_draft: int = 0  # of the new tokens, draft tokens to verify (the last num_draft)
 
 
 @dataclass
@@ -139,11 +142,13 @@ class Scheduler:
 
     def _seq(self, req: Request, n: int) -> ScheduledSeq:
         end = req.num_computed + n
-        return ScheduledSeq(req, n, req.num_computed, sample=end == req.num_tokens,
-                            save_at=end if end in req.checkpoints else None)
+        return ScheduledSeq(req, n, req.num_computed, sample=end >= req.num_tokens,
+                            save_at=end if end in req.checkpoints else None, num_draft=max(end - req.num_tokens, 0))
 
     def _chunk(self, req: Request, budget: int) -> int:
-        n = min(req.num_tokens - req.num_computed, budget)
+        n = min(req.num_tokens + len(req.draft_ids) - req.num_computed, budget)
+        if req.draft_ids:  # drafts follow the last token: keep those that fit
+            del req.draft_ids[max(req.num_computed + n - req.num_tokens, 0):]
         return self._cap_at_checkpoint(req, req.num_computed, n)
 
     @staticmethod
@@ -168,11 +173,23 @@ class Scheduler:
             req.blocks += self.blocks.allocate(need)
         return True
 
+    def reserve(self, req: Request, tokens: int) -> bool:
+        """Give `req` blocks for `tokens` positions if free blocks (or prefix-cache evictions) allow; never
+        preempts. The engine reserves room for next step's drafts this way."""
+        need = self._blocks_for(tokens) - len(req.blocks)
+        if need <= 0:
+            return True
+        if not self.prefix.make_room(need):
+            return False
+        req.blocks += self.blocks.allocate(need)
+        return True
+
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.running.remove(req)
         self._free(req)
         req.status, req.num_computed, req.num_cached = Status.WAITING, 0, 0
         req.checkpoints = []  # recomputation saves nothing new
+        req.draft_ids = []
         self.waiting.appendleft(req)
         out.preempted.append(req)
 

@@ -115,7 +115,7 @@ class BatchBuilder:
         """Buffer elements a step of up to these sizes needs (see `build`), so the runner never grows it."""
         # per token: ids, positions, slot mapping, unpad index, and <= 5 in query tiles (padded at most 2x);
         # per sequence: 8 scalars, its block table, its padded row, and up to 2 tiles' padding of Q_TILE rows
-        return 10 * max_tokens + max_seqs * (12 + max_blocks + max_tokens + 2 * Q_TILE)
+        return 10 * max_tokens + max_seqs * (12 + max_blocks + max_tokens + 2 * Q_TILE + 16)  # 16: snapshots
 
     def _reserve(self, n: int) -> None:
         if n <= self._host.numel():
@@ -125,9 +125,11 @@ class BatchBuilder:
         self._dev = self._host if self.device.type == "cpu" else torch.zeros(n, dtype=torch.int64, device=self.device)
 
     def build(self, token_ids: list[Sequence[int]], context_lens: list[int], state_slots: list[int],
-              block_tables: list[Sequence[int]], sample: list[int] | None = None) -> ForwardBatch:
+              block_tables: list[Sequence[int]], sample: list[int] | None = None,
+              snapshots: list[Sequence[int]] | None = None) -> ForwardBatch:
         """token_ids[b]: the new tokens of sequence b; sample: batch rows whose last token gets logits
-        (default: all, in order)."""
+        (default: all, in order); snapshots[b]: sequence b's GDN snapshot slots (`snapshot_slots`, all rows
+        of equal length, -1 for none)."""
         B, bs = len(token_ids), self.block_size
         if B == 0:
             raise ValueError("a forward batch needs at least one sequence")
@@ -152,6 +154,8 @@ class BatchBuilder:
                      pad_index=B * T, unpad_index=N, last_index=B)
         for i, (r, _, _) in enumerate(tiles):
             sizes.update({f"rows{i}": r.size, f"pos{i}": r.size, f"seqs{i}": r.shape[0]})
+        if snapshots is not None:
+            sizes["snapshots"] = B * len(snapshots[0])
         offsets, total = {}, 0
         for name, n in sizes.items():
             offsets[name] = total
@@ -184,6 +188,8 @@ class BatchBuilder:
         h["unpad_index"][:] = (np.arange(B)[:, None] * T + t[None, :])[valid]
         for i, (r, p, s) in enumerate(tiles):
             h[f"rows{i}"][:], h[f"pos{i}"][:], h[f"seqs{i}"][:] = r.ravel(), p.ravel(), s
+        if snapshots is not None:
+            h["snapshots"].reshape(B, -1)[:] = snapshots
 
         if self._dev is not self._host:
             self._dev[:total].copy_(self._host[:total], non_blocking=True)
@@ -199,4 +205,5 @@ class BatchBuilder:
             state_slots=d["state_slots"], logits_indices=d["logits_indices"], pad_index=d["pad_index"].view(B, T),
             unpad_index=d["unpad_index"], last_index=d["last_index"], query_tiles=groups, block_size=bs,
             max_query_len=T, max_seq_len=L, slot_range=(slots[0], slots[0] + B) if contiguous else None,
-            is_decode=T == 1, fresh_single=B == 1 and int(ctx[0]) == 0)
+            is_decode=T == 1, fresh_single=B == 1 and int(ctx[0]) == 0,
+            snapshot_slots=d["snapshots"].view(B, -1) if snapshots is not None else None)

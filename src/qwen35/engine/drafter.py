@@ -1,0 +1,135 @@
+"""`Drafter`: the MTP side of speculative decoding, and the GDN rollback of rejected drafts.
+
+Each step the runner hands over the main model's hidden states. After the engine has decided which tokens
+to keep, `propose` runs the MTP head:
+
+1. over the same rows as the step (prompt chunks and verified tokens alike): row i pairs the hidden of
+   position i with the token now known at position i + 1, which fills the head's K/V (cache id `mtp.0`) for
+   every position, as vLLM does. Rows past the last kept token carry token 0: causal attention keeps them
+   from the rows that matter, and later steps overwrite their K/V. The row of the last kept position
+   gives the first draft token.
+2. then k - 1 chained single-token steps, feeding the head's own output back with the previous draft.
+
+Drafts are the argmax of the head's logits (the verification in verify.py treats them as point masses).
+
+Rollback: the target forward writes the GDN state after each of the last k + 1 tokens of a verifying
+sequence into scratch slots (`snapshot_slots`); scratch slots are fixed per running slot (`base + slot * k
++ j`), so nothing is allocated per step and nothing can leak. Keeping n of k drafts is one slot copy
+(`restore_snapshots`); attention K/V past the kept tokens is simply overwritten later.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .request import Request
+from .scheduler import ScheduledSeq
+
+if TYPE_CHECKING:
+    from .runner import ModelRunner
+
+
+class Drafter:
+    def __init__(self, runner: "ModelRunner", k: int, scratch_base: int) -> None:
+        if runner.model.mtp is None:
+            raise ValueError("speculative decoding needs the model's MTP head (load_model(mtp=True))")
+        self.runner, self.k, self.base = runner, k, scratch_base
+        self._seqs: list[ScheduledSeq] = []  # the last step's sequences, in batch order
+        self._hidden: torch.Tensor | None = None
+
+    # -- the target step ------------------------------------------------------------------------------
+    def snapshot_rows(self, seqs: list[ScheduledSeq]) -> list[list[int]] | None:
+        """`snapshot_slots` rows for a step: k scratch slots (and -1 for the own slot) per verifying sequence."""
+        if not any(s.num_draft for s in seqs):
+            return None
+        none = [-1] * (self.k + 1)
+        return [self._scratch(s.request.slot) + [-1] if s.num_draft else none for s in seqs]
+
+    def _scratch(self, slot: int) -> list[int]:
+        start = self.base + slot * self.k
+        return list(range(start, start + self.k))
+
+    def keep(self, seqs: list[ScheduledSeq], hidden: torch.Tensor) -> None:
+        self._seqs, self._hidden = seqs, hidden
+
+    def rollback(self, kept: list[tuple[Request, int, int]]) -> None:
+        """kept: (request, drafts verified, drafts kept). Puts the GDN state after the last kept token into
+        each request's slot (nothing to do when every draft was kept)."""
+        src, dst = [], []
+        for req, drafted, n in kept:
+            if n < drafted:
+                src.append(self.base + req.slot * self.k + n + self.k - drafted)
+                dst.append(req.slot)
+        if src:
+            self.runner.cache.restore_snapshots(src, dst)
+
+    # -- drafting -------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def propose(self, budgets: dict[int, int]) -> dict[int, list[int]]:
+        """Run the MTP head over the last step's sequences that are still running; `budgets[id(request)]`
+        draft tokens for those that should draft (0 or absent: only fill the head's K/V).
+        Returns {id(request): drafts}."""
+        model, cache, builder = self.runner.model, self.runner.cache, self.runner.builder
+        hidden, seqs = self._hidden, self._seqs
+        self._hidden, self._seqs = None, []
+        if hidden is None:
+            return {}
+        rows, ids, live = [], [], []
+        start = 0
+        for s in seqs:
+            req = s.request
+            if not req.finished and req.slot is not None:
+                live.append(s)
+                rows.append((start, s.num_tokens))
+                known = max(min(s.num_tokens, req.num_tokens - s.context - 1), 0)
+                ids.append(_tokens(req, s.context + 1, known) + [0] * (s.num_tokens - known))
+            start += s.num_tokens
+        if not live:
+            return {}
+        if len(live) == len(seqs):
+            h = hidden
+        else:
+            idx = torch.cat([torch.arange(a, a + n) for a, n in rows]).to(hidden.device)
+            h = hidden[idx]
+        batch = builder.build(ids, [s.context for s in live], [s.request.slot for s in live],
+                              [s.request.blocks for s in live])
+        out = model.draft(batch.input_ids, h, batch, cache, 0)
+        drafting = [(i, s) for i, s in enumerate(live) if budgets.get(id(s.request), 0) > 0]
+        if not drafting:
+            return {}
+        # the row of the last kept position: its next token is the request's last token
+        ends, pos = [], 0
+        for s in live:
+            ends.append(pos)
+            pos += s.num_tokens
+        pick = [ends[i] + s.request.num_tokens - 2 - s.context for i, s in drafting]
+        h = out[torch.tensor(pick, device=out.device)]
+        reqs = [s.request for _, s in drafting]
+        drafts = {id(r): [] for r in reqs}
+        for step in range(max(budgets[id(r)] for r in reqs)):
+            tok = model.logits(h).argmax(-1)
+            for r, t in zip(reqs, tok.tolist()):
+                drafts[id(r)].append(t)
+            more = [j for j, r in enumerate(reqs) if budgets[id(r)] > step + 1]
+            if not more:
+                break
+            if len(more) < len(reqs):
+                sel = torch.tensor(more, device=h.device)
+                h, tok, reqs = h[sel], tok[sel], [reqs[j] for j in more]
+            # chained step: the draft just made sits at position num_tokens + step
+            batch = builder.build([[t] for t in tok.tolist()], [r.num_tokens - 1 + step for r in reqs],
+                                  [r.slot for r in reqs], [r.blocks for r in reqs])
+            h = model.draft(batch.input_ids, h, batch, cache, step + 1)
+        return drafts
+
+
+def _tokens(req: Request, start: int, n: int) -> list[int]:
+    """Tokens [start, start + n) of prompt + output."""
+    p, end = len(req.prompt_ids), start + n
+    if end <= p:
+        return req.prompt_ids[start:end]
+    if start >= p:
+        return req.output_ids[start - p:end - p]
+    return req.prompt_ids[start:] + req.output_ids[:end - p]

@@ -1,0 +1,132 @@
+"""Speculative verification: which draft tokens to keep, so that the output follows the target model exactly.
+
+A sequence that drafted d_1..d_k is run through the target model over [last token, d_1, ..., d_k] in one
+forward; row i of its logits is the target's distribution p_i for the token after d_i (row 0: after the
+last token). The rows go through the sampler's own pipeline (logit bias, penalties with the drafts before
+the row counted as output, min_tokens, then temperature / top_k / top_p / min_p), so p_i is exactly the
+distribution non-speculative sampling would use at that position. Then:
+
+- greedy rows: d_{i+1} is kept while it equals argmax p_i; the first mismatch is replaced by argmax p_i, or,
+  when every draft is kept, argmax p_k is added (the "bonus" token).
+- sampled rows, rejection sampling (Leviathan et al. 2023; Chen et al. 2023) with the draft distribution q
+  a point mass on d (drafts are the MTP head's argmax, as vLLM drafts): keep d_{i+1} with probability
+  min(1, p_i(d)/q(d)) = p_i(d); at the first rejection sample from norm(max(p_i - q, 0)), which is p_i with
+  d_{i+1} removed; if all k are kept, sample the bonus from p_k. Each emitted token is then distributed
+  exactly as p at its position.
+
+Randomness: a seeded request draws k uniforms, then one noise row of V values (the sampler's exponential
+race), from its own generator each step, so its output depends on its seed and its logits only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties,
+                      _exponential_noise, _fill_logprobs, _index, _sanitize_, _take_rows, _warp)
+from .sampling_params import SamplingParams
+
+
+def row_histories(history: PenaltyState, params: SamplingParams, drafts: list[int]) -> list[PenaltyState]:
+    """The history each verification row of one sequence sees: row i has d_1..d_i as output too. Copies
+    only when the request uses penalties or min_tokens (otherwise every row shares `history`)."""
+    k = len(drafts)
+    needs = (params.repetition_penalty != 1 or params.presence_penalty != 0 or params.frequency_penalty != 0
+             or (history.min_tokens_ids and len(history.output_ids) < params.min_tokens))
+    if not needs or k == 0:
+        return [history] * (k + 1)
+    rows = [history]
+    for d in drafts:
+        rows.append(rows[-1].copy())
+        rows[-1].append(d)
+    return rows
+
+
+def verify(logits: torch.Tensor, params: list[SamplingParams], histories: list[PenaltyState],
+           generators: list[torch.Generator | None], drafts: list[list[int]],
+           shared: torch.Generator | None = None) -> tuple[SamplerOutput, list[int]]:
+    """logits: [R, V] fp32 (modified in place), sequence b owning `len(drafts[b]) + 1` consecutive rows;
+    params and histories: one per row (see `row_histories`); generators: one per sequence.
+
+    Returns (out, accepted): accepted[b] drafts of sequence b are kept, and `out.token_ids[r]` is the token
+    emitted at row r (the kept drafts, then the target's own token at row start_b + accepted[b]; later rows
+    are meaningless). `out.logprobs` / `top_*` per row as the sampler reports them (raw logprobs)."""
+    R, V = logits.shape
+    dev = logits.device
+    sizes = [len(d) + 1 for d in drafts]
+    if sum(sizes) != R or len(params) != R or len(histories) != R or len(generators) != len(drafts):
+        raise ValueError(f"verify: {R} logits rows for {len(drafts)} sequences of {sum(sizes)} rows, "
+                         f"{len(params)} params, {len(histories)} histories, {len(generators)} generators")
+    starts = [0]
+    for n in sizes[:-1]:
+        starts.append(starts[-1] + n)
+    _sanitize_(logits)
+    lp_rows = [r for r, p in enumerate(params) if p.logprobs is not None]
+    lp = torch.log_softmax(_take_rows(logits, lp_rows), -1) if lp_rows else None
+    _apply_logit_bias(logits, params)
+    _apply_penalties(logits, params, histories)
+    _apply_min_tokens(logits, params, histories)
+
+    tokens = torch.zeros(R, dtype=torch.int64, device=dev)
+    accepted = [0] * len(drafts)
+    greedy = [b for b in range(len(drafts)) if params[starts[b]].greedy]
+    sampled = [b for b in range(len(drafts)) if not params[starts[b]].greedy]
+    if greedy:
+        rows = [starts[b] + i for b in greedy for i in range(sizes[b])]
+        top = _take_rows(logits, rows).argmax(-1)
+        tokens[_index(rows, dev)] = top
+        top, j = top.tolist(), 0
+        for b in greedy:
+            n = 0
+            while n < len(drafts[b]) and top[j + n] == drafts[b][n]:
+                n += 1
+            accepted[b], j = n, j + sizes[b]
+    if sampled:
+        _verify_sampled(logits, params, generators, drafts, starts, sampled, tokens, accepted, shared)
+    out = SamplerOutput(tokens)
+    if lp is not None:
+        _fill_logprobs(out, lp, lp_rows, [params[r].logprobs for r in lp_rows])
+    return out, accepted
+
+
+def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, accepted, shared) -> None:
+    """Rejection sampling for the sampled sequences `seqs` (see the module docstring); fills tokens/accepted."""
+    dev = logits.device
+    rows = [starts[b] + i for b in seqs for i in range(len(drafts[b]) + 1)]
+    x = _take_rows(logits, rows).clone()
+    _warp(x, [params[r] for r in rows])
+    probs = torch.softmax(x, -1)  # [S_rows, V]
+    local = {}  # (b, i) -> row of probs
+    j = 0
+    for b in seqs:
+        for i in range(len(drafts[b]) + 1):
+            local[b, i] = j
+            j += 1
+    # p_i(d_{i+1}) for every draft, in one gather and one host copy
+    pairs = [(local[b, i], d) for b in seqs for i, d in enumerate(drafts[b])]
+    p_draft = probs[_index([r for r, _ in pairs], dev), _index([d for _, d in pairs], dev)].tolist() if pairs else []
+    final_rows, removed = [], []
+    q = 0
+    for b in seqs:
+        k = len(drafts[b])
+        u = torch.rand(k, generator=generators[b] if generators[b] is not None else shared).tolist() if k else []
+        n = 0
+        while n < k and u[n] < p_draft[q + n]:  # NaN probabilities (no finite logit) reject
+            n += 1
+        q += k
+        accepted[b] = n
+        final_rows.append(local[b, n])
+        removed.append(drafts[b][n] if n < k else -1)
+        for i in range(n):
+            tokens[starts[b] + i] = drafts[b][i]
+    dist = probs[_index(final_rows, dev)]  # [S, V]
+    gone = [(i, d) for i, d in enumerate(removed) if d >= 0]
+    if gone:
+        dist[_index([i for i, _ in gone], dev), _index([d for _, d in gone], dev)] = 0.0
+    noise = _exponential_noise(len(seqs), dist.shape[1], dev, [generators[b] for b in seqs], shared)
+    picks = (dist / noise).argmax(-1)
+    # no mass left (no finite logit, or p was all on the rejected draft: cannot happen for u < 1): token 0
+    dead = dist.sum(-1)
+    picks = picks.masked_fill_(dead.isnan() | (dead <= 0), 0)
+    tokens[_index([starts[b] + accepted[b] for b in seqs], dev)] = picks
+
