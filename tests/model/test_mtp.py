@@ -20,12 +20,12 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from qwen35.config import ModelConfig
 from qwen35.loading.checkpoint import load_model
 from qwen35.model.rope import inv_frequencies
-from tests.model.helpers import draft_chain
+from tests.model.helpers import amplify_mtp, draft_chain
 
 TOL = 1e-4  # fp32; measured max |diff| 1.7e-6 to 2.9e-6 on h' of RMS ~1.04 (summation order only)
 WRONG = 0.1  # every mutated reference misses ours by more than this (measured 1.2 to 6.4)
@@ -34,26 +34,13 @@ INDEX = "model.safetensors.index.json"
 
 # -- the checkpoints ---------------------------------------------------------------------------------
 
-def _amplify_mtp(path, seed: int) -> None:
-    """Redraw every mtp.* tensor with O(1) activations: linears std 1.5 / sqrt(fan_in), norms std 0.3."""
-    gen = torch.Generator().manual_seed(seed)
-    weight_map = json.loads((path / INDEX).read_text())["weight_map"]
-    for shard in sorted({f for k, f in weight_map.items() if k.startswith("mtp.")}):
-        tensors = load_file(str(path / shard))
-        for key, t in tensors.items():
-            if key.startswith("mtp."):
-                std = 0.3 if t.dim() == 1 else 1.5 / t.shape[-1] ** 0.5
-                tensors[key] = (torch.randn(t.shape, generator=gen) * std).to(t.dtype)
-        save_file(tensors, str(path / shard), metadata={"format": "pt"})
-
-
 @pytest.fixture(scope="module", params=["tiny", "tiny-moe"])
 def setup(request, tmp_path_factory):
     """(our fp32 model loaded with its MTP head, fused and prepacked as served; the reference)."""
     src = request.getfixturevalue("tiny_ckpt" if request.param == "tiny" else "tiny_moe_ckpt")
     path = tmp_path_factory.mktemp(f"mtp_{request.param}") / "ckpt"
     shutil.copytree(src, path)
-    _amplify_mtp(path, seed=7)
+    amplify_mtp(path, seed=7)
     model, cfg = load_model(path, dtype=torch.float32, mtp=True)
     return model, Reference(path, cfg)
 
