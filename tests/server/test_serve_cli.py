@@ -111,11 +111,15 @@ def test_model_card_yarn_line_reaches_the_loader(hf_cache):
     (f"--model-path {HF_ID} --tp-size 4", "tensor parallelism is not implemented yet (runs on one device)"),
     (f"{HF_ID} --pipeline-parallel-size 2", "pipeline parallelism is not implemented yet"),
     (f"{HF_ID} --dp-size 2", "data parallelism is not implemented yet"),
-    (f"{HF_ID} --speculative-config {{\"method\":\"qwen3_next_mtp\",\"num_speculative_tokens\":2}}",
-     "MTP speculative decoding is not implemented yet"),
-    (f"--model-path {HF_ID} --speculative-algo NEXTN --speculative-num-steps 3 --speculative-eagle-topk 1 "
-     "--speculative-num-draft-tokens 4", "MTP speculative decoding is not implemented yet"),
-    (f"{HF_ID} --speculative-algorithm NEXTN", "MTP speculative decoding is not implemented yet"),
+    (f"{HF_ID} --speculative-config {{\"method\":\"ngram\",\"num_speculative_tokens\":2}}",
+     "speculative method must be one of"),
+    (f"{HF_ID} --speculative-config {{\"method\":\"mtp\",\"num_speculative_tokens\":0}}",
+     "num_speculative_tokens must be an integer in [1, 8]"),
+    (f"{HF_ID} --speculative-config {{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"model\":\"x/y\"}}",
+     "only the target checkpoint's own MTP head can draft"),
+    (f"--model-path {HF_ID} --speculative-algo NEXTN --speculative-num-steps 3 --speculative-eagle-topk 4",
+     "only chain drafting (topk 1) is supported"),
+    (f"{HF_ID} --speculative-num-steps 3", "need --speculative-algorithm NEXTN"),
     (f"{HF_ID} --tool-call-parser hermes", "'qwen3_coder' and its alias 'qwen3_xml'"),
     (f"{HF_ID} --reasoning-parser deepseek_r1", "the supported reasoning parser is 'qwen3'"),
     (f"{HF_ID} --max-model-len 300k", "--max-model-len 300000 is larger than the 262144 tokens"),
@@ -404,3 +408,17 @@ def test_real_server_ready_line(tiny_ckpt):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("flags,k", [
+    (["--speculative-config", '{"method":"qwen3_next_mtp","num_speculative_tokens":2}'], 2),
+    (["--speculative-config", '{"method":"mtp","num_speculative_tokens":1}'], 1),
+    (["--speculative-algo", "NEXTN", "--speculative-num-steps", "3", "--speculative-eagle-topk", "1",
+      "--speculative-num-draft-tokens", "4"], 3),
+    (["--speculative-algorithm", "NEXTN"], 3),
+    (["--num-speculative-tokens", "2"], 2),
+])
+def test_speculative_flags_of_vllm_and_sglang(hf_cache, flags, k):
+    p = plan(HF_ID, *flags)
+    assert p.speculative_config["num_speculative_tokens"] == k
+    assert plan(HF_ID).speculative_config is None

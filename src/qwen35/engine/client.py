@@ -43,6 +43,7 @@ class EngineInfo:
     hidden_size: int
     is_moe: bool
     cache_plan: str  # the memory plan, as logged at start-up
+    speculative: str = "off"  # MTP speculative decoding: "MTP, k=2", "off", or why it is off
 
 
 class EngineClient:

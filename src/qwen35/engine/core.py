@@ -20,7 +20,8 @@ def engine_info(engine: LLMEngine) -> EngineInfo:
     text = engine.model_cfg.text
     return EngineInfo(model=str(engine.cfg.model), max_model_len=engine.max_model_len, vocab_size=text.vocab_size,
                       max_num_seqs=engine.cfg.max_num_seqs, num_hidden_layers=text.num_hidden_layers,
-                      hidden_size=text.hidden_size, is_moe=engine.model_cfg.is_moe, cache_plan=engine.plan.describe())
+                      hidden_size=text.hidden_size, is_moe=engine.model_cfg.is_moe, cache_plan=engine.plan.describe(),
+                      speculative=engine.speculation())
 
 
 class EngineCore:

@@ -422,6 +422,13 @@ class LLMEngine:
                              prompt_logprobs=plp, error=parent.error)
 
     # -- introspection ------------------------------------------------------------------------------
+    def speculation(self) -> str:
+        """One line for the start-up banner: whether and how the engine speculates."""
+        if self.spec is not None:
+            return (f"MTP speculative decoding, {self.spec.k} draft token(s) per step (drafting pauses per request "
+                    f"while fewer than {self.spec.acceptance_floor:.0%} of its drafts are kept)")
+        return self.spec_note or "off"
+
     def cache_usage(self) -> dict[str, int]:
         """Pool and prefix-cache counters for metrics.
 
@@ -444,7 +451,8 @@ class LLMEngine:
                 "num_running_requests": len(self.parents) - len(waiting_parents),
                 "blocks_prefix_only": prefix_only,
                 "prefix_slots_used": prefix_slots_used, "prefix_slots_total": prefix.slots.capacity,
-                "prefix_cache_bytes": prefix_only * self.plan.block_bytes + prefix_slots_used * self.plan.slot_bytes}
+                "prefix_cache_bytes": prefix_only * self.plan.block_bytes + prefix_slots_used * self.plan.slot_bytes,
+                **self.spec_stats.as_counters()}
 
 
 def _child_params(params: SamplingParams, i: int) -> SamplingParams:

@@ -68,6 +68,10 @@ class SpecStats:
         for i in range(kept):
             self.accepted_per_pos[i] += 1
 
-    def as_dict(self) -> dict:
-        return {"num_drafts": self.drafts, "num_draft_tokens": self.draft_tokens,
-                "num_accepted_tokens": self.accepted_tokens, "num_accepted_tokens_per_pos": list(self.accepted_per_pos)}
+    def as_counters(self) -> dict[str, int]:
+        """Flat counters for `LLMEngine.cache_usage()`: spec_num_drafts, spec_num_draft_tokens,
+        spec_num_accepted_tokens and spec_accepted_pos_{i} for i < k."""
+        out = {"spec_num_drafts": self.drafts, "spec_num_draft_tokens": self.draft_tokens,
+               "spec_num_accepted_tokens": self.accepted_tokens}
+        out.update({f"spec_accepted_pos_{i}": n for i, n in enumerate(self.accepted_per_pos)})
+        return out

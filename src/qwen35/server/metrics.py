@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -40,6 +41,8 @@ class Metrics:
                               buckets=LATENCY_BUCKETS)
         self.e2e = Histogram("qwen35_e2e_request_latency_seconds", "End-to-end request latency", registry=r,
                              buckets=LATENCY_BUCKETS)
+        self.spec = SpecDecodeCollector()
+        r.register(self.spec)
         self.itl = Histogram("qwen35_inter_token_latency_seconds", "Time between streamed tokens", registry=r,
                              buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 
@@ -58,6 +61,29 @@ class Metrics:
         self.prefix_misses.set(usage["prefix_misses"])
         self.prefix_hit_tokens.set(usage["prefix_hit_tokens"])
         self.preemptions.set(usage["preemptions"])
+        self.spec.usage = usage
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SpecDecodeCollector:
+    """Speculative-decoding counters under vLLM's names (`vllm:spec_decode_*`), read from the engine's
+    latest stats; absent while the engine does not speculate."""
+
+    def __init__(self) -> None:
+        self.usage: dict[str, int] = {}
+
+    def collect(self):
+        u = self.usage
+        if "spec_num_drafts" not in u or not any(k.startswith("spec_accepted_pos_") for k in u):
+            return
+        for name, key, doc in (("num_drafts", "spec_num_drafts", "Verification rounds with drafts"),
+                               ("num_draft_tokens", "spec_num_draft_tokens", "Draft tokens proposed"),
+                               ("num_accepted_tokens", "spec_num_accepted_tokens", "Draft tokens accepted")):
+            yield CounterMetricFamily(f"vllm:spec_decode_{name}", doc, value=u[key])
+        per_pos = CounterMetricFamily("vllm:spec_decode_num_accepted_tokens_per_pos",
+                                      "Draft tokens accepted, by position in the draft", labels=["position"])
+        for key in sorted((k for k in u if k.startswith("spec_accepted_pos_")), key=lambda k: int(k.rsplit("_", 1)[1])):
+            per_pos.add_metric([key.rsplit("_", 1)[1]], u[key])
+        yield per_pos

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, EMBEDDED_NAME, ServeError, api_key_from,
-                         check_features, is_loopback, parse_hosts, parse_json)
+                         check_features, is_loopback, parse_hosts, parse_json, speculative_config)
 
 log = logging.getLogger("qwen35.server")
 
@@ -77,6 +77,7 @@ class ServePlan:
     kv_cache_memory: int | None
     chat_template: str | None  # from --chat-template; None: the checkpoint's
     noops: list[str]
+    speculative_config: dict | None = None  # vLLM's JSON form; None: no speculation
     state_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,6 +89,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     from .model_path import resolve_model
 
     noops = check_features(args)
+    speculative = speculative_config(args)
     if args.model and args.model_flag and args.model != args.model_flag:
         raise ServeError(f"two models given: {args.model!r} and --model {args.model_flag!r}")
     hf_overrides = parse_json("--hf-overrides", args.hf_overrides, dict)
@@ -161,7 +163,8 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
         except ValueError:
             raise ServeError(f"--kv-cache-memory: expected a size like 4GB, got {args.kv_cache_memory!r}") from None
     elif args.memory_fraction is not None:
-        kv = cache_budget(model_dir, text, args, max_len or min(supported, DEFAULT_MAX_MODEL_LEN))
+        kv = cache_budget(model_dir, text, args, max_len or min(supported, DEFAULT_MAX_MODEL_LEN),
+                          speculative)
 
     state_kwargs: dict[str, Any] = dict(
         api_key=api_key_from(args), trust_request_chat_template=args.trust_request_chat_template,
@@ -179,10 +182,12 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
         state_kwargs["max_waiting_requests"] = args.max_waiting_requests
     return ServePlan(model_dir=model_dir, hf_config=config if overridden else None, embedded=embedded,
                      served_names=args.served_model_name or [name], max_model_len=max_len, supported_len=supported,
-                     kv_cache_memory=kv, chat_template=template, noops=noops, state_kwargs=state_kwargs)
+                     kv_cache_memory=kv, chat_template=template, noops=noops, speculative_config=speculative,
+                     state_kwargs=state_kwargs)
 
 
-def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len: int) -> int:
+def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len: int,
+                 speculative: dict | None = None) -> int:
     """Cache bytes for --gpu-memory-utilization / --mem-fraction-static F: F x memory (total device memory on
     CUDA, available RAM on CPU) minus the weights (the checkpoint's file sizes), capped at what max_num_seqs
     full-length sequences and the prefix cache can use (the engine's own default plan)."""
@@ -190,7 +195,7 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
 
     from ..engine.llm_engine import DTYPES
     from ..engine.memory import available_memory
-    from ..model.cache import kv_bytes_per_token, state_bytes_per_slot
+    from ..model.cache_spec import cache_specs, kv_bytes, state_bytes
 
     frac = args.memory_fraction
     if args.device.startswith("cuda"):
@@ -206,8 +211,10 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
                          f"({weights / 2**30:.2f} GiB); raise it")
     dtype = DTYPES[args.dtype]
     prefix = 0.0 if args.no_enable_prefix_caching else 0.3  # EngineConfig.prefix_cache_fraction
-    block_bytes = kv_bytes_per_token(text, dtype) * BLOCK_SIZE
-    run = args.max_num_seqs * state_bytes_per_slot(text, dtype)
+    k = (speculative or {}).get("num_speculative_tokens", 0)
+    specs = cache_specs(text, dtype, min(text.mtp_num_hidden_layers, 1 if k else 0))  # + the MTP head's K/V
+    block_bytes = kv_bytes(specs) * BLOCK_SIZE
+    run = args.max_num_seqs * (1 + k) * state_bytes(specs)  # + k GDN snapshot slots per sequence
     full = args.max_num_seqs * -(-max_model_len // BLOCK_SIZE) * block_bytes + run
     return min(budget, full + int(prefix * full))
 
@@ -224,7 +231,7 @@ def build_state(plan: ServePlan, args: argparse.Namespace):
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        kv_cache_memory=plan.kv_cache_memory, block_size=BLOCK_SIZE,
                        enable_prefix_caching=not args.no_enable_prefix_caching, threads=args.threads or None,
-                       device=args.device)
+                       device=args.device, speculative_config=plan.speculative_config)
     if args.engine_process:
         from ..engine.process import EngineProcess, EngineStartError
 
@@ -252,7 +259,8 @@ def banner(state, plan: ServePlan) -> str:
              f"  model: {plan.model_dir} ({info.num_hidden_layers} layers, hidden {info.hidden_size}, "
              f"{'MoE' if info.is_moe else 'dense'}), max_model_len {info.max_model_len} "
              f"(supports {plan.supported_len}); engine in {where}",
-             f"  {info.cache_plan}"]
+             f"  {info.cache_plan}",
+             f"  speculative decoding: {info.speculative}"]
     if plan.embedded:
         lines += ["  NOTE: this is the EMBEDDED DEFAULT MODEL, a small checkpoint with RANDOM weights: its answers are",
                   "        noise. Serve a real checkpoint with: qwen35 serve /path/to/Qwen3.5-0.8B"]

@@ -19,7 +19,6 @@ REASONING_PARSERS = ("qwen3",)
 TOOL_PARSERS = ("qwen3_coder", "qwen3_xml")
 EMBEDDED_NAME = "qwen35-default-random"
 ENGINE_PROCESS = True  # the engine's default home: chosen by bench/bench_serving.py (docs/LOG.md)
-MTP_ERROR = "MTP speculative decoding is not implemented yet"
 
 # dest -> (the flag as users write it, why it changes nothing here)
 NOOP_FLAGS = {
@@ -39,8 +38,6 @@ PARALLEL = {  # dest -> what it is
     "pipeline_parallel_size": "pipeline parallelism",
     "data_parallel_size": "data parallelism",
 }
-SPECULATIVE = ("speculative_config", "speculative_algorithm", "speculative_num_steps", "speculative_eagle_topk",
-               "speculative_num_draft_tokens", "num_speculative_tokens")
 
 
 SECURITY_NOTE = (
@@ -200,17 +197,22 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--header-timeout", type=_positive_float, default=30.0,
                    help="seconds a connection may take to send its request headers (default 30)")
 
-    u = p.add_argument_group("not implemented yet (values other than 1 / any speculative setting are errors)")
+    s = p.add_argument_group("speculative decoding with the checkpoint's MTP head")
+    s.add_argument("--speculative-config", default=None, metavar="JSON",
+                   help='vLLM\'s form: \'{"method": "mtp", "num_speculative_tokens": 2}\' (qwen3_next_mtp and '
+                        'qwen3_5_mtp are accepted names of mtp)')
+    s.add_argument("--speculative-algorithm", "--speculative-algo", dest="speculative_algorithm", default=None,
+                   help="SGLang's form: NEXTN (or EAGLE), with --speculative-num-steps k")
+    for name in ("--speculative-num-steps", "--speculative-eagle-topk", "--speculative-num-draft-tokens",
+                 "--num-speculative-tokens"):
+        s.add_argument(name, type=int, default=None)
+
+    u = p.add_argument_group("not implemented yet (values other than 1 are errors)")
     u.add_argument("--tensor-parallel-size", "-tp", "--tp-size", "--tp", dest="tensor_parallel_size", type=int,
                    default=1)
     u.add_argument("--pipeline-parallel-size", "-pp", "--pp-size", dest="pipeline_parallel_size", type=int,
                    default=1)
     u.add_argument("--data-parallel-size", "-dp", "--dp-size", dest="data_parallel_size", type=int, default=1)
-    u.add_argument("--speculative-config", default=None, metavar="JSON")
-    u.add_argument("--speculative-algorithm", "--speculative-algo", dest="speculative_algorithm", default=None)
-    for name in ("--speculative-num-steps", "--speculative-eagle-topk", "--speculative-num-draft-tokens",
-                 "--num-speculative-tokens"):
-        u.add_argument(name, type=int, default=None)
 
     n = p.add_argument_group("accepted, no effect here (named once at start-up)")
     for dest, (flag, why) in NOOP_FLAGS.items():
@@ -226,10 +228,34 @@ def check_features(args: argparse.Namespace) -> list[str]:
         if size != 1:
             raise ServeError(f"{what} is not implemented yet (runs on one device); "
                              f"--{dest.replace('_', '-')} {size} needs {size} devices")
-    given = [f"--{d.replace('_', '-')}" for d in SPECULATIVE if getattr(args, d) is not None]
-    if given:
-        raise ServeError(f"{MTP_ERROR} ({', '.join(given)}); drop the flag to serve without it")
     return [f"{flag} ({why})" for dest, (flag, why) in NOOP_FLAGS.items() if getattr(args, dest)]
+
+
+def speculative_config(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The speculative decoding settings of the command line as vLLM's JSON object (None: off); ServeError
+    for a malformed or unsupported one. vLLM's --speculative-config wins; SGLang's --speculative-algorithm
+    family and the old --num-speculative-tokens also work."""
+    from ..engine.spec_config import SpeculativeConfig
+
+    try:
+        if args.speculative_config is not None:
+            raw = parse_json("--speculative-config", args.speculative_config, dict)
+            SpeculativeConfig.from_dict(raw)
+            return raw
+        if args.speculative_algorithm is not None:
+            cfg = SpeculativeConfig.from_sglang(args.speculative_algorithm, args.speculative_num_steps,
+                                                args.speculative_eagle_topk, args.speculative_num_draft_tokens)
+            return {"method": "mtp", "num_speculative_tokens": cfg.k}
+        if args.num_speculative_tokens is not None:
+            SpeculativeConfig(num_speculative_tokens=args.num_speculative_tokens)
+            return {"method": "mtp", "num_speculative_tokens": args.num_speculative_tokens}
+    except ValueError as e:
+        raise ServeError(str(e)) from None
+    if any(getattr(args, d) is not None for d in ("speculative_num_steps", "speculative_eagle_topk",
+                                                  "speculative_num_draft_tokens")):
+        raise ServeError("--speculative-num-steps / --speculative-eagle-topk / --speculative-num-draft-tokens need "
+                         "--speculative-algorithm NEXTN")
+    return None
 
 
 def is_loopback(host: str) -> bool:
