@@ -35,16 +35,19 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.08)
 
 
-def hf_checkpoint(tmp_dir, moe: bool, seed: int = 0, tie: bool = False):
+def hf_checkpoint(tmp_dir, moe: bool, seed: int = 0, tie: bool = False, **config):
+    """A random transformers model saved to `tmp_dir`; `config` overrides HF_SHAPE or adds config keys
+    (e.g. `rope_parameters`, `max_position_embeddings`)."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
+    shape = {**HF_SHAPE, **config}
     if moe:
         from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig
-        cfg = Qwen3_5MoeTextConfig(**HF_SHAPE, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+        cfg = Qwen3_5MoeTextConfig(**shape, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
                                    shared_expert_intermediate_size=48, tie_word_embeddings=tie)
         model = transformers.Qwen3_5MoeForCausalLM(cfg)
     else:
-        cfg = transformers.Qwen3_5TextConfig(**HF_SHAPE, intermediate_size=96, tie_word_embeddings=tie)
+        cfg = transformers.Qwen3_5TextConfig(**shape, intermediate_size=96, tie_word_embeddings=tie)
         model = transformers.Qwen3_5ForCausalLM(cfg)
     _randomize(model, seed)
     model.eval()

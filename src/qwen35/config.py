@@ -20,6 +20,7 @@ from typing import Any
 DENSE_TYPES = ("qwen3_5", "qwen3_5_text")
 MOE_TYPES = ("qwen3_5_moe", "qwen3_5_moe_text")
 LAYER_KINDS = ("linear_attention", "full_attention")
+DEFAULT_MAX_POSITION = 262_144  # TextConfig.max_position_embeddings when config.json has none
 
 
 class ConfigError(ValueError):
@@ -35,26 +36,45 @@ class RopeConfig:
     original_max_position_embeddings: int | None = None
     beta_fast: float = 32.0
     beta_slow: float = 1.0
-    attention_factor: float | None = None
+    attention_factor: float | None = None  # YaRN cos/sin scale; default 0.1 ln(factor) + 1 (or the mscale ratio)
+    mscale: float | None = None  # DeepSeek-style: attention scale get_mscale(f, mscale) / get_mscale(f, all_dim)
+    mscale_all_dim: float | None = None
+    truncate: bool = True  # floor/ceil the YaRN correction range
     mrope_section: tuple[int, ...] = (11, 11, 10)
     mrope_interleaved: bool = True
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, partial_rotary_factor: float | None) -> "RopeConfig":
+    def from_dict(cls, d: dict[str, Any] | None, partial_rotary_factor: float | None,
+                  max_position_embeddings: int | None = None) -> "RopeConfig":
+        """`rope_parameters` as transformers reads them. A YaRN `factor` that is missing or null is
+        max_position_embeddings / original_max_position_embeddings (transformers' rule; 1 when either is
+        unknown); null or 0 betas mean the defaults 32 and 1, as there."""
         d = dict(d or {})
         rope_type = d.get("rope_type", d.get("type", "default"))
         if rope_type not in ("default", "yarn"):
             raise ConfigError(f"rope_parameters.rope_type={rope_type!r} is not supported (default or yarn)")
         prf = d.get("partial_rotary_factor", partial_rotary_factor if partial_rotary_factor is not None else 0.25)
+        original = d.get("original_max_position_embeddings")
+        factor = d.get("factor")
+        if factor is None:
+            factor = (max_position_embeddings / (original or max_position_embeddings)
+                      if rope_type == "yarn" and max_position_embeddings else 1.0)
+
+        def optional(key: str) -> float | None:
+            return None if d.get(key) is None else float(d[key])
+
         return cls(
             theta=float(d.get("rope_theta", 10_000_000.0)),
             partial_rotary_factor=float(prf),
             rope_type=rope_type,
-            factor=float(d.get("factor", 1.0)),
-            original_max_position_embeddings=d.get("original_max_position_embeddings"),
-            beta_fast=float(d.get("beta_fast", 32.0)),
-            beta_slow=float(d.get("beta_slow", 1.0)),
-            attention_factor=d.get("attention_factor"),
+            factor=float(factor),
+            original_max_position_embeddings=original,
+            beta_fast=float(d.get("beta_fast") or 32.0),
+            beta_slow=float(d.get("beta_slow") or 1.0),
+            attention_factor=optional("attention_factor"),
+            mscale=optional("mscale"),
+            mscale_all_dim=optional("mscale_all_dim"),
+            truncate=bool(d.get("truncate", True)),
             mrope_section=tuple(d.get("mrope_section", (11, 11, 10))),
             mrope_interleaved=bool(d.get("mrope_interleaved", True)),
         )
@@ -71,6 +91,10 @@ class RopeConfig:
             d["factor"] = self.factor
             if self.original_max_position_embeddings is not None:
                 d["original_max_position_embeddings"] = self.original_max_position_embeddings
+            defaults = RopeConfig()
+            for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"):
+                if getattr(self, key) != getattr(defaults, key):
+                    d[key] = getattr(self, key)
         return d
 
 
@@ -101,7 +125,7 @@ class TextConfig:
     norm_topk_prob: bool = True
     # misc
     rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 262_144
+    max_position_embeddings: int = DEFAULT_MAX_POSITION
     tie_word_embeddings: bool = False
     rope: RopeConfig = field(default_factory=RopeConfig)
     mtp_num_hidden_layers: int = 0
@@ -225,7 +249,8 @@ class TextConfig:
             kwargs["intermediate_size"] = 0  # MoE models have no dense MLP
         if "rope_scaling" in d and "rope_parameters" not in d:
             d = {**d, "rope_parameters": d["rope_scaling"]}
-        rope = RopeConfig.from_dict(d.get("rope_parameters"), d.get("partial_rotary_factor"))
+        rope = RopeConfig.from_dict(d.get("rope_parameters"), d.get("partial_rotary_factor"),
+                                    d.get("max_position_embeddings", DEFAULT_MAX_POSITION))
         return cls(layer_types=tuple(layer_types), rope=rope, eos_token_id=eos,
                    tie_word_embeddings=bool(tie), **kwargs)
 

@@ -80,3 +80,20 @@ def test_presets_round_trip_through_config_json(name):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("70b")
+
+
+@pytest.mark.parametrize("rope,max_pos,supported", [
+    ({"rope_type": "default"}, 262144, 262144),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}, 262144, 4 * 262144),
+    ({"rope_type": "yarn", "factor": 4.0}, 32768, 4 * 32768),  # the original defaults to max_position_embeddings
+    ({"rope_type": "yarn", "factor": None, "original_max_position_embeddings": 1000}, 4000, 4000),  # derived 4x
+    ({"rope_type": "yarn", "original_max_position_embeddings": 1000}, 4000, 4000),
+    ({"rope_type": "yarn", "factor": 1.0, "original_max_position_embeddings": 1000}, 4000, 4000),  # no scaling
+    ({"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1000}, 4000, 2000),  # old key; factor wins
+])
+def test_supported_length_is_factor_times_the_original_window(rope, max_pos, supported):
+    d = dict(OFFICIAL_08B_TEXT, max_position_embeddings=max_pos)
+    d["rope_parameters"] = {**d["rope_parameters"], **rope}
+    if "type" in rope:
+        del d["rope_parameters"]["rope_type"]
+    assert ModelConfig.from_dict(d).text.supported_length == supported

@@ -109,3 +109,19 @@ def test_context_length_is_checked_and_hf_config_overrides_the_file(tiny_ckpt):
     llm = make_llm(tiny_ckpt, max_model_len=8192, hf_config=config)  # YaRN: 2 x 4096
     assert llm.engine.max_model_len == 8192 and llm.engine.model_cfg.text.rope.rope_type == "yarn"
     assert json.loads((tiny_ckpt / "config.json").read_text()) != config  # the checkpoint is not touched
+
+
+def test_yarn_allows_factor_times_the_original_window_and_no_more(tiny_ckpt):
+    """max_model_len may reach factor x original_max_position_embeddings (here 4 x 4096, four times the
+    checkpoint's max_position_embeddings), and the engine refuses one token more."""
+    import json
+
+    config = json.loads((tiny_ckpt / "config.json").read_text())
+    text = config.get("text_config", config)
+    text["rope_parameters"] = {**text.get("rope_parameters", {}), "rope_type": "yarn", "factor": 4.0,
+                               "original_max_position_embeddings": 4096}
+    llm = make_llm(tiny_ckpt, max_model_len=4 * 4096, max_num_seqs=2, hf_config=config)
+    assert llm.engine.max_model_len == 16384 and llm.engine.model_cfg.text.supported_length == 16384
+    with pytest.raises(ValueError, match="max_model_len 16385 is larger than the 16384 tokens"):
+        make_llm(tiny_ckpt, max_model_len=4 * 4096 + 1, max_num_seqs=2, hf_config=config)
+    assert make_llm(tiny_ckpt, max_model_len=None, max_num_seqs=2, hf_config=config).engine.max_model_len == 8192

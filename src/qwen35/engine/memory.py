@@ -26,6 +26,7 @@ class MemoryPlan:
     prefix_slots: int
     block_bytes: int
     slot_bytes: int
+    max_model_len: int = 0  # what the plan was sized for (0: unknown)
     scratch_slots: int = 0  # GDN snapshot slots of speculative decoding (k per running slot), after the others
 
     @property
@@ -36,13 +37,34 @@ class MemoryPlan:
     def total_bytes(self) -> int:
         return self.num_blocks * self.block_bytes + self.total_slots * self.slot_bytes
 
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens of K/V the cache holds, all sequences together; also the longest single context it could
+        hold (requests are capped at max_model_len)."""
+        return self.num_blocks * self.block_size
+
+    @property
+    def full_sequences(self) -> int:
+        """How many max_model_len-token sequences fit in the K/V blocks at once (not counting max_num_seqs)."""
+        if self.max_model_len <= 0:
+            return 0
+        return self.num_blocks // -(-self.max_model_len // self.block_size)
+
     def describe(self) -> str:
         gib = 1 << 30
-        return (f"cache plan: {self.num_blocks} K/V blocks x {self.block_size} tokens "
-                f"({self.num_blocks * self.block_bytes / gib:.2f} GiB, {self.num_blocks * self.block_size} tokens), "
+        text = (f"cache plan: {self.num_blocks} K/V blocks x {self.block_size} tokens "
+                f"({self.num_blocks * self.block_bytes / gib:.2f} GiB, {self.kv_tokens} tokens), "
                 f"{self.run_slots} running + {self.prefix_slots} prefix-cache GDN state slots "
                 f"({(self.run_slots + self.prefix_slots) * self.slot_bytes / gib:.2f} GiB, "
                 f"{self.slot_bytes / (1 << 20):.1f} MiB each)")
+        if self.scratch_slots:
+            text += (f", {self.scratch_slots} speculative snapshot slots "
+                     f"({self.scratch_slots * self.slot_bytes / gib:.2f} GiB)")
+        if self.max_model_len > 0:
+            text += (f"; context: {self.kv_tokens} K/V tokens in all, room for {self.full_sequences} full "
+                     f"max_model_len={self.max_model_len} sequences at once (max_num_seqs={self.run_slots}), "
+                     f"longest single context the cache can hold {self.kv_tokens} tokens")
+        return text
 
 
 DEFAULT_FRACTION = {"cpu": 0.4, "cuda": 0.85}  # of free memory; the rest is for activations (and, on CPU, the OS)
@@ -93,6 +115,7 @@ def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num
         raise ValueError(f"KV cache memory of {budget / (1 << 20):.0f} MiB leaves {num_blocks} blocks, fewer than "
                          f"one max_model_len={max_model_len} sequence needs ({need}); raise --kv-cache-memory or "
                          f"lower --max-model-len / --max-num-seqs")
-    plan = MemoryPlan(num_blocks, block_size, max_num_seqs, prefix_slots, block_bytes, slot_bytes, scratch)
+    plan = MemoryPlan(num_blocks, block_size, max_num_seqs, prefix_slots, block_bytes, slot_bytes, max_model_len,
+                      scratch)
     log.info(plan.describe())
     return plan

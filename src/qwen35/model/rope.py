@@ -16,28 +16,43 @@ from ..config import RopeConfig
 
 
 def inv_frequencies(rope: RopeConfig, rotary_dim: int, max_position_embeddings: int) -> tuple[torch.Tensor, float]:
-    """[rotary_dim / 2] fp32 inverse frequencies and the attention scale (YaRN mscale, else 1)."""
+    """[rotary_dim / 2] fp32 inverse frequencies and the attention scale (YaRN mscale, else 1).
+
+    Computed in fp32 with transformers' operations in transformers' order (`_compute_yarn_parameters`,
+    `compute_default_rope_parameters`), so the frequencies are bit-identical to the oracle's: at a million
+    positions one ulp of a frequency is already a few hundredths of a radian of phase.
+    """
     d = rotary_dim
-    extra = 1.0 / rope.theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    pos_freqs = rope.theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+    extra = 1.0 / pos_freqs
     if rope.rope_type != "yarn":
-        return extra.float(), 1.0
-    factor = rope.factor
+        return extra, 1.0
+    factor = rope.factor  # RopeConfig.from_dict already derived a missing factor (max_position / original)
     original = rope.original_max_position_embeddings or max_position_embeddings  # transformers' default
+
+    def get_mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if rope.attention_factor is not None:
+        mscale = float(rope.attention_factor)
+    elif rope.mscale and rope.mscale_all_dim:
+        mscale = float(get_mscale(factor, rope.mscale) / get_mscale(factor, rope.mscale_all_dim))
+    else:
+        mscale = get_mscale(factor)
 
     def corr_dim(n_rot: float) -> float:
         return d * math.log(original / (n_rot * 2 * math.pi)) / (2 * math.log(rope.theta))
 
-    low = max(math.floor(corr_dim(rope.beta_fast)), 0)
-    high = min(math.ceil(corr_dim(rope.beta_slow)), d - 1)
+    low, high = corr_dim(rope.beta_fast), corr_dim(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
     if low == high:
-        high += 0.001
-    ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
-    inv = (extra / factor) * ramp + extra * (1 - ramp)
-    if rope.attention_factor is not None:
-        mscale = float(rope.attention_factor)
-    else:
-        mscale = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
-    return inv.float(), mscale
+        high += 0.001  # no singularity
+    ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extra_weight = 1 - ramp  # 1: keep the original frequency (high frequencies), 0: interpolate (divide by s)
+    inter = 1.0 / (factor * pos_freqs)
+    return inter * (1 - extra_weight) + extra * extra_weight, mscale
 
 
 class RotaryEmbedding(nn.Module):
