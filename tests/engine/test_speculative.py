@@ -214,3 +214,23 @@ def test_checkpoint_without_mtp_serves_and_says_so(tmp_path, tiny_ckpt, caplog):
     llm = make_llm(d, 2)
     assert llm.engine.spec is None and "no MTP head" in llm.engine.spec_note
     assert _ids(llm.generate(_prompts([10]), GREEDY))
+
+
+def test_draft_vocabulary_limits_drafts_not_output(tiny_ckpt, tmp_path):
+    prompts = _prompts([9, 33], seed=9)
+    want = _ids(make_llm(tiny_ckpt).generate(prompts, GREEDY))
+    llm = make_llm(tiny_ckpt, speculative_config={"method": "mtp", "num_speculative_tokens": 2,
+                                                   "draft_vocab_size": 64, "acceptance_floor": 0.0})
+    seen: list[int] = []
+    propose = llm.engine.runner.drafter.propose
+
+    def recording(budgets):
+        drafts = propose(budgets)
+        for d in drafts.values():
+            seen.extend(d)
+        return drafts
+
+    llm.engine.runner.drafter.propose = recording
+    assert _ids(llm.generate(prompts, GREEDY)) == want
+    special = set(llm.tokenizer.special_ids)
+    assert seen and all(t < 64 or t in special for t in seen)

@@ -42,6 +42,7 @@ from .runner import ModelRunner
 from .sampler import PenaltyState, Sampler, SamplerOutput, min_tokens_stop_ids
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
+from .spec_config import DRAFT_VOCAB_FILE
 from .speculative import DraftPolicy, SpecStats
 from .stop import Delta, StopChecker
 from .verify import row_histories, verify
@@ -107,7 +108,7 @@ class LLMEngine:
         slots = plan.run_slots + plan.prefix_slots
         self.runner = ModelRunner(self.model, plan.num_blocks, cfg.block_size, plan.total_slots,
                                   cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_model_len,
-                                  num_speculative_tokens=k)
+                                  num_speculative_tokens=k, draft_ids=self._draft_vocab())
         sched_cfg = SchedulerConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                                     max_model_len=self.max_model_len, block_size=cfg.block_size,
                                     boundary_token_id=self.tokenizer.im_start_id)
@@ -119,6 +120,23 @@ class LLMEngine:
         self.seqs: dict[str, _Seq] = {}  # sub-request id -> state
         self.preemptions = 0
         self.spec_stats = SpecStats(k)
+
+    def _draft_vocab(self) -> list[int] | None:
+        """The draft vocabulary of `speculative_config.draft_vocab_size` (see spec_config.py), or None."""
+        n = self.spec.draft_vocab_size if self.spec is not None else None
+        vocab = self.model_cfg.text.vocab_size
+        if n is None or n >= vocab:
+            return None
+        ranked = Path(self.cfg.model) / DRAFT_VOCAB_FILE
+        if ranked.exists():
+            try:
+                order = [t for t in json.loads(ranked.read_text()) if isinstance(t, int) and 0 <= t < vocab]
+            except (json.JSONDecodeError, TypeError) as e:
+                raise ValueError(f"{ranked} is not a JSON list of token ids: {e}") from None
+        else:
+            order = range(vocab)
+        ids = list(dict.fromkeys(order))[:n]
+        return ids + [t for t in (*self.eos_ids, *self.tokenizer.special_ids) if t < vocab]
 
     def _eos_ids(self, path: Path) -> list[int]:
         ids = {self.tokenizer.eos_token_id}

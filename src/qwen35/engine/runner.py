@@ -29,14 +29,14 @@ PROMPT_LOGPROBS_ROWS = 128  # prompt positions scored at once: bounds the [rows,
 class ModelRunner:
     def __init__(self, model: Qwen35ForCausalLM, num_blocks: int, block_size: int, num_slots: int,
                  max_num_batched_tokens: int = 2048, max_num_seqs: int = 32, max_model_len: int | None = None,
-                 num_speculative_tokens: int = 0) -> None:
+                 num_speculative_tokens: int = 0, draft_ids: list[int] | None = None) -> None:
         """`num_speculative_tokens` k > 0: the last `max_num_seqs * k` of the `num_slots` state slots are
         scratch slots for GDN snapshots, k for each running slot (see `Drafter`)."""
         self.model = model
         self.block_size = block_size
         self.cache: ModelCache = model.new_cache(num_blocks, block_size, num_slots)
-        self.drafter = Drafter(self, num_speculative_tokens, num_slots - max_num_seqs * num_speculative_tokens) \
-            if num_speculative_tokens else None
+        self.drafter = Drafter(self, num_speculative_tokens, num_slots - max_num_seqs * num_speculative_tokens,
+                               draft_ids) if num_speculative_tokens else None
         self.device = model.model.embed_tokens.weight.device
         max_blocks = -(-max_model_len // block_size) if max_model_len else num_blocks
         self.builder = BatchBuilder(block_size, self.device, BatchBuilder.capacity_for(

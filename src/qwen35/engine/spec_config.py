@@ -16,7 +16,8 @@ METHODS = ("mtp", "qwen3_next_mtp", "qwen3_5_mtp", "qwen3_5_moe_mtp")  # all mea
 SGLANG_ALGORITHMS = ("NEXTN", "EAGLE", "MTP")
 MAX_SPECULATIVE_TOKENS = 8  # more only wastes work: acceptance falls geometrically with depth
 KNOWN_KEYS = {"method", "num_speculative_tokens", "model", "draft_tensor_parallel_size", "max_model_len",
-              "disable_by_batch_size", "acceptance_floor"}
+              "disable_by_batch_size", "acceptance_floor", "draft_vocab_size"}
+DRAFT_VOCAB_FILE = "draft_vocab.json"  # in the checkpoint: token ids, most frequent first (optional)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class SpeculativeConfig:
     # adaptive switch-off: a request whose last drafts were mostly rejected pauses drafting (see speculative.py)
     acceptance_floor: float = 0.3  # accepted / drafted below this over the recent window: pause
     disable_by_batch_size: int | None = None  # vLLM's: no drafts while this many requests or more run
+    # draft over the N most frequent tokens only (EAGLE-3's draft vocabulary): the draft lm_head reads N rows
+    # instead of the whole vocabulary. Frequency order is the checkpoint's draft_vocab.json if it has one, else
+    # token id order (BPE merges are numbered by frequency). None: the whole vocabulary.
+    draft_vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -36,6 +41,9 @@ class SpeculativeConfig:
             raise ValueError(f"num_speculative_tokens must be an integer in [1, {MAX_SPECULATIVE_TOKENS}], got {k!r}")
         if not 0 <= self.acceptance_floor < 1:
             raise ValueError(f"acceptance_floor must be in [0, 1), got {self.acceptance_floor!r}")
+        n = self.draft_vocab_size
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"draft_vocab_size must be a positive integer, got {n!r}")
         if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
             raise ValueError(f"disable_by_batch_size must be >= 1, got {self.disable_by_batch_size!r}")
 
@@ -57,7 +65,7 @@ class SpeculativeConfig:
         if "num_speculative_tokens" not in d:
             raise ValueError("speculative_config needs num_speculative_tokens")
         kwargs = {k: d[k] for k in ("method", "num_speculative_tokens", "acceptance_floor",
-                                    "disable_by_batch_size") if k in d}
+                                    "disable_by_batch_size", "draft_vocab_size") if k in d}
         kwargs.setdefault("method", "mtp")
         return cls(**kwargs)
 
