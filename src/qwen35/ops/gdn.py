@@ -46,7 +46,7 @@ def recurrent_gated_delta_rule(
 
     q, k: [B, T, H, dk]; v: [B, T, H, dv]; g, beta: [B, T, H]; state: [B, H, dk, dv], updated in place.
     snapshots: optional (pool: [P, H, dk, dv], index: [B, T] int64): after token t, row index[b, t] of
-    pool receives the state of sequence b (pool must not share memory with `state`).
+    pool receives the state of sequence b (see `_write_rows` for when `state` may be rows of `pool`).
     Returns o: [B, T, H, dv].
     """
     B, T, H, dk = k.shape
@@ -60,8 +60,20 @@ def recurrent_gated_delta_rule(
         s.baddbmm_(kt.unsqueeze(2), err.unsqueeze(1))
         outs.append(torch.bmm(qt.unsqueeze(1), s).view(B, H, dv))
         if snapshots is not None:
-            snapshots[0].index_copy_(0, snapshots[1][:, t], state)
+            _write_rows(snapshots[0], snapshots[1][:, t], state)
     return torch.stack(outs, 1)
+
+
+def _write_rows(pool: torch.Tensor, rows: torch.Tensor, state: torch.Tensor) -> None:
+    """pool[rows[b]] = state[b]. On CPU row by row, which allows `state` to be rows of `pool` itself (a row
+    that is the state's own memory is skipped); elsewhere one index_copy_ (state must not alias pool)."""
+    if pool.device.type != "cpu":
+        pool.index_copy_(0, rows, state)
+        return
+    for b, r in enumerate(rows.tolist()):
+        dst = pool[r]
+        if dst.data_ptr() != state[b].data_ptr():
+            dst.copy_(state[b])
 
 
 def chunked_gated_delta_rule(
@@ -133,6 +145,10 @@ def gated_delta_rule_with_snapshots(
     B, T, H, dk = q.shape
     S = index.shape[1]
     dev = q.device
+    if dev.type == "cpu" and T <= S and T <= 16 and int(lens.min()) == T:
+        # every token is in the tail and none is padding (a batch of verifying sequences): run the recurrence
+        # on `state` itself and copy it out after each token, row by row (no clone, gather or scatter)
+        return recurrent_gated_delta_rule(q, k, v, g, beta, state, snapshots=(pool, index[:, S - T:]))
     pos = lens.view(B, 1) - S + torch.arange(S, device=dev)  # [B, S] token index of each tail row
     real = (pos >= 0).unsqueeze(-1)  # [B, S, 1]; sequences shorter than S get no-op rows in front
     if T > S:  # head: the tokens before each tail, with the tail turned into padding
