@@ -20,7 +20,11 @@ class RMSNorm(nn.Module):
         self._scale: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight it came from, fp32 1 + w)
 
     def scale(self) -> torch.Tensor:
-        """fp32 `1 + w`, computed once per weight tensor (decode calls this ~50 times a token)."""
+        """fp32 `1 + w`, computed once per weight tensor (decode calls this ~50 times a token). A weight that
+        requires grad (training: bench/train_mtp.py) is read afresh each call, so its gradient flows and the
+        optimiser's in-place updates count; the loader's weights never require grad."""
+        if self.weight.requires_grad:
+            return 1.0 + self.weight.float()
         if self._scale is None or self._scale[0] is not self.weight:
             self._scale = (self.weight, 1.0 + self.weight.detach().float())
         return self._scale[1]
