@@ -1,24 +1,30 @@
 """MTP speculative decoding: single-sequence greedy decode with k = 0 (off), 1, 2, 3, same run, same prompt.
 
-    .venv/bin/python bench/bench_spec.py [--model DIR] [--random DIR] [--ks 1,2,3] [--decode-tokens 96]
+    .venv/bin/python bench/bench_spec.py [--ks 1,2,3] [--oracle 0.8] [--draft-vocab-size 32768] [--dtype bfloat16]
 
-Two checkpoints:
-- `--model`: one whose MTP head drafts well, by default the `dense-0.8b` random checkpoint with an MTP head
-  trained on the model's own greedy outputs by bench/train_mtp.py (`<cache>/bench-dense-0.8b-mtp`). It
-  measures the speed-up where drafts are right.
-- `--random`: the same shape with its random MTP head (acceptance near zero). It measures what speculation
-  costs when nothing is accepted (the adaptive pause should keep that small).
+Cases (each against k = 0 on the same checkpoint, in the same run):
+- "random MTP": the random `dense-0.8b` checkpoint with its random MTP head: acceptance near zero, so this
+  measures what speculation costs when nothing is accepted (the adaptive pause should keep that small).
+- "oracle": the same checkpoint and the same MTP forward passes, but each draft is replaced by the true next
+  greedy token (from the k = 0 run) with probability `--oracle`, else by a wrong one. A random model's next
+  token is a hash of its context, so no trained head predicts it (bench/train_mtp.py: held-out acceptance 0 on
+  dense-0.8b); the verification step costs the same whichever tokens it checks, so this measures the speed-up
+  at a chosen acceptance. Outputs are compared with k = 0 (identical in fp32; in bf16 a k+1-row verify rounds
+  differently and near ties can flip, after which the oracle's drafts stop matching).
+- "trained MTP": `--trained` (default `<cache>/bench-tiny-mtp`, written by `bench/train_mtp.py --preset tiny`),
+  real drafts of a trained head, where it exists: shows the real path end to end (the tiny model's step is
+  mostly Python overhead, so its ratio is not a bandwidth figure).
 
-Prints the CPU model and measured bandwidth, then per checkpoint and k: decode tok/s, the ratio to k = 0,
-the acceptance rate (kept / drafted), the mean tokens per step and the per-position acceptance; the last line
-is one JSON object. The prompt is random token ids from a seed the training script does not use. Timings on a
-shared 2-core machine are noisy: compare the ratios of one run.
+Prints the CPU model and measured bandwidth, then per case and k: decode tok/s, the ratio to k = 0, the
+acceptance rate (kept / drafted), tokens per step and the per-position acceptance; the last line is one JSON
+object. Timings on a shared 2-core machine are noisy: compare the ratios of one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -32,19 +38,23 @@ from machine import cpu_model, memory_bandwidth  # noqa: E402
 def default_paths() -> tuple[Path, Path]:
     from qwen35.default_model import cache_root
 
-    return cache_root() / "bench-dense-0.8b-mtp", cache_root() / "bench-dense-0.8b"
+    return cache_root() / "bench-tiny-mtp", cache_root() / "bench-dense-0.8b"
 
 
-def decode(path: Path, k: int, prompt: list[int], n: int, threads: int, dtype: str) -> dict:
-    """One warm-up request, then one timed greedy request of n tokens; decode = every step after the first."""
+def decode(path: Path, k: int, prompt: list[int], n: int, threads: int, dtype: str, draft_vocab: int | None,
+           oracle: tuple[float, list[int]] | None = None) -> dict:
+    """One warm-up request, then one timed greedy request of n tokens; decode = every step after the first.
+    oracle: (p, truth): drafts become truth's tokens with probability p each (see the module docstring)."""
     from qwen35.engine import EngineConfig, LLMEngine, SamplingParams
 
-    spec = {"method": "mtp", "num_speculative_tokens": k} if k else None
+    spec = {"method": "mtp", "num_speculative_tokens": k, "draft_vocab_size": draft_vocab} if k else None
     engine = LLMEngine(EngineConfig(model=str(path), dtype=dtype, max_model_len=len(prompt) + n + 8, max_num_seqs=1,
                                     enable_prefix_caching=False, threads=threads, speculative_config=spec))
+    if oracle is not None and k:
+        _oracle(engine, *oracle)
 
     def run(ids: list[int], max_tokens: int) -> tuple[list[float], list[int], int]:
-        engine.add_request(f"bench-{len(ids)}-{max_tokens}", ids,
+        engine.add_request(f"{'timed' if ids is prompt else 'warm'}-{len(ids)}-{max_tokens}", ids,
                            SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
         steps, out = [], []
         while engine.has_unfinished():
@@ -69,36 +79,70 @@ def decode(path: Path, k: int, prompt: list[int], n: int, threads: int, dtype: s
             "per_position": [stats.get(f"spec_accepted_pos_{i}", 0) / rounds if rounds else None for i in range(k)]}
 
 
+def _oracle(engine, p: float, truth: list[int]) -> None:
+    """Replace the head's drafts (after it has run) by truth's tokens, each right with probability p."""
+    rng = random.Random(0)
+    drafter = engine.runner.drafter
+    propose = drafter.propose
+    vocab = engine.model_cfg.text.vocab_size
+
+    def patched(budgets):
+        drafts = propose(budgets)
+        for req in engine.scheduler.running:
+            if id(req) in drafts and req.request_id.startswith("timed"):
+                n = len(req.output_ids)
+                want = truth[n:n + len(drafts[id(req)])]
+                want += [0] * (len(drafts[id(req)]) - len(want))
+                drafts[id(req)] = [t if rng.random() < p else (t + 1) % vocab for t in want]
+        return drafts
+
+    drafter.propose = patched
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     trained, random_ = default_paths()
-    p.add_argument("--model", default=str(trained))
-    p.add_argument("--random", default=str(random_))
+    p.add_argument("--model", default=str(random_), help="checkpoint for the random-MTP and oracle cases")
+    p.add_argument("--trained", default=str(trained), help="checkpoint with a trained MTP head")
     p.add_argument("--ks", default="1,2,3")
+    p.add_argument("--oracle", type=float, default=0.8, help="probability that an oracle draft is right")
+    p.add_argument("--draft-vocab-size", type=int, default=32768, help="0: the whole vocabulary")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--decode-tokens", type=int, default=96)
     p.add_argument("--prompt-seed", type=int, default=12345)
+    p.add_argument("--cases", default="random,oracle,trained")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cpu, bandwidth = cpu_model(), memory_bandwidth()
-    print(f"cpu: {cpu}, {args.threads} threads; memory read bandwidth {bandwidth:.1f} GB/s (fp32 sum)")
-    results: dict = {"cpu": cpu, "bandwidth_gbs": round(bandwidth, 2), "threads": args.threads, "dtype": args.dtype}
+    print(f"cpu: {cpu}, {args.threads} threads; memory read bandwidth {bandwidth:.1f} GB/s (fp32 sum); "
+          f"{args.dtype}, draft vocabulary {args.draft_vocab_size or 'all'}")
+    results: dict = {"cpu": cpu, "bandwidth_gbs": round(bandwidth, 2), "threads": args.threads, "dtype": args.dtype,
+                     "draft_vocab_size": args.draft_vocab_size or None, "oracle": args.oracle}
     ks = [int(k) for k in args.ks.split(",")]
-    for label, path in (("trained MTP", Path(args.model)), ("random MTP", Path(args.random))):
+    cases = {"random": ("random MTP", Path(args.model), False), "oracle": (f"oracle p={args.oracle}", Path(args.model), True),
+             "trained": ("trained MTP", Path(args.trained), False)}
+    base_cache: dict = {}
+    for name in args.cases.split(","):
+        label, path, use_oracle = cases[name]
         if not (path / "config.json").exists():
-            print(f"{label}: {path} does not exist (run bench/train_mtp.py / bench/bench_model.py first); skipped")
+            print(f"{label}: {path} does not exist (bench/train_mtp.py / bench/bench_model.py write it); skipped")
             continue
         from qwen35.config import ModelConfig
 
         vocab = ModelConfig.from_file(path).text.vocab_size
-        prompt = torch.randint(0, vocab, (args.prompt_len,), generator=torch.Generator().manual_seed(args.prompt_seed))
-        rows = [decode(path, 0, prompt.tolist(), args.decode_tokens, args.threads, args.dtype)]
-        base = rows[0]
+        prompt = torch.randint(0, vocab, (args.prompt_len,),
+                               generator=torch.Generator().manual_seed(args.prompt_seed)).tolist()
+        if path not in base_cache:  # k = 0 once per checkpoint
+            base_cache[path] = decode(path, 0, prompt, args.decode_tokens, args.threads, args.dtype, None)
+        base = base_cache[path]
+        rows = [dict(base)]
         print(f"{label} ({path.name}): k=0  decode {base['decode_tps']:6.2f} tok/s")
+        oracle = (args.oracle, base["tokens"]) if use_oracle else None
         for k in ks:
-            r = decode(path, k, prompt.tolist(), args.decode_tokens, args.threads, args.dtype)
+            r = decode(path, k, prompt, args.decode_tokens, args.threads, args.dtype, args.draft_vocab_size or None,
+                       oracle)
             # fp32: identical; bf16: a k+1-row verify rounds differently from a 1-row decode step, so a near
             # tie can flip and the two greedy texts part ways (as in any bf16 engine); report where
             r["same_tokens"] = next((i for i, (a, b) in enumerate(zip(r["tokens"], base["tokens"])) if a != b),
@@ -108,11 +152,10 @@ def main() -> None:
             acc = f"{r['acceptance']:.2f}" if r["acceptance"] is not None else "-"
             print(f"{label} ({path.name}): k={k}  decode {r['decode_tps']:6.2f} tok/s  x{r['ratio']:.2f}  "
                   f"acceptance {acc}  tokens/step {r['tokens_per_step']:.2f}  per position [{pos}]  "
-                  f"same as k=0 for {r['same_tokens']}/{len(base['tokens'])} tokens   "
-                  f"({cpu}, {bandwidth:.1f} GB/s)")
+                  f"same as k=0 for {r['same_tokens']}/{len(base['tokens'])} tokens   ({cpu}, {bandwidth:.1f} GB/s)")
             rows.append(r)
         for r in rows:
-            r.pop("tokens")
+            r.pop("tokens", None)
         results[label] = rows
     print(json.dumps(results))
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..ops.linear import linear
 from .request import Request
 from .scheduler import ScheduledSeq
 
@@ -139,7 +140,7 @@ class Drafter:
         """The most likely next token of each row of the head's output, over the draft vocabulary."""
         if self.head is None:
             return self.runner.model.logits(h).argmax(-1)
-        return self.vocab_ids[torch.nn.functional.linear(h, self.head).argmax(-1)]
+        return self.vocab_ids[linear(h, self.head).argmax(-1)]
 
 
 def _tokens(req: Request, start: int, n: int) -> list[int]:
