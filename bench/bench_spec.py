@@ -69,7 +69,6 @@ def decode(path: Path, k: int, prompt: list[int], n: int, threads: int, dtype: s
     steps, tokens, n_steps = run(prompt, n + 1)
     after = engine.spec_stats.as_counters()
     stats = {key: after[key] - before.get(key, 0) for key in after}
-    del engine
     drafted = stats.get("spec_num_draft_tokens", 0)
     kept = stats.get("spec_num_accepted_tokens", 0)
     rounds = stats.get("spec_num_drafts", 0)

@@ -14,20 +14,10 @@ from qwen35.config import ConfigError, ModelConfig
 from qwen35.loading.checkpoint import CheckpointError, load_model
 from tests.model.helpers import all_logits
 
-from .util import copy_ckpt, edit_config, edit_shard, random_prompts, shard_of, weight_map
+from .util import edit_config, edit_shard, random_prompts, shard_of, weight_map
 
 LM = "model.language_model."
 Q_PROJ = LM + "layers.3.self_attn.q_proj.weight"
-
-
-@pytest.fixture
-def dense_copy(dense_ckpt, tmp_path):
-    return copy_ckpt(dense_ckpt, tmp_path / "ckpt")
-
-
-@pytest.fixture
-def moe_copy(moe_ckpt, tmp_path):
-    return copy_ckpt(moe_ckpt, tmp_path / "ckpt")
 
 
 def _raises(exc, path, *needles: str) -> str:

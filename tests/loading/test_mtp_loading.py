@@ -79,16 +79,6 @@ def _single_file(path) -> None:
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
-@pytest.fixture
-def dense_copy(dense_ckpt, tmp_path):
-    return copy_ckpt(dense_ckpt, tmp_path / "ckpt")
-
-
-@pytest.fixture
-def moe_copy(moe_ckpt, tmp_path):
-    return copy_ckpt(moe_ckpt, tmp_path / "ckpt")
-
-
 @pytest.fixture(scope="module", params=["dense", "moe"])
 def loud(request, tmp_path_factory):
     """(kind, a copy of the checkpoint with O(1) MTP weights)."""
