@@ -405,8 +405,10 @@ class LLMEngine:
             self.scheduler.finish(req, delta.finish_reason)
 
     def _save_finished(self, req: Request) -> None:
-        """Keep the finished sequence's prefix: the next chat turn or agent step usually extends it."""
-        if req.slot is not None and req.num_computed >= self.cfg.block_size:
+        """Keep the finished sequence's prefix: the next chat turn or agent step usually extends it. (A stop
+        inside a run of kept drafts can leave more tokens computed than emitted: that state is not a prefix
+        of the text and is not kept.)"""
+        if req.slot is not None and self.cfg.block_size <= req.num_computed <= req.num_tokens:
             self._save_prefix(req, req.num_computed)
 
     def _save_prefix(self, req: Request, length: int) -> None:
