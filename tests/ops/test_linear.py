@@ -28,3 +28,24 @@ def test_prepack_skips_what_it_cannot_pack():
     x = torch.randn(2, 3, 4)  # batched input goes through F.linear
     w = torch.randn(5, 4)
     torch.testing.assert_close(linear(x, w), linear_ref(x, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_every_few_rows_kernel_matches_the_reference(dtype, rows):
+    """Whichever kernel the load-time measurement picks for a plain weight, the result is the reference's."""
+    from qwen35.ops import linear as ops_linear
+
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(300, 64, generator=gen).to(dtype)
+    x = torch.randn(rows, 64, generator=gen).to(dtype)
+    want = ops_linear.linear_ref(x, w).float()
+    key = (w.data_ptr(), w.dtype, tuple(w.shape), rows)
+    for kernel in (["mv"] if rows == 1 else []) + ["linear", "w_xt"]:
+        ops_linear._FEW_ROWS_KERNEL[key] = kernel
+        got = ops_linear.linear(x, w).float()
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= (1e-4 if dtype == torch.float32 else 0.05)
+    del ops_linear._FEW_ROWS_KERNEL[key]
+    ops_linear.linear(x, w)  # measured choice
+    assert ops_linear._FEW_ROWS_KERNEL[key] in ("mv", "linear", "w_xt")

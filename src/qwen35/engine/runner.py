@@ -41,8 +41,17 @@ class ModelRunner:
         max_blocks = -(-max_model_len // block_size) if max_model_len else num_blocks
         self.builder = BatchBuilder(block_size, self.device, BatchBuilder.capacity_for(
             max_num_batched_tokens, max_num_seqs, max_blocks))
+        self._pick_kernels(num_speculative_tokens)
         # filled by forward(): request id -> (index of the first prompt token scored, one entry per token)
         self.prompt_logprobs: dict[str, tuple[int, list[dict[int, float]]]] = {}
+
+    @torch.inference_mode()
+    def _pick_kernels(self, k: int) -> None:
+        """Run the lm_head at the row counts decoding uses (1, and k + 1 when verifying drafts) once now, so
+        that ops/linear.py measures its kernel choice at load rather than in the first request."""
+        h = torch.zeros(1, self.model.cfg.hidden_size, dtype=self.model.dtype, device=self.device)
+        for rows in {1, k + 1}:
+            self.model.logits(h.expand(rows, -1).contiguous())
 
     def restore(self, req: Request, hit: PrefixHit) -> None:
         """Make `req`'s cache hold the saved prefix: copy the partial block's rows and the GDN state."""
