@@ -234,3 +234,15 @@ def test_draft_vocabulary_limits_drafts_not_output(tiny_ckpt, tmp_path):
     assert _ids(llm.generate(prompts, GREEDY)) == want
     special = set(llm.tokenizer.special_ids)
     assert seen and all(t < 64 or t in special for t in seen)
+
+
+@pytest.mark.gpu
+def test_greedy_identical_on_cuda(tiny_ckpt):
+    prompts = _prompts([9, 33], seed=10)
+    want = _ids(make_llm(tiny_ckpt, device="cuda").generate(prompts, GREEDY))
+    llm = make_llm(tiny_ckpt, 2, device="cuda")
+    oracle_drafts(llm, {f"llm-{i}": w for i, w in enumerate(want)})
+    assert _ids(llm.generate(prompts, GREEDY)) == want
+    sampled = SamplingParams(temperature=0.8, seed=3, max_tokens=12, ignore_eos=True)
+    assert _ids(llm.generate(prompts, sampled)) == _ids(make_llm(tiny_ckpt, 2, device="cuda").generate(prompts, sampled))
+    _idle(llm)

@@ -109,7 +109,8 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
     q = 0
     for b in seqs:
         k = len(drafts[b])
-        u = torch.rand(k, generator=generators[b] if generators[b] is not None else shared).tolist() if k else []
+        gen = generators[b] if generators[b] is not None else shared
+        u = torch.rand(k, generator=gen, device=dev).tolist() if k else []
         n = 0
         while n < k and u[n] < p_draft[q + n]:  # NaN probabilities (no finite logit) reject
             n += 1
