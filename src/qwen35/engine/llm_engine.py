@@ -17,6 +17,12 @@ sub-requests) with `finish_reason="error"` and `RequestOutput.error`, frees its 
 goes on. Only a failure of the whole step (the forward pass, the batched sampler) fails every request in the
 step, the same way; the scheduler and cache stay consistent and the engine keeps serving new requests.
 Prompt logprobs (`params.prompt_logprobs`) are gathered chunk by chunk from the runner (first sub-request only).
+
+Speculative decoding (`EngineConfig.speculative_config`, docs/SERVING.md): after every step the runner's
+`Drafter` runs the checkpoint's MTP head and gives each request that sampled up to k `draft_ids`; the next
+step computes them after its last token, `_verify` keeps those the target agrees with (verify.py), rolls the
+GDN state back to the last kept token and emits the kept drafts plus the target's own next token, one
+`_append` each (so stop strings, grammars and max_tokens apply token by token).
 """
 
 from __future__ import annotations
