@@ -15,7 +15,7 @@ def test_speculating_server_answers_and_reports_acceptance(tiny_ckpt):
     cfg = EngineConfig(model=str(tiny_ckpt), **ENGINE,
                        speculative_config={"method": "qwen3_next_mtp", "num_speculative_tokens": 2})
     with live_server(EngineProcess(cfg)) as srv:
-        assert "MTP speculative decoding, 2 draft token(s)" in srv["state"].client.info.speculative
+        assert "MTP head, 2 draft token(s)" in srv["state"].client.info.speculative
         client = openai.OpenAI(base_url=srv["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
         out = client.completions.create(model="tiny", prompt="Hello there", max_tokens=12, temperature=0,
                                         extra_body={"ignore_eos": True})

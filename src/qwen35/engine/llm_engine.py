@@ -451,7 +451,7 @@ class LLMEngine:
     def speculation(self) -> str:
         """One line for the start-up banner: whether and how the engine speculates."""
         if self.spec is not None:
-            return (f"MTP speculative decoding, {self.spec.k} draft token(s) per step (drafting pauses per request "
+            return (f"MTP head, {self.spec.k} draft token(s) per step (drafting pauses per request "
                     f"while fewer than {self.spec.acceptance_floor:.0%} of its drafts are kept)")
         return self.spec_note or "off"
 
