@@ -1,6 +1,7 @@
 """Soak: rounds of many concurrent streaming chats against the live server, half of them hung up on by the
 client after a few chunks. After every round the cache pools are back at idle and nothing is in flight;
-the server's memory (it runs in this process) stops growing after the first rounds.
+the server's memory (it runs in this process) stops growing after the first rounds. Run once plain and once
+with MTP speculative decoding (drafts pending at every hang-up, rollbacks every step).
 
 Slow (about a minute or two on 2 cores): `pytest -m slow tests/server/test_soak.py`.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.server.conftest import API_KEY, wait_idle
+from tests.server.conftest import API_KEY, ENGINE, live_server, wait_idle
 from tests.server.fuzzing import sse_events, stream_problem, stream_text
 
 pytestmark = pytest.mark.slow
@@ -138,7 +139,21 @@ def _settle(state, idle: dict, timeout: float = 20.0) -> dict:
     return usage
 
 
-def test_soak_streams_with_hangups(server, monkeypatch):
+@pytest.fixture(scope="module")
+def spec_server(tiny_ckpt):
+    """The same server with MTP speculative decoding (k = 2) on."""
+    from qwen35.engine.async_engine import AsyncLLM
+    from qwen35.engine.config import EngineConfig
+
+    cfg = EngineConfig(model=str(tiny_ckpt), **ENGINE, speculative_config={"method": "mtp", "num_speculative_tokens": 2,
+                                                                          "acceptance_floor": 0.0})
+    with live_server(AsyncLLM(cfg)) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("which", ["server", "spec_server"])
+def test_soak_streams_with_hangups(which, request, monkeypatch):
+    server = request.getfixturevalue(which)
     state, url = server["state"], server["url"]
     engine = state.client.engine  # the fixture runs the engine in-process
     aborted = []  # requests the engine aborted while they were still running: the hang-ups reached it
