@@ -87,15 +87,17 @@ class Drafter:
         self._hidden, self._seqs = None, []
         if hidden is None:
             return {}
-        rows, ids, live = [], [], []
-        start = 0
+        rows, ids, live, starts = [], [], [], []  # starts: each live sequence's first row in the head's batch
+        start = packed = 0
         for s in seqs:
             req = s.request
             if not req.finished and req.slot is not None:
                 live.append(s)
                 rows.append((start, s.num_tokens))
+                starts.append(packed)
+                packed += s.num_tokens
                 known = max(min(s.num_tokens, req.num_tokens - s.context - 1), 0)
-                ids.append(_tokens(req, s.context + 1, known) + [0] * (s.num_tokens - known))
+                ids.append(req.tokens(s.context + 1, known) + [0] * (s.num_tokens - known))
             start += s.num_tokens
         if not live:
             return {}
@@ -111,11 +113,7 @@ class Drafter:
         if not drafting:
             return {}
         # the row of the last kept position: its next token is the request's last token
-        ends, pos = [], 0
-        for s in live:
-            ends.append(pos)
-            pos += s.num_tokens
-        pick = [ends[i] + s.request.num_tokens - 2 - s.context for i, s in drafting]
+        pick = [starts[i] + s.request.num_tokens - 2 - s.context for i, s in drafting]
         h = out[torch.tensor(pick, device=out.device)]
         reqs = [s.request for _, s in drafting]
         drafts = {id(r): [] for r in reqs}
@@ -135,19 +133,8 @@ class Drafter:
             h = model.draft(batch.input_ids, h, batch, cache, step + 1)
         return drafts
 
-
     def _argmax(self, h: torch.Tensor) -> torch.Tensor:
         """The most likely next token of each row of the head's output, over the draft vocabulary."""
         if self.head is None:
             return self.runner.model.logits(h).argmax(-1)
         return self.vocab_ids[linear(h, self.head).argmax(-1)]
-
-
-def _tokens(req: Request, start: int, n: int) -> list[int]:
-    """Tokens [start, start + n) of prompt + output."""
-    p, end = len(req.prompt_ids), start + n
-    if end <= p:
-        return req.prompt_ids[start:end]
-    if start >= p:
-        return req.output_ids[start - p:end - p]
-    return req.prompt_ids[start:] + req.output_ids[:end - p]

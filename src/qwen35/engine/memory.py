@@ -85,6 +85,23 @@ def available_memory(device: torch.device | str = "cpu") -> int:
     return 4 << 30
 
 
+def unit_bytes(cfg: TextConfig, dtype: torch.dtype, block_size: int, mtp_layers: int = 0) -> tuple[int, int]:
+    """(bytes of one K/V block across every attention layer, the MTP head's `mtp_layers` included; bytes of one
+    GDN state slot across every GDN layer)."""
+    specs = cache_specs(cfg, dtype, mtp_layers)
+    return max(kv_bytes(specs) * block_size, 1), max(state_bytes(specs), 1)
+
+
+def full_budget(cfg: TextConfig, dtype: torch.dtype, max_num_seqs: int, max_model_len: int, block_size: int = 16,
+                prefix_fraction: float = 0.3, mtp_layers: int = 0, num_speculative_tokens: int = 0) -> int:
+    """The most cache the engine can use: every running sequence at max_model_len with its state slot (and
+    its snapshot slots), plus the prefix cache's share. The default budget is this, capped by free memory."""
+    block_bytes, slot_bytes = unit_bytes(cfg, dtype, block_size, mtp_layers)
+    full = max_num_seqs * (-(-max_model_len // block_size)) * block_bytes
+    return (full + max_num_seqs * (1 + num_speculative_tokens) * slot_bytes
+            + int(prefix_fraction * (full + max_num_seqs * slot_bytes)))
+
+
 def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num_seqs: int, max_model_len: int,
                 block_size: int = 16, prefix_fraction: float = 0.3, memory_fraction: float | None = None,
                 device: torch.device | str = "cpu", mtp_layers: int = 0, num_speculative_tokens: int = 0) -> MemoryPlan:
@@ -92,17 +109,15 @@ def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num
     and 85% on CUDA) between state slots for `max_num_seqs` running requests (plus `num_speculative_tokens`
     snapshot slots each), prefix-cache state slots (`prefix_fraction` of the budget) and K/V blocks (of every
     attention layer, the `mtp_layers` of the MTP head included)."""
-    specs = cache_specs(cfg, dtype, mtp_layers)
-    block_bytes = max(kv_bytes(specs) * block_size, 1)
-    slot_bytes = max(state_bytes(specs), 1)
+    block_bytes, slot_bytes = unit_bytes(cfg, dtype, block_size, mtp_layers)
     scratch = max_num_seqs * num_speculative_tokens
     if budget is None:
         # enough for every sequence at full length, bounded by a share of what the machine has free
-        full = max_num_seqs * (-(-max_model_len // block_size)) * block_bytes
         if memory_fraction is None:
             memory_fraction = DEFAULT_FRACTION.get(torch.device(device).type, DEFAULT_FRACTION["cpu"])
-        budget = min(int(available_memory(device) * memory_fraction), full + (max_num_seqs + scratch) * slot_bytes
-                     + int(prefix_fraction * (full + max_num_seqs * slot_bytes)))
+        budget = min(int(available_memory(device) * memory_fraction),
+                     full_budget(cfg, dtype, max_num_seqs, max_model_len, block_size, prefix_fraction, mtp_layers,
+                                 num_speculative_tokens))
     run_bytes = (max_num_seqs + scratch) * slot_bytes
     if budget <= run_bytes:
         raise ValueError(f"KV cache memory of {budget / (1 << 20):.0f} MiB cannot hold the GDN state of "

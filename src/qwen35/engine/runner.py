@@ -122,13 +122,6 @@ class ModelRunner:
 
 
 def _new_tokens(req: Request, start: int, n: int) -> list[int]:
-    """Tokens [start, start + n) of prompt + output + drafts, without concatenating the lists."""
-    p, end = len(req.prompt_ids), start + n
-    if end > req.num_tokens:  # verifying drafts: they follow the last token
-        extra = end - req.num_tokens
-        return _new_tokens(req, start, n - extra) + req.draft_ids[:extra]
-    if end <= p:
-        return req.prompt_ids[start:end]
-    if start >= p:
-        return req.output_ids[start - p:end - p]
-    return req.prompt_ids[start:] + req.output_ids[:end - p]
+    """Tokens [start, start + n) of prompt + output + drafts (a verifying sequence's drafts follow its last token)."""
+    extra = max(start + n - req.num_tokens, 0)
+    return req.tokens(start, n - extra) + req.draft_ids[:extra] if extra else req.tokens(start, n)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .pool import write_rows
+
 _TILE = 128  # time steps per tile of the prefill convolution
 
 
@@ -71,11 +73,9 @@ def _conv_short(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor,
     if snapshots is not None:  # the state after token t is full[:, t+1 : t+K]
         pool, index = snapshots
         S = index.shape[1]
-        for b, rows in enumerate(index.tolist()):
-            for i, r in enumerate(rows):
-                t = T - S + i
-                if t >= 0 and pool[r].data_ptr() != state[b].data_ptr():
-                    pool[r].copy_(full[b, t + 1:t + K].t())
+        for i in range(max(S - T, 0), S):  # columns whose token exists (entries for the own slot are rewritten below)
+            t = T - S + i
+            write_rows(pool, index[:, i], full[:, t + 1:t + K].transpose(1, 2))
     state.copy_(full[:, T:].transpose(1, 2))
     return F.silu(y, inplace=True)
 

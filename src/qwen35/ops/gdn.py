@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from .pool import write_rows
+
 CHUNK = 64
 # Decays below exp(-60) ~ 1e-26 are set to exactly 0: far below fp32 resolution of the O(1) terms they
 # scale, and it keeps denormal floats out of the matmuls, which otherwise run >10x slower on CPUs.
@@ -46,7 +48,7 @@ def recurrent_gated_delta_rule(
 
     q, k: [B, T, H, dk]; v: [B, T, H, dv]; g, beta: [B, T, H]; state: [B, H, dk, dv], updated in place.
     snapshots: optional (pool: [P, H, dk, dv], index: [B, T] int64): after token t, row index[b, t] of
-    pool receives the state of sequence b (see `_write_rows` for when `state` may be rows of `pool`).
+    pool receives the state of sequence b (see `pool.write_rows` for when `state` may be rows of `pool`).
     Returns o: [B, T, H, dv].
     """
     B, T, H, dk = k.shape
@@ -60,20 +62,8 @@ def recurrent_gated_delta_rule(
         s.baddbmm_(kt.unsqueeze(2), err.unsqueeze(1))
         outs.append(torch.bmm(qt.unsqueeze(1), s).view(B, H, dv))
         if snapshots is not None:
-            _write_rows(snapshots[0], snapshots[1][:, t], state)
+            write_rows(snapshots[0], snapshots[1][:, t], state)
     return torch.stack(outs, 1)
-
-
-def _write_rows(pool: torch.Tensor, rows: torch.Tensor, state: torch.Tensor) -> None:
-    """pool[rows[b]] = state[b]. On CPU row by row, which allows `state` to be rows of `pool` itself (a row
-    that is the state's own memory is skipped); elsewhere one index_copy_ (state must not alias pool)."""
-    if pool.device.type != "cpu":
-        pool.index_copy_(0, rows, state)
-        return
-    for b, r in enumerate(rows.tolist()):
-        dst = pool[r]
-        if dst.data_ptr() != state[b].data_ptr():
-            dst.copy_(state[b])
 
 
 def chunked_gated_delta_rule(

@@ -190,12 +190,11 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
                  speculative: dict | None = None) -> int:
     """Cache bytes for --gpu-memory-utilization / --mem-fraction-static F: F x memory (total device memory on
     CUDA, available RAM on CPU) minus the weights (the checkpoint's file sizes), capped at what max_num_seqs
-    full-length sequences and the prefix cache can use (the engine's own default plan)."""
+    full-length sequences and the prefix cache can use (`memory.full_budget`, the engine's own default plan)."""
     import torch
 
     from ..engine.llm_engine import DTYPES
-    from ..engine.memory import available_memory
-    from ..model.cache_spec import cache_specs, kv_bytes, state_bytes
+    from ..engine.memory import available_memory, full_budget
 
     frac = args.memory_fraction
     if args.device.startswith("cuda"):
@@ -209,14 +208,10 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
     if budget <= 0:
         raise ServeError(f"--gpu-memory-utilization {frac:g}: {what} does not even hold the weights "
                          f"({weights / 2**30:.2f} GiB); raise it")
-    dtype = DTYPES[args.dtype]
     prefix = 0.0 if args.no_enable_prefix_caching else 0.3  # EngineConfig.prefix_cache_fraction
     k = (speculative or {}).get("num_speculative_tokens", 0)
-    specs = cache_specs(text, dtype, min(text.mtp_num_hidden_layers, 1 if k else 0))  # + the MTP head's K/V
-    block_bytes = kv_bytes(specs) * BLOCK_SIZE
-    run = args.max_num_seqs * (1 + k) * state_bytes(specs)  # + k GDN snapshot slots per sequence
-    full = args.max_num_seqs * -(-max_model_len // BLOCK_SIZE) * block_bytes + run
-    return min(budget, full + int(prefix * full))
+    return min(budget, full_budget(text, DTYPES[args.dtype], args.max_num_seqs, max_model_len, BLOCK_SIZE, prefix,
+                                   text.mtp_num_hidden_layers if k else 0, k))
 
 
 # ---- building and running -------------------------------------------------------------------------------
