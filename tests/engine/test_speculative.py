@@ -246,3 +246,20 @@ def test_greedy_identical_on_cuda(tiny_ckpt):
     sampled = SamplingParams(temperature=0.8, seed=3, max_tokens=12, ignore_eos=True)
     assert _ids(llm.generate(prompts, sampled)) == _ids(make_llm(tiny_ckpt, 2, device="cuda").generate(prompts, sampled))
     _idle(llm)
+
+
+def test_draft_vocabulary_order_from_the_checkpoint(tiny_ckpt, tmp_path):
+    import json
+
+    d = tmp_path / "ranked"
+    d.mkdir()
+    for f in tiny_ckpt.iterdir():
+        (d / f.name).symlink_to(f)
+    (d / "draft_vocab.json").write_text(json.dumps([500, 7, 500, 9, 10**9, 3]))
+    spec = {"method": "mtp", "num_speculative_tokens": 1, "draft_vocab_size": 3}
+    llm = make_llm(d, speculative_config=spec)
+    vocab = llm.engine.runner.drafter.vocab_ids.tolist()
+    assert {500, 7, 9} <= set(vocab) and 3 not in vocab  # the first 3 distinct valid ids, then special ids
+    (d / "draft_vocab.json").write_text("{not json")
+    with pytest.raises(ValueError, match="draft_vocab.json is not a JSON list of token ids"):
+        make_llm(d, speculative_config=spec)

@@ -139,9 +139,9 @@ class LLMEngine:
                 order = [t for t in json.loads(ranked.read_text()) if isinstance(t, int) and 0 <= t < vocab]
             except (json.JSONDecodeError, TypeError) as e:
                 raise ValueError(f"{ranked} is not a JSON list of token ids: {e}") from None
+            ids = list(dict.fromkeys(order))[:n]
         else:
-            order = range(vocab)
-        ids = list(dict.fromkeys(order))[:n]
+            ids = list(range(n))
         return ids + [t for t in (*self.eos_ids, *self.tokenizer.special_ids) if t < vocab]
 
     def _eos_ids(self, path: Path) -> list[int]:

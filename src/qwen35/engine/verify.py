@@ -95,19 +95,16 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
     rows = [starts[b] + i for b in seqs for i in range(len(drafts[b]) + 1)]
     x = _take_rows(logits, rows).clone()
     _warp(x, [params[r] for r in rows])
-    probs = torch.softmax(x, -1)  # [S_rows, V]
-    local = {}  # (b, i) -> row of probs
-    j = 0
-    for b in seqs:
-        for i in range(len(drafts[b]) + 1):
-            local[b, i] = j
-            j += 1
+    probs = torch.softmax(x, -1)  # [S_rows, V]: sequence seqs[j]'s rows start at row first[j]
+    first = [0]
+    for b in seqs[:-1]:
+        first.append(first[-1] + len(drafts[b]) + 1)
     # p_i(d_{i+1}) for every draft, in one gather and one host copy
-    pairs = [(local[b, i], d) for b in seqs for i, d in enumerate(drafts[b])]
+    pairs = [(f + i, d) for f, b in zip(first, seqs) for i, d in enumerate(drafts[b])]
     p_draft = probs[_index([r for r, _ in pairs], dev), _index([d for _, d in pairs], dev)].tolist() if pairs else []
-    final_rows, removed = [], []
+    final_rows, removed, kept_rows, kept_tokens = [], [], [], []
     q = 0
-    for b in seqs:
+    for f, b in zip(first, seqs):
         k = len(drafts[b])
         gen = generators[b] if generators[b] is not None else shared
         u = torch.rand(k, generator=gen, device=dev).tolist() if k else []
@@ -116,10 +113,12 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
             n += 1
         q += k
         accepted[b] = n
-        final_rows.append(local[b, n])
+        final_rows.append(f + n)
         removed.append(drafts[b][n] if n < k else -1)
-        for i in range(n):
-            tokens[starts[b] + i] = drafts[b][i]
+        kept_rows += range(starts[b], starts[b] + n)
+        kept_tokens += drafts[b][:n]
+    if kept_rows:
+        tokens[_index(kept_rows, dev)] = _index(kept_tokens, dev)
     dist = probs[_index(final_rows, dev)]  # [S, V]
     gone = [(i, d) for i, d in enumerate(removed) if d >= 0]
     if gone:
