@@ -1,0 +1,427 @@
+// Decode-shaped matmuls (see gemm.h), three ways:
+// - AVX512-BF16: blocks of 4 weight rows x up to 4 input rows held in zmm accumulators; bf16 weights go
+//   straight into vdpbf16ps, int8 rows are widened to bf16 (exact for |q| <= 127), int4 nibbles become the
+//   bf16 number 128 + u by OR-ing the bits 0x4300 (no conversion instruction), and the 128 + zero offset is
+//   taken back out with per-group sums of x.
+// - AVX2 and plain C++: each weight row is dequantised to fp32 once and dotted with the fp32 inputs (the
+//   same source, compiled twice: once for AVX2+FMA, once for the baseline).
+// Every path streams each weight byte once per call: decode reads weights at the memory bandwidth.
+#include "gemm.h"
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "isa.h"
+
+namespace qwen35 {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// AVX512-BF16
+
+QWEN35_AVX512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+QWEN35_AVX512 inline __m512bh load_bh(const uint16_t* p, int64_t left) {
+  if (left >= 32) return (__m512bh)_mm512_loadu_si512(p);
+  return (__m512bh)_mm512_maskz_loadu_epi16((__mmask32)((1ull << left) - 1), p);
+}
+
+// 32 int8 weights -> 32 bf16 (exact: every int8 fits bf16's 8-bit significand).
+QWEN35_AVX512 inline __m512bh int8_to_bh(const int8_t* p, int64_t left) {
+  __m256i b = left >= 32 ? _mm256_loadu_si256((const __m256i*)p)
+                         : _mm256_maskz_loadu_epi8((__mmask32)((1ull << left) - 1), p);
+  __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+  __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+  return _mm512_cvtne2ps_pbh(hi, lo);
+}
+
+// NB weight rows (bf16, or int8 widened to bf16) x MB input rows, K a multiple of 32 or not.
+template <Fmt F, int NB, int MB>
+QWEN35_AVX512 void block_bf16_int8(const uint8_t* const* wr, const uint16_t* const* xr, int64_t K,
+                                    float out[NB][MB]) {
+  __m512 acc[NB][MB];
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    const int64_t left = K - k;  // >= 32 except in the last step of a K that is not a multiple of 32
+    __m512bh xv[MB];
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) xv[j] = load_bh(xr[j] + k, left);
+#pragma GCC unroll 16
+    for (int i = 0; i < NB; ++i) {
+      __m512bh wv = F == Fmt::kBf16 ? load_bh((const uint16_t*)wr[i] + k, left)
+                                    : int8_to_bh((const int8_t*)wr[i] + k, left);
+#pragma GCC unroll 16
+      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv[j], wv);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) out[i][j] = hsum(acc[i][j]);
+}
+
+// sum_g scale[g] * (128 + zero[g]) * xsum[g] over one row's groups: the offset the OR-trick added.
+QWEN35_AVX512 inline float int4_offset(const Weight& w, int64_t n, const float* xsum) {
+  const int64_t G = w.groups();
+  const uint16_t* s = w.scale16 + n * G;
+  const uint8_t* z = w.zeros ? w.zeros + n * G : nullptr;
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; g += 16) {
+    __mmask16 mask = G - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (G - g)) - 1);
+    __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s + g));
+    __m512 zv = z ? _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, z + g))),
+                                  _mm512_set1_ps(128.0f))
+                  : _mm512_set1_ps(136.0f);
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(mask, xsum + g), acc);
+  }
+  return hsum(acc);
+}
+
+// int4, K a multiple of 64 and of the group size G (a multiple of 32). Rows n..n+NB-1 of w.
+template <int NB, int MB>
+QWEN35_AVX512 void block_int4(const Weight& w, int64_t n, const uint16_t* const* xr, const float* const* xs,
+                               float out[NB][MB]) {
+  __m512 acc[NB][MB], part[NB][MB];
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) acc[i][j] = part[i][j] = _mm512_setzero_ps();
+  const int64_t K = w.K, G = w.group, ng = w.groups();
+  const uint8_t* wr[NB];
+  const uint16_t* sr[NB];
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i), sr[i] = w.scale16 + (n + i) * ng;
+  const __m512i low = _mm512_set1_epi16(0x0f), bias = _mm512_set1_epi16(0x4300);  // bf16 0x4300 = 128.0
+  for (int64_t k0 = 0; k0 < K; k0 += 64) {
+    __m512bh xlo[MB], xhi[MB];
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) {
+      xlo[j] = (__m512bh)_mm512_loadu_si512(xr[j] + k0);
+      xhi[j] = (__m512bh)_mm512_loadu_si512(xr[j] + k0 + 32);
+    }
+    const bool group_end = (k0 + 64) % G == 0;
+#pragma GCC unroll 16
+    for (int i = 0; i < NB; ++i) {
+      __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(wr[i] + k0 / 2)));
+      __m512bh lo = (__m512bh)_mm512_or_si512(_mm512_and_si512(v, low), bias);
+      __m512bh hi = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(v, 4), bias);
+      if (G == 32) {
+        __m512 s0 = _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / 32])), s1 = _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / 32 + 1]));
+#pragma GCC unroll 16
+        for (int j = 0; j < MB; ++j) {
+          acc[i][j] = _mm512_fmadd_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), xlo[j], lo), s0, acc[i][j]);
+          acc[i][j] = _mm512_fmadd_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), xhi[j], hi), s1, acc[i][j]);
+        }
+      } else {
+#pragma GCC unroll 16
+        for (int j = 0; j < MB; ++j) part[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(part[i][j], xlo[j], lo), xhi[j], hi);
+        if (group_end) {
+          __m512 s = _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]));
+#pragma GCC unroll 16
+          for (int j = 0; j < MB; ++j) {
+            acc[i][j] = _mm512_fmadd_ps(part[i][j], s, acc[i][j]);
+            part[i][j] = _mm512_setzero_ps();
+          }
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) out[i][j] = hsum(acc[i][j]) - int4_offset(w, n + i, xs[j]);
+}
+
+// Rows n..n+NB-1 of w as bf16 into dst [NB, K]: int8 values as they are (the row scale comes after the dot),
+// int4 fully dequantised ((u - zero) * scale, rounded to bf16).
+template <int NB>
+QWEN35_AVX512 void widen_block(const Weight& w, int64_t n, uint16_t* dst) {
+  const int64_t K = w.K;
+  for (int i = 0; i < NB; ++i) {
+    uint16_t* d = dst + i * K;
+    if (w.fmt == Fmt::kInt8) {
+      const int8_t* r = (const int8_t*)w.row(n + i);
+      for (int64_t k = 0; k < K; k += 32) {
+        __m512bh v = int8_to_bh(r + k, K - k);
+        if (K - k >= 32) _mm512_storeu_si512(d + k, (__m512i)v);
+        else _mm512_mask_storeu_epi16(d + k, (__mmask32)((1ull << (K - k)) - 1), (__m512i)v);
+      }
+    } else {
+      const uint8_t* r = w.row(n + i);
+      const int64_t ng = w.groups();
+      const uint16_t* sr = w.scale16 + (n + i) * ng;
+      const uint8_t* zr = w.zeros ? w.zeros + (n + i) * ng : nullptr;
+      for (int64_t k0 = 0; k0 < K; k0 += 64) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(r + k0 / 2)));
+        __m512i v2 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(r + k0 / 2 + 16)));
+        __m512i q[4] = {_mm512_and_si512(v, _mm512_set1_epi32(15)), _mm512_and_si512(v2, _mm512_set1_epi32(15)),
+                        _mm512_srli_epi32(v, 4), _mm512_srli_epi32(v2, 4)};
+        for (int h = 0; h < 2; ++h) {
+          const int64_t g = (k0 + 32 * h) / w.group;
+          const __m512 s = _mm512_set1_ps(_cvtsh_ss(sr[g])), z = _mm512_set1_ps(zr ? float(zr[g]) : 8.0f);
+          __m512 a = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q[2 * h]), z), s);
+          __m512 b = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q[2 * h + 1]), z), s);
+          _mm512_storeu_si512(d + k0 + 32 * h, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+        }
+      }
+    }
+  }
+}
+
+inline void store(const Out& o, int64_t m, int64_t n, float v) {
+  if (o.bf16) ((uint16_t*)o.y)[m * o.ldy + n] = float_to_bf16(v);
+  else ((float*)o.y)[m * o.ldy + n] = v;
+}
+
+template <Fmt F, int NB, int MB>
+QWEN35_AVX512 void run_block(const uint8_t* const* wr, const Rows& x, int64_t m, int64_t K, const float* scale,
+                             int64_t n, const Out& o) {
+  const uint16_t* xr[MB];
+  for (int j = 0; j < MB; ++j) xr[j] = x.x + (m + j) * x.ldx;
+  float r[NB][MB];
+  block_bf16_int8<F, NB, MB>(wr, xr, K, r);
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) store(o, m + j, n + i, scale ? r[i][j] * scale[i] : r[i][j]);
+}
+
+// All input rows against weight rows n..n+NB-1 held at wr (bf16 or int8), 4 input rows at a time.
+template <Fmt F, int NB>
+QWEN35_AVX512 void sweep(const uint8_t* const* wr, const Rows& x, int64_t K, const float* scale, int64_t n,
+                         const Out& o) {
+  for (int64_t m = 0; m < x.M; m += 4) {
+    switch (std::min<int64_t>(4, x.M - m)) {
+      case 1: run_block<F, NB, 1>(wr, x, m, K, scale, n, o); break;
+      case 2: run_block<F, NB, 2>(wr, x, m, K, scale, n, o); break;
+      case 3: run_block<F, NB, 3>(wr, x, m, K, scale, n, o); break;
+      default: run_block<F, NB, 4>(wr, x, m, K, scale, n, o); break;
+    }
+  }
+}
+
+template <int NB>
+QWEN35_AVX512 void int4_direct(const Weight& w, int64_t n, const Rows& x, const Out& o) {
+  const int64_t ng = w.groups();
+  for (int64_t m = 0; m < x.M; m += 2) {
+    const int64_t m2 = std::min(m + 1, x.M - 1);
+    const uint16_t* xr[2] = {x.x + m * x.ldx, x.x + m2 * x.ldx};
+    const float* xs[2] = {x.xsum + m * ng, x.xsum + m2 * ng};
+    float r[NB][2];
+    if (m2 > m) {
+      block_int4<NB, 2>(w, n, xr, xs, r);
+    } else {
+      float r1[NB][1];
+      block_int4<NB, 1>(w, n, xr, xs, r1);
+      for (int i = 0; i < NB; ++i) r[i][0] = r1[i][0];
+    }
+    for (int i = 0; i < NB; ++i)
+      for (int64_t j = 0; j <= m2 - m; ++j) store(o, m + j, n + i, r[i][j]);
+  }
+}
+
+// Up to this many input rows read the quantised weights directly; more rows widen each block of weight rows
+// to bf16 once (into a buffer that stays in L1/L2) and run the bf16 kernel over all input rows.
+constexpr int64_t kInt8DirectRows = 4, kInt4DirectRows = 2;
+
+template <int NB>
+QWEN35_AVX512 void rows_block_avx512(const Weight& w, int64_t n, const Rows& x, const Out& o, uint16_t* scratch) {
+  const uint8_t* wr[NB];
+  if (w.fmt == Fmt::kBf16) {
+    for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
+    sweep<Fmt::kBf16, NB>(wr, x, w.K, nullptr, n, o);
+  } else if (w.fmt == Fmt::kInt8 && x.M <= kInt8DirectRows) {
+    for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
+    sweep<Fmt::kInt8, NB>(wr, x, w.K, w.scale + n, n, o);
+  } else if (w.fmt == Fmt::kInt4 && x.M <= kInt4DirectRows) {
+    int4_direct<NB>(w, n, x, o);
+  } else {
+    widen_block<NB>(w, n, scratch);
+    for (int i = 0; i < NB; ++i) wr[i] = (const uint8_t*)(scratch + i * w.K);
+    sweep<Fmt::kBf16, NB>(wr, x, w.K, w.fmt == Fmt::kInt8 ? w.scale + n : nullptr, n, o);
+  }
+}
+
+QWEN35_AVX512 void matmul_rows_avx512(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const Out& o) {
+  std::vector<uint16_t> scratch(w.fmt == Fmt::kBf16 ? 0 : 4 * w.K);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) rows_block_avx512<4>(w, n, x, o, scratch.data());
+  for (; n < n1; ++n) rows_block_avx512<1>(w, n, x, o, scratch.data());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// AVX2 and plain C++: dequantise a row to fp32, then dot it with each fp32 input row.
+
+inline __attribute__((always_inline)) void dequant_row(const Weight& w, int64_t n, float* dst) {
+  const int64_t K = w.K;
+  if (w.fmt == Fmt::kBf16) {
+    const uint16_t* r = (const uint16_t*)w.row(n);
+    for (int64_t k = 0; k < K; ++k) dst[k] = bf16_to_float(r[k]);
+  } else if (w.fmt == Fmt::kInt8) {
+    const int8_t* r = (const int8_t*)w.row(n);
+    const float s = w.scale[n];
+    for (int64_t k = 0; k < K; ++k) dst[k] = float(r[k]) * s;
+  } else {
+    const uint8_t* r = w.row(n);
+    const int64_t ng = w.groups();
+    for (int64_t k0 = 0; k0 < K; k0 += 64) {
+      for (int h = 0; h < 2; ++h) {
+        const int64_t g = (k0 + 32 * h) / w.group;
+        const float s = half_to_float(w.scale16[n * ng + g]);
+        const float z = w.zeros ? float(w.zeros[n * ng + g]) : 8.0f;
+        for (int j = 0; j < 32; ++j) dst[k0 + 32 * h + j] = (float((r[k0 / 2 + j] >> (4 * h)) & 15) - z) * s;
+      }
+    }
+  }
+}
+
+inline __attribute__((always_inline)) float dot(const float* a, const float* b, int64_t K) {
+  float acc[16] = {};
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16)
+    for (int l = 0; l < 16; ++l) acc[l] += a[k + l] * b[k + l];
+  float s = 0.f;
+  for (int l = 0; l < 16; ++l) s += acc[l];
+  for (; k < K; ++k) s += a[k] * b[k];
+  return s;
+}
+
+inline __attribute__((always_inline)) void matmul_rows_portable(const Weight& w, int64_t n0, int64_t n1,
+                                                                const Rows& x, const Out& o) {
+  std::vector<float> row(w.K);
+  for (int64_t n = n0; n < n1; ++n) {
+    dequant_row(w, n, row.data());
+    for (int64_t m = 0; m < x.M; ++m) store(o, m, n, dot(row.data(), x.x32 + m * w.K, w.K));
+  }
+}
+
+QWEN35_AVX2 __attribute__((flatten)) void matmul_rows_avx2(const Weight& w, int64_t n0, int64_t n1,
+                                                           const Rows& x, const Out& o) {
+  matmul_rows_portable(w, n0, n1, x, o);
+}
+
+__attribute__((flatten)) void matmul_rows_scalar(const Weight& w, int64_t n0, int64_t n1, const Rows& x,
+                                                  const Out& o) {
+  matmul_rows_portable(w, n0, n1, x, o);
+}
+
+void check(bool ok, const std::string& what) { TORCH_CHECK(ok, what); }
+
+}  // namespace
+
+void matmul_rows(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const Out& out) {
+  switch (current_isa()) {
+    case Isa::kAvx512Bf16: matmul_rows_avx512(w, n0, n1, x, out); break;
+    case Isa::kAvx2: matmul_rows_avx2(w, n0, n1, x, out); break;
+    default: matmul_rows_scalar(w, n0, n1, x, out); break;
+  }
+}
+
+Weight weight_view(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
+                   const c10::optional<at::Tensor>& zeros, int64_t group) {
+  check(w.device().is_cpu() && w.is_contiguous(), "weight must be a contiguous CPU tensor");
+  Weight v;
+  v.data = (const uint8_t*)w.data_ptr();
+  v.N = w.size(-2);
+  const int64_t cols = w.size(-1);
+  if (w.scalar_type() == at::kBFloat16) {
+    v.fmt = Fmt::kBf16;
+    v.K = cols;
+    v.row_bytes = 2 * cols;
+  } else if (w.scalar_type() == at::kChar) {
+    v.fmt = Fmt::kInt8;
+    v.K = cols;
+    v.row_bytes = cols;
+    check(scale.has_value() && scale->scalar_type() == at::kFloat && scale->is_contiguous() &&
+              scale->numel() == w.numel() / cols,
+          "int8 weight needs an fp32 scale per output row");
+    v.scale = scale->data_ptr<float>();
+  } else if (w.scalar_type() == at::kByte) {
+    v.fmt = Fmt::kInt4;
+    v.K = 2 * cols;
+    v.row_bytes = cols;
+    v.group = group;
+    check(group >= 32 && group % 32 == 0 && v.K % 64 == 0 && v.K % group == 0,
+          "int4 weight needs K % 64 == 0 and a group size that is a multiple of 32 dividing K (K=" +
+              std::to_string(v.K) + ", group=" + std::to_string(group) + ")");
+    check(scale.has_value() && scale->scalar_type() == at::kHalf && scale->is_contiguous() &&
+              scale->numel() == (w.numel() / cols) * (v.K / group),
+          "int4 weight needs fp16 scales [N, K / group]");
+    v.scale16 = (const uint16_t*)scale->data_ptr();
+    if (zeros.has_value()) {
+      check(zeros->scalar_type() == at::kByte && zeros->is_contiguous() && zeros->numel() == scale->numel(),
+            "int4 zeros must be uint8 shaped like the scales");
+      v.zeros = zeros->data_ptr<uint8_t>();
+    }
+  } else {
+    check(false, "unsupported weight dtype " + std::string(c10::toString(w.scalar_type())));
+  }
+  return v;
+}
+
+Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep) {
+  check(x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] bf16 rows");
+  check(x.size(1) == w.K, "x has " + std::to_string(x.size(1)) + " columns, weight expects " + std::to_string(w.K));
+  Rows r{(const uint16_t*)x.data_ptr(), x.size(0), x.stride(0)};
+  if (current_isa() != Isa::kAvx512Bf16) {
+    keep.x32 = x.to(at::kFloat).contiguous();
+    r.x32 = keep.x32.data_ptr<float>();
+  } else if (w.fmt == Fmt::kInt4) {
+    keep.xsum = x.to(at::kFloat).view({x.size(0), w.groups(), w.group}).sum(-1).contiguous();
+    r.xsum = keep.xsum.data_ptr<float>();
+  }
+  return r;
+}
+
+namespace {
+
+at::Tensor matmul(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& scale,
+                  const c10::optional<at::Tensor>& zeros, int64_t group) {
+  Weight wv = weight_view(w, scale, zeros, group);
+  RowsStorage keep;
+  Rows rows = prepare_rows(x, wv, keep);
+  at::Tensor y = at::empty({x.size(0), wv.N}, x.options());
+  Out out{y.data_ptr(), wv.N, true};
+  // 4-row blocks per thread; every thread streams one contiguous range of weight rows
+  const int64_t blocks = (wv.N + 3) / 4;
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    matmul_rows(wv, 4 * b0, std::min(wv.N, 4 * b1), rows, out);
+  });
+  return y;
+}
+
+at::Tensor gemm_bf16(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16, "gemm_bf16 needs a bf16 weight");
+  return matmul(x, w, c10::nullopt, c10::nullopt, 0);
+}
+
+at::Tensor gemm_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  TORCH_CHECK(w.scalar_type() == at::kChar, "gemm_int8 needs an int8 weight");
+  return matmul(x, w, scale, c10::nullopt, 0);
+}
+
+at::Tensor gemm_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                     const c10::optional<at::Tensor>& zeros, int64_t group) {
+  TORCH_CHECK(w.scalar_type() == at::kByte, "gemm_int4 needs a uint8 weight of packed nibbles");
+  return matmul(x, w, scale, zeros, group);
+}
+
+}  // namespace
+}  // namespace qwen35
+
+TORCH_LIBRARY_FRAGMENT(qwen35, m) {
+  m.def("gemm_bf16(Tensor x, Tensor w) -> Tensor");
+  m.def("gemm_int8(Tensor x, Tensor w, Tensor scale) -> Tensor");
+  m.def("gemm_int4(Tensor x, Tensor w, Tensor scale, Tensor? zeros, int group) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(qwen35, CPU, m) {
+  m.impl("gemm_bf16", &qwen35::gemm_bf16);
+  m.impl("gemm_int8", &qwen35::gemm_int8);
+  m.impl("gemm_int4", &qwen35::gemm_int4);
+}

@@ -1,0 +1,56 @@
+// Decode-shaped matmuls: y[M, N] = x[M, K] W[N, K]^T for a few rows of bf16 activations, with W in bf16,
+// int8 (one fp32 scale per row) or int4 (fp16 scale and optional zero point per group of G inputs).
+//
+// int4 layout (ours, docs/KERNELS.md): W is uint8 [N, K/2]; in each block of 64 inputs k0..k0+63 of a row,
+// byte k0/2 + j holds input k0+j in its low nibble and input k0+32+j in its high nibble. A stored value u
+// means (u - zero) * scale[n, k / G], with zero = 8 when no zeros are given.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace qwen35 {
+
+enum class Fmt { kBf16, kInt8, kInt4 };
+
+struct Weight {
+  Fmt fmt;
+  const uint8_t* data;
+  int64_t N, K, row_bytes;
+  const float* scale = nullptr;      // int8: [N]
+  const uint16_t* scale16 = nullptr;  // int4: fp16 [N, K / group]
+  const uint8_t* zeros = nullptr;     // int4: [N, K / group], or null: 8
+  int64_t group = 0;
+
+  const uint8_t* row(int64_t n) const { return data + n * row_bytes; }
+  int64_t groups() const { return group ? K / group : 0; }
+};
+
+// A few rows of bf16 input, with what the kernels need precomputed once per call.
+struct Rows {
+  const uint16_t* x;  // [M, ldx] bf16
+  int64_t M, ldx;
+  const float* x32 = nullptr;   // [M, K] fp32 copy (AVX2 and scalar paths)
+  const float* xsum = nullptr;  // int4: [M, K / group] sums of x per group
+};
+
+// Output rows: fp32 or bf16, y[m * ldy + n].
+struct Out {
+  void* y;
+  int64_t ldy;
+  bool bf16;
+};
+
+// Rows [n0, n1) of y for all M rows, on the calling thread.
+void matmul_rows(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const Out& out);
+
+// What a Rows needs besides x itself, kept alive by the caller.
+struct RowsStorage {
+  at::Tensor x32, xsum;
+};
+Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep);
+
+Weight weight_view(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
+                   const c10::optional<at::Tensor>& zeros, int64_t group);
+
+}  // namespace qwen35

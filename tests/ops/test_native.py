@@ -1,0 +1,92 @@
+"""Our C++ kernels (ops/native.py, csrc/) against the reference ops, on every instruction set this CPU runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qwen35.ops import native, quant
+
+lib = native.ops()
+pytestmark = pytest.mark.skipif(lib is None, reason="native kernels not built")
+
+ISAS = [isa for isa in ("avx512_bf16", "avx2", "scalar")
+        if lib is not None and ["scalar", "avx2", "avx512_bf16"].index(isa)
+        <= ["scalar", "avx2", "avx512_bf16"].index(native.isa())]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    native.force_isa(request.param)
+    yield request.param
+    native.force_isa(None)
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor, tol: float = 8e-3) -> None:
+    err = (y.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-6)
+    assert err < tol, f"max error {err:.2e} relative to max |ref|"
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("N,K", [(7, 96), (64, 1024), (33, 130), (5, 17)])
+def test_bf16_and_int8(isa, M, N, K):
+    g = torch.Generator().manual_seed(M * 1000 + N + K)
+    x, w = torch.randn(M, K, generator=g).bfloat16(), torch.randn(N, K, generator=g).bfloat16()
+    _close(lib.gemm_bf16(x, w), x.float() @ w.float().T)
+    q, s = quant.quantize_int8(w)
+    _close(lib.gemm_int8(x, q, s), x.float() @ quant.dequantize_int8(q, s).T)
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 6])
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("zeros", [False, True])
+def test_int4(isa, M, group, zeros):
+    N, K = 37, 256
+    g = torch.Generator().manual_seed(M + group)
+    x, w = torch.randn(M, K, generator=g).bfloat16(), torch.randn(N, K, generator=g)
+    q, s = quant.quantize_int4(w, group)
+    z = torch.randint(0, 16, s.shape, dtype=torch.uint8, generator=g) if zeros else None
+    _close(lib.gemm_int4(x, q, s, z, group), x.float() @ quant.dequantize_int4(q, s, z).T)
+
+
+def test_strided_rows_and_bf16_output():
+    """x may be a row slice of a wider tensor (a split of a fused projection); the output is x's dtype."""
+    w = torch.randn(16, 64).bfloat16()
+    wide = torch.randn(3, 100).bfloat16()
+    x = wide[:, 10:74]
+    y = lib.gemm_bf16(x, w)
+    assert y.dtype == torch.bfloat16 and y.shape == (3, 16)
+    _close(y, x.float() @ w.float().T)
+
+
+def test_int4_quantiser_round_trip():
+    w = torch.randn(8, 128)
+    q, s = quant.quantize_int4(w)
+    assert q.shape == (8, 64) and q.dtype == torch.uint8 and s.shape == (8, 4) and s.dtype == torch.float16
+    err = (quant.dequantize_int4(q, s) - w).abs().max() / w.abs().max()
+    assert err < 0.1
+    assert torch.equal(quant.unpack_int4(quant.pack_int4(torch.arange(128).remainder(16).to(torch.uint8)
+                                                         .expand(2, 128).contiguous())),
+                       torch.arange(128).remainder(16).to(torch.uint8).expand(2, 128))
+
+
+def test_bad_inputs_name_the_problem():
+    w = torch.randn(4, 64).bfloat16()
+    with pytest.raises(RuntimeError, match="columns"):
+        lib.gemm_bf16(torch.randn(1, 32).bfloat16(), w)
+    with pytest.raises(RuntimeError, match="bf16"):
+        lib.gemm_bf16(torch.randn(1, 64), w)
+    with pytest.raises(RuntimeError, match="scale"):
+        lib.gemm_int8(torch.randn(1, 64).bfloat16(), torch.zeros(4, 64, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(RuntimeError, match="group"):
+        lib.gemm_int4(torch.randn(1, 64).bfloat16(), torch.zeros(4, 32, dtype=torch.uint8),
+                      torch.ones(4, 2).half(), None, 48)
+    with pytest.raises((RuntimeError, ValueError), match="cannot run|unknown"):
+        native.force_isa("avx1024")
+
+
+def test_quant_matmul_falls_back_to_reference_for_fp32_inputs():
+    w = torch.randn(8, 64)
+    q, s = quant.quantize_int8(w)
+    x = torch.randn(2, 64)
+    assert torch.allclose(quant.matmul(x, "int8", q, s), quant.matmul_ref(x, "int8", q, s), atol=1e-4)
