@@ -41,11 +41,20 @@ def test_every_few_rows_kernel_matches_the_reference(dtype, rows):
     x = torch.randn(rows, 64, generator=gen).to(dtype)
     want = ops_linear.linear_ref(x, w).float()
     key = (w.data_ptr(), w.dtype, tuple(w.shape), rows)
-    for kernel in (["mv"] if rows == 1 else []) + ["linear", "w_xt"]:
+    native = ["native"] if ops_linear._native_applies(x, w) else []
+    for kernel in native + (["mv"] if rows == 1 else []) + ["linear", "w_xt"]:
         ops_linear._FEW_ROWS_KERNEL[key] = kernel
         got = ops_linear.linear(x, w).float()
         assert got.shape == want.shape
         assert (got - want).abs().max() <= (1e-4 if dtype == torch.float32 else 0.05)
     del ops_linear._FEW_ROWS_KERNEL[key]
     ops_linear.linear(x, w)  # measured choice
-    assert ops_linear._FEW_ROWS_KERNEL[key] in ("mv", "linear", "w_xt")
+    assert ops_linear._FEW_ROWS_KERNEL[key] in native + ["mv", "linear", "w_xt"]
+
+
+def test_prefer_packed_measures_only_where_our_kernel_applies():
+    from qwen35.ops import linear as ops_linear
+
+    assert ops_linear.prefer_packed([torch.randn(64, 32)])  # fp32: always packed
+    w = [torch.randn(64, 32).bfloat16() for _ in range(3)]
+    assert ops_linear.prefer_packed(w) in (True, False)

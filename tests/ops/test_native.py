@@ -90,3 +90,32 @@ def test_quant_matmul_falls_back_to_reference_for_fp32_inputs():
     q, s = quant.quantize_int8(w)
     x = torch.randn(2, 64)
     assert torch.allclose(quant.matmul(x, "int8", q, s), quant.matmul_ref(x, "int8", q, s), atol=1e-4)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5])
+@pytest.mark.parametrize("fmt", ["bf16", "int8", "int4"])
+def test_moe_experts_read_only_the_routed_experts_and_match_the_loop(isa, T, fmt):
+    from qwen35.ops import moe
+
+    g = torch.Generator().manual_seed(T)
+    E, H, I, k = 8, 128, 64, 3
+    gu, dn = torch.randn(E, 2 * I, H, generator=g) * 0.1, torch.randn(E, H, I, generator=g) * 0.1
+    x = torch.randn(T, H, generator=g).bfloat16()
+    w, ids = moe.route(torch.randn(T, E, generator=g), k)
+    if fmt == "bf16":
+        args, ref_w = (gu.bfloat16(), None, None, dn.bfloat16(), None, None, 0), (gu.bfloat16(), dn.bfloat16())
+    elif fmt == "int8":
+        (q1, s1), (q2, s2) = quant.quantize_int8(gu), quant.quantize_int8(dn)
+        args, ref_w = (q1, s1, None, q2, s2, None, 0), (quant.dequantize_int8(q1, s1), quant.dequantize_int8(q2, s2))
+    else:
+        (q1, s1), (q2, s2) = quant.quantize_int4(gu), quant.quantize_int4(dn)
+        args, ref_w = (q1, s1, None, q2, s2, None, 32), (quant.dequantize_int4(q1, s1), quant.dequantize_int4(q2, s2))
+    want = moe.experts_ref(x.float(), ref_w[0].float(), ref_w[1].float(), w, ids)
+    _close(lib.moe_experts(x, ids, w, *args), want, tol=1e-2)
+
+
+def test_moe_experts_refuse_bad_ids():
+    gu, dn = torch.zeros(4, 32, 64).bfloat16(), torch.zeros(4, 64, 16).bfloat16()
+    with pytest.raises(RuntimeError, match="out of range"):
+        lib.moe_experts(torch.zeros(1, 64).bfloat16(), torch.tensor([[4]]), torch.ones(1, 1), gu, None, None, dn,
+                        None, None, 0)

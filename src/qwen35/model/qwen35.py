@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import TextConfig
 from ..ops.batch import ForwardBatch
+from ..ops.linear import prefer_packed
 from .cache import ModelCache
 from .cache_spec import CacheSpec, cache_specs
 from .decoder import DecoderLayer
@@ -61,11 +62,20 @@ class Qwen35ForCausalLM(nn.Module):
             module.fuse()
 
     def prepack(self) -> None:
-        """CPU: move every projection to oneDNN's packed layout. lm_head keeps its plain weight (it may be
-        tied to the embedding, and `torch.mv` reads it fastest for one row)."""
+        """CPU: choose each projection's layout, per weight shape, by timing on this machine
+        (`ops.linear.prefer_packed`): oneDNN's packed layout, or the plain weight for our decode kernel.
+        lm_head keeps its plain weight (it may be tied to the embedding; `ops.linear` measures its kernel)."""
+        by_shape: dict[tuple, list[Linear]] = {}
         for module in self._stacks():
-            if isinstance(module, Linear):
-                module.prepack()
+            if isinstance(module, Linear) and module.weight is not None:
+                by_shape.setdefault((tuple(module.weight.shape), module.weight.dtype), []).append(module)
+        self.layouts = {}  # (out, in) -> "packed" | "plain": what the measurement chose, for logs and benches
+        for (shape, _), modules in by_shape.items():
+            packed = prefer_packed([m.weight for m in modules])
+            self.layouts[shape] = "packed" if packed else "plain"
+            if packed:
+                for module in modules:
+                    module.prepack()
 
     def _stacks(self) -> list[nn.Module]:
         """The decoder's modules and the MTP head's (not lm_head)."""

@@ -1,11 +1,13 @@
 """`y = x W^T` without bias, choosing the fastest kernel for the weight's layout and the input's rows.
 
-On CPU, `prepack` moves a bf16/fp32 weight to oneDNN's blocked layout once (at load): it streams about 1.5x
-faster than `F.linear` for decode-sized inputs and is no slower for prefill. An unpacked CPU weight still takes
-`torch.mv` for a single row (as fast as the packed one on Intel, so the tied lm_head can stay plain) and
-`F.linear` for 2 to `FEW_ROWS` rows (the k + 1 rows of a speculative verification), unless another kernel
-measured clearly faster for that weight and row count on this machine (`_few_rows_kernel`). Everything
-else, including CUDA, is `F.linear`, which is also the reference.
+No kernel wins on every CPU (docs/KERNELS.md), so the choices are measured on the machine, at load:
+- Layout, per weight shape (`prefer_packed`): oneDNN's blocked layout (`prepack`, streams about 1.5x faster
+  than `F.linear` for decode-sized inputs, no slower for prefill) or the plain weight read by our C++ kernel
+  (`ops/native.py`) for a few rows. The loader times both for one row over the model's weights of that shape.
+- For a plain CPU weight and 1 to `FEW_ROWS` rows (decode, the k + 1 rows of a speculative verification),
+  `_few_rows_kernel` times our kernel, `torch.mv` (one row), `F.linear` and `W @ x^T` once per weight and row
+  count, and keeps the default (ours where built, else mv / F.linear) unless another is `SWITCH_MARGIN` faster.
+Everything else, including CUDA, is `F.linear`, which is also the reference.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from . import native
 
 FEW_ROWS = 16
 
@@ -31,6 +35,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: torch.Tensor | 
         return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
     if x.dim() == 2 and x.shape[0] <= FEW_ROWS and weight.device.type == "cpu":
         kernel = _few_rows_kernel(x, weight)
+        if kernel == "native":
+            return native.ops().gemm_bf16(x if x.stride(-1) == 1 else x.contiguous(), weight)
         if kernel == "mv":
             return torch.mv(weight, x[0]).unsqueeze(0)
         if kernel == "w_xt":
@@ -38,29 +44,55 @@ def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: torch.Tensor | 
     return F.linear(x, weight)
 
 
-_FEW_ROWS_KERNEL: dict[tuple, str] = {}  # (weight, dtype, shape, rows) -> "mv" | "w_xt" | "linear"
+_FEW_ROWS_KERNEL: dict[tuple, str] = {}  # (weight, dtype, shape, rows) -> "native" | "mv" | "w_xt" | "linear"
 SWITCH_MARGIN = 1.2  # another kernel replaces the default only when this much faster: a stable choice
 
 
 def _few_rows_kernel(x: torch.Tensor, weight: torch.Tensor) -> str:
     """How to multiply a few rows by a plain CPU weight, measured once per weight and row count: the default
-    (`torch.mv` for one row, `F.linear` for more) unless `W @ x^T` (or, for one row, `F.linear`) is at least
-    `SWITCH_MARGIN` times faster. None wins everywhere: on one Intel Xeon the 248k-row bf16 lm_head takes
-    21 ms by mv and 29 ms by F.linear for one row, 20 ms by `W @ x^T` and 31 ms by F.linear for 2-4 rows,
-    but 67 ms against 39 ms for 3 fp32 rows; on an AMD Zen 5 mv read the same bf16 lm_head at 8 GB/s."""
+    (our kernel for bf16 where it is built, else `torch.mv` for one row and `F.linear` for more) unless another
+    candidate is at least `SWITCH_MARGIN` times faster. None wins everywhere: on one Intel Xeon the 248k-row
+    bf16 lm_head takes 21 ms by mv and 29 ms by F.linear for one row, 20 ms by `W @ x^T` and 31 ms by
+    F.linear for 2-4 rows, but 67 ms against 39 ms for 3 fp32 rows; on an AMD Zen 5 mv read the same bf16
+    lm_head at 8 GB/s."""
     rows = x.shape[0]
     key = (weight.data_ptr(), weight.dtype, tuple(weight.shape), rows)
     choice = _FEW_ROWS_KERNEL.get(key)
     if choice is None:
-        candidates = {"mv": lambda: torch.mv(weight, x[0])} if rows == 1 else {}
+        candidates = {}
+        if _native_applies(x, weight):
+            candidates["native"] = lambda: native.ops().gemm_bf16(x.contiguous(), weight)
+        if rows == 1:
+            candidates["mv"] = lambda: torch.mv(weight, x[0])
         candidates.update({"linear": lambda: F.linear(x, weight), "w_xt": lambda: torch.mm(weight, x.t())})
         best = {name: _time(fn) for name, fn in candidates.items()}
-        choice = "mv" if rows == 1 else "linear"
+        choice = next(iter(candidates)) if rows == 1 or "native" in candidates else "linear"
         fastest = min(best, key=best.get)
         if best[fastest] * SWITCH_MARGIN <= best[choice]:
             choice = fastest
         _FEW_ROWS_KERNEL[key] = choice
     return choice
+
+
+def _native_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.dtype == weight.dtype == torch.bfloat16 and weight.is_contiguous() and x.device.type == "cpu"
+            and native.ops() is not None)
+
+
+def prefer_packed(weights: list[torch.Tensor], sample_bytes: int = 256 << 20) -> bool:
+    """Whether weights of one shape should take oneDNN's packed layout (True) or stay plain for our kernel:
+    one-row time of each over up to `sample_bytes` of them, cycled so that they stream from memory as in a
+    decode step. Packed unless ours is at least 5% faster (packing also serves prefill well)."""
+    w0 = weights[0]
+    if (w0.device.type != "cpu" or w0.dtype != torch.bfloat16 or native.ops() is None
+            or not all(w.is_contiguous() for w in weights)):
+        return True
+    sample = weights[:max(1, sample_bytes // (w0.numel() * w0.element_size()))]
+    packed = [prepack(w) for w in sample]
+    x = torch.randn(1, w0.shape[1]).to(w0.dtype)
+    ours = _time(lambda: [native.ops().gemm_bf16(x, w) for w in sample])
+    onednn = _time(lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for p in packed])
+    return not ours * 1.05 < onednn
 
 
 def _time(fn, repeats: int = 3) -> float:
