@@ -248,8 +248,10 @@ QWEN35_AVX512 void rows_block_avx512(const Weight& w, int64_t n, const Rows& x, 
 }
 
 QWEN35_AVX512 void matmul_rows_avx512(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const Out& o) {
-  std::vector<uint16_t> scratch(w.fmt == Fmt::kBf16 ? 0 : 4 * w.K);
+  std::vector<uint16_t> scratch(w.fmt == Fmt::kBf16 ? 0 : 8 * w.K);
   int64_t n = n0;
+  if (x.M == 1 && w.fmt != Fmt::kInt4)
+    for (; n + 8 <= n1; n += 8) rows_block_avx512<8>(w, n, x, o, scratch.data());
   for (; n + 4 <= n1; n += 4) rows_block_avx512<4>(w, n, x, o, scratch.data());
   for (; n < n1; ++n) rows_block_avx512<1>(w, n, x, o, scratch.data());
 }
