@@ -119,3 +119,26 @@ def test_moe_experts_refuse_bad_ids():
     with pytest.raises(RuntimeError, match="out of range"):
         lib.moe_experts(torch.zeros(1, 64).bfloat16(), torch.tensor([[4]]), torch.ones(1, 1), gu, None, None, dn,
                         None, None, 0)
+
+
+def test_without_the_build_every_op_runs_its_torch_path():
+    """QWEN35_NATIVE=0 (or no compiler): ops() is None and the linear, quantised and MoE ops still answer."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from qwen35.ops import native, quant, moe, linear
+assert native.ops() is None and native.isa() == "none"
+w = torch.randn(16, 64).bfloat16(); x = torch.randn(2, 64).bfloat16()
+assert (linear.linear(x, w).float() - linear.linear_ref(x, w).float()).abs().max() < 0.1
+q, s = quant.quantize_int4(w.float())
+assert (quant.matmul(x, "int4", q, s).float() - quant.matmul_ref(x, "int4", q, s).float()).abs().max() < 0.1
+gu, dn = torch.randn(4, 32, 64).bfloat16(), torch.randn(4, 64, 16).bfloat16()
+wt, ids = moe.route(torch.randn(2, 4), 2)
+assert (moe.experts(x, gu, dn, wt, ids).float() - moe.experts_ref(x, gu, dn, wt, ids).float()).abs().max() < 0.2
+print("ok")
+"""
+    env = {**__import__("os").environ, "QWEN35_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
