@@ -74,7 +74,7 @@ def make_llm(path: Path, args, mode: str):
     from qwen35.engine import LLM
 
     kwargs = dict(dtype=args.dtype, max_model_len=4096, max_num_seqs=32, max_num_batched_tokens=2048,
-                  kv_cache_memory=3 << 30, threads=args.threads)
+                  kv_cache_memory=(1 if args.quick else 3) << 30, threads=args.threads)
     if mode in QUANT_FORMATS:
         kwargs["quantization"] = mode
     try:
@@ -285,29 +285,32 @@ def targets(results: dict, modes: list[str], dtype: str, moe: bool) -> list[dict
     out: list[dict] = []
 
     def add(name: str, num: float | None, den: float | None, target: float | None, why: str = "") -> None:
+        """`why`: "numerator row|denominator row", named as missing when it did not run."""
         value = num / den if num and den else None
+        missing = ", ".join(w for w, v in zip(why.split("|"), (num, den)) if not v)
         out.append({"name": name, "value": value, "target": target,
                     "met": None if value is None or target is None else value >= target,
-                    **({"missing": why} if value is None else {})})
+                    **({"missing": f"not run: {missing}"} if value is None else {})})
 
     single = _value(results, "single", "qwen35")
     llama_bf16 = _value(results, "single", f"llama.cpp {GGUF_TYPES.get(dtype, 'BF16')}")
     if moe:
-        add(f"MoE {dtype} single decode / llama.cpp BF16", single, llama_bf16, 1.5, "single or llama.cpp not run")
+        add(f"MoE {dtype} single decode / llama.cpp BF16", single, llama_bf16, 1.5, "qwen35 single|llama.cpp BF16 single")
     else:
-        add(f"{dtype} single decode / llama.cpp BF16", single, llama_bf16, None, "single or llama.cpp not run")
+        add(f"{dtype} single decode / llama.cpp BF16", single, llama_bf16, None, "qwen35 single|llama.cpp BF16 single")
     bound = results["bytes_per_token"].get(dtype, {}).get("bound_tokens_per_s")
     add(f"{dtype} single decode / (0.85 x bandwidth bound)", single, 0.85 * bound if bound else None, 1.0,
-        "single not run")
+        "qwen35 single|bound")
     for mode in (m for m in modes if m in QUANT_FORMATS):
         add(f"{mode} single decode / llama.cpp {GGUF_TYPES[mode]}", _value(results, "single", f"qwen35 {mode}"),
-            _value(results, "single", f"llama.cpp {GGUF_TYPES[mode]}"), 1.2, f"qwen35 {mode} or llama.cpp not run")
+            _value(results, "single", f"llama.cpp {GGUF_TYPES[mode]}"), 1.2,
+            f"qwen35 {mode} single|llama.cpp {GGUF_TYPES[mode]} single")
     for mode in modes:
         row = "qwen35" if mode == dtype else f"qwen35 {mode}"
         add(f"{mode} batch8 total decode / {mode} single decode", _value(results, "batch8", row),
-            _value(results, "single", row), 4.0, "batch8 or single not run")
+            _value(results, "single", row), 4.0, f"{row} batch8|{row} single")
     add(f"{dtype} prefill2048 / llama.cpp BF16", _value(results, "prefill2048", "qwen35"),
-        _value(results, "prefill2048", "llama.cpp BF16"), 1.5, "prefill2048 or llama.cpp not run")
+        _value(results, "prefill2048", "llama.cpp BF16"), 1.5, "qwen35 prefill2048|llama.cpp BF16 prefill2048")
     return out
 
 
