@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,17 +42,51 @@ def checkpoint(args) -> Path:
     return path
 
 
-def weight_bytes_per_token(path: Path, dtype) -> int:
-    """Bytes of weights one decode step reads: the text model less the embedding (a row gather; the tied
-    lm_head reads it whole), and only the routed experts a token uses."""
-    from qwen35.config import ModelConfig, param_count
+QUANT_FORMATS = ("int8", "int4")
+INT4_GROUP = 32  # qwen35.ops.quant.INT4_GROUP (llama.cpp's Q4_0 block)
 
-    t = ModelConfig.from_file(path).text
-    n = param_count(t) - (0 if t.tie_word_embeddings else t.vocab_size * t.hidden_size)
-    if t.is_moe:
-        routed = t.num_hidden_layers * t.num_experts * 3 * t.hidden_size * t.moe_intermediate_size
-        n -= routed * (t.num_experts - t.num_experts_per_tok) // t.num_experts
-    return n * torch.empty((), dtype=dtype).element_size()
+
+def matrix_bytes(n: int, k: int, fmt) -> float:
+    """Bytes of an [n, k] weight matrix stored as `fmt`: a torch dtype, "int8" (int8 + one fp32 scale per row)
+    or "int4" (two weights a byte + one fp16 scale per group of 32: 4.5 bits a weight, as llama.cpp's Q4_0)."""
+    if fmt == "int8":
+        return n * k + 4 * n
+    if fmt == "int4":
+        return n * k / 2 + 2 * n * k / INT4_GROUP
+    return n * k * torch.empty((), dtype=fmt).element_size()
+
+
+def decode_weight_bytes(t, fmt) -> float:
+    """Bytes of weights one single-sequence decode step reads, for a TextConfig `t` whose projections are
+    stored as `fmt` (see matrix_bytes). Counted: every projection of every layer, the lm_head (with tied
+    embeddings the embedding matrix, read whole as the lm_head); of the routed experts only the top-k a token
+    uses (plus the shared expert). Not counted: the embedding row lookup of an untied model. The router and
+    shared-expert gate, norms, conv and gate vectors stay in the activation dtype (bf16) in every mode."""
+    from qwen35.loading.names import FUSED_EXPERTS, LM_HEAD, text_tensors
+
+    plain = torch.bfloat16 if fmt in QUANT_FORMATS else fmt
+    total = 0.0
+    for name, shape in text_tensors(t):
+        if name.endswith("embed_tokens.weight"):
+            if t.tie_word_embeddings:  # the lm_head reads it whole
+                total += matrix_bytes(*shape, fmt)
+            continue
+        if name.endswith(FUSED_EXPERTS):  # [E, N, K]: only the routed experts a token uses
+            e, n, k = shape
+            total += t.num_experts_per_tok * matrix_bytes(n, k, fmt)
+            continue
+        if name == LM_HEAD or (len(shape) == 2 and "proj" in name.split(".")[-2]):  # q_proj, in_proj_qkv, ...
+            total += matrix_bytes(*shape, fmt)
+            continue
+        total += matrix_bytes(1, math.prod(shape), plain)
+    return total
+
+
+def weight_bytes_per_token(path: Path, dtype) -> int:
+    """decode_weight_bytes for the checkpoint at `path`."""
+    from qwen35.config import ModelConfig
+
+    return int(decode_weight_bytes(ModelConfig.from_file(path).text, dtype))
 
 
 def bench_ours(path: Path, dtype, prompt: list[int], n_decode: int, threads: int) -> dict:

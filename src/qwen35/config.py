@@ -456,6 +456,10 @@ PRESETS: dict[str, ModelConfig] = {
     "moe-35b-a3b": _moe(40, 2048, 16, 2, 32, 256, 8, 512, _LARGE_VIT),
     "moe-122b-a10b": _moe(48, 3072, 32, 2, 64, 256, 8, 1024, _LARGE_VIT),
     "moe-397b-a17b": _moe(60, 4096, 32, 2, 64, 512, 10, 1024, _LARGE_VIT),
+    # Benchmark-only (not a published size): the flagship's layer shapes (hidden 4096, experts of 1024,
+    # top-10 + shared, GDN 64 V / 16 QK heads, attention 32 Q / 2 KV heads) with 4 layers and 64 experts,
+    # so its single-sequence decode reads what one 397B-A17B layer reads, on a small machine.
+    "small-moe": _moe(4, 4096, 32, 2, 64, 64, 10, 1024, _LARGE_VIT),
 }
 # Short aliases matching the published names.
 PRESET_ALIASES = {"0.8b": "dense-0.8b", "2b": "dense-2b", "4b": "dense-4b", "9b": "dense-9b", "27b": "dense-27b",
