@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("init", help="write a random checkpoint of a Qwen3.5 shape in the official layout")
     i.add_argument("preset", help="tiny, tiny-moe, dense-0.8b, dense-2b, dense-4b, dense-9b, dense-27b, "
-                                  "moe-35b-a3b, moe-122b-a10b, moe-397b-a17b, small-moe (the 397B's layer shapes in 4 layers)")
+                                  "moe-35b-a3b, moe-122b-a10b, moe-397b-a17b, "
+                                  "small-moe (the 397B's layer shapes in 4 layers)")
     i.add_argument("out_dir")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
