@@ -100,6 +100,37 @@ def test_gdn_decode_rejects_bad_shapes():
                        torch.ones(dv), 1e-6)
 
 
+def _rms_ref(x, scale, eps):
+    return F.rms_norm(x.float(), (x.shape[-1],), scale, eps).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("N", [1, 3, 40])
+def test_norms_and_silu_mul_match_torch(isa, dtype, N):
+    gen = torch.Generator().manual_seed(N)
+    D, eps = 1024, 1e-6
+    scale = 1 + torch.randn(D, generator=gen) * 0.3
+    x = (torch.randn(N, D, generator=gen) * 3).to(dtype)
+    delta = (torch.randn(N, 2 * D, generator=gen)).to(dtype)[:, :D]  # a strided row slice
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    assert _rel(lib.rms_norm(x, scale, eps), _rms_ref(x, scale, eps)) < tol
+    s, h = lib.add_rms_norm(x, delta, scale, eps)
+    assert torch.equal(s, x + delta)  # the residual stream is rounded exactly like torch's add
+    assert _rel(h, _rms_ref(x + delta, scale, eps)) < tol
+    # attention's q/k norm: [N, heads, d], q being the first half of each head's (q | gate) columns
+    qg = (torch.randn(N, 4, 2 * 64, generator=gen)).to(dtype)
+    q = qg[..., :64]
+    qs = 1 + torch.randn(64, generator=gen) * 0.3
+    got = lib.rms_norm(q, qs, eps)
+    assert got.shape == q.shape and got.is_contiguous() and _rel(got, _rms_ref(q, qs, eps)) < tol
+    gu = (torch.randn(N, 2 * 384, generator=gen) * 4).to(dtype)
+    gu[0, :6] = torch.tensor([-1e4, -100.0, -87.0, 88.0, 100.0, 1e4])  # exp's over- and underflow ends
+    gate, up = gu.chunk(2, -1)
+    want = F.silu(gate) * up
+    got = lib.silu_mul(gu)
+    assert got.shape == want.shape and _rel(got, want) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
 def test_lib_for_applies_only_to_cpu_bf16_inference(monkeypatch):
     assert fused.lib_for(torch.zeros(1, 4, dtype=torch.bfloat16)) is lib
     assert fused.lib_for(torch.zeros(1, 4)) is None

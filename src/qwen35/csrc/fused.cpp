@@ -13,6 +13,10 @@
 // and of the V heads that read it, so no two threads touch the same state. The state update runs in AVX512
 // on CPUs with it (two passes over S: k^T S, then the rank-1 update fused with the read-out), else in plain
 // C++ compiled twice (AVX2+FMA and baseline), as in gemm.cpp.
+//
+// rms_norm / add_rms_norm: the zero-centred RMSNorm (model/norm.py; `scale` is the fp32 1 + w), optionally
+// after the residual add x + delta (rounded to the activations' dtype first, as the torch path's add is).
+// silu_mul: silu(gate) * up from the fused gate|up projection (model/mlp.py), each product rounded like torch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -37,6 +41,62 @@ inline void put(float* p, int64_t i, float v) { p[i] = v; }
 inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }  // torch: beta 1, threshold 20
 
+// exp(x) for 16 floats: x = n ln2 + r (Cody-Waite), |r| <= ln2/2, exp(r) by its degree-7 Taylor polynomial
+// (truncation < 6e-9), times 2^n by vscalefps (which also gives inf and 0 past the ends). Within 2 ulp.
+QWEN35_AVX512 inline __m512 exp512(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+QWEN35_AVX512 inline __m512 silu512(__m512 x) {
+  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
+
+QWEN35_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+QWEN35_AVX512 inline __m512 load16(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+QWEN35_AVX512 inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+QWEN35_AVX512 inline void store16(uint16_t* p, __m512 v, __mmask16 m) {
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+// v rounded to T and back (bf16: round to nearest even; fp32: unchanged)
+QWEN35_AVX512 inline __m512 round16(__m512 v, float*) { return v; }
+QWEN35_AVX512 inline __m512 round16(__m512 v, uint16_t*) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+QWEN35_AVX512 inline void silu_inplace_avx512(float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, silu512(_mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+// out[c] = o[c] * rs * w[c] * silu(z[c]) in T
+template <typename T>
+QWEN35_AVX512 inline void gated_out_avx512(const float* o, float rs, const float* w, const T* z, T* out, int64_t n) {
+  const __m512 vr = _mm512_set1_ps(rs);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, o + i), vr), _mm512_maskz_loadu_ps(m, w + i));
+    store16(out + i, _mm512_mul_ps(y, silu512(load16(z + i, m))), m);
+  }
+}
+
 // Everything one call needs; activations are T (bf16 as uint16_t, or float), rows may be strided.
 template <typename T>
 struct GdnArgs {
@@ -52,7 +112,8 @@ struct GdnArgs {
   float eps;
 };
 
-// One token of the causal conv for channels [c0, c0+n) of sequence row `st` (conv state [C, K-1]), SiLU into y.
+// One token of the causal conv for channels [c0, c0+n) of sequence row `st` (conv state [C, K-1]), into y
+// (before the SiLU).
 template <typename T>
 inline __attribute__((always_inline)) void conv_step(const GdnArgs<T>& a, const T* x, T* st, int64_t c0, int64_t n,
                                                      float* y) {
@@ -66,7 +127,7 @@ inline __attribute__((always_inline)) void conv_step(const GdnArgs<T>& a, const 
     for (int64_t t = 0; t < W; ++t) acc += load(s, t) * w[t];
     for (int64_t t = 0; t + 1 < W; ++t) s[t] = s[t + 1];
     if (W > 0) s[W - 1] = xc;
-    y[i] = silu(acc);
+    y[i] = acc;
   }
 }
 
@@ -152,6 +213,12 @@ QWEN35_AVX512 inline void delta_rule_avx512(float* S, const float* q, const floa
   }
 }
 
+template <bool kAvx512>
+inline __attribute__((always_inline)) void silu_inplace(float* y, int64_t n) {
+  if constexpr (kAvx512) silu_inplace_avx512(y, n);
+  else for (int64_t i = 0; i < n; ++i) y[i] = silu(y[i]);
+}
+
 // Tasks [t0, t1) of (sequence, QK head), on the calling thread.
 template <typename T, bool kAvx512>
 inline __attribute__((always_inline)) void gdn_tasks(const GdnArgs<T>& a, int64_t t0, int64_t t1) {
@@ -163,22 +230,26 @@ inline __attribute__((always_inline)) void gdn_tasks(const GdnArgs<T>& a, int64_
     T* st = a.conv_pool + slot * a.C * (a.K - 1);
     conv_step(a, x, st, h * dk, dk, q);
     conv_step(a, x, st, Hk * dk + h * dk, dk, k);
+    silu_inplace<kAvx512>(q, dk);
+    silu_inplace<kAvx512>(k, dk);
     l2norm(q, dk, 1.0f / std::sqrt(float(dk)));
     l2norm(k, dk, 1.0f);
     for (int64_t j = h * r; j < (h + 1) * r; ++j) {
       conv_step(a, x, st, 2 * Hk * dk + j * dv, dv, v);
+      silu_inplace<kAvx512>(v, dv);
       const float beta = 1.0f / (1.0f + std::exp(-load(a.b + bi * a.ld_b, j)));
       const float g = a.neg_a[j] * softplus(load(a.a + bi * a.ld_a, j) + a.dt_bias[j]);
       const float decay = g < kLogDecayCutoff ? 0.0f : std::exp(g);
       float* S = a.ssm_pool + (slot * Hv + j) * dk * dv;
-      if (kAvx512) delta_rule_avx512(S, q, k, v, beta, decay, dk, dv, o);
+      if constexpr (kAvx512) delta_rule_avx512(S, q, k, v, beta, decay, dk, dv, o);
       else delta_rule_portable(S, q, k, v, beta, decay, dk, dv, o);
       float ss = 0.f;
       for (int64_t c = 0; c < dv; ++c) ss += o[c] * o[c];
       const float rs = 1.0f / std::sqrt(ss / float(dv) + a.eps);
       const T* z = a.z + bi * a.ld_z + j * dv;
       T* y = a.out + bi * Hv * dv + j * dv;
-      for (int64_t c = 0; c < dv; ++c) put(y, c, o[c] * rs * a.norm_w[c] * silu(load(z, c)));
+      if constexpr (kAvx512) gated_out_avx512(o, rs, a.norm_w, z, y, dv);
+      else for (int64_t c = 0; c < dv; ++c) put(y, c, o[c] * rs * a.norm_w[c] * silu(load(z, c)));
     }
   }
 }
@@ -204,9 +275,9 @@ void check_rows(const at::Tensor& t, const char* name, at::ScalarType dtype, int
               t.scalar_type());
 }
 
-void check_f32(const at::Tensor& t, const char* name, int64_t numel) {
+void check_f32(const at::Tensor& t, const char* name, int64_t numel, const char* op = "gdn_decode") {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel,
-              "gdn_decode: ", name, " must be a contiguous fp32 CPU tensor of ", numel, " elements");
+              op, ": ", name, " must be a contiguous fp32 CPU tensor of ", numel, " elements");
 }
 
 template <typename T>
@@ -287,13 +358,177 @@ at::Tensor gdn_decode(const at::Tensor& mixed, const at::Tensor& z, const at::Te
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// RMSNorm (with or without the residual add) and silu * mul, over rows of D values.
+
+template <typename T>
+inline __attribute__((always_inline)) void norm_rows(const T* x, int64_t n1, int64_t st0, int64_t st1,
+                                                     const T* delta, int64_t ld_delta, T* sum_out,
+                                                     const float* scale, float eps, int64_t D, T* out,
+                                                     int64_t r0, int64_t r1) {
+  float buf[8192];
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + (r / n1) * st0 + (r % n1) * st1;
+    float ss = 0.f;
+    if (delta) {
+      const T* dr = delta + r * ld_delta;
+      T* sr = sum_out + r * D;
+      for (int64_t i = 0; i < D; ++i) {
+        T v;
+        put(&v, 0, load(xr, i) + load(dr, i));  // the residual stream is stored rounded
+        sr[i] = v;
+        buf[i] = load(&v, 0);
+        ss += buf[i] * buf[i];
+      }
+    } else {
+      for (int64_t i = 0; i < D; ++i) buf[i] = load(xr, i), ss += buf[i] * buf[i];
+    }
+    const float rs = 1.0f / std::sqrt(ss / float(D) + eps);
+    T* o = out + r * D;
+    for (int64_t i = 0; i < D; ++i) put(o, i, buf[i] * rs * scale[i]);
+  }
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void silu_mul_rows(const T* x, int64_t ld, int64_t I, T* out, int64_t r0,
+                                                         int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = x + r * ld;
+    const T* u = g + I;
+    T* o = out + r * I;
+    for (int64_t i = 0; i < I; ++i) {
+      T s;
+      put(&s, 0, silu(load(g, i)));  // torch rounds silu's output before the product
+      put(o, i, load(&s, 0) * load(u, i));
+    }
+  }
+}
+
+#define QWEN35_DISPATCH3(NAME, BODY)                                                              \
+  template <typename T, typename... A>                                                           \
+  QWEN35_AVX512 __attribute__((flatten)) void NAME##_avx512(A... a) { BODY<T>(a...); }           \
+  template <typename T, typename... A>                                                           \
+  QWEN35_AVX2 __attribute__((flatten)) void NAME##_avx2(A... a) { BODY<T>(a...); }               \
+  template <typename T, typename... A>                                                           \
+  __attribute__((flatten)) void NAME##_scalar(A... a) { BODY<T>(a...); }                         \
+  template <typename T, typename... A>                                                           \
+  void NAME(A... a) {                                                                            \
+    switch (current_isa()) {                                                                     \
+      case Isa::kAvx512Bf16: NAME##_avx512<T>(a...); break;                                      \
+      case Isa::kAvx2: NAME##_avx2<T>(a...); break;                                              \
+      default: NAME##_scalar<T>(a...); break;                                                    \
+    }                                                                                            \
+  }
+
+template <typename T>
+QWEN35_AVX512 void silu_mul_rows_vec(const T* x, int64_t ld, int64_t I, T* out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = x + r * ld;
+    const T* u = g + I;
+    T* o = out + r * I;
+    for (int64_t i = 0; i < I; i += 16) {
+      const __mmask16 m = tail_mask(I - i);
+      const __m512 s = round16(silu512(load16(g + i, m)), (T*)nullptr);
+      store16(o + i, _mm512_mul_ps(s, load16(u + i, m)), m);
+    }
+  }
+}
+
+QWEN35_DISPATCH3(norm_rows_isa, norm_rows)
+QWEN35_DISPATCH3(silu_mul_rows_isa, silu_mul_rows)
+
+// Rows of at least this many values per parallel task (a decode row of 1024 runs on the calling thread).
+constexpr int64_t kGrainValues = 16384;
+
+void check_act(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat),
+              op, ": activations must be bf16 or fp32 CPU tensors");
+  TORCH_CHECK(x.dim() >= 1 && x.stride(-1) == 1, op, ": the last dim must have unit stride");
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_impl(const at::Tensor& x, const c10::optional<at::Tensor>& delta,
+                                             const at::Tensor& scale, double eps, const char* op) {
+  check_act(x, op);
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(D <= 8192, op, ": rows above 8192 values unsupported");
+  TORCH_CHECK(x.dim() <= 3, op, ": x must be [N, D] or [N, H, D]");
+  check_f32(scale, "scale", D, op);
+  const int64_t n1 = x.dim() == 3 ? x.size(1) : 1, st1 = x.dim() == 3 ? x.stride(1) : 0;
+  const int64_t rows = x.numel() / std::max<int64_t>(D, 1), st0 = x.dim() >= 2 ? x.stride(0) : 0;
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor sum;
+  const uint8_t* dptr = nullptr;
+  int64_t ld_delta = 0;
+  if (delta.has_value()) {
+    TORCH_CHECK(x.dim() == 2 && delta->dim() == 2 && delta->sizes() == x.sizes() && delta->stride(1) == 1 &&
+                    delta->scalar_type() == x.scalar_type() && delta->device().is_cpu(),
+                op, ": delta must be rows shaped and typed like x [N, D]");
+    sum = at::empty(x.sizes(), out.options());
+    dptr = (const uint8_t*)delta->data_ptr();
+    ld_delta = delta->stride(0);
+  }
+  if (rows == 0) return {out, sum};
+  const float* sc = scale.data_ptr<float>();
+  const float e = float(eps);
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrainValues / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
+    if (x.scalar_type() == at::kBFloat16) {
+      norm_rows_isa<uint16_t>((const uint16_t*)x.data_ptr(), n1, st0, st1, (const uint16_t*)dptr, ld_delta,
+                              sum.defined() ? (uint16_t*)sum.data_ptr() : nullptr, sc, e, D,
+                              (uint16_t*)out.data_ptr(), r0, r1);
+    } else {
+      norm_rows_isa<float>((const float*)x.data_ptr(), n1, st0, st1, (const float*)dptr, ld_delta,
+                           sum.defined() ? (float*)sum.data_ptr() : nullptr, sc, e, D, (float*)out.data_ptr(),
+                           r0, r1);
+    }
+  });
+  return {out, sum};
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& scale, double eps) {
+  return std::get<0>(norm_impl(x, c10::nullopt, scale, eps, "rms_norm"));
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
+                                                const at::Tensor& scale, double eps) {
+  auto r = norm_impl(x, delta, scale, eps, "add_rms_norm");
+  return {std::get<1>(r), std::get<0>(r)};
+}
+
+at::Tensor silu_mul(const at::Tensor& x) {
+  check_act(x, "silu_mul");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) % 2 == 0, "silu_mul: x must be [N, 2I] (gate | up)");
+  const int64_t N = x.size(0), I = x.size(1) / 2, ld = x.stride(0);
+  at::Tensor out = at::empty({N, I}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::parallel_for(0, N, std::max<int64_t>(1, kGrainValues / std::max<int64_t>(I, 1)), [&](int64_t r0, int64_t r1) {
+    const bool vec = current_isa() == Isa::kAvx512Bf16;
+    if (x.scalar_type() == at::kBFloat16) {
+      auto xp = (const uint16_t*)x.data_ptr();
+      auto op = (uint16_t*)out.data_ptr();
+      vec ? silu_mul_rows_vec<uint16_t>(xp, ld, I, op, r0, r1) : silu_mul_rows_isa<uint16_t>(xp, ld, I, op, r0, r1);
+    } else {
+      auto xp = (const float*)x.data_ptr();
+      auto op = (float*)out.data_ptr();
+      vec ? silu_mul_rows_vec<float>(xp, ld, I, op, r0, r1) : silu_mul_rows_isa<float>(xp, ld, I, op, r0, r1);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace qwen35
 
 TORCH_LIBRARY_FRAGMENT(qwen35, m) {
+  m.def("rms_norm(Tensor x, Tensor scale, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor delta, Tensor scale, float eps) -> (Tensor, Tensor)");
+  m.def("silu_mul(Tensor x) -> Tensor");
   m.def(
       "gdn_decode(Tensor mixed, Tensor z, Tensor b, Tensor a, Tensor conv_w, Tensor(a!) conv_pool, "
       "Tensor(b!) ssm_pool, Tensor slots, Tensor neg_a, Tensor dt_bias, Tensor norm_w, float eps) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(qwen35, CPU, m) { m.impl("gdn_decode", &qwen35::gdn_decode); }
+TORCH_LIBRARY_IMPL(qwen35, CPU, m) {
+  m.impl("gdn_decode", &qwen35::gdn_decode);
+  m.impl("rms_norm", &qwen35::rms_norm);
+  m.impl("add_rms_norm", &qwen35::add_rms_norm);
+  m.impl("silu_mul", &qwen35::silu_mul);
+}
