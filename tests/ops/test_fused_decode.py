@@ -164,3 +164,17 @@ def test_greedy_decode_same_tokens_with_and_without_fused(tiny_ckpt, monkeypatch
         assert any(calls) == enabled
         calls.clear()
     assert runs[True] == runs[False]
+
+
+def test_norm_module_falls_back_for_column_major_rows():
+    """A matmul may return a transposed layout (last-dim stride != 1): the module takes the torch path."""
+    from qwen35.model.norm import RMSNorm
+
+    norm = RMSNorm(32, 1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(32, 5).bfloat16().T  # [5, 32], stride (1, 5)
+    want = F.rms_norm(x.float(), (32,), norm.scale(), 1e-6).to(x.dtype)
+    assert torch.equal(norm(x), want)
+    s, h = norm.add_forward(x, x)
+    assert torch.equal(s, x + x) and torch.equal(h, norm(x + x))

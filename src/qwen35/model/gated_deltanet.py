@@ -77,7 +77,7 @@ class GatedDeltaNet(nn.Module):
         mixed, z, b, a = self._project(x)  # [N, C], [N, Dv], [N, Hv], [N, Hv]
         neg_a, dt_bias, conv_w, norm_w = self._fp32_params()
         lib = fused.lib_for(x) if batch.is_decode and getattr(batch, "snapshot_slots", None) is None else None
-        if lib is not None:
+        if lib is not None and fused.rows_ok(mixed, z, b, a):
             # one C++ call from the projections to out_proj's input, state pools updated in place
             conv_pool, ssm_pool = cache.state(self.cache_id)
             o = lib.gdn_decode(mixed, z, b, a, conv_w, conv_pool, ssm_pool, batch.state_slots, neg_a, dt_bias,

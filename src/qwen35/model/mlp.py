@@ -28,7 +28,7 @@ class MLP(nn.Module):
         if self.gate_up_proj is not None:
             gu = self.gate_up_proj(x)
             lib = fused.lib_for(gu)
-            if lib is not None and gu.dim() == 2:
+            if lib is not None and gu.dim() == 2 and fused.rows_ok(gu):
                 return self.down_proj(lib.silu_mul(gu))
             gate, up = gu.chunk(2, -1)
             return self.down_proj(F.silu(gate) * up)
