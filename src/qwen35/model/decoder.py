@@ -33,7 +33,8 @@ class DecoderLayer(nn.Module):
                 cache: ModelCache) -> torch.Tensor:
         u = self.input_layernorm(x)
         if self.is_attention:
-            x = x + self.self_attn(u, rope, batch, cache)
+            y = self.self_attn(u, rope, batch, cache)
         else:
-            x = x + self.linear_attn(u, batch, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+            y = self.linear_attn(u, batch, cache)
+        x, h = self.post_attention_layernorm.add_forward(x, y)
+        return x + self.mlp(h)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import TextConfig
 from ..ops.batch import ForwardBatch
+from ..ops import fused
 from ..ops.conv1d import causal_conv1d, causal_conv1d_step
 from ..ops.gdn import gated_delta_rule, gated_delta_rule_with_snapshots, l2norm
 from .cache import ModelCache
@@ -54,13 +55,15 @@ class GatedDeltaNet(nn.Module):
             self.in_proj = fused
             del self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a
 
-    def _fp32_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-exp(A_log), dt_bias and the conv weight in fp32, computed once per loaded weights."""
-        key = (self.A_log, self.dt_bias, self.conv1d.weight)
+    def _fp32_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-exp(A_log), dt_bias, the conv weight and the gated norm's weight in fp32, computed once per loaded
+        weights."""
+        key = (self.A_log, self.dt_bias, self.conv1d.weight, self.norm.weight)
         cached = getattr(self, "_fp32", None)
         if cached is None or any(a is not b for a, b in zip(cached[0], key)):
             self._fp32 = (key, (-self.A_log.detach().float().exp(), self.dt_bias.detach().float(),
-                                self.conv1d.weight.detach().float()))
+                                self.conv1d.weight.detach().float().contiguous(),
+                                self.norm.weight.detach().float().contiguous()))
         return self._fp32[1]
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -72,9 +75,16 @@ class GatedDeltaNet(nn.Module):
         """x: [N, H] -> [N, H]."""
         N = x.shape[0]
         mixed, z, b, a = self._project(x)  # [N, C], [N, Dv], [N, Hv], [N, Hv]
+        neg_a, dt_bias, conv_w, norm_w = self._fp32_params()
+        lib = fused.lib_for(x) if batch.is_decode and getattr(batch, "snapshot_slots", None) is None else None
+        if lib is not None and fused.rows_ok(mixed, z, b, a):
+            # one C++ call from the projections to out_proj's input, state pools updated in place
+            conv_pool, ssm_pool = cache.state(self.cache_id)
+            o = lib.gdn_decode(mixed, z, b, a, conv_w, conv_pool, ssm_pool, batch.state_slots, neg_a, dt_bias,
+                               norm_w, self.norm.eps)
+            return self.out_proj(o)
         z = z.reshape(N, self.hv, self.dv)
         beta = torch.sigmoid(b.float())
-        neg_a, dt_bias, conv_w = self._fp32_params()
         g = neg_a * F.softplus(a.float() + dt_bias)
 
         conv_pool, ssm_pool = cache.state(self.cache_id)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import fused
 from .linear import Linear, fuse_linears
 
 
@@ -25,6 +26,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, -1)
+            gu = self.gate_up_proj(x)
+            lib = fused.lib_for(gu)
+            if lib is not None and gu.dim() == 2 and fused.rows_ok(gu):
+                return self.down_proj(lib.silu_mul(gu))
+            gate, up = gu.chunk(2, -1)
             return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

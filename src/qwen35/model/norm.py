@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import fused
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -30,8 +32,19 @@ class RMSNorm(nn.Module):
         return self._scale[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lib = None if self.weight.requires_grad else fused.lib_for(x)
+        if lib is not None and x.dim() in (2, 3) and fused.rows_ok(x):
+            return lib.rms_norm(x, self.scale(), self.eps)
         # torch's fused rms_norm, in fp32: x * rsqrt(mean(x^2) + eps) * (1 + w)
         return F.rms_norm(x.float(), (x.shape[-1],), self.scale(), self.eps).to(x.dtype)
+
+    def add_forward(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual add then the norm: (x + delta, norm(x + delta)), in one C++ call where it applies."""
+        lib = None if self.weight.requires_grad else fused.lib_for(x)
+        if lib is not None and x.dim() == 2 and x.shape == delta.shape and fused.rows_ok(x, delta):
+            return lib.add_rms_norm(x, delta, self.scale(), self.eps)
+        x = x + delta
+        return x, self(x)
 
 
 class GatedRMSNorm(nn.Module):
