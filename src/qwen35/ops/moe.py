@@ -3,12 +3,17 @@
 Experts are stored stacked: `gate_up: [E, 2I, H]` (gate rows first) and `down: [E, H, I]`, the official
 fused layout. Token-expert pairs are sorted by expert and run through `torch._grouped_mm` (one grouped GEMM
 per projection, CPU and GPU). `experts_ref` is the plain loop used only by tests.
+`experts_quant` is the same contract over weight-only int8/int4 stacks (ops/quant.py formats).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import quant
+
+Stack = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]  # (q, scale, zeros); scale None: plain
 
 
 def route(logits: torch.Tensor, top_k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,6 +40,29 @@ def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     y = torch._grouped_mm(F.silu(gate) * up, down.transpose(1, 2), offs=offsets)  # [N*k, H]
     y = y.float() * weights.reshape(-1)[order, None]
     return torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, token, y).to(x.dtype)
+
+
+def experts_quant(x: torch.Tensor, fmt: str, gate_up: Stack, down: Stack, weights: torch.Tensor,
+                  ids: torch.Tensor) -> torch.Tensor:
+    """`experts` over quantised stacks: gate_up = (q [E, 2I, ...], scale [E, 2I, ...], zeros or None), down
+    likewise with [E, H, ...]; a stack whose scale is None holds plain weights (int4 keeps a projection whose
+    K is not a multiple of 64 unquantised). Placeholder: a loop over the experts the batch routes to, one
+    `quant.matmul` per projection on the expert's [N, K] slice, until a native MoE kernel replaces it."""
+    N, k = ids.shape
+    out = torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device)
+    for e in ids.unique().tolist():
+        tok, slot = (ids == e).nonzero(as_tuple=True)
+        gate, up = _expert_matmul(x[tok], fmt, gate_up, e).chunk(2, -1)
+        y = _expert_matmul(F.silu(gate) * up, fmt, down, e)
+        out.index_add_(0, tok, y.float() * weights[tok, slot, None])
+    return out.to(x.dtype)
+
+
+def _expert_matmul(x: torch.Tensor, fmt: str, stack: Stack, e: int) -> torch.Tensor:
+    q, scale, zeros = stack
+    if scale is None:
+        return F.linear(x, q[e])
+    return quant.matmul(x, fmt, q[e], scale[e], zeros[e] if zeros is not None else None)
 
 
 def experts_ref(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
