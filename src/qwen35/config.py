@@ -309,6 +309,24 @@ class VisionConfig:
         return d
 
 
+# `--quantization` / `LLM(quantization=...)`: int8 / int4 quantise a bf16 (or FP8) checkpoint at load;
+# gptq / awq name a checkpoint that already is one (checked). vLLM's kernel-specific names are aliases.
+QUANTIZATION_CHOICES = ("int8", "int4", "gptq", "awq")
+QUANTIZATION_ALIASES = {"gptq_marlin": "gptq", "awq_marlin": "awq"}
+
+
+def check_quantization(value: str | None) -> str | None:
+    """The canonical name of a `quantization` value (None stays None); ValueError naming the choices."""
+    if value is None:
+        return None
+    q = str(value).lower()
+    q = QUANTIZATION_ALIASES.get(q, q)
+    if q not in QUANTIZATION_CHOICES:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_CHOICES)} (or unset), "
+                         f"got {value!r}")
+    return q
+
+
 @dataclass(frozen=True, slots=True)
 class QuantConfig:
     """The checkpoint's `quantization_config`: fine-grained block FP8 (`quant_method: fp8`,
@@ -513,5 +531,6 @@ def param_count(cfg: TextConfig) -> int:
     return sum(math.prod(shape) for _, shape in text_tensors(cfg))
 
 
-__all__ = ["ConfigError", "ModelConfig", "TextConfig", "VisionConfig", "QuantConfig", "RopeConfig",
+__all__ = ["ConfigError", "ModelConfig", "TextConfig", "VisionConfig", "QuantConfig", "QUANTIZATION_CHOICES",
+           "check_quantization", "RopeConfig",
            "PRESETS", "preset", "param_count"]

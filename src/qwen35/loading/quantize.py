@@ -21,6 +21,7 @@ from collections import defaultdict
 
 from torch import nn
 
+from ..config import check_quantization
 from ..model.linear import Linear, QuantEmbedding, QuantLinear
 from ..model.moe import Experts, QuantExperts
 from ..ops import quant
@@ -29,19 +30,13 @@ log = logging.getLogger("qwen35.loading")
 
 FORMATS = quant.FORMATS  # quantise at load
 CHECKPOINT_METHODS = ("gptq", "awq")  # already 4-bit on disk: accepted as a check of the checkpoint
-ALIASES = {"gptq_marlin": "gptq", "awq_marlin": "awq"}  # vLLM's kernel-specific names
-CHOICES = FORMATS + CHECKPOINT_METHODS
 KEEP = ("mlp.gate", "shared_expert_gate", "in_proj_a", "in_proj_b")  # small: kept in the load dtype
 
 
 def resolve(quantization: str | None, checkpoint_method: str | None) -> str | None:
     """The format to quantise to at load ("int8" | "int4" | None) for the `quantization` asked for and the
     checkpoint's own `quant_method` (None for bf16/fp32). Raises ValueError for unknown or mismatched values."""
-    if quantization is None:
-        return None
-    q = ALIASES.get(str(quantization).lower(), str(quantization).lower())
-    if q not in CHOICES:
-        raise ValueError(f"quantization must be one of {', '.join(CHOICES)} (or unset), got {quantization!r}")
+    q = check_quantization(quantization)
     if q in CHECKPOINT_METHODS:
         if checkpoint_method != q:
             raise ValueError(f"quantization {quantization!r} needs a {q} checkpoint (config.json "
@@ -138,4 +133,4 @@ def quantized_bytes(model: nn.Module) -> int:
     return total + sum(p.numel() * p.element_size() for p in packed)
 
 
-__all__ = ["Quantizer", "resolve", "CHOICES", "FORMATS", "quantized_bytes"]
+__all__ = ["Quantizer", "resolve", "FORMATS", "quantized_bytes"]
