@@ -35,7 +35,7 @@ from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops import quant
 from . import gptq
 from .names import EXPERT_PROJS, LM_HEAD, MTP, SCALE, map_name
-from .quantize import Quantizer, resolve
+from .quantize import Quantizer, release_free_memory, resolve
 
 log = logging.getLogger("qwen35.loading")
 
@@ -584,6 +584,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
         if not head_done:
             quantizer.quantize_head(model)
         quantizer.report()
+        release_free_memory()
     elif on_cpu:
         if fuse:
             model.fuse()

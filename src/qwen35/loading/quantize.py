@@ -15,6 +15,7 @@ so only one copy of the vocabulary matrix stays; an untied embedding stays in th
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 from collections import defaultdict
@@ -68,6 +69,8 @@ class Quantizer:
             for m in unit.modules():
                 if isinstance(m, Linear):
                     m.prepack()
+        if self.fmt is not None:
+            release_free_memory()  # else the freed bf16 pieces pile up between the quantised ones
 
     def quantize(self, unit: nn.Module, prefix: str) -> None:
         fmt = self.fmt
@@ -115,6 +118,16 @@ class Quantizer:
                      "; ".join(f"{k} ({why})" for k, why in sorted(self.kept.items())))
 
 
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim`; elsewhere nothing). Quantising frees
+    each unit's bf16 weights in pieces the allocator keeps between the quantised ones: dense-0.8b int8 peaked
+    at 1.21 GiB and stayed at 1.11 GiB for 0.70 GiB of weights; trimmed after each unit, 0.90 and 0.71."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _replace(unit: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(unit.get_submodule(parent) if parent else unit, child, new)
@@ -133,4 +146,4 @@ def quantized_bytes(model: nn.Module) -> int:
     return total + sum(p.numel() * p.element_size() for p in packed)
 
 
-__all__ = ["Quantizer", "resolve", "FORMATS", "quantized_bytes"]
+__all__ = ["Quantizer", "resolve", "FORMATS", "quantized_bytes", "release_free_memory"]
