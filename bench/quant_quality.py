@@ -4,10 +4,11 @@ a preset too large to write as bf16.
     .venv/bin/python bench/quant_quality.py [--model DIR] [--prompts 3] [--prompt-len 128] [--gen 64]
     .venv/bin/python bench/quant_quality.py --memory [--model DIR]
     .venv/bin/python bench/quant_quality.py --random moe-35b-a3b [--quantization int4] [--decode-steps 8]
+                                            [--layers N]
 
 Default mode loads the checkpoint (default ~/.cache/qwen35/bench-dense-0.8b, random weights) in bf16, int8 and
 int4 and reports, over the prefill of `--prompts` random prompts: mean / max |delta log-softmax| and mean / max
-KL(bf16 || quantised) per position; then greedy generation of `--gen` tokens per prompt: the fraction of
+KL(bf16 || quantised) per position (and the same for fp32, for scale); then greedy generation of `--gen` tokens per prompt: the fraction of
 positions with the same token as bf16 and the mean length of the identical prefix.
 `--memory` loads the checkpoint once per format in a fresh child process and reports peak RSS (VmHWM, reset
 just before the load) and the resident weights.
@@ -19,6 +20,7 @@ steps. Prints the CPU model and one JSON line at the end.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -90,23 +92,29 @@ def quality(args) -> dict:
         print(f"  {fmt}: loaded in {load_s:.1f} s, prefill + {args.gen} decode steps in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
         del model
+    # scale: the same measures for fp32 against bf16 (prefill only). A random checkpoint is chaotic: a small
+    # change in the weights grows layer by layer, so even bf16's own rounding moves its logits visibly
+    model, _ = load_model(args.model, dtype=torch.float32, progress=False)
+    runs["fp32"] = (_run(model, prompts, 1)[0], None)
+    del model
     ref_logp, ref_tok = runs["bf16"]
     out = {}
-    for fmt in FORMATS[1:]:
+    for fmt in ("fp32",) + FORMATS[1:]:
         logp, tok = runs[fmt]
         diff = (logp - ref_logp).abs()
         kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-        same = [sum(a == b for a, b in zip(x, y)) / len(x) for x, y in zip(tok, ref_tok)]
-        prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) for x, y in zip(tok, ref_tok)]
         top1 = (logp.argmax(-1) == ref_logp.argmax(-1)).float().mean().item()
-        out[fmt] = {"logsoftmax_mean_abs": diff.mean().item(), "logsoftmax_max_abs": diff.max().item(),
-                    "kl_mean": kl.mean().item(), "kl_max": kl.max().item(), "prefill_top1_agree": top1,
-                    "greedy_same_token": sum(same) / len(same), "greedy_identical_prefix": sum(prefix) / len(prefix)}
-        r = out[fmt]
-        print(f"{fmt}: |dlogsoftmax| mean {r['logsoftmax_mean_abs']:.4f} max {r['logsoftmax_max_abs']:.3f}; "
-              f"KL mean {r['kl_mean']:.2e} max {r['kl_max']:.2e}; prefill top-1 agreement {top1:.3f}; greedy "
-              f"{args.gen} tokens: same token {r['greedy_same_token']:.3f}, identical prefix "
-              f"{r['greedy_identical_prefix']:.1f} tokens")
+        out[fmt] = r = {"logsoftmax_mean_abs": diff.mean().item(), "logsoftmax_max_abs": diff.max().item(),
+                        "kl_mean": kl.mean().item(), "kl_max": kl.max().item(), "prefill_top1_agree": top1}
+        line = (f"{fmt}: |dlogsoftmax| mean {r['logsoftmax_mean_abs']:.4f} max {r['logsoftmax_max_abs']:.3f}; "
+                f"KL mean {r['kl_mean']:.2e} max {r['kl_max']:.2e}; prefill top-1 agreement {top1:.3f}")
+        if tok is not None:
+            same = [sum(a == b for a, b in zip(x, y)) / len(x) for x, y in zip(tok, ref_tok)]
+            prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) for x, y in zip(tok, ref_tok)]
+            r.update(greedy_same_token=sum(same) / len(same), greedy_identical_prefix=sum(prefix) / len(prefix))
+            line += (f"; greedy {args.gen} tokens: same token {r['greedy_same_token']:.3f}, identical prefix "
+                     f"{r['greedy_identical_prefix']:.1f} tokens")
+        print(line)
     return {"positions": args.prompts * args.prompt_len, **out}
 
 
@@ -157,13 +165,19 @@ def random_preset(args) -> dict:
     from qwen35.model import ForwardBatch, SeqSpec
 
     cfg = preset(args.random)
+    full = quantized_bytes(random_model(cfg, args.quantization, meta=True))
+    print(f"{args.random} {args.quantization}: all {cfg.text.num_hidden_layers} layers hold {full / GIB:.2f} GiB of "
+          "weights (exact, from the structure on the meta device)", flush=True)
+    if args.layers:  # the first N layers only, to fit a smaller machine; peak and step time scale per layer
+        text = dataclasses.replace(cfg.text, num_hidden_layers=args.layers, layer_types=cfg.text.layer_types[:args.layers])
+        cfg = dataclasses.replace(cfg, text=text)
     reset_peak()
     before = status("VmRSS")
     t0 = time.perf_counter()
     model = random_model(cfg, args.quantization)
     build_s = time.perf_counter() - t0
     weights, peak = quantized_bytes(model), status("VmHWM") - before
-    print(f"{args.random} {args.quantization}: built in {build_s:.0f} s; weights {weights / GIB:.2f} GiB, "
+    print(f"{args.random} {args.quantization}, {cfg.text.num_hidden_layers} layers: built in {build_s:.0f} s; weights {weights / GIB:.2f} GiB, "
           f"peak RSS {peak / GIB:.2f} GiB over the process's start ({before / GIB:.2f} GiB)", flush=True)
     block, n_prompt = 16, args.prompt_len
     cache = model.new_cache(num_blocks=-(-(n_prompt + args.decode_steps + 1) // block), block_size=block,
@@ -184,7 +198,8 @@ def random_preset(args) -> dict:
     warm = steps[1:] or steps
     print(f"prefill {n_prompt} tokens {prefill_s:.2f} s; decode {args.decode_steps} steps: first {steps[0]:.2f} s, "
           f"then median {sorted(warm)[len(warm) // 2]:.2f} s/token; peak RSS with the cache {peak_all / GIB:.2f} GiB")
-    return {"preset": args.random, "format": args.quantization, "weights_gib": weights / GIB,
+    return {"preset": args.random, "format": args.quantization, "layers": cfg.text.num_hidden_layers,
+            "full_weights_gib": full / GIB, "weights_gib": weights / GIB,
             "build_peak_gib": peak / GIB, "run_peak_gib": peak_all / GIB, "build_s": build_s,
             "prefill_s": prefill_s, "decode_s": steps}
 
@@ -199,6 +214,7 @@ def main() -> None:
     p.add_argument("--random", metavar="PRESET")
     p.add_argument("--quantization", choices=("int8", "int4"), default="int4")
     p.add_argument("--decode-steps", type=int, default=8)
+    p.add_argument("--layers", type=int, default=0, help="--random: build only the first N decoder layers")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     import torch

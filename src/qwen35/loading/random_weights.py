@@ -26,25 +26,38 @@ STD = 0.02
 _CODE_STD = {"int8": 73.6, "int4": 4.6}  # std of uniform codes in [-127, 127] / of u - 8, u uniform in 0..15
 
 
-def _random_codes(fmt: str, lead: tuple[int, ...], N: int, K: int, gen: torch.Generator):
+def _random_codes(fmt: str, lead: tuple[int, ...], N: int, K: int, gen: torch.Generator | None):
+    """Uniform random codes; gen None: meta tensors (shapes and bytes only)."""
+    dev = "meta" if gen is None else "cpu"
     if fmt == "int8":
-        q = torch.randint(-127, 128, (*lead, N, K), dtype=torch.int8, generator=gen)
-        return q, torch.full((*lead, N), STD / _CODE_STD[fmt]), None
-    q = torch.randint(0, 256, (*lead, N, K // 2), dtype=torch.uint8, generator=gen)
-    return q, torch.full((*lead, N, K // quant.INT4_GROUP), STD / _CODE_STD[fmt], dtype=torch.float16), None
+        q = torch.empty((*lead, N, K), dtype=torch.int8, device=dev)
+        scale = torch.full((*lead, N), STD / _CODE_STD[fmt], device=dev)
+    else:
+        q = torch.empty((*lead, N, K // 2), dtype=torch.uint8, device=dev)
+        scale = torch.full((*lead, N, K // quant.INT4_GROUP), STD / _CODE_STD[fmt], dtype=torch.float16, device=dev)
+    if gen is not None:
+        q.random_(-127, 128, generator=gen) if fmt == "int8" else q.random_(0, 256, generator=gen)
+    return q, scale, None
 
 
-def _materialise(unit: nn.Module, prefix: str, dtype: torch.dtype, gen: torch.Generator) -> None:
+def _randn(shape, dtype: torch.dtype, gen: torch.Generator | None) -> torch.Tensor:
+    if gen is None:
+        return torch.empty(shape, dtype=dtype, device="meta")
+    return (torch.randn(shape, generator=gen) * STD).to(dtype)
+
+
+def _materialise(unit: nn.Module, prefix: str, dtype: torch.dtype, gen: torch.Generator | None) -> None:
     for name, p in list(unit.named_parameters()):
         if p.is_meta:
             full = prefix + name
-            value = _random(tuple(p.shape), _init_kind(full, tuple(p.shape)), gen)
-            value = value.to(torch.float32 if full.endswith(FP32_SUFFIXES) else dtype)
+            want = torch.float32 if full.endswith(FP32_SUFFIXES) else dtype
+            value = torch.empty(p.shape, dtype=want, device="meta") if gen is None else \
+                _random(tuple(p.shape), _init_kind(full, tuple(p.shape)), gen).to(want)
             owner, _, attr = name.rpartition(".")
             (unit.get_submodule(owner) if owner else unit)._parameters[attr] = nn.Parameter(value, requires_grad=False)
 
 
-def _unit(unit: nn.Module, prefix: str, fmt: str | None, dtype: torch.dtype, gen: torch.Generator,
+def _unit(unit: nn.Module, prefix: str, fmt: str | None, dtype: torch.dtype, gen: torch.Generator | None,
           fuse: bool, prepack: bool) -> None:
     if fuse:
         for m in [m for m in unit.modules() if hasattr(m, "fuse")]:
@@ -59,10 +72,10 @@ def _unit(unit: nn.Module, prefix: str, fmt: str | None, dtype: torch.dtype, gen
                 for w in (m.gate_up_proj, m.down_proj):
                     E, N, K = w.shape
                     stacks.append(_random_codes(fmt, (E,), N, K, gen) if quant.quantizable(fmt, K) else
-                                  ((torch.randn(E, N, K, generator=gen) * STD).to(dtype), None, None))
+                                  (_randn((E, N, K), dtype, gen), None, None))
                 _replace(unit, name, QuantExperts(fmt, *stacks))
     _materialise(unit, prefix, dtype, gen)
-    if prepack:
+    if prepack and gen is not None:
         for m in unit.modules():
             if isinstance(m, Linear):
                 m.prepack()
@@ -70,9 +83,12 @@ def _unit(unit: nn.Module, prefix: str, fmt: str | None, dtype: torch.dtype, gen
 
 @torch.no_grad()
 def random_model(cfg: ModelConfig, fmt: str | None = "int4", seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-                 mtp: bool = False, fuse: bool = True, prepack: bool = True) -> Qwen35ForCausalLM:
-    """A CPU model of `cfg`'s shape with random weights, quantised to `fmt` ("int8" | "int4"; None: bf16)."""
-    gen = torch.Generator().manual_seed(seed)
+                 mtp: bool = False, fuse: bool = True, prepack: bool = True,
+                 meta: bool = False) -> Qwen35ForCausalLM:
+    """A CPU model of `cfg`'s shape with random weights, quantised to `fmt` ("int8" | "int4"; None: bf16).
+    `meta`: the same structure on the meta device, for its exact size (`quantize.quantized_bytes`) without
+    allocating it."""
+    gen = None if meta else torch.Generator().manual_seed(seed)
     text = cfg.text
     with torch.device("meta"):
         model = Qwen35ForCausalLM(text, mtp=mtp)
@@ -87,10 +103,11 @@ def random_model(cfg: ModelConfig, fmt: str | None = "int4", seed: int = 0, dtyp
         if text.tie_word_embeddings:
             model.model.embed_tokens = QuantEmbedding(model.lm_head, dtype)
     if not isinstance(model.model.embed_tokens, QuantEmbedding):
-        model.model.embed_tokens.weight = nn.Parameter((torch.randn(V, H, generator=gen) * STD).to(dtype),
-                                                       requires_grad=False)
+        model.model.embed_tokens.weight = nn.Parameter(_randn((V, H), dtype, gen), requires_grad=False)
     if isinstance(model.lm_head, Linear):
         model.lm_head.weight = model.model.embed_tokens.weight if text.tie_word_embeddings else \
-            nn.Parameter((torch.randn(V, H, generator=gen) * STD).to(dtype), requires_grad=False)
+            nn.Parameter(_randn((V, H), dtype, gen), requires_grad=False)
+    if meta:
+        return model
     model.model.rotary = type(model.model.rotary)(text.rope, text.rotary_dim, text.max_position_embeddings)
     return model.eval()
