@@ -8,8 +8,8 @@ a preset too large to write as bf16.
 
 Default mode loads the checkpoint (default ~/.cache/qwen35/bench-dense-0.8b, random weights) in bf16, int8 and
 int4 and reports, over the prefill of `--prompts` random prompts: mean / max |delta log-softmax| and mean / max
-KL(bf16 || quantised) per position (and the same for fp32, for scale); then greedy generation of `--gen` tokens per prompt: the fraction of
-positions with the same token as bf16 and the mean length of the identical prefix.
+KL(bf16 || quantised) per position (and the same for fp32, for scale); then greedy generation of `--gen` tokens
+per prompt: the fraction of positions with the same token as bf16 and the mean length of the identical prefix.
 `--memory` loads the checkpoint once per format in a fresh child process and reports peak RSS (VmHWM, reset
 just before the load) and the resident weights.
 `--random PRESET` builds PRESET with random weights already quantised (loading/random_weights.py: no
@@ -169,7 +169,8 @@ def random_preset(args) -> dict:
     print(f"{args.random} {args.quantization}: all {cfg.text.num_hidden_layers} layers hold {full / GIB:.2f} GiB of "
           "weights (exact, from the structure on the meta device)", flush=True)
     if args.layers:  # the first N layers only, to fit a smaller machine; peak and step time scale per layer
-        text = dataclasses.replace(cfg.text, num_hidden_layers=args.layers, layer_types=cfg.text.layer_types[:args.layers])
+        text = dataclasses.replace(cfg.text, num_hidden_layers=args.layers,
+                                   layer_types=cfg.text.layer_types[:args.layers])
         cfg = dataclasses.replace(cfg, text=text)
     reset_peak()
     before = status("VmRSS")
@@ -177,7 +178,8 @@ def random_preset(args) -> dict:
     model = random_model(cfg, args.quantization)
     build_s = time.perf_counter() - t0
     weights, peak = quantized_bytes(model), status("VmHWM") - before
-    print(f"{args.random} {args.quantization}, {cfg.text.num_hidden_layers} layers: built in {build_s:.0f} s; weights {weights / GIB:.2f} GiB, "
+    print(f"{args.random} {args.quantization}, {cfg.text.num_hidden_layers} layers: built in {build_s:.0f} s; "
+          f"weights {weights / GIB:.2f} GiB, "
           f"peak RSS {peak / GIB:.2f} GiB over the process's start ({before / GIB:.2f} GiB)", flush=True)
     block, n_prompt = 16, args.prompt_len
     cache = model.new_cache(num_blocks=-(-(n_prompt + args.decode_steps + 1) // block), block_size=block,
