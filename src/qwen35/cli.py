@@ -56,7 +56,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if len(prompt) + args.max_tokens > context:
         raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({args.max_tokens}) exceeds the "
                          f"context of {context} tokens")
-    engine = LLMEngine(EngineConfig(model=str(path), dtype=args.dtype, max_model_len=len(prompt) + args.max_tokens,
+    engine = LLMEngine(EngineConfig(model=str(path), dtype=args.dtype, quantization=args.quantization,
+                                    max_model_len=len(prompt) + args.max_tokens,
                                     max_num_seqs=1, enable_prefix_caching=False, threads=args.threads or None))
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                             seed=args.seed, max_tokens=args.max_tokens)
@@ -96,6 +97,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import QUANTIZATION_CHOICES
 
     p = OneLineParser(prog="qwen35", description="Qwen3.5 model, engine and server.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-p", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    g.add_argument("--quantization", "-q", choices=QUANTIZATION_CHOICES, default=None,
+                   help="weight-only: int8 / int4 quantise at load; gptq / awq: the checkpoint is one")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     g.set_defaults(func=cmd_generate, subparser=g)
 

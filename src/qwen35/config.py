@@ -309,27 +309,81 @@ class VisionConfig:
         return d
 
 
+# `--quantization` / `LLM(quantization=...)`: int8 / int4 quantise a bf16 (or FP8) checkpoint at load;
+# gptq / awq name a checkpoint that already is one (checked). vLLM's kernel-specific names are aliases.
+QUANTIZATION_CHOICES = ("int8", "int4", "gptq", "awq")
+QUANTIZATION_ALIASES = {"gptq_marlin": "gptq", "awq_marlin": "awq"}
+
+
+def check_quantization(value: str | None) -> str | None:
+    """The canonical name of a `quantization` value (None stays None); ValueError naming the choices."""
+    if value is None:
+        return None
+    q = str(value).lower()
+    q = QUANTIZATION_ALIASES.get(q, q)
+    if q not in QUANTIZATION_CHOICES:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_CHOICES)} (or unset), "
+                         f"got {value!r}")
+    return q
+
+
 @dataclass(frozen=True, slots=True)
 class QuantConfig:
-    """Fine-grained block FP8 (`quant_method: fp8`, `weight_block_size`)."""
+    """The checkpoint's `quantization_config`: fine-grained block FP8 (`quant_method: fp8`,
+    `weight_block_size`), or 4-bit GPTQ / AWQ (`bits`, `group_size`, `sym`, `desc_act`; loading/gptq.py)."""
 
     method: str = "fp8"
     weight_block_size: tuple[int, int] = (128, 128)
     modules_to_not_convert: tuple[str, ...] = ()
+    bits: int = 4  # gptq / awq
+    group_size: int = 128  # gptq / awq; -1: one group per row
+    sym: bool = True
+    desc_act: bool = False
+    checkpoint_format: str = "gptq"  # gptq: "gptq" (v1, zeros stored minus one) or "gptq_v2"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
         method = d.get("quant_method")
+        skip = d.get("modules_to_not_convert") or d.get("ignored_layers") or ()
+        if method in ("gptq", "awq"):
+            return cls._int4(method, d, tuple(skip))
         if method != "fp8":
-            raise ConfigError(f"quantization_config.quant_method={method!r} is not supported (only block fp8)")
+            raise ConfigError(f"quantization_config.quant_method={method!r} is not supported (supported: fp8 "
+                              "block FP8, gptq and awq 4-bit)")
         block = d.get("weight_block_size")
         if not (isinstance(block, (list, tuple)) and len(block) == 2 and all(isinstance(b, int) and b > 0
                                                                               for b in block)):
             raise ConfigError(f"quantization_config.weight_block_size must be two positive ints, got {block!r}")
-        skip = d.get("modules_to_not_convert") or d.get("ignored_layers") or ()
         return cls(method=method, weight_block_size=(block[0], block[1]), modules_to_not_convert=tuple(skip))
 
+    @classmethod
+    def _int4(cls, method: str, d: dict[str, Any], skip: tuple[str, ...]) -> "QuantConfig":
+        bits = d.get("bits", d.get("w_bit"))
+        if bits != 4:
+            raise ConfigError(f"quantization_config.bits={bits!r}: only 4-bit {method} checkpoints are supported")
+        group = d.get("group_size", d.get("q_group_size", 128))
+        if not isinstance(group, int) or isinstance(group, bool) or not (group == -1 or group > 0):
+            raise ConfigError(f"quantization_config.group_size must be a positive int or -1, got {group!r}")
+        fmt = str(d.get("checkpoint_format") or "gptq")
+        if method == "gptq" and fmt not in ("gptq", "gptq_v2"):
+            raise ConfigError(f"quantization_config.checkpoint_format={fmt!r} is not supported (gptq, gptq_v2)")
+        version = str(d.get("version", "gemm")).lower()
+        if method == "awq" and version != "gemm":
+            raise ConfigError(f"quantization_config.version={version!r}: only AWQ's GEMM layout is supported")
+        sym = bool(d.get("sym", not d.get("zero_point", method == "awq")))
+        return cls(method=method, modules_to_not_convert=skip, bits=4, group_size=group, sym=sym,
+                   desc_act=bool(d.get("desc_act", False)), checkpoint_format=fmt)
+
     def to_dict(self) -> dict[str, Any]:
+        if self.method in ("gptq", "awq"):
+            d: dict[str, Any] = {"quant_method": self.method, "bits": self.bits, "group_size": self.group_size}
+            if self.method == "gptq":
+                d.update(sym=self.sym, desc_act=self.desc_act, checkpoint_format=self.checkpoint_format)
+            else:
+                d.update(zero_point=not self.sym, version="gemm")
+            if self.modules_to_not_convert:
+                d["modules_to_not_convert"] = list(self.modules_to_not_convert)
+            return d
         return {"quant_method": self.method, "fmt": "e4m3", "activation_scheme": "dynamic",
                 "weight_block_size": list(self.weight_block_size),
                 "modules_to_not_convert": list(self.modules_to_not_convert)}
@@ -481,5 +535,6 @@ def param_count(cfg: TextConfig) -> int:
     return sum(math.prod(shape) for _, shape in text_tensors(cfg))
 
 
-__all__ = ["ConfigError", "ModelConfig", "TextConfig", "VisionConfig", "QuantConfig", "RopeConfig",
+__all__ = ["ConfigError", "ModelConfig", "TextConfig", "VisionConfig", "QuantConfig", "QUANTIZATION_CHOICES",
+           "check_quantization", "RopeConfig",
            "PRESETS", "preset", "param_count"]

@@ -98,7 +98,7 @@ def _set_text(**fields):
     (_set_text(rms_norm_eps=0), "rms_norm_eps"),
     (_set_text(hidden_act="gelu"), "hidden_act"),
     (lambda c: c.update(text_config=[]), "text_config"),
-    (lambda c: c.update(quantization_config={"quant_method": "awq"}), "quant_method"),
+    (lambda c: c.update(quantization_config={"quant_method": "bitsandbytes"}), "quant_method"),
     (lambda c: c.update(quantization_config={"quant_method": "fp8", "weight_block_size": [128]}),
      "weight_block_size"),
 ], ids=["heads", "gdn_heads", "layer_types_len", "layer_kind", "hidden_size", "layers", "head_dim_type",

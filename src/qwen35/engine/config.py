@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import check_quantization
 from .spec_config import SpeculativeConfig
 
 DTYPE_NAMES = ("bfloat16", "bf16", "float32", "fp32", "auto")
@@ -26,10 +27,14 @@ class EngineConfig:
     hf_config: dict | None = None  # config.json contents to use instead of the checkpoint's (--hf-overrides)
     # MTP speculative decoding: a SpeculativeConfig or vLLM's JSON dict ({"method": "mtp", ...}); None: off
     speculative_config: SpeculativeConfig | dict[str, Any] | None = None
+    # weight-only quantisation at load: "int8" | "int4" (or "gptq" | "awq": a check that the checkpoint is one);
+    # None: as the checkpoint is (bf16, FP8, GPTQ/AWQ)
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {self.dtype!r}")
+        self.quantization = check_quantization(self.quantization)
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..model.linear import QuantLinear
 from ..ops.linear import linear
 from .request import Request
 from .scheduler import ScheduledSeq
@@ -43,8 +44,12 @@ class Drafter:
         self.runner, self.k, self.base = runner, k, scratch_base
         self.vocab_ids: torch.Tensor | None = None  # draft vocabulary (None: all of it)
         self.head: torch.Tensor | None = None  # its rows of the lm_head weight [N, H]
-        weight = runner.model.lm_head.weight
-        if draft_ids is not None and weight.is_floating_point() and weight.element_size() >= 2:
+        head = runner.model.lm_head
+        weight = getattr(head, "weight", None)
+        if draft_ids is not None and isinstance(head, QuantLinear):  # its rows, dequantised once
+            self.vocab_ids = torch.tensor(sorted(set(draft_ids)), dtype=torch.int64, device=head.q.device)
+            self.head = head.rows(self.vocab_ids, runner.model.dtype)
+        elif draft_ids is not None and weight.is_floating_point() and weight.element_size() >= 2:
             self.vocab_ids = torch.tensor(sorted(set(draft_ids)), dtype=torch.int64, device=weight.device)
             self.head = weight.detach()[self.vocab_ids].contiguous()
         self._seqs: list[ScheduledSeq] = []  # the last step's sequences, in batch order

@@ -96,7 +96,7 @@ class LLMEngine:
             log.warning(self.spec_note)
             self.spec = None
         self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device, config=config,
-                                                mtp=self.spec is not None)
+                                                mtp=self.spec is not None, quantization=cfg.quantization)
         k = self.spec.k if self.spec is not None else 0
         self.tokenizer = Tokenizer.from_pretrained(cfg.model)
         text = self.model_cfg.text

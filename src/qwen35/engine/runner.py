@@ -37,7 +37,7 @@ class ModelRunner:
         self.cache: ModelCache = model.new_cache(num_blocks, block_size, num_slots)
         self.drafter = Drafter(self, num_speculative_tokens, num_slots - max_num_seqs * num_speculative_tokens,
                                draft_ids) if num_speculative_tokens else None
-        self.device = model.model.embed_tokens.weight.device
+        self.device = model.device
         max_blocks = -(-max_model_len // block_size) if max_model_len else num_blocks
         self.builder = BatchBuilder(block_size, self.device, BatchBuilder.capacity_for(
             max_num_batched_tokens, max_num_seqs, max_blocks))

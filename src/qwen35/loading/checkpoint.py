@@ -9,6 +9,9 @@ fp32 is kept for the tensors the numerics need (`A_log`, `dt_bias`, the GDN gate
 Checkpoint names are resolved by `names.map_name` (the one description of the official layout).
 Vision tensors (and MTP tensors unless `mtp=True`) are skipped deliberately and reported; anything else unknown, missing, or of the
 wrong shape is a `CheckpointError` naming the tensor and the file.
+With `quantization="int8"|"int4"`, or a GPTQ/AWQ checkpoint (converted by loading/gptq.py), each decoder layer
+is finalised (fused, quantised, prepacked: loading/quantize.py) as soon as its last tensor is in, so the
+bf16 copy of at most a layer or so is alive beside the quantised model.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -25,13 +29,19 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import ModelConfig
-from ..model.linear import FP8Linear, Linear, dequantize_fp8
+from ..model.linear import FP8Linear, Linear, QuantLinear, dequantize_fp8
+from ..model.moe import Experts, QuantExperts
 from ..model.qwen35 import Qwen35ForCausalLM
+from ..ops import quant
+from . import gptq
 from .names import EXPERT_PROJS, LM_HEAD, MTP, SCALE, map_name
+from .quantize import Quantizer, release_free_memory, resolve
 
 log = logging.getLogger("qwen35.loading")
 
 FP32_SUFFIXES = (".A_log", ".dt_bias", ".linear_attn.norm.weight")
+EMBED = "model.embed_tokens.weight"
+_LAYER_PARAM = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 class CheckpointError(RuntimeError):
@@ -186,8 +196,10 @@ class _Stored:
 
 
 class _Loader:
-    def __init__(self, model: Qwen35ForCausalLM, cfg: ModelConfig, dtype: torch.dtype, device) -> None:
+    def __init__(self, model: Qwen35ForCausalLM, cfg: ModelConfig, dtype: torch.dtype, device,
+                 quantizer: Quantizer | None = None) -> None:
         self.model, self.cfg, self.dtype, self.device = model, cfg, dtype, device
+        self.quantizer = quantizer  # None: fuse and prepack at the end, as before
         self.mtp = model.mtp is not None
         self.params = dict(model.named_parameters(remove_duplicate=False))
         self.expected = set(self.params)
@@ -198,6 +210,44 @@ class _Loader:
         self.expert_parts: set[tuple[str, int, str]] = set()
         self.pending_scales: dict[str, tuple[torch.Tensor, str]] = {}
         self.pending_fp8: dict[str, tuple[torch.Tensor, str]] = {}
+        self.expert_count: Counter[str] = Counter()
+        # units finalised while loading (quantizer only): decoder layers, and the embedding/lm_head
+        self.layer_names: dict[int, set[str]] = {}
+        for name in self.expected:
+            m = _LAYER_PARAM.match(name)
+            if m:
+                self.layer_names.setdefault(int(m.group(1)), set()).add(name)
+        self.done_layers: set[int] = set()
+        self.head_done = False
+        method = cfg.quant.method if cfg.quant is not None else None
+        self.int4_method = method if method in ("gptq", "awq") else None
+        self.all_keys: set[str] = set()  # every tensor name of the checkpoint (GPTQ/AWQ: which parts to wait for)
+        self.gptq_pending: dict[str, dict[str, torch.Tensor]] = {}
+
+    # -- finalising units while loading -----------------------------------------------------------------
+    def _mark(self, name: str) -> None:
+        """`name` is loaded; with a quantizer, finalise its unit once the unit is complete."""
+        self.loaded.add(name)
+        if self.quantizer is None:
+            return
+        m = _LAYER_PARAM.match(name)
+        if m:
+            i = int(m.group(1))
+            if i not in self.done_layers and self.layer_names[i] <= self.loaded:
+                self.done_layers.add(i)
+                prefix = f"model.layers.{i}."
+                for n in [n for n in self.params if n.startswith(prefix)]:
+                    del self.params[n]  # the originals must be freeable once quantised
+                self.quantizer.finalize(self.model.model.layers[i], prefix)
+        elif name in (EMBED, LM_HEAD) and not self.head_done:
+            tied = self.cfg.text.tie_word_embeddings
+            if (EMBED if tied else LM_HEAD) in self.loaded and (tied or isinstance(self.model.lm_head, Linear)):
+                self.head_done = True
+                if tied:
+                    self.model.lm_head.weight = self.model.model.embed_tokens.weight
+                self.quantizer.quantize_head(self.model)
+                for n in (EMBED, LM_HEAD) if tied else (LM_HEAD,):
+                    self.params.pop(n, None)
 
     # -- assignment -------------------------------------------------------------------------------
     def _target_dtype(self, name: str) -> torch.dtype:
@@ -216,7 +266,7 @@ class _Loader:
         module = self.model.get_submodule(module_name)
         value = tensor.load(self._target_dtype(name)).to(self.device)
         module._parameters[attr] = nn.Parameter(value, requires_grad=False)
-        self.loaded.add(name)
+        self._mark(name)
 
     def _set_fp8(self, weight_name: str, weight: torch.Tensor, scale: torch.Tensor, file: str) -> None:
         module_name = weight_name.rsplit(".", 1)[0]
@@ -228,6 +278,12 @@ class _Loader:
         if (module.out_features, module.in_features) != tuple(weight.shape):
             raise CheckpointError(f"tensor {weight_name!r} in {file} has shape {tuple(weight.shape)}, "
                                   f"expected {(module.out_features, module.in_features)}")
+        if self.quantizer is not None and self.quantizer.fmt is not None:  # dequantised, then requantised
+            w = dequantize_fp8(weight.to(self.device), scale.to(self.device), self.cfg.quant.weight_block_size,
+                               self.dtype)
+            module._parameters["weight"] = nn.Parameter(w, requires_grad=False)
+            self._mark(weight_name)
+            return
         parent_name, child = module_name.rsplit(".", 1)
         try:
             fp8 = FP8Linear(weight.to(self.device), scale.to(self.device), self.cfg.quant.weight_block_size,
@@ -235,9 +291,12 @@ class _Loader:
         except ValueError as e:
             raise CheckpointError(f"{weight_name!r} in {file}: {e}") from None
         setattr(self.model.get_submodule(parent_name), child, fp8)
-        self.loaded.add(weight_name)
+        self._mark(weight_name)
 
     def _set_expert(self, stacked: str, expert: int, proj: str, tensor: torch.Tensor, file: str) -> None:
+        if not isinstance(self.model.get_submodule(stacked), Experts):
+            raise CheckpointError(f"expert tensor {stacked}.{expert}.{proj}.weight in {file}: the other experts of "
+                                  f"{stacked} are {self.int4_method or 'quantised'}; a layer cannot mix both")
         gate_up, down = self.params[stacked + ".gate_up_proj"], self.params[stacked + ".down_proj"]
         E, two_i, _ = gate_up.shape
         inter = two_i // 2
@@ -256,10 +315,30 @@ class _Loader:
             raise CheckpointError(f"expert tensor {stacked}.{expert}.{proj} in {file} has shape "
                                   f"{tuple(tensor.shape)}, expected {tuple(dst.shape)}")
         dst.copy_(tensor.to(self.dtype))
+        self._expert_part(stacked, expert, proj)
+
+    def _expert_part(self, stacked: str, expert: int, proj: str) -> None:
+        if (stacked, expert, proj) in self.expert_parts:
+            return
         self.expert_parts.add((stacked, expert, proj))
+        self.expert_count[stacked] += 1
+        if self.expert_count[stacked] == self.cfg.text.num_experts * len(EXPERT_PROJS):
+            module = self.model.get_submodule(stacked)
+            if isinstance(module, QuantExperts):
+                for part in ("gate_up", "down"):  # symmetric: every zero is 8, the kernels' default
+                    zeros = getattr(module, part + "_zeros")
+                    if zeros is not None and bool((zeros == 8).all()):
+                        setattr(module, part + "_zeros", None)
+            self._mark(stacked + ".gate_up_proj")
+            self._mark(stacked + ".down_proj")
 
     # -- one tensor -------------------------------------------------------------------------------
     def take(self, key: str, tensor: "_Stored", file: str) -> None:
+        if self.int4_method is not None:
+            split = gptq.split_name(key)
+            if split is not None:
+                self._take_int4(*split, tensor, file)
+                return
         target = map_name(key, self.mtp)
         if target is None:
             raise CheckpointError(f"unexpected tensor {key!r} in {file}: not a Qwen3.5 checkpoint name")
@@ -285,6 +364,89 @@ class _Loader:
                 s = tensor.load(torch.float32) if target.kind == "expert_scale" else None
                 self._pair_fp8(ident, w, s, file, expert=(target.name, target.expert, target.proj))
 
+    # -- GPTQ / AWQ ---------------------------------------------------------------------------------------
+    def _take_int4(self, stem: str, part: str, tensor: "_Stored", file: str) -> None:
+        """Collect a module's qweight/qzeros/scales(/g_idx); convert once every part the checkpoint has is in."""
+        target = map_name(stem + ".weight", self.mtp)
+        if target is None:
+            raise CheckpointError(f"unexpected tensor {stem}.{part} in {file}: not a Qwen3.5 checkpoint name")
+        if target.kind == "skip":
+            self.skipped[target.name] += 1
+            return
+        parts = self.gptq_pending.setdefault(stem, {})
+        parts[part] = tensor.load()
+        if any(f"{stem}.{p}" in self.all_keys and p not in parts for p in gptq.PARTS):
+            return
+        del self.gptq_pending[stem]
+        q = self.cfg.quant
+        try:
+            u, scale, zeros = gptq.to_int4(q.method, parts, q.group_size, stem,
+                                           zero_offset=0 if q.checkpoint_format == "gptq_v2" else 1)
+        except gptq.GPTQError as e:
+            raise CheckpointError(f"{e} (in {file})") from None
+        u, scale, zeros = u.to(self.device), scale.to(self.device), zeros.to(self.device)
+        K, G = u.shape[1], u.shape[1] // scale.shape[1]
+        if target.kind == "expert":
+            self._set_int4_expert(target.name, target.expert, target.proj, u, scale, zeros, G, stem, file)
+            return
+        if target.kind != "param" or target.name not in self.params:
+            raise CheckpointError(f"unexpected tensor {stem}.{part} in {file}: the model has no {target.name!r}")
+        module_name = target.name.rsplit(".", 1)[0]
+        module = self.model.get_submodule(module_name)
+        if not isinstance(module, Linear):
+            raise CheckpointError(f"{stem}.qweight in {file} is {q.method} but {module_name} is not a linear layer")
+        if (module.out_features, module.in_features) != tuple(u.shape):
+            raise CheckpointError(f"{stem}.qweight in {file} holds a {tuple(u.shape)} weight (out, in), expected "
+                                  f"{(module.out_features, module.in_features)}")
+        if quant.quantizable("int4", K, G):
+            parent, _, child = module_name.rpartition(".")
+            setattr(self.model.get_submodule(parent) if parent else self.model, child,
+                    QuantLinear("int4", *gptq.to_ours(u, scale, zeros)))
+        else:  # our int4 layout cannot hold it: load it dequantised
+            module._parameters["weight"] = nn.Parameter(gptq.dequantize(u, scale, zeros, self.dtype),
+                                                        requires_grad=False)
+            log.info("%s: K=%d, group %d does not fit our int4 layout; loaded dequantised", stem, K, G)
+        self._mark(target.name)
+
+    def _set_int4_expert(self, stacked: str, expert: int, proj: str, u: torch.Tensor, scale: torch.Tensor,
+                         zeros: torch.Tensor, G: int, stem: str, file: str) -> None:
+        module = self.model.get_submodule(stacked)
+        if isinstance(module, Experts):
+            if not module.gate_up_proj.is_meta:
+                raise CheckpointError(f"{stem}.qweight in {file}: the other experts of {stacked} are not "
+                                      f"{self.int4_method}; a layer cannot mix both")
+            E, two_i, H = module.gate_up_proj.shape
+            inter = two_i // 2
+            stacks = []
+            for N, K in ((two_i, H), (H, inter)):
+                if quant.quantizable("int4", K, G):
+                    stacks.append((torch.zeros(E, N, K // 2, dtype=torch.uint8, device=self.device),
+                                   torch.zeros(E, N, K // G, dtype=torch.float16, device=self.device),
+                                   torch.full((E, N, K // G), 8, dtype=torch.uint8, device=self.device)))
+                else:
+                    stacks.append((torch.zeros(E, N, K, dtype=self.dtype, device=self.device), None, None))
+            module = QuantExperts("int4", *stacks)
+            parent, _, child = stacked.rpartition(".")
+            setattr(self.model.get_submodule(parent), child, module)
+        inter = module.gate_up_q.shape[1] // 2
+        if not 0 <= expert < module.gate_up_q.shape[0]:
+            raise CheckpointError(f"expert {expert} of {stacked!r} in {file} is out of range "
+                                  f"(num_experts={module.gate_up_q.shape[0]})")
+        part, rows = {"gate_proj": ("gate_up", slice(0, inter)), "up_proj": ("gate_up", slice(inter, 2 * inter)),
+                      "down_proj": ("down", slice(None))}[proj]
+        q, s, z = module.stack(part)
+        want = (q[expert, rows].shape[0], q.shape[-1] * (2 if s is not None else 1))
+        if tuple(u.shape) != want:
+            raise CheckpointError(f"{stem}.qweight in {file} holds a {tuple(u.shape)} weight (out, in), "
+                                  f"expected {want}")
+        if s is None:
+            q[expert, rows] = gptq.dequantize(u, scale, zeros, self.dtype)
+        else:
+            if s.shape[-1] != scale.shape[-1]:
+                raise CheckpointError(f"{stem}.scales in {file}: group size differs from the other experts'")
+            q[expert, rows], s[expert, rows], z[expert, rows] = quant.pack_int4(u), scale, zeros
+        self._expert_part(stacked, expert, proj)
+
     def _pair_fp8(self, weight_name: str, weight, scale, file: str, expert=None) -> None:
         """FP8 weights and their scales may sit in different shards; join them when both are seen."""
         if weight is not None:
@@ -299,8 +461,9 @@ class _Loader:
                 self.pending_scales[weight_name] = (scale, file)
                 return
             weight = other[0]
-        if self.cfg.quant is None:
-            raise CheckpointError(f"{weight_name!r} in {file} is FP8 but config.json has no quantization_config")
+        if self.cfg.quant is None or self.cfg.quant.method != "fp8":
+            raise CheckpointError(f"{weight_name!r} in {file} is FP8 but config.json has no fp8 "
+                                  "quantization_config")
         block = self.cfg.quant.weight_block_size
         if weight.dim() != 2:
             raise CheckpointError(f"FP8 tensor {weight_name!r} in {file} has shape {tuple(weight.shape)}; "
@@ -317,6 +480,10 @@ class _Loader:
 
     # -- the end ----------------------------------------------------------------------------------
     def finish(self) -> None:
+        for stem, parts in self.gptq_pending.items():
+            lacking = [f"{stem}.{p}" for p in gptq.PARTS
+                       if p not in parts and (p != "g_idx" or f"{stem}.{p}" in self.all_keys)]
+            raise CheckpointError(f"{self.int4_method} checkpoint lacks {', '.join(lacking)}")
         for name, (_, file) in self.pending_fp8.items():
             raise CheckpointError(f"FP8 tensor {name!r} in {file} has no matching {name + SCALE!r}")
         for name, (_, file) in self.pending_scales.items():
@@ -353,7 +520,8 @@ def has_mtp(path: str | Path, cfg: ModelConfig | None = None) -> bool:
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                progress: bool | None = None, prepack: bool = True, config: ModelConfig | None = None,
-               fuse: bool | None = None, mtp: bool = False) -> tuple[Qwen35ForCausalLM, ModelConfig]:
+               fuse: bool | None = None, mtp: bool = False,
+               quantization: str | None = None) -> tuple[Qwen35ForCausalLM, ModelConfig]:
     """Load `path` (a checkpoint directory) as a ready-to-run model in eval mode.
     `fuse` (CPU; default: as `prepack`): merge projections that read the same input into one matmul each.
     `prepack` (CPU): move projections to oneDNN's packed layout, the fast path for decode.
@@ -361,24 +529,36 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     checks that path gives the same logits).
     `config`: use this instead of `path/config.json` (e.g. with `--hf-overrides` applied).
     `mtp`: also load the MTP head (`model.mtp`) for speculative decoding; a checkpoint without one (see
-    `has_mtp`) is a `CheckpointError` then."""
+    `has_mtp`) is a `CheckpointError` then.
+    `quantization`: "int8" | "int4" quantises the projections, routed and shared experts and the lm_head at
+    load (loading/quantize.py); "gptq" | "awq" only checks that the checkpoint is one (those load as int4
+    whatever this says). A ValueError names the choices."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
     cfg = config if config is not None else ModelConfig.from_file(path)
+    fmt = resolve(quantization, cfg.quant.method if cfg.quant is not None else None)
     files = shard_files(path)
     if mtp and not has_mtp(path, cfg):
         raise CheckpointError(f"{path} has no MTP head (no mtp.* tensors, or mtp_num_hidden_layers = 0 in its "
                               "config): it cannot draft for speculative decoding")
     with torch.device("meta"):
         model = Qwen35ForCausalLM(cfg.text, mtp=mtp)
-    loader = _Loader(model, cfg, dtype, device)
+    fuse = prepack if fuse is None else fuse
+    on_cpu = torch.device(device).type == "cpu"
+    quantizer = None
+    if fmt is not None or (cfg.quant is not None and cfg.quant.method in ("gptq", "awq")):
+        quantizer = Quantizer(fmt, fuse=fuse and on_cpu, prepack=prepack and on_cpu)
+    loader = _Loader(model, cfg, dtype, device, quantizer)
+    for names in files.values():
+        loader.all_keys.update(names)
     total = sum((path / f).stat().st_size for f in files)
     disable = None if progress is None else not progress  # None: show only on a terminal
     with tqdm(total=total, unit="B", unit_scale=True, desc="loading", disable=disable, leave=False) as bar:
         for file in sorted(files):
             with _Shard(path / file) as f:
                 keys = f.keys()
+                loader.all_keys.update(keys)
                 absent = sorted(set(files[file]) - set(keys))
                 if absent:
                     raise CheckpointError(f"{path / file} lacks {absent[0]!r} that the index places there")
@@ -387,15 +567,25 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
                     loader.take(key, tensor, str(path / file))
                     bar.update(tensor.nbytes)
     loader.finish()
+    done_layers, head_done = loader.done_layers, loader.head_done
     del loader  # it holds every parameter: fusing and packing below must be able to free the originals
-    if cfg.text.tie_word_embeddings:
+    if cfg.text.tie_word_embeddings and isinstance(model.lm_head, Linear):
         model.lm_head.weight = model.model.embed_tokens.weight
     # buffers built on meta (rotary inverse frequencies) are recomputed on the target device
     model.model.rotary = type(model.model.rotary)(cfg.text.rope, cfg.text.rotary_dim,
                                                   cfg.text.max_position_embeddings).to(device)
     model.eval()
-    fuse = prepack if fuse is None else fuse
-    if torch.device(device).type == "cpu":
+    if quantizer is not None:  # what was not finalised while loading (the MTP head; any out-of-order unit)
+        for i, layer in enumerate(model.model.layers):
+            if i not in done_layers:
+                quantizer.finalize(layer, f"model.layers.{i}.")
+        if model.mtp is not None:
+            quantizer.finalize(model.mtp, MTP)
+        if not head_done:
+            quantizer.quantize_head(model)
+        quantizer.report()
+        release_free_memory()
+    elif on_cpu:
         if fuse:
             model.fuse()
         if prepack:

@@ -1,7 +1,10 @@
-"""Bias-free linear layers: plain, and block-FP8 (weights stay FP8 in memory, dequantised per call).
+"""Bias-free linear layers: plain, block-FP8 (weights stay FP8 in memory, dequantised per call), and
+weight-only int8/int4 (`QuantLinear`, ops/quant.py formats, our CPU kernels).
 
-The loader swaps a `Linear` for an `FP8Linear` when the checkpoint carries `<name>.weight_scale_inv`, so model
-code never branches on quantisation (gpt-fast's `convert_for_runtime` pattern).
+The loader swaps a `Linear` for an `FP8Linear` when the checkpoint carries `<name>.weight_scale_inv`, and for a
+`QuantLinear` under `--quantization int8|int4` or for a GPTQ/AWQ checkpoint, so model code never branches on
+quantisation (gpt-fast's `convert_for_runtime` pattern). `QuantEmbedding` reads embedding rows from a tied
+quantised lm_head, so only one copy of the vocabulary matrix stays in memory.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import quant
 from ..ops.linear import linear, prepack
 
 
@@ -69,3 +73,64 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, dequantize_fp8(self.weight, self.weight_scale_inv, self.block, x.dtype))
+
+
+class QuantLinear(nn.Module):
+    """`y = x W^T` with W stored weight-only quantised: buffers `q`, `scale`, `zeros` (None unless asymmetric
+    int4) in the `ops.quant` layout of format `fmt` ("int8" | "int4")."""
+
+    def __init__(self, fmt: str, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if fmt not in quant.FORMATS:
+            raise ValueError(f"unknown weight format {fmt!r}; expected one of {quant.FORMATS}")
+        self.fmt = fmt
+        self.out_features = q.shape[0]
+        self.in_features = q.shape[1] * (2 if fmt == "int4" else 1)
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zeros", zeros)
+
+    @classmethod
+    def from_weight(cls, fmt: str, weight: torch.Tensor, group: int = quant.INT4_GROUP) -> "QuantLinear":
+        return cls(fmt, *quant.quantize(fmt, weight.detach(), group))
+
+    @property
+    def group(self) -> int:
+        return self.in_features // self.scale.shape[-1] if self.fmt == "int4" else self.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return quant.matmul(x, self.fmt, self.q, self.scale, self.zeros)
+        y = quant.matmul(x.reshape(-1, x.shape[-1]), self.fmt, self.q, self.scale, self.zeros)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows `ids` of W, dequantised: [*ids.shape, in_features] (an embedding lookup)."""
+        return quant.dequantize_rows(self.fmt, self.q, self.scale, self.zeros, ids, dtype)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        return quant.dequantize(self.fmt, self.q, self.scale, self.zeros, dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.fmt}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class QuantEmbedding(nn.Module):
+    """An embedding whose table is a quantised lm_head's weight (tied embeddings): a lookup gathers the rows
+    and dequantises them. It shares the lm_head's buffers (no copy); `weight` is not kept, `dtype`/`device`
+    say what it returns and where."""
+
+    def __init__(self, head: QuantLinear, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.fmt, self.dtype = head.fmt, dtype
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+        self.register_buffer("q", head.q)
+        self.register_buffer("scale", head.scale)
+        self.register_buffer("zeros", head.zeros)
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return quant.dequantize_rows(self.fmt, self.q, self.scale, self.zeros, ids, self.dtype)

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import TextConfig
 from ..ops import moe as moe_ops
+from ..ops import quant
 from .linear import Linear
 from .mlp import MLP
 
@@ -22,6 +23,34 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return moe_ops.experts(x, self.gate_up_proj, self.down_proj, weights, ids)
+
+
+class QuantExperts(nn.Module):
+    """The stacked experts weight-only quantised (ops/quant.py formats): buffers `gate_up_q`, `gate_up_scale`,
+    `gate_up_zeros` ([E, 2I, ...]) and `down_*` ([E, H, ...]). A projection int4 cannot hold (K % 64 != 0)
+    stays a plain stack in `*_q` with no scale."""
+
+    def __init__(self, fmt: str, gate_up: moe_ops.Stack, down: moe_ops.Stack) -> None:
+        super().__init__()
+        self.fmt = fmt
+        for name, (q, scale, zeros) in (("gate_up", gate_up), ("down", down)):
+            self.register_buffer(name + "_q", q)
+            self.register_buffer(name + "_scale", scale)
+            self.register_buffer(name + "_zeros", zeros)
+
+    @classmethod
+    def from_experts(cls, experts: Experts, fmt: str, group: int = quant.INT4_GROUP) -> "QuantExperts":
+        stacks = []
+        for w in (experts.gate_up_proj.detach(), experts.down_proj.detach()):
+            stacks.append(quant.quantize(fmt, w, group) if quant.quantizable(fmt, w.shape[-1], group)
+                          else (w, None, None))
+        return cls(fmt, *stacks)
+
+    def stack(self, name: str) -> moe_ops.Stack:
+        return getattr(self, name + "_q"), getattr(self, name + "_scale"), getattr(self, name + "_zeros")
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return moe_ops.experts_quant(x, self.fmt, self.stack("gate_up"), self.stack("down"), weights, ids)
 
 
 class SparseMoE(nn.Module):

@@ -16,7 +16,7 @@ from ..ops.linear import prefer_packed
 from .cache import ModelCache
 from .cache_spec import CacheSpec, cache_specs
 from .decoder import DecoderLayer
-from .linear import Linear
+from .linear import Linear, QuantEmbedding
 from .mtp import MTPHead
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
@@ -83,7 +83,14 @@ class Qwen35ForCausalLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        """The activations' dtype (the embedding's output; a `QuantEmbedding` has no weight to ask)."""
+        emb = self.model.embed_tokens
+        return emb.dtype if isinstance(emb, QuantEmbedding) else emb.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        emb = self.model.embed_tokens
+        return emb.device if isinstance(emb, QuantEmbedding) else emb.weight.device
 
     def forward(self, batch: ForwardBatch, cache: ModelCache) -> torch.Tensor:
         return self.model(batch, cache)
@@ -107,5 +114,4 @@ class Qwen35ForCausalLM(nn.Module):
         return cache_specs(self.cfg, self.dtype, len(self.mtp.layers) if self.mtp is not None else 0)
 
     def new_cache(self, num_blocks: int, block_size: int, num_slots: int) -> ModelCache:
-        return ModelCache(self.cache_specs(), num_blocks, block_size, num_slots,
-                          device=self.model.embed_tokens.weight.device)
+        return ModelCache(self.cache_specs(), num_blocks, block_size, num_slots, device=self.device)

@@ -4,7 +4,8 @@ Experts are stored stacked: `gate_up: [E, 2I, H]` (gate rows first) and `down: [
 fused layout. For a few bf16 tokens on CPU (decode, speculative verification, small batches) our C++ kernel
 (`csrc/moe.cpp`) reads only the experts some token picked, each once, at the memory bandwidth; otherwise
 token-expert pairs are sorted by expert and run through `torch._grouped_mm` (one grouped GEMM per projection,
-CPU and GPU). `experts_ref` is the plain loop used only by tests.
+CPU and GPU). `experts_quant` is the same contract over weight-only int8/int4 stacks (ops/quant.py formats),
+through the same kernel. `experts_ref` is the plain loop used only by tests.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import native
+from . import native, quant
 
 # Up to this many tokens our kernel runs the routed experts. Measured on an Intel Xeon (2 threads, 64
 # experts of 1024 at hidden 4096, top-10): 2-4x faster than the grouped GEMMs from 1 to 64 tokens
 # (bench/bench_engine.py, small-moe); prefill-sized batches stay with the grouped GEMMs.
 NATIVE_MAX_TOKENS = 32
+
+Stack = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]  # (q, scale, zeros); scale None: plain
 
 
 def route(logits: torch.Tensor, top_k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +50,47 @@ def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     y = torch._grouped_mm(F.silu(gate) * up, down.transpose(1, 2), offs=offsets)  # [N*k, H]
     y = y.float() * weights.reshape(-1)[order, None]
     return torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, token, y).to(x.dtype)
+
+
+def experts_quant(x: torch.Tensor, fmt: str, gate_up: Stack, down: Stack, weights: torch.Tensor,
+                  ids: torch.Tensor) -> torch.Tensor:
+    """`experts` over quantised stacks: gate_up = (q [E, 2I, ...], scale [E, 2I, ...], zeros or None), down
+    likewise with [E, H, ...]; a stack whose scale is None holds plain weights (int4 keeps a projection whose
+    K is not a multiple of 64 unquantised). A few bf16 tokens on CPU go through our kernel; otherwise (many
+    tokens, where each expert gets enough rows for a GEMM) a loop over the experts the batch routes to, one
+    `quant.matmul` per projection on the expert's [N, K] slice."""
+    N, k = ids.shape
+    group = _native_group(x, gate_up, down) if N <= NATIVE_MAX_TOKENS else None
+    if group is not None:
+        return native.ops().moe_experts(x, ids, weights, *gate_up, *down, group)
+    out = torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device)
+    for e in ids.unique().tolist():
+        tok, slot = (ids == e).nonzero(as_tuple=True)
+        gate, up = _expert_matmul(x[tok], fmt, gate_up, e).chunk(2, -1)
+        y = _expert_matmul(F.silu(gate) * up, fmt, down, e)
+        out.index_add_(0, tok, y.float() * weights[tok, slot, None])
+    return out.to(x.dtype)
+
+
+def _native_group(x: torch.Tensor, *stacks: Stack) -> int | None:
+    """The int4 group size our MoE kernel runs both stacks with (0: no int4 stack), or None where the kernel
+    does not apply (not CPU bf16, no build, plain stacks that are not bf16, two different int4 groups)."""
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or native.ops() is None:
+        return None
+    groups = set()
+    for q, scale, _ in stacks:
+        if scale is None and q.dtype != torch.bfloat16:
+            return None
+        if q.dtype == torch.uint8:
+            groups.add(2 * q.shape[-1] // scale.shape[-1])
+    return None if len(groups) > 1 else (groups.pop() if groups else 0)
+
+
+def _expert_matmul(x: torch.Tensor, fmt: str, stack: Stack, e: int) -> torch.Tensor:
+    q, scale, zeros = stack
+    if scale is None:
+        return F.linear(x, q[e])
+    return quant.matmul(x, fmt, q[e], scale[e], zeros[e] if zeros is not None else None)
 
 
 def experts_ref(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,

@@ -136,6 +136,10 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     if text.max_position_embeddings < BLOCK_SIZE:
         raise ServeError(f"{where_cfg}: max_position_embeddings={text.max_position_embeddings} is smaller than one "
                          f"K/V block ({BLOCK_SIZE} tokens)")
+    method = cfg.quant.method if cfg.quant is not None else None
+    if args.quantization in ("gptq", "awq") and method != args.quantization:
+        raise ServeError(f"--quantization {args.quantization} needs a {args.quantization} checkpoint; {where_cfg} is "
+                         f"{method or 'unquantised'} (use --quantization int8 or int4 to quantise it at load)")
     supported = text.supported_length
     max_len = args.max_model_len
     if max_len == -1:
@@ -164,7 +168,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
             raise ServeError(f"--kv-cache-memory: expected a size like 4GB, got {args.kv_cache_memory!r}") from None
     elif args.memory_fraction is not None:
         kv = cache_budget(model_dir, text, args, max_len or min(supported, DEFAULT_MAX_MODEL_LEN),
-                          speculative)
+                          speculative, method)
 
     state_kwargs: dict[str, Any] = dict(
         api_key=api_key_from(args), trust_request_chat_template=args.trust_request_chat_template,
@@ -187,9 +191,10 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
 
 
 def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len: int,
-                 speculative: dict | None = None) -> int:
+                 speculative: dict | None = None, checkpoint_quant: str | None = None) -> int:
     """Cache bytes for --gpu-memory-utilization / --mem-fraction-static F: F x memory (total device memory on
-    CUDA, available RAM on CPU) minus the weights (the checkpoint's file sizes), capped at what max_num_seqs
+    CUDA, available RAM on CPU) minus the weights (the checkpoint's file sizes, scaled to the bits per weight of
+    --quantization int8/int4), capped at what max_num_seqs
     full-length sequences and the prefix cache can use (`memory.full_budget`, the engine's own default plan)."""
     import torch
 
@@ -204,6 +209,10 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
         memory, what = int(frac * available_memory()), f"{frac:g} of the {available_memory() / 2**30:.1f} GiB of " \
                                                        "available RAM"
     weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    quantized = getattr(args, "quantization", None)
+    if quantized in ("int8", "int4"):  # the weights as loaded: bits per weight of the format over the file's
+        on_disk = 8 if checkpoint_quant == "fp8" else 16
+        weights = int(weights * min(1.0, 1.1 * (8.25 if quantized == "int8" else 4.5) / on_disk))
     budget = memory - weights
     if budget <= 0:
         raise ServeError(f"--gpu-memory-utilization {frac:g}: {what} does not even hold the weights "
@@ -222,6 +231,7 @@ def build_state(plan: ServePlan, args: argparse.Namespace):
     from .params import load_generation_defaults
 
     cfg = EngineConfig(model=str(plan.model_dir), hf_config=plan.hf_config, dtype=args.dtype,
+                       quantization=args.quantization,
                        max_model_len=plan.max_model_len,
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        kv_cache_memory=plan.kv_cache_memory, block_size=BLOCK_SIZE,

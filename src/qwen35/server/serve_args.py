@@ -117,6 +117,15 @@ def _choice(supported: tuple[str, ...], described: str):
     return check
 
 
+def _quantization(text: str) -> str:
+    from ..config import check_quantization
+
+    try:
+        return check_quantization(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_json(flag: str, text: str | None, kind: type) -> Any:
     """`text` parsed as JSON of type `kind` (dict or list); None stays None. A ServeError names the flag."""
     if text is None:
@@ -149,6 +158,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--rope-scaling", default=None, metavar="JSON", help="merged into rope_parameters (old vLLM)")
     m.add_argument("--rope-theta", type=_positive_float, default=None, help="rope_parameters.rope_theta")
     m.add_argument("--dtype", default="bfloat16", choices=["auto", "bfloat16", "bf16", "float32", "fp32"])
+    m.add_argument("--quantization", "-q", type=_quantization, default=None, metavar="{int8,int4,gptq,awq}",
+                   help="weight-only: int8 / int4 quantise the checkpoint at load; gptq / awq: the checkpoint is "
+                        "one (loaded as int4 either way). Default: as the checkpoint is")
     m.add_argument("--generation-config", default="auto", help="'auto' (checkpoint), 'vllm' (neutral) or a folder")
     m.add_argument("--chat-template", default=None, help="a Jinja template file, or the template text itself")
     m.add_argument("--default-chat-template-kwargs", default=None, metavar="JSON",
