@@ -144,7 +144,10 @@ def test_logits_match_a_bf16_checkpoint_of_the_same_weights(dense_ckpt, tmp_path
     with torch.no_grad():
         got = torch.cat(all_logits(load_model(q_path, progress=False)[0], prompts)).float().log_softmax(-1)
         want = torch.cat(all_logits(load_model(ref_path, progress=False)[0], prompts)).float().log_softmax(-1)
-    assert (got - want).abs().max() < 0.05  # bf16 rounding of W (up to 15 significant bits) and activations
+    # bf16 rounding of W and activations, and the AVX512 kernels' int8 inputs per 32 (quant.q8_activations):
+    # 0.02 mean / 0.54 max there, 0.008 / 0.12 on AVX2, where this random model's near-flat log-softmax
+    # (all about -12.4) amplifies every rounding; a wrongly converted weight moves them by more than 1
+    assert (got - want).abs().mean() < 0.04
 
 
 def test_moe_per_expert_tensors(moe_ckpt, tmp_path):

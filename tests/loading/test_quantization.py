@@ -96,14 +96,14 @@ def _dequantised_copy(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_compute_path_matches_dequantised_weights(reference, fmt, prompts):
-    """Kernels + expert loop + quantised embedding rows == plain modules holding the dequantised weights:
-    only bf16 rounding differs (kernels accumulate in fp32, oneDNN in its own order)."""
+    """Kernels + experts + quantised embedding rows == plain modules holding the dequantised weights, up to
+    rounding: bf16, and the AVX512 kernels' int8 inputs per 32 (quant.q8_activations, ~0.4% per input)."""
     path, _, _ = reference
     model, _ = load_model(path, quantization=fmt, progress=False)
     got = _logprobs(model, prompts[:1])
     _dequantised_copy(model)
     want = _logprobs(model, prompts[:1])
-    assert (got - want).abs().max() < 0.05
+    assert (got - want).abs().max() < 0.1
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
 
 

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "isa.h"
@@ -68,7 +69,7 @@ QWEN35_AVX512 void block_bf16_int8(const uint8_t* const* wr, const uint16_t* con
 }
 
 // sum_g scale[g] * (128 + zero[g]) * xsum[g] over one row's groups: the offset the OR-trick added.
-QWEN35_AVX512 inline float int4_offset(const Weight& w, int64_t n, const float* xsum) {
+QWEN35_AVX512 inline float int4_offset(const Weight& w, int64_t n, const float* xsum, float bias = 128.0f) {
   const int64_t G = w.groups();
   const uint16_t* s = w.scale16 + n * G;
   const uint8_t* z = w.zeros ? w.zeros + n * G : nullptr;
@@ -77,8 +78,8 @@ QWEN35_AVX512 inline float int4_offset(const Weight& w, int64_t n, const float* 
     __mmask16 mask = G - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (G - g)) - 1);
     __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s + g));
     __m512 zv = z ? _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, z + g))),
-                                  _mm512_set1_ps(128.0f))
-                  : _mm512_set1_ps(136.0f);
+                                  _mm512_set1_ps(bias))
+                  : _mm512_set1_ps(bias + 8.0f);
     acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(mask, xsum + g), acc);
   }
   return hsum(acc);
@@ -225,6 +226,111 @@ QWEN35_AVX512 void int4_direct(const Weight& w, int64_t n, const Rows& x, const 
   }
 }
 
+// int8 and int4 rows with AVX512-VNNI: the inputs are quantised to int8 per block of 32 (scale = max|x| / 127,
+// llama.cpp's Q8_0 rule for activations), and vpdpbusd does 64 multiply-adds per instruction. On the Intel
+// Xeon of docs/LOG.md, where 512-bit FMAs and vdpbf16ps issue every other cycle, widening the weights to
+// bf16 or fp32 instead made int8/int4 compute-bound at 9-15 GB/s.
+// dpbusd multiplies unsigned by signed bytes: int8 weights are flipped to u8 (w + 128, the extra 128 * sum(xq)
+// is a per-row constant), int4 nibbles are already u8 (the zero point comes off per group).
+template <int NB, int MB>
+QWEN35_AVX512 void block_int8_vnni(const Weight& w, int64_t n, const Rows& x, int64_t m, float out[NB][MB]) {
+  __m512 acc[NB][MB];
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t K = w.K;
+  const uint8_t* wr[NB];
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  for (int64_t k = 0; k < K; k += 64) {
+    __m512i xv[MB];
+    __m512 sv[MB];
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) {
+      xv[j] = _mm512_loadu_si512(x.xq + (m + j) * K + k);
+      sv[j] = _mm512_loadu_ps(x.xscale + (m + j) * (K / 4) + k / 4);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < NB; ++i) {
+      const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr[i] + k), flip);
+#pragma GCC unroll 16
+      for (int j = 0; j < MB; ++j)
+        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j])),
+                                    sv[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) out[i][j] = (hsum(acc[i][j]) - x.xcorr[m + j]) * w.scale[n + i];
+}
+
+template <int NB, int MB>
+QWEN35_AVX512 void block_int4_vnni(const Weight& w, int64_t n, const Rows& x, int64_t m, float out[NB][MB]) {
+  __m512 acc[NB][MB];
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t K = w.K, G = w.group, ng = w.groups();
+  const uint8_t* wr[NB];
+  const uint16_t* sr[NB];
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i), sr[i] = w.scale16 + (n + i) * ng;
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t k0 = 0; k0 < K; k0 += 64) {
+    __m512i xv[MB];
+    __m512 sv[MB];
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) {
+      xv[j] = _mm512_loadu_si512(x.xq + (m + j) * K + k0);
+      sv[j] = _mm512_loadu_ps(x.xscale + (m + j) * (K / 4) + k0 / 4);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < NB; ++i) {
+      const __m256i b = _mm256_loadu_si256((const __m256i*)(wr[i] + k0 / 2));
+      const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, low)),
+                                            _mm256_and_si256(_mm256_srli_epi16(b, 4), low), 1);
+      // lanes 0-7 hold inputs k0..k0+31, lanes 8-15 inputs k0+32..k0+63: two groups when G == 32
+      const __m512 sw = G == 32 ? _mm512_mask_blend_ps((__mmask16)0xff00, _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / 32])),
+                                                       _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / 32 + 1])))
+                                : _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]));
+#pragma GCC unroll 16
+      for (int j = 0; j < MB; ++j)
+        acc[i][j] = _mm512_fmadd_ps(
+            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j])), sv[j]), sw,
+            acc[i][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < MB; ++j) out[i][j] = hsum(acc[i][j]) - int4_offset(w, n + i, x.xcorr + (m + j) * ng, 0.0f);
+}
+
+template <int NB, int MB>
+QWEN35_AVX512 void run_vnni(const Weight& w, int64_t n, const Rows& x, int64_t m, const Out& o) {
+  float r[NB][MB];
+  if (w.fmt == Fmt::kInt8) block_int8_vnni<NB, MB>(w, n, x, m, r);
+  else block_int4_vnni<NB, MB>(w, n, x, m, r);
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) store(o, m + j, n + i, r[i][j]);
+}
+
+template <int NB>
+QWEN35_AVX512 void quant_vnni(const Weight& w, int64_t n, const Rows& x, const Out& o) {
+  for (int64_t m = 0; m < x.M; m += 4) {
+    switch (std::min<int64_t>(4, x.M - m)) {
+      case 1: run_vnni<NB, 1>(w, n, x, m, o); break;
+      case 2: run_vnni<NB, 2>(w, n, x, m, o); break;
+      case 3: run_vnni<NB, 3>(w, n, x, m, o); break;
+      default: run_vnni<NB, 4>(w, n, x, m, o); break;
+    }
+  }
+}
+
 // Up to this many input rows read the quantised weights directly; more rows widen each block of weight rows
 // to bf16 once (into a buffer that stays in L1/L2) and run the bf16 kernel over all input rows.
 constexpr int64_t kInt8DirectRows = 4, kInt4DirectRows = 2;
@@ -235,6 +341,8 @@ QWEN35_AVX512 void rows_block_avx512(const Weight& w, int64_t n, const Rows& x, 
   if (w.fmt == Fmt::kBf16) {
     for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
     sweep<Fmt::kBf16, NB>(wr, x, w.K, nullptr, n, o);
+  } else if (w.fmt != Fmt::kBf16 && x.xq) {
+    quant_vnni<NB>(w, n, x, o);
   } else if (w.fmt == Fmt::kInt8 && x.M <= kInt8DirectRows) {
     for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
     sweep<Fmt::kInt8, NB>(wr, x, w.K, w.scale + n, n, o);
@@ -366,6 +474,38 @@ Weight weight_view(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
   return v;
 }
 
+// The inputs as int8 per block of 32 for the VNNI kernels: xq, the block scale repeated for each 4-input
+// lane, and the offsets the kernels subtract (int8: 128 * sum_b scale_b * sum(xq_b) per row; int4: per weight
+// group, sum over its blocks of scale_b * sum(xq_b)).
+void quantize_rows(const at::Tensor& x, const Weight& w, Rows& r, RowsStorage& keep) {
+  const int64_t M = r.M, K = w.K, nb = K / 32, ng = w.fmt == Fmt::kInt4 ? w.groups() : 1;
+  keep.xq = at::empty({M, K}, x.options().dtype(at::kChar));
+  keep.xscale = at::empty({M, K / 4}, x.options().dtype(at::kFloat));
+  keep.xcorr = at::zeros({M, ng}, x.options().dtype(at::kFloat));
+  int8_t* xq = keep.xq.data_ptr<int8_t>();
+  float* xs = keep.xscale.data_ptr<float>();
+  float* xc = keep.xcorr.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint16_t* src = r.x + m * r.ldx + 32 * b;
+      float amax = 0.f;
+      for (int t = 0; t < 32; ++t) amax = std::max(amax, std::fabs(bf16_to_float(src[t])));
+      const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+      int sum = 0;
+      for (int t = 0; t < 32; ++t) {
+        const int q = int(std::nearbyint(bf16_to_float(src[t]) * inv));
+        xq[m * K + 32 * b + t] = int8_t(q);
+        sum += q;
+      }
+      for (int t = 0; t < 8; ++t) xs[m * (K / 4) + 8 * b + t] = d;
+      if (w.fmt == Fmt::kInt8) xc[m] += 128.f * d * float(sum);
+      else xc[m * ng + 32 * b / w.group] += d * float(sum);
+    }
+  r.xq = xq;
+  r.xscale = xs;
+  r.xcorr = xc;
+}
+
 Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep) {
   check(x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] bf16 rows");
   check(x.size(1) == w.K, "x has " + std::to_string(x.size(1)) + " columns, weight expects " + std::to_string(w.K));
@@ -373,6 +513,8 @@ Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep) {
   if (current_isa() != Isa::kAvx512Bf16) {
     keep.x32 = x.to(at::kFloat).contiguous();
     r.x32 = keep.x32.data_ptr<float>();
+  } else if (w.fmt != Fmt::kBf16 && w.K % 64 == 0) {
+    quantize_rows(x, w, r, keep);
   } else if (w.fmt == Fmt::kInt4) {
     keep.xsum = x.to(at::kFloat).view({x.size(0), w.groups(), w.group}).sum(-1).contiguous();
     r.xsum = keep.xsum.data_ptr<float>();

@@ -12,7 +12,7 @@ enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512Bf16 = 2 };
 Isa current_isa();
 const char* isa_name(Isa isa);
 
-#define QWEN35_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+#define QWEN35_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma,f16c")))
 #define QWEN35_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 // bf16 <-> fp32 for scalar code (round to nearest even, NaN kept quiet).

@@ -45,6 +45,11 @@ void run_experts(const std::vector<Weight>& ws, const std::vector<int64_t>& off,
       r.M = off[a + 1] - off[a];
       if (x.x32) r.x32 = x.x32 + off[a] * w.K;
       if (x.xsum) r.xsum = x.xsum + off[a] * w.groups();
+      if (x.xq) {
+        r.xq = x.xq + off[a] * w.K;
+        r.xscale = x.xscale + off[a] * (w.K / 4);
+        r.xcorr = x.xcorr + off[a] * (w.fmt == Fmt::kInt4 ? w.groups() : 1);
+      }
       Out o{y + off[a] * ldy, ldy, false};
       matmul_rows(w, 4 * b0, std::min(w.N, 4 * b1), r, o);
       i += b1 - b0;
