@@ -6,7 +6,8 @@ No kernel wins on every CPU (docs/KERNELS.md), so the choices are measured on th
   (`ops/native.py`) for a few rows. The loader times both for one row over the model's weights of that shape.
 - For a plain CPU weight and 1 to `FEW_ROWS` rows (decode, the k + 1 rows of a speculative verification),
   `_few_rows_kernel` times our kernel, `torch.mv` (one row), `F.linear` and `W @ x^T` once per weight and row
-  count, and keeps the default (ours where built, else mv / F.linear) unless another is `SWITCH_MARGIN` faster.
+  count, and keeps the default (mv / F.linear) unless another is `SWITCH_MARGIN` faster (ours, on the AMD
+  host where mv reads the lm_head at a third of the bandwidth).
 Everything else, including CUDA, is `F.linear`, which is also the reference.
 """
 
@@ -51,11 +52,11 @@ SWITCH_MARGIN = 1.2  # another kernel replaces the default only when this much f
 
 def _few_rows_kernel(x: torch.Tensor, weight: torch.Tensor) -> str:
     """How to multiply a few rows by a plain CPU weight, measured once per weight and row count: the default
-    (our kernel for bf16 where it is built, else `torch.mv` for one row and `F.linear` for more) unless another
-    candidate is at least `SWITCH_MARGIN` times faster. None wins everywhere: on one Intel Xeon the 248k-row
-    bf16 lm_head takes 21 ms by mv and 29 ms by F.linear for one row, 20 ms by `W @ x^T` and 31 ms by
-    F.linear for 2-4 rows, but 67 ms against 39 ms for 3 fp32 rows; on an AMD Zen 5 mv read the same bf16
-    lm_head at 8 GB/s."""
+    (`torch.mv` for one row, `F.linear` for more) unless another candidate (our kernel for bf16, `W @ x^T`,
+    F.linear) is at least `SWITCH_MARGIN` times faster, so the choice (and bf16 rounding with it) does not
+    flip between runs. None wins everywhere: on one Intel Xeon the 248k-row bf16 lm_head takes 19 ms by mv,
+    22 ms by ours and 25 ms by F.linear for one row, 20 ms by `W @ x^T` and 31 ms by F.linear for 2-4 rows,
+    but 67 ms against 39 ms for 3 fp32 rows; on an AMD Zen 5 mv read the same bf16 lm_head at 8 GB/s."""
     rows = x.shape[0]
     key = (weight.data_ptr(), weight.dtype, tuple(weight.shape), rows)
     choice = _FEW_ROWS_KERNEL.get(key)
@@ -67,7 +68,7 @@ def _few_rows_kernel(x: torch.Tensor, weight: torch.Tensor) -> str:
             candidates["mv"] = lambda: torch.mv(weight, x[0])
         candidates.update({"linear": lambda: F.linear(x, weight), "w_xt": lambda: torch.mm(weight, x.t())})
         best = {name: _time(fn) for name, fn in candidates.items()}
-        choice = next(iter(candidates)) if rows == 1 or "native" in candidates else "linear"
+        choice = "mv" if rows == 1 else "linear"
         fastest = min(best, key=best.get)
         if best[fastest] * SWITCH_MARGIN <= best[choice]:
             choice = fastest
