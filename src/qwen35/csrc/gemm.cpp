@@ -280,6 +280,10 @@ QWEN35_AVX512 void block_int4_vnni(const Weight& w, int64_t n, const Rows& x, in
 #pragma GCC unroll 16
   for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i), sr[i] = w.scale16 + (n + i) * ng;
   const __m256i low = _mm256_set1_epi8(0x0f);
+  // G == 32: the scales of 16 groups (8 blocks of 64) are widened once per row; each block picks its two
+  // with one permute (lanes 0-7: group 2j, lanes 8-15: group 2j+1) instead of two scalar loads and a blend
+  __m512 s16[NB];
+  const __m512i pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   for (int64_t k0 = 0; k0 < K; k0 += 64) {
     __m512i xv[MB];
     __m512 sv[MB];
@@ -288,15 +292,21 @@ QWEN35_AVX512 void block_int4_vnni(const Weight& w, int64_t n, const Rows& x, in
       xv[j] = _mm512_loadu_si512(x.xq + (m + j) * K + k0);
       sv[j] = _mm512_loadu_ps(x.xscale + (m + j) * (K / 4) + k0 / 4);
     }
+    const int64_t blk = (k0 / 64) % 8;
+    if (G == 32 && blk == 0) {
+      const int64_t g0 = k0 / 32, left = ng - g0;
+      const __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+#pragma GCC unroll 16
+      for (int i = 0; i < NB; ++i) s16[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, sr[i] + g0));
+    }
+    const __m512i pick = _mm512_add_epi32(pair, _mm512_set1_epi32(int(2 * blk)));
 #pragma GCC unroll 16
     for (int i = 0; i < NB; ++i) {
       const __m256i b = _mm256_loadu_si256((const __m256i*)(wr[i] + k0 / 2));
       const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, low)),
                                             _mm256_and_si256(_mm256_srli_epi16(b, 4), low), 1);
       // lanes 0-7 hold inputs k0..k0+31, lanes 8-15 inputs k0+32..k0+63: two groups when G == 32
-      const __m512 sw = G == 32 ? _mm512_mask_blend_ps((__mmask16)0xff00, _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / 32])),
-                                                       _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / 32 + 1])))
-                                : _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]));
+      const __m512 sw = G == 32 ? _mm512_permutexvar_ps(pick, s16[i]) : _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]));
 #pragma GCC unroll 16
       for (int j = 0; j < MB; ++j)
         acc[i][j] = _mm512_fmadd_ps(
