@@ -232,43 +232,8 @@ QWEN35_AVX512 void int4_direct(const Weight& w, int64_t n, const Rows& x, const 
 // bf16 or fp32 instead made int8/int4 compute-bound at 9-15 GB/s.
 // dpbusd multiplies unsigned by signed bytes: int8 weights are flipped to u8 (w + 128, the extra 128 * sum(xq)
 // is a per-row constant), int4 nibbles are already u8 (the zero point comes off per group).
-template <int NB, int MB>
-QWEN35_AVX512 void block_int8_vnni(const Weight& w, int64_t n, const Rows& x, int64_t m, float out[NB][MB]) {
-  __m512 acc[NB][MB];
-#pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t K = w.K;
-  const uint8_t* wr[NB];
-#pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
-  const __m512i flip = _mm512_set1_epi8(char(0x80));
-  for (int64_t k = 0; k < K; k += 64) {
-    __m512i xv[MB];
-    __m512 sv[MB];
-#pragma GCC unroll 16
-    for (int j = 0; j < MB; ++j) {
-      xv[j] = _mm512_loadu_si512(x.xq + (m + j) * K + k);
-      sv[j] = _mm512_loadu_ps(x.xscale + (m + j) * (K / 4) + k / 4);
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < NB; ++i) {
-      const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr[i] + k), flip);
-#pragma GCC unroll 16
-      for (int j = 0; j < MB; ++j)
-        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j])),
-                                    sv[j], acc[i][j]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < MB; ++j) out[i][j] = (hsum(acc[i][j]) - x.xcorr[m + j]) * w.scale[n + i];
-}
-
-template <int NB, int MB>
-QWEN35_AVX512 void block_int4_vnni(const Weight& w, int64_t n, const Rows& x, int64_t m, float out[NB][MB]) {
+template <Fmt F, int NB, int MB>
+QWEN35_AVX512 void block_vnni(const Weight& w, int64_t n, const Rows& x, int64_t m, float out[NB][MB]) {
   __m512 acc[NB][MB];
 #pragma GCC unroll 16
   for (int i = 0; i < NB; ++i)
@@ -279,8 +244,9 @@ QWEN35_AVX512 void block_int4_vnni(const Weight& w, int64_t n, const Rows& x, in
   const uint16_t* sr[NB];
 #pragma GCC unroll 16
   for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i), sr[i] = w.scale16 + (n + i) * ng;
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
   const __m256i low = _mm256_set1_epi8(0x0f);
-  // G == 32: the scales of 16 groups (8 blocks of 64) are widened once per row; each block picks its two
+  // int4, G == 32: the scales of 16 groups (8 blocks of 64) are widened once per row; each block picks its two
   // with one permute (lanes 0-7: group 2j, lanes 8-15: group 2j+1) instead of two scalar loads and a blend
   __m512 s16[NB];
   const __m512i pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -293,7 +259,7 @@ QWEN35_AVX512 void block_int4_vnni(const Weight& w, int64_t n, const Rows& x, in
       sv[j] = _mm512_loadu_ps(x.xscale + (m + j) * (K / 4) + k0 / 4);
     }
     const int64_t blk = (k0 / 64) % 8;
-    if (G == 32 && blk == 0) {
+    if (F == Fmt::kInt4 && G == 32 && blk == 0) {
       const int64_t g0 = k0 / 32, left = ng - g0;
       const __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 #pragma GCC unroll 16
@@ -302,29 +268,39 @@ QWEN35_AVX512 void block_int4_vnni(const Weight& w, int64_t n, const Rows& x, in
     const __m512i pick = _mm512_add_epi32(pair, _mm512_set1_epi32(int(2 * blk)));
 #pragma GCC unroll 16
     for (int i = 0; i < NB; ++i) {
-      const __m256i b = _mm256_loadu_si256((const __m256i*)(wr[i] + k0 / 2));
-      const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, low)),
-                                            _mm256_and_si256(_mm256_srli_epi16(b, 4), low), 1);
-      // lanes 0-7 hold inputs k0..k0+31, lanes 8-15 inputs k0+32..k0+63: two groups when G == 32
-      const __m512 sw = G == 32 ? _mm512_permutexvar_ps(pick, s16[i]) : _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]));
+      if constexpr (F == Fmt::kInt8) {
+        const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr[i] + k0), flip);
 #pragma GCC unroll 16
-      for (int j = 0; j < MB; ++j)
-        acc[i][j] = _mm512_fmadd_ps(
-            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j])), sv[j]), sw,
-            acc[i][j]);
+        for (int j = 0; j < MB; ++j)
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j])),
+                                      sv[j], acc[i][j]);
+      } else {
+        const __m256i b = _mm256_loadu_si256((const __m256i*)(wr[i] + k0 / 2));
+        const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, low)),
+                                              _mm256_and_si256(_mm256_srli_epi16(b, 4), low), 1);
+        // lanes 0-7 hold inputs k0..k0+31, lanes 8-15 inputs k0+32..k0+63: two groups when G == 32
+        const __m512 sw = G == 32 ? _mm512_permutexvar_ps(pick, s16[i]) : _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]));
+#pragma GCC unroll 16
+        for (int j = 0; j < MB; ++j)
+          acc[i][j] = _mm512_fmadd_ps(
+              _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j])), sv[j]), sw,
+              acc[i][j]);
+      }
     }
   }
 #pragma GCC unroll 16
   for (int i = 0; i < NB; ++i)
 #pragma GCC unroll 16
-    for (int j = 0; j < MB; ++j) out[i][j] = hsum(acc[i][j]) - int4_offset(w, n + i, x.xcorr + (m + j) * ng, 0.0f);
+    for (int j = 0; j < MB; ++j)
+      out[i][j] = F == Fmt::kInt8 ? (hsum(acc[i][j]) - x.xcorr[m + j]) * w.scale[n + i]
+                                  : hsum(acc[i][j]) - int4_offset(w, n + i, x.xcorr + (m + j) * ng, 0.0f);
 }
 
 template <int NB, int MB>
 QWEN35_AVX512 void run_vnni(const Weight& w, int64_t n, const Rows& x, int64_t m, const Out& o) {
   float r[NB][MB];
-  if (w.fmt == Fmt::kInt8) block_int8_vnni<NB, MB>(w, n, x, m, r);
-  else block_int4_vnni<NB, MB>(w, n, x, m, r);
+  if (w.fmt == Fmt::kInt8) block_vnni<Fmt::kInt8, NB, MB>(w, n, x, m, r);
+  else block_vnni<Fmt::kInt4, NB, MB>(w, n, x, m, r);
   for (int i = 0; i < NB; ++i)
     for (int j = 0; j < MB; ++j) store(o, m + j, n + i, r[i][j]);
 }

@@ -268,16 +268,21 @@ class _Loader:
         module._parameters[attr] = nn.Parameter(value, requires_grad=False)
         self._mark(name)
 
+    def _linear(self, module_name: str, shape: tuple, tensor: str, file: str, kind: str) -> Linear:
+        """The plain `Linear` a quantised tensor (`kind`: FP8, gptq, awq) loads into, with its (out, in) checked."""
+        module = self.model.get_submodule(module_name)
+        if not isinstance(module, Linear):
+            raise CheckpointError(f"{tensor!r} in {file} is {kind} but {module_name} is not a linear layer")
+        if (module.out_features, module.in_features) != shape:
+            raise CheckpointError(f"tensor {tensor!r} in {file} holds a {shape} weight (out, in), expected "
+                                  f"{(module.out_features, module.in_features)}")
+        return module
+
     def _set_fp8(self, weight_name: str, weight: torch.Tensor, scale: torch.Tensor, file: str) -> None:
         module_name = weight_name.rsplit(".", 1)[0]
         if weight_name not in self.params:
             raise CheckpointError(f"unexpected FP8 tensor {weight_name!r} in {file}")
-        module = self.model.get_submodule(module_name)
-        if not isinstance(module, Linear):
-            raise CheckpointError(f"{weight_name!r} in {file} is FP8 but {module_name} is not a linear layer")
-        if (module.out_features, module.in_features) != tuple(weight.shape):
-            raise CheckpointError(f"tensor {weight_name!r} in {file} has shape {tuple(weight.shape)}, "
-                                  f"expected {(module.out_features, module.in_features)}")
+        module = self._linear(module_name, tuple(weight.shape), weight_name, file, "FP8")
         if self.quantizer is not None and self.quantizer.fmt is not None:  # dequantised, then requantised
             w = dequantize_fp8(weight.to(self.device), scale.to(self.device), self.cfg.quant.weight_block_size,
                                self.dtype)
@@ -392,12 +397,7 @@ class _Loader:
         if target.kind != "param" or target.name not in self.params:
             raise CheckpointError(f"unexpected tensor {stem}.{part} in {file}: the model has no {target.name!r}")
         module_name = target.name.rsplit(".", 1)[0]
-        module = self.model.get_submodule(module_name)
-        if not isinstance(module, Linear):
-            raise CheckpointError(f"{stem}.qweight in {file} is {q.method} but {module_name} is not a linear layer")
-        if (module.out_features, module.in_features) != tuple(u.shape):
-            raise CheckpointError(f"{stem}.qweight in {file} holds a {tuple(u.shape)} weight (out, in), expected "
-                                  f"{(module.out_features, module.in_features)}")
+        module = self._linear(module_name, tuple(u.shape), f"{stem}.qweight", file, q.method)
         if quant.quantizable("int4", K, G):
             parent, _, child = module_name.rpartition(".")
             setattr(self.model.get_submodule(parent) if parent else self.model, child,
