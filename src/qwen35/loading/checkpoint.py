@@ -590,4 +590,5 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
             model.fuse()
         if prepack:
             model.prepack()
+            release_free_memory()  # the layout measurement's packed samples
     return model, cfg

@@ -70,8 +70,10 @@ class Qwen35ForCausalLM(nn.Module):
             if isinstance(module, Linear) and module.weight is not None:
                 by_shape.setdefault((tuple(module.weight.shape), module.weight.dtype), []).append(module)
         self.layouts = {}  # (out, in) -> "packed" | "plain": what the measurement chose, for logs and benches
-        for (shape, _), modules in by_shape.items():
-            packed = prefer_packed([m.weight for m in modules])
+        for key, modules in by_shape.items():
+            others = [m.weight for k, group in by_shape.items() if k != key for m in group if m.weight is not None]
+            packed = prefer_packed([m.weight for m in modules], evict=others)
+            shape = key[0]
             self.layouts[shape] = "packed" if packed else "plain"
             if packed:
                 for module in modules:

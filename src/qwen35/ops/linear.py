@@ -84,13 +84,15 @@ def _native_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 MEASURE_MIN_BYTES = 16 << 20  # weight groups smaller than this are packed without measuring (tiny models)
 
 
-def prefer_packed(weights: list[torch.Tensor], sample_bytes: int = 256 << 20) -> bool:
+def prefer_packed(weights: list[torch.Tensor], evict: list[torch.Tensor] = (),
+                  sample_bytes: int = 32 << 20) -> bool:
     """Whether weights of one shape should take oneDNN's packed layout (True) or stay plain for our kernel.
 
-    Times both over up to `sample_bytes` of the weights, with the last-level cache flushed before each
-    repetition so that the weights stream from memory as in a decode step, for one row (single-sequence
-    decode) and 8 rows (a batch). Plain when ours is at least 5% faster for one row and the plain layout's
-    best 8-row kernel is within 15% of oneDNN's (packing also serves prefill and batches well)."""
+    Times both over up to `sample_bytes` of the weights for one row (single-sequence decode) and 8 rows (a
+    batch), reading `evict` (other weights already in memory, up to twice the last-level cache) before each
+    repetition so that the sample streams from memory as in a decode step; nothing large is allocated
+    besides the sample's packed copies. Plain when ours is at least 5% faster for one row and the plain
+    layout's best 8-row kernel is within 15% of oneDNN's (packing also serves prefill and batches well)."""
     w0 = weights[0]
     nbytes = w0.numel() * w0.element_size()
     if (w0.device.type != "cpu" or w0.dtype != torch.bfloat16 or native.ops() is None
@@ -98,11 +100,17 @@ def prefer_packed(weights: list[torch.Tensor], sample_bytes: int = 256 << 20) ->
         return True
     sample = weights[:max(1, sample_bytes // nbytes)]
     packed = [prepack(w) for w in sample]
-    flush = torch.ones(_cache_flush_bytes() // 4)
+    flush, budget = [], _cache_flush_bytes()
+    for t in evict:
+        if budget <= 0:
+            break
+        flush.append(t)
+        budget -= t.numel() * t.element_size()
 
     def cold(fn):
         def run():
-            flush.sum()
+            for t in flush:
+                t.sum()
             t0 = time.perf_counter()
             fn()
             return time.perf_counter() - t0
@@ -121,7 +129,7 @@ def prefer_packed(weights: list[torch.Tensor], sample_bytes: int = 256 << 20) ->
 
 
 def _cache_flush_bytes() -> int:
-    """Twice the last-level cache (from sysfs), 64 to 256 MiB: reading that much evicts most of the weights
+    """Twice the last-level cache (from sysfs), 64 to 512 MiB: reading that much evicts most of the weights
     (a virtual machine's share of a large shared L3 is smaller than the size it reports)."""
     size = 0
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
@@ -131,7 +139,7 @@ def _cache_flush_bytes() -> int:
                        if text[-1] in "KM" else int(text))
         except (OSError, ValueError):
             continue
-    return min(max(2 * size, 64 << 20), 256 << 20)
+    return min(max(2 * size, 64 << 20), 512 << 20)
 
 
 def _time(fn, repeats: int = 3) -> float:
