@@ -1,8 +1,7 @@
 // Decode-shaped matmuls (see gemm.h), three ways:
-// - AVX512-BF16: blocks of 4 weight rows x up to 4 input rows held in zmm accumulators; bf16 weights go
-//   straight into vdpbf16ps, int8 rows are widened to bf16 (exact for |q| <= 127), int4 nibbles become the
-//   bf16 number 128 + u by OR-ing the bits 0x4300 (no conversion instruction), and the 128 + zero offset is
-//   taken back out with per-group sums of x.
+// - AVX512 (BF16 + VNNI): bf16 weights in blocks of 4-8 rows x up to 4 input rows held in zmm accumulators,
+//   straight into vdpbf16ps; int8 and int4 weights against the inputs rounded to int8 per 32 values, with
+//   vpdpbusd (block_vnni); int8 rows whose K is not a multiple of 64 are widened to bf16 instead.
 // - AVX2 and plain C++: each weight row is dequantised to fp32 once and dotted with the fp32 inputs (the
 //   same source, compiled twice: once for AVX2+FMA, once for the baseline).
 // Every path streams each weight byte once per call: decode reads weights at the memory bandwidth.
@@ -68,8 +67,9 @@ QWEN35_AVX512 void block_bf16_int8(const uint8_t* const* wr, const uint16_t* con
     for (int j = 0; j < MB; ++j) out[i][j] = hsum(acc[i][j]);
 }
 
-// sum_g scale[g] * (128 + zero[g]) * xsum[g] over one row's groups: the offset the OR-trick added.
-QWEN35_AVX512 inline float int4_offset(const Weight& w, int64_t n, const float* xsum, float bias = 128.0f) {
+// sum_g scale[g] * zero[g] * c[g] over one row's groups (c: the input's per-group sums, scaled): the zero
+// point the kernel's dot products with the stored nibbles leave in.
+QWEN35_AVX512 inline float int4_zero_offset(const Weight& w, int64_t n, const float* c) {
   const int64_t G = w.groups();
   const uint16_t* s = w.scale16 + n * G;
   const uint8_t* z = w.zeros ? w.zeros + n * G : nullptr;
@@ -77,101 +77,23 @@ QWEN35_AVX512 inline float int4_offset(const Weight& w, int64_t n, const float* 
   for (int64_t g = 0; g < G; g += 16) {
     __mmask16 mask = G - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (G - g)) - 1);
     __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s + g));
-    __m512 zv = z ? _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, z + g))),
-                                  _mm512_set1_ps(bias))
-                  : _mm512_set1_ps(bias + 8.0f);
-    acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(mask, xsum + g), acc);
+    __m512 zv = z ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, z + g))) : _mm512_set1_ps(8.0f);
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(mask, c + g), acc);
   }
   return hsum(acc);
 }
 
-// int4, K a multiple of 64 and of the group size G (a multiple of 32). Rows n..n+NB-1 of w.
-template <int NB, int MB>
-QWEN35_AVX512 void block_int4(const Weight& w, int64_t n, const uint16_t* const* xr, const float* const* xs,
-                               float out[NB][MB]) {
-  __m512 acc[NB][MB], part[NB][MB];
-#pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < MB; ++j) acc[i][j] = part[i][j] = _mm512_setzero_ps();
-  const int64_t K = w.K, G = w.group, ng = w.groups();
-  const uint8_t* wr[NB];
-  const uint16_t* sr[NB];
-#pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i), sr[i] = w.scale16 + (n + i) * ng;
-  const __m512i low = _mm512_set1_epi16(0x0f), bias = _mm512_set1_epi16(0x4300);  // bf16 0x4300 = 128.0
-  for (int64_t k0 = 0; k0 < K; k0 += 64) {
-    __m512bh xlo[MB], xhi[MB];
-#pragma GCC unroll 16
-    for (int j = 0; j < MB; ++j) {
-      xlo[j] = (__m512bh)_mm512_loadu_si512(xr[j] + k0);
-      xhi[j] = (__m512bh)_mm512_loadu_si512(xr[j] + k0 + 32);
-    }
-    const bool group_end = (k0 + 64) % G == 0;
-#pragma GCC unroll 16
-    for (int i = 0; i < NB; ++i) {
-      __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(wr[i] + k0 / 2)));
-      __m512bh lo = (__m512bh)_mm512_or_si512(_mm512_and_si512(v, low), bias);
-      __m512bh hi = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(v, 4), bias);
-      if (G == 32) {
-        __m512 s0 = _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / 32])), s1 = _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / 32 + 1]));
-#pragma GCC unroll 16
-        for (int j = 0; j < MB; ++j) {
-          acc[i][j] = _mm512_fmadd_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), xlo[j], lo), s0, acc[i][j]);
-          acc[i][j] = _mm512_fmadd_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), xhi[j], hi), s1, acc[i][j]);
-        }
-      } else {
-#pragma GCC unroll 16
-        for (int j = 0; j < MB; ++j) part[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(part[i][j], xlo[j], lo), xhi[j], hi);
-        if (group_end) {
-          __m512 s = _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]));
-#pragma GCC unroll 16
-          for (int j = 0; j < MB; ++j) {
-            acc[i][j] = _mm512_fmadd_ps(part[i][j], s, acc[i][j]);
-            part[i][j] = _mm512_setzero_ps();
-          }
-        }
-      }
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < MB; ++j) out[i][j] = hsum(acc[i][j]) - int4_offset(w, n + i, xs[j]);
-}
-
-// Rows n..n+NB-1 of w as bf16 into dst [NB, K]: int8 values as they are (the row scale comes after the dot),
-// int4 fully dequantised ((u - zero) * scale, rounded to bf16).
+// Int8 rows n..n+NB-1 of w as bf16 into dst [NB, K] (exact; the row scale comes after the dot).
 template <int NB>
 QWEN35_AVX512 void widen_block(const Weight& w, int64_t n, uint16_t* dst) {
   const int64_t K = w.K;
   for (int i = 0; i < NB; ++i) {
     uint16_t* d = dst + i * K;
-    if (w.fmt == Fmt::kInt8) {
-      const int8_t* r = (const int8_t*)w.row(n + i);
-      for (int64_t k = 0; k < K; k += 32) {
-        __m512bh v = int8_to_bh(r + k, K - k);
-        if (K - k >= 32) _mm512_storeu_si512(d + k, (__m512i)v);
-        else _mm512_mask_storeu_epi16(d + k, (__mmask32)((1ull << (K - k)) - 1), (__m512i)v);
-      }
-    } else {
-      const uint8_t* r = w.row(n + i);
-      const int64_t ng = w.groups();
-      const uint16_t* sr = w.scale16 + (n + i) * ng;
-      const uint8_t* zr = w.zeros ? w.zeros + (n + i) * ng : nullptr;
-      for (int64_t k0 = 0; k0 < K; k0 += 64) {
-        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(r + k0 / 2)));
-        __m512i v2 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(r + k0 / 2 + 16)));
-        __m512i q[4] = {_mm512_and_si512(v, _mm512_set1_epi32(15)), _mm512_and_si512(v2, _mm512_set1_epi32(15)),
-                        _mm512_srli_epi32(v, 4), _mm512_srli_epi32(v2, 4)};
-        for (int h = 0; h < 2; ++h) {
-          const int64_t g = (k0 + 32 * h) / w.group;
-          const __m512 s = _mm512_set1_ps(_cvtsh_ss(sr[g])), z = _mm512_set1_ps(zr ? float(zr[g]) : 8.0f);
-          __m512 a = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q[2 * h]), z), s);
-          __m512 b = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q[2 * h + 1]), z), s);
-          _mm512_storeu_si512(d + k0 + 32 * h, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-        }
-      }
+    const int8_t* r = (const int8_t*)w.row(n + i);
+    for (int64_t k = 0; k < K; k += 32) {
+      __m512bh v = int8_to_bh(r + k, K - k);
+      if (K - k >= 32) _mm512_storeu_si512(d + k, (__m512i)v);
+      else _mm512_mask_storeu_epi16(d + k, (__mmask32)((1ull << (K - k)) - 1), (__m512i)v);
     }
   }
 }
@@ -203,26 +125,6 @@ QWEN35_AVX512 void sweep(const uint8_t* const* wr, const Rows& x, int64_t K, con
       case 3: run_block<F, NB, 3>(wr, x, m, K, scale, n, o); break;
       default: run_block<F, NB, 4>(wr, x, m, K, scale, n, o); break;
     }
-  }
-}
-
-template <int NB>
-QWEN35_AVX512 void int4_direct(const Weight& w, int64_t n, const Rows& x, const Out& o) {
-  const int64_t ng = w.groups();
-  for (int64_t m = 0; m < x.M; m += 2) {
-    const int64_t m2 = std::min(m + 1, x.M - 1);
-    const uint16_t* xr[2] = {x.x + m * x.ldx, x.x + m2 * x.ldx};
-    const float* xs[2] = {x.xsum + m * ng, x.xsum + m2 * ng};
-    float r[NB][2];
-    if (m2 > m) {
-      block_int4<NB, 2>(w, n, xr, xs, r);
-    } else {
-      float r1[NB][1];
-      block_int4<NB, 1>(w, n, xr, xs, r1);
-      for (int i = 0; i < NB; ++i) r[i][0] = r1[i][0];
-    }
-    for (int i = 0; i < NB; ++i)
-      for (int64_t j = 0; j <= m2 - m; ++j) store(o, m + j, n + i, r[i][j]);
   }
 }
 
@@ -293,7 +195,7 @@ QWEN35_AVX512 void block_vnni(const Weight& w, int64_t n, const Rows& x, int64_t
 #pragma GCC unroll 16
     for (int j = 0; j < MB; ++j)
       out[i][j] = F == Fmt::kInt8 ? (hsum(acc[i][j]) - x.xcorr[m + j]) * w.scale[n + i]
-                                  : hsum(acc[i][j]) - int4_offset(w, n + i, x.xcorr + (m + j) * ng, 0.0f);
+                                  : hsum(acc[i][j]) - int4_zero_offset(w, n + i, x.xcorr + (m + j) * ng);
 }
 
 template <int NB, int MB>
@@ -317,9 +219,10 @@ QWEN35_AVX512 void quant_vnni(const Weight& w, int64_t n, const Rows& x, const O
   }
 }
 
-// Up to this many input rows read the quantised weights directly; more rows widen each block of weight rows
-// to bf16 once (into a buffer that stays in L1/L2) and run the bf16 kernel over all input rows.
-constexpr int64_t kInt8DirectRows = 4, kInt4DirectRows = 2;
+// int8 weights whose K is not a multiple of 64 (no VNNI path): up to this many input rows read them directly;
+// more rows widen each block of weight rows to bf16 once (into a buffer that stays in L1/L2) and run the bf16
+// kernel over all input rows.
+constexpr int64_t kInt8DirectRows = 4;
 
 template <int NB>
 QWEN35_AVX512 void rows_block_avx512(const Weight& w, int64_t n, const Rows& x, const Out& o, uint16_t* scratch) {
@@ -332,17 +235,15 @@ QWEN35_AVX512 void rows_block_avx512(const Weight& w, int64_t n, const Rows& x, 
   } else if (w.fmt == Fmt::kInt8 && x.M <= kInt8DirectRows) {
     for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
     sweep<Fmt::kInt8, NB>(wr, x, w.K, w.scale + n, n, o);
-  } else if (w.fmt == Fmt::kInt4 && x.M <= kInt4DirectRows) {
-    int4_direct<NB>(w, n, x, o);
   } else {
     widen_block<NB>(w, n, scratch);
     for (int i = 0; i < NB; ++i) wr[i] = (const uint8_t*)(scratch + i * w.K);
-    sweep<Fmt::kBf16, NB>(wr, x, w.K, w.fmt == Fmt::kInt8 ? w.scale + n : nullptr, n, o);
+    sweep<Fmt::kBf16, NB>(wr, x, w.K, w.scale + n, n, o);
   }
 }
 
 QWEN35_AVX512 void matmul_rows_avx512(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const Out& o) {
-  std::vector<uint16_t> scratch(w.fmt == Fmt::kBf16 ? 0 : 8 * w.K);
+  std::vector<uint16_t> scratch(w.fmt == Fmt::kInt8 && !x.xq ? 8 * w.K : 0);  // only widen_block needs it
   int64_t n = n0;
   if (x.M == 1 && w.fmt != Fmt::kInt4)
     for (; n + 8 <= n1; n += 8) rows_block_avx512<8>(w, n, x, o, scratch.data());
@@ -499,11 +400,8 @@ Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep) {
   if (current_isa() != Isa::kAvx512Bf16) {
     keep.x32 = x.to(at::kFloat).contiguous();
     r.x32 = keep.x32.data_ptr<float>();
-  } else if (w.fmt != Fmt::kBf16 && w.K % 64 == 0) {
+  } else if (w.fmt != Fmt::kBf16 && w.K % 64 == 0) {  // always for int4 (weight_view checks K % 64)
     quantize_rows(x, w, r, keep);
-  } else if (w.fmt == Fmt::kInt4) {
-    keep.xsum = x.to(at::kFloat).view({x.size(0), w.groups(), w.group}).sum(-1).contiguous();
-    r.xsum = keep.xsum.data_ptr<float>();
   }
   return r;
 }

@@ -31,7 +31,6 @@ struct Rows {
   const uint16_t* x;  // [M, ldx] bf16
   int64_t M, ldx;
   const float* x32 = nullptr;   // [M, K] fp32 copy (AVX2 and scalar paths)
-  const float* xsum = nullptr;  // int4: [M, K / group] sums of x per group
   // VNNI paths (quantised weights, K % 64 == 0): x as int8 per block of 32 (gemm.cpp: quantize_rows)
   const int8_t* xq = nullptr;
   const float* xscale = nullptr;
@@ -50,7 +49,7 @@ void matmul_rows(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const O
 
 // What a Rows needs besides x itself, kept alive by the caller.
 struct RowsStorage {
-  at::Tensor x32, xsum, xq, xscale, xcorr;
+  at::Tensor x32, xq, xscale, xcorr;
 };
 Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep);
 

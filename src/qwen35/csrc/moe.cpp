@@ -44,7 +44,6 @@ void run_experts(const std::vector<Weight>& ws, const std::vector<int64_t>& off,
       r.x = x.x + off[a] * x.ldx;
       r.M = off[a + 1] - off[a];
       if (x.x32) r.x32 = x.x32 + off[a] * w.K;
-      if (x.xsum) r.xsum = x.xsum + off[a] * w.groups();
       if (x.xq) {
         r.xq = x.xq + off[a] * w.K;
         r.xscale = x.xscale + off[a] * (w.K / 4);
