@@ -61,23 +61,24 @@ class Qwen35ForCausalLM(nn.Module):
         for module in [m for m in self._stacks() if hasattr(m, "fuse")]:
             module.fuse()
 
-    def prepack(self) -> None:
+    def prepack(self) -> dict[tuple, str]:
         """CPU: choose each projection's layout, per weight shape, by timing on this machine
         (`ops.linear.prefer_packed`): oneDNN's packed layout, or the plain weight for our decode kernel.
-        lm_head keeps its plain weight (it may be tied to the embedding; `ops.linear` measures its kernel)."""
+        lm_head keeps its plain weight (it may be tied to the embedding; `ops.linear` measures its kernel).
+        Returns {(out, in): "packed" | "plain"}, what the measurement chose."""
         by_shape: dict[tuple, list[Linear]] = {}
         for module in self._stacks():
             if isinstance(module, Linear) and module.weight is not None:
                 by_shape.setdefault((tuple(module.weight.shape), module.weight.dtype), []).append(module)
-        self.layouts = {}  # (out, in) -> "packed" | "plain": what the measurement chose, for logs and benches
+        layouts = {}
         for key, modules in by_shape.items():
             others = [m.weight for k, group in by_shape.items() if k != key for m in group if m.weight is not None]
             packed = prefer_packed([m.weight for m in modules], evict=others)
-            shape = key[0]
-            self.layouts[shape] = "packed" if packed else "plain"
+            layouts[key[0]] = "packed" if packed else "plain"
             if packed:
                 for module in modules:
                     module.prepack()
+        return layouts
 
     def _stacks(self) -> list[nn.Module]:
         """The decoder's modules and the MTP head's (not lm_head)."""

@@ -108,14 +108,7 @@ def prefer_packed(weights: list[torch.Tensor], evict: list[torch.Tensor] = (),
         budget -= t.numel() * t.element_size()
 
     def cold(fn):
-        def run():
-            for t in flush:
-                t.sum()
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-        run()
-        return min(run(), run())
+        return _time(fn, repeats=2, before=lambda: [t.sum() for t in flush])
 
     gemm, onednn = native.ops().gemm_bf16, torch.ops.mkldnn._linear_pointwise
     x1, x8 = (torch.randn(rows, w0.shape[1]).to(w0.dtype) for rows in (1, 8))
@@ -142,10 +135,13 @@ def _cache_flush_bytes() -> int:
     return min(max(2 * size, 64 << 20), 512 << 20)
 
 
-def _time(fn, repeats: int = 3) -> float:
+def _time(fn, repeats: int = 3, before=None) -> float:
+    """Best of `repeats` timings of `fn` after a warm-up; `before` (untimed) runs ahead of each."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
