@@ -96,7 +96,7 @@ class QuantLinear(nn.Module):
 
     @property
     def group(self) -> int:
-        return self.in_features // self.scale.shape[-1] if self.fmt == "int4" else self.in_features
+        return quant.int4_group(self.q, self.scale) if self.fmt == "int4" else self.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:

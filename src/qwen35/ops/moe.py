@@ -82,7 +82,7 @@ def _native_group(x: torch.Tensor, *stacks: Stack) -> int | None:
         if scale is None and q.dtype != torch.bfloat16:
             return None
         if q.dtype == torch.uint8:
-            groups.add(2 * q.shape[-1] // scale.shape[-1])
+            groups.add(quant.int4_group(q, scale))
     return None if len(groups) > 1 else (groups.pop() if groups else 0)
 
 

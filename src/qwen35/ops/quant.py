@@ -118,10 +118,17 @@ def quantize(fmt: str, w: torch.Tensor, group: int = INT4_GROUP
     return q.view(*lead, N, *q.shape[1:]), scale.view(*lead, N, *scale.shape[1:]), None
 
 
-# From this many rows on, dequantising the weight once and running oneDNN's GEMM beats the decode-shaped
-# kernels (measured on a 2-core AVX512-BF16 Xeon, 7168 x 1024: at 512 rows 150 ms in the int8 kernel against
-# 57 ms dequantise + F.linear; the kernels win below ~128 rows).
+# From this many rows on, dequantise the weight once and run oneDNN's GEMM. Chosen against the first
+# (vdpbf16ps) int8 kernel: 7168 x 1024 at 512 rows took 150 ms there against 57 ms dequantise + F.linear. With
+# the VNNI kernels (same Xeon, 2 threads) the kernel is 5.1 vs 17.6 ms (int8) and 8.3 vs 29.6 ms (int4) at
+# 128 rows, 10.1 vs 11.1 and 16.8 vs 29.6 ms at 256, 20.7 vs 13.3 and 34.4 vs 32.1 ms at 512: the crossover has
+# moved to about 256 (int8) and 512 (int4) rows; not yet changed here (docs/LOG.md).
 PREFILL_ROWS = 128
+
+
+def int4_group(q: torch.Tensor, scale: torch.Tensor) -> int:
+    """The group size of an int4 weight: K (two inputs per byte of q) over the scales per row."""
+    return 2 * q.shape[-1] // scale.shape[-1]
 
 
 def matmul(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
@@ -135,7 +142,7 @@ def matmul(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
         x = x if x.stride(-1) == 1 else x.contiguous()
         if fmt == "int8":
             return lib.gemm_int8(x, q, scale)
-        return lib.gemm_int4(x, q, scale, zeros, 2 * q.shape[-1] // scale.shape[-1])
+        return lib.gemm_int4(x, q, scale, zeros, int4_group(q, scale))
     return F.linear(x, dequantize(fmt, q, scale, zeros, x.dtype))
 
 
