@@ -47,6 +47,17 @@ def resolve(quantization: str | None, checkpoint_method: str | None) -> str | No
     return q
 
 
+def kept_reason(name: str, fmt: str, in_features: int) -> str | None:
+    """Why the linear layer `name` stays in the load dtype under `fmt`, or None when it is quantised: "" for the
+    small ones in KEEP, or an input size our int4 layout cannot hold. The one rule for loading and for
+    loading/random_weights.py."""
+    if name.endswith(KEEP):
+        return ""
+    if not quant.quantizable(fmt, in_features):
+        return f"K={in_features} is not a multiple of 64"
+    return None
+
+
 def _pattern(name: str) -> str:
     return re.sub(r"\.\d+\.", ".*.", name)
 
@@ -77,13 +88,12 @@ class Quantizer:
         for name, m in list(unit.named_modules()):
             full = prefix + name
             if isinstance(m, Linear) and m.weight is not None and not m.weight.is_meta:
-                if name.endswith(KEEP):
-                    continue
-                if not quant.quantizable(fmt, m.in_features):
-                    self.kept[_pattern(full)] = f"K={m.in_features} is not a multiple of 64"
-                    continue
-                _replace(unit, name, QuantLinear.from_weight(fmt, m.weight))
-                self.counts["linear"] += 1
+                why = kept_reason(name, fmt, m.in_features)
+                if why is None:
+                    _replace(unit, name, QuantLinear.from_weight(fmt, m.weight))
+                    self.counts["linear"] += 1
+                elif why:
+                    self.kept[_pattern(full)] = why
             elif isinstance(m, Experts):
                 q = QuantExperts.from_experts(m, fmt)
                 for part in ("gate_up", "down"):

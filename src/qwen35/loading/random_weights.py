@@ -19,7 +19,7 @@ from ..model.moe import Experts, QuantExperts
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops import quant
 from .checkpoint import FP32_SUFFIXES
-from .quantize import KEEP, _replace
+from .quantize import _replace, kept_reason
 from .writer import _init_kind, _random
 
 STD = 0.02
@@ -64,8 +64,7 @@ def _unit(unit: nn.Module, prefix: str, fmt: str | None, dtype: torch.dtype, gen
             m.fuse()  # torch.cat of meta tensors: shapes only
     if fmt is not None:
         for name, m in list(unit.named_modules()):
-            if isinstance(m, Linear) and m.weight is not None and not name.endswith(KEEP) \
-                    and quant.quantizable(fmt, m.in_features):
+            if isinstance(m, Linear) and m.weight is not None and kept_reason(name, fmt, m.in_features) is None:
                 _replace(unit, name, QuantLinear(fmt, *_random_codes(fmt, (), m.out_features, m.in_features, gen)))
             elif isinstance(m, Experts):
                 stacks = []
