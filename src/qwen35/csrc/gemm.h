@@ -35,6 +35,20 @@ struct Rows {
   const int8_t* xq = nullptr;
   const float* xscale = nullptr;
   const float* xcorr = nullptr;
+
+  // Rows [m0, m0 + count) of these, prepared for weight w (the routed experts' share of a MoE batch).
+  Rows slice(const Weight& w, int64_t m0, int64_t count) const {
+    Rows r = *this;
+    r.x = x + m0 * ldx;
+    r.M = count;
+    if (x32) r.x32 = x32 + m0 * w.K;
+    if (xq) {
+      r.xq = xq + m0 * w.K;
+      r.xscale = xscale + m0 * (w.K / 4);
+      r.xcorr = xcorr + m0 * (w.fmt == Fmt::kInt4 ? w.groups() : 1);
+    }
+    return r;
+  }
 };
 
 // Output rows: fp32 or bf16, y[m * ldy + n].

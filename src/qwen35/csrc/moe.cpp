@@ -24,15 +24,14 @@ struct Stack {  // one stacked expert tensor and its quantisation
   int64_t group;
 
   Weight expert(int64_t e) const {
-    Weight v = weight_view(w[e], scale ? c10::optional<at::Tensor>((*scale)[e]) : c10::nullopt,
-                           zeros ? c10::optional<at::Tensor>((*zeros)[e]) : c10::nullopt, group);
-    return v;
+    return weight_view(w[e], scale ? c10::optional<at::Tensor>((*scale)[e]) : c10::nullopt,
+                       zeros ? c10::optional<at::Tensor>((*zeros)[e]) : c10::nullopt, group);
   }
 };
 
 // For every active expert a: rows [off[a], off[a+1]) of x against expert ids[a]'s weight -> y rows.
-void run_experts(const std::vector<Weight>& ws, const std::vector<int64_t>& off, const Rows& x, int64_t ldx_rows,
-                 float* y, int64_t ldy) {
+void run_experts(const std::vector<Weight>& ws, const std::vector<int64_t>& off, const Rows& x, float* y,
+                 int64_t ldy) {
   const int64_t A = int64_t(ws.size());
   const int64_t blocks_per = (ws[0].N + 3) / 4;
   at::parallel_for(0, A * blocks_per, 1, [&](int64_t i0, int64_t i1) {
@@ -40,21 +39,11 @@ void run_experts(const std::vector<Weight>& ws, const std::vector<int64_t>& off,
       const int64_t a = i / blocks_per, b0 = i % blocks_per;
       const int64_t b1 = std::min(blocks_per, b0 + (i1 - i));
       const Weight& w = ws[a];
-      Rows r = x;
-      r.x = x.x + off[a] * x.ldx;
-      r.M = off[a + 1] - off[a];
-      if (x.x32) r.x32 = x.x32 + off[a] * w.K;
-      if (x.xq) {
-        r.xq = x.xq + off[a] * w.K;
-        r.xscale = x.xscale + off[a] * (w.K / 4);
-        r.xcorr = x.xcorr + off[a] * (w.fmt == Fmt::kInt4 ? w.groups() : 1);
-      }
       Out o{y + off[a] * ldy, ldy, false};
-      matmul_rows(w, 4 * b0, std::min(w.N, 4 * b1), r, o);
+      matmul_rows(w, 4 * b0, std::min(w.N, 4 * b1), x.slice(w, off[a], off[a + 1] - off[a]), o);
       i += b1 - b0;
     }
   });
-  (void)ldx_rows;
 }
 
 at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& weights,
@@ -108,7 +97,7 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& ids, const at::Ten
   RowsStorage keep1;
   Rows r1 = prepare_rows(xg, gws[0], keep1);
   at::Tensor h = at::empty({P, 2 * I}, x.options().dtype(at::kFloat));
-  run_experts(gws, off, r1, H, h.data_ptr<float>(), 2 * I);
+  run_experts(gws, off, r1, h.data_ptr<float>(), 2 * I);
 
   // silu(gate) * up, as bf16 input rows for the down projection
   at::Tensor act = at::empty({P, I}, x.options());
@@ -128,7 +117,7 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& ids, const at::Ten
   RowsStorage keep2;
   Rows r2 = prepare_rows(act, dws[0], keep2);
   at::Tensor y = at::empty({P, H}, x.options().dtype(at::kFloat));
-  run_experts(dws, off, r2, I, y.data_ptr<float>(), H);
+  run_experts(dws, off, r2, y.data_ptr<float>(), H);
 
   at::Tensor out32 = at::zeros({T, H}, x.options().dtype(at::kFloat));
   const float* yp = y.data_ptr<float>();
