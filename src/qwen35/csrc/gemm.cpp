@@ -75,7 +75,7 @@ QWEN35_AVX512 inline float int4_zero_offset(const Weight& w, int64_t n, const fl
   const uint8_t* z = w.zeros ? w.zeros + n * G : nullptr;
   __m512 acc = _mm512_setzero_ps();
   for (int64_t g = 0; g < G; g += 16) {
-    __mmask16 mask = G - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (G - g)) - 1);
+    const __mmask16 mask = tail_mask(G - g);
     __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s + g));
     __m512 zv = z ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, z + g))) : _mm512_set1_ps(8.0f);
     acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_maskz_loadu_ps(mask, c + g), acc);
@@ -162,8 +162,8 @@ QWEN35_AVX512 void block_vnni(const Weight& w, int64_t n, const Rows& x, int64_t
     }
     const int64_t blk = (k0 / 64) % 8;
     if (F == Fmt::kInt4 && G == 32 && blk == 0) {
-      const int64_t g0 = k0 / 32, left = ng - g0;
-      const __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+      const int64_t g0 = k0 / 32;
+      const __mmask16 mask = tail_mask(ng - g0);
 #pragma GCC unroll 16
       for (int i = 0; i < NB; ++i) s16[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, sr[i] + g0));
     }

@@ -15,6 +15,9 @@ const char* isa_name(Isa isa);
 #define QWEN35_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma,f16c")))
 #define QWEN35_AVX2 __attribute__((target("avx2,fma,f16c")))
 
+// The lanes of a 16-lane vector that `left` remaining elements fill (all 16 when left >= 16).
+inline uint16_t tail_mask(int64_t left) { return left >= 16 ? uint16_t(0xffff) : uint16_t((1u << left) - 1); }
+
 // bf16 <-> fp32 for scalar code (round to nearest even, NaN kept quiet).
 inline float bf16_to_float(uint16_t b) {
   uint32_t u = uint32_t(b) << 16;

@@ -3,7 +3,8 @@
 No kernel wins on every CPU (docs/KERNELS.md), so the choices are measured on the machine, at load:
 - Layout, per weight shape (`prefer_packed`): oneDNN's blocked layout (`prepack`, streams about 1.5x faster
   than `F.linear` for decode-sized inputs, no slower for prefill) or the plain weight read by our C++ kernel
-  (`ops/native.py`) for a few rows. The loader times both for one row over the model's weights of that shape.
+  (`ops/native.py`) for a few rows. The loader times both, for one and eight rows, over the model's weights
+  of that shape.
 - For a plain CPU weight and 1 to `FEW_ROWS` rows (decode, the k + 1 rows of a speculative verification),
   `_few_rows_kernel` times our kernel, `torch.mv` (one row), `F.linear` and `W @ x^T` once per weight and row
   count, and keeps the default (mv / F.linear) unless another is `SWITCH_MARGIN` faster (ours, on the AMD
