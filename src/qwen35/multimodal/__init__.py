@@ -1,0 +1,1 @@
+"""Images and video: media loading, the processor (pixels -> patches), placeholder tokens and mRoPE positions."""
