@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True, eq=False)
 class MediaItem:
     kind: str  # "image" | "video"
-    pixels: torch.Tensor  # [t * h * w, C * temporal_patch * patch * patch] fp32 patches in 2x2-merge-block order
+    # [t * h * w, C * temporal_patch * patch * patch] fp32 patches in 2x2-merge-block order. A numpy array: the
+    # server process builds items and never imports torch (tests/test_imports.py); the tower converts it.
+    pixels: np.ndarray
     grid_thw: tuple[int, int, int]  # (t, h, w) in patches, before the 2x2 merge
     merge_size: int = 2
     timestamps: tuple[float, ...] = ()  # video: seconds of each temporal patch, as the prompt writes them
@@ -20,7 +22,7 @@ class MediaItem:
     def __post_init__(self) -> None:
         if not self.digest:
             h = hashlib.sha256(repr((self.kind, self.grid_thw)).encode())
-            h.update(self.pixels.detach().to(torch.float32).contiguous().numpy().tobytes())
+            h.update(np.ascontiguousarray(np.asarray(self.pixels), dtype=np.float32).tobytes())
             object.__setattr__(self, "digest", h.hexdigest())
 
     @property

@@ -47,7 +47,7 @@ class QueryTiles:
 class ForwardBatch:
     # B = sequences, N = new tokens (packed), T = max_query_len, W = block-table width, S = rows to score
     input_ids: torch.Tensor  # [N] int64
-    positions: torch.Tensor  # [N] int64 rotary positions (may become [3, N] for mRoPE)
+    positions: torch.Tensor  # [N] int64 rotary positions, or [3, N] (t, h, w) when a sequence has media
     cache_positions: torch.Tensor  # [N] int64 position of each new token in its sequence
     query_start_loc: torch.Tensor  # [B + 1] int64 packed row where each sequence starts (cu_seqlens)
     query_lens: torch.Tensor  # [B] int64 new tokens per sequence
@@ -113,9 +113,10 @@ class BatchBuilder:
     @staticmethod
     def capacity_for(max_tokens: int, max_seqs: int, max_blocks: int) -> int:
         """Buffer elements a step of up to these sizes needs (see `build`), so the runner never grows it."""
-        # per token: ids, positions, slot mapping, unpad index, and <= 5 in query tiles (padded at most 2x);
+        # per token: ids, cache and rotary (t, h, w) positions, slot mapping, unpad index, and <= 5 in query
+        # tiles (padded at most 2x);
         # per sequence: 8 scalars, its block table, its padded row, and up to 2 tiles' padding of Q_TILE rows
-        return 10 * max_tokens + max_seqs * (12 + max_blocks + max_tokens + 2 * Q_TILE + 16)  # 16: snapshots
+        return 13 * max_tokens + max_seqs * (12 + max_blocks + max_tokens + 2 * Q_TILE + 16)  # 16: snapshots
 
     def _reserve(self, n: int) -> None:
         if n <= self._host.numel():
@@ -126,10 +127,14 @@ class BatchBuilder:
 
     def build(self, token_ids: list[Sequence[int]], context_lens: list[int], state_slots: list[int],
               block_tables: list[Sequence[int]], sample: list[int] | None = None,
-              snapshots: list[Sequence[int]] | None = None) -> ForwardBatch:
+              snapshots: list[Sequence[int]] | None = None, rope_offsets: Sequence[int] | None = None,
+              mrope: Sequence[np.ndarray | None] | None = None) -> ForwardBatch:
         """token_ids[b]: the new tokens of sequence b; sample: batch rows whose last token gets logits
         (default: all, in order); snapshots[b]: sequence b's GDN snapshot slots (`snapshot_slots`, all rows
-        of equal length, -1 for none)."""
+        of equal length, -1 for none).
+        Rotary positions are the cache positions unless a sequence has media (multimodal/layout.py):
+        `rope_offsets[b]` shifts sequence b's positions; `mrope[b]` ([3, len(token_ids[b])] or None) gives
+        its (t, h, w) positions, which makes `positions` [3, N] for the whole batch."""
         B, bs = len(token_ids), self.block_size
         if B == 0:
             raise ValueError("a forward batch needs at least one sequence")
@@ -156,6 +161,12 @@ class BatchBuilder:
             sizes.update({f"rows{i}": r.size, f"pos{i}": r.size, f"seqs{i}": r.shape[0]})
         if snapshots is not None:
             sizes["snapshots"] = B * len(snapshots[0])
+        if mrope is not None and all(m is None for m in mrope):
+            mrope = None
+        if rope_offsets is not None and not any(rope_offsets) and mrope is None:
+            rope_offsets = None
+        if mrope is not None or rope_offsets is not None:
+            sizes["positions"] = 3 * N if mrope is not None else N
         offsets, total = {}, 0
         for name, n in sizes.items():
             offsets[name] = total
@@ -190,6 +201,12 @@ class BatchBuilder:
             h[f"rows{i}"][:], h[f"pos{i}"][:], h[f"seqs{i}"][:] = r.ravel(), p.ravel(), s
         if snapshots is not None:
             h["snapshots"].reshape(B, -1)[:] = snapshots
+        if "positions" in h:
+            rp = h["positions"].reshape(-1, N)
+            rp[:] = pos if rope_offsets is None else pos + np.asarray(rope_offsets, dtype=np.int64)[seq_of_tok]
+            for b, m in enumerate(mrope or ()):
+                if m is not None:
+                    rp[:, qsl[b]:qsl[b + 1]] = m
 
         if self._dev is not self._host:
             self._dev[:total].copy_(self._host[:total], non_blocking=True)
@@ -199,7 +216,8 @@ class BatchBuilder:
         slots = list(state_slots)
         contiguous = slots == list(range(slots[0], slots[0] + B))
         return ForwardBatch(
-            input_ids=d["input_ids"], positions=d["cache_positions"], cache_positions=d["cache_positions"],
+            input_ids=d["input_ids"], cache_positions=d["cache_positions"],
+            positions=d["positions"].view(-1, N).squeeze(0) if "positions" in d else d["cache_positions"],
             query_start_loc=d["query_start_loc"], query_lens=d["query_lens"], context_lens=d["context_lens"],
             seq_lens=d["seq_lens"], block_tables=d["block_tables"].view(B, Wb), slot_mapping=d["slot_mapping"],
             state_slots=d["state_slots"], logits_indices=d["logits_indices"], pad_index=d["pad_index"].view(B, T),
