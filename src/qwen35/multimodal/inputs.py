@@ -1,11 +1,22 @@
-"""`MediaItem`: one image or video after the processor, as the engine and the vision tower see it."""
+"""`MediaItem`: one image or video after the processor, as the engine and the vision tower see it; `MediaError`:
+media a request cannot use.
+
+torch is imported only where a tensor is touched: the server process loads media (`media.py`) and raises
+MediaError, and it imports no torch (tests/test_imports.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+
+class MediaError(ValueError):
+    """Media that cannot be used: the message says why (a 400 for the server)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,6 +30,8 @@ class MediaItem:
 
     def __post_init__(self) -> None:
         if not self.digest:
+            import torch
+
             h = hashlib.sha256(repr((self.kind, self.grid_thw)).encode())
             h.update(self.pixels.detach().to(torch.float32).contiguous().numpy().tobytes())
             object.__setattr__(self, "digest", h.hexdigest())
