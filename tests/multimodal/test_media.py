@@ -210,3 +210,15 @@ def test_policy_checks_its_numbers():
     p = MediaPolicy()
     assert (p.max_bytes("image"), p.max_bytes("video")) == (20 << 20, 200 << 20)
     assert (p.timeout_s("image"), p.timeout_s("video")) == (10.0, 30.0)
+
+
+def test_file_url_oddities(media_dir):
+    policy = MediaPolicy(allowed_local_media_path=media_dir)
+    (media_dir / "loop-a").symlink_to(media_dir / "loop-b")
+    (media_dir / "loop-b").symlink_to(media_dir / "loop-a")
+    with pytest.raises(MediaError, match="cannot be resolved"):
+        fetch((media_dir / "loop-a").as_uri(), policy)
+    with pytest.raises(MediaError, match="NUL character"):
+        fetch((media_dir / "a").as_uri() + "%00.png", policy)
+    with pytest.raises(MediaError, match="absolute path"):
+        fetch("file:relative.png", policy)

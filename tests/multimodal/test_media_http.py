@@ -230,6 +230,16 @@ def test_unreachable_and_unresolvable(monkeypatch):
         fetch("http://nothing.invalid/x.png", MediaPolicy())
     with pytest.raises(MediaError, match="not a valid URL"):
         fetch("http://[::1/x.png", MediaPolicy())
+    with pytest.raises(MediaError, match="not a valid URL"):
+        fetch("http://xn--zz.com/x.png", MediaPolicy())  # an invalid IDNA label
+    with pytest.raises(MediaError, match="cannot be resolved"):
+        fetch(f"http://{'a' * 70}.com/x.png", MediaPolicy())  # a label longer than DNS allows
+
+
+@pytest.mark.parametrize("url", ["http://0x7f.1/x.png", "http://2130706433/x.png", "http://[::ffff:127.0.0.1]/"])
+def test_odd_spellings_of_loopback_are_refused(url):
+    with pytest.raises(MediaError, match="resolves to a loopback address"):
+        fetch(url, MediaPolicy())
 
 
 @pytest.mark.parametrize("address,reason", [

@@ -91,6 +91,7 @@ class _Hop:
 
     def __init__(self, url: httpx.URL, what: str) -> None:
         self.url, self.what = url, what
+        url.host  # noqa: B018 - decodes IDNA: an invalid xn-- label raises UnicodeError here, not mid-fetch
 
     def fail(self, why: str) -> MediaError:
         return MediaError(f"{self.what} {_shown(self.url)}: {why}")
@@ -112,8 +113,8 @@ def _check(hop: _Hop, *, allow_private: bool, allowed_domains: tuple[str, ...] |
                             deadline - time.monotonic())
     except TimeoutError:
         raise hop.fail(f"looking up {url.host} took longer than the {timeout_s:g} s fetch limit") from None
-    except OSError as e:
-        raise hop.fail(f"{url.host} cannot be resolved ({e.strerror or e})") from None
+    except (OSError, UnicodeError) as e:  # UnicodeError: a label longer than DNS allows
+        raise hop.fail(f"{url.host} cannot be resolved ({getattr(e, 'strerror', None) or e})") from None
     if not addresses:
         raise hop.fail(f"{url.host} resolves to no address")
     if not allow_private:
@@ -163,7 +164,7 @@ def download(url: str, *, what: str, max_bytes: int, timeout_s: float, max_redir
     deadline = time.monotonic() + timeout_s
     try:
         hop = _Hop(httpx.URL(url), what)
-    except (httpx.InvalidURL, TypeError) as e:
+    except (httpx.InvalidURL, TypeError, UnicodeError) as e:
         raise MediaError(f"{what} {_shown(url)}: not a valid URL ({e})") from None
     for _ in range(max_redirects + 1):
         addresses = _check(hop, allow_private=allow_private, allowed_domains=allowed_domains, deadline=deadline,

@@ -146,7 +146,12 @@ def _from_file(url: str, kind: str, root: Path | None, max_bytes: int) -> bytes:
     root = root.resolve()
     outside = MediaError(f"{where}: is not under the allowed local media path {root} "
                          "(--allowed-local-media-path)")
-    real = path.resolve()  # every symlink followed: the check is on where the file really is
+    if "\0" in str(path):
+        raise MediaError(f"{where}: the path contains a NUL character")
+    try:
+        real = path.resolve()  # every symlink followed: the check is on where the file really is
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise MediaError(f"{where}: the path cannot be resolved ({e})") from None
     if not real.is_relative_to(root):
         raise outside  # said before looking at the file: no hint whether files outside exist
     try:
