@@ -178,7 +178,9 @@ def download(url: str, *, what: str, max_bytes: int, timeout_s: float, max_redir
                     raise hop.fail(f"cannot connect ({e})") from None
             except httpx.TimeoutException:
                 raise hop.fail(f"took longer than the {timeout_s:g} s fetch limit") from None
-            except httpx.HTTPError as e:
+            except MediaError:
+                raise
+            except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as e:  # odd ports, scoped addresses
                 raise hop.fail(f"the fetch failed ({type(e).__name__}: {e})") from None
         if location is None:
             return body
