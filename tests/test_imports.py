@@ -12,6 +12,8 @@ import pytest
     # everything the server process runs when the engine has a process of its own
     "qwen35.cli, qwen35.server.app, qwen35.server.serve, qwen35.engine.client, qwen35.engine.process, "
     "qwen35.output_format, qwen35.engine.structured",
+    # media loading and message parsing run there too, on the server's worker threads
+    "qwen35.multimodal.media, qwen35.multimodal.http_get, qwen35.multimodal.inputs, qwen35.server.messages",
     # the scheduler and cache bookkeeping are plain Python
     "qwen35.engine.scheduler, qwen35.engine.kv_cache_manager, qwen35.engine.request",
 ])

@@ -1,4 +1,5 @@
-"""`MediaItem`: one image or video after the processor, as the engine and the vision tower see it."""
+"""`MediaItem`: one image or video after the processor, as the engine and the vision tower see it; `MediaError`:
+media that cannot become one."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+class MediaError(ValueError):
+    """An image or video that cannot be decoded or processed (corrupt data, no video stream, zero size, absurd
+    aspect ratio, a decompression bomb). A ValueError, so the server answers it as a bad request."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, EMBEDDED_NAME, ServeError, api_key_from,
-                         check_features, is_loopback, parse_hosts, parse_json, speculative_config)
+                         check_features, is_loopback, media_policy, mm_limits, parse_hosts, parse_json,
+                         speculative_config)
 
 log = logging.getLogger("qwen35.server")
 
@@ -78,6 +79,8 @@ class ServePlan:
     chat_template: str | None  # from --chat-template; None: the checkpoint's
     noops: list[str]
     speculative_config: dict | None = None  # vLLM's JSON form; None: no speculation
+    mm_limits: dict[str, int] = field(default_factory=dict)  # images / videos per request; all 0: text only
+    media_policy: Any = None  # multimodal.media.MediaPolicy: where media URLs may point
     state_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,6 +93,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
 
     noops = check_features(args)
     speculative = speculative_config(args)
+    limits, policy = mm_limits(args), media_policy(args)
     if args.model and args.model_flag and args.model != args.model_flag:
         raise ServeError(f"two models given: {args.model!r} and --model {args.model_flag!r}")
     hf_overrides = parse_json("--hf-overrides", args.hf_overrides, dict)
@@ -187,7 +191,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     return ServePlan(model_dir=model_dir, hf_config=config if overridden else None, embedded=embedded,
                      served_names=args.served_model_name or [name], max_model_len=max_len, supported_len=supported,
                      kv_cache_memory=kv, chat_template=template, noops=noops, speculative_config=speculative,
-                     state_kwargs=state_kwargs)
+                     mm_limits=limits, media_policy=policy, state_kwargs=state_kwargs)
 
 
 def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len: int,

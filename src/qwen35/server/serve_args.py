@@ -11,7 +11,11 @@ import ipaddress
 import json
 import os
 import re
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..multimodal.media import MediaPolicy
 
 BLOCK_SIZE = 16  # the engine's K/V block size (EngineConfig.block_size)
 DEFAULT_MAX_MODEL_LEN = 8192  # the engine's default cap when --max-model-len is not given
@@ -19,6 +23,11 @@ REASONING_PARSERS = ("qwen3",)
 TOOL_PARSERS = ("qwen3_coder", "qwen3_xml")
 EMBEDDED_NAME = "qwen35-default-random"
 ENGINE_PROCESS = True  # the engine's default home: chosen by bench/bench_serving.py (docs/LOG.md)
+MEDIA_KINDS = ("image", "video")
+# Images and videos per request without --limit-mm-per-prompt. vLLM's default is 999; every item here is
+# fetched and decoded on this machine, so the default is what a chat plausibly sends.
+DEFAULT_MM_LIMITS = {"image": 16, "video": 2}
+_MM_ITEM_OPTIONS = ("count", "num_frames", "width", "height")  # vLLM's per-modality object (sizes: profiling)
 
 # dest -> (the flag as users write it, why it changes nothing here)
 NOOP_FLAGS = {
@@ -28,7 +37,6 @@ NOOP_FLAGS = {
     "disable_log_requests": ("--disable-log-requests", "requests are not logged by default"),
     "disable_log_stats": ("--disable-log-stats", "no periodic stats log"),
     "trust_remote_code": ("--trust-remote-code", "no remote code is run"),
-    "language_model_only": ("--language-model-only", "the model runs text-only"),
     "enable_auto_tool_choice": ("--enable-auto-tool-choice", "tool calls are always parsed"),
     "enable_expert_parallel": ("--enable-expert-parallel", "one device"),
     "enable_metrics": ("--enable-metrics", "/metrics is always on"),
@@ -209,6 +217,23 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--header-timeout", type=_positive_float, default=30.0,
                    help="seconds a connection may take to send its request headers (default 30)")
 
+    v = p.add_argument_group("images and video")
+    v.add_argument("--limit-mm-per-prompt", default=None, metavar="JSON",
+                   help='most images and videos per request, \'{"image": 4, "video": 1}\' (or image=4,video=1); '
+                        f'default {json.dumps(DEFAULT_MM_LIMITS)}; all 0: text only, as --language-model-only')
+    v.add_argument("--language-model-only", action="store_true",
+                   help="text only: the vision tower is not loaded, and requests with images or videos get a 400")
+    v.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
+                   help="file:// media URLs may name files under DIR (symlinks resolved); default: file:// refused")
+    v.add_argument("--allowed-media-domains", nargs="+", default=None, metavar="HOST",
+                   help="http(s) media only from these exact host names (space- or comma-separated)")
+    v.add_argument("--allow-private-media-urls", action="store_true",
+                   help="let media URLs reach loopback, private and link-local addresses (refused by default: a "
+                        "request could otherwise read services inside this network)")
+    v.add_argument("--media-fetch-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="time limit of one media fetch (default: images $VLLM_IMAGE_FETCH_TIMEOUT or 10, videos "
+                        "$VLLM_VIDEO_FETCH_TIMEOUT or 30)")
+
     s = p.add_argument_group("speculative decoding with the checkpoint's MTP head")
     s.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='vLLM\'s form: \'{"method": "mtp", "num_speculative_tokens": 2}\' (qwen3_next_mtp and '
@@ -293,3 +318,87 @@ def parse_hosts(text: str | None) -> list[str] | None:
     if not hosts or not all(isinstance(h, str) for h in hosts):
         raise ServeError(f"--allowed-hosts: expected host names, got {text!r}")
     return hosts
+
+
+# ---- images and video ------------------------------------------------------------------------------------
+
+def _mm_count(kind: str, value: Any, text: str) -> int:
+    if isinstance(value, dict):  # vLLM's {"video": {"count": 1, "num_frames": 32, ...}}: only count limits
+        unknown = sorted(set(value) - set(_MM_ITEM_OPTIONS))
+        if unknown or "count" not in value:
+            raise ServeError(f"--limit-mm-per-prompt: {kind} needs a count ({', '.join(_MM_ITEM_OPTIONS)} are "
+                             f"its keys), got {text!r}")
+        value = value["count"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ServeError(f"--limit-mm-per-prompt: {kind} must be a count >= 0, got {value!r} in {text!r}")
+    return value
+
+
+def mm_limits(args: argparse.Namespace) -> dict[str, int]:
+    """Most images and videos one request may carry, from --limit-mm-per-prompt (vLLM's JSON object, or the
+    older `image=4,video=1`) and --language-model-only. All zero means text only: the vision tower need not be
+    loaded (vLLM draws the same conclusion from zero limits). ServeError for a malformed value."""
+    text = args.limit_mm_per_prompt
+    if text is None:
+        given: dict[str, Any] = {}
+    elif text.lstrip().startswith("{"):
+        given = parse_json("--limit-mm-per-prompt", text, dict)
+    else:
+        given = {}
+        for item in filter(None, (i.strip() for i in text.split(","))):
+            kind, eq, count = (x.strip() for x in item.partition("="))
+            if not eq or not re.fullmatch(r"\d+", count):
+                raise ServeError(f"--limit-mm-per-prompt: expected JSON like '{{\"image\": 4, \"video\": 1}}' or "
+                                 f"image=4,video=1, got {text!r}")
+            given[kind] = int(count)
+    for kind in given:
+        if kind not in MEDIA_KINDS:
+            raise ServeError(f"--limit-mm-per-prompt: Qwen3.5 takes no {kind!r} input; the kinds are image and "
+                             "video")
+    limits = {**DEFAULT_MM_LIMITS, **{kind: _mm_count(kind, v, text) for kind, v in given.items()}}
+    if args.language_model_only:
+        if any(limits[k] for k in given):
+            raise ServeError(f"--language-model-only takes no images or videos, but --limit-mm-per-prompt {text} "
+                             "allows some")
+        limits = {kind: 0 for kind in MEDIA_KINDS}
+    return limits
+
+
+def _fetch_timeout(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ServeError(f"${env}: expected seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ServeError(f"${env}: must be positive, got {raw!r}")
+    return value
+
+
+def media_policy(args: argparse.Namespace) -> MediaPolicy:
+    """Where media URLs may point and how long a fetch may take, from the command line; ServeError for a
+    --allowed-local-media-path that is not a directory."""
+    from ..multimodal.media import MediaPolicy
+
+    local = None
+    if args.allowed_local_media_path is not None:
+        local = Path(args.allowed_local_media_path).expanduser()
+        if not local.is_dir():
+            raise ServeError(f"--allowed-local-media-path {args.allowed_local_media_path}: "
+                             f"{'not a directory' if local.exists() else 'no such directory'}")
+        local = local.resolve()
+    domains = None
+    if args.allowed_media_domains is not None:
+        domains = tuple(d.strip() for item in args.allowed_media_domains for d in item.split(",") if d.strip())
+        bad = [d for d in domains if "/" in d or ":" in d]
+        if not domains or bad:
+            raise ServeError(f"--allowed-media-domains: expected host names like upload.wikimedia.org, got "
+                             f"{' '.join(args.allowed_media_domains)!r}")
+    timeout = args.media_fetch_timeout
+    return MediaPolicy(
+        allowed_local_media_path=local, allow_private_urls=args.allow_private_media_urls,
+        allowed_media_domains=domains,
+        image_timeout_s=timeout or _fetch_timeout("VLLM_IMAGE_FETCH_TIMEOUT", MediaPolicy.image_timeout_s),
+        video_timeout_s=timeout or _fetch_timeout("VLLM_VIDEO_FETCH_TIMEOUT", MediaPolicy.video_timeout_s))
