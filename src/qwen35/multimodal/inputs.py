@@ -1,17 +1,25 @@
-"""`MediaItem`: one image or video after the processor, as the engine and the vision tower see it."""
+"""`MediaItem`: one image or video after the processor, as the engine and the vision tower see it; `MediaError`:
+media that cannot become one."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
+
+
+class MediaError(ValueError):
+    """An image or video that cannot be decoded or processed (corrupt data, no video stream, zero size, absurd
+    aspect ratio, a decompression bomb). A ValueError, so the server answers it as a bad request."""
 
 
 @dataclass(frozen=True, eq=False)
 class MediaItem:
     kind: str  # "image" | "video"
-    pixels: torch.Tensor  # [t * h * w, C * temporal_patch * patch * patch] fp32 patches in 2x2-merge-block order
+    # [t * h * w, C * temporal_patch * patch * patch] fp32 patches in 2x2-merge-block order. A numpy array: the
+    # server process builds items and never imports torch (tests/test_imports.py); the tower converts it.
+    pixels: np.ndarray
     grid_thw: tuple[int, int, int]  # (t, h, w) in patches, before the 2x2 merge
     merge_size: int = 2
     timestamps: tuple[float, ...] = ()  # video: seconds of each temporal patch, as the prompt writes them
@@ -20,7 +28,7 @@ class MediaItem:
     def __post_init__(self) -> None:
         if not self.digest:
             h = hashlib.sha256(repr((self.kind, self.grid_thw)).encode())
-            h.update(self.pixels.detach().to(torch.float32).contiguous().numpy().tobytes())
+            h.update(np.ascontiguousarray(np.asarray(self.pixels), dtype=np.float32).tobytes())
             object.__setattr__(self, "digest", h.hexdigest())
 
     @property
