@@ -80,10 +80,19 @@ class ProcessorConfig:
 
     def with_pixels(self, min_pixels: int | None = None, max_pixels: int | None = None,
                     video: bool = False) -> ProcessorConfig:
-        """This config with per-request pixel bounds (vLLM's `mm_processor_kwargs` `min_pixels` / `max_pixels`)."""
-        lo, hi = ("video_min_pixels", "video_max_pixels") if video else ("min_pixels", "max_pixels")
-        changes = {k: v for k, v in ((lo, min_pixels), (hi, max_pixels)) if v is not None}
-        return dataclasses.replace(self, **changes) if changes else self
+        """This config with per-request pixel bounds (vLLM's `mm_processor_kwargs` `min_pixels` / `max_pixels`).
+        A bound given alone that crosses the configured other one moves it along: a request for at most 100k
+        pixels gets at most 100k, though the checkpoint's minimum is larger."""
+        lo_name, hi_name = ("video_min_pixels", "video_max_pixels") if video else ("min_pixels", "max_pixels")
+        if min_pixels is None and max_pixels is None:
+            return self
+        lo = getattr(self, lo_name) if min_pixels is None else min_pixels
+        hi = getattr(self, hi_name) if max_pixels is None else max_pixels
+        if min_pixels is None and isinstance(hi, int):
+            lo = min(lo, hi)
+        if max_pixels is None and isinstance(lo, int):
+            hi = max(lo, hi)
+        return dataclasses.replace(self, **{lo_name: lo, hi_name: hi})
 
     # ---- checkpoint files ------------------------------------------------------------------
 
