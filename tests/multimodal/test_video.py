@@ -8,6 +8,7 @@ values. Frames already of the target size are not resized by either: there the p
 
 from __future__ import annotations
 
+import io
 from functools import partial
 
 import av
@@ -22,10 +23,10 @@ LEVEL = 1 / 127.5  # one uint8 level after (x/255 - 0.5) / 0.5
 
 
 def _write_video(path, codec: str, fmt: str, frames: int = 30, rate: int = 10, height: int = 60,
-                 width: int = 100) -> None:
+                 width: int = 100, options: dict | None = None) -> None:
     """A moving pattern over noise, `frames` frames at `rate` fps."""
     rng = np.random.default_rng(1)
-    with av.open(str(path), "w", format=fmt) as container:
+    with av.open(str(path), "w", format=fmt, options=options or {}) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(frames):
@@ -138,6 +139,23 @@ def test_sampling_bounds(cfg):
         sample_indices(30, 10.0, cfg, fps=1.0, num_frames=4)
     with pytest.raises(ValueError, match="num_frames must be"):
         sample_indices(30, 10.0, cfg, num_frames=769)
+
+
+def test_overstated_frame_count(cfg, tmp_path):
+    """An MP4 cut short, its index up front: the header still promises 30 frames. transformers returns the
+    sampled frames it reaches with the timestamps of all it meant to sample; we sample again from what decodes."""
+    path = tmp_path / "cut.mp4"
+    _write_video(path, "mpeg4", "mp4", height=64, width=96, options={"movflags": "faststart"})
+    data = path.read_bytes()[: path.stat().st_size * 2 // 3]
+    with av.open(io.BytesIO(data)) as container:
+        assert container.streams.video[0].frames == 30
+        decodable = sum(1 for _ in container.decode(video=0))
+    assert 4 <= decodable < 28
+    expect = sample_indices(decodable, 10.0, cfg) / 10
+    frames, times = load_video(data, cfg)
+    assert len(frames) == len(expect) and times.tolist() == expect.tolist()
+    item = video_item(data, cfg)
+    assert item.grid_thw[0] == (len(expect) + 1) // 2 and len(item.timestamps) == item.grid_thw[0]
 
 
 def test_video_errors(cfg, clips, tmp_path):

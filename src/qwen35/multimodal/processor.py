@@ -11,7 +11,8 @@ Steps, matching transformers' Qwen2VLImageProcessor (its PIL backend) bit for bi
    is a 3-D convolution over 2 frames).
 
 PIL for the resize, not torch: transformers' PIL backend and qwen-vl-utils (Qwen's reference pipeline) resize
-images with PIL; its bicubic differs from torch's antialiased one by at most 1/255 on a few pixels.
+images with PIL (its bicubic and torchvision's antialiased one, the same filter, round differently: a level or
+two apart on a fraction of a percent of the pixels).
 Videos (`video.py`) share `patchify`. numpy and PIL only: the server process builds items and never imports
 torch.
 """
@@ -93,8 +94,8 @@ def process_image(img: Image.Image, cfg: ProcessorConfig, min_pixels: int | None
     # rescale then normalise, in transformers' arithmetic (float64 multiply, float32 subtract and divide),
     # tabulated: a uint8 channel has 256 values, so a lookup is exact and one pass.
     levels = (np.arange(256, dtype=np.float64) * cfg.rescale_factor).astype(np.float32)
-    lut = (levels[None, :] - np.asarray(cfg.image_mean, np.float32)[:, None]) / np.asarray(cfg.image_std,
-                                                                                          np.float32)[:, None]
+    mean, std = np.asarray(cfg.image_mean, np.float32)[:, None], np.asarray(cfg.image_std, np.float32)[:, None]
+    lut = (levels[None, :] - mean) / std  # [3, 256]
     chw = np.stack([lut[c][resized[:, :, c]] for c in range(3)])  # [3, h, w] float32
     pixels, grid = patchify(chw[None], cfg)
     return MediaItem(kind="image", pixels=pixels, grid_thw=grid, merge_size=cfg.merge_size)

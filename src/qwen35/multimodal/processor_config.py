@@ -2,9 +2,10 @@
 
 A Qwen3.5 checkpoint carries `preprocessor_config.json` (images, transformers' Qwen2VLImageProcessor) and
 `video_preprocessor_config.json` (videos, Qwen3VLVideoProcessor); transformers 5 may instead save both nested
-in `processor_config.json`, which then wins, as it does there. A missing file means the official Qwen3.5
-values (the class defaults in transformers are Qwen2-VL's: patch 14, CLIP mean/std, which Qwen3.5 does not
-use). Keys we do not use are ignored; values we cannot honour raise a ValueError naming the file and field.
+in `processor_config.json`, which then wins, as it does there. A missing file or key means the official
+Qwen3.5 value (transformers would fall back to its class defaults, Qwen2-VL's patch 14 and CLIP mean/std, which
+Qwen3.5 does not use; official files set every key). Keys we do not use are ignored; values we cannot honour
+raise a ValueError naming the file and field.
 
 Pixel bounds are `size.shortest_edge` / `size.longest_edge`, which despite their names count pixels
 (height * width; for video frames * height * width). Legacy top-level `min_pixels` / `max_pixels` override

@@ -111,12 +111,12 @@ def video_item(data: Source, cfg: ProcessorConfig, fps: float | None = None, num
                min_pixels: int | None = None, max_pixels: int | None = None) -> MediaItem:
     """`process_video(*load_video(data, ...))`, the same result, resizing each frame as it is decoded."""
     cfg = cfg.with_pixels(min_pixels, max_pixels, video=True)
-    size: list[int] = []  # (h, w), fixed by the first frame: every frame gets the clip's one size
+    sizes: dict[int, tuple[int, int]] = {}  # frames sampled -> (h, w), from the first frame: one size per clip
 
     def convert(frame: av.VideoFrame, count: int) -> np.ndarray:
-        if not size:
-            size.extend(smart_resize_video(count, frame.height, frame.width, cfg))
-        return _resize(frame.to_ndarray(format="rgb24"), *size)
+        if count not in sizes:  # a second decoding pass samples a different count
+            sizes[count] = smart_resize_video(count, frame.height, frame.width, cfg)
+        return _resize(frame.to_ndarray(format="rgb24"), *sizes[count])
 
     frames, times = _decode(data, cfg, fps, num_frames, convert)
     return _item(frames, times, cfg)
