@@ -86,7 +86,9 @@ def smart_resize_video(num_frames: int, height: int, width: int, cfg: ProcessorC
 def load_video(data: Source, cfg: ProcessorConfig, fps: float | None = None,
                num_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode and sample a video file (bytes or a path) at full resolution: (frames [F, H, W, 3] uint8,
-    seconds of each frame [F] float64). Memory grows with F * H * W: `video_item` is the bounded path."""
+    seconds of each frame [F] float64). Memory grows with F * H * W: `video_item` is the bounded path.
+    A path goes to FFmpeg as given, and FFmpeg also opens URLs: a server hands over bytes, never a client's
+    string."""
     frames, times = _decode(data, cfg, fps, num_frames, lambda frame, _count: frame.to_ndarray(format="rgb24"))
     if len({f.shape for f in frames}) > 1:
         raise MediaError("video frame size changes mid-stream")
