@@ -1,7 +1,8 @@
 """Write a random checkpoint of a Qwen3.5 shape in the official Hub layout (`qwen35 init`).
 
 Layout: config.json (multimodal wrapper), generation_config.json, sharded `model-XXXXX-of-YYYYY.safetensors`
-with `model.safetensors.index.json`, tokenizer files and chat_template.jinja. Tensor names, shapes and
+with `model.safetensors.index.json`, tokenizer files and chat_template.jinja, and with a vision tower the
+official processor files (`preprocessor_config.json`, `video_preprocessor_config.json`). Tensor names, shapes and
 on-disk dtypes come from `names.py` (fused experts, F32 `A_log` and GDN norm weight, vision tower and
 MTP head included), so transformers and vLLM load it like a real release. Shards are generated and written
 one at a time, so memory stays near one shard.
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import ModelConfig
+from ..multimodal.processor_config import IMAGE_FILE, VIDEO_FILE, ProcessorConfig
 from ..tokenizer import Tokenizer
 from ..tokenizer.tokenizer import ENDOFTEXT
 from . import names
@@ -111,6 +113,17 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str | Path, seed: int = 0
     generation = {"bos_token_id": eot, "eos_token_id": [tok.eos_token_id, eot], "pad_token_id": tok.pad_token_id,
                   "do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    if cfg.vision is not None:
+        _write_processor_files(cfg, out)
     if tokenizer:
         tok.save(out)
     return out
+
+
+def _write_processor_files(cfg: ModelConfig, out: Path) -> None:
+    """The official Qwen3.5 processor files, with the tower's patch geometry (which the official values are)."""
+    vision = cfg.vision
+    proc = ProcessorConfig(patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
+                           merge_size=vision.spatial_merge_size)
+    (out / IMAGE_FILE).write_text(json.dumps(proc.image_processor_dict(), indent=2) + "\n")
+    (out / VIDEO_FILE).write_text(json.dumps(proc.video_processor_dict(), indent=2) + "\n")
