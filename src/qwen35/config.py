@@ -21,6 +21,7 @@ DENSE_TYPES = ("qwen3_5", "qwen3_5_text")
 MOE_TYPES = ("qwen3_5_moe", "qwen3_5_moe_text")
 LAYER_KINDS = ("linear_attention", "full_attention")
 DEFAULT_MAX_POSITION = 262_144  # TextConfig.max_position_embeddings when config.json has none
+VISION_ROPE_THETA = 10_000.0  # VisionConfig.rope_theta when config.json has none
 
 
 class ConfigError(ValueError):
@@ -295,14 +296,22 @@ class VisionConfig:
     spatial_merge_size: int = 2
     num_position_embeddings: int = 2304
     hidden_act: str = "gelu_pytorch_tanh"
+    rope_theta: float = VISION_ROPE_THETA  # the 2-D rotary's base: `rope_parameters.rope_theta` (type "axial")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VisionConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: d[k] for k in names if k in d})
+        names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta"}
+        kwargs = {k: d[k] for k in names if k in d}
+        theta = (d.get("rope_parameters") or {}).get("rope_theta", d.get("rope_theta"))
+        if theta is not None:
+            kwargs["rope_theta"] = float(theta)
+        return cls(**kwargs)
 
     def to_dict(self, moe_type: bool) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        theta = d.pop("rope_theta")
+        if theta != VISION_ROPE_THETA:
+            d["rope_parameters"] = {"rope_type": "axial", "rope_theta": theta}
         d["model_type"] = "qwen3_5_moe_vision" if moe_type else "qwen3_5_vision"
         d["deepstack_visual_indexes"] = []
         d["initializer_range"] = 0.02

@@ -117,6 +117,12 @@ def test_prefixes_and_unknown_names():
     v = parse("model.visual.blocks.0.attn.qkv.weight")
     assert (v.component, v.layer) == ("visual", None)  # vision blocks are not decoder layers
     assert map_name("model.visual.blocks.0.attn.qkv.weight") == Target("skip", "vision tower")
+    # built with its tower: `visual.<name below model.visual.>`, FP8 scales paired like the decoder's
+    assert map_name("model.visual.blocks.0.attn.qkv.weight", vision=True) == \
+        Target("param", "visual.blocks.0.attn.qkv.weight")
+    assert map_name("model.visual.merger.linear_fc1.weight_scale_inv", vision=True) == \
+        Target("scale", "visual.merger.linear_fc1.weight")
+    assert map_name("model.visual.pos_embed.weight", vision=True) == Target("param", "visual.pos_embed.weight")
     assert map_name("transformer.h.0.attn.weight") is None
     assert names.is_f32_on_disk(names.LM + "layers.0.linear_attn.A_log")
     assert not names.is_f32_on_disk(names.LM + "layers.0.linear_attn.dt_bias")

@@ -7,8 +7,11 @@ reads, not memory-mapped: pages of a mapped shard count towards the process's re
 shard is closed, which made an fp32 load of a bf16 checkpoint peak at 1.5x the weights.
 fp32 is kept for the tensors the numerics need (`A_log`, `dt_bias`, the GDN gated-norm weight).
 Checkpoint names are resolved by `names.map_name` (the one description of the official layout).
-Vision tensors (and MTP tensors unless `mtp=True`) are skipped deliberately and reported; anything else unknown, missing, or of the
-wrong shape is a `CheckpointError` naming the tensor and the file.
+Vision tensors unless `vision=True` and MTP tensors unless `mtp=True` are skipped deliberately and reported;
+anything else unknown, missing, or of the wrong shape is a `CheckpointError` naming the tensor and the file.
+The vision tower (`visual.*`) stays in the load dtype whatever the quantisation: the quantiser, `fuse` and
+`prepack` see only the decoder, the MTP head and the lm_head (the tower's layers run thousands of rows per call,
+where oneDNN's packed layout gains nothing), and a block-FP8 tower weight is dequantised at load.
 With `quantization="int8"|"int4"`, or a GPTQ/AWQ checkpoint (converted by loading/gptq.py), each decoder layer
 is finalised (fused, quantised, prepacked: loading/quantize.py) as soon as its last tensor is in, so the
 bf16 copy of at most a layer or so is alive beside the quantised model.
@@ -34,7 +37,7 @@ from ..model.moe import Experts, QuantExperts
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops import quant
 from . import gptq
-from .names import EXPERT_PROJS, LM_HEAD, MTP, SCALE, map_name
+from .names import EXPERT_PROJS, LM_HEAD, MTP, SCALE, TOWER, map_name
 from .quantize import Quantizer, release_free_memory, resolve
 
 log = logging.getLogger("qwen35.loading")
@@ -201,6 +204,7 @@ class _Loader:
         self.model, self.cfg, self.dtype, self.device = model, cfg, dtype, device
         self.quantizer = quantizer  # None: fuse and prepack at the end, as before
         self.mtp = model.mtp is not None
+        self.vision = model.visual is not None
         self.params = dict(model.named_parameters(remove_duplicate=False))
         self.expected = set(self.params)
         if cfg.text.tie_word_embeddings:
@@ -282,6 +286,16 @@ class _Loader:
         module_name = weight_name.rsplit(".", 1)[0]
         if weight_name not in self.params:
             raise CheckpointError(f"unexpected FP8 tensor {weight_name!r} in {file}")
+        if weight_name.startswith(TOWER):  # torch nn.Linear with a bias: dequantised once, the tower is small
+            want = tuple(self.params[weight_name].shape)
+            if tuple(weight.shape) != want:
+                raise CheckpointError(f"tensor {weight_name!r} in {file} has shape {tuple(weight.shape)}, "
+                                      f"expected {want}")
+            w = dequantize_fp8(weight.to(self.device), scale.to(self.device), self.cfg.quant.weight_block_size,
+                               self.dtype)
+            self.model.get_submodule(module_name)._parameters["weight"] = nn.Parameter(w, requires_grad=False)
+            self._mark(weight_name)
+            return
         module = self._linear(module_name, tuple(weight.shape), weight_name, file, "FP8")
         if self.quantizer is not None and self.quantizer.fmt is not None:  # dequantised, then requantised
             w = dequantize_fp8(weight.to(self.device), scale.to(self.device), self.cfg.quant.weight_block_size,
@@ -344,7 +358,7 @@ class _Loader:
             if split is not None:
                 self._take_int4(*split, tensor, file)
                 return
-        target = map_name(key, self.mtp)
+        target = map_name(key, self.mtp, self.vision)
         if target is None:
             raise CheckpointError(f"unexpected tensor {key!r} in {file}: not a Qwen3.5 checkpoint name")
         if target.kind == "skip":
@@ -372,7 +386,7 @@ class _Loader:
     # -- GPTQ / AWQ ---------------------------------------------------------------------------------------
     def _take_int4(self, stem: str, part: str, tensor: "_Stored", file: str) -> None:
         """Collect a module's qweight/qzeros/scales(/g_idx); convert once every part the checkpoint has is in."""
-        target = map_name(stem + ".weight", self.mtp)
+        target = map_name(stem + ".weight", self.mtp, self.vision)
         if target is None:
             raise CheckpointError(f"unexpected tensor {stem}.{part} in {file}: not a Qwen3.5 checkpoint name")
         if target.kind == "skip":
@@ -496,12 +510,15 @@ class _Loader:
                 s, e, p = lacking[0]
                 raise CheckpointError(f"checkpoint lacks {len(lacking)} per-expert tensors, e.g. {s}.{e}.{p}.weight")
             self.loaded.update({stacked + ".gate_up_proj", stacked + ".down_proj"})
+        if self.vision and not any(name.startswith(TOWER) for name in self.loaded):
+            raise CheckpointError("checkpoint has no vision tower tensors (model.visual.*) although its config "
+                                  "has a vision_config: load it as a language model only")
         missing = sorted(self.expected - self.loaded)
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
             raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s): {', '.join(missing[:5])}{more}")
         for what, n in sorted(self.skipped.items()):
-            log.info("skipped %d %s tensor(s): not used by the text model", n, what)
+            log.info("skipped %d %s tensor(s): not loaded", n, what)
 
 
 def has_mtp(path: str | Path, cfg: ModelConfig | None = None) -> bool:
@@ -520,8 +537,8 @@ def has_mtp(path: str | Path, cfg: ModelConfig | None = None) -> bool:
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                progress: bool | None = None, prepack: bool = True, config: ModelConfig | None = None,
-               fuse: bool | None = None, mtp: bool = False,
-               quantization: str | None = None) -> tuple[Qwen35ForCausalLM, ModelConfig]:
+               fuse: bool | None = None, mtp: bool = False, quantization: str | None = None,
+               vision: bool = False) -> tuple[Qwen35ForCausalLM, ModelConfig]:
     """Load `path` (a checkpoint directory) as a ready-to-run model in eval mode.
     `fuse` (CPU; default: as `prepack`): merge projections that read the same input into one matmul each.
     `prepack` (CPU): move projections to oneDNN's packed layout, the fast path for decode.
@@ -532,7 +549,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     `has_mtp`) is a `CheckpointError` then.
     `quantization`: "int8" | "int4" quantises the projections, routed and shared experts and the lm_head at
     load (loading/quantize.py); "gptq" | "awq" only checks that the checkpoint is one (those load as int4
-    whatever this says). A ValueError names the choices."""
+    whatever this says). A ValueError names the choices.
+    `vision`: also load the vision tower (`model.visual`, for `encode_media`); a checkpoint without one (no
+    vision_config, or no `model.visual.*` tensors) is a `CheckpointError` then. False (`--language-model-only`)
+    skips its tensors: the tower takes no memory."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
@@ -542,8 +562,11 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     if mtp and not has_mtp(path, cfg):
         raise CheckpointError(f"{path} has no MTP head (no mtp.* tensors, or mtp_num_hidden_layers = 0 in its "
                               "config): it cannot draft for speculative decoding")
+    if vision and cfg.vision is None:
+        raise CheckpointError(f"{path}: config.json has no vision_config: there is no vision tower to load "
+                              "(a text-only checkpoint; load it without vision)")
     with torch.device("meta"):
-        model = Qwen35ForCausalLM(cfg.text, mtp=mtp)
+        model = Qwen35ForCausalLM(cfg.text, mtp=mtp, vision=cfg.vision if vision else None)
     fuse = prepack if fuse is None else fuse
     on_cpu = torch.device(device).type == "cpu"
     quantizer = None

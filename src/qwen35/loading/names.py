@@ -5,14 +5,14 @@ The loader (`map_name`), the writer (`checkpoint_tensors`), the FP8 quantiser (`
 
 Prefixes: the text decoder is `model.language_model.<x>` in the official (multimodal) layout and `model.<x>`
 in the text-only one (`Qwen3_5ForCausalLM.save_pretrained`); `lm_head.weight` (absent when tied);
-`model.visual.*` (vision tower) and `mtp.*` (MTP head: `mtp.fc`, `mtp.pre_fc_norm_{embedding,hidden}`,
-`mtp.layers.{j}.*`, `mtp.norm`) are skipped unless the model is built with its MTP head (then they keep
-their names).
+`model.visual.*` (vision tower) is skipped unless the model is built with its tower (then `visual.*`);
+`mtp.*` (MTP head: `mtp.fc`, `mtp.pre_fc_norm_{embedding,hidden}`, `mtp.layers.{j}.*`, `mtp.norm`) is skipped
+unless the model is built with its MTP head (then they keep their names).
 Routed experts: fused `mlp.experts.gate_up_proj` [E, 2I, H] (gate rows first) and `mlp.experts.down_proj`
 [E, H, I], or per expert `mlp.experts.{e}.{gate,up,down}_proj.weight` (FP8 releases, MTP blocks).
 Block FP8: `X.weight` is F8_E4M3 and `X.weight_scale_inv` its F32 block scales.
 Our model's parameter names are the text-only layout's (`model.layers.{i}.<local>`, `lm_head.weight`,
-`mtp.<local>`).
+`mtp.<local>`, `visual.<local>`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ TEXT_ONLY = "model."  # text decoder, text-only layout (and our parameter names)
 LM_HEAD = "lm_head.weight"
 VISUAL = "model.visual."
 MTP = "mtp."
-SKIPPED = {VISUAL: "vision tower", MTP: "MTP head"}  # not used by the text model
+TOWER = "visual."  # our vision tower's parameters: `model.visual.<x>` -> `visual.<x>`
+SKIPPED = {VISUAL: "vision tower", MTP: "MTP head"}  # loaded only when the model is built with them
 SCALE = "_scale_inv"  # block FP8: X.weight -> X.weight_scale_inv
 EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
 FUSED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")  # [E, 2I, H], [E, H, I]
@@ -101,15 +102,17 @@ class Target:
     proj: str = ""  # gate_proj | up_proj | down_proj, for per-expert tensors
 
 
-def map_name(key: str, mtp: bool = False) -> Target | None:
+def map_name(key: str, mtp: bool = False, vision: bool = False) -> Target | None:
     """The target of checkpoint tensor `key`, or None when it is not a Qwen3.5 checkpoint name.
-    `mtp`: the model has its MTP head, whose parameters keep the checkpoint's `mtp.*` names."""
+    `mtp`: the model has its MTP head, whose parameters keep the checkpoint's `mtp.*` names.
+    `vision`: the model has its vision tower, whose parameters are `visual.<name below model.visual.>`."""
     n = parse(key)
     if n is None:
         return None
-    if n.component == "visual" or (n.component == "mtp" and not mtp):
+    if (n.component == "visual" and not vision) or (n.component == "mtp" and not mtp):
         return Target("skip", SKIPPED[n.prefix])
-    param = n.local if n.component == "lm_head" else (MTP if n.component == "mtp" else TEXT_ONLY) + n.inner
+    prefix = {"mtp": MTP, "visual": TOWER, "text": TEXT_ONLY}.get(n.component, "")
+    param = prefix + n.inner
     if n.expert is not None:
         stacked = param.rsplit(".", 3)[0]  # model.layers.{i}.mlp.experts
         return Target("expert_scale" if n.scale else "expert", stacked, n.expert, n.proj)

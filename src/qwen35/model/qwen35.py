@@ -1,4 +1,5 @@
-"""Qwen3.5 causal LM (dense and MoE): embed -> decoder layers -> final norm -> lm_head.
+"""Qwen3.5 causal LM (dense and MoE): embed -> decoder layers -> final norm -> lm_head; optionally the MTP
+head and the vision tower (`encode_media`: images and videos -> embeddings for their placeholder tokens).
 
 The forward works on a packed `ForwardBatch` against a `ModelCache`; it returns hidden states for every
 new token, and `logits()` projects the rows the caller asks for (usually each sequence's last token).
@@ -10,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import TextConfig
+from ..config import ConfigError, TextConfig, VisionConfig
+from ..multimodal.inputs import MediaItem
 from ..ops.batch import ForwardBatch
 from ..ops.linear import prefer_packed
 from .cache import ModelCache
@@ -20,6 +22,7 @@ from .linear import Linear, QuantEmbedding
 from .mtp import MTPHead
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
+from .vision import VisionTower
 
 
 class Qwen35Model(nn.Module):
@@ -42,9 +45,11 @@ class Qwen35Model(nn.Module):
 
 
 class Qwen35ForCausalLM(nn.Module):
-    def __init__(self, cfg: TextConfig, mtp: bool = False) -> None:
+    def __init__(self, cfg: TextConfig, mtp: bool = False, vision: VisionConfig | None = None) -> None:
         """`mtp`: also build the MTP head (`self.mtp`, parameters `mtp.*` as in the checkpoint), which
-        speculative decoding drafts with; it shares the embedding and the lm_head."""
+        speculative decoding drafts with; it shares the embedding and the lm_head.
+        `vision`: also build the vision tower (`self.visual`, parameters `visual.*`), which `encode_media`
+        runs; None (language model only) builds none."""
         super().__init__()
         self.cfg = cfg
         self.model = Qwen35Model(cfg)
@@ -52,6 +57,10 @@ class Qwen35ForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.mtp: MTPHead | None = MTPHead(cfg) if mtp else None
+        if vision is not None and vision.out_hidden_size != cfg.hidden_size:
+            raise ConfigError(f"vision_config.out_hidden_size={vision.out_hidden_size} differs from the text "
+                              f"model's hidden_size={cfg.hidden_size}")
+        self.visual: VisionTower | None = VisionTower(vision) if vision is not None else None
 
     def fuse(self) -> None:
         """Merge projections that read the same input (GDN qkv/z/b/a, attention q/k/v, MLP gate/up) into one
@@ -111,6 +120,23 @@ class Qwen35ForCausalLM(nn.Module):
             raise RuntimeError("this model was loaded without its MTP head")
         rope = self.model.rotary(batch.positions, hidden.dtype)
         return self.mtp(self.model.embed_tokens(token_ids), hidden, rope, batch, cache, step)
+
+    @torch.no_grad()
+    def encode_media(self, items: list[MediaItem]) -> list[torch.Tensor]:
+        """Each item's embeddings [item.num_tokens, hidden] in the model's dtype, the rows its placeholder
+        tokens take; one tower call over all items together."""
+        if self.visual is None:
+            raise RuntimeError("this model was loaded without its vision tower (language model only)")
+        if not items:
+            return []
+        merge = self.visual.cfg.spatial_merge_size
+        for item in items:
+            if item.merge_size != merge:
+                raise ValueError(f"{item.kind} was processed with merge size {item.merge_size}; the tower "
+                                 f"merges {merge} x {merge}")
+        pixels = torch.cat([torch.as_tensor(item.pixels) for item in items]).to(self.device)  # numpy or torch
+        out = self.visual(pixels, [item.grid_thw for item in items]).to(self.dtype)
+        return list(out.split([item.num_tokens for item in items]))
 
     def cache_specs(self) -> dict[str, CacheSpec]:
         """What every layer caches, the MTP head's layers included when it is loaded."""
