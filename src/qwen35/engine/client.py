@@ -1,7 +1,8 @@
 """The client side of the engine boundary: what the server talks to. Torch-free.
 
 The server and the engine exchange plain, picklable values only:
-- commands, client -> engine: `("add", request_id, prompt, SamplingParams)`, `("abort", request_id)`,
+- commands, client -> engine: `("add", request_id, prompt, SamplingParams, media)` (media: processed
+  `MediaItem`s or None), `("abort", request_id)`,
   `("stats", key)`, `("reset_prefix_cache", key)`;
 - results, engine -> client, as `(key, item)`: for a request, `ACCEPTED`, then `RequestOutput`s, or a
   `ValueError` (refused: nothing was queued), a `RequestFailed`, or `DONE` (aborted); for a stats or reset
@@ -44,6 +45,8 @@ class EngineInfo:
     is_moe: bool
     cache_plan: str  # the memory plan, as logged at start-up
     speculative: str = "off"  # MTP speculative decoding: "MTP, k=2", "off", or why it is off
+    vision: bool = False  # the vision tower is loaded: requests may carry images and video
+    vision_note: str = "the checkpoint has no vision tower"  # what the banner says about media input
 
 
 class EngineClient:
@@ -70,9 +73,10 @@ class EngineClient:
         return self._unfinished
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+                       request_id: str | None = None, media: list | None = None) -> AsyncIterator[RequestOutput]:
         """Yield incremental outputs until the request finishes. Raises ValueError for a bad request
-        (nothing is queued), RequestFailed when the engine fails it. Leaving early aborts the request."""
+        (nothing is queued), RequestFailed when the engine fails it. Leaving early aborts the request.
+        `media`: the prompt's processed images / videos (`MediaItem`s), in placeholder order."""
         rid = request_id or f"req-{next(self._ids)}"
         q: asyncio.Queue = asyncio.Queue()
         with self._lock:
@@ -84,7 +88,7 @@ class EngineClient:
         try:
             if not self.healthy:
                 raise RequestFailed("the engine is not running")
-            self._send(("add", rid, prompt, params or SamplingParams()))
+            self._send(("add", rid, prompt, params or SamplingParams(), media or None))
             while True:
                 item = await q.get()
                 if item is Signal.ACCEPTED:

@@ -30,6 +30,13 @@ class EngineConfig:
     # weight-only quantisation at load: "int8" | "int4" (or "gptq" | "awq": a check that the checkpoint is one);
     # None: as the checkpoint is (bf16, FP8, GPTQ/AWQ)
     quantization: str | None = None
+    # images and video: skip the vision tower (text only, no tower memory); most items of each kind per prompt
+    # (vLLM's --limit-mm-per-prompt; absent kinds: no limit); bytes of tower outputs kept by content digest;
+    # tower patches one step may encode (an item larger than this still runs, alone)
+    language_model_only: bool = False
+    limit_mm_per_prompt: dict[str, int] | None = None
+    encoder_cache_memory: int = 256 << 20
+    max_num_encoder_patches: int = 16384
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_NAMES:
@@ -38,6 +45,12 @@ class EngineConfig:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for kind, n in (self.limit_mm_per_prompt or {}).items():
+            if kind not in ("image", "video") or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"limit_mm_per_prompt takes 'image' / 'video' counts >= 0, got {kind!r}: {n!r}")
+        for name in ("encoder_cache_memory", "max_num_encoder_patches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         if isinstance(self.speculative_config, dict):

@@ -21,7 +21,8 @@ def engine_info(engine: LLMEngine) -> EngineInfo:
     return EngineInfo(model=str(engine.cfg.model), max_model_len=engine.max_model_len, vocab_size=text.vocab_size,
                       max_num_seqs=engine.cfg.max_num_seqs, num_hidden_layers=text.num_hidden_layers,
                       hidden_size=text.hidden_size, is_moe=engine.model_cfg.is_moe, cache_plan=engine.plan.describe(),
-                      speculative=engine.speculation())
+                      speculative=engine.speculation(), vision=engine.model.visual is not None,
+                      vision_note=engine.vision_note())
 
 
 class EngineCore:
@@ -36,9 +37,9 @@ class EngineCore:
     def handle(self, cmd: tuple) -> None:
         kind = cmd[0]
         if kind == "add":
-            _, rid, prompt, params = cmd
+            _, rid, prompt, params, media = cmd
             try:
-                self.engine.add_request(rid, prompt, params)
+                self.engine.add_request(rid, prompt, params, media)
             except ValueError as e:
                 self.emit(rid, e)
                 return

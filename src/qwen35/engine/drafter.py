@@ -111,9 +111,13 @@ class Drafter:
         else:
             idx = torch.cat([torch.arange(a, a + n) for a, n in rows]).to(hidden.device)
             h = hidden[idx]
+        # the rows keep the step's positions; a row whose next token is a media placeholder embeds its media row
+        media = self.runner.media_step([(s.request, s.context, s.num_tokens) for s in live], shift=1)
         batch = builder.build(ids, [s.context for s in live], [s.request.slot for s in live],
-                              [s.request.blocks for s in live])
-        out = model.draft(batch.input_ids, h, batch, cache, 0)
+                              [s.request.blocks for s in live], rope_offsets=media and media.rope_offsets,
+                              mrope=media and media.mrope)
+        embeds = media.inputs_embeds(model, batch.input_ids) if media else None
+        out = model.draft(batch.input_ids, h, batch, cache, 0, embeds)
         drafting = [(i, s) for i, s in enumerate(live) if budgets.get(id(s.request), 0) > 0]
         if not drafting:
             return {}
@@ -134,7 +138,8 @@ class Drafter:
                 h, tok, reqs = h[sel], tok[sel], [reqs[j] for j in more]
             # chained step: the draft just made sits at position num_tokens + step
             batch = builder.build([[t] for t in tok.tolist()], [r.num_tokens - 1 + step for r in reqs],
-                                  [r.slot for r in reqs], [r.blocks for r in reqs])
+                                  [r.slot for r in reqs], [r.blocks for r in reqs],
+                                  rope_offsets=[r.media.delta if r.media else 0 for r in reqs])
             h = model.draft(batch.input_ids, h, batch, cache, step + 1)
         return drafts
 

@@ -6,6 +6,14 @@
 
 A prompt is a string, a list of token ids, or one of vLLM's prompt dicts `{"prompt": "..."}` /
 `{"prompt_token_ids": [...]}`; `generate` takes one prompt or a list of them (mixed kinds are fine).
+A prompt dict may carry images and videos, as in vLLM:
+
+    llm.generate({"prompt": "<|vision_start|><|image_pad|><|vision_end|>What is this?",
+                  "multi_modal_data": {"image": pil_image}, "mm_processor_kwargs": {"max_pixels": 512 * 512}})
+
+(an image: a PIL image or encoded bytes; a video: encoded bytes or uint8 frames [F, H, W, 3]; either: a
+`MediaItem`; one or a list per kind, matched to the prompt's placeholders in order). `chat` takes OpenAI
+`image_url` / vLLM `video_url` parts (data URLs, http(s), and file:// under `allowed_local_media_path`).
 A request the engine fails comes back finished with `finish_reason="error"` and `RequestOutput.error` set.
 """
 
@@ -14,6 +22,11 @@ from __future__ import annotations
 import itertools
 from typing import Any, Union
 
+from ..multimodal.inputs import MediaItem
+from ..multimodal.load import load_media, to_item
+from ..multimodal.media import MediaPolicy
+from ..multimodal.processor import ProcessorConfig
+from ..server.messages import normalize_chat
 from ..tokenizer.chat_template import render_chat
 from .llm_engine import EngineConfig, LLMEngine
 from .outputs import RequestOutput
@@ -24,9 +37,12 @@ Prompt = Union[str, list[int], dict]
 
 
 class LLM:
-    def __init__(self, model: str, **kwargs: Any) -> None:
+    def __init__(self, model: str, allowed_local_media_path: str | None = None, **kwargs: Any) -> None:
         self.engine = LLMEngine(EngineConfig(model=str(model), **kwargs))
         self._ids = itertools.count()
+        self.processor = ProcessorConfig.from_checkpoint(model)
+        # offline use: private and loopback URLs are the user's own; local files only under the given directory
+        self.media_policy = MediaPolicy(allowed_local_media_path=allowed_local_media_path, allow_private_urls=True)
 
     @property
     def tokenizer(self):
@@ -41,15 +57,16 @@ class LLM:
             prompts = [prompts]  # a single prompt
         if not isinstance(prompts, list):
             raise ValueError(f"prompts must be a prompt or a list of prompts, got {type(prompts).__name__}")
+        media = [self._media(p) for p in prompts]
         prompts = [_prompt(p) for p in prompts]
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
         ids: list[str] = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p, items in zip(prompts, params, media):
                 rid = f"llm-{next(self._ids)}"
-                self.engine.add_request(rid, prompt, p or SamplingParams())
+                self.engine.add_request(rid, prompt, p or SamplingParams(), items)
                 ids.append(rid)
         except BaseException:
             for rid in ids:  # all or nothing: do not leave the earlier prompts to run unseen
@@ -66,9 +83,31 @@ class LLM:
              tools: list[dict] | None = None, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
         """Render each conversation with the checkpoint's chat template and generate."""
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [render_chat(self.tokenizer.chat_template, c, tools=tools, add_generation_prompt=True,
-                               **(chat_template_kwargs or {})) for c in convs]
+        prompts = []
+        for conv in convs:
+            clean, refs = normalize_chat(conv)
+            text = render_chat(self.tokenizer.chat_template, clean, tools=tools, add_generation_prompt=True,
+                               **(chat_template_kwargs or {}))
+            prompts.append({"prompt": text, "multi_modal_data": {"items": load_media(refs, self.media_policy,
+                                                                                      self.processor)}}
+                           if refs else text)
         return self.generate(prompts, sampling_params)
+
+    def _media(self, p: Any) -> list[MediaItem] | None:
+        """The items of a prompt dict's `multi_modal_data`, in the order of the prompt's placeholders."""
+        if not isinstance(p, dict) or "multi_modal_data" not in p:
+            return None
+        data, kwargs = p["multi_modal_data"], p.get("mm_processor_kwargs")
+        if not isinstance(data, dict) or set(data) - {"image", "video", "items"}:
+            raise ValueError("multi_modal_data must be a dict with 'image' and/or 'video' entries")
+        if "items" in data:  # already in placeholder order (chat)
+            return list(data["items"])
+        items = {kind: [to_item(kind, v, self.processor, kwargs)
+                        for v in (data[kind] if isinstance(data[kind], (list, tuple)) else [data[kind]])]
+                 for kind in ("image", "video") if kind in data}
+        text = p.get("prompt")
+        ids = self.tokenizer.encode(text) if isinstance(text, str) else list(p.get("prompt_token_ids") or [])
+        return _in_prompt_order(ids, items, self.tokenizer)
 
 
 def _prompt(p: Any) -> str | list[int]:
@@ -80,10 +119,29 @@ def _prompt(p: Any) -> str | list[int]:
             raise ValueError("a token-id prompt (prompt_token_ids) must be a list of integers")
         return p
     if isinstance(p, dict):
-        if set(p) == {"prompt"} and isinstance(p["prompt"], str):
+        keys = set(p) - {"multi_modal_data", "mm_processor_kwargs"}
+        if keys == {"prompt"} and isinstance(p["prompt"], str):
             return p["prompt"]
-        if set(p) == {"prompt_token_ids"} and isinstance(p["prompt_token_ids"], list):
+        if keys == {"prompt_token_ids"} and isinstance(p["prompt_token_ids"], list):
             return _prompt(p["prompt_token_ids"])
         raise ValueError(f"a prompt dict must be {{'prompt': str}} or {{'prompt_token_ids': list[int]}}, "
                          f"got keys {sorted(map(str, p))}")
     raise ValueError(f"a prompt must be a string, a list of token ids or a prompt dict, got {type(p).__name__}")
+
+
+def _in_prompt_order(ids: list[int], items: dict[str, list[MediaItem]], tokenizer) -> list[MediaItem]:
+    """Images and videos interleaved as their placeholders appear: each run of `<|image_pad|>` /
+    `<|video_pad|>` tokens takes the next item of its kind."""
+    pads = {tokenizer.token_to_id("<|image_pad|>"): "image", tokenizer.token_to_id("<|video_pad|>"): "video"}
+    queues = {kind: list(v) for kind, v in items.items()}
+    out, prev = [], None
+    for t in ids:
+        kind = pads.get(t)
+        if kind is not None and t != prev and queues.get(kind):
+            out.append(queues[kind].pop(0))
+        prev = t
+    left = sum(len(q) for q in queues.values())
+    if left:
+        raise ValueError(f"multi_modal_data has {left} more item(s) than the prompt has placeholders "
+                         "(<|vision_start|><|image_pad|><|vision_end|> per image, <|video_pad|> per video)")
+    return out

@@ -30,6 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,9 @@ import torch
 from .. import runtime
 from ..config import ModelConfig
 from ..loading.checkpoint import has_mtp, load_model
+from ..multimodal.inputs import MediaItem
+from ..multimodal.layout import PromptMedia
+from ..multimodal.prompt import expand_placeholders, placeholder_spans
 from ..tokenizer import Tokenizer
 from .config import EngineConfig
 from .guided import GuidedDecoder, GuidedMatcher
@@ -95,8 +100,13 @@ class LLMEngine:
                               "decoding")
             log.warning(self.spec_note)
             self.spec = None
+        self.limit_mm_per_prompt = dict(cfg.limit_mm_per_prompt or {})
+        no_media = cfg.language_model_only or (self.limit_mm_per_prompt.get("image") == 0
+                                               and self.limit_mm_per_prompt.get("video") == 0)
+        has_tower = (config or ModelConfig.from_file(cfg.model)).vision is not None
         self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device, config=config,
-                                                mtp=self.spec is not None, quantization=cfg.quantization)
+                                                mtp=self.spec is not None, quantization=cfg.quantization,
+                                                vision=has_tower and not no_media)
         k = self.spec.k if self.spec is not None else 0
         self.tokenizer = Tokenizer.from_pretrained(cfg.model)
         text = self.model_cfg.text
@@ -114,10 +124,12 @@ class LLMEngine:
         slots = plan.run_slots + plan.prefix_slots
         self.runner = ModelRunner(self.model, plan.num_blocks, cfg.block_size, plan.total_slots,
                                   cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_model_len,
-                                  num_speculative_tokens=k, draft_ids=self._draft_vocab())
+                                  num_speculative_tokens=k, draft_ids=self._draft_vocab(),
+                                  encoder_cache_bytes=cfg.encoder_cache_memory)
         sched_cfg = SchedulerConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                                     max_model_len=self.max_model_len, block_size=cfg.block_size,
-                                    boundary_token_id=self.tokenizer.im_start_id)
+                                    boundary_token_id=self.tokenizer.im_start_id,
+                                    max_encoder_patches=cfg.max_num_encoder_patches)
         self.scheduler = Scheduler(sched_cfg, plan.num_blocks, list(range(plan.run_slots)),
                                    list(range(plan.run_slots, slots)))
         self.sampler = Sampler()
@@ -157,7 +169,11 @@ class LLMEngine:
         return sorted(ids)
 
     # -- requests -----------------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
+                    media: Sequence[MediaItem] | None = None) -> None:
+        """Queue a request. `media`: the prompt's images and videos (multimodal/processor.py), in the order of
+        their placeholders: one `<|image_pad|>` per image / `<|vision_start|><|video_pad|><|vision_end|>` per
+        video as the chat template writes them (expanded here), or already expanded."""
         params = params or SamplingParams()
         if request_id in self.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -168,6 +184,9 @@ class LLMEngine:
             vocab = self.model_cfg.text.vocab_size
             if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
                 raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        prompt_media = None
+        if media:
+            ids, prompt_media = self._place_media(ids, list(media))
         parent = _Parent(request_id, text, ids)
         # Build and check every sub-request (grammar, prompt length, seed) before queueing any: whatever
         # raises here leaves the scheduler untouched.
@@ -176,7 +195,7 @@ class LLMEngine:
         for i in range(params.n):
             sub = params if params.n == 1 else _child_params(params, i)
             sid = request_id if params.n == 1 else f"{request_id}#{i}"
-            req = Request(sid, list(ids), sub, arrival=arrival)
+            req = Request(sid, list(ids), sub, arrival=arrival, media=prompt_media)
             self.scheduler.prepare(req)  # raises ValueError for prompts that can never run
             stop = StopChecker(self.tokenizer, sub, self.eos_ids, max_tokens=req.max_len - len(ids))
             seq = _Seq(req, request_id, i, stop, PenaltyState(ids, min_tokens_stop_ids(sub, self.eos_ids)),
@@ -188,6 +207,36 @@ class LLMEngine:
         self.scheduler.enqueue([seq.req for seq in parent.seqs])  # cannot fail
         self.parents[request_id] = parent
         self.seqs.update((seq.req.request_id, seq) for seq in parent.seqs)
+
+    def vision_note(self) -> str:
+        """One line for the start-up banner: whether and how images and video are taken."""
+        v = self.model_cfg.vision
+        if v is None:
+            return "off (the checkpoint has no vision tower)"
+        if self.model.visual is None:
+            return "off (language model only: the tower is not loaded)"
+        limits = ", ".join(f"{n} {k}s" for k, n in sorted(self.limit_mm_per_prompt.items())) or "no limit"
+        return (f"images and video, tower of {v.depth} blocks x {v.hidden_size} in "
+                f"{str(self.model.dtype).removeprefix('torch.')}; per prompt: {limits}")
+
+    def _place_media(self, ids: list[int], media: list[MediaItem]) -> tuple[list[int], PromptMedia]:
+        """The prompt with its placeholders expanded, and where each item's rows and positions go."""
+        if self.model.visual is None:
+            why = ("the checkpoint has no vision tower" if self.model_cfg.vision is None else
+                   "the engine runs the language model only (--language-model-only)")
+            raise ValueError(f"this request has images or video, but {why}")
+        counts = Counter(item.kind for item in media)
+        for kind, n in counts.items():
+            limit = self.limit_mm_per_prompt.get(kind)
+            if limit is not None and n > limit:
+                raise ValueError(f"the prompt has {n} {kind}(s); at most {limit} are allowed per prompt "
+                                 "(--limit-mm-per-prompt)")
+        image_id, video_id = (self.tokenizer.token_to_id(t) for t in ("<|image_pad|>", "<|video_pad|>"))
+        expanded = ids.count(image_id) + ids.count(video_id) == sum(item.num_tokens for item in media)
+        if not expanded:
+            ids = expand_placeholders(ids, media, self.tokenizer)
+        runs = placeholder_spans(ids, media, image_id, video_id)
+        return ids, PromptMedia.build(media, runs)
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         """The request's own noise stream, on the logits' device (the sampler requires it there)."""
@@ -420,12 +469,12 @@ class LLMEngine:
     def _save_prefix(self, req: Request, length: int) -> None:
         """Register `req`'s first `length` tokens in the prefix cache and copy its GDN state there."""
         prefix = self.scheduler.prefix
-        slot = prefix.insert(req.all_ids, length, req.blocks)
+        slot = prefix.insert(req.prefix_ids, length, req.blocks)
         if slot is not None:
             try:
                 self.runner.save_state(req, slot)
             except BaseException:
-                prefix.discard(req.all_ids, length)  # never leave an entry without its state
+                prefix.discard(req.prefix_ids, length)  # never leave an entry without its state
                 raise
 
     def _output(self, parent: _Parent) -> RequestOutput:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from ..multimodal.layout import PromptMedia
 
 
 class Status(enum.Enum):
@@ -30,6 +34,18 @@ class Request:
     finish_reason: str | None = None
     max_len: int = 0  # prompt + max_tokens, fixed at admission
     draft_ids: list[int] = field(default_factory=list)  # speculative tokens to verify after the last token
+    media: PromptMedia | None = None  # images / video in the prompt: their rows, positions and cache key
+    _key: list[int] | None = field(default=None, repr=False)  # prompt's prefix-cache key when it has media
+
+    @property
+    def prefix_ids(self) -> list[int]:
+        """The tokens as the prefix cache keys them: `all_ids`, with each media item's placeholders replaced
+        by its content digest (two images of one size never share an entry)."""
+        if self.media is None:
+            return self.all_ids
+        if self._key is None:
+            self._key = self.media.key_ids(self.prompt_ids)
+        return self._key + self.output_ids
 
     @property
     def all_ids(self) -> list[int]:

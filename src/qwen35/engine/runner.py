@@ -12,11 +12,15 @@ position of its chunk while the hidden states are at hand (in slices, so a long 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from ..model import ModelCache, Qwen35ForCausalLM
+from ..multimodal.inputs import MediaItem
 from ..ops.batch import BatchBuilder
+from .encoder_cache import EncoderCache
 from .kv_cache_manager import PrefixHit
 from .request import Request
 from .scheduler import ScheduledSeq
@@ -24,15 +28,36 @@ from .drafter import Drafter
 
 
 PROMPT_LOGPROBS_ROWS = 128  # prompt positions scored at once: bounds the [rows, vocab] logits buffer
+ENCODER_CACHE_BYTES = 256 << 20  # default budget of vision-tower outputs kept by content digest
+
+
+@dataclass(eq=False)
+class MediaStep:
+    """What a step's media changes in a batch: rotary positions, and embedding rows that come from the tower."""
+
+    rope_offsets: list[int]  # per batch row: position - index of its 1-D positions
+    mrope: list[np.ndarray | None]  # per batch row: [3, n] (t, h, w) positions when its chunk has media
+    rows: torch.Tensor | None = None  # [R] packed rows whose embedding is a media row
+    embeds: torch.Tensor | None = None  # [R, H] those rows
+
+    def inputs_embeds(self, model: Qwen35ForCausalLM, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The token embeddings with the media rows in place, or None when no row is media."""
+        if self.rows is None:
+            return None
+        x = model.model.embed_tokens(input_ids)
+        x[self.rows] = self.embeds.to(x.dtype)
+        return x
 
 
 class ModelRunner:
     def __init__(self, model: Qwen35ForCausalLM, num_blocks: int, block_size: int, num_slots: int,
                  max_num_batched_tokens: int = 2048, max_num_seqs: int = 32, max_model_len: int | None = None,
-                 num_speculative_tokens: int = 0, draft_ids: list[int] | None = None) -> None:
+                 num_speculative_tokens: int = 0, draft_ids: list[int] | None = None,
+                 encoder_cache_bytes: int = ENCODER_CACHE_BYTES) -> None:
         """`num_speculative_tokens` k > 0: the last `max_num_seqs * k` of the `num_slots` state slots are
         scratch slots for GDN snapshots, k for each running slot (see `Drafter`)."""
         self.model = model
+        self.encoder_cache = EncoderCache(encoder_cache_bytes)
         self.block_size = block_size
         self.cache: ModelCache = model.new_cache(num_blocks, block_size, num_slots)
         self.drafter = Drafter(self, num_speculative_tokens, num_slots - max_num_seqs * num_speculative_tokens,
@@ -78,10 +103,12 @@ class ModelRunner:
         seqs = [seqs[i] for i in order]
         rows = sorted((i for i, s in enumerate(seqs) if s.sample), key=lambda i: order[i])  # caller's order
         snapshots = self.drafter.snapshot_rows(seqs) if self.drafter else None
+        media = self.media_step([(s.request, s.context, s.num_tokens) for s in seqs])
         batch = self.builder.build([_new_tokens(s.request, s.context, s.num_tokens) for s in seqs],
                                    [s.context for s in seqs], [s.request.slot for s in seqs],
-                                   [s.request.blocks for s in seqs], sample=rows, snapshots=snapshots)
-        hidden = self.model(batch, self.cache)
+                                   [s.request.blocks for s in seqs], sample=rows, snapshots=snapshots,
+                                   rope_offsets=media and media.rope_offsets, mrope=media and media.mrope)
+        hidden = self.model(batch, self.cache, media.inputs_embeds(self.model, batch.input_ids) if media else None)
         if self.drafter:
             self.drafter.keep(seqs, hidden)
         self.prompt_logprobs = {}
@@ -97,6 +124,41 @@ class ModelRunner:
             picks = [r for i in rows for r in range(ends[i] - 1 - seqs[i].num_draft, ends[i])]
             return self.model.logits(hidden[torch.tensor(picks, device=hidden.device)])
         return self.model.logits(hidden[batch.logits_indices])
+
+    def media_step(self, chunks: list[tuple[Request, int, int]], shift: int = 0) -> MediaStep | None:
+        """Positions and media rows for a batch of chunks (request, first token, tokens), None when no
+        request has media. `shift` 1: each row embeds the token after it (the MTP head's input)."""
+        if all(req.media is None for req, _, _ in chunks):
+            return None
+        offsets, mrope, picks = [], [], []  # picks: (packed row, item, first item row, count)
+        packed = 0
+        for req, start, n in chunks:
+            m = req.media
+            offsets.append(m.offset(start) if m is not None else 0)
+            mrope.append(m.positions(start, n) if m is not None else None)
+            if m is not None:  # row j of the chunk embeds token start + shift + j
+                picks += [(packed + t0, m.items[i], r0, c) for i, r0, t0, c in m.rows(start + shift, n)]
+            packed += n
+        step = MediaStep(offsets, mrope)
+        if picks:
+            unique = list({item.digest: item for _, item, _, _ in picks}.values())
+            embeds = dict(zip((item.digest for item in unique), self.encode(unique)))
+            dst = [torch.arange(row, row + c) for row, _, _, c in picks]
+            src = [embeds[item.digest][r0:r0 + c] for _, item, r0, c in picks]
+            step.rows = torch.cat(dst).to(self.device)
+            step.embeds = torch.cat(src)
+        return step
+
+    def encode(self, items: list[MediaItem]) -> list[torch.Tensor]:
+        """The vision tower's output for each item, from the encoder cache or encoded now (all misses in one
+        tower call)."""
+        found = {it.digest: self.encoder_cache.get(it.digest) for it in items}
+        missing = list({it.digest: it for it in items if found[it.digest] is None}.values())
+        if missing:
+            for item, out in zip(missing, self.model.encode_media(missing)):
+                found[item.digest] = out
+                self.encoder_cache.put(item.digest, out)
+        return [found[it.digest] for it in items]
 
     def _score_prompt(self, s: ScheduledSeq, hidden: torch.Tensor) -> None:
         """Prompt logprobs of the prompt tokens this chunk predicts: position j's logits score token j + 1."""

@@ -29,6 +29,9 @@ class SchedulerConfig:
     checkpoint_every: int = 1024  # also save GDN state every this many prompt tokens (0: off)
     checkpoint_min: int = 128  # shorter prefixes are recomputed rather than saved
     boundary_token_id: int | None = None  # the tokenizer's <|im_start|> (the engine passes it); None: no turn marks
+    # vision-tower patches a step may encode (items whose placeholders start in the step's chunks); one item
+    # larger than this still runs alone. 0: no limit
+    max_encoder_patches: int = 0
 
 
 @dataclass(eq=False)
@@ -60,6 +63,7 @@ class Scheduler:
         self.prefix = PrefixCache(self.blocks, SlotPool(prefix_slots), cfg.block_size)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self._encoded = 0
 
     # -- requests -----------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -104,12 +108,15 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.cfg.max_num_batched_tokens
+        self._encoded = 0  # patches the step's chunks send through the vision tower so far
         for req in list(self.running):
             if budget == 0:
                 break
             if req.status != Status.RUNNING:  # preempted earlier in this loop
                 continue
-            n = self._chunk(req, budget)
+            n = self._cap_at_encoder(req, req.num_computed, self._chunk(req, budget))
+            if n == 0:
+                continue  # its next media item waits for a step with encoder budget left
             if not self._grow(req, req.num_computed + n, out):
                 continue  # req itself was preempted
             out.seqs.append(self._seq(req, n))
@@ -118,10 +125,14 @@ class Scheduler:
             req = self.waiting[0]
             # a request that wants prompt logprobs computes its whole prompt (as vLLM, it skips the prefix cache)
             lookup = req.num_computed == 0 and req.params.prompt_logprobs is None
-            hit = self.prefix.lookup(req.all_ids, req.num_tokens - 1) if lookup else None
+            hit = self.prefix.lookup(req.prefix_ids, req.num_tokens - 1) if lookup else None
             start = hit.length if hit else 0
             n = min(req.num_tokens - start, budget)
-            n = self._cap_at_checkpoint(req, start, n)
+            n = self._cap_at_encoder(req, start, self._cap_at_checkpoint(req, start, n))
+            if n == 0:
+                if hit:
+                    self.blocks.release(hit.shared_blocks)
+                break
             shared = hit.shared_blocks if hit else []
             own = self._blocks_for(start + n) - len(shared)
             if not self.prefix.make_room(own):
@@ -156,6 +167,23 @@ class Scheduler:
         for c in req.checkpoints:
             if start < c < start + n:
                 return c - start
+        return n
+
+    def _cap_at_encoder(self, req: Request, start: int, n: int) -> int:
+        """Cut a chunk before the first media item that would take the step past its encoder budget (an item
+        counts in the chunk where its placeholders start) and charge the items it keeps."""
+        limit = self.cfg.max_encoder_patches
+        if req.media is None or not limit:
+            return n
+        cost = 0
+        for item, runs in zip(req.media.items, req.media.runs):
+            first = runs[0][0]
+            if start <= first < start + n:
+                if self._encoded + cost + item.num_patches > limit and self._encoded + cost > 0:
+                    n = first - start
+                    break
+                cost += item.num_patches
+        self._encoded += cost
         return n
 
     def _blocks_for(self, tokens: int) -> int:

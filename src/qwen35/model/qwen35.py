@@ -36,7 +36,7 @@ class Qwen35Model(nn.Module):
 
     def forward(self, batch: ForwardBatch, cache: ModelCache, positions: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Returns final-normed hidden states [N, H]. `positions` may be [3, N] (mRoPE) for vision input."""
+        """Returns final-normed hidden states [N, H]. `batch.positions` is [3, N] (mRoPE) with media."""
         x = self.embed_tokens(batch.input_ids) if inputs_embeds is None else inputs_embeds
         rope = self.rotary(batch.positions if positions is None else positions, x.dtype)
         for layer in self.layers:
@@ -104,22 +104,25 @@ class Qwen35ForCausalLM(nn.Module):
         emb = self.model.embed_tokens
         return emb.device if isinstance(emb, QuantEmbedding) else emb.weight.device
 
-    def forward(self, batch: ForwardBatch, cache: ModelCache) -> torch.Tensor:
-        return self.model(batch, cache)
+    def forward(self, batch: ForwardBatch, cache: ModelCache, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """`inputs_embeds` [N, H]: the token embeddings with media rows in place (default: embed the ids)."""
+        return self.model(batch, cache, inputs_embeds=inputs_embeds)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [M, H] -> fp32 logits [M, vocab]."""
         return self.lm_head(hidden).float()
 
     def draft(self, token_ids: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch, cache: ModelCache,
-              step: int = 0) -> torch.Tensor:
+              step: int = 0, embeds: torch.Tensor | None = None) -> torch.Tensor:
         """One MTP step over `batch`'s rows: row i pairs `hidden[i]` (the main model's final-normed hidden of
         the row's position, or the previous step's output) with `token_ids[i]` (the token after it). Returns
-        the head's hidden [N, H]; `logits()` of it predicts the token two positions on."""
+        the head's hidden [N, H]; `logits()` of it predicts the token two positions on. `embeds`: the
+        tokens' embeddings when some are media rows (default: embed `token_ids`)."""
         if self.mtp is None:
             raise RuntimeError("this model was loaded without its MTP head")
         rope = self.model.rotary(batch.positions, hidden.dtype)
-        return self.mtp(self.model.embed_tokens(token_ids), hidden, rope, batch, cache, step)
+        embeds = self.model.embed_tokens(token_ids) if embeds is None else embeds
+        return self.mtp(embeds, hidden, rope, batch, cache, step)
 
     @torch.no_grad()
     def encode_media(self, items: list[MediaItem]) -> list[torch.Tensor]:

@@ -30,11 +30,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.client import EngineClient
 from ..engine.outputs import RequestFailed
-from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage
+from ..multimodal.media import MediaPolicy
+from ..multimodal.processor_config import ProcessorConfig
+from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage, with_media
 from .completions import CompletionRun, prepare_completion
 from .guard import Guard, error
 from .limits import RequestError, encode_bounded, parse_json
 from .metrics import Metrics
+from .serve_args import DEFAULT_MM_LIMITS
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 
 log = logging.getLogger("qwen35.server")
@@ -57,6 +60,8 @@ class ServerState:
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # --default-chat-template-kwargs
     max_logprobs: int = 20  # --max-logprobs
     log_requests: bool = False  # --enable-log-requests
+    mm_limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MM_LIMITS))  # --limit-mm-per-prompt
+    media_policy: MediaPolicy = field(default_factory=MediaPolicy)  # where media URLs may point
     cpu_threads: int = 4  # workers for parsing, templates, tokenising and grammars
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
@@ -69,6 +74,7 @@ class ServerState:
         self.max_running = info.max_num_seqs
         self.chat_template = self.chat_template or self.tokenizer.chat_template
         self.cpu = ThreadPoolExecutor(self.cpu_threads, thread_name_prefix="qwen35-cpu")
+        self.processor = ProcessorConfig.from_checkpoint(info.model) if info.vision else None
 
     @property
     def in_flight(self) -> int:
@@ -163,7 +169,7 @@ def create_app(state: ServerState) -> FastAPI:
         run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer)
         start = time.perf_counter()
         try:
-            stream = await _start(state, plan.prompt_ids, plan.params, run.id)
+            stream = await _start(state, plan.prompt_ids, plan.params, run.id, plan.media)
         except Overloaded as e:
             return _overloaded(e)
         except ValueError as e:
@@ -239,9 +245,11 @@ def _validation_error(exc: ValidationError) -> JSONResponse:
 
 def _tokenize(body: TokenizeRequest, state: ServerState) -> list[int]:
     if body.messages is not None:
-        text = render_prompt(state, body.messages, tools=body.tools, add_generation_prompt=body.add_generation_prompt,
-                             template_kwargs=body.chat_template_kwargs)
-        return encode_bounded(state.tokenizer, text, state.max_model_len, "messages")
+        text, refs = render_prompt(state, body.messages, tools=body.tools,
+                                   add_generation_prompt=body.add_generation_prompt,
+                                   template_kwargs=body.chat_template_kwargs)
+        ids = encode_bounded(state.tokenizer, text, state.max_model_len, "messages")
+        return with_media(state, ids, refs, None)[0]
     if body.prompt is not None:
         return encode_bounded(state.tokenizer, body.prompt, state.max_model_len, "prompt")
     raise RequestError("give either prompt or messages", "prompt")
@@ -255,7 +263,8 @@ def _detokenize(body: DetokenizeRequest, state: ServerState) -> str:
 
 # ---- generation -------------------------------------------------------------------------------------
 
-async def _start(state: ServerState, prompt_ids: list[int], params, request_id: str) -> _Admitted:
+async def _start(state: ServerState, prompt_ids: list[int], params, request_id: str,
+                 media: list | None = None) -> _Admitted:
     """Admit one request into the engine and wait for its first output, so that a request the engine
     refuses becomes a 400 before any streaming. Raises Overloaded when the waiting queue is full (the check
     and the client's count of the new request happen with no await between them)."""
@@ -266,7 +275,7 @@ async def _start(state: ServerState, prompt_ids: list[int], params, request_id: 
         log.info("request %s: %d prompt tokens, n=%d max_tokens=%s temperature=%s top_p=%s seed=%s%s", request_id,
                  len(prompt_ids), params.n, params.max_tokens, params.temperature, params.top_p, params.seed,
                  f" guided={params.guided.kind}" if params.guided else "")
-    stream = state.client.generate(prompt_ids, params, request_id=request_id)
+    stream = state.client.generate(prompt_ids, params, request_id=request_id, media=media)
     try:
         first = await stream.__anext__()
     except BaseException:

@@ -18,10 +18,12 @@ from typing import Any
 import jinja2
 
 from ..engine.structured import GuidedDecoding
+from ..multimodal.load import load_media
+from ..multimodal.prompt import expand_placeholders
 from ..output_format import tool_call_grammar
 from ..tokenizer.chat_template import TemplateLimitError, render_chat, render_chat_isolated
 from .limits import RequestError, encode_bounded
-from .messages import normalize_messages
+from .messages import MediaRef, check_media_limits, normalize_chat
 from .params import sampling_params
 from .parsers import ChatOutputParser, prompt_ends_in_reasoning
 from .protocol import ChatCompletionRequest
@@ -41,6 +43,7 @@ class ChatPlan:
     drop_tool_calls: bool  # tool_choice "none" with tools: markup the model still wrote is removed, no calls
     forced_name: str | None  # tool_choice naming a function: finish_reason stays "stop" (OpenAI)
     include_reasoning: bool
+    media: list = field(default_factory=list)  # the prompt's MediaItems, in placeholder order
 
 
 def _tool_choice(body: ChatCompletionRequest) -> tuple[str, str | None]:
@@ -146,9 +149,11 @@ def _guided(body: ChatCompletionRequest, choice: str, forced: str | None, after:
 
 
 def render_prompt(server, messages: list[Any], *, tools: list[dict] | None, add_generation_prompt: bool,
-                  template_kwargs: dict[str, Any] | None, request_template: str | None = None) -> str:
+                  template_kwargs: dict[str, Any] | None, request_template: str | None = None
+                  ) -> tuple[str, list[MediaRef]]:
     """Messages -> prompt text with the server's template (or, if the server trusts request templates, the
-    request's, rendered in a child process under limits). Every failure is a RequestError."""
+    request's, rendered in a child process under limits), and the images / videos its placeholders stand for,
+    in order. Every failure is a RequestError."""
     if request_template is not None and not server.trust_request_chat_template:
         raise RequestError("chat_template in a request is refused: this server was not started with "
                            "--trust-request-chat-template", "chat_template")
@@ -157,18 +162,40 @@ def render_prompt(server, messages: list[Any], *, tools: list[dict] | None, add_
     if reserved:
         raise RequestError(f"chat_template_kwargs may not set {reserved[0]!r}: it is a request field",
                            "chat_template_kwargs")
-    clean = normalize_messages(messages)
+    clean, media = normalize_chat(messages)
     try:
         if request_template is not None:
             return render_chat_isolated(request_template, clean, tools=tools,
-                                        add_generation_prompt=add_generation_prompt, **kwargs)
+                                        add_generation_prompt=add_generation_prompt, **kwargs), media
         return render_chat(server.chat_template, clean, tools=tools, add_generation_prompt=add_generation_prompt,
-                           **kwargs)
+                           **kwargs), media
     except TemplateLimitError as e:
         raise RequestError(str(e), "chat_template") from None
     except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as e:
         # raise_exception() in the template, or messages whose shape the template cannot handle
         raise RequestError(f"the chat template rejected the messages: {e}", "messages") from None
+
+
+def with_media(server, ids: list[int], refs: list[MediaRef], mm_kwargs: dict[str, Any] | None,
+               ) -> tuple[list[int], list]:
+    """Fetch, decode and process the request's images and videos and expand their placeholders in `ids`
+    (blocking: a worker thread runs it). RequestError naming what is wrong: too many, a server without the
+    tower, a URL the media policy refuses, data that is not an image or video."""
+    if not refs:
+        return ids, []
+    if not server.client.info.vision:
+        raise RequestError(f"the messages contain images or video, but this server takes text only: "
+                           f"{server.client.info.vision_note}", "messages")
+    check_media_limits(refs, server.mm_limits)
+    try:
+        items = load_media(refs, server.media_policy, server.processor, mm_kwargs)
+        ids = expand_placeholders(ids, items, server.tokenizer)
+    except ValueError as e:  # MediaError, a placeholder count the template got wrong
+        raise RequestError(str(e), "messages") from None
+    if len(ids) >= server.max_model_len:
+        raise RequestError(f"the prompt has {len(ids)} tokens with its images and video, the model's context is "
+                           f"{server.max_model_len} tokens (max_model_len)", "messages")
+    return ids, items
 
 
 def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
@@ -181,11 +208,12 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     if body.enable_thinking is not None:
         kwargs.setdefault("enable_thinking", body.enable_thinking)
     tools = body.tools if choice != "none" else None
-    text = render_prompt(server, body.messages, tools=tools, add_generation_prompt=body.add_generation_prompt,
-                         template_kwargs=kwargs, request_template=body.chat_template)
+    text, refs = render_prompt(server, body.messages, tools=tools, add_generation_prompt=body.add_generation_prompt,
+                               template_kwargs=kwargs, request_template=body.chat_template)
     if body.continue_final_message and body.messages[-1].get("role") == "assistant":
         text = text[: text.rfind("<|im_end|>")] if text.rstrip().endswith("<|im_end|>") else text
-    ids = encode_bounded(tok, text, server.max_model_len, "messages")
+    ids, media = with_media(server, encode_bounded(tok, text, server.max_model_len, "messages"), refs,
+                            body.mm_processor_kwargs)
     started_in_reasoning = prompt_ends_in_reasoning(text)
     thinking = True if started_in_reasoning else (False if text.endswith("</think>\n\n") else None)
     after = tok.think_end_id if started_in_reasoning else None
@@ -205,7 +233,7 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
         raise RequestError(str(e), str(e).split(" ", 1)[0].rstrip(":")) from None
     return ChatPlan(ids, params, started_in_reasoning, body.tools, parse_tools=bool(body.tools),
                     drop_tool_calls=choice == "none",
-                    forced_name=forced, include_reasoning=body.include_reasoning)
+                    forced_name=forced, include_reasoning=body.include_reasoning, media=media)
 
 
 @dataclass

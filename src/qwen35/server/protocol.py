@@ -82,6 +82,7 @@ class ChatCompletionRequest(_Body):
     continue_final_message: bool = False
     include_reasoning: bool = True
     thinking_token_budget: int | None = Field(None, ge=0)
+    mm_processor_kwargs: dict[str, Any] | None = None  # vLLM: per-request min_pixels / max_pixels / fps / num_frames
 
     @field_validator("tools")
     @classmethod

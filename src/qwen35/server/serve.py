@@ -240,7 +240,8 @@ def build_state(plan: ServePlan, args: argparse.Namespace):
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        kv_cache_memory=plan.kv_cache_memory, block_size=BLOCK_SIZE,
                        enable_prefix_caching=not args.no_enable_prefix_caching, threads=args.threads or None,
-                       device=args.device, speculative_config=plan.speculative_config)
+                       device=args.device, speculative_config=plan.speculative_config,
+                       language_model_only=not any(plan.mm_limits.values()), limit_mm_per_prompt=plan.mm_limits)
     if args.engine_process:
         from ..engine.process import EngineProcess, EngineStartError
 
@@ -255,7 +256,8 @@ def build_state(plan: ServePlan, args: argparse.Namespace):
     try:
         defaults = load_generation_defaults(str(plan.model_dir), args.generation_config)
         return ServerState(client, plan.served_names, chat_template=plan.chat_template,
-                           generation_defaults=defaults, **plan.state_kwargs)
+                           generation_defaults=defaults, mm_limits=plan.mm_limits, media_policy=plan.media_policy,
+                           **plan.state_kwargs)
     except BaseException:
         client.shutdown()
         raise
@@ -269,7 +271,8 @@ def banner(state, plan: ServePlan) -> str:
              f"{'MoE' if info.is_moe else 'dense'}), max_model_len {info.max_model_len} "
              f"(supports {plan.supported_len}); engine in {where}",
              f"  {info.cache_plan}",
-             f"  speculative decoding: {info.speculative}"]
+             f"  speculative decoding: {info.speculative}",
+             f"  vision: {info.vision_note}"]
     if plan.embedded:
         lines += ["  NOTE: this is the EMBEDDED DEFAULT MODEL, a small checkpoint with RANDOM weights: its answers are",
                   "        noise. Serve a real checkpoint with: qwen35 serve /path/to/Qwen3.5-0.8B"]
