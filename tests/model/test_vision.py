@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from qwen35.loading.names import SCALE, VISUAL
 from qwen35.loading.writer import write_random_checkpoint
 from qwen35.model.linear import QuantLinear, dequantize_fp8
 from qwen35.multimodal.inputs import MediaItem
-from tests.loading.util import copy_ckpt, edit_shard, weight_map
+from tests.loading.util import all_headers, copy_ckpt, edit_shard, weight_map
 
 transformers = pytest.importorskip("transformers")
 
@@ -44,7 +45,7 @@ def _liven(path, seed: int) -> None:
         save_file(tensors, str(path / shard), metadata={"format": "pt"})
 
 
-def _write(tmp_path_factory, name: str, base: str, seed: int, **vision) -> object:
+def _write(tmp_path_factory, name: str, base: str, seed: int, **vision) -> Path:
     cfg = preset(base)
     cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **vision))
     path = write_random_checkpoint(cfg, tmp_path_factory.mktemp(name), seed=seed, shard_bytes=SHARD,
@@ -146,8 +147,6 @@ def test_language_model_only_has_no_tower(vision_ckpt, ours_fp32):
 
 
 def _vision_sizes(path) -> list[int]:
-    from tests.loading.util import all_headers
-
     return [torch.Size(shape).numel() for name, (_, shape) in all_headers(path).items() if name.startswith(VISUAL)]
 
 

@@ -128,9 +128,10 @@ class VisionTower(nn.Module):
     def forward(self, pixels: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
         """pixels: [P, patch_dim], every item's patches concatenated (each frame in merge-block order);
         grids: each item's (t, h, w) in patches. Returns [P / merge^2, out_hidden_size] in the tower's dtype."""
+        grids = [(int(t), int(h), int(w)) for t, h, w in grids]  # also a [items, 3] tensor, as transformers takes
         self._check(pixels, grids)
         merge = self.cfg.spatial_merge_size
-        plan = FramePlan.build([tuple(g) for g in grids])
+        plan = FramePlan.build(grids)
         if plan.order is not None:
             pixels = pixels[plan.order.to(pixels.device)]
         x = self.patch_embed(pixels.to(self.dtype))
