@@ -316,7 +316,7 @@ def test_flags_reach_server_state(hf_cache, monkeypatch):
              "--allowed-hosts", "a.example,b.example", "--max-logprobs", "5", "--max-waiting-requests", "3",
              "--trust-request-chat-template", "--enable-log-requests")
     client = SimpleNamespace(tokenizer=SimpleNamespace(chat_template="t"),
-                             info=SimpleNamespace(max_model_len=9, vocab_size=64, max_num_seqs=4))
+                             info=SimpleNamespace(max_model_len=9, vocab_size=64, max_num_seqs=4, vision=False))
     state = ServerState(client, p.served_names, **p.state_kwargs)
     assert state.api_key == "from-vllm-env"
     assert state.default_chat_template_kwargs == {"enable_thinking": False}

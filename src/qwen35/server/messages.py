@@ -161,17 +161,6 @@ def normalize_chat(messages: list[Any]) -> tuple[list[dict[str, Any]], list[Medi
     return rest, media
 
 
-def normalize_messages(messages: list[Any]) -> list[dict[str, Any]]:
-    """normalize_chat for a text-only prompt: a MessageError when the messages name images or videos, which
-    this path cannot serve."""
-    clean, media = normalize_chat(messages)
-    if media:
-        kinds = sorted({m.kind for m in media})
-        raise MessageError(f"the messages contain {' and '.join(k + 's' for k in kinds)}, and image and video input "
-                           "does not reach the model yet")
-    return clean
-
-
 def check_media_limits(media: list[MediaRef], limits: dict[str, int]) -> None:
     """MessageError when `media` holds more items of a kind than `limits` (--limit-mm-per-prompt) allows."""
     for kind in ("image", "video"):
