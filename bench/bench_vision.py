@@ -54,7 +54,8 @@ def bench_ours(path: Path, dtype: str, img: Image.Image, repeats: int) -> tuple[
     from qwen35.multimodal.load import to_item
     from qwen35.tokenizer.chat_template import render_chat
 
-    llm = LLM(str(path), dtype=dtype, max_model_len=4096, max_num_seqs=1, max_num_batched_tokens=4096)
+    # max_num_seqs 4: room for a few prefix-cache entries (the turn boundary and the finished turn)
+    llm = LLM(str(path), dtype=dtype, max_model_len=4096, max_num_seqs=4, max_num_batched_tokens=4096)
     item = to_item("image", img, llm.processor)
     engine, one = llm.engine, SamplingParams(max_tokens=1, temperature=0)
     q1 = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]}]
