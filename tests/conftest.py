@@ -79,6 +79,15 @@ def tiny_moe_ckpt(tmp_path_factory):
     return write_random_checkpoint(preset("tiny-moe"), d, seed=1, shard_bytes=16 << 20, tokenizer=False)
 
 
+@pytest.fixture(scope="session")
+def vision_tiny_ckpt(tmp_path_factory):
+    """tiny's text model with a 2-block vision tower of width 64 (4 heads), non-trivial vision biases."""
+    from tests.model.test_vision import _write
+
+    return _write(tmp_path_factory, "vision_tiny", "tiny", 3, depth=2, hidden_size=64, num_heads=4,
+                  intermediate_size=128)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA: skip them where there is none."""
     if torch.cuda.is_available():

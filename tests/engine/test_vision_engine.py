@@ -19,7 +19,6 @@ from qwen35.multimodal.processor import ProcessorConfig, process_image
 from qwen35.multimodal.video import process_video
 from qwen35.tokenizer.chat_template import render_chat
 from tests.engine.test_speculative import oracle_drafts
-from tests.model.test_vision import _write
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,9 +27,8 @@ CFG = ProcessorConfig.from_dicts(None, None)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return _write(tmp_path_factory, "vision_engine", "tiny", 3, depth=2, hidden_size=64, num_heads=4,
-                  intermediate_size=128)
+def ckpt(vision_tiny_ckpt):
+    return vision_tiny_ckpt
 
 
 @pytest.fixture(scope="module")

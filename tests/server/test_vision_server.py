@@ -17,14 +17,12 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.model.test_vision import _write
 from tests.server.conftest import API_KEY, ENGINE, live_server
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return _write(tmp_path_factory, "vision_server", "tiny", 5, depth=2, hidden_size=64, num_heads=4,
-                  intermediate_size=128)
+def ckpt(vision_tiny_ckpt):
+    return vision_tiny_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -60,8 +60,9 @@ class VisionAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], plan: FramePlan) -> torch.Tensor:
-        q, k, v = self.qkv(x).view(x.shape[0], 3, self.num_heads, -1).unbind(1)
-        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        qkv = self.qkv(x).view(x.shape[0], 3, self.num_heads, -1)
+        q, k = apply_rotary(qkv[:, :2].transpose(0, 1), *rotary)  # q and k in one pass, each contiguous
+        v = qkv[:, 2]
         return self.proj(frame_attention(q, k, v, plan.runs))
 
 

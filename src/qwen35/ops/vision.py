@@ -51,11 +51,19 @@ def rotary_tables(h: int, w: int, merge: int, head_dim: int, theta: float) -> tu
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [N, heads, d] rotated by the per-patch cos/sin [N, d]; computed in fp32, returned in x's dtype."""
-    xf = x.float()
+    """x: [..., N, heads, d] (e.g. q and k together, [2, N, heads, d]) rotated by the per-patch cos/sin
+    [N, d]; computed in fp32, returned contiguous in x's dtype.
+
+    rotate-half: x cos + cat(-x2, x1) sin with cos = cat(c, c), sin = cat(s, s), i.e. the first half gets
+    x1 c - x2 s and the second x2 c + x1 s: one multiply and two half-width multiply-adds in place (no
+    negated or concatenated copies: on a 4096-patch image those were a fifth of the tower's time)."""
+    xf = x.to(torch.float32, memory_format=torch.contiguous_format)
     half = xf.shape[-1] // 2
-    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
-    return (xf * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
+    cos, sin = cos[:, None], sin[:, None, :half]
+    out = xf * cos
+    out[..., :half].addcmul_(xf[..., half:], sin, value=-1)
+    out[..., half:].addcmul_(xf[..., :half], sin)
+    return out.to(x.dtype)
 
 
 def _axis_taps(index: torch.Tensor, size: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
