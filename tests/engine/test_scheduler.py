@@ -135,3 +135,31 @@ def test_prefix_cache_lru_eviction_releases_blocks():
     blocks.release(owned)
     cache.clear()
     assert blocks.num_free == 8
+
+
+def _media_req(rid, n, items):
+    """A prompt of n tokens with images of `patches` patches placed at `offset`: [(offset, patches)]."""
+    import numpy as np
+
+    from qwen35.multimodal.inputs import MediaItem
+    from qwen35.multimodal.layout import PromptMedia
+
+    media = [MediaItem("image", np.zeros((p, 4), np.float32), (1, 2, p // 2)) for _, p in items]
+    r = req(rid, n)
+    r.media = PromptMedia.build(media, [[(o, m.num_tokens)] for (o, _), m in zip(items, media)])
+    return r
+
+
+def test_encoder_budget_cuts_chunks_before_media():
+    s = Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_model_len=128, block_size=BS, checkpoint_every=0,
+                                  max_encoder_patches=40), 64, list(range(4)), list(range(4, 8)))
+    a = _media_req("a", 40, [(2, 24), (20, 24)])  # two images of 24 patches (6 tokens each)
+    b = _media_req("b", 30, [(3, 48)])  # one image larger than the whole budget
+    s.add(a)
+    s.add(b)
+    out = run_step(s)  # a's second image would pass the budget: a's chunk stops before it, b's before its image
+    assert [(x.request.request_id, x.num_tokens) for x in out.seqs] == [("a", 20), ("b", 3)]
+    out = run_step(s)  # a's second image; b's image cannot join it in the step
+    assert [(x.request.request_id, x.num_tokens) for x in out.seqs] == [("a", 20)]
+    out = run_step(s)  # no other media in the step: an item larger than the budget runs
+    assert [(x.request.request_id, x.context, x.num_tokens) for x in out.seqs] == [("a", 40, 1), ("b", 3, 27)]

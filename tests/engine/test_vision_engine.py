@@ -228,3 +228,18 @@ def test_placeholder_and_limit_errors(llm, ckpt):
     with pytest.raises(ValueError, match="limit-mm-per-prompt"):
         _greedy(limited, _chat(limited, ["image", "image"]), [_image(64, 64, 0), _image(64, 64, 1)])
     assert not limited.engine.has_unfinished()
+
+
+def test_moe_prompt_logits_equal_transformers(tmp_path_factory):
+    from tests.model.test_vision import _write
+
+    path = _write(tmp_path_factory, "vision_moe", "tiny-moe", 4, depth=2, hidden_size=64, num_heads=4,
+                  intermediate_size=128)
+    hf = transformers.Qwen3_5MoeForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    moe = LLM(str(path), dtype="float32", max_model_len=512, kv_cache_memory=32 << 20)
+    media = MEDIA["image-and-video"]()
+    ids, ours = _engine_logits(moe, _chat(moe, [m.kind for m in media]), media)
+    with torch.no_grad():
+        want = hf(**_hf_inputs(ids, media, moe.tokenizer)).logits[0]
+    err = (ours - want).abs().max().item()
+    assert err <= TOL * want.abs().max().item(), f"max |ours - transformers| = {err:.2e}"
