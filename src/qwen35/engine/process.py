@@ -7,7 +7,9 @@ process the server's Python runs beside the model instead of between its steps.
 
 How: the child (spawned, so it starts clean) builds the `LLMEngine`, sends back `EngineInfo` (or the error
 that stopped it), then loops: apply every command waiting on the pipe, step while there is work, send each
-result as `(key, item)`. Here, one reader thread receives results and hands them to the client. If the child
+result as `(key, item)`. Here, one writer thread sends commands (a request with an image carries megabytes
+of pixels, and a pipe write waits for the child to read it, which it does between steps: the event loop must
+never wait on that) and one reader thread receives results and hands them to the client. If the child
 dies, every open request fails with `RequestFailed` and `healthy` turns false; if this process goes away,
 the child sees the pipe close and exits.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import queue
 import threading
 
 from ..tokenizer import Tokenizer
@@ -47,17 +50,24 @@ class EngineProcess(EngineClient):
         if isinstance(info, BaseException):
             self._proc.join(10)
             raise EngineStartError(str(info))
-        self._send_lock = threading.Lock()
-        super().__init__(info, Tokenizer.from_pretrained(cfg.model), self._send_command)
+        self._outbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        super().__init__(info, Tokenizer.from_pretrained(cfg.model), self._outbox.put)
+        self._writer = threading.Thread(target=self._write, name="qwen35-engine-writer", daemon=True)
         self._reader = threading.Thread(target=self._read, name="qwen35-engine-reader", daemon=True)
+        self._writer.start()
         self._reader.start()
 
-    def _send_command(self, cmd: tuple) -> None:
-        try:
-            with self._send_lock:
+    def _write(self) -> None:
+        """Send commands in order; after `shutdown`, or once the pipe is closed, stop."""
+        while True:
+            cmd = self._outbox.get()
+            try:
                 self._conn.send(cmd)
-        except (OSError, ValueError):  # the pipe is closed: the child is gone
-            self.fail_all(RequestFailed("the engine process is not running"))
+            except (OSError, ValueError):  # the pipe is closed: the child is gone
+                self.fail_all(RequestFailed("the engine process is not running"))
+                return
+            if cmd[0] == "shutdown":
+                return
 
     def _read(self) -> None:
         while True:
@@ -73,8 +83,8 @@ class EngineProcess(EngineClient):
     def shutdown(self) -> None:
         alive, self.healthy = self.healthy, False  # the reader does not report an exit it expects
         if alive and self._proc.is_alive():
-            with self._send_lock:
-                self._conn.send(("shutdown",))
+            self._outbox.put(("shutdown",))
+            self._writer.join(10)
             self._proc.join(10)
         if self._proc.is_alive():
             self._proc.kill()
