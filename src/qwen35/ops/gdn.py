@@ -145,6 +145,7 @@ def _chunk_span(q, k, v, g, beta, S, out, chunk):
         U[n].baddbmm_(W[n], states[n], alpha=-1)  # V' = U - W S
         torch.mul(states[n], decay_last[n], out=states[n + 1])
         states[n + 1].baddbmm_(k_decayed[n].transpose(-1, -2), U[n])  # S = exp(G_C) S + (exp(G_C - G) K)^T V'
+    # O = exp(G) ⊙ (Q S) + P V': scaling O's rows equals scaling Q's and spares a copy of Q
     o = bmm(q, states[:N]).mul_(G_exp).view(N * BH, C, -1).baddbmm_(P.flatten(0, 1), U.flatten(0, 1))
     _from_chunks(o.view(N, BH, C, -1), out)
     return states[N]
