@@ -153,3 +153,53 @@ def test_conv_snapshots_equal_prefix_states(lens, S):
             causal_conv1d(x[b:b + 1, :t + 1], torch.tensor([t + 1]), w, s_ref)
             assert torch.equal(pool[index[b, i]], s_ref[0]), (b, i)
         assert torch.equal(pool[index[b, -1]], state[b])
+
+
+@pytest.mark.parametrize("T,chunk,span", [(5, 64, 256), (100, 64, 256), (300, 64, 128), (300, 32, 64), (257, 128, 256)],
+                         ids=["far-under-one-chunk", "partial-last-chunk", "several-spans", "chunk-32",
+                              "chunk-128"])
+def test_chunked_spans_and_partial_chunks(T, chunk, span, monkeypatch):
+    """T not a multiple of the chunk, spans of a few chunks (the precompute's groups), other chunk sizes."""
+    import qwen35.ops.gdn as gdn
+
+    monkeypatch.setattr(gdn, "_SPAN_TOKENS", span)
+    q, k, v, g, beta, s0 = _inputs(2, T, 3, 16, 8)
+    s_rec, s_chk = s0.clone(), s0.clone()
+    o_rec = recurrent_gated_delta_rule(q, k, v, g, beta, s_rec)
+    o_chk = chunked_gated_delta_rule(q, k, v, g, beta, s_chk, chunk=chunk)
+    assert torch.allclose(o_rec, o_chk, atol=1e-10)
+    assert torch.allclose(s_rec, s_chk, atol=1e-10)
+
+
+def test_chunked_right_padded_batch_equals_each_sequence_alone():
+    """B > 1, right-padded (g = beta = 0 past each length, junk q/k/v there): every sequence's outputs and
+    final state are those of running it alone."""
+    lens = [200, 77, 5]
+    q, k, v, g, beta, s0 = _inputs(len(lens), max(lens), 2, 16, 16)
+    g, beta = _pad_to_lens(g, lens), _pad_to_lens(beta, lens)
+    state = s0.clone()
+    o = chunked_gated_delta_rule(q, k, v, g, beta, state)
+    for b, n in enumerate(lens):
+        s_ref = s0[b:b + 1].clone()
+        o_ref = recurrent_gated_delta_rule(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], g[b:b + 1, :n],
+                                           beta[b:b + 1, :n], s_ref)
+        assert torch.allclose(o[b:b + 1, :n], o_ref, atol=1e-10)
+        assert torch.allclose(state[b], s_ref[0], atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunked_strong_decays(dtype):
+    """Per-token log-decays down to -40 (transformers' random init reaches -20; cumulative in-chunk decays then
+    fall far below the exp(-60) cutoff and into fp32's denormal/underflow range), some heads weak: the same as
+    the recurrent form, with nothing non-finite."""
+    q, k, v, g, beta, s0 = _inputs(2, 150, 3, 16, 16, dtype=dtype)
+    gen = torch.Generator().manual_seed(3)
+    g = -40 * torch.rand(2, 150, 3, generator=gen, dtype=dtype) ** 2
+    g[:, :, 1] *= 1e-3  # one weakly decaying head
+    s_rec, s_chk = s0.clone(), s0.clone()
+    o_rec = recurrent_gated_delta_rule(q, k, v, g, beta, s_rec)
+    o_chk = chunked_gated_delta_rule(q, k, v, g, beta, s_chk)
+    atol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert o_chk.isfinite().all() and s_chk.isfinite().all()
+    assert torch.allclose(o_rec, o_chk, atol=atol)
+    assert torch.allclose(s_rec, s_chk, atol=atol)
