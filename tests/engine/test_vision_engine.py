@@ -190,7 +190,7 @@ def test_encoder_cache_serves_the_same_image_in_another_prompt(llm):
     assert (cache.misses, cache.hits) == (misses, hits + 1)
 
 
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_mtp_drafts_keep_greedy_output(ckpt, truth, k):
     prompt, media, want, ref = truth
     spec = LLM(str(ckpt), dtype="float32", max_model_len=1024, max_num_seqs=4, kv_cache_memory=64 << 20,
