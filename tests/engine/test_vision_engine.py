@@ -243,3 +243,26 @@ def test_moe_prompt_logits_equal_transformers(tmp_path_factory):
         want = hf(**_hf_inputs(ids, media, moe.tokenizer)).logits[0]
     err = (ours - want).abs().max().item()
     assert err <= TOL * want.abs().max().item(), f"max |ours - transformers| = {err:.2e}"
+
+
+def test_llm_chat_takes_image_url_parts(llm, tmp_path):
+    import base64
+    import io
+
+    rng = np.random.default_rng(7)
+    picture = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "What is in it?"}]}]
+    chat = llm.chat(messages, params, chat_template_kwargs={"enable_thinking": False})[0]
+    direct = _run(llm, _chat(llm, ["image"]), [process_image(picture, CFG)], params)
+    assert chat.prompt_token_ids == direct.prompt_token_ids
+    assert chat.outputs[0].token_ids == direct.outputs[0].token_ids
+    # file:// only under allowed_local_media_path (None here)
+    (tmp_path / "p.png").write_bytes(buf.getvalue())
+    messages[0]["content"][0]["image_url"]["url"] = f"file://{tmp_path / 'p.png'}"
+    with pytest.raises(ValueError, match="allowed-local-media-path|allowed_local_media_path"):
+        llm.chat(messages, params)
