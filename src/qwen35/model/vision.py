@@ -7,7 +7,9 @@ one attention call (`ops.vision.FramePlan`), so a batch wastes no rows on paddin
 
 Parameter names are the checkpoint's below `model.visual.`; layers keep biases, so they are torch's
 `nn.Linear`/`nn.LayerNorm` (the decoder's bias-free `Linear` and its quantised swaps do not apply). The tower
-runs in its weights' dtype; rotary and position-table maths are fp32, as in transformers.
+runs in its weights' dtype; rotary and position-table maths are fp32, as in transformers. In bf16 on CPU the
+rotary and fc1's bias + tanh GELU are fused C++ kernels (csrc/vision.cpp, `ops.fused.lib_for`); the torch ops
+below are the reference and the path everywhere else.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, VisionConfig
+from ..ops.fused import lib_for
 from ..ops.vision import FramePlan, apply_rotary, frame_attention, interpolate_positions, rotary_tables
 
 ACTIVATIONS = {"gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
@@ -61,7 +64,13 @@ class VisionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], plan: FramePlan) -> torch.Tensor:
         qkv = self.qkv(x).view(x.shape[0], 3, self.num_heads, -1)
-        q, k = apply_rotary(qkv[:, :2].transpose(0, 1), *rotary)  # q and k in one pass, each contiguous
+        qk, (cos, sin) = qkv[:, :2].transpose(0, 1), rotary
+        lib = lib_for(x)
+        if lib is None:
+            q, k = apply_rotary(qk, cos, sin)  # q and k in one pass, each contiguous
+        else:  # the same maths read straight from qkv, no fp32 copies; the tables' halves are equal
+            half = cos.shape[-1] // 2
+            q, k = lib.vision_rotary(qk, cos[:, :half], sin[:, :half])
         v = qkv[:, 2]
         return self.proj(frame_attention(q, k, v, plan.runs))
 
@@ -72,9 +81,16 @@ class VisionMLP(nn.Module):
         self.linear_fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.linear_fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.act = ACTIVATIONS[cfg.hidden_act]
+        self.tanh_gelu = cfg.hidden_act == "gelu_pytorch_tanh"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_fc2(self.act(self.linear_fc1(x)))
+        lib = lib_for(x) if self.tanh_gelu and x.dim() == 2 else None
+        if lib is None:
+            return self.linear_fc2(self.act(self.linear_fc1(x)))
+        # fc1 without its bias (the matmul would first copy the bias into its output), then bias + GELU in one
+        # pass over fc1's output, in place
+        h = lib.bias_gelu_tanh_(F.linear(x, self.linear_fc1.weight), self.linear_fc1.bias)
+        return self.linear_fc2(h)
 
 
 class VisionBlock(nn.Module):

@@ -7,7 +7,9 @@ conv step, l2norm, the recurrent update, norms). The ops (`torch.ops.qwen35.*`):
   (model/gated_deltanet.py; decode steps without snapshot slots);
 - `rms_norm(x, scale, eps)`, `add_rms_norm(x, delta, scale, eps) -> (x + delta, norm)`: the zero-centred
   RMSNorm, `scale` = fp32 1 + w (model/norm.py, model/decoder.py; x: [N, D] or [N, H, D] with strided rows);
-- `silu_mul(gate_up) -> silu(gate) * up` (model/mlp.py).
+- `silu_mul(gate_up) -> silu(gate) * up` (model/mlp.py);
+- `vision_rotary(qk, cos, sin)` and `bias_gelu_tanh_(h, b)`: the vision tower's rotary on q and k, and fc1's
+  bias + tanh GELU in place (model/vision.py; csrc/vision.cpp).
 The norms and silu_mul apply at every size (they measured faster for prefill rows too). Layers ask
 `lib_for(x)` whether the fused kernels apply to their activations: CPU, bf16, no autograd, the native build
 loaded, and `ENABLED` (`QWEN35_FUSED=0` turns them off, for A/B measurements). The torch path stays the
