@@ -163,3 +163,16 @@ def test_encoder_budget_cuts_chunks_before_media():
     assert [(x.request.request_id, x.num_tokens) for x in out.seqs] == [("a", 20)]
     out = run_step(s)  # no other media in the step: an item larger than the budget runs
     assert [(x.request.request_id, x.context, x.num_tokens) for x in out.seqs] == [("a", 40, 1), ("b", 3, 27)]
+
+
+def test_checkpoints_close_to_a_chunk_start_do_not_split_it():
+    # periodic marks give way to a nearby turn mark
+    assert checkpoint_positions([0] * 40 + [9] + [0] * 30, 9, 4, 32, gap=16) == [41, 64]  # 32 gives way
+    assert checkpoint_positions([0] * 40 + [9] + [0] * 30, 9, 4, 32) == [32, 41, 64]
+    s = Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_model_len=128, block_size=BS, checkpoint_every=0,
+                                  checkpoint_min=4, boundary_token_id=9, checkpoint_min_gap=8), 64, [0], [1])
+    r = Request("r", [1] * 10 + [9] + [1] * 3 + [9] + [1] * 10, SamplingParams(max_tokens=2))
+    s.add(r)
+    # marks at 11 and 15: 11 splits the first chunk; 15 is 4 tokens after the next start: no split
+    assert [x.num_tokens for x in run_step(s).seqs] == [11]
+    assert [x.num_tokens for x in run_step(s).seqs] == [14]

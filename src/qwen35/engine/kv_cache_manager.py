@@ -81,19 +81,22 @@ def prefix_key(tokens: list[int], p: int) -> int:
     return hash((p, tuple(tokens[:p])))
 
 
-def checkpoint_positions(prompt: list[int], boundary_id: int | None, min_length: int, every: int) -> list[int]:
+def checkpoint_positions(prompt: list[int], boundary_id: int | None, min_length: int, every: int,
+                         gap: int = 0) -> list[int]:
     """Prompt positions after which the GDN state is worth saving for later requests: right after each of
     the last two `boundary_id` tokens (`<|im_start|>`: where the next chat turn, the same system prompt with
     another question, or the next agent step diverges from this prompt) and every `every` tokens (long
     shared documents). Each one splits the prefill (one extra forward pass), so prefixes shorter than
-    `min_length`, cheap to recompute, are not saved. Positions are strictly inside the prompt."""
+    `min_length`, cheap to recompute, are not saved. A periodic position closer than `gap` to a turn mark
+    gives way to it (the turn mark is what the next turn hits). Positions are strictly inside the prompt."""
     n = len(prompt)
     marks: set[int] = set()
+    turns: list[int] = []
     if boundary_id is not None:
-        found = [i + 1 for i, t in enumerate(prompt) if t == boundary_id]
-        marks.update(found[-2:])
+        turns = [i + 1 for i, t in enumerate(prompt) if t == boundary_id][-2:]
+        marks.update(turns)
     if every > 0:
-        marks.update(range(every, n, every))
+        marks.update(p for p in range(every, n, every) if all(abs(p - t) >= gap for t in turns))
     return sorted(p for p in marks if min_length <= p < n)
 
 

@@ -59,6 +59,8 @@ from .stop import Delta, StopChecker
 from .verify import row_histories, verify
 
 log = logging.getLogger("qwen35.engine")
+# A prefix checkpoint this close after a chunk's start is not worth its own forward pass (scheduler.py).
+CHECKPOINT_MIN_GAP = 64
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "auto": torch.bfloat16}  # EngineConfig.dtype names
 
@@ -129,7 +131,8 @@ class LLMEngine:
         sched_cfg = SchedulerConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                                     max_model_len=self.max_model_len, block_size=cfg.block_size,
                                     boundary_token_id=self.tokenizer.im_start_id,
-                                    max_encoder_patches=cfg.max_num_encoder_patches)
+                                    max_encoder_patches=cfg.max_num_encoder_patches,
+                                    checkpoint_min_gap=CHECKPOINT_MIN_GAP)
         self.scheduler = Scheduler(sched_cfg, plan.num_blocks, list(range(plan.run_slots)),
                                    list(range(plan.run_slots, slots)))
         self.sampler = Sampler()
