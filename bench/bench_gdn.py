@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_model, memory_bandwidth  # noqa: E402
+from machine import cpu_model, memory_bandwidth, timed  # noqa: E402
 
 from qwen35.ops.gdn import _decay, chunked_gated_delta_rule, l2norm  # noqa: E402
 
@@ -65,15 +64,6 @@ def inputs(T: int, H: int, d: int, seed: int = 0):
     s0 = torch.randn(1, H, d, d, generator=gen) * 0.1
     return q, k, v, g, beta, s0
 
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:

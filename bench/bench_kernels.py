@@ -14,27 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_model, memory_bandwidth  # noqa: E402
+from machine import cpu_model, memory_bandwidth, timed  # noqa: E402
 
 SHAPES = {"gdn_in_proj": (8480, 1024), "mlp_gate_up": (7168, 1024), "mlp_down": (1024, 3584),
           "lm_head": (248320, 1024)}
 
-
-def timed(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:

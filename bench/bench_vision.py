@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import checkpoint  # noqa: E402
-from machine import cpu_model, memory_bandwidth  # noqa: E402
+from machine import cpu_model, memory_bandwidth, timed  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -37,16 +37,6 @@ def image(size: int) -> Image.Image:
     y, x = np.mgrid[0:size, 0:size] / size
     rgb = np.stack([x, y, (x + y) / 2], -1) * 200 + np.random.default_rng(0).integers(0, 55, (size, size, 3))
     return Image.fromarray(rgb.astype(np.uint8))
-
-
-def best(fn, repeats: int) -> float:
-    fn()  # warm-up: kernel choices, allocator
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def bench_ours(path: Path, dtype: str, img: Image.Image, repeats: int) -> tuple[dict, list[int], object]:
@@ -77,7 +67,7 @@ def bench_ours(path: Path, dtype: str, img: Image.Image, repeats: int) -> tuple[
     first = ask(q1)
     q2 = q1 + [{"role": "assistant", "content": first.outputs[0].text or "A picture."},
                {"role": "user", "content": "And what colour is its top left corner?"}]
-    out = {"encode_s": best(encode, repeats), "cold_ttft_s": best(cold, repeats)}
+    out = {"encode_s": timed(encode, repeats), "cold_ttft_s": timed(cold, repeats)}
 
     def warm():
         cold()  # the first turn fills both caches
@@ -110,7 +100,7 @@ def bench_transformers(path: Path, dtype, ids: list[int], item, repeats: int) ->
     def forward():
         model(input_ids=t, mm_token_type_ids=kinds, pixel_values=pixels, image_grid_thw=grid, logits_to_keep=1)
 
-    return {"encode_s": best(encode, repeats), "cold_ttft_s": best(forward, repeats)}
+    return {"encode_s": timed(encode, repeats), "cold_ttft_s": timed(forward, repeats)}
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on: every bench prints these beside its ratios (timings differ 3x between hosts)."""
+"""The machine a benchmark ran on: every bench prints these beside its ratios (timings differ 3x between hosts);
+and `timed`, the best-of-n wall time every bench uses."""
 
 from __future__ import annotations
 
@@ -56,3 +57,14 @@ def run_worker(cmd: list[str], env: dict, what: str) -> dict:
     if out.returncode != 0:
         sys.exit(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def timed(fn, repeats: int = 3) -> float:
+    """Best wall time of `repeats` calls of `fn` after one untimed warm-up (kernel choices, allocator)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
