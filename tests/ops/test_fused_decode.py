@@ -14,17 +14,6 @@ from qwen35.ops.gdn import l2norm, recurrent_gated_delta_rule
 lib = native.ops()
 pytestmark = pytest.mark.skipif(lib is None, reason="native kernels not built")
 
-ORDER = ["scalar", "avx2", "avx512_bf16"]
-ISAS = [i for i in reversed(ORDER) if lib is not None and ORDER.index(i) <= ORDER.index(native.isa())]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    native.force_isa(request.param)
-    yield request.param
-    native.force_isa(None)
-
-
 def gdn_decode_ref(mixed, z, b, a, conv_w, conv_pool, ssm_pool, slots, neg_a, dt_bias, norm_w, eps):
     """The torch path of GatedDeltaNet.forward for one decode step (gather/scatter state at `slots`)."""
     B = mixed.shape[0]

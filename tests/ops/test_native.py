@@ -10,18 +10,6 @@ from qwen35.ops import native, quant
 lib = native.ops()
 pytestmark = pytest.mark.skipif(lib is None, reason="native kernels not built")
 
-ISAS = [isa for isa in ("avx512_bf16", "avx2", "scalar")
-        if lib is not None and ["scalar", "avx2", "avx512_bf16"].index(isa)
-        <= ["scalar", "avx2", "avx512_bf16"].index(native.isa())]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    native.force_isa(request.param)
-    yield request.param
-    native.force_isa(None)
-
-
 def _close(y: torch.Tensor, ref: torch.Tensor, tol: float = 8e-3) -> None:
     err = (y.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-6)
     assert err < tol, f"max error {err:.2e} relative to max |ref|"

@@ -13,17 +13,6 @@ from qwen35.ops.vision import apply_rotary
 lib = native.ops()
 pytestmark = pytest.mark.skipif(lib is None, reason="native kernels not built")
 
-ORDER = ["scalar", "avx2", "avx512_bf16"]
-ISAS = [isa for isa in reversed(ORDER) if lib is not None and ORDER.index(isa) <= ORDER.index(native.isa())]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    native.force_isa(request.param)
-    yield request.param
-    native.force_isa(None)
-
-
 def _ulp(x: torch.Tensor) -> torch.Tensor:
     """One bf16 ulp at |x| (the spacing of bf16 values in x's binade; subnormal floor)."""
     e = torch.frexp(x.float().abs().clamp(min=2.0 ** -126))[1]
