@@ -9,6 +9,7 @@ from ..config import check_quantization
 from .spec_config import SpeculativeConfig
 
 DTYPE_NAMES = ("bfloat16", "bf16", "float32", "fp32", "auto")
+ENCODER_CACHE_BYTES = 256 << 20  # default budget of vision-tower outputs kept by content digest
 
 
 @dataclass
@@ -35,7 +36,7 @@ class EngineConfig:
     # tower patches one step may encode (an item larger than this still runs, alone)
     language_model_only: bool = False
     limit_mm_per_prompt: dict[str, int] | None = None
-    encoder_cache_memory: int = 256 << 20
+    encoder_cache_memory: int = ENCODER_CACHE_BYTES
     max_num_encoder_patches: int = 16384
 
     def __post_init__(self) -> None:

@@ -25,9 +25,6 @@ class EncoderCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, digest: str) -> bool:
-        return digest in self._entries
-
     def get(self, digest: str) -> torch.Tensor | None:
         out = self._entries.get(digest)
         if out is None:

@@ -57,8 +57,11 @@ class LLM:
             prompts = [prompts]  # a single prompt
         if not isinstance(prompts, list):
             raise ValueError(f"prompts must be a prompt or a list of prompts, got {type(prompts).__name__}")
-        media = [self._media(p) for p in prompts]
-        prompts = [_prompt(p) for p in prompts]
+        return self._run([_prompt(p) for p in prompts], [self._media(p) for p in prompts], sampling_params)
+
+    def _run(self, prompts: list[str | list[int]], media: list[list[MediaItem] | None],
+             sampling_params: SamplingParams | list[SamplingParams] | None) -> list[RequestOutput]:
+        """Add every prompt with its items (all or none), run the engine until they finish, in prompt order."""
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
@@ -83,25 +86,21 @@ class LLM:
              tools: list[dict] | None = None, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
         """Render each conversation with the checkpoint's chat template and generate."""
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = []
+        prompts, media = [], []
         for conv in convs:
             clean, refs = normalize_chat(conv)
-            text = render_chat(self.tokenizer.chat_template, clean, tools=tools, add_generation_prompt=True,
-                               **(chat_template_kwargs or {}))
-            prompts.append({"prompt": text, "multi_modal_data": {"items": load_media(refs, self.media_policy,
-                                                                                      self.processor)}}
-                           if refs else text)
-        return self.generate(prompts, sampling_params)
+            prompts.append(render_chat(self.tokenizer.chat_template, clean, tools=tools, add_generation_prompt=True,
+                                       **(chat_template_kwargs or {})))
+            media.append(load_media(refs, self.media_policy, self.processor) if refs else None)
+        return self._run(prompts, media, sampling_params)
 
     def _media(self, p: Any) -> list[MediaItem] | None:
         """The items of a prompt dict's `multi_modal_data`, in the order of the prompt's placeholders."""
         if not isinstance(p, dict) or "multi_modal_data" not in p:
             return None
         data, kwargs = p["multi_modal_data"], p.get("mm_processor_kwargs")
-        if not isinstance(data, dict) or set(data) - {"image", "video", "items"}:
+        if not isinstance(data, dict) or set(data) - {"image", "video"}:
             raise ValueError("multi_modal_data must be a dict with 'image' and/or 'video' entries")
-        if "items" in data:  # already in placeholder order (chat)
-            return list(data["items"])
         items = {kind: [to_item(kind, v, self.processor, kwargs)
                         for v in (data[kind] if isinstance(data[kind], (list, tuple)) else [data[kind]])]
                  for kind in ("image", "video") if kind in data}

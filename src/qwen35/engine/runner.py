@@ -20,6 +20,7 @@ import torch
 from ..model import ModelCache, Qwen35ForCausalLM
 from ..multimodal.inputs import MediaItem
 from ..ops.batch import BatchBuilder
+from .config import ENCODER_CACHE_BYTES
 from .encoder_cache import EncoderCache
 from .kv_cache_manager import PrefixHit
 from .request import Request
@@ -28,7 +29,6 @@ from .drafter import Drafter
 
 
 PROMPT_LOGPROBS_ROWS = 128  # prompt positions scored at once: bounds the [rows, vocab] logits buffer
-ENCODER_CACHE_BYTES = 256 << 20  # default budget of vision-tower outputs kept by content digest
 
 
 @dataclass(eq=False)

@@ -168,9 +168,9 @@ class Scheduler:
         """Cut a chunk at the first checkpoint inside it, unless that is fewer than `checkpoint_min_gap`
         tokens in: a few tokens more in one forward cost next to nothing, a separate forward costs a step
         (a chat turn's 26 new tokens after a prefix hit went from three forwards to one)."""
-        gap = self.cfg.checkpoint_min_gap
+        first = start + max(self.cfg.checkpoint_min_gap, 1)
         for c in req.checkpoints:
-            if start + gap <= c < start + n and c > start:
+            if first <= c < start + n:
                 return c - start
         return n
 
