@@ -34,11 +34,10 @@ class Qwen35Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.rope, cfg.rotary_dim, cfg.max_position_embeddings)
 
-    def forward(self, batch: ForwardBatch, cache: ModelCache, positions: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, batch: ForwardBatch, cache: ModelCache, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Returns final-normed hidden states [N, H]. `batch.positions` is [3, N] (mRoPE) with media."""
         x = self.embed_tokens(batch.input_ids) if inputs_embeds is None else inputs_embeds
-        rope = self.rotary(batch.positions if positions is None else positions, x.dtype)
+        rope = self.rotary(batch.positions, x.dtype)
         for layer in self.layers:
             x = layer(x, rope, batch, cache)
         return self.norm(x)
