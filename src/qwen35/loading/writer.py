@@ -26,6 +26,7 @@ from . import names
 # config.json's placeholder and marker token ids (the official files carry them; the text model reads none)
 MULTIMODAL_TOKENS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
                      "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+QWEN_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}  # the releases' defaults
 Spec = tuple[str, tuple[int, ...], torch.dtype, str]  # name, shape, on-disk dtype, init kind
 
 
@@ -104,20 +105,28 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str | Path, seed: int = 0
         del tensors
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    tok = Tokenizer.from_vocab()  # special ids from the tokenizer, never literals
+    write_metadata(cfg, out, dtype, Tokenizer.from_vocab(), tokenizer=tokenizer)
+    return out
+
+
+def write_metadata(cfg: ModelConfig, out: Path, dtype: torch.dtype, tok: Tokenizer, tokenizer: bool = True,
+                   generation: dict | None = None) -> None:
+    """config.json (with the special token ids of `tok`, never literals), generation_config.json (Qwen3.5's
+    sampling defaults, or the settings in `generation`), the processor files with a vision tower, and with
+    `tokenizer` the tokenizer files."""
     config = cfg.to_dict()
     config["text_config"]["dtype"] = str(dtype).removeprefix("torch.")
+    eot = tok.token_to_id(ENDOFTEXT)
+    config["text_config"]["eos_token_id"] = eot
     config.update({key: tok.token_to_id(token) for key, token in MULTIMODAL_TOKENS.items()})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    eot = tok.token_to_id(ENDOFTEXT)
-    generation = {"bos_token_id": eot, "eos_token_id": [tok.eos_token_id, eot], "pad_token_id": tok.pad_token_id,
-                  "do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    settings = {"bos_token_id": eot, "eos_token_id": [tok.eos_token_id, eot], "pad_token_id": tok.pad_token_id}
+    settings.update(generation or QWEN_SAMPLING)
+    (out / "generation_config.json").write_text(json.dumps(settings, indent=2) + "\n")
     if cfg.vision is not None:
         _write_processor_files(cfg, out)
     if tokenizer:
         tok.save(out)
-    return out
 
 
 def _write_processor_files(cfg: ModelConfig, out: Path) -> None:

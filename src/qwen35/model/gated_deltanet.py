@@ -59,6 +59,8 @@ class GatedDeltaNet(nn.Module):
         """-exp(A_log), dt_bias, the conv weight and the gated norm's weight in fp32, computed once per loaded
         weights."""
         key = (self.A_log, self.dt_bias, self.conv1d.weight, self.norm.weight)
+        if self.A_log.requires_grad:  # training: computed afresh, so that the gradients flow
+            return -self.A_log.float().exp(), self.dt_bias.float(), self.conv1d.weight.float(), self.norm.weight.float()
         cached = getattr(self, "_fp32", None)
         if cached is None or any(a is not b for a, b in zip(cached[0], key)):
             self._fp32 = (key, (-self.A_log.detach().float().exp(), self.dt_bias.detach().float(),

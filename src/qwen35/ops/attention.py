@@ -71,6 +71,12 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k
             q.transpose(0, 1)[None], k_new.transpose(0, 1)[None], v_new.transpose(0, 1)[None],
             is_causal=True, scale=scale, enable_gqa=True)
         return out[0].transpose(0, 1)
+    if q.requires_grad and torch.is_grad_enabled():  # training: fresh sequences, right-padded to one length
+        if int(batch.context_lens.max()) != 0:
+            raise ValueError("training batches start every sequence from scratch (no cached tokens)")
+        q, k_new, v_new = (batch.to_padded(x).transpose(1, 2) for x in (q, k_new, v_new))  # [B, H, T, D]
+        out = F.scaled_dot_product_attention(q, k_new, v_new, is_causal=True, scale=scale, enable_gqa=True)
+        return batch.to_packed(out.transpose(1, 2))
     return paged_attention_tiled(q, k_cache, v_cache, batch, scale)
 
 

@@ -38,6 +38,8 @@ def causal_conv1d(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor, sta
     """
     B, T, C = x.shape
     K = weight.shape[-1]
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _conv_differentiable(x, lens, weight, state)
     if x.device.type == "cpu" and T <= _SHORT and int(lens.min()) == T:
         return _conv_short(x, weight, state, snapshots)
     full = torch.cat([state.transpose(1, 2).to(x.dtype), x], 1)  # [B, K-1+T, C]
@@ -57,6 +59,20 @@ def causal_conv1d(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor, sta
     idx = (lens.view(B, 1) + torch.arange(K - 1, device=x.device)).view(B, K - 1, 1).expand(B, K - 1, C)
     state.copy_(full.gather(1, idx).transpose(1, 2))
     return y
+
+
+def _conv_differentiable(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor,
+                         state: torch.Tensor) -> torch.Tensor:
+    """`causal_conv1d` for training: the same K shifted multiply-adds, out of place so that autograd can go
+    through them (the tiled path writes into preallocated buffers). The new state is stored detached."""
+    B, T, C = x.shape
+    K = weight.shape[-1]
+    full = torch.cat([state.transpose(1, 2).to(x.dtype), x], 1).float()  # [B, K-1+T, C]
+    w = weight[:, 0, :].float()
+    y = sum(full[:, j:j + T] * w[:, j] for j in range(K))
+    idx = (lens.view(B, 1) + torch.arange(K - 1, device=x.device)).view(B, K - 1, 1).expand(B, K - 1, C)
+    state.copy_(full.detach().gather(1, idx).transpose(1, 2))
+    return F.silu(y)
 
 
 def _conv_short(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor,

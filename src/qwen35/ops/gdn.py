@@ -97,6 +97,8 @@ def chunked_gated_delta_rule(
     keep the last real G as G_C. Spans of `_SPAN_TOKENS` tokens are processed one after the other.
     """
     B, T, H, dk = k.shape
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, g, beta)):
+        return _chunked_differentiable(q, k, v, g, beta, state, chunk)
     out = q.new_empty(B, T, H, v.shape[-1])
     S = state.reshape(B * H, dk, v.shape[-1])
     span = max(1, _SPAN_TOKENS // chunk) * chunk
@@ -149,6 +151,40 @@ def _chunk_span(q, k, v, g, beta, S, out, chunk):
     o = bmm(q, states[:N]).mul_(G_exp).view(N * BH, C, -1).baddbmm_(P.flatten(0, 1), U.flatten(0, 1))
     _from_chunks(o.view(N, BH, C, -1), out)
     return states[N]
+
+
+def _chunked_differentiable(q, k, v, g, beta, state, chunk):
+    """`chunked_gated_delta_rule` for training: the same chunk maths as `_chunk_span` over the whole sequence,
+    written out of place so that autograd can go through it (the inference path updates its buffers in place
+    and writes with `out=`). The final state is stored detached."""
+    C = chunk
+    B, T, H, dk = k.shape
+    q, k, v, g, beta = (_to_chunks(x, C) for x in (q, k, v, g, beta))  # [N, BH, C, d] / [N, BH, C]
+    N = g.shape[0]
+    G = g.cumsum(-1)
+    G_exp = _decay(G).unsqueeze(-1)
+    below = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    # Γ = exp(G_r - G_s) on and below the diagonal; the exponent is masked first so that nothing overflows
+    gamma = _decay((G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~below, float("-inf")))
+    kt = k.transpose(-1, -2)
+    P = (q @ kt) * gamma
+    A = (k @ kt) * gamma * beta.unsqueeze(-1)
+    eye = torch.eye(C, dtype=q.dtype, device=q.device).expand_as(A)
+    A_inv = torch.linalg.solve_triangular(A.tril(-1) + eye, eye, upper=False, unitriangular=True)
+    U = A_inv @ (v * beta.unsqueeze(-1))
+    W = A_inv @ (k * (beta.unsqueeze(-1) * G_exp))
+    decay_last = _decay(G[..., -1:]).unsqueeze(-1)
+    k_decayed = k * _decay(G[..., -1:] - G).unsqueeze(-1)
+    S = state.reshape(B * H, dk, v.shape[-1]).clone()  # the pool row is overwritten at the end
+    outs = []
+    for n in range(N):
+        v_new = U[n] - W[n] @ S  # V' = U - W S
+        outs.append((q[n] @ S) * G_exp[n] + P[n] @ v_new)  # O = exp(G) (Q S) + P V'
+        S = S * decay_last[n] + k_decayed[n].transpose(-1, -2) @ v_new
+    state.copy_(S.detach().view_as(state))
+    o = torch.stack(outs)  # [N, BH, C, dv]
+    o = o.unflatten(1, (B, H)).movedim((0, 3), (1, 2)).flatten(1, 2)  # [B, N*C, H, dv]
+    return o[:, :T]
 
 
 def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:

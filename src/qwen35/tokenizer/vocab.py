@@ -110,6 +110,20 @@ def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return [(token[:i], token[i:]) for _, _, _, i, token in keyed]
 
 
+def with_qwen_pipeline(tok: HFTokenizer) -> HFTokenizer:
+    """Give `tok` the Qwen3.5 text pipeline: NFC, the pre-tokenizer regex, byte-level alphabet and decoder."""
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    return tok
+
+
 def build_tokenizer(
     ranks: dict[bytes, int], special_tokens: tuple[tuple[int, str], ...] = SPECIAL_TOKENS
 ) -> HFTokenizer:
@@ -122,16 +136,7 @@ def build_tokenizer(
     vocab = {spell(token): rank for token, rank in ranks.items()}
     merges = [(spell(a), spell(b)) for a, b in derive_merges(ranks)]
 
-    tok = HFTokenizer(BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok = with_qwen_pipeline(HFTokenizer(BPE(vocab, merges, fuse_unk=False, ignore_merges=True)))
 
     # HF numbers added tokens after the model vocab, in order; check that this gives the official ids.
     ordered = sorted(special_tokens)

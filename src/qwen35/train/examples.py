@@ -1,0 +1,106 @@
+"""Training examples: a rendered conversation as token ids with the rows that carry a loss, and the batches.
+
+Only what the model says is learnt: the assistant turns after the conversation's last user message, from the
+end of the header the chat template puts in the prompt (`<|im_start|>assistant\\n<think>\\n`, or with thinking
+off `...<think>\\n\\n</think>\\n\\n`) to their `<|im_end|>` inclusive. System prompts, tool lists, user turns,
+tool responses and earlier turns (which the template renders without their reasoning) are context only.
+
+Each example keeps three label rows for its token positions i: the next token (main loss), the token after
+that (the MTP head's loss: it reads position i's hidden and token i+1) and the MTP head's input token i+1;
+-100 marks a position without a loss. Batches are lists of examples of similar length, up to a token budget
+including padding, in an order fixed by the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..tokenizer import Tokenizer
+
+IGNORE = -100
+_HEADER = "<|im_start|>assistant\n"
+_END = "<|im_end|>"
+_USER = "<|im_start|>user\n"
+_TOOL_RESPONSE = "<tool_response>"
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    ids: np.ndarray  # [L] int64
+    next_labels: np.ndarray  # [L] token i+1 where it is learnt, else IGNORE
+    mtp_labels: np.ndarray  # [L] token i+2 where it is learnt, else IGNORE
+    mtp_inputs: np.ndarray  # [L] token i+1 (0 past the end)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def learnt_spans(text: str, thinking: bool) -> list[tuple[int, int]]:
+    """Character spans [start, end) of what the assistant says after the conversation's last user message
+    (a user turn that is not a tool response), one per assistant turn, each from after its template header
+    to its `<|im_end|>` inclusive."""
+    header = _HEADER + ("<think>\n" if thinking else "<think>\n\n</think>\n\n")
+    last_user = _last_user_turn(text)
+    spans = []
+    at = text.find(_HEADER, last_user)
+    while at != -1:
+        start = at + len(header) if text.startswith(header, at) else at + len(_HEADER)
+        end = text.find(_END, start)
+        if end == -1:
+            raise ValueError("an assistant turn without <|im_end|>")
+        spans.append((start, end + len(_END)))
+        at = text.find(_HEADER, end)
+    return spans
+
+
+def _last_user_turn(text: str) -> int:
+    at = text.rfind(_USER)
+    while at > 0 and text.startswith(_TOOL_RESPONSE, at + len(_USER)):
+        at = text.rfind(_USER, 0, at)
+    if at == -1:
+        raise ValueError("a conversation without a user message")
+    return at
+
+
+def encode(text: str, spans: list[tuple[int, int]], tok: Tokenizer) -> Example:
+    enc = tok.backend.encode(text)
+    ids = np.asarray(enc.ids, dtype=np.int64)
+    starts = np.asarray([s for s, _ in enc.offsets], dtype=np.int64)
+    learnt = np.zeros(len(ids), dtype=bool)
+    for s, e in spans:
+        learnt |= (starts >= s) & (starts < e)
+    shifted = np.full(len(ids), IGNORE, dtype=np.int64)
+    shifted[:-1] = np.where(learnt[1:], ids[1:], IGNORE)
+    mtp = np.full(len(ids), IGNORE, dtype=np.int64)
+    mtp[:-2] = np.where(learnt[2:], ids[2:], IGNORE)
+    inputs = np.zeros(len(ids), dtype=np.int64)
+    inputs[:-1] = ids[1:]
+    return Example(ids, shifted, mtp, inputs)
+
+
+def plan_batches(lengths: list[int], batch_tokens: int, seed: int, pool: int = 64) -> list[list[int]]:
+    """Indices of examples grouped into batches of at most `batch_tokens` tokens counting padding (one
+    example per batch when it alone is longer): shuffled, sorted by length within pools of `pool` batches'
+    worth of examples so that padding stays small, then the batches shuffled. Deterministic given the seed."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mean = max(1, sum(lengths) // max(1, len(lengths)))
+    per_pool = max(1, pool * batch_tokens // mean)
+    batches: list[list[int]] = []
+    for p in range(0, len(order), per_pool):
+        group = sorted(order[p:p + per_pool], key=lambda i: lengths[i])
+        current: list[int] = []
+        for i in group:
+            longest = max([lengths[j] for j in current] + [lengths[i]])
+            if current and longest * (len(current) + 1) > batch_tokens:
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+    rng.shuffle(batches)
+    return batches

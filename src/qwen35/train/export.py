@@ -1,0 +1,47 @@
+"""Write a trained model in the official checkpoint layout: one bf16 safetensors shard (A_log and the GDN norm
+weight F32, as on the Hub) with its index, config.json without a vision tower, generation_config.json, and the
+trained tokenizer with the Qwen3.5 chat template. Our loader and transformers load it like a release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..config import ModelConfig
+from ..loading import names
+from ..loading.writer import write_metadata
+from ..model.qwen35 import Qwen35ForCausalLM
+from ..tokenizer import Tokenizer
+from .recipe import Recipe
+
+SHARD = "model-00001-of-00001.safetensors"
+# the demo answers deterministically by default: greedy is what its training data shows
+GENERATION = {"do_sample": False}
+
+
+def checkpoint_name(param: str) -> str:
+    """Our parameter name -> the official tensor name (`model.x` -> `model.language_model.x`; `mtp.*` as is)."""
+    if param.startswith(names.TEXT_ONLY):
+        return names.LM + param[len(names.TEXT_ONLY):]
+    return param
+
+
+def write_trained(model: Qwen35ForCausalLM, tok: Tokenizer, recipe: Recipe, out_dir: str | Path,
+                  dtype: torch.dtype = torch.bfloat16) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for param, value in model.state_dict().items():
+        if param == names.LM_HEAD and model.cfg.tie_word_embeddings:
+            continue
+        name = checkpoint_name(param)
+        tensors[name] = value.detach().to(torch.float32 if names.is_f32_on_disk(name) else dtype).contiguous()
+    save_file(tensors, str(out / SHARD), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": {k: SHARD for k in sorted(tensors)}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_metadata(ModelConfig(text=model.cfg), out, dtype, tok, generation=GENERATION)
+    return out

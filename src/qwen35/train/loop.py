@@ -1,0 +1,169 @@
+"""`qwen35 train`: train a Qwen3.5 model of a recipe's shape on the synthetic chat corpus, with our own model
+code (the training paths of the ops: the chunked gated delta rule and the conv written out of place, attention
+as causal SDPA over right-padded sequences; model/ and ops/ say where).
+
+One step: a batch of whole conversations (examples.py) through `Qwen35ForCausalLM` as one packed
+`ForwardBatch` from empty caches; loss = cross-entropy of the next token on the learnt rows + `mtp_weight` x
+the MTP head's cross-entropy of the token after next (the head reads the main model's final hidden at
+position i, detached, and token i+1, as it does when drafting). AdamW, linear warm-up then cosine decay to
+`min_lr_ratio`, gradient clipping. Every `checkpoint_every` steps the whole training state goes to
+`train_state.pt`, from which a rerun of the same command resumes bit-identically; the finished model is
+written in the official checkpoint layout (export.py) and the state file removed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..loading.writer import _init_kind, _random
+from ..model.qwen35 import Qwen35ForCausalLM
+from ..ops.batch import BatchBuilder
+from ..tokenizer import Tokenizer
+from .examples import IGNORE, Example, encode, learnt_spans, plan_batches
+from .recipe import Recipe
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "training_log.json"
+BLOCK = 64  # K/V cache block size of the training forward (the cache is written, never read)
+
+
+def build_model(recipe: Recipe, vocab_size: int, seed: int) -> Qwen35ForCausalLM:
+    """An fp32 model of the recipe's shape, initialised as `qwen35 init` draws weights, trainable."""
+    model = Qwen35ForCausalLM(recipe.text_config(vocab_size), mtp=True)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(_random(tuple(p.shape), _init_kind(name, tuple(p.shape)), gen))
+    return model.train()
+
+
+def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Example]]:
+    """The recipe's synthetic conversations, a vocabulary learnt from them, and the encoded examples."""
+    from .synth import generate
+
+    t0 = time.perf_counter()
+    samples = generate(recipe.train_samples, recipe.data_seed)
+    texts = [s.render() for s in samples]
+    tok = train_vocab(texts[:recipe.vocab_samples], recipe.vocab_size)
+    examples = []
+    for sample, text in zip(samples, texts):
+        ex = encode(text, learnt_spans(text, sample.thinking), tok)
+        if len(ex) <= recipe.max_len:
+            examples.append(ex)
+    tokens = sum(len(e) for e in examples)
+    log(f"corpus: {len(examples)} conversations ({len(samples) - len(examples)} over {recipe.max_len} tokens "
+        f"left out), {tokens:,} tokens, vocabulary {tok.vocab_size} ids ({time.perf_counter() - t0:.0f} s)")
+    return tok, examples
+
+
+def train_vocab(texts, size):  # imported lazily: tokenizers' trainer is only needed here
+    from .vocab import train_vocab as _train
+
+    return _train(texts, size)
+
+
+def lr_at(step: int, recipe: Recipe) -> float:
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    t = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    floor = recipe.lr * recipe.min_lr_ratio
+    return floor + (recipe.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _optimizer(model: Qwen35ForCausalLM, recipe: Recipe) -> torch.optim.AdamW:
+    """Weight decay on the matrices only (not on norms, gates' A_log / dt_bias or the conv taps)."""
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() == 2 else keep).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                              {"params": keep, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas,
+                             foreach=False)
+
+
+def batch_loss(model: Qwen35ForCausalLM, examples: list[Example], builder: BatchBuilder,
+               mtp_weight: float) -> tuple[torch.Tensor, float, float]:
+    """Returns (total loss to back-propagate, main loss, MTP loss)."""
+    ids = [e.ids for e in examples]
+    tables, first = [], 0
+    for e in examples:
+        n = -(-len(e) // BLOCK)
+        tables.append(range(first, first + n))
+        first += n
+    batch = builder.build(ids, [0] * len(ids), list(range(len(ids))), tables)
+    cache = model.new_cache(first, BLOCK, len(ids))
+    hidden = model(batch, cache)
+    labels = torch.from_numpy(np.concatenate([e.next_labels for e in examples]))
+    rows = (labels != IGNORE).nonzero().squeeze(1)
+    main = F.cross_entropy(model.logits(hidden.index_select(0, rows)), labels[rows])
+    draft_in = torch.from_numpy(np.concatenate([e.mtp_inputs for e in examples]))
+    draft = model.draft(draft_in, hidden.detach(), batch, cache)
+    mtp_labels = torch.from_numpy(np.concatenate([e.mtp_labels for e in examples]))
+    rows = (mtp_labels != IGNORE).nonzero().squeeze(1)
+    mtp = F.cross_entropy(model.logits(draft.index_select(0, rows)), mtp_labels[rows])
+    return main + mtp_weight * mtp, main.item(), mtp.item()
+
+
+def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr) -> Path:
+    """Train `recipe` into `out_dir` (resuming from its `train_state.pt` if one is there); returns out_dir."""
+    from .export import write_trained
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    tok, examples = make_corpus(recipe, log)
+    batches = plan_batches([len(e) for e in examples], recipe.batch_tokens, recipe.seed)
+    model = build_model(recipe, tok.vocab_size, recipe.seed)
+    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {recipe.steps} steps of "
+        f"<= {recipe.batch_tokens} tokens; {len(batches)} batches per epoch")
+    opt = _optimizer(model, recipe)
+    history: list[dict] = []
+    start = 0
+    state_file = out / STATE_FILE
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        if state["recipe"] != asdict(recipe):
+            raise ValueError(f"{state_file} belongs to a different recipe; remove it to start afresh")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = state["step"], state["history"]
+        log(f"resuming at step {start}")
+    builder = BatchBuilder(BLOCK)
+    t_start, tokens_done = time.perf_counter(), 0
+    for step in range(start, recipe.steps):
+        lr = lr_at(step, recipe)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        chosen = [examples[i] for i in batches[step % len(batches)]]
+        loss, main, mtp = batch_loss(model, chosen, builder, recipe.mtp_weight)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens_done += sum(len(e) for e in chosen)
+        elapsed = time.perf_counter() - t_start
+        history.append({"step": step + 1, "loss": round(main, 4), "mtp_loss": round(mtp, 4), "lr": lr,
+                        "grad_norm": round(grad_norm, 3)})
+        rate = tokens_done / elapsed
+        eta = (recipe.steps - step - 1) * elapsed / (step + 1 - start)
+        print(f"\rstep {step + 1}/{recipe.steps}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
+              f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min ", end="", file=progress, flush=True)
+        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
+            print(file=progress)
+            torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "step": step + 1, "history": history}, out / (STATE_FILE + ".tmp"))
+            (out / (STATE_FILE + ".tmp")).replace(state_file)
+    write_trained(model, tok, recipe, out)
+    (out / LOG_FILE).write_text(json.dumps({"recipe": asdict(recipe), "history": history}) + "\n")
+    state_file.unlink(missing_ok=True)
+    log(f"wrote {out}")
+    return out

@@ -1,0 +1,81 @@
+"""Training recipes: everything that decides a trained checkpoint, in one frozen record.
+
+`qwen35 train --recipe demo` reproduces the shipped demo model (`default_model.py`) from this record alone:
+the model shape, the synthetic data (sizes and seeds), the vocabulary size, the optimiser and schedule, and
+the torch thread count (matmul reductions depend on it, so results are bit-identical only with the same one,
+on the same CPU and torch build).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..config import ConfigError, TextConfig
+
+
+def _layer_types(n: int) -> tuple[str, ...]:
+    """Qwen3.5's 3:1 pattern: every fourth layer is gated attention, the rest Gated DeltaNet."""
+    return tuple("full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(n))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    # model: the dense family's shape scaled down (tied embeddings, one MTP layer)
+    hidden_size: int = 256
+    num_layers: int = 8
+    attention_heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 64
+    gdn_heads: int = 4  # QK and V heads of Gated DeltaNet
+    gdn_head_dim: int = 64
+    intermediate_size: int = 768
+    vocab_size: int = 4096  # embedding rows; the trained vocabulary may be a little smaller
+    max_position_embeddings: int = 8192
+    # data
+    train_samples: int = 60_000
+    vocab_samples: int = 20_000  # conversations the vocabulary is learnt from
+    max_len: int = 2048  # longer conversations are left out
+    data_seed: int = 0
+    # optimisation
+    steps: int = 1200
+    batch_tokens: int = 8192  # per step, padding included
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 60
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_norm: float = 1.0
+    mtp_weight: float = 0.3
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 100  # steps between resumable training states
+
+    def text_config(self, vocab_size: int | None = None) -> TextConfig:
+        return TextConfig(
+            vocab_size=vocab_size or self.vocab_size, hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers, layer_types=_layer_types(self.num_layers),
+            num_attention_heads=self.attention_heads, num_key_value_heads=self.kv_heads, head_dim=self.head_dim,
+            linear_num_key_heads=self.gdn_heads, linear_num_value_heads=self.gdn_heads,
+            linear_key_head_dim=self.gdn_head_dim, linear_value_head_dim=self.gdn_head_dim,
+            intermediate_size=self.intermediate_size, tie_word_embeddings=True,
+            max_position_embeddings=self.max_position_embeddings, mtp_num_hidden_layers=1)
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+
+RECIPES: dict[str, Recipe] = {
+    "demo": Recipe(name="demo"),
+    # a minute-long run of the same pipeline, for tests
+    "smoke": Recipe(name="smoke", hidden_size=64, num_layers=4, attention_heads=2, kv_heads=1, head_dim=32,
+                    gdn_heads=2, gdn_head_dim=32, intermediate_size=128, vocab_size=1024, train_samples=400,
+                    vocab_samples=400, steps=6, batch_tokens=2048, warmup_steps=2, checkpoint_every=3),
+}
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+    return RECIPES[name]
