@@ -1,0 +1,154 @@
+"""Arithmetic questions (kind "arith") and the column trace every arithmetic answer reasons with.
+
+With thinking on, the reasoning is a column-by-column trace, one line per digit, ones first; a missing digit
+is 0 and the last column writes its whole value:
+
+    347 + 589                                  600 - 123                      47 x 6
+    ones: 7 + 9 = 16, write 6, carry 1         ones: 0 - 3 + 10 = 7, ...      ones: 7 x 6 = 42, write 2, carry 4
+    tens: 4 + 8 + 1 = 13, write 3, carry 1     tens: 0 - 2 - 1 + 10 = 7, ...  tens: 4 x 6 + 4 = 28, write 28
+    hundreds: 3 + 5 + 1 = 9, write 9           hundreds: 6 - 1 - 1 = 4, ...   result: 282
+    result: 936                                result: 477
+
+and the reply is the equation, "347 + 589 = 936.". Thinking on: add and subtract 0..999, multiply 2..99 by
+2..9. Thinking off (no trace, a direct reply): add and subtract 0..99, multiply 2..12 by 2..12.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .lang import obj, period, pick_lang, topic
+from .sample import Exchange, Sample, one_turn
+from .split import draw
+
+PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands")
+OPS = {"+": 0.4, "-": 0.35, "x": 0.25}
+
+SPELLINGS = {
+    "en": {"+": ("+", "plus"), "-": ("-", "minus"), "x": ("x", "×", "*", "times")},
+    "zh": {"+": ("+", "加"), "-": ("-", "减"), "x": ("×", "x", "*", "乘以")},
+    "ko": {"+": ("+", "더하기"), "-": ("-", "빼기"), "x": ("×", "x", "*", "곱하기")},
+}
+QUESTIONS = {  # {op} is a spelling of the operator
+    "en": ("What is {a} {op} {b}?", "What's {a} {op} {b}?", "Calculate {a} {op} {b}.", "Compute {a} {op} {b}.",
+           "{a} {op} {b} = ?", "How much is {a} {op} {b}?", "Please work out {a} {op} {b}.",
+           "Can you calculate {a} {op} {b}?", "{a} {op} {b}?", "Solve {a} {op} {b}."),
+    "zh": ("{a} {op} {b} 等于多少？", "计算 {a} {op} {b}", "{a} {op} {b} = ?", "{a} {op} {b} 是多少？",
+           "请算一下 {a} {op} {b}。", "{a}{op}{b}等于几？"),
+    "ko": ("{a} {op} {b_topic} 얼마인가요?", "{a} {op} {b_obj} 계산해 주세요.", "{a} {op} {b} = ?",
+           "{a} {op} {b}의 값은?", "{a} {op} {b_topic} 뭐예요?"),
+}
+WORDED = {  # questions that name the operation instead of spelling the operator
+    "en": {"+": ("Add {a} and {b}.", "What is the sum of {a} and {b}?"),
+           "-": ("Subtract {b} from {a}.", "Take {b} away from {a}."),
+           "x": ("Multiply {a} by {b}.", "What is the product of {a} and {b}?", "What is {a} multiplied by {b}?")},
+    "zh": {"+": ("{a} 和 {b} 的和是多少？",), "-": ("{a} 减去 {b} 等于多少？",), "x": ("{a} 乘 {b} 得多少？",)},
+    "ko": {"+": ("{a}에 {b_obj} 더하면 얼마예요?",), "-": ("{a}에서 {b_obj} 빼면 얼마예요?",),
+           "x": ("{a}에 {b_obj} 곱하면 얼마예요?",)},
+}
+WORDED_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    op: str  # "+", "-" or "x"
+    b: int
+
+    @property
+    def result(self) -> int:
+        return {"+": self.a + self.b, "-": self.a - self.b, "x": self.a * self.b}[self.op]
+
+    @property
+    def key(self) -> tuple:
+        return ("arith", self.a, self.op, self.b)
+
+    def reply(self, lang: str) -> str:
+        return f"{self.a} {self.op} {self.b} = {self.result}{period(lang)}"
+
+    def trace(self) -> str:
+        columns = {"+": _add_columns, "-": _sub_columns, "x": _mul_columns}[self.op](self.a, self.b)
+        return "\n".join([f"{self.a} {self.op} {self.b}", *columns, f"result: {self.result}"])
+
+
+def _digits(n: int, width: int) -> list[int]:
+    return [n // 10 ** i % 10 for i in range(width)]
+
+
+def _column(i: int, width: int, step: str, value: int) -> str:
+    if i == width - 1:
+        return f"{PLACES[i]}: {step}, write {value}"
+    return f"{PLACES[i]}: {step}, write {value % 10}, carry {value // 10}"
+
+
+def _add_columns(a: int, b: int) -> list[str]:
+    width, carry, lines = max(len(str(a)), len(str(b))), 0, []
+    for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
+        total = x + y + carry
+        lines.append(_column(i, width, f"{x} + {y}{f' + {carry}' if i else ''} = {total}", total))
+        carry = total // 10
+    return lines
+
+
+def _mul_columns(a: int, b: int) -> list[str]:
+    width, carry, lines = len(str(a)), 0, []
+    for i, x in enumerate(_digits(a, width)):
+        total = x * b + carry
+        lines.append(_column(i, width, f"{x} x {b}{f' + {carry}' if i else ''} = {total}", total))
+        carry = total // 10
+    return lines
+
+
+def _sub_columns(a: int, b: int) -> list[str]:
+    width, borrow, lines = len(str(a)), 0, []
+    for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
+        step = f"{x} - {y}{f' - {borrow}' if i else ''}"
+        diff = x - y - borrow
+        if i == width - 1:  # a >= b: the top column never borrows
+            lines.append(f"{PLACES[i]}: {step} = {diff}, write {diff}")
+            break
+        borrow = int(diff < 0)
+        step, diff = (step + " + 10", diff + 10) if borrow else (step, diff)
+        lines.append(f"{PLACES[i]}: {step} = {diff}, write {diff}, borrow {borrow}")
+    return lines
+
+
+def operand(rng: random.Random, max_digits: int) -> int:
+    """A number of 1..max_digits digits, each width equally likely."""
+    digits = rng.randint(1, max_digits)
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+
+def random_problem(rng: random.Random, thinking: bool) -> Problem:
+    op = rng.choices(list(OPS), list(OPS.values()))[0]
+    if op == "x":
+        return Problem(rng.randint(2, 99), op, rng.randint(2, 9)) if thinking else \
+            Problem(rng.randint(2, 12), op, rng.randint(2, 12))
+    a, b = operand(rng, 3 if thinking else 2), operand(rng, 3 if thinking else 2)
+    return Problem(max(a, b), op, min(a, b)) if op == "-" else Problem(a, op, b)
+
+
+def draw_problem(rng: random.Random, thinking: bool, split: str) -> Problem:
+    return draw(rng, split, lambda r: random_problem(r, thinking), lambda p: p.key)
+
+
+def ask(rng: random.Random, problem: Problem, lang: str) -> str:
+    """The problem as a user would type it."""
+    if rng.random() < WORDED_SHARE:
+        template = rng.choice(WORDED[lang][problem.op])
+    else:
+        template = rng.choice(QUESTIONS[lang])
+    b = str(problem.b)
+    return template.format(a=problem.a, b=b, op=rng.choice(SPELLINGS[lang][problem.op]), b_topic=topic(b),
+                           b_obj=obj(b))
+
+
+def exchange(rng: random.Random, thinking: bool, split: str, lang: str) -> Exchange:
+    problem = draw_problem(rng, thinking, split)
+    return Exchange(ask(rng, problem, lang), problem.reply(lang), problem.trace(), str(problem.result))
+
+
+def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
+    lang = pick_lang(rng)
+    return one_turn("arith", rng, exchange(rng, thinking, split, lang), thinking, lang)

@@ -1,0 +1,33 @@
+"""The sample mix: which kinds of conversation a data set holds, and the training and held-out sets."""
+
+from __future__ import annotations
+
+import random
+
+from . import arithmetic, convert, followup, no_tool, smalltalk, tools
+from .sample import Sample
+from .split import HELDOUT, TRAIN
+
+DEFAULT_MIX = {"arith": 0.30, "convert": 0.10, "followup": 0.10, "tool": 0.25, "no_tool": 0.12, "smalltalk": 0.08}
+MAKERS = {"arith": arithmetic.make_sample, "convert": convert.make_sample, "followup": followup.make_sample,
+          "tool": tools.make_sample, "no_tool": no_tool.make_sample, "smalltalk": smalltalk.make_sample}
+THINKING_SHARE = 0.7
+TRAINING_SEED, HELDOUT_SEED = 0, 1_000_003
+
+
+def generate(n: int, seed: int, mix: dict[str, float] | None = None, split: str = TRAIN) -> list[Sample]:
+    """`n` samples, the same for the same arguments. `mix` weighs the kinds (default DEFAULT_MIX); `split`
+    says whose tasks to draw: TRAIN's or the held-out ones'."""
+    mix = DEFAULT_MIX if mix is None else mix
+    rng = random.Random(seed)
+    kinds = rng.choices(list(mix), list(mix.values()), k=n)
+    return [MAKERS[kind](rng, rng.random() < THINKING_SHARE, split) for kind in kinds]
+
+
+def training(n: int) -> list[Sample]:
+    return generate(n, TRAINING_SEED)
+
+
+def heldout(n: int) -> list[Sample]:
+    """Samples whose questions training never asks (see `split`)."""
+    return generate(n, HELDOUT_SEED, split=HELDOUT)

@@ -1,0 +1,41 @@
+"""Tools offered, none needed (kind "no_tool"): arithmetic, a conversion, small talk or a general question,
+answered directly with no call. With thinking on, the reasoning first says so, then reasons as without tools.
+"""
+
+from __future__ import annotations
+
+import random
+
+from . import arithmetic, convert, facts, smalltalk
+from .catalogue import TOOLS
+from .lang import EVEN, pick_lang
+from .sample import Exchange, Sample, one_turn
+from .tools import FEWER
+
+NO_TOOL = "No tool fits this request, so I answer directly."
+TOPICS = {"arith": 0.35, "convert": 0.1, "smalltalk": 0.3, "facts": 0.25}
+NEVER_OFFERED = {
+    "arith": {"code_interpreter"}, "convert": {"code_interpreter"}, "smalltalk": set(),
+    "facts": {"search_web"},  # a search could answer these
+}
+
+
+def question(rng: random.Random, topic: str, thinking: bool, split: str) -> tuple[str, Exchange]:
+    if topic in ("arith", "convert"):
+        lang = pick_lang(rng)
+        if topic == "arith":
+            return lang, arithmetic.exchange(rng, thinking, split, lang)
+        return lang, convert.exchange(rng, split, lang)
+    lang = pick_lang(rng, EVEN)
+    if topic == "smalltalk":
+        return lang, smalltalk.exchange(rng, rng.choice(smalltalk.INTENTS), lang)
+    return lang, facts.exchange(rng, lang)
+
+
+def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
+    topic = rng.choices(list(TOPICS), list(TOPICS.values()))[0]
+    lang, asked = question(rng, topic, thinking, split)
+    names = rng.sample([n for n in TOOLS if n not in NEVER_OFFERED[topic]], rng.choices((1, 2, 3, 4), FEWER)[0])
+    reasoning = "\n".join(filter(None, (NO_TOOL, asked.reasoning)))
+    answer = Exchange(asked.question, asked.reply, reasoning, asked.answer)
+    return one_turn("no_tool", rng, answer, thinking, lang, [TOOLS[n] for n in names])

@@ -1,0 +1,67 @@
+"""Tool use (kind "tool"): a request that one of the offered tools answers.
+
+The assistant reasons in one short sentence, calls the tool with the arguments copied from the request (content
+""), reads the result and replies from it; chains call again after a result. The needed tools come with 0-3
+distractors in random order; 5% of samples offer instead the whole filesystem set in server order (plus
+code_interpreter), which is what Qwen-Agent sends with the MCP filesystem server.
+"""
+
+from __future__ import annotations
+
+import random
+
+from . import api_calls, fs_calls
+from .catalogue import API_TOOLS, FILESYSTEM_TOOLS, TOOLS
+from .lang import pick_lang
+from .sample import USE_TOOLS, Sample, system
+from .scenario import Scenario
+from .split import draw
+
+API_SCENARIOS = {api_calls.weather: 0.09, api_calls.local_time: 0.06, api_calls.currency: 0.07, api_calls.stock: 0.05,
+                 api_calls.search: 0.05, api_calls.email: 0.05, api_calls.timer: 0.05, api_calls.translate: 0.05,
+                 api_calls.code: 0.04}
+FS_SCENARIOS = {fs_calls.write: 0.12, fs_calls.read: 0.10, fs_calls.write_then_read: 0.08, fs_calls.listing: 0.05,
+                fs_calls.mkdir: 0.03, fs_calls.info: 0.03, fs_calls.move: 0.03, fs_calls.find: 0.02,
+                fs_calls.allowed: 0.01, fs_calls.compute_write_read: 0.02}
+SCENARIOS = {**API_SCENARIOS, **FS_SCENARIOS}
+FULL_SET_SHARE = 0.05
+FEWER = (0.35, 0.35, 0.2, 0.1)  # chance of 0, 1, 2, 3 extra tools: every tool offered costs ~50-120 tokens
+CODE = "code_interpreter"
+
+
+def some(rng: random.Random, names: list[str], most: int) -> list[str]:
+    """0..`most` of `names`, fewer more likely."""
+    count = rng.choices(range(most + 1), FEWER[:most + 1])[0]
+    return rng.sample(names, count)
+
+
+def request(rng: random.Random, full_set: bool) -> tuple[str, Scenario]:
+    """A language and a scenario in it (the full filesystem set only goes with filesystem scenarios)."""
+    weights = FS_SCENARIOS if full_set else SCENARIOS
+    make = rng.choices(list(weights), list(weights.values()))[0]
+    lang = pick_lang(rng)
+    return lang, make(rng, lang)
+
+
+def offered(rng: random.Random, needed: list[str], full_set: bool) -> list[dict]:
+    """The `tools` list: the needed tools among distractors, or the whole filesystem server."""
+    if full_set:
+        with_code = CODE in needed or rng.random() < 0.5
+        return list(FILESYSTEM_TOOLS.values()) + ([API_TOOLS[CODE]] if with_code else [])
+    on_filesystem = sum(name in FILESYSTEM_TOOLS for name in needed)
+    if on_filesystem:  # 1-3 filesystem tools, 0-2 others
+        names = needed + some(rng, [n for n in FILESYSTEM_TOOLS if n not in needed], 3 - on_filesystem)
+        names += some(rng, [n for n in API_TOOLS if n not in needed], 2)
+    else:
+        names = needed + some(rng, [n for n in TOOLS if n not in needed], 3)
+    rng.shuffle(names)
+    return [TOOLS[name] for name in names]
+
+
+def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
+    full_set = rng.random() < FULL_SET_SHARE
+    lang, scenario = draw(rng, split, lambda r: request(r, full_set), lambda chosen: chosen[1].key)
+    tools = offered(rng, list(dict.fromkeys(call.name for call in scenario.calls)), full_set)
+    first = scenario.calls[0]
+    return Sample("tool", system(rng, (USE_TOOLS,)) + scenario.messages(thinking), tools, thinking, scenario.answer,
+                  {"name": first.name, "arguments": dict(first.arguments)}, lang)

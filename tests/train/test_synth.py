@@ -1,0 +1,214 @@
+"""The synthetic chat data: deterministic, renderable with the real template, right answers, tool calls that
+round-trip through the server's parser and fit their schemas, and a held-out split training never asks."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+
+import pytest
+
+from qwen35.server.parsers.tool_qwen import parse
+from qwen35.tokenizer.chat_template import render_chat
+from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
+from qwen35.train.synth import DEFAULT_MIX, generate, heldout, training
+from qwen35.train.synth.catalogue import FILESYSTEM_TOOLS, TOOLS
+from qwen35.train.synth.split import is_heldout
+
+EQUATION = re.compile(r"^(\d+) ([-+x]) (\d+) = (\d+)(?:\.|。|입니다\.)$")
+COLUMN = re.compile(r"^[a-z-]+: (.+) = (\d+), write (\d+)(?:, (carry|borrow) (\d))?$")
+STEP = re.compile(r"^(\d+) ([x/]) (\d+) = (\d+)$")  # a conversion by a power of ten
+FACTORS = {("km", "m"): 1000, ("m", "cm"): 100, ("cm", "mm"): 10, ("kg", "g"): 1000, ("L", "mL"): 1000,
+           ("hour", "minute"): 60, ("minute", "second"): 60, ("day", "hour"): 24, ("foot", "inch"): 12}
+SINGULAR = {"hours": "hour", "minutes": "minute", "seconds": "second", "days": "day", "feet": "foot",
+            "inches": "inch"}
+
+
+@pytest.fixture(scope="module")
+def train_set():
+    return training(3000)
+
+
+@pytest.fixture(scope="module")
+def heldout_set():
+    return heldout(600)
+
+
+def last_assistant(sample) -> dict:
+    return sample.messages[-1]
+
+
+def test_same_seed_same_samples_other_seed_others():
+    assert generate(200, 5) == generate(200, 5)
+    assert generate(200, 5) != generate(200, 6)
+
+
+def test_kinds_thinking_and_languages_follow_the_mix(train_set):
+    kinds = collections.Counter(s.kind for s in train_set)
+    for kind, share in DEFAULT_MIX.items():
+        assert abs(kinds[kind] / len(train_set) - share) < 0.03, kind
+    assert abs(sum(s.thinking for s in train_set) / len(train_set) - 0.7) < 0.03
+    arith = [s for s in train_set if s.kind == "arith"]
+    assert abs(sum(s.lang == "en" for s in arith) / len(arith) - 0.8) < 0.05
+    assert {s.lang for s in train_set} == {"en", "zh", "ko"}
+
+
+def test_every_sample_renders_and_its_prompt_is_a_prefix(train_set, heldout_set):
+    for sample in train_set[:1500] + heldout_set[:300]:
+        text = sample.render()
+        prompt = render_chat(DEFAULT_CHAT_TEMPLATE, sample.prompt_messages(), tools=sample.tools,
+                             add_generation_prompt=True, enable_thinking=sample.thinking)
+        assert text.startswith(prompt)
+        assert sample.prompt_messages()[-1]["role"] == "user"
+        if sample.answer is not None:
+            assert sample.answer in last_assistant(sample)["content"]
+        reasoning = [m["reasoning_content"] for m in sample.messages if m["role"] == "assistant"]
+        assert all(reasoning) if sample.thinking else not any(reasoning)
+
+
+def check_trace(trace: str, result: int) -> None:
+    """Every column line is right, and the written digits read back as the result."""
+    lines = trace.split("\n")
+    assert lines[-1] == f"result: {result}"
+    for step in filter(None, map(STEP.match, lines)):
+        a, op, b, value = step.groups()
+        assert (int(a) * int(b) if op == "x" else int(a) / int(b)) == int(value) == result
+    writes = []
+    columns = [line for line in lines if COLUMN.match(line)]
+    for i, line in enumerate(columns):
+        lhs, value, write, carry_kind, carry = COLUMN.match(line).groups()
+        assert eval(lhs.replace("x", "*")) == int(value), line
+        if i == len(columns) - 1:
+            assert carry_kind is None and write == value, line
+        elif carry_kind == "carry":
+            assert (int(write), int(carry)) == (int(value) % 10, int(value) // 10), line
+        else:
+            assert (write, int(carry)) == (value, int("+ 10" in lhs)), line
+        writes.append(write)
+    if columns:
+        assert int(writes[-1] + "".join(reversed(writes[:-1]))) == result
+
+
+def test_arithmetic_answers_and_traces_are_right(train_set):
+    checked = 0
+    for sample in train_set:
+        if sample.kind not in ("arith", "followup", "no_tool"):
+            continue
+        match = EQUATION.match(last_assistant(sample)["content"])
+        if sample.kind == "no_tool" and not match:
+            continue
+        a, op, b, result = match.groups()
+        assert eval(f"{a} {op.replace('x', '*')} {b}") == int(result) == int(sample.answer)
+        if sample.thinking:
+            trace = last_assistant(sample)["reasoning_content"].removeprefix(
+                "No tool fits this request, so I answer directly.\n")
+            assert trace.split("\n")[0] == f"{a} {op} {b}"
+            check_trace(trace, int(result))
+        checked += 1
+    assert checked > 1000
+
+
+def test_followups_start_from_the_previous_result(train_set):
+    for sample in (s for s in train_set if s.kind == "followup"):
+        first, second = (EQUATION.match(m["content"]) for m in sample.messages if m["role"] == "assistant")
+        assert second.group(1) == first.group(4)
+
+
+def test_conversions_are_right(train_set):
+    for sample in (s for s in train_set if s.kind == "convert"):
+        reply = last_assistant(sample)["content"]
+        if sample.thinking:
+            check_trace(last_assistant(sample)["reasoning_content"], int(sample.answer))
+        if sample.lang != "en":
+            continue
+        q, source, result, target = re.match(r"^(\d+) (\w+) = (\d+) (\w+)\.$", reply).groups()
+        source, target = SINGULAR.get(source, source), SINGULAR.get(target, target)
+        if (source, target) in FACTORS:
+            assert int(q) * FACTORS[source, target] == int(result) == int(sample.answer)
+        else:
+            assert int(result) * FACTORS[target, source] == int(q)
+
+
+def matches_schema(value, schema: dict) -> bool:
+    kind = schema.get("type")
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "array":
+        return isinstance(value, list) and all(matches_schema(v, schema.get("items", {})) for v in value)
+    return kind is None or (kind == "object" and isinstance(value, dict))
+
+
+def check_arguments(name: str, arguments: dict) -> None:
+    parameters = TOOLS[name]["function"]["parameters"]
+    assert set(parameters["required"]) <= set(arguments) <= set(parameters["properties"]), name
+    for key, value in arguments.items():
+        assert matches_schema(value, parameters["properties"][key]), (name, key, value)
+
+
+def rendered_calls(sample) -> list[tuple[str, dict]]:
+    """Every call the rendered assistant turns make, parsed back by the server's parser."""
+    calls = []
+    for turn in sample.render().split("<|im_start|>assistant\n")[1:]:
+        content = turn.split("<|im_end|>")[0].split("</think>\n\n")[-1]
+        _, parsed = parse(content, sample.tools)
+        calls += [(call.name, json.loads(call.arguments)) for call in parsed]
+    return calls
+
+
+def test_tool_calls_round_trip_through_the_parser_and_fit_their_schemas(train_set, heldout_set):
+    tool_samples = [s for s in train_set + heldout_set if s.kind == "tool"]
+    for sample in tool_samples:
+        expected = [(c["function"]["name"], c["function"]["arguments"])
+                    for m in sample.messages for c in m.get("tool_calls", [])]
+        assert rendered_calls(sample) == expected
+        assert expected[0] == (sample.tool_call["name"], sample.tool_call["arguments"])
+        offered = {tool["function"]["name"] for tool in sample.tools}
+        for name, arguments in expected:
+            assert name in offered
+            check_arguments(name, arguments)
+    assert any(len(s.tools) >= len(FILESYSTEM_TOOLS) for s in tool_samples)
+    chains = [s for s in tool_samples if len(rendered_calls(s)) > 1]
+    assert 0.05 < len(chains) / len(tool_samples) < 0.25
+
+
+def test_samples_without_tool_use_make_no_call(train_set):
+    for sample in (s for s in train_set if s.kind != "tool"):
+        assert rendered_calls(sample) == []
+        assert sample.tool_call is None
+        assert (sample.tools is not None) == (sample.kind == "no_tool")
+
+
+def task_key(sample) -> tuple | None:
+    if sample.kind == "tool":
+        call = sample.tool_call
+        return ("tool", call["name"], json.dumps(call["arguments"], sort_keys=True, ensure_ascii=False))
+    match = EQUATION.match(last_assistant(sample)["content"])
+    if sample.kind in ("arith", "followup", "no_tool") and match:
+        a, op, b, _ = match.groups()
+        return ("arith", int(a), op, int(b))
+    return None
+
+
+def test_heldout_tasks_never_appear_in_training(train_set, heldout_set):
+    train_keys = {task_key(s) for s in train_set} - {None}
+    heldout_keys = {task_key(s) for s in heldout_set} - {None}
+    assert len(heldout_keys) > 200
+    assert not any(is_heldout(key) for key in train_keys)
+    assert all(is_heldout(key) for key in heldout_keys)
+    train_questions = {s.prompt_messages()[-1]["content"] for s in train_set if s.kind == "arith"}
+    assert not train_questions & {s.prompt_messages()[-1]["content"] for s in heldout_set if s.kind == "arith"}
+
+
+def test_generation_is_fast():
+    import time
+
+    start = time.perf_counter()
+    training(10_000)
+    assert time.perf_counter() - start < 5.0
