@@ -1,4 +1,5 @@
-"""The demo model's evaluation: scoring rules on hand-made replies."""
+"""The demo model's evaluation: scoring rules on hand-made replies, the tool stages on a scripted server, and one
+real `qwen35 serve` (random tiny checkpoint, junk replies) driven end to end."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from qwen35.train import evaluate as ev
 from qwen35.train.scoring import answer_matches, check_call, has_reasoning, last_number, schema_errors
 
 
@@ -162,3 +164,185 @@ def test_has_reasoning():
     assert has_reasoning({"reasoning": "vLLM's name"})
     assert not has_reasoning({"reasoning_content": None}) and not has_reasoning({"reasoning_content": " \n"})
     assert not has_reasoning({})
+
+
+# ---- one sample's stages on a scripted server -----------------------------------------------------------
+
+class Scripted:
+    """Stands in for the server: the replies to give in order, and the requests it was sent."""
+
+    def __init__(self, *replies):
+        self.replies, self.sent = list(replies), []
+
+    def __call__(self, outcome, messages, tools, thinking):
+        self.sent.append((json.loads(json.dumps(messages)), tools, thinking))
+        outcome.requests += 1
+        out = self.replies.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        outcome.content = out.get("content")
+        return out
+
+
+def test_a_tool_sample_feeds_the_tool_result_after_the_models_own_call():
+    ask = Scripted(reply(calls=[("get_weather", {"city": "Paris", "unit": "celsius"})]),
+                   reply("It is 21 degrees."))
+    o = ev.score_sample(ask, 0, WEATHER_SAMPLE)
+    assert (o.valid_call, o.args_exact, o.final_ok, o.reasoning, o.requests) == (True, False, True, False, 2)
+    history = ask.sent[1][0]
+    assert history[0] == user("Weather in Paris?")
+    assert history[1]["role"] == "assistant" and history[1]["tool_calls"][0]["function"] == {
+        "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}  # the model's call, not ours
+    assert history[2] == tool_msg("get_weather", '{"temp": 21}')
+    assert all(tools == [TIMER, WEATHER] and thinking is False for _, tools, thinking in ask.sent)
+
+
+def test_a_chain_asks_once_per_call():
+    ask = Scripted(reply(reasoning="write, then read", calls=[("write_file", {"path": "a.txt", "content": "hi"})]),
+                   reply(calls=[("read_file", {"path": "a.txt"})]), reply("a.txt contains: hi"))
+    o = ev.score_sample(ask, 3, CHAIN)
+    assert (o.valid_call, o.args_exact, o.final_ok, o.reasoning, o.requests) == (True, True, True, True, 3)
+    last = ask.sent[2][0]
+    assert [m["role"] for m in last] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert last[1]["reasoning_content"] == "write, then read"
+    assert last[4] == tool_msg("read_file", "hi")
+    # answering before the chain is done, or calling again at the end, fails stage 2
+    assert not ev.score_sample(Scripted(reply(calls=[("write_file", {"path": "a.txt", "content": "hi"})]),
+                                        reply("done")), 3, CHAIN).final_ok
+    assert not ev.score_sample(Scripted(reply(calls=[("write_file", {"path": "a.txt", "content": "hi"})]),
+                                        reply(calls=[("read_file", {"path": "a.txt"})]),
+                                        reply("hi", calls=[("read_file", {"path": "a.txt"})])), 3, CHAIN).final_ok
+
+
+def test_stage_two_runs_after_an_invalid_call_but_no_call_ends_the_sample():
+    o = ev.score_sample(Scripted(reply(calls=[("get_weather", {"town": "Paris"})]), reply("21 degrees")), 0,
+                        WEATHER_SAMPLE)
+    assert (o.valid_call, o.final_ok, o.requests) == (False, True, 2) and "missing required 'city'" in o.note
+    o = ev.score_sample(Scripted(reply("It is 21 degrees.")), 0, WEATHER_SAMPLE)
+    assert (o.valid_call, o.final_ok, o.requests) == (False, False, 1)
+
+
+def test_answers_no_tool_and_reasoning():
+    o = ev.score_sample(Scripted(reply("347 + 589 = 936.", "ones: ...")), 0, ARITH)
+    assert (o.answer_ok, o.reasoning, o.valid_call, o.no_call) == (True, True, None, None)
+    o = ev.score_sample(Scripted(reply("12 x 3 = 36.")), 1, NO_TOOL)
+    assert (o.answer_ok, o.no_call, o.reasoning) == (True, True, False)
+    o = ev.score_sample(Scripted(reply("36", calls=[("set_timer", {"minutes": 36})])), 1, NO_TOOL)
+    assert (o.answer_ok, o.no_call) == (True, False)
+
+
+def test_a_failed_request_fails_its_sample_and_is_noted():
+    o = ev.score_sample(Scripted(TimeoutError("read timed out")), 0, WEATHER_SAMPLE)
+    assert (o.valid_call, o.args_exact, o.final_ok, o.reasoning) == (False, False, False, None)
+    assert o.error == "TimeoutError: read timed out"
+    o = ev.score_sample(Scripted(reply(calls=[("get_weather", {"city": "Paris"})]), ConnectionError("reset")), 0,
+                        WEATHER_SAMPLE)
+    assert (o.valid_call, o.final_ok, o.reasoning) == (True, False, False) and o.error.startswith("ConnectionError")
+
+
+def test_summary_counts_and_order():
+    outcomes = [ev.score_sample(Scripted(*replies), i, s) for i, (s, replies) in enumerate([
+        (ARITH, [reply("= 936", "trace")]),
+        (ARITH, [reply("= 935", "trace")]),
+        (NO_TOOL, [reply("36")]),
+        (WEATHER_SAMPLE, [reply(calls=[("get_weather", {"city": "Paris"})]), reply("21")]),
+        (SMALLTALK, [TimeoutError("slow")]),
+    ])]
+    spec = {"drafts": 10, "draft_tokens": 20, "accepted": 9, "per_pos": [7, 2]}
+    m = ev.summarize(outcomes, spec)
+    got = {k: (r.num, r.den) for k, r in m.items()}
+    assert got == {"answer": (2, 3), "answer/think": (1, 2), "answer/no_think": (1, 1),
+                   "answer/arith/think": (1, 2), "answer/no_tool/no_think": (1, 1),
+                   "tool": (1, 1), "tool/valid_call": (1, 1), "tool/args_exact": (1, 1), "tool/final_answer": (1, 1),
+                   "no_tool": (1, 1), "reasoning/think": (2, 2), "reasoning/no_think": (0, 2),
+                   "mtp/pos0": (7, 10), "mtp/pos1": (2, 10), "mtp/accepted_per_draft": (9, 10), "errors": (1, 5)}
+    assert list(m)[:2] == ["answer", "answer/think"] and list(m)[-1] == "errors"
+    report = ev.Report("demo", m, outcomes, 2.0, 100, targets=ev.TARGETS["demo"])
+    table = report.table()
+    assert "mtp/pos0                       0.700        7/10  >= 0.6 pass" in table
+    assert "tool                           1.000         1/1  >= 0.95 pass" in table
+    assert "answer                         0.667         2/3  >= 0.95 FAIL" in table
+    assert "5 samples, 100 completion tokens in 2.0 s (50.0 tok/s)" in table
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["metrics"]["answer"] == {"num": 2, "den": 3, "value": 2 / 3}
+    assert {"metric": "reasoning/no_think", "op": "<=", "value": 0.0, "measured": 0.0, "pass": True} in d["targets"]
+    assert [s["index"] for s in d["samples"]] == [0, 1, 2, 3, 4] and d["samples"][4]["error"] == "TimeoutError: slow"
+
+
+def test_spec_counters_from_a_metrics_page():
+    page = "\n".join([
+        "# HELP vllm:spec_decode_num_drafts_total Verification rounds with drafts",
+        "# TYPE vllm:spec_decode_num_drafts_total counter",
+        "vllm:spec_decode_num_drafts_total 40.0",
+        "vllm:spec_decode_num_draft_tokens_total 80.0",
+        "vllm:spec_decode_num_accepted_tokens_total 30.0",
+        'vllm:spec_decode_num_accepted_tokens_per_pos_total{position="1"} 8.0',
+        'vllm:spec_decode_num_accepted_tokens_per_pos_total{position="0"} 22.0',
+        "qwen35_generation_tokens_total 170.0"])
+    assert ev.spec_counters(page) == {"drafts": 40, "draft_tokens": 80, "accepted": 30, "per_pos": [22, 8]}
+    assert ev.spec_counters("qwen35_generation_tokens_total 170.0") is None
+    before = {"drafts": 10, "draft_tokens": 20, "accepted": 5, "per_pos": [4, 1]}
+    assert ev._delta(ev.spec_counters(page), before) == {"drafts": 30, "draft_tokens": 60, "accepted": 25,
+                                                         "per_pos": [18, 7]}
+
+
+# ---- a real server ----------------------------------------------------------------------------------------
+
+SERVE = ["--dtype", "float32", "--max-model-len", "1024", "--kv-cache-memory", "64MB"]
+
+
+def test_run_eval_end_to_end(tiny_ckpt):
+    broken = Sample("arith", [{"role": "robot", "content": "1 + 1?"}, user("1 + 1?"), assistant("2")], None, False,
+                    "2", None)
+    samples = [ARITH, WEATHER_SAMPLE, broken, NO_TOOL, SMALLTALK]
+    report = ev.run_eval(tiny_ckpt, samples, mtp_tokens=2, concurrency=3, max_tokens=12, serve_args=SERVE)
+    assert [o.index for o in report.outcomes] == [0, 1, 2, 3, 4]
+    assert [o.kind for o in report.outcomes] == [s.kind for s in samples]
+    assert report.outcomes[2].error and "BadRequestError" in report.outcomes[2].error  # a 400, counted and noted
+    assert report.metrics["errors"].num == 1 and report.metrics["errors"].den == 5
+    assert report.metrics["answer"].den == 3 and report.metrics["tool"].den == 1 and report.metrics["no_tool"].den == 1
+    assert report.metrics["reasoning/think"].den == 2 and report.metrics["reasoning/no_think"].den == 2
+    assert report.metrics["mtp/pos0"].den > 0 and "mtp/pos1" in report.metrics  # drafts from the MTP head
+    ok = [o for o in report.outcomes if o.error is None]
+    assert all(o.requests >= 1 and o.completion_tokens > 0 for o in ok)
+    assert report.completion_tokens == sum(o.completion_tokens for o in report.outcomes) > 0
+    assert report.startup_s > 0 and report.wall_s > 0 and report.tokens_per_s > 0
+    assert [t.metric for t in report.targets] == [t.metric for t in ev.TARGETS["demo"]]
+    json.dumps(report.to_dict())
+
+
+def test_a_server_that_cannot_start_is_a_clear_error(tmp_path):
+    with pytest.raises(ev.EvalError, match=r"(?s)exited with status 2 before it was ready.*server stderr.*absent"):
+        ev.run_eval(tmp_path / "absent", [ARITH])
+
+
+# ---- the held-out set itself -------------------------------------------------------------------------------
+
+class Oracle:
+    """Replies with the sample's own reference turns: the next assistant turn after what was sent."""
+
+    def __init__(self, sample):
+        self.sample = sample
+
+    def __call__(self, outcome, messages, tools, thinking):
+        outcome.requests += 1
+        turns = [m for m in self.sample.messages[len(self.sample.prompt_messages()):] if m["role"] == "assistant"]
+        sent = sum(m["role"] == "assistant" for m in messages[len(self.sample.prompt_messages()):])
+        ref = turns[sent]
+        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in ref.get("tool_calls") or ()]
+        out = reply(ref["content"], ref.get("reasoning_content") or None, calls)
+        outcome.content = out["content"]
+        return out
+
+
+def test_the_reference_answers_of_the_heldout_set_score_full_marks():
+    """The scoring rules and the synthetic data agree: the reference conversations pass every check."""
+    synth = pytest.importorskip("qwen35.train.synth")
+    samples = synth.heldout(300)
+    outcomes = [ev.score_sample(Oracle(s), i, s) for i, s in enumerate(samples)]
+    failed = [(o.kind, o.note, o.content, s.answer) for o, s in zip(outcomes, samples)
+              if False in (o.answer_ok, o.valid_call, o.args_exact, o.final_ok, o.no_call)]
+    assert not failed
+    m = ev.summarize(outcomes)
+    assert m["reasoning/think"].value == 1.0 and m["reasoning/no_think"].value == 0.0
+    assert m["answer"].den > 50 and m["tool"].den > 30 and m["no_tool"].den > 10
