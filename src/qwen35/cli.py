@@ -1,4 +1,4 @@
-"""`qwen35` command line: serve, generate, init."""
+"""`qwen35` command line: serve, generate, init, eval."""
 
 from __future__ import annotations
 
@@ -88,6 +88,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a checkpoint on the recipe's held-out chats through a `qwen35 serve` it starts; prints the report
+    (exit status 0 whatever the scores: a report, not a gate; 1 when the server fails)."""
+    import json
+    import shlex
+
+    from .train.evaluate import EvalError, heldout_samples, run_eval
+
+    samples = heldout_samples(args.recipe, args.samples)
+    step = max(1, len(samples) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            print(f"[eval] {done}/{total} samples", file=sys.stderr, flush=True)
+
+    try:
+        report = run_eval(args.model, samples, recipe_name=args.recipe, mtp_tokens=args.mtp_tokens, port=args.port,
+                          concurrency=args.concurrency, serve_args=shlex.split(args.serve_flags),
+                          max_tokens=args.max_tokens, request_timeout=args.timeout, progress=progress)
+    except EvalError as e:
+        print(f"qwen35 eval: error: {e}", file=sys.stderr)
+        return 1
+    print(report.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_dict(), f, indent=1, ensure_ascii=False)
+    return 0
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Argument errors as one line (`qwen35 serve: error: ...`, exit status 2), not usage plus a line."""
 
@@ -137,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=SECURITY_NOTE)
     add_serve_args(s)
     s.set_defaults(func=cmd_serve, subparser=s)
+
+    e = sub.add_parser("eval", help="score a trained checkpoint on held-out synthetic chats, through the server")
+    e.add_argument("model", help="checkpoint directory")
+    e.add_argument("--recipe", default="demo", help="the held-out set and targets (default demo)")
+    e.add_argument("--samples", type=int, default=300, help="held-out samples (default 300)")
+    e.add_argument("--json", metavar="FILE", help="also write the report (with every sample's scores) as JSON")
+    e.add_argument("--port", type=int, default=0, help="the server's port (default: a free one)")
+    e.add_argument("--mtp-tokens", type=int, default=2, help="MTP draft tokens (0: no speculative decoding)")
+    e.add_argument("--max-tokens", type=int, default=512, help="per reply (default 512)")
+    e.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    e.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
+    e.add_argument("--serve-flags", default="", metavar="FLAGS",
+                   help="more `qwen35 serve` flags, e.g. '--device cuda --dtype float32'")
+    e.set_defaults(func=cmd_eval, subparser=e)
     return p
 
 
@@ -155,6 +198,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.command == "eval":
+        for flag in ("samples", "max_tokens", "concurrency"):
+            if getattr(args, flag) <= 0:
+                args.subparser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+        if args.mtp_tokens < 0 or args.port < 0 or args.timeout <= 0:
+            args.subparser.error("--mtp-tokens and --port must be >= 0, --timeout positive")
     if args.command == "generate":
         if args.max_tokens <= 0:
             parser.error(f"--max-tokens must be positive, got {args.max_tokens}")

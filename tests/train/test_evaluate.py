@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from qwen35.cli import main
 from qwen35.train import evaluate as ev
 from qwen35.train.scoring import answer_matches, check_call, has_reasoning, last_number, schema_errors
 
@@ -314,6 +315,34 @@ def test_run_eval_end_to_end(tiny_ckpt):
 def test_a_server_that_cannot_start_is_a_clear_error(tmp_path):
     with pytest.raises(ev.EvalError, match=r"(?s)exited with status 2 before it was ready.*server stderr.*absent"):
         ev.run_eval(tmp_path / "absent", [ARITH])
+
+
+def test_cli_prints_the_report_and_writes_json(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake_run_eval(model, samples, **kwargs):
+        seen.update(model=model, n=len(samples), **kwargs)
+        outcomes = [ev.score_sample(Scripted(reply("= 936")), 0, ARITH)]
+        return ev.Report("m", ev.summarize(outcomes), outcomes, 1.0, 10, 2.0, ev.TARGETS["demo"])
+
+    monkeypatch.setattr(ev, "heldout_samples", lambda recipe, n: [ARITH] * n)
+    monkeypatch.setattr(ev, "run_eval", fake_run_eval)
+    out = tmp_path / "report.json"
+    assert main(["eval", "ckpt", "--samples", "7", "--json", str(out), "--port", "8123", "--mtp-tokens", "1",
+                 "--serve-flags", "--device cuda"]) == 0
+    assert seen["model"] == "ckpt" and seen["n"] == 7 and seen["port"] == 8123 and seen["mtp_tokens"] == 1
+    assert seen["serve_args"] == ["--device", "cuda"] and seen["recipe_name"] == "demo"
+    printed = capsys.readouterr().out
+    assert "answer                         1.000         1/1  >= 0.95 pass" in printed
+    assert "mtp/pos0" in printed and "n/a" in printed  # a target with nothing measured
+    assert json.loads(out.read_text())["metrics"]["answer"]["value"] == 1.0
+
+    def failing(*args, **kwargs):
+        raise ev.EvalError("the server exited with status 2 before it was ready")
+
+    monkeypatch.setattr(ev, "run_eval", failing)
+    assert main(["eval", "ckpt", "--samples", "1"]) == 1
+    assert "qwen35 eval: error: the server exited" in capsys.readouterr().err
 
 
 # ---- the held-out set itself -------------------------------------------------------------------------------
