@@ -350,7 +350,6 @@ class ServerProcess:
     model_dir: str
     port: int = 0  # 0: any free port (the ready line names it)
     mtp_tokens: int = 2
-    max_num_seqs: int = 4
     extra_args: Sequence[str] = ()
     startup_timeout: float = 600.0
     url: str = ""
@@ -359,8 +358,7 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "qwen35.cli", "serve", str(self.model_dir), "--port", str(self.port),
-               "--generation-config", "vllm",  # greedy means greedy: no penalties from generation_config.json
-               "--max-num-seqs", str(self.max_num_seqs)]
+               "--generation-config", "vllm"]  # greedy means greedy: no penalties from generation_config.json
         if self.mtp_tokens:
             cmd += ["--speculative-config", json.dumps({"method": "mtp", "num_speculative_tokens": self.mtp_tokens})]
         return cmd + list(self.extra_args)
@@ -431,7 +429,7 @@ def run_eval(model_dir: str | Path, samples: Sequence | None = None, *, n: int =
     _openai()  # before a server starts for nothing
     if samples is None:
         samples = heldout_samples(recipe_name, n)
-    server = ServerProcess(str(model_dir), port, mtp_tokens, max(concurrency, 1), serve_args, startup_timeout)
+    server = ServerProcess(str(model_dir), port, mtp_tokens, serve_args, startup_timeout)
     t0 = time.perf_counter()
     try:
         url = server.start()
