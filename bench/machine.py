@@ -4,29 +4,11 @@ and `timed`, the best-of-n wall time every bench uses."""
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-
-def cpu_model() -> str:
-    """`lscpu`'s Model name (or /proc/cpuinfo's), for reading numbers across machines."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from qwen35.runtime import cpu_model  # noqa: F401  (the benches read it from here)
 
 
 def memory_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:

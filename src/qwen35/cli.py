@@ -1,4 +1,4 @@
-"""`qwen35` command line: serve, generate, init, eval."""
+"""`qwen35` command line: serve, generate, init, train, eval."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.loop import train
+    from .train.recipe import recipe
+
+    chosen = recipe(args.recipe)
+    if args.steps is not None:
+        chosen = chosen.replace(steps=args.steps)
+    train(chosen, args.out or f"qwen35-{chosen.name}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Stream one completion through the engine (the same path as `serve`), then a stats line on stderr."""
     import time
@@ -46,8 +57,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     path = args.model
     if path is None:
         path = default_model_dir()
-        print(f"[qwen35] no --model given: using the embedded default ({path}), a small RANDOM checkpoint "
-              "of the real architecture. Pass --model DIR for a real Qwen3.5 checkpoint.", file=sys.stderr)
+        from .default_model import CAPABILITIES
+
+        print(f"[qwen35] no --model given: using the embedded demo model, {CAPABILITIES}. Pass --model DIR for a "
+              "real Qwen3.5 checkpoint.", file=sys.stderr)
     # size the cache for this one request: the prompt's length is needed before the engine is built
     context = ModelConfig.from_file(path).text.supported_length
     prompt = Tokenizer.from_pretrained(path).encode(args.prompt)
@@ -143,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--shard-size", default="2GB", help="largest shard file (default 2GB)")
     i.set_defaults(func=cmd_init, subparser=i)
 
+    t = sub.add_parser("train", help="train a model of a recipe on the synthetic chat corpus (official layout out)")
+    t.add_argument("--recipe", default="demo", help="demo (the embedded default model) or smoke (a one-minute run)")
+    t.add_argument("--out", help="output directory (default: ./qwen35-RECIPE); a train_state.pt there is resumed")
+    t.add_argument("--steps", type=int, help="override the recipe's step count (the result then differs from it)")
+    t.set_defaults(func=cmd_train, subparser=t)
+
     g = sub.add_parser("generate", help="stream a completion of a prompt")
     g.add_argument("--model", help="checkpoint directory (default: the embedded random model)")
     g.add_argument("--prompt", required=True)
@@ -204,6 +223,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
                 args.subparser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
         if args.mtp_tokens < 0 or args.port < 0 or args.timeout <= 0:
             args.subparser.error("--mtp-tokens and --port must be >= 0, --timeout positive")
+    if args.command == "train" and args.steps is not None and args.steps <= 0:
+        args.subparser.error(f"--steps must be positive, got {args.steps}")
     if args.command == "generate":
         if args.max_tokens <= 0:
             parser.error(f"--max-tokens must be positive, got {args.max_tokens}")

@@ -1,39 +1,28 @@
-"""The embedded default model: a small random checkpoint of the real architecture, made on first use.
+"""The embedded default model: `qwen35-demo`, a 3.9M-parameter model of the Qwen3.5 dense architecture trained
+here on synthetic chats (`qwen35 train --recipe demo`, train/), shipped in the package.
 
-It lets `make run` work on a fresh machine with no weights. Its outputs are random text; point
-`--model` at a real Qwen3.5 checkpoint directory for real answers.
+It lets `make run`, `qwen35 serve` and `LLM()` without a model show real behaviour on any machine in the first
+minute: step-by-step arithmetic in `<think>`, unit conversions, tool calls in the qwen3_coder format (and no
+call when no tool fits), short replies in English, Chinese and Korean, and MTP drafts worth accepting. It knows
+nothing else; point `--model` at a real Qwen3.5 checkpoint directory for a real model.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+from importlib import resources
 from pathlib import Path
 
-DEFAULT_PRESET = "tiny"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("QWEN35_CACHE") or Path.home() / ".cache" / "qwen35")
+DEFAULT_NAME = "qwen35-demo"
+CAPABILITIES = ("a 3.9M-parameter Qwen3.5-architecture model trained on synthetic chats (qwen35 train --recipe demo): "
+                "arithmetic with step-by-step <think>, unit conversions, tool calls (get_weather, get_time, "
+                "convert_currency, the MCP filesystem tools, ...), short replies in English/Chinese/Korean; "
+                "it knows nothing else")
 
 
 def default_model_dir() -> Path:
-    """Path of the default checkpoint, written (atomically) the first time it is needed."""
-    target = cache_root() / f"default-{DEFAULT_PRESET}"
-    if (target / "config.json").exists():
-        return target
-    from .config import preset  # writing one needs torch; finding one does not
-    from .loading.writer import write_random_checkpoint
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".default-", dir=target.parent))
-    try:
-        write_random_checkpoint(preset(DEFAULT_PRESET), tmp, seed=0)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """Path of the shipped demo checkpoint (inside the installed package)."""
+    path = Path(str(resources.files(__package__).joinpath("demo_model")))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"the embedded demo model is missing from {path}: reinstall qwen35, or rebuild it "
+                                "with `qwen35 train --recipe demo --out " + str(path) + "`")
+    return path

@@ -30,8 +30,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import platform
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 log = logging.getLogger("qwen35.runtime")
 
@@ -146,3 +149,21 @@ def _on_openmp_team(fn, num_threads: int) -> int:
     lib.GOMP_parallel.restype = None
     lib.GOMP_parallel(callback, None, num_threads, 0)  # CDLL releases the GIL, so the workers can take it
     return len(ran)
+
+
+def cpu_model() -> str:
+    """`lscpu`'s Model name (or /proc/cpuinfo's), for reading numbers across machines."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

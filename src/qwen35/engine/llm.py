@@ -37,7 +37,12 @@ Prompt = Union[str, list[int], dict]
 
 
 class LLM:
-    def __init__(self, model: str, allowed_local_media_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: str | None = None, allowed_local_media_path: str | None = None, **kwargs: Any) -> None:
+        """`model`: a checkpoint directory (default: the embedded demo model, `default_model.py`)."""
+        if model is None:
+            from ..default_model import default_model_dir
+
+            model = default_model_dir()
         self.engine = LLMEngine(EngineConfig(model=str(model), **kwargs))
         self._ids = itertools.count()
         self.processor = ProcessorConfig.from_checkpoint(model)

@@ -20,7 +20,7 @@ from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops import quant
 from .checkpoint import FP32_SUFFIXES
 from .quantize import _replace, kept_reason
-from .writer import _init_kind, _random
+from .writer import init_kind, random_tensor
 
 STD = 0.02
 _CODE_STD = {"int8": 73.6, "int4": 4.6}  # std of uniform codes in [-127, 127] / of u - 8, u uniform in 0..15
@@ -52,7 +52,7 @@ def _materialise(unit: nn.Module, prefix: str, dtype: torch.dtype, gen: torch.Ge
             full = prefix + name
             want = torch.float32 if full.endswith(FP32_SUFFIXES) else dtype
             value = torch.empty(p.shape, dtype=want, device="meta") if gen is None else \
-                _random(tuple(p.shape), _init_kind(full, tuple(p.shape)), gen).to(want)
+                random_tensor(tuple(p.shape), init_kind(full, tuple(p.shape)), gen).to(want)
             owner, _, attr = name.rpartition(".")
             (unit.get_submodule(owner) if owner else unit)._parameters[attr] = nn.Parameter(value, requires_grad=False)
 

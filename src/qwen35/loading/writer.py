@@ -30,7 +30,7 @@ QWEN_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 
 Spec = tuple[str, tuple[int, ...], torch.dtype, str]  # name, shape, on-disk dtype, init kind
 
 
-def _init_kind(name: str, shape: tuple[int, ...]) -> str:
+def init_kind(name: str, shape: tuple[int, ...]) -> str:
     """How to draw a tensor: "normal" (std 0.02), "norm" (zero-centred RMSNorm: small noise around 0),
     "ones_noise" (plain-weight norms: GDN gated norm, vision LayerNorms), "a_log" (log U(1, 16)), "dt_bias",
     "conv", "zeros" (biases)."""
@@ -47,11 +47,11 @@ def _init_kind(name: str, shape: tuple[int, ...]) -> str:
 
 def checkpoint_specs(cfg: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> list[Spec]:
     """Every tensor of an official checkpoint of this shape: (name, shape, on-disk dtype, init kind)."""
-    return [(name, shape, torch.float32 if names.is_f32_on_disk(name) else dtype, _init_kind(name, shape))
+    return [(name, shape, torch.float32 if names.is_f32_on_disk(name) else dtype, init_kind(name, shape))
             for name, shape in names.checkpoint_tensors(cfg)]
 
 
-def _random(shape: tuple[int, ...], kind: str, gen: torch.Generator) -> torch.Tensor:
+def random_tensor(shape: tuple[int, ...], kind: str, gen: torch.Generator) -> torch.Tensor:
     if kind == "normal":
         return torch.randn(shape, generator=gen) * 0.02
     if kind == "conv":
@@ -97,7 +97,7 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str | Path, seed: int = 0
     total = 0
     for n, shard in enumerate(shards, 1):
         name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {s[0]: _random(s[1], s[3], gen).to(s[2]) for s in shard}
+        tensors = {s[0]: random_tensor(s[1], s[3], gen).to(s[2]) for s in shard}
         save_file(tensors, str(out / name), metadata={"format": "pt"})
         for key in tensors:
             weight_map[key] = name

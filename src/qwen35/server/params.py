@@ -1,8 +1,9 @@
 """Request body -> `SamplingParams`, with the model's defaults filled in.
 
 Order per field: the request's value; for temperature / top_p / top_k / min_p the model card's preset for
-the chat's thinking mode (thinking 0.6 / 0.95 / 20 / 0, non-thinking 0.7 / 0.8 / 20 / 0); then the
-checkpoint's generation_config.json; then neutral values. `--generation-config vllm` turns the presets and
+the chat's thinking mode (thinking 0.6 / 0.95 / 20 / 0, non-thinking 0.7 / 0.8 / 20 / 0), unless the
+checkpoint's generation_config.json turns sampling off (`do_sample: false`: greedy, as the demo model asks); then
+the checkpoint's generation_config.json; then neutral values. `--generation-config vllm` turns the presets and
 generation_config off (neutral defaults), as in vLLM.
 """
 
@@ -46,7 +47,9 @@ def load_generation_defaults(model_dir: str | Path, mode: str = "auto") -> dict[
 def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None, defaults: dict[str, Any],
                     use_presets: bool, logprobs: int | None, guided: Any = None,
                     prompt_logprobs: int | None = None) -> SamplingParams:
-    preset = {} if not use_presets or thinking is None else (THINKING_PRESET if thinking else NON_THINKING_PRESET)
+    greedy_model = defaults.get("temperature") == 0.0  # its generation_config turns sampling off (the demo model)
+    preset = {} if not use_presets or thinking is None or greedy_model else \
+        (THINKING_PRESET if thinking else NON_THINKING_PRESET)
     values: dict[str, Any] = {}
     for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                  "frequency_penalty"):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, EMBEDDED_NAME, ServeError, api_key_from,
+from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, ServeError, api_key_from,
                          check_features, is_loopback, media_policy, mm_limits, parse_hosts, parse_json,
                          speculative_config)
 
@@ -110,9 +110,9 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     arg = args.model or args.model_flag
     embedded = arg is None
     if embedded:
-        from ..default_model import default_model_dir
+        from ..default_model import DEFAULT_NAME, default_model_dir
 
-        model_dir, name = Path(default_model_dir()), EMBEDDED_NAME
+        model_dir, name = default_model_dir(), DEFAULT_NAME
     else:
         resolved = resolve_model(arg, args.revision)
         model_dir, name = resolved.path, resolved.name
@@ -274,8 +274,10 @@ def banner(state, plan: ServePlan) -> str:
              f"  speculative decoding: {info.speculative}",
              f"  vision: {info.vision_note}"]
     if plan.embedded:
-        lines += ["  NOTE: this is the EMBEDDED DEFAULT MODEL, a small checkpoint with RANDOM weights: its answers are",
-                  "        noise. Serve a real checkpoint with: qwen35 serve /path/to/Qwen3.5-0.8B"]
+        from ..default_model import CAPABILITIES
+
+        lines += [f"  NOTE: no model given, so this is the EMBEDDED DEMO MODEL, {CAPABILITIES}.",
+                  "        Serve a real checkpoint with: qwen35 serve /path/to/Qwen3.5-0.8B"]
     return "\n".join(lines)
 
 

@@ -21,7 +21,6 @@ BLOCK_SIZE = 16  # the engine's K/V block size (EngineConfig.block_size)
 DEFAULT_MAX_MODEL_LEN = 8192  # the engine's default cap when --max-model-len is not given
 REASONING_PARSERS = ("qwen3",)
 TOOL_PARSERS = ("qwen3_coder", "qwen3_xml")
-EMBEDDED_NAME = "qwen35-default-random"
 ENGINE_PROCESS = True  # the engine's default home: chosen by bench/bench_serving.py (docs/LOG.md)
 MEDIA_KINDS = ("image", "video")
 # Images and videos per request without --limit-mm-per-prompt. vLLM's default is 999; every item here is

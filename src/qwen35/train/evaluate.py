@@ -347,7 +347,7 @@ def evaluate(base_url: str, model_name: str, samples: Sequence, *, max_tokens: i
 class ServerProcess:
     """`qwen35 serve` in a subprocess: started, waited on until it prints its ready line, stopped."""
 
-    model_dir: str
+    model_dir: str | None  # None: the embedded default model
     port: int = 0  # 0: any free port (the ready line names it)
     mtp_tokens: int = 2
     extra_args: Sequence[str] = ()
@@ -357,7 +357,8 @@ class ServerProcess:
     proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "qwen35.cli", "serve", str(self.model_dir), "--port", str(self.port),
+        model = [str(self.model_dir)] if self.model_dir is not None else []
+        cmd = [sys.executable, "-m", "qwen35.cli", "serve", *model, "--port", str(self.port),
                "--generation-config", "vllm"]  # greedy means greedy: no penalties from generation_config.json
         if self.mtp_tokens:
             cmd += ["--speculative-config", json.dumps({"method": "mtp", "num_speculative_tokens": self.mtp_tokens})]

@@ -24,12 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..loading.writer import _init_kind, _random
+from ..loading.writer import init_kind, random_tensor
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops.batch import BatchBuilder
+from ..runtime import cpu_model
 from ..tokenizer import Tokenizer
 from .examples import IGNORE, Example, encode, learnt_spans, plan_batches
+from .export import write_trained
 from .recipe import Recipe
+from .synth import generate
+from .vocab import train_vocab
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
@@ -42,14 +46,12 @@ def build_model(recipe: Recipe, vocab_size: int, seed: int) -> Qwen35ForCausalLM
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(_random(tuple(p.shape), _init_kind(name, tuple(p.shape)), gen))
+            p.copy_(random_tensor(tuple(p.shape), init_kind(name, tuple(p.shape)), gen))
     return model.train()
 
 
 def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Example]]:
     """The recipe's synthetic conversations, a vocabulary learnt from them, and the encoded examples."""
-    from .synth import generate
-
     t0 = time.perf_counter()
     samples = generate(recipe.train_samples, recipe.data_seed)
     texts = [s.render() for s in samples]
@@ -65,12 +67,6 @@ def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Example]]:
     return tok, examples
 
 
-def train_vocab(texts, size):  # imported lazily: tokenizers' trainer is only needed here
-    from .vocab import train_vocab as _train
-
-    return _train(texts, size)
-
-
 def lr_at(step: int, recipe: Recipe) -> float:
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
@@ -82,7 +78,7 @@ def lr_at(step: int, recipe: Recipe) -> float:
 def _optimizer(model: Qwen35ForCausalLM, recipe: Recipe) -> torch.optim.AdamW:
     """Weight decay on the matrices only (not on norms, gates' A_log / dt_bias or the conv taps)."""
     decay, keep = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (decay if p.dim() == 2 else keep).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                               {"params": keep, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas,
@@ -112,10 +108,9 @@ def batch_loss(model: Qwen35ForCausalLM, examples: list[Example], builder: Batch
     return main + mtp_weight * mtp, main.item(), mtp.item()
 
 
-def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr) -> Path:
-    """Train `recipe` into `out_dir` (resuming from its `train_state.pt` if one is there); returns out_dir."""
-    from .export import write_trained
-
+def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, stop_after: int | None = None) -> Path:
+    """Train `recipe` into `out_dir` (resuming from its `train_state.pt` if one is there); returns out_dir.
+    `stop_after`: leave after that step with the training state saved, as an interruption would (tests)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
@@ -162,8 +157,11 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr) -
             torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "step": step + 1, "history": history}, out / (STATE_FILE + ".tmp"))
             (out / (STATE_FILE + ".tmp")).replace(state_file)
+        if stop_after is not None and step + 1 >= stop_after:
+            return out
     write_trained(model, tok, recipe, out)
-    (out / LOG_FILE).write_text(json.dumps({"recipe": asdict(recipe), "history": history}) + "\n")
+    machine = {"cpu": cpu_model(), "torch": torch.__version__, "threads": recipe.threads}
+    (out / LOG_FILE).write_text(json.dumps({"recipe": asdict(recipe), "machine": machine, "history": history}) + "\n")
     state_file.unlink(missing_ok=True)
     log(f"wrote {out}")
     return out

@@ -23,24 +23,24 @@ def _layer_types(n: int) -> tuple[str, ...]:
 class Recipe:
     name: str
     # model: the dense family's shape scaled down (tied embeddings, one MTP layer)
-    hidden_size: int = 256
+    hidden_size: int = 160
     num_layers: int = 8
     attention_heads: int = 4
     kv_heads: int = 2
-    head_dim: int = 64
+    head_dim: int = 40
     gdn_heads: int = 4  # QK and V heads of Gated DeltaNet
-    gdn_head_dim: int = 64
-    intermediate_size: int = 768
+    gdn_head_dim: int = 40
+    intermediate_size: int = 480
     vocab_size: int = 4096  # embedding rows; the trained vocabulary may be a little smaller
     max_position_embeddings: int = 8192
     # data
-    train_samples: int = 60_000
+    train_samples: int = 40_000
     vocab_samples: int = 20_000  # conversations the vocabulary is learnt from
-    max_len: int = 2048  # longer conversations are left out
+    max_len: int = 3072  # longer conversations are left out
     data_seed: int = 0
     # optimisation
-    steps: int = 1200
-    batch_tokens: int = 8192  # per step, padding included
+    steps: int = 4000
+    batch_tokens: int = 2048  # per step, padding included
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 60
@@ -50,7 +50,7 @@ class Recipe:
     mtp_weight: float = 0.3
     seed: int = 0
     threads: int = 2
-    checkpoint_every: int = 100  # steps between resumable training states
+    checkpoint_every: int = 200  # steps between resumable training states
 
     def text_config(self, vocab_size: int | None = None) -> TextConfig:
         return TextConfig(
@@ -70,8 +70,9 @@ RECIPES: dict[str, Recipe] = {
     "demo": Recipe(name="demo"),
     # a minute-long run of the same pipeline, for tests
     "smoke": Recipe(name="smoke", hidden_size=64, num_layers=4, attention_heads=2, kv_heads=1, head_dim=32,
-                    gdn_heads=2, gdn_head_dim=32, intermediate_size=128, vocab_size=1024, train_samples=400,
-                    vocab_samples=400, steps=6, batch_tokens=2048, warmup_steps=2, checkpoint_every=3),
+                    gdn_heads=2, gdn_head_dim=32, intermediate_size=128, vocab_size=1024, train_samples=300,
+                    vocab_samples=300, max_len=1024, steps=6, batch_tokens=2048, lr=5e-3, warmup_steps=2,
+                    checkpoint_every=3),
 }
 
 
