@@ -3,8 +3,9 @@ here on synthetic chats (`qwen35 train --recipe demo`, train/), shipped in the p
 
 It lets `make run`, `qwen35 serve` and `LLM()` without a model show real behaviour on any machine in the first
 minute: step-by-step arithmetic in `<think>`, unit conversions, tool calls in the qwen3_coder format (and no
-call when no tool fits), short replies in English, Chinese and Korean, and MTP drafts worth accepting. It knows
-nothing else; point `--model` at a real Qwen3.5 checkpoint directory for a real model.
+call when no tool fits), short replies in English, Chinese and Korean, and MTP drafts worth accepting; the
+formats are right, digits and arguments often wrong (docs/DEMO.md). Point `--model` at a real Qwen3.5
+checkpoint directory for a real model.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 DEFAULT_NAME = "qwen35-demo"
 CAPABILITIES = ("a 3.9M-parameter Qwen3.5-architecture model trained on synthetic chats (qwen35 train --recipe demo): "
                 "arithmetic with step-by-step <think>, unit conversions, tool calls (get_weather, get_time, "
-                "convert_currency, the MCP filesystem tools, ...), short replies in English/Chinese/Korean; "
-                "it knows nothing else")
+                "convert_currency, the MCP filesystem tools, ...), short replies in English/Chinese/Korean, in the "
+                "right formats but often wrong digits and arguments; it knows nothing else")
 
 
 def default_model_dir() -> Path:

@@ -38,8 +38,6 @@ def test_a_tool_conversation_learns_the_calls_and_the_answer_only(samples, tok):
     assert "<tool_call>\n<function=" + calls[0]["tool_calls"][0]["function"]["name"] in learnt
     assert learnt.endswith(final["content"] + "<|im_end|>")
     assert "<tool_response>" not in learnt and "# Tools" not in learnt and "<|im_start|>" not in learnt
-    tool_text = next(m["content"] for m in sample.messages if m["role"] == "tool")
-    assert tool_text not in learnt.replace(final["content"], "")  # the result is read, not learnt
 
 
 def test_thinking_off_learns_the_answer_after_the_empty_think(samples, tok):
