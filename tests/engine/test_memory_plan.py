@@ -37,3 +37,19 @@ def test_exactly_one_sequence_and_a_plan_without_a_length():
         plan_memory(CFG, torch.float32, slot + 64 * block, max_num_seqs=1, max_model_len=1025, prefix_fraction=0)
     bare = MemoryPlan(10, 16, 1, 0, block, slot)  # built by hand: no length, no context clause
     assert bare.full_sequences == 0 and "context" not in bare.describe()
+
+
+@pytest.mark.parametrize("seqs", [1, 2, 16])
+@pytest.mark.parametrize("prefix", [0.0, 0.3])
+def test_the_default_budget_always_holds_every_sequence_at_full_length(seqs, prefix):
+    """The default budget (`full_budget`) leaves, after the prefix cache's share, K/V blocks for max_num_seqs
+    sequences of max_model_len. It once left fewer than one when state slots were large against K/V blocks
+    (the demo model with max_num_seqs=1 could not start)."""
+    from qwen35.default_model import default_model_dir
+    from qwen35.config import ModelConfig
+    from qwen35.engine.memory import full_budget
+
+    cfg = ModelConfig.from_file(default_model_dir() / "config.json").text
+    budget = full_budget(cfg, torch.bfloat16, seqs, 8192, 16, prefix, mtp_layers=1, num_speculative_tokens=2)
+    plan = plan_memory(cfg, torch.bfloat16, budget, seqs, 8192, 16, prefix, mtp_layers=1, num_speculative_tokens=2)
+    assert plan.num_blocks >= seqs * 8192 // 16

@@ -97,9 +97,12 @@ def full_budget(cfg: TextConfig, dtype: torch.dtype, max_num_seqs: int, max_mode
     """The most cache the engine can use: every running sequence at max_model_len with its state slot (and
     its snapshot slots), plus the prefix cache's share. The default budget is this, capped by free memory."""
     block_bytes, slot_bytes = unit_bytes(cfg, dtype, block_size, mtp_layers)
-    full = max_num_seqs * (-(-max_model_len // block_size)) * block_bytes
-    return (full + max_num_seqs * (1 + num_speculative_tokens) * slot_bytes
-            + int(prefix_fraction * (full + max_num_seqs * slot_bytes)))
+    running = max_num_seqs * ((-(-max_model_len // block_size)) * block_bytes + (1 + num_speculative_tokens) * slot_bytes)
+    # `plan_memory` gives the prefix cache `prefix_fraction` of the whole budget, so the running sequences' share
+    # must be the rest (adding the fraction of the running part on top left too few blocks for one full-length
+    # sequence when slots are large against blocks, as with max_num_seqs=1 on a small model); + one of each
+    # for rounding
+    return int(running / (1 - prefix_fraction)) + block_bytes + slot_bytes
 
 
 def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num_seqs: int, max_model_len: int,
