@@ -103,10 +103,15 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str | Path, seed: int = 0
             weight_map[key] = name
         total += sum(_nbytes(s) for s in shard)
         del tensors
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_index(out, weight_map, total)
     write_metadata(cfg, out, dtype, Tokenizer.from_vocab(), tokenizer=tokenizer)
     return out
+
+
+def write_index(out: Path, weight_map: dict[str, str], total_bytes: int) -> None:
+    """model.safetensors.index.json: which shard holds each tensor."""
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def write_metadata(cfg: ModelConfig, out: Path, dtype: torch.dtype, tok: Tokenizer, tokenizer: bool = True,

@@ -55,23 +55,28 @@ def causal_conv1d(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor, sta
         F.silu(out, inplace=True)
     if snapshots is not None:
         _write_snapshots(full, lens, *snapshots)
-    # new state: inputs at positions lens[b] .. lens[b]+K-2 of `full` (the K-1 newest real ones)
-    idx = (lens.view(B, 1) + torch.arange(K - 1, device=x.device)).view(B, K - 1, 1).expand(B, K - 1, C)
-    state.copy_(full.gather(1, idx).transpose(1, 2))
+    _keep_newest(full, lens, state)
     return y
+
+
+def _keep_newest(full: torch.Tensor, lens: torch.Tensor, state: torch.Tensor) -> None:
+    """The new state: inputs at positions lens[b] .. lens[b]+K-2 of `full` ([B, K-1+T, C], old state then the
+    new inputs), the K-1 newest real ones."""
+    B, _, C = full.shape
+    W = state.shape[-1]
+    idx = (lens.view(B, 1) + torch.arange(W, device=full.device)).view(B, W, 1).expand(B, W, C)
+    state.copy_(full.detach().gather(1, idx).transpose(1, 2))
 
 
 def _conv_differentiable(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor,
                          state: torch.Tensor) -> torch.Tensor:
     """`causal_conv1d` for training: the same K shifted multiply-adds, out of place so that autograd can go
     through them (the tiled path writes into preallocated buffers). The new state is stored detached."""
-    B, T, C = x.shape
-    K = weight.shape[-1]
+    T, K = x.shape[1], weight.shape[-1]
     full = torch.cat([state.transpose(1, 2).to(x.dtype), x], 1).float()  # [B, K-1+T, C]
     w = weight[:, 0, :].float()
     y = sum(full[:, j:j + T] * w[:, j] for j in range(K))
-    idx = (lens.view(B, 1) + torch.arange(K - 1, device=x.device)).view(B, K - 1, 1).expand(B, K - 1, C)
-    state.copy_(full.detach().gather(1, idx).transpose(1, 2))
+    _keep_newest(full, lens, state)
     return F.silu(y)
 
 

@@ -182,9 +182,9 @@ def _chunked_differentiable(q, k, v, g, beta, state, chunk):
         outs.append((q[n] @ S) * G_exp[n] + P[n] @ v_new)  # O = exp(G) (Q S) + P V'
         S = S * decay_last[n] + k_decayed[n].transpose(-1, -2) @ v_new
     state.copy_(S.detach().view_as(state))
-    o = torch.stack(outs)  # [N, BH, C, dv]
-    o = o.unflatten(1, (B, H)).movedim((0, 3), (1, 2)).flatten(1, 2)  # [B, N*C, H, dv]
-    return o[:, :T]
+    out = q.new_empty(B, T, H, v.shape[-1])
+    _from_chunks(torch.stack(outs), out)  # a copy into `out`, which autograd goes through
+    return out
 
 
 def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:

@@ -4,7 +4,6 @@ trained tokenizer with the Qwen3.5 chat template. Our loader and transformers lo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,7 +11,7 @@ from safetensors.torch import save_file
 
 from ..config import ModelConfig
 from ..loading import names
-from ..loading.writer import write_metadata
+from ..loading.writer import write_index, write_metadata
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..tokenizer import Tokenizer
 from .recipe import Recipe
@@ -40,8 +39,6 @@ def write_trained(model: Qwen35ForCausalLM, tok: Tokenizer, recipe: Recipe, out_
         name = checkpoint_name(param)
         tensors[name] = value.detach().to(torch.float32 if names.is_f32_on_disk(name) else dtype).contiguous()
     save_file(tensors, str(out / SHARD), metadata={"format": "pt"})
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": {k: SHARD for k in sorted(tensors)}}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_index(out, dict.fromkeys(tensors, SHARD), sum(t.numel() * t.element_size() for t in tensors.values()))
     write_metadata(ModelConfig(text=model.cfg), out, dtype, tok, generation=GENERATION)
     return out
