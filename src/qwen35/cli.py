@@ -1,4 +1,4 @@
-"""`qwen35` command line: serve, generate, init, train, eval."""
+"""`qwen35` command line: serve, chat, generate, init, train, eval."""
 
 from __future__ import annotations
 
@@ -186,6 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_args(s)
     s.set_defaults(func=cmd_serve, subparser=s)
 
+    c = sub.add_parser("chat", help="chat with the agent in the terminal (tools: MCP servers, a code interpreter)",
+                       allow_abbrev=False, description="The agent in a terminal, against a model served in this "
+                       "process (any `qwen35 serve` flag applies) or a running server (--url).")
+    add_serve_args(c)
+    a = c.add_argument_group("agent")
+    a.add_argument("-p", "--prompt", default=None, help="one-shot: ask this, print the answer, exit")
+    a.add_argument("--url", default=None, help="a running OpenAI-compatible server instead of serving MODEL here")
+    a.add_argument("--mcp-config", default=None, metavar="FILE",
+                   help='tools from MCP servers: a JSON file {"mcpServers": {...}} (Claude Desktop format)')
+    a.add_argument("--code-interpreter", action="store_true",
+                   help="offer code_interpreter: Python in a sandboxed subprocess (no network, own directory)")
+    a.add_argument("--think", dest="think", action="store_true", default=None, help="thinking on")
+    a.add_argument("--no-think", dest="think", action="store_false", help="thinking off")
+    a.add_argument("--show-reasoning", action="store_true", help="one-shot: also print thinking and tools to stderr")
+    a.add_argument("--system", default=None, help="system prompt")
+    a.add_argument("--max-steps", type=int, default=10, help="model calls per question (default 10)")
+    a.add_argument("--temperature", type=float, default=None)
+    a.add_argument("--max-tokens", type=int, default=None, help="per model call")
+    c.set_defaults(func=cmd_chat, subparser=c)
+
     e = sub.add_parser("eval", help="score a trained checkpoint on held-out synthetic chats, through the server")
     e.add_argument("model", help="checkpoint directory")
     e.add_argument("--recipe", default="demo", help="the held-out set and targets (default demo)")
@@ -216,7 +236,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .agent.endpoint import local_server, remote
+    from .agent.terminal import run_chat
+    from .config import ConfigError
+    from .loading.checkpoint import CheckpointError
+
+    try:
+        if args.url:
+            return run_chat(args, remote(args.url, args.api_key, args.model or args.model_flag))
+        if not args.prompt:
+            print("qwen35 chat: loading the model ...", file=sys.stderr, flush=True)
+        with local_server(args) as endpoint:
+            return run_chat(args, endpoint)
+    except (ConfigError, CheckpointError, ValueError, OSError) as e:
+        print(f"qwen35 chat: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.command == "chat" and args.max_steps <= 0:
+        args.subparser.error(f"--max-steps must be positive, got {args.max_steps}")
     if args.command == "eval":
         for flag in ("samples", "max_tokens", "concurrency"):
             if getattr(args, flag) <= 0:

@@ -19,6 +19,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,6 +40,7 @@ from .limits import RequestError, encode_bounded, parse_json
 from .metrics import Metrics
 from .serve_args import DEFAULT_MM_LIMITS
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .responses import ResponseRun, ResponsesRequest, ResponseStore, final_usage, prepare_response, reply_message
 
 log = logging.getLogger("qwen35.server")
 
@@ -64,6 +66,7 @@ class ServerState:
     media_policy: MediaPolicy = field(default_factory=MediaPolicy)  # where media URLs may point
     cpu_threads: int = 4  # workers for parsing, templates, tokenising and grammars
     metrics: Metrics = field(default_factory=Metrics)
+    responses: ResponseStore = field(default_factory=ResponseStore)  # stored for previous_response_id
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
@@ -117,6 +120,15 @@ def create_app(state: ServerState) -> FastAPI:
         except ValidationError as e:
             return _validation_error(e)
 
+    page = (Path(__file__).parent / "webui" / "index.html").read_bytes()
+
+    @app.get("/")
+    async def chat_ui():
+        """The browser chat UI (webui/index.html): one static page, open without the API key (it asks for one)."""
+        return Response(page, media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                                            "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
+
     @app.get("/health")
     async def health():
         return {} if state.client.healthy else error(503, "the engine is not running")
@@ -135,7 +147,8 @@ def create_app(state: ServerState) -> FastAPI:
     async def models():
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": state.created, "owned_by": "qwen35",
-             "max_model_len": state.max_model_len} for name in state.served_names]}
+             "max_model_len": state.max_model_len, "vision": state.client.info.vision}
+            for name in state.served_names]}
 
     @app.get("/metrics")
     async def metrics():
@@ -218,6 +231,43 @@ def create_app(state: ServerState) -> FastAPI:
         for final in finals:
             _record(state, final, start)
         return await state.run_cpu(_json, run.response, finals)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        got = await prepare(request, ResponsesRequest, prepare_response)
+        if isinstance(got, JSONResponse):
+            return got
+        body, planned = got
+        model = body.model or state.served_names[0]
+        chat_run = ChatRun(planned.plan, model, state.tokenizer, emit_reasoning_alias=False)
+        run = ResponseRun(body, model)
+        start = time.perf_counter()
+        try:
+            stream = await _start(state, planned.plan.prompt_ids, planned.plan.params, run.id, planned.plan.media)
+        except Overloaded as e:
+            return _overloaded(e)
+        except ValueError as e:
+            return error(400, str(e))
+        except RequestFailed:
+            return _failed(run.id)
+        if body.stream:
+            return StreamingResponse(_response_events(state, stream, chat_run, run, planned, start),
+                                     media_type="text/event-stream", background=BackgroundTask(stream.aclose))
+        finals = await _unless_disconnected(request, [stream])
+        if finals is None:
+            return Response(status_code=499)
+        if isinstance(finals, JSONResponse):
+            return finals
+        _record(state, finals[0], start)
+        return await state.run_cpu(_whole_response, state, chat_run, run, planned, finals[0])
+
+    @app.get("/v1/responses/{response_id}")
+    async def stored_response(response_id: str):
+        found = state.responses.response(response_id)
+        if found is None:
+            return error(404, f"response {response_id!r} not found (not stored, or no longer kept)",
+                         "response_id", "not_found_error")
+        return found
 
     return app
 
@@ -368,6 +418,40 @@ async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool
     finally:
         await stream.aclose()
     yield "data: [DONE]\n\n"
+
+
+def _whole_response(state: ServerState, chat_run: ChatRun, run: ResponseRun, planned, final) -> Response:
+    obj = run.response(chat_run.response(final))
+    if run.body.store:
+        state.responses.put(run.id, planned.conversation + [reply_message(run.output)], obj)
+    return Response(dumps(obj), media_type="application/json")
+
+
+async def _response_events(state: ServerState, stream, chat_run: ChatRun, run: ResponseRun, planned, start: float):
+    """The Responses API's typed events for one streamed request (no `[DONE]`: the last event closes it)."""
+    final = None
+    try:
+        for e in run.start():
+            yield e
+        async for out in stream:
+            final = out
+            for c in chat_run.stream_chunks(out):
+                for e in run.events(c):
+                    yield e
+        for e in run.finish(final_usage(final), final.outputs[0].finish_reason):
+            yield e
+        if run.body.store:
+            state.responses.put(run.id, planned.conversation + [reply_message(run.output)], run.final)
+        _record(state, final, start)
+    except ValueError as e:
+        for e2 in run.fail(str(e), "invalid_request_error"):
+            yield e2
+    except Exception:
+        log.exception("stream failed")
+        for e in run.fail("the request failed inside the server (see the server log)", "server_error"):
+            yield e
+    finally:
+        await stream.aclose()
 
 
 def _failed(request_id: str) -> JSONResponse:

@@ -26,9 +26,9 @@ log = logging.getLogger("qwen35.server")
 access_log = logging.getLogger("qwen35.access")
 
 BODY_TIMEOUT = 30.0  # seconds between two pieces of a request body before the request is dropped (408)
-OPEN_PATHS = ("/health", "/ping", "/version", "/metrics")
-COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize",
-                 "/reset_prefix_cache")
+OPEN_PATHS = ("/health", "/ping", "/version", "/metrics")  # and "/", the chat UI page (it asks for the key)
+COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models", "/tokenize",
+                 "/detokenize", "/reset_prefix_cache")
 REASONS = {200: "ok", 400: "invalid_request", 401: "unauthorized", 404: "not_found", 408: "timeout",
            413: "too_large",
            499: "client_disconnected", 500: "internal_error", 503: "overloaded"}
@@ -85,7 +85,7 @@ class Guard:
                 return error(400, f"the Host header {host!r} is not allowed (--allowed-hosts)")
         path = scope.get("path", "")
         if (self.expected is not None and scope.get("method") != "OPTIONS"
-                and not path.startswith(OPEN_PATHS)
+                and not path.startswith(OPEN_PATHS) and path != "/"
                 and not hmac.compare_digest(headers.get("authorization", "").encode(), self.expected)):
             return error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
         length = headers.get("content-length")

@@ -1,0 +1,103 @@
+"""The code interpreter's sandbox: state across cells, results and errors as a notebook shows them, and the
+limits -- no network, no writes outside its directory, killed at its time and CPU limits, memory bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import pytest
+
+from qwen35.agent.code_interpreter import CodeInterpreter, Limits, PythonSandbox
+
+
+def run(sandbox: PythonSandbox, *cells: str):
+    async def go():
+        try:
+            return [await sandbox.run(c) for c in cells]
+        finally:
+            await sandbox.close()
+    return asyncio.run(go())
+
+
+def test_state_output_and_last_expression(tmp_path):
+    a, b, c = run(PythonSandbox(workdir=tmp_path), "x = 20\nprint('hi')\nx + 1", "x * 2", "1/0")
+    assert (a.output, a.result, a.error) == ("hi\n", "21", None)
+    assert b.result == "40"
+    assert "ZeroDivisionError" in c.error and "sandbox_worker" not in c.error
+
+
+def test_fd_level_output_of_children_is_captured(tmp_path):
+    (cell,) = run(PythonSandbox(workdir=tmp_path), "import subprocess; subprocess.run(['echo', 'from-child'])")
+    assert "from-child" in cell.output
+
+
+def test_no_network(tmp_path):
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: server.accept(), daemon=True).start()
+    try:
+        (cell,) = run(PythonSandbox(workdir=tmp_path),
+                      f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)")
+    finally:
+        server.close()
+    assert "PermissionError" in cell.error
+
+
+def test_cannot_write_outside_its_directory(tmp_path):
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    cells = run(PythonSandbox(workdir=work),
+                f"open({str(outside / 'a.txt')!r}, 'w')",
+                f"import os; os.system('touch {outside / 'b.txt'}')",
+                "open('inside.txt', 'w').write('ok')")
+    assert "PermissionError" in cells[0].error
+    assert not list(outside.iterdir())
+    assert (work / "inside.txt").read_text() == "ok"
+
+
+def test_killed_at_the_time_limit_and_restarted(tmp_path):
+    sandbox = PythonSandbox(Limits(wall_seconds=2, cpu_seconds=60), workdir=tmp_path)
+    a, b, c = run(sandbox, "x = 1", "import time; time.sleep(30)", "'x' in globals()")
+    assert b.restarted and "TimeoutError" in b.error
+    assert c.result == "False"  # a fresh interpreter
+
+
+def test_cpu_limit(tmp_path):
+    sandbox = PythonSandbox(Limits(wall_seconds=30, cpu_seconds=1), workdir=tmp_path)
+    (cell,) = run(sandbox, "while True: pass")
+    assert cell.restarted and "CPU time limit" in cell.error
+
+
+def test_memory_limit(tmp_path):
+    sandbox = PythonSandbox(Limits(memory_bytes=512 << 20), workdir=tmp_path)
+    (cell,) = run(sandbox, "b = bytearray(1 << 30)")
+    assert "MemoryError" in cell.error
+
+
+def test_output_is_clipped(tmp_path):
+    sandbox = PythonSandbox(Limits(output_chars=1000), workdir=tmp_path)
+    (cell,) = run(sandbox, "print('x' * 100000)")
+    assert len(cell.output) < 1200 and "characters cut" in cell.output
+
+
+def test_images_are_reported(tmp_path):
+    (cell,) = run(PythonSandbox(workdir=tmp_path),
+                  "open('plot.png', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n')")
+    assert cell.files == [str(tmp_path.resolve() / "plot.png")]
+    assert f"![plot.png]({tmp_path.resolve() / 'plot.png'})" in cell.text()
+
+
+def test_the_tool_reports_errors_as_results(tmp_path):
+    tool = CodeInterpreter(PythonSandbox(workdir=tmp_path))
+
+    async def go():
+        try:
+            return await tool.call({"code": "```python\nprint(6 * 7)\n```"}), await tool.call({})
+        finally:
+            await tool.close()
+    ok, bad = asyncio.run(go())
+    assert "42" in ok.text and not ok.is_error
+    assert bad.is_error and "code" in bad.text

@@ -1,0 +1,119 @@
+"""`qwen35 chat` as a person uses it: under tmux, typing and reading the screen, on the embedded demo model;
+and the one-shot mode a script uses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qwen35.agent.terminal import Screen, display_rows
+from qwen35.agent.loop import Finished, Reasoning, Text, ToolCall, ToolResultEvent
+from qwen35.agent.tools import ToolResult
+
+QWEN35 = str(Path(sys.executable).with_name("qwen35"))
+ENGINE_FLAGS = ["--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "2"]
+
+
+def test_display_rows_counts_wrapping_and_wide_characters():
+    assert display_rows("abc", 10) == 1
+    assert display_rows("a" * 25, 10) == 3
+    assert display_rows("一二三四五六", 10) == 2  # 12 columns
+    assert display_rows("a\n\nb", 10) == 3
+
+
+def test_screen_on_a_plain_stream(tmp_path):
+    out = (tmp_path / "out.txt").open("w+")
+    screen = Screen(out, tty=False)
+    for ev in [Reasoning("let me "), Reasoning("think"), Text("The answer"), Text(" is 4."),
+               ToolCall("c1", "set_timer", '{"minutes": 5}'), ToolResultEvent("c1", "set_timer", ToolResult("ok"), 0.1),
+               Finished("max_steps", 3)]:
+        screen.event(ev)
+    out.seek(0)
+    text = out.read()
+    assert "\x1b" not in text  # no colours, nothing folded, when the output is not a terminal
+    assert "thinking: let me think\nThe answer is 4.\n⚙ set_timer" in text and "↳ ok" in text
+    assert "[stopped at the step limit (--max-steps)]" in text
+    assert screen.last_reasoning == "let me think"
+
+
+def test_one_shot_prints_the_answer(tmp_path):
+    r = subprocess.run([QWEN35, "chat", "-p", "Hello!", "--no-think", *ENGINE_FLAGS], capture_output=True, text=True,
+                       timeout=180, env={**os.environ, "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "<think>" not in r.stdout
+
+
+class Tmux:
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "110", "-y", "45",
+                        f"env {exports} {' '.join(command)}; sleep 30"], check=True)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+
+    def type(self, text: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, "-l", text], check=True)
+        subprocess.run(["tmux", "send-keys", "-t", self.name, "Enter"], check=True)
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def wait_for(self, needle: str, timeout: float = 120, after: int = 0) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            screen = self.screen()
+            if screen.count(needle) > after:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{needle!r} did not appear; the screen:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+@pytest.fixture
+def tmux(tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (apt-get install tmux)")
+    session = Tmux(f"qwen35-chat-{os.getpid()}", [QWEN35, "chat", *ENGINE_FLAGS],
+                   {"HOME": str(tmp_path), "TERM": "xterm-256color", "PATH": os.environ["PATH"]})
+    yield session
+    session.close()
+
+
+def test_interactive_chat_under_tmux(tmux, tmp_path):
+    tmux.wait_for("/help for commands")
+    prompt = "›"  # capture-pane drops the trailing space of an empty prompt line
+    tmux.type("/think off")
+    tmux.wait_for("thinking off")
+    tmux.type("Hello!")
+    screen = tmux.wait_for(prompt, after=2)  # the banner's prompt, /think's and this answer's
+    lines = screen.splitlines()
+    asked = next(i for i, line in enumerate(lines) if line.startswith(prompt + " Hello!"))
+    assert lines[asked + 1].strip() and "thinking" not in lines[asked + 1]  # the answer, no thinking
+
+    tmux.type("/think on")
+    tmux.wait_for("thinking on")
+    tmux.type("What is 3 + 4?")
+    screen = tmux.wait_for("▸ thought for")  # the thinking streamed, then folded into one line
+    tmux.wait_for(prompt, after=4)
+    tmux.type("/show")
+    tmux.wait_for("3 + 4", after=2)  # the question, the answer, and now the unfolded thinking
+    tmux.type("/reset")
+    tmux.wait_for("new conversation")
+    tmux.keys("C-c")  # at the prompt: a fresh line, still running
+    tmux.type("/help")
+    tmux.wait_for("/think on|off")
+    tmux.keys("C-d")
+    deadline = time.time() + 30
+    while time.time() < deadline and "qwen35" in tmux.screen() and (tmp_path / ".qwen35_chat_history").exists() is False:
+        time.sleep(0.2)
+    assert "Hello!" in (tmp_path / ".qwen35_chat_history").read_text()
