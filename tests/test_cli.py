@@ -31,6 +31,7 @@ def test_init_writes_the_official_layout(init_dir):
     assert cfg["model_type"] == "qwen3_5" and "text_config" in cfg and "vision_config" in cfg
 
 
+@pytest.mark.slow  # 11 s: two CLI runs; test_generate_stops_on_generation_config_eos covers the command fast
 def test_generate_streams_text(init_dir):
     r = qwen35("generate", "--model", str(init_dir), "--prompt", "Hello there", "--max-tokens", "8",
                "--temperature", "0.8", "--top-p", "0.9", "--top-k", "20", "--seed", "1", "--dtype", "fp32")

@@ -3,6 +3,7 @@ and the one-shot mode a script uses."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from qwen35.agent.terminal import Screen, display_rows
 from qwen35.agent.loop import Finished, Reasoning, Text, ToolCall, ToolResultEvent
 from qwen35.agent.tools import ToolResult
+from tests.server.conftest import API_KEY
 
 QWEN35 = str(Path(sys.executable).with_name("qwen35"))
 ENGINE_FLAGS = ["--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "2"]
@@ -42,11 +44,18 @@ def test_screen_on_a_plain_stream(tmp_path):
     assert screen.last_reasoning == "let me think"
 
 
-def test_one_shot_prints_the_answer(tmp_path):
-    r = subprocess.run([QWEN35, "chat", "-p", "Hello!", "--no-think", *ENGINE_FLAGS], capture_output=True, text=True,
-                       timeout=180, env={**os.environ, "HOME": str(tmp_path)})
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() and "<think>" not in r.stdout
+def test_one_shot_prints_the_answer(demo, capsys):
+    """`qwen35 chat -p`: the answer alone on stdout (here against a running server; the tmux test below starts
+    the model in-process)."""
+    from qwen35.agent.endpoint import Endpoint
+    from qwen35.agent.terminal import run_chat
+
+    args = argparse.Namespace(prompt="Hello!", code_interpreter=False, mcp_config=None, temperature=None,
+                              max_tokens=None, max_steps=10, think=False, show_reasoning=False, system=None)
+    status = run_chat(args, Endpoint(demo["url"] + "/v1", API_KEY, "tiny"))
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert out.out.strip() and out.out.endswith("\n") and "<think>" not in out.out and "⚙" not in out.out
 
 
 class Tmux:

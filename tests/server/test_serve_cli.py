@@ -366,6 +366,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 12 s: a whole `qwen35 serve` process; `qwen35 chat` tests start the same path in-process
 def test_real_server_ready_line(tiny_ckpt):
     port = _free_port()
     proc = subprocess.Popen(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import httpx
 import openai
+import pytest
 
 from tests.server.conftest import API_KEY, ENGINE, live_server, wait_idle
 
 
+@pytest.mark.slow  # 8 s; tests/train/test_demo_model.py checks MTP through a server (with real acceptance) fast
 def test_speculating_server_answers_and_reports_acceptance(tiny_ckpt):
     from qwen35.engine.config import EngineConfig
     from qwen35.engine.process import EngineProcess

@@ -292,6 +292,7 @@ def test_spec_counters_from_a_metrics_page():
 SERVE = ["--dtype", "float32", "--max-model-len", "1024", "--kv-cache-memory", "64MB"]
 
 
+@pytest.mark.slow  # 12 s: a real server in a subprocess; the scoring itself is tested above without one
 def test_run_eval_end_to_end(tiny_ckpt):
     broken = Sample("arith", [{"role": "robot", "content": "1 + 1?"}, user("1 + 1?"), assistant("2")], None, False,
                     "2", None)

@@ -172,6 +172,20 @@ class PythonSandbox:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def unsupported_reason() -> str | None:
+    """Why this system cannot run the sandbox with its protections (None: it can). Starts one worker."""
+    async def probe():
+        box = PythonSandbox()
+        try:
+            await box._start()
+        except SandboxError as e:
+            return str(e)
+        finally:
+            await box.close()
+        return None
+    return asyncio.run(probe())
+
+
 class CodeInterpreter(Tool):
     """The `code_interpreter` tool over one `PythonSandbox` session."""
 

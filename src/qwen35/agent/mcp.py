@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +109,10 @@ class MCPServer:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except asyncio.TimeoutError:
             self.error = f"did not start within {timeout:g} s{self._log_tail()}"
-            await self.close()
+            await self.close(graceful=False)
         except Exception as e:  # noqa: BLE001 -- every start-up failure is reported, none is raised
             self.error = f"{_describe(e)}{self._log_tail()}"
-            await self.close()
+            await self.close(graceful=False)
 
     async def _run(self) -> None:
         from mcp import ClientSession
@@ -129,6 +129,10 @@ class MCPServer:
                                           clean_schema(_field(t, "inputSchema", "input_schema"))) for t in listed]
                     self._ready.set_result(True)
                     await self._stop.wait()
+        except asyncio.CancelledError:
+            if not self._ready.done():
+                self._ready.cancel()
+            raise
         except BaseException as e:  # noqa: BLE001 -- reported through the future or `error`
             if not self._ready.done():
                 self._ready.set_exception(e if isinstance(e, Exception) else RuntimeError(repr(e)))
@@ -150,9 +154,7 @@ class MCPServer:
             from mcp.client.sse import sse_client
 
             return sse_client(spec["url"], headers=spec.get("headers"))
-        from mcp.client import streamable_http
-
-        return streamable_http.streamablehttp_client(spec["url"], headers=spec.get("headers"))
+        return _streamable_http(spec["url"], spec.get("headers"))
 
     def _log_tail(self) -> str:
         try:
@@ -175,15 +177,25 @@ class MCPServer:
         text, is_error = result_text(result)
         return ToolResult(text, is_error=is_error)
 
-    async def close(self) -> None:
+    async def close(self, graceful: bool = True) -> None:
+        """Leave the session (the SDK ends a stdio server's process); a server that hangs is cancelled."""
         self._stop.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is not None and not self._task.done():
+            if graceful:
+                await asyncio.wait({self._task}, timeout=10)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         self.log.unlink(missing_ok=True)
+
+
+@asynccontextmanager
+async def _streamable_http(url: str, headers: dict[str, str] | None):
+    """The streamable HTTP transport over an HTTP client with the SDK's recommended timeouts, closed after."""
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    async with create_mcp_http_client(headers=headers) as http, streamable_http_client(url, http_client=http) as s:
+        yield s
 
 
 class MCPTool(Tool):

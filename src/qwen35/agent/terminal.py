@@ -183,6 +183,10 @@ class LoopThread:
             raise
 
     def close(self) -> None:
+        try:  # finish async generators (HTTP streams) on their loop before it stops
+            self.submit(self.loop.shutdown_asyncgens()).result(timeout=5)
+        except Exception:  # noqa: BLE001 -- leaving anyway
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
 
@@ -210,7 +214,7 @@ async def _build_tools(args) -> tuple[list, Any, list[str]]:
 def run_chat(args, endpoint) -> int:
     """The chat against `endpoint` (an `Endpoint`); returns the exit status."""
     loop = LoopThread()
-    tools, mcp = [], None
+    tools, mcp, agent = [], None, None
     try:
         tools, mcp, notes = loop.run(_build_tools(args))
         sampling = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens))
@@ -225,6 +229,8 @@ def run_chat(args, endpoint) -> int:
             await close_tools(tools)
             if mcp is not None:
                 await mcp.close()
+            if agent is not None:
+                await agent.client.close()
         try:
             loop.run(_close())
         except BaseException:  # noqa: BLE001 -- leaving anyway

@@ -1,4 +1,5 @@
-"""FastAPI routes: translate HTTP to the async engine and back. No model maths here.
+"""FastAPI routes: translate HTTP to the async engine and back. No model maths here. `/` is the browser chat
+UI (webui/index.html); `/v1/responses` runs through the chat path (responses.py).
 
 Errors are OpenAI-shaped (`{"error": {"message", "type", "param", "code"}}`): 400 for invalid parameters
 (named), bad messages and prompts longer than the context; 401 without the API key; 404 for an unknown
@@ -181,21 +182,14 @@ def create_app(state: ServerState) -> FastAPI:
         body, plan = got
         run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer)
         start = time.perf_counter()
-        try:
-            stream = await _start(state, plan.prompt_ids, plan.params, run.id, plan.media)
-        except Overloaded as e:
-            return _overloaded(e)
-        except ValueError as e:
-            return error(400, str(e))
-        except RequestFailed:
-            return _failed(run.id)
+        stream = await _admit(state, plan, run.id)
+        if isinstance(stream, Response):
+            return stream
         if body.stream:
             return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, body.include_usage, start),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
-        finals = await _unless_disconnected(request, [stream])
-        if finals is None:
-            return Response(status_code=499)  # nobody is listening; the request was aborted
-        if isinstance(finals, JSONResponse):
+        finals = await _whole(request, stream)
+        if isinstance(finals, Response):
             return finals
         _record(state, finals[0], start)
         return await state.run_cpu(_json, run.response, finals[0])  # parsing a long reply is CPU work
@@ -242,21 +236,14 @@ def create_app(state: ServerState) -> FastAPI:
         chat_run = ChatRun(planned.plan, model, state.tokenizer, emit_reasoning_alias=False)
         run = ResponseRun(body, model)
         start = time.perf_counter()
-        try:
-            stream = await _start(state, planned.plan.prompt_ids, planned.plan.params, run.id, planned.plan.media)
-        except Overloaded as e:
-            return _overloaded(e)
-        except ValueError as e:
-            return error(400, str(e))
-        except RequestFailed:
-            return _failed(run.id)
+        stream = await _admit(state, planned.plan, run.id)
+        if isinstance(stream, Response):
+            return stream
         if body.stream:
             return StreamingResponse(_response_events(state, stream, chat_run, run, planned, start),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
-        finals = await _unless_disconnected(request, [stream])
-        if finals is None:
-            return Response(status_code=499)
-        if isinstance(finals, JSONResponse):
+        finals = await _whole(request, stream)
+        if isinstance(finals, Response):
             return finals
         _record(state, finals[0], start)
         return await state.run_cpu(_whole_response, state, chat_run, run, planned, finals[0])
@@ -332,6 +319,24 @@ async def _start(state: ServerState, prompt_ids: list[int], params, request_id: 
         await stream.aclose()
         raise
     return _Admitted(stream, first)
+
+
+async def _admit(state: ServerState, plan, request_id: str) -> _Admitted | Response:
+    """Admit a prepared chat request: its stream, or the response that says why not (503, 400, 500)."""
+    try:
+        return await _start(state, plan.prompt_ids, plan.params, request_id, plan.media)
+    except Overloaded as e:
+        return _overloaded(e)
+    except ValueError as e:
+        return error(400, str(e))
+    except RequestFailed:
+        return _failed(request_id)
+
+
+async def _whole(request: Request, stream) -> list | Response:
+    """The final output of a non-streamed request, or the response instead (499 when the client left)."""
+    finals = await _unless_disconnected(request, [stream])
+    return Response(status_code=499) if finals is None else finals  # 499: nobody listens; aborted
 
 
 class _Admitted:
