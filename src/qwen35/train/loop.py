@@ -53,7 +53,7 @@ def build_model(recipe: Recipe, vocab_size: int, seed: int) -> Qwen35ForCausalLM
 def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Example]]:
     """The recipe's synthetic conversations, a vocabulary learnt from them, and the encoded examples."""
     t0 = time.perf_counter()
-    samples = generate(recipe.train_samples, recipe.data_seed)
+    samples = generate(recipe.train_samples, recipe.data_seed, mix=dict(recipe.mix))
     texts = [s.render() for s in samples]
     tok = train_vocab(texts[:recipe.vocab_samples], recipe.vocab_size)
     examples = []
