@@ -9,15 +9,15 @@ The tasks, phrased like the demo model's training requests (train/synth/api_call
 - timer:   "Set a timer for 25 minutes." with two Python tools registered here, `get_weather` and `set_timer`
            (the training catalogue's names and schemas, JSON results shaped like the training data's). Passes
            when set_timer is called with 25 and the final answer says 25.
-- files:   'Write "hello world" to /tmp/demo-1234/log.txt, then read the file back and tell me its content.'
+- files:   'Write "hello" to /tmp/demo-1234/notes.txt, then read the file back and tell me its content.'
            with the MCP filesystem server (`npx -y @modelcontextprotocol/server-filesystem /tmp/demo-1234`, its
            14 tools as `filesystem-write_file`, ...). Passes when write_file then read_text_file were called,
            the file on disk holds the text, and the final answer gives it.
 - weather: "What's the weather in Paris?" (`--task weather --city CITY`), not part of `all`, see below.
-The demo model (3.9M parameters) copies numbers from a request into its calls, and texts its training data
-wrote to files ("hello world"), but hardly any other word: asked about Paris it calls get_weather for
-Boston, and it writes log.txt or readme.md whatever file is named. Hence a timer, a folder named by digits,
-and log.txt.
+The demo model (3.9M parameters) copies numbers from a request into its calls, and a few file names and
+texts its training data used, but hardly any other word: asked about Paris it calls get_weather for Boston.
+Hence a timer, a folder named by digits, and "hello" in notes.txt (write-then-read of that passes for 5 of 6
+/tmp/demo-NNNN folders tried, in both thinking modes; "hello world" is mostly written as "hello").
 
 Install: pip install -e '.[agent-example]'   (qwen-agent 0.0.34, mcp<2, and what qwen-agent imports without
          declaring it); Node.js with npx for the MCP server (fetched from npm on first use).
@@ -48,7 +48,7 @@ except ImportError as e:
 
 SYSTEM = "You are a helpful assistant. Use the tools."  # as in the training data's tool conversations
 TIMER_MINUTES = 25
-FILE_NAME, FILE_TEXT = "log.txt", "hello world"
+FILE_NAME, FILE_TEXT = "notes.txt", "hello"
 MCP_PACKAGE = "@modelcontextprotocol/server-filesystem"
 CONDITIONS = ("sunny", "cloudy", "rainy", "windy", "foggy")
 

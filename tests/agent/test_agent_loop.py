@@ -9,6 +9,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import openai
@@ -79,20 +80,23 @@ def test_prefix_cache_hits_on_the_second_step(demo):
 
 
 def test_code_interpreter_computes(demo, tmp_path):
-    """The demo model calls code_interpreter only among the full filesystem tool set (as trained), so the first
-    call is forced; the code and the answer are the model's."""
+    """The demo model calls code_interpreter only among the whole filesystem tool set (as trained), so the first
+    call is forced. Its code is its own (it copies expressions badly: "45 + 38" may become print(45+53)); what
+    is checked is the loop: the sandbox ran exactly that code, and the answer reports what it printed."""
     from qwen35.agent.code_interpreter import unsupported_reason
 
     if (why := unsupported_reason()) is not None:
         pytest.skip(f"no sandbox on this system: {why}")
     tool = CodeInterpreter(PythonSandbox(workdir=tmp_path))
     events, _ = run(agent_for(demo, [tool], thinking=False, tool_choice="code_interpreter"),
-                    "Use code_interpreter to compute 12 * 7.")
+                    "Use code_interpreter to compute 45 + 38.")
     calls = [e for e in events if isinstance(e, ToolCall)]
     assert calls and calls[0].name == "code_interpreter"
+    code = json.loads(calls[0].arguments)["code"]
     result = [e for e in events if isinstance(e, ToolResultEvent)][0].result
-    assert not result.is_error and result.text == "84"
-    assert "84" in "".join(e.text for e in events if isinstance(e, Text))
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    assert not result.is_error and result.text == printed != ""
+    assert result.text in "".join(e.text for e in events if isinstance(e, Text))
 
 
 class Broken(FunctionTool):
@@ -217,15 +221,15 @@ def test_unforced_mcp_loop_writes_and_reads_a_file(demo, mcp_command):
         async def go():
             async with MCPServers(mcp_config(mcp_command, root)) as servers:
                 agent = agent_for(demo, servers.tools, thinking=True)
-                messages = [{"role": "user", "content": f'Write "hello world" to {root}/log.txt, then read the file '
+                messages = [{"role": "user", "content": f'Write "hello" to {root}/notes.txt, then read the file '
                                                         "back and tell me its content."}]
                 return [ev async for ev in agent.run(messages)]
         events = asyncio.run(go())
         names = [c.name for c in events if isinstance(c, ToolCall)]
         assert names[:2] == ["filesystem-write_file", "filesystem-read_text_file"], names
-        assert (root / "log.txt").read_text() == "hello world"
+        assert (root / "notes.txt").read_text() == "hello"
         results = [e.result for e in events if isinstance(e, ToolResultEvent)]
-        assert not results[0].is_error and results[1].text == "hello world"
+        assert not results[0].is_error and results[1].text == "hello"
         assert isinstance(events[-1], Finished) and events[-1].reason == "answer"
     finally:
         shutil.rmtree(root, ignore_errors=True)

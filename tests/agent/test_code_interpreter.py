@@ -25,10 +25,11 @@ def run(sandbox: PythonSandbox, *cells: str):
 
 
 def test_state_output_and_last_expression(tmp_path):
-    a, b, c = run(PythonSandbox(workdir=tmp_path), "x = 20\nprint('hi')\nx + 1", "x * 2", "1/0")
+    a, b, c, d = run(PythonSandbox(workdir=tmp_path), "x = 20\nprint('hi')\nx + 1", "x * 2", "1/0", "print(1 +")
     assert (a.output, a.result, a.error) == ("hi\n", "21", None)
     assert b.result == "40"
     assert "ZeroDivisionError" in c.error and "sandbox_worker" not in c.error
+    assert d.error.startswith('  File "<cell>", line 1') and "SyntaxError" in d.error and "ast.py" not in d.error
 
 
 def test_fd_level_output_of_children_is_captured(tmp_path):

@@ -122,4 +122,4 @@ def test_qwen_agent_tool_loops(tmp_path, mcp_root):
     assert alive, transcript
     assert run.returncode == 0, transcript
     assert "timer: PASS" in run.stdout and "files: PASS" in run.stdout, transcript
-    assert (mcp_root / "log.txt").read_text() == "hello world"
+    assert (mcp_root / "notes.txt").read_text() == "hello"

@@ -152,6 +152,8 @@ def run_cell(code: str, namespace: dict, workdir: str, figures: list[int]) -> di
             value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace)
             if value is not None:
                 result = repr(value)
+    except SyntaxError as e:  # where in the cell, not the parser's frames
+        error = "".join(traceback.format_exception_only(type(e), e))
     except BaseException as e:  # SystemExit and KeyboardInterrupt end the cell, not the kernel
         tb = e.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:  # the worker's own frames
