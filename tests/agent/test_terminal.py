@@ -121,8 +121,15 @@ def test_interactive_chat_under_tmux(tmux, tmp_path):
     tmux.keys("C-c")  # at the prompt: a fresh line, still running
     tmux.type("/help")
     tmux.wait_for("/think on|off")
+    tmux.type("Write a long story about a cat.")
+    tmux.keys("C-c")  # mid-answer (or just after it, on a fast machine): the answer stops, the chat goes on
+    time.sleep(1)
+    tmux.keys("C-l")  # readline clears the screen
+    tmux.type("Hello!")
+    screen = tmux.wait_for(prompt, after=1)  # "› Hello!" and the prompt after the answer
+    assert "▸ thought for" in screen  # answered, thinking folded: the engine survived the Ctrl-C
     tmux.keys("C-d")
     deadline = time.time() + 30
-    while time.time() < deadline and "qwen35" in tmux.screen() and (tmp_path / ".qwen35_chat_history").exists() is False:
+    while time.time() < deadline and not (tmp_path / ".qwen35_chat_history").exists():
         time.sleep(0.2)
     assert "Hello!" in (tmp_path / ".qwen35_chat_history").read_text()

@@ -55,6 +55,9 @@ def local_server(args: argparse.Namespace) -> Iterator[Endpoint]:
     from ..server.serve import banner, bind_socket, build_state, plan_serve
 
     args.host, args.port = "127.0.0.1", 0
+    # the engine on a thread of this process: a terminal's Ctrl-C (SIGINT to the whole foreground process
+    # group) must stop an answer, not kill an engine process (tool subprocesses get sessions of their own)
+    args.engine_process = False
     args.api_key = args.api_key or secrets.token_hex(16)
     plan = plan_serve(args)
     sock = bind_socket(args.host, args.port)
