@@ -298,3 +298,19 @@ def test_cancelling_a_run_aborts_the_request_and_keeps_what_was_said(demo):
     assert messages[-1]["role"] == "assistant" and messages[-1].get("reasoning_content")  # the partial turn
     stats = wait_idle(demo["state"])
     assert stats["unfinished"] == 0  # the server aborted the request when the stream closed
+
+
+def test_mcp_config_from_text_file_and_errors(tmp_path):
+    from qwen35.agent.mcp import MCPConfigError, read_config
+
+    servers = {f"s{i}": {"command": "npx", "args": ["-y", "pkg", "/tmp/" + "x" * 40]} for i in range(10)}
+    text = json.dumps({"mcpServers": servers})  # longer than a file name may be
+    assert read_config(text) == servers
+    (tmp_path / "mcp.json").write_text(text)
+    assert read_config(tmp_path / "mcp.json") == servers
+    with pytest.raises(MCPConfigError, match="cannot read the MCP config"):
+        read_config(tmp_path / "absent.json")
+    with pytest.raises(MCPConfigError, match="not valid JSON"):
+        read_config("{mcpServers")
+    with pytest.raises(MCPConfigError, match="either command"):
+        read_config({"mcpServers": {"a": {}}})

@@ -61,6 +61,7 @@ class Finished:
 
 
 Event = Reasoning | Text | ToolCall | ToolResultEvent | Finished
+_SDK_FIELDS = ("temperature", "top_p", "max_tokens", "seed")  # sampling fields the openai SDK takes by name
 
 
 class Agent:
@@ -115,8 +116,8 @@ class Agent:
     def _request(self, messages: list[dict[str, Any]], tool_choice: str | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
                                   "stream_options": {"include_usage": True}}
-        extra = {k: v for k, v in self.sampling.items() if k not in ("temperature", "top_p", "max_tokens", "seed")}
-        kwargs.update({k: v for k, v in self.sampling.items() if k in ("temperature", "top_p", "max_tokens", "seed")})
+        kwargs.update({k: v for k, v in self.sampling.items() if k in _SDK_FIELDS})
+        extra = {k: v for k, v in self.sampling.items() if k not in _SDK_FIELDS}
         if self.tools:
             kwargs["tools"] = [t.spec() for t in self.tools.values()]
             kwargs["parallel_tool_calls"] = self.parallel_calls
@@ -141,7 +142,7 @@ class Agent:
                     for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
                         total[k] = total.get(k, 0) + (getattr(chunk.usage, k, 0) or 0)
                     details = getattr(chunk.usage, "prompt_tokens_details", None)
-                    cached = getattr(details, "cached_tokens", 0) or 0 if details is not None else 0
+                    cached = (getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
                     total["cached_tokens"] = total.get("cached_tokens", 0) + cached
                 for choice in chunk.choices:
                     delta = choice.delta

@@ -36,7 +36,11 @@ def read_config(source: str | Path | dict) -> dict[str, dict[str, Any]]:
     if isinstance(source, dict):
         data = source
     else:
-        text = Path(source).read_text() if Path(str(source)).exists() else str(source)
+        # JSON text itself, or a file's path (asking the file system about a long JSON string would fail)
+        try:
+            text = str(source) if str(source).lstrip().startswith("{") else Path(source).read_text()
+        except OSError as e:
+            raise MCPConfigError(f"cannot read the MCP config {source}: {e.strerror or e}") from None
         try:
             data = json.loads(text)
         except ValueError as e:

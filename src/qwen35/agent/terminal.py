@@ -138,11 +138,13 @@ class Session:
     def __init__(self, agent: Agent, screen: Screen, system: str | None, notes: list[str]) -> None:
         self.agent, self.screen = agent, screen
         self.system = "\n\n".join(x for x in [system, *notes] if x) or None
-        self.messages: list[dict[str, Any]] = []
-        self.reset()
+        self.messages: list[dict[str, Any]] = self._fresh()
+
+    def _fresh(self) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": self.system}] if self.system else []
 
     def reset(self) -> None:
-        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.messages = self._fresh()
 
     async def turn(self, text: str) -> Finished | None:
         self.messages.append({"role": "user", "content": text})
