@@ -64,11 +64,14 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& ids, const at::Ten
   at::Tensor ids64 = ids.to(at::kLong).contiguous();
   at::Tensor wts = weights.to(at::kFloat).contiguous();
   const int64_t* id = ids64.data_ptr<int64_t>();
+  // an id of -1 is a route to an expert held by another rank (expert parallelism): skipped
   std::vector<int64_t> count(E, 0);
+  int64_t P = 0;
   for (int64_t i = 0; i < T * k; ++i) {
-    TORCH_CHECK(id[i] >= 0 && id[i] < E, "expert id ", id[i], " out of range for ", E, " experts");
-    ++count[id[i]];
+    TORCH_CHECK(id[i] >= -1 && id[i] < E, "expert id ", id[i], " out of range for ", E, " experts");
+    if (id[i] >= 0) ++count[id[i]], ++P;
   }
+  if (P == 0) return at::zeros({T, H}, x.options());
   std::vector<int64_t> active, off{0};
   std::vector<int64_t> start(E, 0);
   for (int64_t e = 0; e < E; ++e)
@@ -77,9 +80,9 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& ids, const at::Ten
       active.push_back(e);
       off.push_back(off.back() + count[e]);
     }
-  const int64_t P = T * k;
   std::vector<int64_t> pair_token(P), pair_slot(P), fill(start);
-  for (int64_t i = 0; i < P; ++i) {
+  for (int64_t i = 0; i < T * k; ++i) {
+    if (id[i] < 0) continue;
     const int64_t r = fill[id[i]]++;
     pair_token[r] = i / k;
     pair_slot[r] = i;

@@ -31,13 +31,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..model.linear import FP8Linear, Linear, QuantLinear, dequantize_fp8
 from ..model.moe import Experts, QuantExperts
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops import quant
 from . import gptq
-from .names import EXPERT_PROJS, LM_HEAD, MTP, SCALE, TOWER, map_name
+from ..parallel.sharding import Shard, Slice
+from .names import Target
+from .names import EXPERT_PROJS, LM_HEAD, MTP, SCALE, TOWER, map_name, parse
 from .quantize import Quantizer, release_free_memory, resolve
 
 log = logging.getLogger("qwen35.loading")
@@ -198,10 +200,73 @@ class _Stored:
         return out
 
 
+class _Sliced:
+    """A rank's part of a stored tensor (parallel/sharding.py `Slice`), not yet read. Parts that are whole
+    rows of the tensor (a split along dimension 0, or large pieces) are the only bytes read; a split along
+    a later dimension into small pieces (row-parallel weights) streams the tensor through the shard's bounce
+    buffer and keeps only the pieces. Either way the rank never holds more than its part."""
+
+    PIECE = 256 << 10  # pieces at least this large are read on their own
+
+    def __init__(self, stored: _Stored, part: Slice) -> None:
+        self.stored, self.part = stored, part
+        self.name, self.dtype = stored.name, stored.dtype
+        self.shape = part.shape(stored.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def load(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        st, part = self.stored, self.part
+        dtype = dtype or st.dtype
+        out = torch.zeros(self.shape, dtype=dtype)  # zeros: a padded vocabulary's last rows
+        d = part.dim
+        outer, n, inner = math.prod(st.shape[:d]), st.shape[d], math.prod(st.shape[d + 1:])
+        size = st.dtype.itemsize
+        dst = out.view(outer, part.size, inner)
+        smallest = min(b - a for a, b in part.ranges) * inner * size
+        if outer == 1 or smallest >= self.PIECE:
+            for o in range(outer):
+                at = 0
+                for a, b in part.ranges:
+                    self._copy(st.pos + ((o * n + a) * inner) * size, dst[o, at:at + b - a].reshape(-1))
+                    at += b - a
+            return out
+        row = n * inner * size
+        rows = max(1, _CHUNK // row)
+        for o in range(0, outer, rows):
+            k = min(rows, outer - o)
+            buf = st.shard.bounce(k * row)[:k * row]
+            st.shard._f.seek(st.pos + o * row)
+            st.shard._read_into(buf, self.name)
+            src = buf.view(st.dtype).view(k, n, inner)
+            at = 0
+            for a, b in part.ranges:
+                dst[o:o + k, at:at + b - a].copy_(src[:, a:b])
+                at += b - a
+        return out
+
+    def _copy(self, pos: int, flat: torch.Tensor) -> None:
+        """Read flat.numel() stored elements at byte `pos` into `flat` (contiguous), casting chunk by chunk."""
+        st = self.stored
+        size = st.dtype.itemsize
+        per = max(1, _CHUNK // size)
+        st.shard._f.seek(pos)
+        for start in range(0, flat.numel(), per):
+            k = min(per, flat.numel() - start)
+            chunk = st.shard.bounce(k * size)[:k * size]
+            st.shard._read_into(chunk, self.name)
+            flat[start:start + k].copy_(chunk.view(st.dtype))
+
+
 class _Loader:
     def __init__(self, model: Qwen35ForCausalLM, cfg: ModelConfig, dtype: torch.dtype, device,
                  quantizer: Quantizer | None = None) -> None:
         self.model, self.cfg, self.dtype, self.device = model, cfg, dtype, device
+        self.shard: Shard = model.shard
+        self.first_expert, end = self.shard.experts
+        self.held_experts = end - self.first_expert
         self.quantizer = quantizer  # None: fuse and prepack at the end, as before
         self.mtp = model.mtp is not None
         self.vision = model.visual is not None
@@ -341,7 +406,7 @@ class _Loader:
             return
         self.expert_parts.add((stacked, expert, proj))
         self.expert_count[stacked] += 1
-        if self.expert_count[stacked] == self.cfg.text.num_experts * len(EXPERT_PROJS):
+        if self.expert_count[stacked] == self.held_experts * len(EXPERT_PROJS):
             module = self.model.get_submodule(stacked)
             if isinstance(module, QuantExperts):
                 for part in ("gate_up", "down"):  # symmetric: every zero is 8, the kernels' default
@@ -352,7 +417,31 @@ class _Loader:
             self._mark(stacked + ".down_proj")
 
     # -- one tensor -------------------------------------------------------------------------------
+    def _part(self, key: str, tensor: "_Stored", file: str) -> "_Stored | _Sliced | None":
+        """Tensor parallel: this rank's part of `key` (None: another rank's expert, not read at all)."""
+        n = parse(key)
+        if n is None or n.component == "visual":
+            return tensor
+        if n.expert is not None and not self.shard.owns_expert(n.expert):
+            self.skipped["routed experts of other ranks"] += 1
+            return None
+        try:
+            if not n.scale:
+                part = self.shard.slice(n.local, tuple(tensor.shape), n.expert)
+                return tensor if part is None else _Sliced(tensor, part)
+            block = self.cfg.quant.weight_block_size if self.cfg.quant is not None else (128, 128)
+            part = self.shard.slice(n.local, tuple(s * b for s, b in zip(tensor.shape, block)), n.expert)
+            if part is None:
+                return tensor
+            return _Sliced(tensor, _blocks(part, block[part.dim], tensor.shape[part.dim] * block[part.dim]))
+        except ConfigError as e:
+            raise CheckpointError(f"{key!r} in {file}: {e}") from None
+
     def take(self, key: str, tensor: "_Stored", file: str) -> None:
+        if self.shard.size > 1:
+            tensor = self._part(key, tensor, file)
+            if tensor is None:
+                return
         if self.int4_method is not None:
             split = gptq.split_name(key)
             if split is not None:
@@ -373,6 +462,7 @@ class _Loader:
         elif target.kind == "scale":
             self._pair_fp8(target.name, None, tensor.load(torch.float32), file)
         else:  # expert / expert_scale
+            target = Target(target.kind, target.name, target.expert - self.first_expert, target.proj)
             ident = f"{target.name}.{target.expert}.{target.proj}.weight"
             if target.name + ".gate_up_proj" not in self.params:
                 raise CheckpointError(f"unexpected tensor {key!r} in {file}: {target.name} has no routed experts")
@@ -504,11 +594,12 @@ class _Loader:
             raise CheckpointError(f"tensor {name + SCALE!r} in {file} has no matching FP8 weight {name!r}")
         cfg = self.cfg.text
         for stacked in {s for s, _, _ in self.expert_parts}:
-            want = {(stacked, e, p) for e in range(cfg.num_experts) for p in EXPERT_PROJS}
+            want = {(stacked, e, p) for e in range(self.held_experts) for p in EXPERT_PROJS}
             lacking = sorted(want - self.expert_parts)
             if lacking:
                 s, e, p = lacking[0]
-                raise CheckpointError(f"checkpoint lacks {len(lacking)} per-expert tensors, e.g. {s}.{e}.{p}.weight")
+                raise CheckpointError(f"checkpoint lacks {len(lacking)} per-expert tensors, e.g. "
+                                      f"{s}.{e + self.first_expert}.{p}.weight")
             self.loaded.update({stacked + ".gate_up_proj", stacked + ".down_proj"})
         if self.vision and not any(name.startswith(TOWER) for name in self.loaded):
             raise CheckpointError("checkpoint has no vision tower tensors (model.visual.*) although its config "
@@ -519,6 +610,15 @@ class _Loader:
             raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s): {', '.join(missing[:5])}{more}")
         for what, n in sorted(self.skipped.items()):
             log.info("skipped %d %s tensor(s): not loaded", n, what)
+
+
+def _blocks(part: Slice, block: int, full: int) -> Slice:
+    """A weight's `Slice` as the slice of its block-FP8 scales (one per `block` rows or columns)."""
+    for a, b in part.ranges:
+        if a % block or (b % block and b != full):
+            raise ConfigError(f"the tensor-parallel split (rows {a}:{b}) does not fall on the FP8 blocks of {block}")
+    ranges = tuple((a // block, -(-b // block)) for a, b in part.ranges)
+    return Slice(part.dim, ranges, sum(b - a for a, b in ranges))
 
 
 def has_mtp(path: str | Path, cfg: ModelConfig | None = None) -> bool:
@@ -538,7 +638,7 @@ def has_mtp(path: str | Path, cfg: ModelConfig | None = None) -> bool:
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                progress: bool | None = None, prepack: bool = True, config: ModelConfig | None = None,
                fuse: bool | None = None, mtp: bool = False, quantization: str | None = None,
-               vision: bool = False) -> tuple[Qwen35ForCausalLM, ModelConfig]:
+               vision: bool = False, shard: Shard | None = None) -> tuple[Qwen35ForCausalLM, ModelConfig]:
     """Load `path` (a checkpoint directory) as a ready-to-run model in eval mode.
     `fuse` (CPU; default: as `prepack`): merge projections that read the same input into one matmul each.
     `prepack` (CPU): move projections to oneDNN's packed layout, the fast path for decode.
@@ -552,7 +652,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     whatever this says). A ValueError names the choices.
     `vision`: also load the vision tower (`model.visual`, for `encode_media`); a checkpoint without one (no
     vision_config, or no `model.visual.*` tensors) is a `CheckpointError` then. False (`--language-model-only`)
-    skips its tensors: the tower takes no memory."""
+    skips its tensors: the tower takes no memory.
+    `shard`: load this rank's share for tensor parallelism (parallel/sharding.py); each tensor's part is all
+    that is read into memory, and routed experts of other ranks (expert parallel) are not read at all."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
@@ -565,8 +667,13 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     if vision and cfg.vision is None:
         raise CheckpointError(f"{path}: config.json has no vision_config: there is no vision tower to load "
                               "(a text-only checkpoint; load it without vision)")
+    if shard is not None and shard.size > 1 and cfg.quant is not None and cfg.quant.method in ("gptq", "awq"):
+        raise CheckpointError(f"{path} is a {cfg.quant.method} checkpoint: tensor parallelism does not split its "
+                              "packed tensors yet (serve the BF16 or FP8 release, or quantise at load)")
+    if shard is not None and shard.cfg is not cfg.text:
+        shard = Shard(cfg.text, shard.group, shard.expert_parallel)
     with torch.device("meta"):
-        model = Qwen35ForCausalLM(cfg.text, mtp=mtp, vision=cfg.vision if vision else None)
+        model = Qwen35ForCausalLM(cfg.text, mtp=mtp, vision=cfg.vision if vision else None, shard=shard)
     fuse = prepack if fuse is None else fuse
     on_cpu = torch.device(device).type == "cpu"
     quantizer = None

@@ -13,19 +13,24 @@ from .gated_deltanet import GatedDeltaNet
 from .mlp import MLP
 from .moe import SparseMoE
 from .norm import RMSNorm
+from ..parallel.group import Group
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig, layer: int, cache_id: str | None = None) -> None:
+    def __init__(self, cfg: TextConfig, layer: int, cache_id: str | None = None, group: Group | None = None,
+                 experts: tuple[int, int] | None = None) -> None:
         """Decoder layer `layer` of the main stack; with `cache_id` (the MTP head's layers) a full-attention
-        layer whose K/V live under that id."""
+        layer whose K/V live under that id. Tensor parallel: `cfg` is the rank's share (parallel/sharding.py),
+        `group` its ranks, and the mixer's and the FFN's outputs are partial sums, all-reduced here (one
+        all-reduce per block); `experts`: the routed experts this rank holds (expert parallel)."""
         super().__init__()
+        self.tp = group or Group.single()
         self.is_attention = cache_id is not None or cfg.layer_types[layer] == "full_attention"
         if self.is_attention:
             self.self_attn = GatedAttention(cfg, layer, cache_id)
         else:
             self.linear_attn = GatedDeltaNet(cfg, layer)
-        self.mlp = SparseMoE(cfg) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.mlp = SparseMoE(cfg, experts) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -36,5 +41,5 @@ class DecoderLayer(nn.Module):
             y = self.self_attn(u, rope, batch, cache)
         else:
             y = self.linear_attn(u, batch, cache)
-        x, h = self.post_attention_layernorm.add_forward(x, y)
-        return x + self.mlp(h)
+        x, h = self.post_attention_layernorm.add_forward(x, self.tp.all_reduce(y))
+        return x + self.tp.all_reduce(self.mlp(h))

@@ -54,18 +54,33 @@ class QuantExperts(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, experts: tuple[int, int] | None = None) -> None:
+        """`experts`: [first, end) of the routed experts this module holds (expert parallel: the rank's
+        share); the router always scores all of them, and routes to the others count for nothing here.
+        `load` (None until `track_load`): tokens routed to each expert so far, all ranks' experts."""
         super().__init__()
         self.top_k = cfg.num_experts_per_tok
         self.renormalize = cfg.norm_topk_prob
+        self.num_experts = cfg.num_experts
+        self.first, end = experts or (0, cfg.num_experts)
+        self.held = end - self.first
         self.gate = Linear(cfg.hidden_size, cfg.num_experts)
-        self.experts = Experts(cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size)
+        self.experts = Experts(self.held, cfg.hidden_size, cfg.moe_intermediate_size)
+        self.load: torch.Tensor | None = None
         self.shared_expert = MLP(cfg.hidden_size, cfg.shared_expert_intermediate_size)
         self.shared_expert_gate = Linear(cfg.hidden_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, H] -> [N, H]."""
         weights, ids = moe_ops.route(self.gate(x), self.top_k, self.renormalize)
+        if self.load is not None:
+            self.load += torch.bincount(ids.reshape(-1), minlength=self.num_experts).to(self.load.device)
+        if self.held != self.num_experts:  # expert parallel: -1 marks a route to another rank's expert
+            ids = moe_ops.local_ids(ids, self.first, self.held)
         routed = self.experts(x, weights.to(x.dtype).float(), ids)
         shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return routed + shared
+
+    def track_load(self) -> None:
+        """Count the tokens routed to each expert from now on (`load`)."""
+        self.load = torch.zeros(self.num_experts, dtype=torch.int64)

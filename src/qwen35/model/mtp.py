@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import TextConfig
 from ..ops.batch import ForwardBatch
+from ..parallel.sharding import Shard
 from .cache import ModelCache
 from .cache_spec import mtp_cache_id
 from .decoder import DecoderLayer
@@ -29,7 +30,8 @@ from .norm import RMSNorm
 
 
 class MTPHead(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, shard: Shard | None = None) -> None:
+        """`cfg`: the rank's share under tensor parallelism (`shard`); `fc` and the norms are replicated."""
         super().__init__()
         if cfg.mtp_num_hidden_layers < 1:
             raise ValueError("the config has no MTP layers (mtp_num_hidden_layers = 0)")
@@ -37,7 +39,8 @@ class MTPHead(nn.Module):
         self.pre_fc_norm_embedding = RMSNorm(h, cfg.rms_norm_eps)
         self.pre_fc_norm_hidden = RMSNorm(h, cfg.rms_norm_eps)
         self.fc = Linear(2 * h, h)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, j, cache_id=mtp_cache_id(j))
+        group, experts = (shard.group, shard.experts) if shard is not None else (None, None)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, j, cache_id=mtp_cache_id(j), group=group, experts=experts)
                                     for j in range(cfg.mtp_num_hidden_layers))
         self.norm = RMSNorm(h, cfg.rms_norm_eps)
 

@@ -15,6 +15,7 @@ from ..config import ConfigError, TextConfig, VisionConfig
 from ..multimodal.inputs import MediaItem
 from ..ops.batch import ForwardBatch
 from ..ops.linear import prefer_packed
+from ..parallel.sharding import Shard
 from .cache import ModelCache
 from .cache_spec import CacheSpec, cache_specs
 from .decoder import DecoderLayer
@@ -26,17 +27,33 @@ from .vision import VisionTower
 
 
 class Qwen35Model(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, shard: Shard | None = None) -> None:
+        """`shard`: this rank's share under tensor parallelism (parallel/sharding.py); None: the whole model."""
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.shard = shard or Shard.single(cfg)
+        local = self.shard.text_config()
+        rows = cfg.vocab_size if self.shard.size == 1 else self.shard.vocab_rows
+        self.embed_tokens = nn.Embedding(rows, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(local, i, group=self.shard.group, experts=self.shard.experts)
+                                    for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.rope, cfg.rotary_dim, cfg.max_position_embeddings)
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [N, H]; vocab parallel: each rank looks up the ids in its rows, zeros elsewhere,
+        and the all-reduce puts every row together."""
+        if self.shard.size == 1:
+            return self.embed_tokens(ids)
+        first, end = self.shard.vocab
+        local = ids - first
+        outside = (local < 0) | (local >= end - first)
+        x = self.embed_tokens(local.masked_fill(outside, 0)).masked_fill(outside[:, None], 0)
+        return self.shard.group.all_reduce(x)
+
     def forward(self, batch: ForwardBatch, cache: ModelCache, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Returns final-normed hidden states [N, H]. `batch.positions` is [3, N] (mRoPE) with media."""
-        x = self.embed_tokens(batch.input_ids) if inputs_embeds is None else inputs_embeds
+        x = self.embed(batch.input_ids) if inputs_embeds is None else inputs_embeds
         rope = self.rotary(batch.positions, x.dtype)
         for layer in self.layers:
             x = layer(x, rope, batch, cache)
@@ -44,18 +61,24 @@ class Qwen35Model(nn.Module):
 
 
 class Qwen35ForCausalLM(nn.Module):
-    def __init__(self, cfg: TextConfig, mtp: bool = False, vision: VisionConfig | None = None) -> None:
+    def __init__(self, cfg: TextConfig, mtp: bool = False, vision: VisionConfig | None = None,
+                 shard: Shard | None = None) -> None:
         """`mtp`: also build the MTP head (`self.mtp`, parameters `mtp.*` as in the checkpoint), which
         speculative decoding drafts with; it shares the embedding and the lm_head.
         `vision`: also build the vision tower (`self.visual`, parameters `visual.*`), which `encode_media`
-        runs; None (language model only) builds none."""
+        runs; None (language model only) builds none.
+        `shard`: this rank's share under tensor parallelism: the layers hold their share of heads and widths
+        (`local_cfg`), the embedding and lm_head their rows of the vocabulary; `logits` gathers the full
+        rows on rank 0. `cfg` stays the whole model's."""
         super().__init__()
         self.cfg = cfg
-        self.model = Qwen35Model(cfg)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        self.shard = shard or Shard.single(cfg)
+        self.local_cfg = self.shard.text_config()
+        self.model = Qwen35Model(cfg, self.shard)
+        self.lm_head = Linear(cfg.hidden_size, self.model.embed_tokens.num_embeddings)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.mtp: MTPHead | None = MTPHead(cfg) if mtp else None
+        self.mtp: MTPHead | None = MTPHead(self.local_cfg, self.shard) if mtp else None
         if vision is not None and vision.out_hidden_size != cfg.hidden_size:
             raise ConfigError(f"vision_config.out_hidden_size={vision.out_hidden_size} differs from the text "
                               f"model's hidden_size={cfg.hidden_size}")
@@ -107,9 +130,32 @@ class Qwen35ForCausalLM(nn.Module):
         """`inputs_embeds` [N, H]: the token embeddings with media rows in place (default: embed the ids)."""
         return self.model(batch, cache, inputs_embeds=inputs_embeds)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [M, H] -> fp32 logits [M, vocab]."""
-        return self.lm_head(hidden).float()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """hidden: [M, H] -> fp32 logits [M, vocab]. Tensor parallel: on rank 0; the other ranks (which must
+        call it too) get None."""
+        out = self.lm_head(hidden).float()
+        if self.shard.size == 1:
+            return out
+        out = self.shard.group.gather_to_first(out)
+        return out[:, :self.cfg.vocab_size] if out is not None else None
+
+    def argmax(self, hidden: torch.Tensor, rows: torch.Tensor | None = None,
+               ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The most likely next token of each row of `hidden` [M, H], on every rank. `rows`, `ids`: score only
+        these lm_head rows (this rank's part of a draft vocabulary, `ids` their token ids; may be empty)."""
+        if rows is None:
+            local = self.lm_head(hidden).float()
+            first = self.shard.vocab[0] if self.shard.size > 1 else 0
+            local = local[:, :self.shard.vocab[1] - first] if self.shard.size > 1 else local
+            ids = torch.arange(first, first + local.shape[1], device=local.device)
+        else:
+            from ..ops.linear import linear
+
+            local = linear(hidden, rows).float() if rows.shape[0] else hidden.new_full((hidden.shape[0], 1),
+                                                                                        float("-inf"))
+            ids = ids if rows.shape[0] else torch.zeros(1, dtype=torch.int64, device=hidden.device)
+        best, at = local.max(-1)
+        return self.shard.group.argmax(best, ids[at])
 
     def draft(self, token_ids: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch, cache: ModelCache,
               step: int = 0, embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,7 +166,7 @@ class Qwen35ForCausalLM(nn.Module):
         if self.mtp is None:
             raise RuntimeError("this model was loaded without its MTP head")
         rope = self.model.rotary(batch.positions, hidden.dtype)
-        embeds = self.model.embed_tokens(token_ids) if embeds is None else embeds
+        embeds = self.model.embed(token_ids) if embeds is None else embeds
         return self.mtp(embeds, hidden, rope, batch, cache, step)
 
     @torch.no_grad()
@@ -142,7 +188,7 @@ class Qwen35ForCausalLM(nn.Module):
 
     def cache_specs(self) -> dict[str, CacheSpec]:
         """What every layer caches, the MTP head's layers included when it is loaded."""
-        return cache_specs(self.cfg, self.dtype, len(self.mtp.layers) if self.mtp is not None else 0)
+        return cache_specs(self.local_cfg, self.dtype, len(self.mtp.layers) if self.mtp is not None else 0)
 
     def new_cache(self, num_blocks: int, block_size: int, num_slots: int) -> ModelCache:
         return ModelCache(self.cache_specs(), num_blocks, block_size, num_slots, device=self.device)

@@ -32,9 +32,17 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool = True) -> tuple[t
     return weights, ids
 
 
+def local_ids(ids: torch.Tensor, first: int, held: int) -> torch.Tensor:
+    """Expert ids relative to the `held` experts from `first`; -1 for a route to an expert not held here
+    (expert parallelism: it is computed on another rank). Every function below skips -1 routes."""
+    local = ids - first
+    return torch.where((local >= 0) & (local < held), local, -1)
+
+
 def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
             ids: torch.Tensor) -> torch.Tensor:
-    """x: [N, H]; weights (fp32), ids: [N, k]. Returns sum_j weights[:, j] * Expert_{ids[:, j]}(x): [N, H]."""
+    """x: [N, H]; weights (fp32), ids: [N, k] (-1: skip). Returns sum_j weights[:, j] * Expert_{ids[:, j]}(x):
+    [N, H]."""
     N, k = ids.shape
     if (N <= NATIVE_MAX_TOKENS and x.device.type == "cpu" and x.dtype == gate_up.dtype == torch.bfloat16
             and native.ops() is not None):
@@ -42,8 +50,11 @@ def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     E = gate_up.shape[0]
     flat = ids.reshape(-1)
     order = flat.argsort(stable=True)
+    if bool((flat < 0).any()):  # expert parallel: routes to other ranks' experts sort first; drop them
+        order = order[int((flat < 0).sum()):]
+        flat = flat.clamp(min=0)  # counts below see only the kept pairs
     token = order // k
-    offsets = torch.bincount(flat, minlength=E).cumsum(0).to(torch.int32)
+    offsets = torch.bincount(flat[order], minlength=E).cumsum(0).to(torch.int32)
     xs = x[token]  # [N*k, H], grouped by expert
     h = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=offsets)  # [N*k, 2I]
     gate, up = h.chunk(2, -1)
@@ -65,6 +76,8 @@ def experts_quant(x: torch.Tensor, fmt: str, gate_up: Stack, down: Stack, weight
         return native.ops().moe_experts(x, ids, weights, *gate_up, *down, group)
     out = torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device)
     for e in ids.unique().tolist():
+        if e < 0:
+            continue
         tok, slot = (ids == e).nonzero(as_tuple=True)
         gate, up = _expert_matmul(x[tok], fmt, gate_up, e).chunk(2, -1)
         y = _expert_matmul(F.silu(gate) * up, fmt, down, e)
@@ -98,6 +111,8 @@ def experts_ref(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weig
     """Loop-over-experts reference (tests only)."""
     out = torch.zeros(x.shape, dtype=torch.float32)
     for e in ids.unique().tolist():
+        if e < 0:
+            continue
         tok, slot = (ids == e).nonzero(as_tuple=True)
         gate, up = (x[tok] @ gate_up[e].T).chunk(2, -1)
         out.index_add_(0, tok, ((F.silu(gate) * up) @ down[e].T).float() * weights[tok, slot, None])
