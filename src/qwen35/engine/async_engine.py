@@ -52,6 +52,12 @@ class AsyncLLM(EngineClient):
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.engine.close()  # tensor parallel: the other ranks stop too
+
+    def _run(self) -> None:
         while not self._stop:
             try:  # block for a command only while there is nothing to step
                 cmd = self._inbox.get_nowait() if self._core.has_work() else self._inbox.get()

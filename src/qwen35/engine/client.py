@@ -47,6 +47,7 @@ class EngineInfo:
     speculative: str = "off"  # MTP speculative decoding: "MTP, k=2", "off", or why it is off
     vision: bool = False  # the vision tower is loaded: requests may carry images and video
     vision_note: str = "the checkpoint has no vision tower"  # what the banner says about media input
+    parallel: str = "one rank"  # how the model is split across ranks (tensor / expert parallel)
 
 
 class EngineClient:

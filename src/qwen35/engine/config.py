@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import check_quantization
+from ..parallel.config import ParallelConfig
 from .spec_config import SpeculativeConfig
 
 DTYPE_NAMES = ("bfloat16", "bf16", "float32", "fp32", "auto")
@@ -38,6 +39,11 @@ class EngineConfig:
     limit_mm_per_prompt: dict[str, int] | None = None
     encoder_cache_memory: int = ENCODER_CACHE_BYTES
     max_num_encoder_patches: int = 16384
+    # tensor parallelism over this many ranks (docs/PARALLEL.md); routed experts split by expert instead of
+    # by width; where the ranks meet (several machines, torchrun) when not all on this one
+    tensor_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    distributed: ParallelConfig | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_NAMES:
@@ -54,8 +60,21 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.distributed is not None and self.distributed.tensor_parallel_size != self.tensor_parallel_size:
+            if self.tensor_parallel_size != 1:
+                raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} differs from the distributed "
+                                 f"setup's {self.distributed.tensor_parallel_size}")
+            self.tensor_parallel_size = self.distributed.tensor_parallel_size
+        ParallelConfig(self.tensor_parallel_size)  # checks the size
         if isinstance(self.speculative_config, dict):
             self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config, self.model)
         elif self.speculative_config is not None and not isinstance(self.speculative_config, SpeculativeConfig):
             raise ValueError("speculative_config must be a dict or a SpeculativeConfig, "
                              f"got {type(self.speculative_config).__name__}")
+
+    @property
+    def parallel(self) -> ParallelConfig:
+        """This rank's parallel setup (one rank unless tensor_parallel_size > 1)."""
+        if self.distributed is not None:
+            return self.distributed
+        return ParallelConfig(self.tensor_parallel_size, self.enable_expert_parallel)

@@ -22,7 +22,7 @@ def engine_info(engine: LLMEngine) -> EngineInfo:
                       max_num_seqs=engine.cfg.max_num_seqs, num_hidden_layers=text.num_hidden_layers,
                       hidden_size=text.hidden_size, is_moe=engine.model_cfg.is_moe, cache_plan=engine.plan.describe(),
                       speculative=engine.speculation(), vision=engine.model.visual is not None,
-                      vision_note=engine.vision_note())
+                      vision_note=engine.vision_note(), parallel=engine.parallel_note())
 
 
 class EngineCore:

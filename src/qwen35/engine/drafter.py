@@ -19,21 +19,49 @@ Rollback: the target forward writes the GDN state after each of the last k + 1 t
 sequence into scratch slots (`snapshot_slots`); scratch slots are fixed per running slot (`base + slot * k
 + j`), so nothing is allocated per step and nothing can leak. Keeping n of k drafts is one slot copy
 (`restore_snapshots`); attention K/V past the kept tokens is simply overwritten later.
+
+Tensor parallel: rank 0 turns a proposal into `DraftInputs` (plain data) and every rank runs `run_draft`
+(runner.py); the chained steps feed back `model.argmax`, which is the same on every rank.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..model.linear import QuantLinear
-from ..ops.linear import linear
 from .request import Request
 from .scheduler import ScheduledSeq
 
 if TYPE_CHECKING:
-    from .runner import ModelRunner
+    from .runner import MediaStep, ModelRunner
+
+
+@dataclass(eq=False)
+class Drafting:
+    """One sequence that drafts: its row in the head's first output, how many drafts, where they go."""
+
+    row: int
+    budget: int
+    num_tokens: int
+    slot: int
+    blocks: list[int]
+    rope_offset: int
+
+
+@dataclass(eq=False)
+class DraftInputs:
+    """A proposal as plain data: the head's first step over the live sequences' rows, then the chains."""
+
+    rows: list[tuple[int, int]] | None  # (first row, rows) of each live sequence in the step's hidden; None: all
+    ids: list[list[int]]
+    contexts: list[int]
+    slots: list[int]
+    blocks: list[list[int]]
+    media: "MediaStep | None"
+    drafting: list[Drafting]
 
 
 class Drafter:
@@ -42,16 +70,19 @@ class Drafter:
         if runner.model.mtp is None:
             raise ValueError("speculative decoding needs the model's MTP head (load_model(mtp=True))")
         self.runner, self.k, self.base = runner, k, scratch_base
-        self.vocab_ids: torch.Tensor | None = None  # draft vocabulary (None: all of it)
+        self.vocab_ids: torch.Tensor | None = None  # draft vocabulary (None: all of it); this rank's part of it
         self.head: torch.Tensor | None = None  # its rows of the lm_head weight [N, H]
         head = runner.model.lm_head
         weight = getattr(head, "weight", None)
+        shard = runner.model.shard
+        first, end = shard.vocab if shard.size > 1 else (0, runner.model.cfg.vocab_size)
+        ids = sorted(t for t in set(draft_ids or ()) if first <= t < end)
         if draft_ids is not None and isinstance(head, QuantLinear):  # its rows, dequantised once
-            self.vocab_ids = torch.tensor(sorted(set(draft_ids)), dtype=torch.int64, device=head.q.device)
-            self.head = head.rows(self.vocab_ids, runner.model.dtype)
+            self.vocab_ids = torch.tensor(ids, dtype=torch.int64, device=head.q.device)
+            self.head = head.rows(self.vocab_ids - first, runner.model.dtype)
         elif draft_ids is not None and weight.is_floating_point() and weight.element_size() >= 2:
-            self.vocab_ids = torch.tensor(sorted(set(draft_ids)), dtype=torch.int64, device=weight.device)
-            self.head = weight.detach()[self.vocab_ids].contiguous()
+            self.vocab_ids = torch.tensor(ids, dtype=torch.int64, device=weight.device)
+            self.head = weight.detach()[self.vocab_ids - first].contiguous()
         self._seqs: list[ScheduledSeq] = []  # the last step's sequences, in batch order
         self._hidden: torch.Tensor | None = None
 
@@ -67,8 +98,13 @@ class Drafter:
         start = self.base + slot * self.k
         return list(range(start, start + self.k))
 
-    def keep(self, seqs: list[ScheduledSeq], hidden: torch.Tensor) -> None:
-        self._seqs, self._hidden = seqs, hidden
+    def keep(self, seqs: list[ScheduledSeq]) -> None:
+        """Rank 0: the step's sequences, in batch order."""
+        self._seqs = seqs
+
+    def keep_hidden(self, hidden: torch.Tensor) -> None:
+        """Every rank: the step's hidden states, which the head reads next."""
+        self._hidden = hidden
 
     def rollback(self, kept: list[tuple[Request, int, int]]) -> None:
         """kept: (request, drafts verified, drafts kept). Puts the GDN state after the last kept token into
@@ -79,7 +115,7 @@ class Drafter:
                 src.append(self.base + req.slot * self.k + n + self.k - drafted)
                 dst.append(req.slot)
         if src:
-            self.runner.cache.restore_snapshots(src, dst)
+            self.runner.cache_op("restore_snapshots", src, dst)
 
     # -- drafting -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -87,10 +123,8 @@ class Drafter:
         """Run the MTP head over the last step's sequences that are still running; `budgets[id(request)]`
         draft tokens for those that should draft (0 or absent: only fill the head's K/V).
         Returns {id(request): drafts}."""
-        model, cache, builder = self.runner.model, self.runner.cache, self.runner.builder
-        hidden, seqs = self._hidden, self._seqs
-        self._hidden, self._seqs = None, []
-        if hidden is None:
+        seqs, self._seqs = self._seqs, []
+        if self._hidden is None:
             return {}
         rows, ids, live, starts = [], [], [], []  # starts: each live sequence's first row in the head's batch
         start = packed = 0
@@ -105,46 +139,55 @@ class Drafter:
                 ids.append(req.tokens(s.context + 1, known) + [0] * (s.num_tokens - known))
             start += s.num_tokens
         if not live:
+            self._hidden = None
             return {}
-        if len(live) == len(seqs):
+        # the row of the last kept position: its next token is the request's last token
+        drafting = [(s.request, Drafting(starts[i] + s.request.num_tokens - 2 - s.context, budgets[id(s.request)],
+                                         s.request.num_tokens, s.request.slot, list(s.request.blocks),
+                                         s.request.media.delta if s.request.media else 0))
+                    for i, s in enumerate(live) if budgets.get(id(s.request), 0) > 0]
+        # the rows keep the step's positions; a row whose next token is a media placeholder embeds its media row
+        inputs = DraftInputs(None if len(live) == len(seqs) else rows, ids, [s.context for s in live],
+                             [s.request.slot for s in live], [list(s.request.blocks) for s in live],
+                             self.runner.media_step([(s.request, s.context, s.num_tokens) for s in live], shift=1),
+                             [d for _, d in drafting])
+        drafts = self.runner.run("draft", inputs)
+        return {id(req): d for (req, _), d in zip(drafting, drafts)}
+
+    def run_draft(self, d: DraftInputs) -> list[list[int]]:
+        """Every rank: the head over `d`'s rows, then the chained steps; the drafts of each `d.drafting`."""
+        model, cache, builder = self.runner.model, self.runner.cache, self.runner.builder
+        hidden, self._hidden = self._hidden, None
+        if d.rows is None:
             h = hidden
         else:
-            idx = torch.cat([torch.arange(a, a + n) for a, n in rows]).to(hidden.device)
+            idx = torch.cat([torch.arange(a, a + n) for a, n in d.rows]).to(hidden.device)
             h = hidden[idx]
-        # the rows keep the step's positions; a row whose next token is a media placeholder embeds its media row
-        media = self.runner.media_step([(s.request, s.context, s.num_tokens) for s in live], shift=1)
-        batch = builder.build(ids, [s.context for s in live], [s.request.slot for s in live],
-                              [s.request.blocks for s in live], rope_offsets=media and media.rope_offsets,
+        media = d.media
+        batch = builder.build(d.ids, d.contexts, d.slots, d.blocks, rope_offsets=media and media.rope_offsets,
                               mrope=media and media.mrope)
         embeds = media.inputs_embeds(model, batch.input_ids) if media else None
         out = model.draft(batch.input_ids, h, batch, cache, 0, embeds)
-        drafting = [(i, s) for i, s in enumerate(live) if budgets.get(id(s.request), 0) > 0]
-        if not drafting:
-            return {}
-        # the row of the last kept position: its next token is the request's last token
-        pick = [starts[i] + s.request.num_tokens - 2 - s.context for i, s in drafting]
-        h = out[torch.tensor(pick, device=out.device)]
-        reqs = [s.request for _, s in drafting]
-        drafts = {id(r): [] for r in reqs}
-        for step in range(max(budgets[id(r)] for r in reqs)):
-            tok = self._argmax(h)
-            for r, t in zip(reqs, tok.tolist()):
-                drafts[id(r)].append(t)
-            more = [j for j, r in enumerate(reqs) if budgets[id(r)] > step + 1]
+        if not d.drafting:
+            return []
+        h = out[torch.tensor([x.row for x in d.drafting], device=out.device)]
+        chains = list(d.drafting)
+        drafts: list[list[int]] = [[] for _ in chains]
+        active = list(range(len(chains)))
+        for step in range(max(x.budget for x in chains)):
+            tok = model.argmax(h, self.head, self.vocab_ids)
+            for j, t in zip(active, tok.tolist()):
+                drafts[j].append(t)
+            more = [i for i, j in enumerate(active) if chains[j].budget > step + 1]
             if not more:
                 break
-            if len(more) < len(reqs):
+            if len(more) < len(active):
                 sel = torch.tensor(more, device=h.device)
-                h, tok, reqs = h[sel], tok[sel], [reqs[j] for j in more]
+                h, tok, active = h[sel], tok[sel], [active[i] for i in more]
             # chained step: the draft just made sits at position num_tokens + step
-            batch = builder.build([[t] for t in tok.tolist()], [r.num_tokens - 1 + step for r in reqs],
-                                  [r.slot for r in reqs], [r.blocks for r in reqs],
-                                  rope_offsets=[r.media.delta if r.media else 0 for r in reqs])
+            now = [chains[j] for j in active]
+            batch = builder.build([[t] for t in tok.tolist()], [x.num_tokens - 1 + step for x in now],
+                                  [x.slot for x in now], [x.blocks for x in now],
+                                  rope_offsets=[x.rope_offset for x in now])
             h = model.draft(batch.input_ids, h, batch, cache, step + 1)
         return drafts
-
-    def _argmax(self, h: torch.Tensor) -> torch.Tensor:
-        """The most likely next token of each row of the head's output, over the draft vocabulary."""
-        if self.head is None:
-            return self.runner.model.logits(h).argmax(-1)
-        return self.vocab_ids[linear(h, self.head).argmax(-1)]

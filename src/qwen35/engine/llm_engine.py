@@ -23,12 +23,18 @@ Speculative decoding (`EngineConfig.speculative_config`, docs/SERVING.md): after
 step computes them after its last token, `_verify` keeps those the target agrees with (verify.py), rolls the
 GDN state back to the last kept token and emits the kept drafts plus the target's own next token, one
 `_append` each (so stop strings, grammars and max_tokens apply token by token).
+
+Tensor parallelism (`EngineConfig.tensor_parallel_size`, docs/PARALLEL.md): every rank builds an engine
+over its share of the model (parallel/sharding.py) and the same memory plan; rank 0 schedules, samples and
+broadcasts each step through its runner, the other ranks run `follow()`. Rank 0 starts the other ranks of
+its machine itself (parallel/launch.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -39,6 +45,8 @@ import torch
 
 from .. import runtime
 from ..config import ModelConfig
+from ..parallel import launch
+from ..parallel.sharding import Shard
 from ..loading.checkpoint import has_mtp, load_model
 from ..multimodal.inputs import MediaItem
 from ..multimodal.layout import PromptMedia
@@ -46,7 +54,7 @@ from ..multimodal.prompt import expand_placeholders, placeholder_spans
 from ..tokenizer import Tokenizer
 from .config import EngineConfig
 from .guided import GuidedDecoder, GuidedMatcher
-from .memory import plan_memory
+from .memory import DEFAULT_FRACTION, available_memory, full_budget, plan_memory
 from .outputs import CompletionOutput, RequestOutput
 from .request import Request
 from .runner import ModelRunner
@@ -92,9 +100,26 @@ class _Parent:
 
 class LLMEngine:
     def __init__(self, cfg: EngineConfig) -> None:
-        runtime.setup(cfg.threads)  # threads, flush-to-zero on every compute thread
+        par = cfg.parallel
+        # threads, flush-to-zero on every compute thread; the ranks on one machine share its cores
+        runtime.setup(cfg.threads or (max(1, (os.cpu_count() or 1) // par.per_node) if par.world_size > 1 else None))
         self.cfg = cfg
         config = ModelConfig.from_dict(cfg.hf_config) if cfg.hf_config is not None else None
+        config = config or ModelConfig.from_file(cfg.model)
+        self.group, self.ranks = launch.start(cfg)
+        try:
+            self._build(cfg, config)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, cfg: EngineConfig, config: ModelConfig) -> None:
+        par = cfg.parallel
+        if par.world_size > 1 and cfg.device == "cuda":  # one GPU per rank of this machine
+            from dataclasses import replace
+
+            cfg = self.cfg = replace(cfg, device=f"cuda:{par.local_rank}")
+        shard = Shard(config.text, self.group, par.enable_expert_parallel)  # checks the split before loading
         self.spec = cfg.speculative_config  # None when off, or when the checkpoint cannot draft
         self.spec_note: str | None = None  # why speculation is off although it was asked for
         if self.spec is not None and not has_mtp(cfg.model, config):
@@ -105,10 +130,12 @@ class LLMEngine:
         self.limit_mm_per_prompt = dict(cfg.limit_mm_per_prompt or {})
         no_media = cfg.language_model_only or (self.limit_mm_per_prompt.get("image") == 0
                                                and self.limit_mm_per_prompt.get("video") == 0)
-        has_tower = (config or ModelConfig.from_file(cfg.model)).vision is not None
+        has_tower = config.vision is not None
+        # the tower runs on rank 0 only: its outputs travel with the step
         self.model, self.model_cfg = load_model(cfg.model, dtype=DTYPES[cfg.dtype], device=cfg.device, config=config,
                                                 mtp=self.spec is not None, quantization=cfg.quantization,
-                                                vision=has_tower and not no_media)
+                                                vision=has_tower and not no_media and self.group.is_first,
+                                                shard=shard)
         k = self.spec.k if self.spec is not None else 0
         self.tokenizer = Tokenizer.from_pretrained(cfg.model)
         text = self.model_cfg.text
@@ -118,16 +145,33 @@ class LLMEngine:
                              "supports (max_position_embeddings, or the YaRN range)")
         self.max_model_len = cfg.max_model_len or min(supported, 8192)
         self.eos_ids = self._eos_ids(Path(cfg.model))
-        plan = plan_memory(text, DTYPES[cfg.dtype], cfg.kv_cache_memory, cfg.max_num_seqs, self.max_model_len,
-                           cfg.block_size, cfg.prefix_cache_fraction if cfg.enable_prefix_caching else 0.0,
-                           device=cfg.device, mtp_layers=len(self.model.mtp.layers) if k else 0,
+        prefix_fraction = cfg.prefix_cache_fraction if cfg.enable_prefix_caching else 0.0
+        mtp_layers = len(self.model.mtp.layers) if k else 0
+        local = self.model.local_cfg  # the rank's share of K/V heads and GDN state
+        budget = cfg.kv_cache_memory
+        if self.group.size > 1:  # every rank must plan the same blocks and slots: the smallest budget wins
+            if budget is None:
+                fraction = DEFAULT_FRACTION.get(torch.device(cfg.device).type, DEFAULT_FRACTION["cpu"])
+                budget = min(int(available_memory(cfg.device) * fraction / par.per_node),
+                             full_budget(local, DTYPES[cfg.dtype], cfg.max_num_seqs, self.max_model_len,
+                                         cfg.block_size, prefix_fraction, mtp_layers, k))
+            budget = self.group.min_int(budget)
+        plan = plan_memory(local, DTYPES[cfg.dtype], budget, cfg.max_num_seqs, self.max_model_len,
+                           cfg.block_size, prefix_fraction, device=cfg.device, mtp_layers=mtp_layers,
                            num_speculative_tokens=k)
         self.plan = plan
         slots = plan.run_slots + plan.prefix_slots
         self.runner = ModelRunner(self.model, plan.num_blocks, cfg.block_size, plan.total_slots,
                                   cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_model_len,
                                   num_speculative_tokens=k, draft_ids=self._draft_vocab(),
-                                  encoder_cache_bytes=cfg.encoder_cache_memory)
+                                  encoder_cache_bytes=cfg.encoder_cache_memory,
+                                  on_rank_failure=self.ranks.on_failure if self.ranks else launch.exit_process)
+        if self.model_cfg.is_moe and par.enable_expert_parallel and self.group.is_first:
+            self._moe_layers = [m for m in self.model.modules() if hasattr(m, "track_load")]
+            for m in self._moe_layers:
+                m.track_load()
+        else:
+            self._moe_layers = []
         sched_cfg = SchedulerConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                                     max_model_len=self.max_model_len, block_size=cfg.block_size,
                                     boundary_token_id=self.tokenizer.im_start_id,
@@ -262,6 +306,34 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
+
+    # -- tensor parallel ----------------------------------------------------------------------------
+    def follow(self) -> None:
+        """Ranks other than 0: run rank 0's steps until it closes."""
+        self.runner.follow()
+
+    def close(self) -> None:
+        """Stop the other ranks (tensor parallel); a no-op on one rank. The engine cannot step afterwards."""
+        runner = getattr(self, "runner", None)
+        if runner is not None and self.group.size > 1 and self.group.is_first:
+            try:
+                runner.stop_followers()
+            except Exception:  # a rank is already gone: nothing to tell it
+                pass
+        if self.ranks is not None:
+            self.ranks.close()
+            self.ranks = None
+
+    def parallel_note(self) -> str:
+        """One line for the start-up banner: how the model is split."""
+        return self.model.shard.describe()
+
+    def expert_load(self) -> list[int]:
+        """Expert parallel: tokens routed to each rank's experts so far (all MoE layers); empty otherwise."""
+        if not self._moe_layers:
+            return []
+        total = sum(m.load for m in self._moe_layers)
+        return [int(x) for x in total.view(self.group.size, -1).sum(1)]
 
     # -- one step -----------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -530,6 +602,7 @@ class LLMEngine:
                 "blocks_prefix_only": prefix_only,
                 "prefix_slots_used": prefix_slots_used, "prefix_slots_total": prefix.slots.capacity,
                 "prefix_cache_bytes": prefix_only * self.plan.block_bytes + prefix_slots_used * self.plan.slot_bytes,
+                "expert_load": self.expert_load(),
                 **self.spec_stats.as_counters()}
 
 

@@ -105,6 +105,13 @@ def _child_main(cfg: EngineConfig, conn) -> None:
     conn.send((_START, engine_info(engine)))
     core = EngineCore(engine, lambda key, item: conn.send((key, item)))
     try:
+        _serve(core, conn)
+    finally:
+        engine.close()  # tensor parallel: the other ranks stop too
+
+
+def _serve(core, conn) -> None:
+    try:
         while True:
             if conn.poll(0 if core.has_work() else None):  # block for a command only while idle
                 while True:  # apply every command waiting, then step

@@ -8,10 +8,18 @@ copies) and saves (state copies) happen here.
 Prompt logprobs: for a request with `params.prompt_logprobs` set, `forward` also scores every prompt
 position of its chunk while the hidden states are at hand (in slices, so a long chunk never holds a
 [tokens, vocab] logits tensor) and leaves the entries in `prompt_logprobs` for the engine to collect.
+
+Tensor parallel (docs/PARALLEL.md): every rank holds a runner over its share of the model and cache. On
+rank 0 the engine-facing methods turn requests into plain data (`StepInputs`, the drafter's `DraftInputs`,
+cache copies), broadcast it, and then run it like every other rank: `follow` is the other ranks' loop.
+Cache copies are applied at once here and travel with the next broadcast, so followers apply them in the
+same order before the next forward. Only rank 0 gets logits back. A failed collective means a rank is gone:
+`on_rank_failure` is called (by default it ends the process, see parallel/launch.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +28,7 @@ import torch
 from ..model import ModelCache, Qwen35ForCausalLM
 from ..multimodal.inputs import MediaItem
 from ..ops.batch import BatchBuilder
+from ..parallel.group import Group
 from .config import ENCODER_CACHE_BYTES
 from .encoder_cache import EncoderCache
 from .kv_cache_manager import PrefixHit
@@ -44,19 +53,49 @@ class MediaStep:
         """The token embeddings with the media rows in place, or None when no row is media."""
         if self.rows is None:
             return None
-        x = model.model.embed_tokens(input_ids)
+        x = model.model.embed(input_ids)
         x[self.rows] = self.embeds.to(x.dtype)
         return x
+
+
+@dataclass(eq=False)
+class PromptScore:
+    """Prompt logprobs wanted from one sequence's chunk: packed rows [row, row + n) score `targets`."""
+
+    request_id: str
+    row: int
+    first: int  # index of the first prompt token scored
+    targets: list[int]
+    top: int  # params.prompt_logprobs
+
+
+@dataclass(eq=False)
+class StepInputs:
+    """One forward step as plain data: rank 0 builds it from the scheduled sequences, every rank runs it."""
+
+    tokens: list[list[int]]  # per sequence in batch order (slot order): its new tokens
+    contexts: list[int]
+    slots: list[int]
+    blocks: list[list[int]]
+    sample: list[int]  # batch rows whose last token gets logits, in the caller's order
+    snapshots: list[list[int]] | None
+    media: MediaStep | None
+    picks: list[int] | None  # packed rows to score instead (verifying drafts)
+    scores: list[PromptScore]
 
 
 class ModelRunner:
     def __init__(self, model: Qwen35ForCausalLM, num_blocks: int, block_size: int, num_slots: int,
                  max_num_batched_tokens: int = 2048, max_num_seqs: int = 32, max_model_len: int | None = None,
                  num_speculative_tokens: int = 0, draft_ids: list[int] | None = None,
-                 encoder_cache_bytes: int = ENCODER_CACHE_BYTES) -> None:
+                 encoder_cache_bytes: int = ENCODER_CACHE_BYTES,
+                 on_rank_failure: Callable[[str], None] | None = None) -> None:
         """`num_speculative_tokens` k > 0: the last `max_num_seqs * k` of the `num_slots` state slots are
         scratch slots for GDN snapshots, k for each running slot (see `Drafter`)."""
         self.model = model
+        self.group: Group = model.shard.group
+        self._pending: list[tuple] = []  # cache copies done here since the last broadcast
+        self.on_rank_failure = on_rank_failure
         self.encoder_cache = EncoderCache(encoder_cache_bytes)
         self.block_size = block_size
         self.cache: ModelCache = model.new_cache(num_blocks, block_size, num_slots)
@@ -78,22 +117,80 @@ class ModelRunner:
         for rows in {1, k + 1}:
             self.model.logits(h.expand(rows, -1).contiguous())
 
+    # -- cache copies (no collectives: followers apply them before the next broadcast step) ----------------
     def restore(self, req: Request, hit: PrefixHit) -> None:
         """Make `req`'s cache hold the saved prefix: copy the partial block's rows and the GDN state."""
         rows = hit.length % self.block_size
         if hit.partial_block is not None and rows:
             dst = req.blocks[hit.length // self.block_size] * self.block_size
-            src = hit.partial_block * self.block_size
-            for k, v in zip(self.cache.k, self.cache.v):
-                k[dst:dst + rows] = k[src:src + rows]
-                v[dst:dst + rows] = v[src:src + rows]
-        self.cache.copy_slot(hit.slot, req.slot)
+            self.cache_op("copy_rows", hit.partial_block * self.block_size, dst, rows)
+        self.cache_op("copy_slot", hit.slot, req.slot)
 
     def save_state(self, req: Request, slot: int) -> None:
-        self.cache.copy_slot(req.slot, slot)
+        self.cache_op("copy_slot", req.slot, slot)
 
     def reset_state(self, req: Request) -> None:
-        self.cache.reset_slots([req.slot])
+        self.cache_op("reset_slots", [req.slot])
+
+    def cache_op(self, kind: str, *args) -> None:
+        self._apply(kind, *args)
+        if self.group.size > 1:
+            self._pending.append((kind, *args))
+
+    def _apply(self, kind: str, *args) -> None:
+        cache = self.cache
+        if kind == "copy_rows":
+            src, dst, rows = args
+            for k, v in zip(cache.k, cache.v):
+                k[dst:dst + rows] = k[src:src + rows]
+                v[dst:dst + rows] = v[src:src + rows]
+        elif kind == "copy_slot":
+            cache.copy_slot(*args)
+        elif kind == "reset_slots":
+            cache.reset_slots(*args)
+        elif kind == "restore_snapshots":
+            cache.restore_snapshots(*args)
+        else:
+            raise ValueError(f"unknown cache operation {kind!r}")
+
+    # -- steps: built on rank 0, run on every rank -----------------------------------------------------------
+    def run(self, kind: str, payload):
+        """Run `kind` ("step", "draft") on every rank: broadcast it (with the cache copies since the last
+        one), then run it here. A collective that fails means a rank is gone (`on_rank_failure`)."""
+        if self.group.size == 1:
+            return self._runs[kind](payload)
+        try:
+            self.group.broadcast((kind, payload, self._pending))
+            self._pending = []
+            return self._runs[kind](payload)
+        except RuntimeError as e:
+            if self.on_rank_failure is None:
+                raise
+            self.on_rank_failure(f"a collective across the {self.group.size} tensor-parallel ranks failed: {e}")
+            raise
+
+    @property
+    def _runs(self) -> dict:
+        runs = {"step": self.run_step}
+        if self.drafter is not None:
+            runs["draft"] = self.drafter.run_draft
+        return runs
+
+    def follow(self) -> None:
+        """Ranks other than 0: run rank 0's steps until it says stop."""
+        while True:
+            kind, payload, ops = self.group.broadcast()
+            for op in ops:
+                self._apply(*op)
+            if kind == "stop":
+                return
+            with torch.inference_mode():
+                self._runs[kind](payload)
+
+    def stop_followers(self) -> None:
+        if self.group.size > 1 and self.group.is_first:
+            self.group.broadcast(("stop", None, self._pending))
+            self._pending = []
 
     @torch.inference_mode()
     def forward(self, seqs: list[ScheduledSeq]) -> torch.Tensor:
@@ -102,27 +199,44 @@ class ModelRunner:
         order = sorted(range(len(seqs)), key=lambda i: seqs[i].request.slot)  # contiguous slots: in-place state
         seqs = [seqs[i] for i in order]
         rows = sorted((i for i, s in enumerate(seqs) if s.sample), key=lambda i: order[i])  # caller's order
-        snapshots = self.drafter.snapshot_rows(seqs) if self.drafter else None
-        media = self.media_step([(s.request, s.context, s.num_tokens) for s in seqs])
-        batch = self.builder.build([_new_tokens(s.request, s.context, s.num_tokens) for s in seqs],
-                                   [s.context for s in seqs], [s.request.slot for s in seqs],
-                                   [s.request.blocks for s in seqs], sample=rows, snapshots=snapshots,
+        picks = None
+        if any(seqs[i].num_draft for i in rows):
+            ends = np.cumsum([s.num_tokens for s in seqs])
+            picks = [int(r) for i in rows for r in range(ends[i] - 1 - seqs[i].num_draft, ends[i])]
+        scores, start = [], 0  # start: packed row of each sequence's first new token
+        for s in seqs:
+            k = s.request.params.prompt_logprobs
+            if k is not None:
+                prompt = s.request.prompt_ids
+                end = min(s.context + s.num_tokens, len(prompt) - 1)  # the last prompt position predicts an output
+                if end > s.context:
+                    scores.append(PromptScore(s.request.request_id, start, s.context + 1,
+                                              prompt[s.context + 1:end + 1], k))
+            start += s.num_tokens
+        inputs = StepInputs([_new_tokens(s.request, s.context, s.num_tokens) for s in seqs],
+                            [s.context for s in seqs], [s.request.slot for s in seqs],
+                            [list(s.request.blocks) for s in seqs], rows,
+                            self.drafter.snapshot_rows(seqs) if self.drafter else None,
+                            self.media_step([(s.request, s.context, s.num_tokens) for s in seqs]), picks, scores)
+        if self.drafter:
+            self.drafter.keep(seqs)
+        return self.run("step", inputs)
+
+    def run_step(self, s: StepInputs) -> torch.Tensor | None:
+        """Every rank: the forward pass of `s`; rank 0 gets the logits (see `forward`), the others None."""
+        media = s.media
+        batch = self.builder.build(s.tokens, s.contexts, s.slots, s.blocks, sample=s.sample, snapshots=s.snapshots,
                                    rope_offsets=media and media.rope_offsets, mrope=media and media.mrope)
         hidden = self.model(batch, self.cache, media.inputs_embeds(self.model, batch.input_ids) if media else None)
         if self.drafter:
-            self.drafter.keep(seqs, hidden)
+            self.drafter.keep_hidden(hidden)
         self.prompt_logprobs = {}
-        start = 0  # packed row of each sequence's first new token
-        for s in seqs:
-            if s.request.params.prompt_logprobs is not None:
-                self._score_prompt(s, hidden[start:start + s.num_tokens])
-            start += s.num_tokens
-        if not rows:
+        for score in s.scores:
+            self._score_prompt(score, hidden)
+        if not s.sample:
             return hidden.new_empty(0, self.model.cfg.vocab_size, dtype=torch.float32)
-        if any(seqs[i].num_draft for i in rows):
-            ends = np.cumsum([s.num_tokens for s in seqs])
-            picks = [r for i in rows for r in range(ends[i] - 1 - seqs[i].num_draft, ends[i])]
-            return self.model.logits(hidden[torch.tensor(picks, device=hidden.device)])
+        if s.picks is not None:
+            return self.model.logits(hidden[torch.tensor(s.picks, device=hidden.device)])
         return self.model.logits(hidden[batch.logits_indices])
 
     def media_step(self, chunks: list[tuple[Request, int, int]], shift: int = 0) -> MediaStep | None:
@@ -160,17 +274,18 @@ class ModelRunner:
                 self.encoder_cache.put(item.digest, out)
         return [found[it.digest] for it in items]
 
-    def _score_prompt(self, s: ScheduledSeq, hidden: torch.Tensor) -> None:
-        """Prompt logprobs of the prompt tokens this chunk predicts: position j's logits score token j + 1."""
-        prompt, k = s.request.prompt_ids, s.request.params.prompt_logprobs
-        end = min(s.context + s.num_tokens, len(prompt) - 1)  # the last prompt position predicts an output
-        if end <= s.context:
-            return
+    def _score_prompt(self, s: PromptScore, hidden: torch.Tensor) -> None:
+        """Prompt logprobs of the prompt tokens this chunk predicts: position j's logits score token j + 1.
+        Every rank computes the logits (a collective); rank 0 keeps the entries."""
+        k, n = s.top, len(s.targets)
         entries: list[dict[int, float]] = []
-        for a in range(s.context, end, PROMPT_LOGPROBS_ROWS):
-            b = min(a + PROMPT_LOGPROBS_ROWS, end)
-            lp = torch.log_softmax(self.model.logits(hidden[a - s.context:b - s.context]), -1)
-            targets = prompt[a + 1:b + 1]
+        for a in range(0, n, PROMPT_LOGPROBS_ROWS):
+            b = min(a + PROMPT_LOGPROBS_ROWS, n)
+            logits = self.model.logits(hidden[s.row + a:s.row + b])
+            if logits is None:  # not rank 0
+                continue
+            lp = torch.log_softmax(logits, -1)
+            targets = s.targets[a:b]
             chosen = lp.gather(1, torch.tensor(targets, device=lp.device)[:, None]).squeeze(1).tolist()
             if k:
                 vals, ids = (t.tolist() for t in lp.topk(k, -1))
@@ -180,7 +295,8 @@ class ModelRunner:
                     for tid, tv in zip(ids[i], vals[i]):
                         entry.setdefault(tid, tv)
                 entries.append(entry)
-        self.prompt_logprobs[s.request.request_id] = (s.context + 1, entries)
+        if self.group.is_first:
+            self.prompt_logprobs[s.request_id] = (s.first, entries)
 
 
 def _new_tokens(req: Request, start: int, n: int) -> list[int]:

@@ -27,6 +27,7 @@ class Group:
     rank: int = 0
     size: int = 1
     pg: object = None  # the torch.distributed process group (None: the default one)
+    cpu_pg: object = None  # a gloo group for host objects when `pg` is NCCL (None: `pg` itself)
     seconds: float = 0.0  # time spent in collectives
     calls: int = 0
 
@@ -80,17 +81,17 @@ class Group:
         return self._timed(self._broadcast, obj)
 
     def _broadcast(self, obj):
-        src = self._global(0)
+        src, pg = self._global(0), self.cpu_pg or self.pg
         if self.rank == 0:
             data = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
             size = torch.tensor([data.numel()], dtype=torch.int64)
-            dist.broadcast(size, src, group=self.pg)
-            dist.broadcast(data, src, group=self.pg)
+            dist.broadcast(size, src, group=pg)
+            dist.broadcast(data, src, group=pg)
             return obj
         size = torch.empty(1, dtype=torch.int64)
-        dist.broadcast(size, src, group=self.pg)
+        dist.broadcast(size, src, group=pg)
         data = torch.empty(int(size), dtype=torch.uint8)
-        dist.broadcast(data, src, group=self.pg)
+        dist.broadcast(data, src, group=pg)
         return pickle.loads(data.numpy().tobytes())
 
     def min_int(self, value: int) -> int:
@@ -98,7 +99,7 @@ class Group:
         if self.size == 1:
             return value
         t = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.pg)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.cpu_pg or self.pg)
         return int(t)
 
     def _global(self, rank: int) -> int:
@@ -117,7 +118,8 @@ def init(rank: int, size: int, addr: str, port: int, backend: str = "gloo",
         return Group.single()
     dist.init_process_group(backend, init_method=f"tcp://{_host(addr)}:{port}", rank=rank, world_size=size,
                             timeout=datetime.timedelta(seconds=timeout))
-    return Group(rank, size)
+    cpu = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout)) if backend == "nccl" else None
+    return Group(rank, size, cpu_pg=cpu)
 
 
 def _host(addr: str) -> str:

@@ -43,6 +43,10 @@ class Metrics:
                              buckets=LATENCY_BUCKETS)
         self.spec = SpecDecodeCollector()
         r.register(self.spec)
+        self.expert_load = Gauge("qwen35_expert_parallel_routed_tokens", "Expert parallel: token routes to each "
+                                 "rank's experts so far, all MoE layers together", ["rank"], registry=r)
+        self.expert_imbalance = Gauge("qwen35_expert_parallel_imbalance_ratio", "Expert parallel: the busiest rank's "
+                                      "routes over the mean (1 is perfect balance)", registry=r)
         self.itl = Histogram("qwen35_inter_token_latency_seconds", "Time between streamed tokens", registry=r,
                              buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 
@@ -62,6 +66,11 @@ class Metrics:
         self.prefix_hit_tokens.set(usage["prefix_hit_tokens"])
         self.preemptions.set(usage["preemptions"])
         self.spec.usage = usage
+        load = usage.get("expert_load") or []
+        for rank, n in enumerate(load):
+            self.expert_load.labels(rank=str(rank)).set(n)
+        if load and sum(load):
+            self.expert_imbalance.set(max(load) * len(load) / sum(load))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
