@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, ServeError, api_key_from,
-                         check_features, is_loopback, media_policy, mm_limits, parse_hosts, parse_json,
+                         check_features, is_loopback, media_policy, mm_limits, parallel_config, parse_hosts,
+                         parse_json,
                          speculative_config)
 
 log = logging.getLogger("qwen35.server")
@@ -82,6 +83,7 @@ class ServePlan:
     mm_limits: dict[str, int] = field(default_factory=dict)  # images / videos per request; all 0: text only
     media_policy: Any = None  # multimodal.media.MediaPolicy: where media URLs may point
     state_kwargs: dict[str, Any] = field(default_factory=dict)
+    parallel: Any = None  # parallel.config.ParallelConfig: this process's rank and where the ranks meet
 
 
 def plan_serve(args: argparse.Namespace) -> ServePlan:
@@ -92,6 +94,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     from .model_path import resolve_model
 
     noops = check_features(args)
+    parallel = parallel_config(args)
     speculative = speculative_config(args)
     limits, policy = mm_limits(args), media_policy(args)
     if args.model and args.model_flag and args.model != args.model_flag:
@@ -137,6 +140,16 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     where_cfg = f"{config_file} with the command-line overrides" if overridden else str(config_file)
     cfg = mo.parse_config(config, where_cfg)
     text = cfg.text
+    if parallel.world_size > 1:
+        from ..parallel.group import Group
+        from ..parallel.sharding import Shard
+
+        try:
+            Shard(text, Group(0, parallel.world_size), parallel.enable_expert_parallel)
+        except ConfigError as e:
+            raise ServeError(f"--tensor-parallel-size {parallel.world_size}: {e} ({where_cfg})") from None
+        if parallel.enable_expert_parallel and not text.is_moe:
+            log.info("--enable-expert-parallel: %s is dense (no routed experts): tensor parallel only", where_cfg)
     if text.max_position_embeddings < BLOCK_SIZE:
         raise ServeError(f"{where_cfg}: max_position_embeddings={text.max_position_embeddings} is smaller than one "
                          f"K/V block ({BLOCK_SIZE} tokens)")
@@ -191,7 +204,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     return ServePlan(model_dir=model_dir, hf_config=config if overridden else None, embedded=embedded,
                      served_names=args.served_model_name or [name], max_model_len=max_len, supported_len=supported,
                      kv_cache_memory=kv, chat_template=template, noops=noops, speculative_config=speculative,
-                     mm_limits=limits, media_policy=policy, state_kwargs=state_kwargs)
+                     mm_limits=limits, media_policy=policy, state_kwargs=state_kwargs, parallel=parallel)
 
 
 def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len: int,
@@ -206,13 +219,20 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
     from ..engine.memory import available_memory, full_budget
 
     frac = args.memory_fraction
-    if args.device.startswith("cuda"):
+    tp, per_node = args.tensor_parallel_size, args.tensor_parallel_size // max(args.nnodes, 1)
+    if args.device.startswith("cuda"):  # per rank: one device each
         free, total = torch.cuda.mem_get_info(torch.device(args.device))
         memory, what = min(int(frac * total), free), f"{frac:g} of the device's {total / 2**30:.1f} GiB"
-    else:
-        memory, what = int(frac * available_memory()), f"{frac:g} of the {available_memory() / 2**30:.1f} GiB of " \
-                                                       "available RAM"
-    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    else:  # the ranks of this machine share its RAM
+        memory = int(frac * available_memory() / per_node)
+        what = f"{frac:g} of the {available_memory() / 2**30:.1f} GiB of available RAM" + \
+            (f" over {per_node} ranks" if per_node > 1 else "")
+    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) // tp  # each rank holds its share
+    if tp > 1:
+        from ..parallel.group import Group
+        from ..parallel.sharding import Shard
+
+        text = Shard(text, Group(0, tp), args.enable_expert_parallel).text_config()
     quantized = getattr(args, "quantization", None)
     if quantized in ("int8", "int4"):  # the weights as loaded: bits per weight of the format over the file's
         on_disk = 8 if checkpoint_quant == "fp8" else 16
@@ -229,19 +249,26 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
 
 # ---- building and running -------------------------------------------------------------------------------
 
-def build_state(plan: ServePlan, args: argparse.Namespace):
+def build_config(plan: ServePlan, args: argparse.Namespace):
     from ..engine.config import EngineConfig
-    from .app import ServerState
-    from .params import load_generation_defaults
 
-    cfg = EngineConfig(model=str(plan.model_dir), hf_config=plan.hf_config, dtype=args.dtype,
+    return EngineConfig(model=str(plan.model_dir), hf_config=plan.hf_config, dtype=args.dtype,
                        quantization=args.quantization,
                        max_model_len=plan.max_model_len,
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        kv_cache_memory=plan.kv_cache_memory, block_size=BLOCK_SIZE,
                        enable_prefix_caching=not args.no_enable_prefix_caching, threads=args.threads or None,
                        device=args.device, speculative_config=plan.speculative_config,
-                       language_model_only=not any(plan.mm_limits.values()), limit_mm_per_prompt=plan.mm_limits)
+                       language_model_only=not any(plan.mm_limits.values()), limit_mm_per_prompt=plan.mm_limits,
+                       tensor_parallel_size=plan.parallel.world_size,
+                       distributed=plan.parallel if plan.parallel.world_size > 1 else None)
+
+
+def build_state(plan: ServePlan, args: argparse.Namespace):
+    from .app import ServerState
+    from .params import load_generation_defaults
+
+    cfg = build_config(plan, args)
     if args.engine_process:
         from ..engine.process import EngineProcess, EngineStartError
 
@@ -272,6 +299,7 @@ def banner(state, plan: ServePlan) -> str:
              f"(supports {plan.supported_len}); engine in {where}",
              f"  {info.cache_plan}",
              f"  speculative decoding: {info.speculative}",
+             f"  parallel: {info.parallel}",
              f"  vision: {info.vision_note}"]
     if plan.embedded:
         from ..default_model import CAPABILITIES
@@ -319,6 +347,8 @@ def serve(args: argparse.Namespace) -> int:
     if not api_key and not is_loopback(args.host):
         print(f"qwen35 serve: WARNING: serving on {args.host} without --api-key: anyone who can reach this port "
               "(and any web page, through DNS rebinding) can use the model", file=sys.stderr, flush=True)
+    if plan.parallel.rank != 0:  # another node's first rank: no HTTP, only the model's share
+        return follow(plan, args)
     sock = bind_socket(args.host, args.port)
     port = sock.getsockname()[1]
     if args.seed is not None:
@@ -337,17 +367,41 @@ def serve(args: argparse.Namespace) -> int:
     ready = f"qwen35 ready: {url_of(args.host, port)} (model {plan.served_names[0]!r})"
 
     class Server(uvicorn.Server):
+        engine_gone = False
+
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             if self.started:  # the socket listens now
                 print(ready, file=sys.stderr, flush=True)
 
+        async def on_tick(self, counter: int) -> bool:
+            if not state.client.healthy and not self.engine_gone:  # its process died (or a rank of it): stop
+                self.engine_gone = True
+                print("qwen35 serve: the engine stopped running (see the message above); exiting",
+                      file=sys.stderr, flush=True)
+                self.should_exit = True
+            return await super().on_tick(counter)
+
     config = uvicorn.Config(create_app(state), log_level=args.uvicorn_log_level,
                             http=with_header_timeout(args.header_timeout), timeout_keep_alive=args.timeout_keep_alive,
                             timeout_graceful_shutdown=5)
+    server = Server(config)
     try:
-        Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         sock.close()
         state.client.shutdown()
+    return 1 if server.engine_gone else 0
+
+
+def follow(plan: ServePlan, args: argparse.Namespace) -> int:
+    """A node other than 0 (`--node-rank n`) or a torchrun rank other than 0: build this rank's share of the
+    engine (and start the node's other ranks) and run rank 0's steps until it stops."""
+    from ..engine.llm_engine import LLMEngine
+
+    p = plan.parallel
+    print(f"qwen35 rank {p.rank} of {p.world_size} (node {p.node_rank} of {p.nnodes}): joining rank 0 at "
+          f"{p.master_addr}:{p.master_port}", file=sys.stderr, flush=True)
+    engine = LLMEngine(build_config(plan, args))
+    engine.follow()
     return 0

@@ -37,11 +37,10 @@ NOOP_FLAGS = {
     "disable_log_stats": ("--disable-log-stats", "no periodic stats log"),
     "trust_remote_code": ("--trust-remote-code", "no remote code is run"),
     "enable_auto_tool_choice": ("--enable-auto-tool-choice", "tool calls are always parsed"),
-    "enable_expert_parallel": ("--enable-expert-parallel", "one device"),
+    "headless": ("--headless", "ranks other than 0 never serve HTTP"),
     "enable_metrics": ("--enable-metrics", "/metrics is always on"),
 }
 PARALLEL = {  # dest -> what it is
-    "tensor_parallel_size": "tensor parallelism",
     "pipeline_parallel_size": "pipeline parallelism",
     "data_parallel_size": "data parallelism",
 }
@@ -243,9 +242,18 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                  "--num-speculative-tokens"):
         s.add_argument(name, type=int, default=None)
 
+    t = p.add_argument_group("parallelism (docs/PARALLEL.md)")
+    t.add_argument("--tensor-parallel-size", "-tp", "--tp-size", "--tp", dest="tensor_parallel_size",
+                   type=_positive_int, default=1, help="ranks the model is split across (one process each)")
+    t.add_argument("--enable-expert-parallel", "--enable-ep-moe", "--ep", dest="enable_expert_parallel",
+                   action="store_true", help="MoE: whole routed experts per rank instead of a slice of each")
+    t.add_argument("--nnodes", type=_positive_int, default=1, help="machines the ranks span")
+    t.add_argument("--node-rank", type=_nonneg_int, default=0, help="this machine's index (0 serves HTTP)")
+    t.add_argument("--master-addr", default=None, help="where the ranks meet: node 0's address")
+    t.add_argument("--master-port", type=_nonneg_int, default=0, help="and its port (any free one on node 0)")
+    t.add_argument("--dist-init-addr", default=None, metavar="HOST:PORT", help="SGLang's form of the two above")
+
     u = p.add_argument_group("not implemented yet (values other than 1 are errors)")
-    u.add_argument("--tensor-parallel-size", "-tp", "--tp-size", "--tp", dest="tensor_parallel_size", type=int,
-                   default=1)
     u.add_argument("--pipeline-parallel-size", "-pp", "--pp-size", dest="pipeline_parallel_size", type=int,
                    default=1)
     u.add_argument("--data-parallel-size", "-dp", "--dp-size", dest="data_parallel_size", type=int, default=1)
@@ -256,6 +264,30 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 # ---- checks that need no files --------------------------------------------------------------------------
+
+def parallel_config(args: argparse.Namespace):
+    """The ranks of the command line: torchrun's environment when it started this process, else the flags
+    (this process is the first rank of its node). ServeError on a malformed setup."""
+    from ..parallel.config import ParallelConfig
+
+    tp, ep = args.tensor_parallel_size, args.enable_expert_parallel
+    try:
+        launched = ParallelConfig.from_env(tp, ep)
+        if launched is not None:
+            return launched
+        addr, port = args.master_addr, args.master_port
+        if args.dist_init_addr:
+            host, sep, p = args.dist_init_addr.rpartition(":")
+            if not sep or not p.isdigit():
+                raise ValueError(f"--dist-init-addr: expected HOST:PORT, got {args.dist_init_addr!r}")
+            addr, port = host.strip("[]"), int(p)
+        if args.nnodes > 1 and not addr:
+            raise ValueError("--nnodes > 1 needs --master-addr (node 0's address) and --master-port on every node")
+        return ParallelConfig(tp, ep, nnodes=args.nnodes, node_rank=args.node_rank, master_addr=addr or "127.0.0.1",
+                              master_port=port).first_rank_of_node()
+    except ValueError as e:
+        raise ServeError(str(e)) from None
+
 
 def check_features(args: argparse.Namespace) -> list[str]:
     """ServeError for a flag whose feature does not exist yet; the no-op flags given, as `--flag (why)`."""
