@@ -106,9 +106,12 @@ def test_model_card_yarn_line_reaches_the_loader(hf_cache):
 
 
 @pytest.mark.parametrize("line,message", [
-    (f"{HF_ID} --tensor-parallel-size 8 --max-model-len 262144",
-     "tensor parallelism is not implemented yet (runs on one device)"),
-    (f"--model-path {HF_ID} --tp-size 4", "tensor parallelism is not implemented yet (runs on one device)"),
+    (f"{HF_ID} --tensor-parallel-size 3 --max-model-len 262144",
+     "--tensor-parallel-size 3: num_attention_heads=8 is not divisible by tensor_parallel_size=3"),
+    (f"--model-path {HF_ID} --tp-size 8 --nnodes 2", "--nnodes > 1 needs --master-addr"),
+    (f"{HF_ID} -tp 8 --nnodes 3 --master-addr 10.0.0.1 --master-port 5000",
+     "nnodes=3 must be a positive divisor of tensor_parallel_size=8"),
+    (f"{HF_ID} -tp 8 --dist-init-addr 10.0.0.1", "--dist-init-addr: expected HOST:PORT"),
     (f"{HF_ID} --pipeline-parallel-size 2", "pipeline parallelism is not implemented yet"),
     (f"{HF_ID} --dp-size 2", "data parallelism is not implemented yet"),
     (f"{HF_ID} --speculative-config {{\"method\":\"ngram\",\"num_speculative_tokens\":2}}",
@@ -131,6 +134,29 @@ def test_unsupported_lines_fail_with_one_line(hf_cache, capsys, line, message):
     assert rc == 2
     assert err.startswith("qwen35 serve: error: ") and err.count("\n") == 1, err
     assert message in err
+
+
+def test_parallel_lines(hf_cache, monkeypatch):
+    p = plan(HF_ID, "--tensor-parallel-size", "8", "--enable-expert-parallel").parallel
+    assert (p.world_size, p.rank, p.enable_expert_parallel, p.launched) == (8, 0, True, False)
+    p = plan("--model-path", HF_ID, "--tp", "8", "--nnodes", "2", "--node-rank", "1",
+             "--dist-init-addr", "10.0.0.1:5000").parallel  # SGLang's multi-node form
+    assert (p.rank, p.per_node, p.master_addr, p.master_port) == (4, 4, "10.0.0.1", 5000)
+    for k, v in {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "h0",
+                 "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(k, v)
+    p = plan(HF_ID, "-tp", "8").parallel  # torchrun started this process
+    assert (p.rank, p.local_rank, p.node_rank, p.nnodes, p.launched) == (5, 1, 1, 2, True)
+    rc, err = run_cli_plan(HF_ID, "-tp", "4")
+    assert "torchrun started 8 processes (WORLD_SIZE) but --tensor-parallel-size is 4" in err
+
+
+def run_cli_plan(*argv: str) -> tuple[int, str]:
+    try:
+        plan(*argv)
+    except ServeError as e:
+        return 2, str(e)
+    return 0, ""
 
 
 def test_noop_flags_are_collected_once(hf_cache):
