@@ -20,8 +20,8 @@ def engine_info(engine: LLMEngine) -> EngineInfo:
     text = engine.model_cfg.text
     return EngineInfo(model=str(engine.cfg.model), max_model_len=engine.max_model_len, vocab_size=text.vocab_size,
                       max_num_seqs=engine.cfg.max_num_seqs, num_hidden_layers=text.num_hidden_layers,
-                      hidden_size=text.hidden_size, is_moe=engine.model_cfg.is_moe, cache_plan=engine.plan.describe() if engine.group.size == 1 else
-                      f"per rank ({engine.group.size} ranks), {engine.plan.describe()}",
+                      hidden_size=text.hidden_size, is_moe=engine.model_cfg.is_moe, cache_plan=engine.plan.describe().replace(
+                          "cache plan:", f"cache plan per rank ({engine.group.size} ranks):", engine.group.size > 1),
                       speculative=engine.speculation(), vision=engine.model.visual is not None,
                       vision_note=engine.vision_note(), parallel=engine.parallel_note())
 
