@@ -323,6 +323,8 @@ class LLMEngine:
         if self.ranks is not None:
             self.ranks.close()
             self.ranks = None
+        if self.group.size > 1:
+            self.group.destroy()
 
     def parallel_note(self) -> str:
         """One line for the start-up banner: how the model is split."""

@@ -161,13 +161,20 @@ class ModelRunner:
             return self._runs[kind](payload)
         try:
             self.group.broadcast((kind, payload, self._pending))
-            self._pending = []
-            return self._runs[kind](payload)
         except RuntimeError as e:
-            if self.on_rank_failure is None:
-                raise
-            self.on_rank_failure(f"a collective across the {self.group.size} tensor-parallel ranks failed: {e}")
+            self._lost(f"a collective across the {self.group.size} tensor-parallel ranks failed: {e}")
             raise
+        self._pending = []
+        try:
+            return self._runs[kind](payload)
+        except Exception as e:  # the other ranks are somewhere inside this step: there is no getting back in step
+            self._lost(f"rank 0 failed in the middle of a {kind} ({type(e).__name__}: {e}); the tensor-parallel "
+                       "ranks are out of step")
+            raise
+
+    def _lost(self, message: str) -> None:
+        if self.on_rank_failure is not None:
+            self.on_rank_failure(message)
 
     @property
     def _runs(self) -> dict:

@@ -105,6 +105,12 @@ class Group:
     def _global(self, rank: int) -> int:
         return rank if self.pg is None else dist.get_global_rank(self.pg, rank)
 
+    def destroy(self) -> None:
+        """Leave the rendezvous (another engine in this process may then start its own)."""
+        if self.size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+        self.size, self.pg, self.cpu_pg = 1, None, None
+
     def reset_timing(self) -> None:
         self.seconds, self.calls = 0.0, 0
 
