@@ -36,7 +36,9 @@ def run(args, tp: int) -> dict:
         follow = prompts[0] + outs[0].outputs[0].token_ids + tok.encode("<|im_end|>\n<|im_start|>user\nmore<|im_end|>")
         outs += llm.generate([follow], SamplingParams(max_tokens=20, temperature=0, logprobs=4))
         engine = llm.engine
-        model_bytes = sum(t.numel() * t.element_size() for t in [*engine.model.parameters(), *engine.model.buffers()])
+        held = [*engine.model.parameters(), *engine.model.buffers(),  # + weights moved to oneDNN's layout
+                *(m.packed for m in engine.model.modules() if getattr(m, "packed", None) is not None)]
+        model_bytes = sum(t.numel() * t.element_size() for t in held)
         return {"tokens": [o.outputs[0].token_ids for o in outs],
                 "logprobs": [[{str(k): v for k, v in e.items()} for e in o.outputs[0].logprobs] for o in outs],
                 "prompt_logprobs": [[{str(k): v for k, v in e.items()} for e in o.prompt_logprobs[1:]]

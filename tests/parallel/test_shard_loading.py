@@ -94,3 +94,24 @@ def test_shapes_that_do_not_split(tiny_ckpt):
     text = ModelConfig.from_file(tiny_ckpt).text
     with pytest.raises(ConfigError, match="num_attention_heads=4 is not divisible by tensor_parallel_size=3"):
         Shard(text, Group(0, 3))
+
+
+def test_fp8_splits_off_the_blocks_are_refused_before_loading():
+    from dataclasses import replace
+
+    from qwen35.config import QuantConfig, preset
+    from qwen35.loading.checkpoint import check_fp8_split
+
+    cfg = replace(preset("moe-35b-a3b"), quant=QuantConfig())
+    check_fp8_split(cfg, Shard(cfg.text, Group(3, 4)))  # every split on 128-row blocks
+    with pytest.raises(ConfigError, match="shared_expert.gate_proj.weight: the tensor-parallel split"):
+        check_fp8_split(cfg, Shard(cfg.text, Group(0, 8)))  # the 512-row shared expert: 64 rows per rank
+
+
+def test_router_of_a_split_model_is_the_same_on_every_rank(tiny_moe_ckpt):
+    from qwen35.model.moe import Router
+
+    cfg = ModelConfig.from_file(tiny_moe_ckpt)
+    model, _ = load_model(tiny_moe_ckpt, progress=False, shard=Shard(cfg.text, Group(1, 2)))
+    gate = model.model.layers[0].mlp.gate
+    assert type(gate) is Router and gate.weight is not None  # never prepacked, never a timed kernel choice

@@ -152,7 +152,8 @@ class LLMEngine:
         if self.group.size > 1:  # every rank must plan the same blocks and slots: the smallest budget wins
             if budget is None:
                 fraction = DEFAULT_FRACTION.get(torch.device(cfg.device).type, DEFAULT_FRACTION["cpu"])
-                budget = min(int(available_memory(cfg.device) * fraction / par.per_node),
+                sharing = par.per_node if torch.device(cfg.device).type == "cpu" else 1  # CPU: one RAM for all
+                budget = min(int(available_memory(cfg.device) * fraction / sharing),
                              full_budget(local, DTYPES[cfg.dtype], cfg.max_num_seqs, self.max_model_len,
                                          cfg.block_size, prefix_fraction, mtp_layers, k))
             budget = self.group.min_int(budget)
@@ -315,6 +316,8 @@ class LLMEngine:
     def close(self) -> None:
         """Stop the other ranks (tensor parallel); a no-op on one rank. The engine cannot step afterwards."""
         runner = getattr(self, "runner", None)
+        if self.ranks is not None:
+            self.ranks.closing = True  # the ranks exit after "stop": not a failure
         if runner is not None and self.group.size > 1 and self.group.is_first:
             try:
                 runner.stop_followers()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import runtime
 from ..model import ModelCache, Qwen35ForCausalLM
 from ..multimodal.inputs import MediaItem
 from ..ops.batch import BatchBuilder
@@ -54,7 +55,7 @@ class MediaStep:
         if self.rows is None:
             return None
         x = model.model.embed(input_ids)
-        x[self.rows] = self.embeds.to(x.dtype)
+        x[self.rows.to(x.device)] = self.embeds.to(x.device, x.dtype)
         return x
 
 
@@ -191,7 +192,7 @@ class ModelRunner:
                 self._apply(*op)
             if kind == "stop":
                 return
-            with torch.inference_mode():
+            with runtime.flush_denormals(), torch.inference_mode():  # as rank 0's steps (llm_engine.py)
                 self._runs[kind](payload)
 
     def stop_followers(self) -> None:
@@ -266,8 +267,10 @@ class ModelRunner:
             embeds = dict(zip((item.digest for item in unique), self.encode(unique)))
             dst = [torch.arange(row, row + c) for row, _, _, c in picks]
             src = [embeds[item.digest][r0:r0 + c] for _, item, r0, c in picks]
-            step.rows = torch.cat(dst).to(self.device)
+            step.rows = torch.cat(dst)  # on the host: a step's media travels to the other ranks pickled
             step.embeds = torch.cat(src)
+            if self.group.size > 1:
+                step.embeds = step.embeds.cpu()
         return step
 
     def encode(self, items: list[MediaItem]) -> list[torch.Tensor]:

@@ -621,6 +621,32 @@ def _blocks(part: Slice, block: int, full: int) -> Slice:
     return Slice(part.dim, ranges, sum(b - a for a, b in ranges))
 
 
+def check_fp8_split(cfg: ModelConfig, shard: Shard) -> None:
+    """ConfigError when the checkpoint is block FP8 and `shard`'s part of some quantised weight does not fall
+    on its scale blocks (checked from the config alone, before any rank starts)."""
+    from .names import checkpoint_tensors, is_quantised
+
+    if cfg.quant is None or cfg.quant.method != "fp8" or shard.size == 1:
+        return
+    block = cfg.quant.weight_block_size
+    for key, shape in checkpoint_tensors(cfg):
+        if not is_quantised(key):
+            continue
+        n = parse(key)
+        if n.local in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):  # fused [E, rows, cols]: per expert
+            part = shard.slice(n.local, shape)
+            if part is None or part.dim == 0:
+                continue
+            part, shape = Slice(part.dim - 1, part.ranges, part.size), shape[1:]
+        else:
+            part = shard.slice(n.local, shape)
+        if part is not None:
+            try:
+                _blocks(part, block[part.dim], shape[part.dim])
+            except ConfigError as e:
+                raise ConfigError(f"{key}: {e}; FP8 checkpoints split only where the blocks do") from None
+
+
 def has_mtp(path: str | Path, cfg: ModelConfig | None = None) -> bool:
     """Whether the checkpoint at `path` ships an MTP head: its config declares MTP layers and its files hold
     `mtp.*` tensors (some conversions drop them)."""

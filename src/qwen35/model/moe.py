@@ -4,6 +4,7 @@ plus a shared expert scaled by a per-token sigmoid gate."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import TextConfig
@@ -53,10 +54,23 @@ class QuantExperts(nn.Module):
         return moe_ops.experts_quant(x, self.fmt, self.stack("gate_up"), self.stack("down"), weights, ids)
 
 
+class Router(Linear):
+    """The router of a model split across ranks: every rank routes for itself and must pick the same experts,
+    so it runs `F.linear` on its plain weight always, with no per-rank kernel or layout choice (ops/linear.py
+    times those on each rank, and two kernels can round a near-tie apart)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def prepack(self) -> None:
+        pass
+
+
 class SparseMoE(nn.Module):
-    def __init__(self, cfg: TextConfig, experts: tuple[int, int] | None = None) -> None:
+    def __init__(self, cfg: TextConfig, experts: tuple[int, int] | None = None, split: bool = False) -> None:
         """`experts`: [first, end) of the routed experts this module holds (expert parallel: the rank's
         share); the router always scores all of them, and routes to the others count for nothing here.
+        `split`: the model is split across ranks (tensor parallel): the router is a `Router`.
         `load` (None until `track_load`): tokens routed to each expert so far, all ranks' experts."""
         super().__init__()
         self.top_k = cfg.num_experts_per_tok
@@ -64,7 +78,7 @@ class SparseMoE(nn.Module):
         self.num_experts = cfg.num_experts
         self.first, end = experts or (0, cfg.num_experts)
         self.held = end - self.first
-        self.gate = Linear(cfg.hidden_size, cfg.num_experts)
+        self.gate = (Router if split else Linear)(cfg.hidden_size, cfg.num_experts)
         self.experts = Experts(self.held, cfg.hidden_size, cfg.moe_intermediate_size)
         self.load: torch.Tensor | None = None
         self.shared_expert = MLP(cfg.hidden_size, cfg.shared_expert_intermediate_size)
@@ -74,7 +88,9 @@ class SparseMoE(nn.Module):
         """x: [N, H] -> [N, H]."""
         weights, ids = moe_ops.route(self.gate(x), self.top_k, self.renormalize)
         if self.load is not None:
-            self.load += torch.bincount(ids.reshape(-1), minlength=self.num_experts).to(self.load.device)
+            if self.load.device != ids.device:
+                self.load = self.load.to(ids.device)
+            self.load += torch.bincount(ids.reshape(-1), minlength=self.num_experts)
         if self.held != self.num_experts:  # expert parallel: -1 marks a route to another rank's expert
             ids = moe_ops.local_ids(ids, self.first, self.held)
         routed = self.experts(x, weights.to(x.dtype).float(), ids)

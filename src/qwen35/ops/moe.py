@@ -52,6 +52,8 @@ def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     order = flat.argsort(stable=True)
     if bool((flat < 0).any()):  # expert parallel: routes to other ranks' experts sort first; drop them
         order = order[int((flat < 0).sum()):]
+        if order.numel() == 0:  # no token routes to an expert held here
+            return torch.zeros_like(x)
         flat = flat.clamp(min=0)  # counts below see only the kept pairs
     token = order // k
     offsets = torch.bincount(flat[order], minlength=E).cumsum(0).to(torch.int32)

@@ -115,6 +115,9 @@ class Group:
         self.seconds, self.calls = 0.0, 0
 
 
+NCCL_TIMEOUT = 600.0
+
+
 def init(rank: int, size: int, addr: str, port: int, backend: str = "gloo",
          timeout: float = 365 * 86400.0) -> Group:
     """Join the rendezvous at addr:port as `rank` of `size` (torch.distributed's default group). `timeout`
@@ -122,8 +125,9 @@ def init(rank: int, size: int, addr: str, port: int, backend: str = "gloo",
     hence a year. A rank that dies closes its connections, which fails the others' collectives at once."""
     if size == 1:
         return Group.single()
+    # NCCL only ever waits inside a step (the idle wait is on the gloo group): minutes, so a lost peer ends it
     dist.init_process_group(backend, init_method=f"tcp://{_host(addr)}:{port}", rank=rank, world_size=size,
-                            timeout=datetime.timedelta(seconds=timeout))
+                            timeout=datetime.timedelta(seconds=timeout if backend == "gloo" else NCCL_TIMEOUT))
     cpu = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout)) if backend == "nccl" else None
     return Group(rank, size, cpu_pg=cpu)
 

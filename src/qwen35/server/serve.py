@@ -141,11 +141,16 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     cfg = mo.parse_config(config, where_cfg)
     text = cfg.text
     if parallel.world_size > 1:
+        from ..loading.checkpoint import check_fp8_split
         from ..parallel.group import Group
         from ..parallel.sharding import Shard
 
+        if args.device.startswith("cuda:"):
+            raise ServeError(f"--device {args.device} with --tensor-parallel-size {parallel.world_size}: use "
+                             "--device cuda (rank i of each machine takes GPU i; CUDA_VISIBLE_DEVICES picks them)")
         try:
-            Shard(text, Group(0, parallel.world_size), parallel.enable_expert_parallel)
+            for rank in (0, parallel.world_size - 1):  # the first and the last share hold every kind of edge
+                check_fp8_split(cfg, Shard(text, Group(rank, parallel.world_size), parallel.enable_expert_parallel))
         except ConfigError as e:
             raise ServeError(f"--tensor-parallel-size {parallel.world_size}: {e} ({where_cfg})") from None
         if parallel.enable_expert_parallel and not text.is_moe:
@@ -185,7 +190,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
             raise ServeError(f"--kv-cache-memory: expected a size like 4GB, got {args.kv_cache_memory!r}") from None
     elif args.memory_fraction is not None:
         kv = cache_budget(model_dir, text, args, max_len or min(supported, DEFAULT_MAX_MODEL_LEN),
-                          speculative, method)
+                          speculative, method, parallel)
 
     state_kwargs: dict[str, Any] = dict(
         api_key=api_key_from(args), trust_request_chat_template=args.trust_request_chat_template,
@@ -208,7 +213,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
 
 
 def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len: int,
-                 speculative: dict | None = None, checkpoint_quant: str | None = None) -> int:
+                 speculative: dict | None = None, checkpoint_quant: str | None = None, parallel=None) -> int:
     """Cache bytes for --gpu-memory-utilization / --mem-fraction-static F: F x memory (total device memory on
     CUDA, available RAM on CPU) minus the weights (the checkpoint's file sizes, scaled to the bits per weight of
     --quantization int8/int4), capped at what max_num_seqs
@@ -219,9 +224,11 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
     from ..engine.memory import available_memory, full_budget
 
     frac = args.memory_fraction
-    tp, per_node = args.tensor_parallel_size, args.tensor_parallel_size // max(args.nnodes, 1)
+    tp = args.tensor_parallel_size
+    per_node = parallel.per_node if parallel is not None else 1
     if args.device.startswith("cuda"):  # per rank: one device each
-        free, total = torch.cuda.mem_get_info(torch.device(args.device))
+        device = torch.device("cuda", parallel.local_rank) if parallel is not None and tp > 1 else torch.device(args.device)
+        free, total = torch.cuda.mem_get_info(device)
         memory, what = min(int(frac * total), free), f"{frac:g} of the device's {total / 2**30:.1f} GiB"
     else:  # the ranks of this machine share its RAM
         memory = int(frac * available_memory() / per_node)
@@ -403,5 +410,8 @@ def follow(plan: ServePlan, args: argparse.Namespace) -> int:
     print(f"qwen35 rank {p.rank} of {p.world_size} (node {p.node_rank} of {p.nnodes}): joining rank 0 at "
           f"{p.master_addr}:{p.master_port}", file=sys.stderr, flush=True)
     engine = LLMEngine(build_config(plan, args))
-    engine.follow()
+    try:
+        engine.follow()
+    finally:
+        engine.close()  # this node's other ranks
     return 0
