@@ -112,6 +112,7 @@ def test_model_card_yarn_line_reaches_the_loader(hf_cache):
     (f"{HF_ID} -tp 8 --nnodes 3 --master-addr 10.0.0.1 --master-port 5000",
      "nnodes=3 must be a positive divisor of tensor_parallel_size=8"),
     (f"{HF_ID} -tp 8 --dist-init-addr 10.0.0.1", "--dist-init-addr: expected HOST:PORT"),
+    (f"--model-path {HF_ID} --tp 8 --ep-size 4", "--ep-size 4: experts are split across all 8"),
     (f"{HF_ID} --pipeline-parallel-size 2", "pipeline parallelism is not implemented yet"),
     (f"{HF_ID} --dp-size 2", "data parallelism is not implemented yet"),
     (f"{HF_ID} --speculative-config {{\"method\":\"ngram\",\"num_speculative_tokens\":2}}",
@@ -142,6 +143,7 @@ def test_parallel_lines(hf_cache, monkeypatch):
     p = plan("--model-path", HF_ID, "--tp", "8", "--nnodes", "2", "--node-rank", "1",
              "--dist-init-addr", "10.0.0.1:5000").parallel  # SGLang's multi-node form
     assert (p.rank, p.per_node, p.master_addr, p.master_port) == (4, 4, "10.0.0.1", 5000)
+    assert plan("--model-path", HF_ID, "--tp", "8", "--ep-size", "8").parallel.enable_expert_parallel
     for k, v in {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "h0",
                  "MASTER_PORT": "29500"}.items():
         monkeypatch.setenv(k, v)

@@ -247,6 +247,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    type=_positive_int, default=1, help="ranks the model is split across (one process each)")
     t.add_argument("--enable-expert-parallel", "--enable-ep-moe", "--ep", dest="enable_expert_parallel",
                    action="store_true", help="MoE: whole routed experts per rank instead of a slice of each")
+    t.add_argument("--ep-size", "--expert-parallel-size", dest="ep_size", type=_positive_int, default=None,
+                   help="SGLang's form: equal to the tensor-parallel size turns expert parallelism on")
     t.add_argument("--nnodes", type=_positive_int, default=1, help="machines the ranks span")
     t.add_argument("--node-rank", type=_nonneg_int, default=0, help="this machine's index (0 serves HTTP)")
     t.add_argument("--master-addr", default=None, help="where the ranks meet: node 0's address")
@@ -271,6 +273,10 @@ def parallel_config(args: argparse.Namespace):
     from ..parallel.config import ParallelConfig
 
     tp, ep = args.tensor_parallel_size, args.enable_expert_parallel
+    if args.ep_size not in (None, 1, tp):
+        raise ServeError(f"--ep-size {args.ep_size}: experts are split across all {tp} tensor-parallel ranks or none "
+                         f"(use --ep-size {tp} or 1)")
+    ep = ep or (args.ep_size or 1) > 1
     try:
         launched = ParallelConfig.from_env(tp, ep)
         if launched is not None:
