@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import openai
+import pytest
 
 
 def _descendants(pid: int) -> list[int]:
@@ -86,3 +87,67 @@ def test_serve_two_ranks_then_lose_one(moe_ckpt):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen, lines: "queue.Queue[str]", log: list[str], timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            assert proc.poll() is None, "".join(log)
+            continue
+        log.append(line)
+        if line.startswith("qwen35 ready: "):
+            return line.split()[2]
+    raise AssertionError("".join(log))
+
+
+def _start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    return proc, lines
+
+
+def _free_port() -> int:
+    from qwen35.parallel.launch import free_port
+
+    return free_port()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["two nodes by hand", "torchrun"])
+def test_ranks_started_from_outside(moe_ckpt, how):
+    """The commands of docs/PARALLEL.md on one machine: a node-1 process joining node 0 by its address, or
+    torchrun starting both ranks; greedy answers equal the one-rank server's."""
+    port = _free_port()
+    serve = [sys.executable, "-m", "qwen35.cli", "serve", str(moe_ckpt), "--dtype", "float32", "-tp", "2",
+             "--kv-cache-memory", "64MB"]
+    procs = []
+    try:
+        if how == "torchrun":
+            procs.append(_start([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                                 "--master-port", str(port), *serve[1:], "--port", "0"]))
+        else:
+            node = ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(port)]
+            procs.append(_start(serve + node + ["--node-rank", "0", "--port", "0"]))
+            procs.append(_start(serve + node + ["--node-rank", "1"]))
+        url = _wait_ready(*procs[0], [])
+        procs.append(_start(serve[:-4] + ["--kv-cache-memory", "64MB", "--port", "0"]))  # one rank
+        single = _wait_ready(*procs[-1], [])
+        answers = []
+        for base in (url, single):
+            client = openai.OpenAI(base_url=base, api_key="none")
+            model = client.models.list().data[0].id
+            answers.append(client.completions.create(model=model, prompt="The quick brown", max_tokens=12,
+                                                     temperature=0).choices[0].text)
+        assert answers[0] == answers[1]
+    finally:
+        for proc, _ in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
