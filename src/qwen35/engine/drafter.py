@@ -143,12 +143,12 @@ class Drafter:
             return {}
         # the row of the last kept position: its next token is the request's last token
         drafting = [(s.request, Drafting(starts[i] + s.request.num_tokens - 2 - s.context, budgets[id(s.request)],
-                                         s.request.num_tokens, s.request.slot, list(s.request.blocks),
+                                         s.request.num_tokens, s.request.slot, s.request.blocks,
                                          s.request.media.delta if s.request.media else 0))
                     for i, s in enumerate(live) if budgets.get(id(s.request), 0) > 0]
         # the rows keep the step's positions; a row whose next token is a media placeholder embeds its media row
         inputs = DraftInputs(None if len(live) == len(seqs) else rows, ids, [s.context for s in live],
-                             [s.request.slot for s in live], [list(s.request.blocks) for s in live],
+                             [s.request.slot for s in live], [s.request.blocks for s in live],
                              self.runner.media_step([(s.request, s.context, s.num_tokens) for s in live], shift=1),
                              [d for _, d in drafting])
         drafts = self.runner.run("draft", inputs)

@@ -179,10 +179,7 @@ class ModelRunner:
 
     @property
     def _runs(self) -> dict:
-        runs = {"step": self.run_step}
-        if self.drafter is not None:
-            runs["draft"] = self.drafter.run_draft
-        return runs
+        return {"step": self.run_step, "draft": self.drafter.run_draft if self.drafter is not None else None}
 
     def follow(self) -> None:
         """Ranks other than 0: run rank 0's steps until it says stop."""
@@ -223,7 +220,7 @@ class ModelRunner:
             start += s.num_tokens
         inputs = StepInputs([_new_tokens(s.request, s.context, s.num_tokens) for s in seqs],
                             [s.context for s in seqs], [s.request.slot for s in seqs],
-                            [list(s.request.blocks) for s in seqs], rows,
+                            [s.request.blocks for s in seqs], rows,
                             self.drafter.snapshot_rows(seqs) if self.drafter else None,
                             self.media_step([(s.request, s.context, s.num_tokens) for s in seqs]), picks, scores)
         if self.drafter:
