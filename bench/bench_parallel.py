@@ -10,7 +10,8 @@ for the slower rank) as a share of the step, the resident memory of each rank af
 with expert parallelism the tokens routed to each rank's experts. On 2 cores two ranks cannot be faster
 than one (each gets one core instead of two): the point is that the collectives cost little (the issue's
 target: under 15% of a decode step on the small-moe shape). Prints the CPU model and read bandwidth first;
-the last line is one JSON object.
+the last line is one JSON object. Beside rank 0's share, the least any rank spent in collectives: what the
+transfers cost when no rank waits for another.
 """
 
 from __future__ import annotations
@@ -67,21 +68,23 @@ def worker(args) -> dict:
             i = next(ids)
             prompt = [(i * 7919 + j * 104729) % (vocab - 300) for j in range(prompt_len)]
             engine.add_request(f"r{i}", prompt, SamplingParams(max_tokens=new, temperature=0, ignore_eos=True))
-        g = engine.group
-        g.reset_timing()
+        engine.runner.collective_time(reset=True)
         t, steps = time.perf_counter(), 0
         while engine.has_unfinished():
             engine.step()
             steps += 1
-        return time.perf_counter() - t, g.seconds, g.calls, steps
+        secs = time.perf_counter() - t
+        ranks = engine.runner.collective_time()  # [(seconds, calls)] per rank: rank 0 first
+        return secs, ranks[0][0], ranks[0][1], steps, min(s for s, _ in ranks)
 
     def decode(n_seqs: int) -> dict:
         run(n_seqs, 16, 2)  # warm-up
         full = run(n_seqs, 16, args.decode_tokens + 1)
         pre = run(n_seqs, 16, 1)  # the prompt step alone, to subtract
-        secs, coll, calls, steps = (a - b for a, b in zip(full, pre))
+        secs, coll, calls, steps, least = (a - b for a, b in zip(full, pre))
         return {"tok_s": n_seqs * args.decode_tokens / secs, "step_ms": 1e3 * secs / steps,
-                "collective_share": coll / secs, "collectives_per_step": calls / steps}
+                "collective_share": coll / secs, "collectives_per_step": calls / steps,
+                "least_rank_collective_share": least / secs}
 
     run(1, args.prompt_len, 1)  # warm-up: kernel choices
     best = min((run(1, args.prompt_len, 1) for _ in range(2)), key=lambda r: r[0])
@@ -122,6 +125,7 @@ def main() -> None:
         print(f"{tp} rank(s) {mode if tp > 1 else '':2}: prefill {r['prefill_tok_s']:7.1f} tok/s "
               f"(collectives {r['prefill_collective_share']:.1%}) | decode x1 {r['decode_1']['tok_s']:6.2f} tok/s, "
               f"{r['decode_1']['step_ms']:.1f} ms/step, collectives {r['decode_1']['collective_share']:.1%} "
+              f"(least waiting rank {r['decode_1']['least_rank_collective_share']:.1%}) "
               f"({r['decode_1']['collectives_per_step']:.0f}/step) | decode x{args.batch} {r[b]['tok_s']:6.2f} "
               f"tok/s, collectives {r[b]['collective_share']:.1%} | RSS per rank "
               f"{', '.join(f'{g:.2f}' for g in r['rss_gib'])} GiB"

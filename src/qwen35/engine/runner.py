@@ -179,7 +179,25 @@ class ModelRunner:
 
     @property
     def _runs(self) -> dict:
-        return {"step": self.run_step, "draft": self.drafter.run_draft if self.drafter is not None else None}
+        return {"step": self.run_step, "draft": self.drafter.run_draft if self.drafter is not None else None,
+                "timing": self._timing}
+
+    def collective_time(self, reset: bool = False) -> list[tuple[float, int]]:
+        """Every rank's (seconds, calls) inside collectives since the last reset (bench/bench_parallel.py);
+        `reset` starts the count afresh on every rank."""
+        if self.group.size == 1:
+            out = [(self.group.seconds, self.group.calls)]
+            if reset:
+                self.group.reset_timing()
+            return out
+        return self.run("timing", reset)
+
+    def _timing(self, reset: bool) -> list[tuple[float, int]]:
+        mine = torch.tensor([self.group.seconds, float(self.group.calls)], dtype=torch.float64)
+        every = self.group.all_gather(mine)
+        if reset:
+            self.group.reset_timing()
+        return [(float(s), int(c)) for s, c in every.tolist()]
 
     def follow(self) -> None:
         """Ranks other than 0: run rank 0's steps until it says stop."""

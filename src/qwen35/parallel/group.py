@@ -74,6 +74,14 @@ class Group:
         best = stacked[:, 0].argmax(0)  # first maximum: the lowest rank
         return stacked[:, 1].gather(0, best[None]).squeeze(0).long()
 
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """[size, *x.shape]: every rank's `x` (host tensors go through the gloo group; not timed)."""
+        if self.size == 1:
+            return x[None]
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x, group=self.cpu_pg or self.pg)
+        return torch.stack(parts)
+
     def broadcast(self, obj=None):
         """Rank 0 sends `obj`, every rank returns it (pickled: plain data and CPU tensors)."""
         if self.size == 1:
