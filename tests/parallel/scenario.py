@@ -66,7 +66,8 @@ def main() -> None:
     p.add_argument("--tp", type=int, default=2)
     args = p.parse_args()
     a, b = run(args, args.tp), run(args, 1)
-    same_steps = len(a["logits"]) == len(b["logits"]) and all(x.shape == y.shape for x, y in zip(a["logits"], b["logits"]))
+    same_steps = len(a["logits"]) == len(b["logits"]) and \
+        all(x.shape == y.shape for x, y in zip(a["logits"], b["logits"]))
     json.dump({
         "tokens_equal": a["tokens"] == b["tokens"], "tokens": a["tokens"],
         "steps": len(a["logits"]), "same_steps": same_steps,

@@ -30,7 +30,8 @@ class DecoderLayer(nn.Module):
             self.self_attn = GatedAttention(cfg, layer, cache_id)
         else:
             self.linear_attn = GatedDeltaNet(cfg, layer)
-        self.mlp = SparseMoE(cfg, experts, split=self.tp.size > 1) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.mlp = SparseMoE(cfg, experts, split=self.tp.size > 1) if cfg.is_moe else \
+            MLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 

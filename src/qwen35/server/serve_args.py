@@ -244,15 +244,17 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
     t = p.add_argument_group("parallelism (docs/PARALLEL.md)")
     t.add_argument("--tensor-parallel-size", "-tp", "--tp-size", "--tp", dest="tensor_parallel_size",
-                   type=_positive_int, default=1, help="ranks the model is split across (one process each)")
+                   type=_positive_int, default=1, metavar="N",
+                   help="ranks the model is split across (one process each)")
     t.add_argument("--enable-expert-parallel", "--enable-ep-moe", "--ep", dest="enable_expert_parallel",
                    action="store_true", help="MoE: whole routed experts per rank instead of a slice of each")
-    t.add_argument("--ep-size", "--expert-parallel-size", dest="ep_size", type=_positive_int, default=None,
+    t.add_argument("--ep-size", "--expert-parallel-size", dest="ep_size", type=_positive_int, default=None, metavar="N",
                    help="SGLang's form: equal to the tensor-parallel size turns expert parallelism on")
-    t.add_argument("--nnodes", type=_positive_int, default=1, help="machines the ranks span")
-    t.add_argument("--node-rank", type=_nonneg_int, default=0, help="this machine's index (0 serves HTTP)")
-    t.add_argument("--master-addr", default=None, help="where the ranks meet: node 0's address")
-    t.add_argument("--master-port", type=_nonneg_int, default=0, help="and its port (any free one on node 0)")
+    t.add_argument("--nnodes", type=_positive_int, default=1, metavar="N", help="machines the ranks span")
+    t.add_argument("--node-rank", type=_nonneg_int, default=0, metavar="N", help="this machine's index (0 serves HTTP)")
+    t.add_argument("--master-addr", default=None, metavar="HOST", help="where the ranks meet: node 0's address")
+    t.add_argument("--master-port", type=_nonneg_int, default=0, metavar="PORT",
+                   help="and its port (any free one on node 0)")
     t.add_argument("--dist-init-addr", default=None, metavar="HOST:PORT", help="SGLang's form of the two above")
 
     u = p.add_argument_group("not implemented yet (values other than 1 are errors)")
