@@ -5,6 +5,7 @@ vocabulary-parallel logits stay small), both loaded in fp32."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,9 +36,10 @@ def moe_ckpt(tmp_path_factory) -> Path:
     return out
 
 
-def run_scenario(ckpt: Path, *flags: str, timeout: float = 240) -> dict:
-    """tests/parallel/scenario.py in a process of its own: 2 ranks against 1, compared."""
+def run_scenario(ckpt: Path, *flags: str, timeout: float = 240, env: dict | None = None) -> dict:
+    """tests/parallel/scenario.py in a process of its own: 2 ranks against 1, compared. `env`: added to the
+    environment (QWEN35_SHM_ALLREDUCE=0: all-reduce through gloo)."""
     proc = subprocess.run([sys.executable, str(SCENARIO), str(ckpt), *flags], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)

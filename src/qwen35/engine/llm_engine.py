@@ -32,6 +32,7 @@ its machine itself (parallel/launch.py).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -107,6 +108,8 @@ class LLMEngine:
         config = ModelConfig.from_dict(cfg.hf_config) if cfg.hf_config is not None else None
         config = config or ModelConfig.from_file(cfg.model)
         self.group, self.ranks = launch.start(cfg)
+        if self.group.size > 1 and self.group.is_first:
+            atexit.register(self.close)  # a live gloo group at interpreter exit aborts the process
         try:
             self._build(cfg, config)
         except BaseException:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .config import ParallelConfig
-from .group import Group, init
+from .group import Group, init, use_shared_memory
 
 if TYPE_CHECKING:
     from ..engine.config import EngineConfig
@@ -102,6 +102,8 @@ def start(cfg: "EngineConfig", on_failure: Callable[[str], None] = exit_process)
         torch.cuda.set_device(p.local_rank)
     try:
         group = init(p.rank, p.world_size, p.master_addr, p.master_port, backend)
+        if backend == "gloo" and p.nnodes == 1:  # every rank on this machine: all-reduce in shared memory
+            use_shared_memory(group)
     except BaseException:
         if ranks is not None:
             ranks.closing = True
