@@ -35,6 +35,10 @@ for via_shm in (True, False):
             assert torch.equal(y, torch.cat([value(r, (3, 5), dtype) for r in range(world)], -1))
         else:
             assert y is None
+        # a rank whose matmul handed back a transposed layout takes the same path as the others
+        x = value(rank, (6, 5), torch.float32)
+        x = x.t().contiguous().t() if rank == 1 else x
+        assert torch.allclose(group.all_reduce(x), sum(value(r, (6, 5), torch.float32) for r in range(world)))
     group.shm = shm
     big = list(range(30000)) if rank == 0 else None  # over the broadcast's first 64 KiB: a second collective
     assert group.broadcast(big) == list(range(30000))

@@ -54,8 +54,11 @@ class Group:
             self.calls += 1
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum `x` over the ranks, in place; returns it."""
+        """Sum `x` over the ranks; returns the sum (`x` itself, or a contiguous copy of it: a matmul may hand
+        back a transposed layout, by a kernel choice timed on each rank, so layouts can differ between ranks
+        while shapes and dtypes never do, and the path below must be the same on all)."""
         if self.size > 1:
+            x = x.contiguous()
             if self.shm is not None and self.shm.fits(x):
                 self._timed(self.shm.all_reduce, x)
             else:
