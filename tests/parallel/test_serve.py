@@ -41,25 +41,39 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_serve_two_ranks_then_lose_one(moe_ckpt):
-    proc = subprocess.Popen([sys.executable, "-m", "qwen35.cli", "serve", str(moe_ckpt), "-tp", "2",
-                             "--enable-expert-parallel", "--port", "0", "--kv-cache-memory", "64MB"],
-                            stderr=subprocess.PIPE, text=True)
+def _wait_ready(proc: subprocess.Popen, lines: "queue.Queue[str]", log: list[str], timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            assert proc.poll() is None, "".join(log)
+            continue
+        log.append(line)
+        if line.startswith("qwen35 ready: "):
+            return line.split()[2]
+    raise AssertionError("".join(log))
+
+
+def _start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    log, url = [], None
+    return proc, lines
+
+
+def _free_port() -> int:
+    from qwen35.parallel.launch import free_port
+
+    return free_port()
+
+
+def test_serve_two_ranks_then_lose_one(moe_ckpt):
+    proc, lines = _start([sys.executable, "-m", "qwen35.cli", "serve", str(moe_ckpt), "-tp", "2",
+                          "--enable-expert-parallel", "--port", "0", "--kv-cache-memory", "64MB"])
+    log: list[str] = []
     try:
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                assert proc.poll() is None, "".join(log)
-                continue
-            log.append(line)
-            if line.startswith("qwen35 ready: "):
-                url = line.split()[2]
-        assert url, "".join(log)
+        url = _wait_ready(proc, lines, log)
         assert any("parallel: tensor parallel, 2 ranks" in line and "expert parallel" in line for line in log), log
 
         client = openai.OpenAI(base_url=url, api_key="none")
@@ -87,33 +101,6 @@ def test_serve_two_ranks_then_lose_one(moe_ckpt):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _wait_ready(proc: subprocess.Popen, lines: "queue.Queue[str]", log: list[str], timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            assert proc.poll() is None, "".join(log)
-            continue
-        log.append(line)
-        if line.startswith("qwen35 ready: "):
-            return line.split()[2]
-    raise AssertionError("".join(log))
-
-
-def _start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    return proc, lines
-
-
-def _free_port() -> int:
-    from qwen35.parallel.launch import free_port
-
-    return free_port()
 
 
 @pytest.mark.slow
