@@ -74,8 +74,7 @@ class Drafter:
         self.head: torch.Tensor | None = None  # its rows of the lm_head weight [N, H]
         head = runner.model.lm_head
         weight = getattr(head, "weight", None)
-        shard = runner.model.shard
-        first, end = shard.vocab if shard.size > 1 else (0, runner.model.cfg.vocab_size)
+        first, end = runner.model.shard.vocab  # this rank's vocabulary rows (all of them on one rank)
         ids = sorted(t for t in set(draft_ids or ()) if first <= t < end)
         if draft_ids is not None and isinstance(head, QuantLinear):  # its rows, dequantised once
             self.vocab_ids = torch.tensor(ids, dtype=torch.int64, device=head.q.device)
@@ -171,7 +170,7 @@ class Drafter:
         if not d.drafting:
             return []
         h = out[torch.tensor([x.row for x in d.drafting], device=out.device)]
-        chains = list(d.drafting)
+        chains = d.drafting
         drafts: list[list[int]] = [[] for _ in chains]
         active = list(range(len(chains)))
         for step in range(max(x.budget for x in chains)):

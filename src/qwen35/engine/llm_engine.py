@@ -55,7 +55,7 @@ from ..multimodal.prompt import expand_placeholders, placeholder_spans
 from ..tokenizer import Tokenizer
 from .config import EngineConfig
 from .guided import GuidedDecoder, GuidedMatcher
-from .memory import DEFAULT_FRACTION, available_memory, full_budget, plan_memory
+from .memory import default_budget, plan_memory
 from .outputs import CompletionOutput, RequestOutput
 from .request import Request
 from .runner import ModelRunner
@@ -153,12 +153,11 @@ class LLMEngine:
         local = self.model.local_cfg  # the rank's share of K/V heads and GDN state
         budget = cfg.kv_cache_memory
         if self.group.size > 1:  # every rank must plan the same blocks and slots: the smallest budget wins
-            if budget is None:
-                fraction = DEFAULT_FRACTION.get(torch.device(cfg.device).type, DEFAULT_FRACTION["cpu"])
-                sharing = par.per_node if torch.device(cfg.device).type == "cpu" else 1  # CPU: one RAM for all
-                budget = min(int(available_memory(cfg.device) * fraction / sharing),
-                             full_budget(local, DTYPES[cfg.dtype], cfg.max_num_seqs, self.max_model_len,
-                                         cfg.block_size, prefix_fraction, mtp_layers, k))
+            if budget is None:  # on CPU the ranks of this machine share its RAM; GPUs are one per rank
+                budget = default_budget(local, DTYPES[cfg.dtype], cfg.max_num_seqs, self.max_model_len,
+                                        cfg.block_size, prefix_fraction, device=cfg.device, mtp_layers=mtp_layers,
+                                        num_speculative_tokens=k,
+                                        sharing=par.per_node if torch.device(cfg.device).type == "cpu" else 1)
             budget = self.group.min_int(budget)
         plan = plan_memory(local, DTYPES[cfg.dtype], budget, cfg.max_num_seqs, self.max_model_len,
                            cfg.block_size, prefix_fraction, device=cfg.device, mtp_layers=mtp_layers,

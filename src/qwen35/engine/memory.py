@@ -105,6 +105,20 @@ def full_budget(cfg: TextConfig, dtype: torch.dtype, max_num_seqs: int, max_mode
     return int(running / (1 - prefix_fraction)) + block_bytes + slot_bytes
 
 
+def default_budget(cfg: TextConfig, dtype: torch.dtype, max_num_seqs: int, max_model_len: int,
+                   block_size: int = 16, prefix_fraction: float = 0.3, memory_fraction: float | None = None,
+                   device: torch.device | str = "cpu", mtp_layers: int = 0, num_speculative_tokens: int = 0,
+                   sharing: int = 1) -> int:
+    """The cache budget when none is given: enough for every sequence at full length (`full_budget`), bounded
+    by `memory_fraction` (default 40% on CPU, 85% on CUDA) of the memory free on `device`, split between the
+    `sharing` processes that draw on it (the tensor-parallel ranks of one machine share its RAM)."""
+    if memory_fraction is None:
+        memory_fraction = DEFAULT_FRACTION.get(torch.device(device).type, DEFAULT_FRACTION["cpu"])
+    return min(int(available_memory(device) * memory_fraction / sharing),
+               full_budget(cfg, dtype, max_num_seqs, max_model_len, block_size, prefix_fraction, mtp_layers,
+                           num_speculative_tokens))
+
+
 def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num_seqs: int, max_model_len: int,
                 block_size: int = 16, prefix_fraction: float = 0.3, memory_fraction: float | None = None,
                 device: torch.device | str = "cpu", mtp_layers: int = 0, num_speculative_tokens: int = 0) -> MemoryPlan:
@@ -115,12 +129,8 @@ def plan_memory(cfg: TextConfig, dtype: torch.dtype, budget: int | None, max_num
     block_bytes, slot_bytes = unit_bytes(cfg, dtype, block_size, mtp_layers)
     scratch = max_num_seqs * num_speculative_tokens
     if budget is None:
-        # enough for every sequence at full length, bounded by a share of what the machine has free
-        if memory_fraction is None:
-            memory_fraction = DEFAULT_FRACTION.get(torch.device(device).type, DEFAULT_FRACTION["cpu"])
-        budget = min(int(available_memory(device) * memory_fraction),
-                     full_budget(cfg, dtype, max_num_seqs, max_model_len, block_size, prefix_fraction, mtp_layers,
-                                 num_speculative_tokens))
+        budget = default_budget(cfg, dtype, max_num_seqs, max_model_len, block_size, prefix_fraction,
+                                memory_fraction, device, mtp_layers, num_speculative_tokens)
     run_bytes = (max_num_seqs + scratch) * slot_bytes
     if budget <= run_bytes:
         raise ValueError(f"KV cache memory of {budget / (1 << 20):.0f} MiB cannot hold the GDN state of "

@@ -173,23 +173,18 @@ class ModelRunner:
                        "ranks are out of step")
             raise
 
+    @property
+    def _runs(self) -> dict:
+        """What `run` and `follow` run, by the kind rank 0 broadcasts."""
+        return {"step": self.run_step, "draft": self.drafter and self.drafter.run_draft, "timing": self._timing}
+
     def _lost(self, message: str) -> None:
         if self.on_rank_failure is not None:
             self.on_rank_failure(message)
 
-    @property
-    def _runs(self) -> dict:
-        return {"step": self.run_step, "draft": self.drafter.run_draft if self.drafter is not None else None,
-                "timing": self._timing}
-
     def collective_time(self, reset: bool = False) -> list[tuple[float, int]]:
         """Every rank's (seconds, calls) inside collectives since the last reset (bench/bench_parallel.py);
         `reset` starts the count afresh on every rank."""
-        if self.group.size == 1:
-            out = [(self.group.seconds, self.group.calls)]
-            if reset:
-                self.group.reset_timing()
-            return out
         return self.run("timing", reset)
 
     def _timing(self, reset: bool) -> list[tuple[float, int]]:

@@ -38,8 +38,8 @@ from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops import quant
 from . import gptq
 from ..parallel.sharding import Shard, Slice
-from .names import Target
-from .names import EXPERT_PROJS, LM_HEAD, MTP, SCALE, TOWER, map_name, parse
+from .names import (EXPERT_PROJS, LM_HEAD, MTP, SCALE, TOWER, Target, checkpoint_tensors, is_quantised, map_name,
+                    parse)
 from .quantize import Quantizer, release_free_memory, resolve
 
 log = logging.getLogger("qwen35.loading")
@@ -179,16 +179,20 @@ class _Stored:
 
     def load(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Read the tensor, cast to `dtype`, with no full-size intermediate copy."""
-        dtype = dtype or self.dtype
-        out = torch.empty(self.shape, dtype=dtype)
-        n = out.numel()
+        out = torch.empty(self.shape, dtype=dtype or self.dtype)
+        self.read_into(self.pos, out.view(-1))
+        return out
+
+    def read_into(self, pos: int, flat: torch.Tensor) -> None:
+        """Read flat.numel() elements of this tensor stored from byte `pos` into `flat` (contiguous), casting
+        through the shard's bounce buffer when the dtypes differ."""
+        n = flat.numel()
         if n == 0:
-            return out
-        flat = out.view(-1)
-        self.shard._f.seek(self.pos)
-        if dtype == self.dtype:
+            return
+        self.shard._f.seek(pos)
+        if flat.dtype == self.dtype:
             self.shard._read_into(flat.view(torch.uint8), self.name)
-            return out
+            return
         size = self.dtype.itemsize
         per = max(1, _CHUNK // size)
         buf = self.shard.bounce(per * size)
@@ -197,7 +201,6 @@ class _Stored:
             chunk = buf[: k * size]
             self.shard._read_into(chunk, self.name)
             flat[start:start + k].copy_(chunk.view(self.dtype))
-        return out
 
 
 class _Sliced:
@@ -230,7 +233,7 @@ class _Sliced:
             for o in range(outer):
                 at = 0
                 for a, b in part.ranges:
-                    self._copy(st.pos + ((o * n + a) * inner) * size, dst[o, at:at + b - a].reshape(-1))
+                    st.read_into(st.pos + ((o * n + a) * inner) * size, dst[o, at:at + b - a].view(-1))
                     at += b - a
             return out
         row = n * inner * size
@@ -246,18 +249,6 @@ class _Sliced:
                 dst[o:o + k, at:at + b - a].copy_(src[:, a:b])
                 at += b - a
         return out
-
-    def _copy(self, pos: int, flat: torch.Tensor) -> None:
-        """Read flat.numel() stored elements at byte `pos` into `flat` (contiguous), casting chunk by chunk."""
-        st = self.stored
-        size = st.dtype.itemsize
-        per = max(1, _CHUNK // size)
-        st.shard._f.seek(pos)
-        for start in range(0, flat.numel(), per):
-            k = min(per, flat.numel() - start)
-            chunk = st.shard.bounce(k * size)[:k * size]
-            st.shard._read_into(chunk, self.name)
-            flat[start:start + k].copy_(chunk.view(st.dtype))
 
 
 class _Loader:
@@ -624,8 +615,6 @@ def _blocks(part: Slice, block: int, full: int) -> Slice:
 def check_fp8_split(cfg: ModelConfig, shard: Shard) -> None:
     """ConfigError when the checkpoint is block FP8 and `shard`'s part of some quantised weight does not fall
     on its scale blocks (checked from the config alone, before any rank starts)."""
-    from .names import checkpoint_tensors, is_quantised
-
     if cfg.quant is None or cfg.quant.method != "fp8" or shard.size == 1:
         return
     block = cfg.quant.weight_block_size

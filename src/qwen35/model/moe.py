@@ -22,8 +22,9 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))  # [E, 2I, H]
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, intermediate))  # [E, H, I]
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return moe_ops.experts(x, self.gate_up_proj, self.down_proj, weights, ids)
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, partial: bool = False) -> torch.Tensor:
+        """`partial`: ids may hold -1, a route to another rank's expert (expert parallel)."""
+        return moe_ops.experts(x, self.gate_up_proj, self.down_proj, weights, ids, partial)
 
 
 class QuantExperts(nn.Module):
@@ -50,7 +51,8 @@ class QuantExperts(nn.Module):
     def stack(self, name: str) -> moe_ops.Stack:
         return getattr(self, name + "_q"), getattr(self, name + "_scale"), getattr(self, name + "_zeros")
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, partial: bool = False) -> torch.Tensor:
+        """-1 routes (`partial`, expert parallel) are skipped whatever the flag says."""
         return moe_ops.experts_quant(x, self.fmt, self.stack("gate_up"), self.stack("down"), weights, ids)
 
 
@@ -93,7 +95,7 @@ class SparseMoE(nn.Module):
             self.load += torch.bincount(ids.reshape(-1), minlength=self.num_experts)
         if self.held != self.num_experts:  # expert parallel: -1 marks a route to another rank's expert
             ids = moe_ops.local_ids(ids, self.first, self.held)
-        routed = self.experts(x, weights.to(x.dtype).float(), ids)
+        routed = self.experts(x, weights.to(x.dtype).float(), ids, self.held != self.num_experts)
         shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return routed + shared
 

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import ConfigError, TextConfig, VisionConfig
 from ..multimodal.inputs import MediaItem
 from ..ops.batch import ForwardBatch
-from ..ops.linear import prefer_packed
+from ..ops.linear import linear, prefer_packed
 from ..parallel.sharding import Shard
 from .cache import ModelCache
 from .cache_spec import CacheSpec, cache_specs
@@ -33,8 +33,7 @@ class Qwen35Model(nn.Module):
         self.cfg = cfg
         self.shard = shard or Shard.single(cfg)
         local = self.shard.text_config()
-        rows = cfg.vocab_size if self.shard.size == 1 else self.shard.vocab_rows
-        self.embed_tokens = nn.Embedding(rows, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(self.shard.vocab_rows, cfg.hidden_size)  # all of them on one rank
         self.layers = nn.ModuleList(DecoderLayer(local, i, group=self.shard.group, experts=self.shard.experts)
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -144,13 +143,10 @@ class Qwen35ForCausalLM(nn.Module):
         """The most likely next token of each row of `hidden` [M, H], on every rank. `rows`, `ids`: score only
         these lm_head rows (this rank's part of a draft vocabulary, `ids` their token ids; may be empty)."""
         if rows is None:
-            local = self.lm_head(hidden).float()
-            first = self.shard.vocab[0] if self.shard.size > 1 else 0
-            local = local[:, :self.shard.vocab[1] - first] if self.shard.size > 1 else local
-            ids = torch.arange(first, first + local.shape[1], device=local.device)
+            first, end = self.shard.vocab
+            local = self.lm_head(hidden).float()[:, :end - first]  # without a padded vocabulary's last rows
+            ids = torch.arange(first, end, device=local.device)
         else:
-            from ..ops.linear import linear
-
             local = linear(hidden, rows).float() if rows.shape[0] else hidden.new_full((hidden.shape[0], 1),
                                                                                         float("-inf"))
             ids = ids if rows.shape[0] else torch.zeros(1, dtype=torch.int64, device=hidden.device)

@@ -40,9 +40,10 @@ def local_ids(ids: torch.Tensor, first: int, held: int) -> torch.Tensor:
 
 
 def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
-            ids: torch.Tensor) -> torch.Tensor:
+            ids: torch.Tensor, partial: bool = False) -> torch.Tensor:
     """x: [N, H]; weights (fp32), ids: [N, k] (-1: skip). Returns sum_j weights[:, j] * Expert_{ids[:, j]}(x):
-    [N, H]."""
+    [N, H]. `partial`: ids may hold -1 (expert parallel); only then does the grouped path count them, which
+    waits for the device."""
     N, k = ids.shape
     if (N <= NATIVE_MAX_TOKENS and x.device.type == "cpu" and x.dtype == gate_up.dtype == torch.bfloat16
             and native.ops() is not None):
@@ -50,13 +51,14 @@ def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     E = gate_up.shape[0]
     flat = ids.reshape(-1)
     order = flat.argsort(stable=True)
-    if bool((flat < 0).any()):  # expert parallel: routes to other ranks' experts sort first; drop them
-        order = order[int((flat < 0).sum()):]
-        if order.numel() == 0:  # no token routes to an expert held here
+    skipped = int((flat < 0).sum()) if partial else 0
+    if skipped:  # routes to other ranks' experts sort first: drop them
+        if skipped == flat.numel():  # no token routes to an expert held here
             return torch.zeros_like(x)
-        flat = flat.clamp(min=0)  # counts below see only the kept pairs
+        order = order[skipped:]
+        flat = flat[order]  # the kept routes (bincount below does not mind their order)
     token = order // k
-    offsets = torch.bincount(flat[order], minlength=E).cumsum(0).to(torch.int32)
+    offsets = torch.bincount(flat, minlength=E).cumsum(0).to(torch.int32)
     xs = x[token]  # [N*k, H], grouped by expert
     h = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=offsets)  # [N*k, 2I]
     gate, up = h.chunk(2, -1)

@@ -56,9 +56,6 @@ class ParallelConfig:
     def local_rank(self) -> int:
         return self.rank % self.per_node
 
-    def for_rank(self, rank: int) -> "ParallelConfig":
-        return replace(self, rank=rank)
-
     def first_rank_of_node(self) -> "ParallelConfig":
         """This node's first rank (the one a hand-started `qwen35 serve` process takes)."""
         return replace(self, rank=self.node_rank * self.per_node)

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .config import ParallelConfig
@@ -90,10 +91,10 @@ def start(cfg: "EngineConfig", on_failure: Callable[[str], None] = exit_process)
     ranks = None
     if not p.launched:
         if not p.master_port:
-            p = ParallelConfig(**{**p.__dict__, "master_port": free_port(p.master_addr)})
+            p = replace(p, master_port=free_port(p.master_addr))
         procs = {}
         for r in range(p.rank + 1, p.rank + p.per_node):
-            procs[r] = _spawn(cfg, ParallelConfig(**{**p.__dict__, "rank": r, "launched": True}))
+            procs[r] = _spawn(cfg, replace(p, rank=r, launched=True))
         ranks = Ranks(procs, on_failure)
     backend = p.backend or ("nccl" if cfg.device.startswith("cuda") else "gloo")
     if backend == "nccl":
@@ -114,8 +115,6 @@ def start(cfg: "EngineConfig", on_failure: Callable[[str], None] = exit_process)
 
 
 def _spawn(cfg: "EngineConfig", p: ParallelConfig) -> subprocess.Popen:
-    from dataclasses import replace
-
     child = replace(cfg, distributed=p)
     proc = subprocess.Popen([sys.executable, "-m", "qwen35.parallel.worker"], stdin=subprocess.PIPE,
                             start_new_session=True)  # a terminal's Ctrl-C goes to rank 0, which stops the rest

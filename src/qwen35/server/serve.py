@@ -224,10 +224,10 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
     from ..engine.memory import available_memory, full_budget
 
     frac = args.memory_fraction
-    tp = args.tensor_parallel_size
+    tp = parallel.world_size if parallel is not None else 1
     per_node = parallel.per_node if parallel is not None else 1
     if args.device.startswith("cuda"):  # per rank: one device each
-        device = torch.device("cuda", parallel.local_rank) if parallel is not None and tp > 1 else torch.device(args.device)
+        device = torch.device("cuda", parallel.local_rank) if tp > 1 else torch.device(args.device)
         free, total = torch.cuda.mem_get_info(device)
         memory, what = min(int(frac * total), free), f"{frac:g} of the device's {total / 2**30:.1f} GiB"
     else:  # the ranks of this machine share its RAM
@@ -239,7 +239,7 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
         from ..parallel.group import Group
         from ..parallel.sharding import Shard
 
-        text = Shard(text, Group(0, tp), args.enable_expert_parallel).text_config()
+        text = Shard(text, Group(0, tp), parallel.enable_expert_parallel).text_config()
     quantized = getattr(args, "quantization", None)
     if quantized in ("int8", "int4"):  # the weights as loaded: bits per weight of the format over the file's
         on_disk = 8 if checkpoint_quant == "fp8" else 16
