@@ -1,16 +1,19 @@
 """Arithmetic questions (kind "arith") and the column trace every arithmetic answer reasons with.
 
-With thinking on, the reasoning is a column-by-column trace, one line per digit, ones first; a missing digit
-is 0 and the last column writes its whole value:
+Every answer is worked out column by column, one line per digit, ones first; a missing digit is 0 and the
+last column writes its whole value:
 
-    347 + 589                                  600 - 123                      47 x 6
-    ones: 7 + 9 = 16, write 6, carry 1         ones: 0 - 3 + 10 = 7, ...      ones: 7 x 6 = 42, write 2, carry 4
-    tens: 4 + 8 + 1 = 13, write 3, carry 1     tens: 0 - 2 - 1 + 10 = 7, ...  tens: 4 x 6 + 4 = 28, write 28
-    hundreds: 3 + 5 + 1 = 9, write 9           hundreds: 6 - 1 - 1 = 4, ...   result: 282
-    result: 936                                result: 477
+    347 + 589                          600 - 123                        47 x 6
+    ones: 7+9=16, write 6, carry 1     ones: 0-3+10=7, write 7, ...     ones: 7x6=42, write 2, carry 4
+    tens: 4+8+1=13, write 3, carry 1   tens: 0-2-1+10=7, write 7, ...   tens: 4x6+4=28, write 28
+    hundreds: 3+5+1=9, write 9         hundreds: 6-1-1=4, write 4       result: 282
+    result: 936                        result: 477
 
-and the reply is the equation, "347 + 589 = 936.". Thinking on: add and subtract 0..999, multiply 2..99 by
-2..9. Thinking off (no trace, a direct reply): add and subtract 0..99, multiply 2..12 by 2..12.
+The sums are written without spaces so that each one's digits are adjacent tokens (the tokenizer makes a
+space before a digit a token of its own: "7 + 9 =" would put the first digit five tokens before the "=").
+With thinking on the trace is the reasoning; with thinking off it is shown in the reply, before the equation
+(`Exchange.working`; one-digit operands are answered at once): a model of a few million parameters cannot add
+three-digit numbers in one step. The reply ends with the equation, "347 + 589 = 936.". Add and subtract 0..999, multiply 2..99 by 2..9.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def _add_columns(a: int, b: int) -> list[str]:
     width, carry, lines = max(len(str(a)), len(str(b))), 0, []
     for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
         total = x + y + carry
-        lines.append(_column(i, width, f"{x} + {y}{f' + {carry}' if i else ''} = {total}", total))
+        lines.append(_column(i, width, f"{x}+{y}{f'+{carry}' if i else ''}={total}", total))
         carry = total // 10
     return lines
 
@@ -95,7 +98,7 @@ def _mul_columns(a: int, b: int) -> list[str]:
     width, carry, lines = len(str(a)), 0, []
     for i, x in enumerate(_digits(a, width)):
         total = x * b + carry
-        lines.append(_column(i, width, f"{x} x {b}{f' + {carry}' if i else ''} = {total}", total))
+        lines.append(_column(i, width, f"{x}x{b}{f'+{carry}' if i else ''}={total}", total))
         carry = total // 10
     return lines
 
@@ -103,14 +106,14 @@ def _mul_columns(a: int, b: int) -> list[str]:
 def _sub_columns(a: int, b: int) -> list[str]:
     width, borrow, lines = len(str(a)), 0, []
     for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
-        step = f"{x} - {y}{f' - {borrow}' if i else ''}"
+        step = f"{x}-{y}{f'-{borrow}' if i else ''}"
         diff = x - y - borrow
         if i == width - 1:  # a >= b: the top column never borrows
-            lines.append(f"{PLACES[i]}: {step} = {diff}, write {diff}")
+            lines.append(f"{PLACES[i]}: {step}={diff}, write {diff}")
             break
         borrow = int(diff < 0)
-        step, diff = (step + " + 10", diff + 10) if borrow else (step, diff)
-        lines.append(f"{PLACES[i]}: {step} = {diff}, write {diff}, borrow {borrow}")
+        step, diff = (step + "+10", diff + 10) if borrow else (step, diff)
+        lines.append(f"{PLACES[i]}: {step}={diff}, write {diff}, borrow {borrow}")
     return lines
 
 
@@ -120,17 +123,16 @@ def operand(rng: random.Random, max_digits: int) -> int:
     return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
 
 
-def random_problem(rng: random.Random, thinking: bool) -> Problem:
+def random_problem(rng: random.Random) -> Problem:
     op = rng.choices(list(OPS), list(OPS.values()))[0]
     if op == "x":
-        return Problem(rng.randint(2, 99), op, rng.randint(2, 9)) if thinking else \
-            Problem(rng.randint(2, 12), op, rng.randint(2, 12))
-    a, b = operand(rng, 3 if thinking else 2), operand(rng, 3 if thinking else 2)
+        return Problem(rng.randint(2, 99), op, rng.randint(2, 9))
+    a, b = operand(rng, 3), operand(rng, 3)
     return Problem(max(a, b), op, min(a, b)) if op == "-" else Problem(a, op, b)
 
 
-def draw_problem(rng: random.Random, thinking: bool, split: str) -> Problem:
-    return draw(rng, split, lambda r: random_problem(r, thinking), lambda p: p.key)
+def draw_problem(rng: random.Random, split: str) -> Problem:
+    return draw(rng, split, random_problem, lambda p: p.key)
 
 
 def ask(rng: random.Random, problem: Problem, lang: str) -> str:
@@ -144,11 +146,13 @@ def ask(rng: random.Random, problem: Problem, lang: str) -> str:
                            b_obj=obj(b))
 
 
-def exchange(rng: random.Random, thinking: bool, split: str, lang: str) -> Exchange:
-    problem = draw_problem(rng, thinking, split)
-    return Exchange(ask(rng, problem, lang), problem.reply(lang), problem.trace(), str(problem.result))
+def exchange(rng: random.Random, split: str, lang: str) -> Exchange:
+    problem = draw_problem(rng, split)
+    trace = problem.trace()
+    working = trace if max(problem.a, problem.b) > 9 else ""  # one digit each: a table fact, answered at once
+    return Exchange(ask(rng, problem, lang), problem.reply(lang), trace, str(problem.result), working)
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
     lang = pick_lang(rng)
-    return one_turn("arith", rng, exchange(rng, thinking, split, lang), thinking, lang)
+    return one_turn("arith", rng, exchange(rng, split, lang), thinking, lang)

@@ -15,7 +15,8 @@ reasoning with the arithmetic module's multiplication trace of factor x quantity
     tens: 6 x 7 + 0 = 42, write 42
     result: 420
 
-The reply is the equation: "7 km = 7000 m.", "7 hours = 420 minutes.", "7 小时 = 420 分钟。".
+The reply is the equation: "7 km = 7000 m.", "7 hours = 420 minutes.", "7 小时 = 420 分钟。"; with thinking
+off the trace comes first in the reply, as for arithmetic.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def ask(rng: random.Random, conv: Conversion, lang: str) -> str:
 
 def exchange(rng: random.Random, split: str, lang: str) -> Exchange:
     conv = draw(rng, split, random_conversion, lambda c: c.key)
-    return Exchange(ask(rng, conv, lang), conv.reply(lang), conv.trace(), str(conv.result))
+    trace = conv.trace()
+    return Exchange(ask(rng, conv, lang), conv.reply(lang), trace, str(conv.result), working=trace)
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:

@@ -1,6 +1,7 @@
 """Two-turn arithmetic (kind "followup"): a question, its answer, then "Now add 25 to that.".
 
-The second problem starts from the first one's result and is traced in the same column format. The first
+The second problem starts from the first one's result and is traced in the same column format (with thinking
+off, in the reply, as for one question). The first
 answer's reasoning stays in the history, where the chat template drops it. The held-out split holds out the
 second problem, the one the last turn has to solve.
 """
@@ -11,7 +12,7 @@ import random
 
 from .arithmetic import OPS, Problem, ask, draw_problem
 from .lang import obj, pick_lang
-from .sample import Sample, assistant, system, user
+from .sample import Sample, assistant, system, user, with_working
 from .split import TRAIN, draw
 
 FOLLOWUPS = {
@@ -28,28 +29,31 @@ FOLLOWUPS = {
 }
 
 
-def random_followup(rng: random.Random, previous: int, thinking: bool) -> Problem:
-    """An operation on `previous` with a small operand: add/subtract 1..99, multiply by 2..9 (thinking off:
-    only while `previous` has two digits)."""
+def random_followup(rng: random.Random, previous: int) -> Problem:
+    """An operation on `previous` with a small operand: add/subtract 1..99, multiply by 2..9."""
     ops = dict(OPS)
     if previous == 0:
         del ops["-"]
-    if not thinking and previous > 99:
-        del ops["x"]
     op = rng.choices(list(ops), list(ops.values()))[0]
     if op == "x":
         return Problem(previous, op, rng.randint(2, 9))
     return Problem(previous, op, rng.randint(1, min(99, previous) if op == "-" else 99))
 
 
+def turn(problem: Problem, lang: str, thinking: bool) -> dict:
+    """The assistant's answer: the trace as its reasoning, or with thinking off before the reply."""
+    if thinking:
+        return assistant(problem.reply(lang), problem.trace())
+    return assistant(with_working(problem.reply(lang), problem.trace() if max(problem.a, problem.b) > 9 else ""))
+
+
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
-    first = draw_problem(rng, thinking, TRAIN)
-    second = draw(rng, split, lambda r: random_followup(r, first.result, thinking), lambda p: p.key)
+    first = draw_problem(rng, TRAIN)
+    second = draw(rng, split, lambda r: random_followup(r, first.result), lambda p: p.key)
     lang = pick_lang(rng)
     c = str(second.b)
     followup = rng.choice(FOLLOWUPS[lang][second.op]).format(c=c, c_obj=obj(c))
     messages = system(rng) + [
-        user(ask(rng, first, lang)), assistant(first.reply(lang), first.trace() if thinking else ""),
-        user(followup), assistant(second.reply(lang), second.trace() if thinking else ""),
+        user(ask(rng, first, lang)), turn(first, lang, thinking), user(followup), turn(second, lang, thinking),
     ]
     return Sample("followup", messages, None, thinking, str(second.result), None, lang)

@@ -24,7 +24,7 @@ def question(rng: random.Random, topic: str, thinking: bool, split: str) -> tupl
     if topic in ("arith", "convert"):
         lang = pick_lang(rng)
         if topic == "arith":
-            return lang, arithmetic.exchange(rng, thinking, split, lang)
+            return lang, arithmetic.exchange(rng, split, lang)
         return lang, convert.exchange(rng, split, lang)
     lang = pick_lang(rng, EVEN)
     if topic == "smalltalk":
@@ -37,5 +37,5 @@ def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
     lang, asked = question(rng, topic, thinking, split)
     names = rng.sample([n for n in TOOLS if n not in NEVER_OFFERED[topic]], rng.choices((1, 2, 3, 4), FEWER)[0])
     reasoning = "\n".join(filter(None, (NO_TOOL, asked.reasoning)))
-    answer = Exchange(asked.question, asked.reply, reasoning, asked.answer)
+    answer = Exchange(asked.question, asked.reply, reasoning, asked.answer, asked.working)
     return one_turn("no_tool", rng, answer, thinking, lang, [TOOLS[n] for n in names])

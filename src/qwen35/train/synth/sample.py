@@ -53,13 +53,22 @@ class Exchange:
     reply: str
     reasoning: str  # used when thinking is on
     answer: str | None
+    working: str = ""  # a calculation's trace, shown before the reply when thinking is off
+
+    def content(self, thinking: bool) -> str:
+        return with_working(self.reply, "" if thinking else self.working)
+
+
+def with_working(reply: str, working: str) -> str:
+    """The reply, after the working when there is one (thinking off: the trace goes into the content)."""
+    return f"{working}\n\n{reply}" if working else reply
 
 
 def one_turn(kind: str, rng: random.Random, exchange: Exchange, thinking: bool, lang: str,
              tools: list[dict] | None = None) -> Sample:
     reasoning = exchange.reasoning if thinking else ""
     messages = system(rng, (USE_TOOLS,) if tools else ()) + [user(exchange.question),
-                                                              assistant(exchange.reply, reasoning)]
+                                                              assistant(exchange.content(thinking), reasoning)]
     return Sample(kind, messages, tools, thinking, exchange.answer, None, lang)
 
 

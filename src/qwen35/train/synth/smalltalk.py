@@ -82,8 +82,8 @@ def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
     intent = rng.choice(INTENTS)
     messages = system(rng)
     if intent.closing and rng.random() < 0.5:
-        earlier = arithmetic.exchange(rng, thinking, TRAIN, lang)
-        messages += [user(earlier.question), assistant(earlier.reply, earlier.reasoning if thinking else "")]
+        earlier = arithmetic.exchange(rng, TRAIN, lang)
+        messages += [user(earlier.question), assistant(earlier.content(thinking), earlier.reasoning if thinking else "")]
     talk = exchange(rng, intent, lang)
     messages += [user(talk.question), assistant(talk.reply, talk.reasoning if thinking else "")]
     return Sample("smalltalk", messages, None, thinking, None, None, lang)
