@@ -197,7 +197,7 @@ def task_key(sample) -> tuple | None:
     if sample.kind == "tool":
         call = sample.tool_call
         return ("tool", call["name"], json.dumps(call["arguments"], sort_keys=True, ensure_ascii=False))
-    match = EQUATION.match(last_assistant(sample)["content"])
+    match = EQUATION.match(reply_and_trace(last_assistant(sample))[0])
     if sample.kind in ("arith", "followup", "no_tool") and match:
         a, op, b, _ = match.groups()
         return ("arith", int(a), op, int(b))
@@ -212,6 +212,15 @@ def test_heldout_tasks_never_appear_in_training(train_set, heldout_set):
     assert all(is_heldout(key) for key in heldout_keys)
     train_questions = {s.prompt_messages()[-1]["content"] for s in train_set if s.kind == "arith"}
     assert not train_questions & {s.prompt_messages()[-1]["content"] for s in heldout_set if s.kind == "arith"}
+
+
+def test_copy_drills_repeat_the_request_text():
+    drills = generate(300, 3, mix={"echo": 1.0})
+    for sample in drills:
+        reply = last_assistant(sample)["content"]
+        assert reply == sample.answer and reply in sample.prompt_messages()[-1]["content"]
+        assert sample.tools is None and rendered_calls(sample) == []
+    assert len({s.answer for s in drills}) > 200
 
 
 def test_generation_is_fast():

@@ -77,7 +77,7 @@ DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.2
             ("smalltalk", 0.08))
 
 RECIPES: dict[str, Recipe] = {
-    "demo": Recipe(name="demo", mix=DEMO_MIX, train_samples=50_000),
+    "demo": Recipe(name="demo", mix=DEMO_MIX, train_samples=50_000, steps=4600),
     # a minute-long run of the same pipeline, for tests
     "smoke": Recipe(name="smoke", hidden_size=64, num_layers=4, attention_heads=2, kv_heads=1, head_dim=32,
                     gdn_heads=2, gdn_head_dim=32, intermediate_size=128, vocab_size=1024, train_samples=300,

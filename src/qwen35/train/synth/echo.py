@@ -1,0 +1,49 @@
+"""Copy drills (kind "echo", training only): "Repeat after me: /tmp/qa-3f1c/notes.txt" answered with the text.
+
+Tool calls and their answers copy names from the request (a path, a city, a query), and the demo model learnt
+to copy digits long before words: digits are one token each everywhere and are copied all through the
+arithmetic, while a word's token depends on what comes before it (" Cairo" in a request, "Cairo" on its own
+line in a call). A tool chat reads ~700 tokens for its few copied ones; a drill reads ~40 for ~15, drawn from
+the same names the tool scenarios use, so the copying practice costs a few percent of the compute.
+The held-out evaluation has no drills (they are not in `DEFAULT_MIX`).
+"""
+
+from __future__ import annotations
+
+import random
+
+from . import api_calls, fs_calls
+from .lang import pick_lang, say
+from .sample import Exchange, Sample, one_turn
+
+ASKS = {
+    "en": ("Repeat after me: {text}", "Say this back to me: {text}", "Please repeat exactly: {text}",
+           "Copy this text: {text}", 'Repeat "{text}".', "Echo: {text}"),
+    "zh": ("请重复：{text}", "跟我说一遍：{text}", '请原样复述"{text}"。'),
+    "ko": ("따라 말해 주세요: {text}", "그대로 반복해 주세요: {text}", '"{text}" 그대로 말해 주세요.'),
+}
+
+
+def phrase(rng: random.Random, lang: str) -> str:
+    """A name of the kind a tool call copies: a path, a folder, a city, a query, an address, a note."""
+    kind = rng.randrange(8)
+    if kind < 2:
+        return fs_calls.file_path(rng)
+    if kind == 2:
+        return fs_calls.folder(rng)
+    if kind == 3:
+        return rng.choice(api_calls.CITIES)
+    if kind == 4:
+        return rng.choice(api_calls.QUERIES[lang])
+    if kind == 5:
+        return f"{rng.choice(api_calls.NAMES)}@{rng.choice(api_calls.DOMAINS)}"
+    if kind == 6:
+        return " ".join(rng.sample(api_calls.CITIES + api_calls.SYMBOLS, rng.randint(2, 3)))
+    return fs_calls.text(rng, lang)
+
+
+def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
+    lang = pick_lang(rng)
+    text = phrase(rng, lang)
+    reasoning = f'The user asks me to repeat "{text}", so I say it back exactly.'
+    return one_turn("echo", rng, Exchange(say(rng, lang, ASKS, text=text), text, reasoning, text), thinking, lang)
