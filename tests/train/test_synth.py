@@ -17,7 +17,7 @@ from qwen35.train.synth.catalogue import FILESYSTEM_TOOLS, TOOLS
 from qwen35.train.synth.split import is_heldout
 
 EQUATION = re.compile(r"^(\d+) ([-+x]) (\d+) = (\d+)(?:\.|。|입니다\.)$")
-COLUMN = re.compile(r"^[a-z-]+: ([0-9+x-]+)=(\d+), write (\d+)(?:, (carry|borrow) (\d))?$")
+COLUMN = re.compile(r"^[a-z-]+: ((?:\d+[-+x]\d+=\d+, )*)(\d+)([-+x])(\d+)=(\d+), write (\d+)(?:, (carry|borrow) (\d))?$")
 STEP = re.compile(r"^(\d+) ([x/]) (\d+) = (\d+)$")  # a conversion by a power of ten
 FACTORS = {("km", "m"): 1000, ("m", "cm"): 100, ("cm", "mm"): 10, ("kg", "g"): 1000, ("L", "mL"): 1000,
            ("hour", "minute"): 60, ("minute", "second"): 60, ("day", "hour"): 24, ("foot", "inch"): 12}
@@ -77,14 +77,19 @@ def check_trace(trace: str, result: int) -> None:
     writes = []
     columns = [line for line in lines if COLUMN.match(line)]
     for i, line in enumerate(columns):
-        lhs, value, write, carry_kind, carry = COLUMN.match(line).groups()
-        assert eval(lhs.replace("x", "*")) == int(value), line
+        first, x, op, y, value, write, carry_kind, carry = COLUMN.match(line).groups()
+        steps = [*re.findall(r"(\d+)([-+x])(\d+)=(\d+)", first), (x, op, y, value)]
+        assert len(steps) == (2 if i else 1), line  # every step has two operands; later columns take a carry
+        for a, o, b, v in steps:
+            assert eval(f"{a}{o.replace('x', '*')}{b}") == int(v), line
+        if i:
+            assert steps[0][3] in (steps[1][0], steps[1][2]), line  # the second step uses the first's value
         if i == len(columns) - 1:
             assert carry_kind is None and write == value, line
         elif carry_kind == "carry":
             assert (int(write), int(carry)) == (int(value) % 10, int(value) // 10), line
         else:
-            assert (write, int(carry)) == (value, int("+10" in lhs)), line
+            assert (write, int(carry)) == (value, int(int(x) >= 10)), line
         writes.append(write)
     if columns:
         assert int(writes[-1] + "".join(reversed(writes[:-1]))) == result

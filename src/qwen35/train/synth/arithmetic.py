@@ -3,14 +3,22 @@
 Every answer is worked out column by column, one line per digit, ones first; a missing digit is 0 and the
 last column writes its whole value:
 
-    347 + 589                          600 - 123                        47 x 6
-    ones: 7+9=16, write 6, carry 1     ones: 0-3+10=7, write 7, ...     ones: 7x6=42, write 2, carry 4
-    tens: 4+8+1=13, write 3, carry 1   tens: 0-2-1+10=7, write 7, ...   tens: 4x6+4=28, write 28
-    hundreds: 3+5+1=9, write 9         hundreds: 6-1-1=4, write 4       result: 282
-    result: 936                        result: 477
+    347 + 589
+    ones: 7+9=16, write 6, carry 1
+    tens: 4+8=12, 12+1=13, write 3, carry 1
+    hundreds: 3+5=8, 8+1=9, write 9
+    result: 936
 
-The sums are written without spaces so that each one's digits are adjacent tokens (the tokenizer makes a
-space before a digit a token of its own: "7 + 9 =" would put the first digit five tokens before the "=").
+    600 - 123                                  47 x 6
+    ones: 10-3=7, write 7, borrow 1            ones: 7x6=42, write 2, carry 4
+    tens: 2+1=3, 10-3=7, write 7, borrow 1     tens: 4x6=24, 24+4=28, write 28
+    hundreds: 1+1=2, 6-2=4, write 4            result: 282
+    result: 477
+
+Each step has two operands, written without spaces, so that its digits are adjacent tokens (the tokenizer
+makes a space before a digit a token of its own: "7 + 9 =" put the first digit five tokens before the "=").
+A model of this size learnt one-step sums of two digits well and sums of three (4x6+4, 0-2-1+10) badly
+(docs/LOG.md, 2026-12-03).
 With thinking on the trace is the reasoning; with thinking off it is shown in the reply, before the equation
 (`Exchange.working`; one-digit operands are answered at once): a model of a few million parameters cannot add
 three-digit numbers in one step. The reply ends with the equation, "347 + 589 = 936.". Add and subtract 0..999, multiply 2..99 by 2..9.
@@ -70,6 +78,12 @@ class Problem:
     def reply(self, lang: str) -> str:
         return f"{self.a} {self.op} {self.b} = {self.result}{period(lang)}"
 
+    @property
+    def working(self) -> str:
+        """What the reply shows before the equation with thinking off: the trace, unless both operands have one
+        digit (a table fact, answered at once)."""
+        return self.trace() if max(self.a, self.b) > 9 else ""
+
     def trace(self) -> str:
         columns = {"+": _add_columns, "-": _sub_columns, "x": _mul_columns}[self.op](self.a, self.b)
         return "\n".join([f"{self.a} {self.op} {self.b}", *columns, f"result: {self.result}"])
@@ -89,7 +103,8 @@ def _add_columns(a: int, b: int) -> list[str]:
     width, carry, lines = max(len(str(a)), len(str(b))), 0, []
     for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
         total = x + y + carry
-        lines.append(_column(i, width, f"{x}+{y}{f'+{carry}' if i else ''}={total}", total))
+        step = f"{x}+{y}={x + y}" + (f", {x + y}+{carry}={total}" if i else "")
+        lines.append(_column(i, width, step, total))
         carry = total // 10
     return lines
 
@@ -98,22 +113,23 @@ def _mul_columns(a: int, b: int) -> list[str]:
     width, carry, lines = len(str(a)), 0, []
     for i, x in enumerate(_digits(a, width)):
         total = x * b + carry
-        lines.append(_column(i, width, f"{x}x{b}{f'+{carry}' if i else ''}={total}", total))
+        step = f"{x}x{b}={x * b}" + (f", {x * b}+{carry}={total}" if i else "")
+        lines.append(_column(i, width, step, total))
         carry = total // 10
     return lines
 
 
 def _sub_columns(a: int, b: int) -> list[str]:
+    """The borrow is added to the lower digit first; a column that borrows subtracts from 10 + its digit."""
     width, borrow, lines = len(str(a)), 0, []
     for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
-        step = f"{x}-{y}{f'-{borrow}' if i else ''}"
-        diff = x - y - borrow
-        if i == width - 1:  # a >= b: the top column never borrows
-            lines.append(f"{PLACES[i]}: {step}={diff}, write {diff}")
-            break
-        borrow = int(diff < 0)
-        step, diff = (step + "+10", diff + 10) if borrow else (step, diff)
-        lines.append(f"{PLACES[i]}: {step}={diff}, write {diff}, borrow {borrow}")
+        lower = y + borrow
+        step = f"{y}+{borrow}={lower}, " if i else ""
+        borrow = int(x < lower)  # never in the top column: a >= b
+        top = x + 10 * borrow
+        step += f"{top}-{lower}={top - lower}"
+        tail = f", borrow {borrow}" if i < width - 1 else ""
+        lines.append(f"{PLACES[i]}: {step}, write {top - lower}{tail}")
     return lines
 
 
@@ -148,9 +164,8 @@ def ask(rng: random.Random, problem: Problem, lang: str) -> str:
 
 def exchange(rng: random.Random, split: str, lang: str) -> Exchange:
     problem = draw_problem(rng, split)
-    trace = problem.trace()
-    working = trace if max(problem.a, problem.b) > 9 else ""  # one digit each: a table fact, answered at once
-    return Exchange(ask(rng, problem, lang), problem.reply(lang), trace, str(problem.result), working)
+    return Exchange(ask(rng, problem, lang), problem.reply(lang), problem.trace(), str(problem.result),
+                    problem.working)
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:

@@ -1,9 +1,8 @@
 """Two-turn arithmetic (kind "followup"): a question, its answer, then "Now add 25 to that.".
 
 The second problem starts from the first one's result and is traced in the same column format (with thinking
-off, in the reply, as for one question). The first
-answer's reasoning stays in the history, where the chat template drops it. The held-out split holds out the
-second problem, the one the last turn has to solve.
+off, in the reply, as for one question). The first answer's reasoning stays in the history, where the chat
+template drops it. The held-out split holds out the second problem, the one the last turn has to solve.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ def turn(problem: Problem, lang: str, thinking: bool) -> dict:
     """The assistant's answer: the trace as its reasoning, or with thinking off before the reply."""
     if thinking:
         return assistant(problem.reply(lang), problem.trace())
-    return assistant(with_working(problem.reply(lang), problem.trace() if max(problem.a, problem.b) > 9 else ""))
+    return assistant(with_working(problem.reply(lang), problem.working))
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
