@@ -14,7 +14,8 @@ from .conftest import run_scenario
 
 
 def check(r: dict, expert_parallel: bool = False) -> None:
-    assert r["same_steps"] and r["steps"] >= 20
+    # chunked prefill, decode and verify steps (the trained demo's drafts are mostly accepted: 14 steps)
+    assert r["same_steps"] and r["steps"] >= 12
     assert r["tokens_equal"], r["tokens"]
     # fp32 sums in another order: about an ulp of the largest logit (the trained demo's reach 19)
     assert r["max_logit_diff"] <= max(1e-5, 1e-6 * r["logit_scale"]), r
