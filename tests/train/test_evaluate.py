@@ -255,7 +255,8 @@ def test_summary_counts_and_order():
     assert got == {"answer": (2, 3), "answer/think": (1, 2), "answer/no_think": (1, 1),
                    "answer/arith/think": (1, 2), "answer/no_tool/no_think": (1, 1),
                    "tool": (1, 1), "tool/valid_call": (1, 1), "tool/args_exact": (1, 1), "tool/final_answer": (1, 1),
-                   "no_tool": (1, 1), "reasoning/think": (2, 2), "reasoning/no_think": (0, 2),
+                   "tool/get_weather": (1, 1), "no_tool": (1, 1), "reasoning/think": (2, 2),
+                   "reasoning/no_think": (0, 2),
                    "mtp/pos0": (7, 10), "mtp/pos1": (2, 10), "mtp/accepted_per_draft": (9, 10), "errors": (1, 5)}
     assert list(m)[:2] == ["answer", "answer/think"] and list(m)[-1] == "errors"
     report = ev.Report("demo", m, outcomes, 2.0, 100, targets=ev.TARGETS["demo"])

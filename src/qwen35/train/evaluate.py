@@ -12,7 +12,8 @@ What each sample kind is scored on (`Sample` in train/synth):
   whose arguments are a JSON object that validates against the tool's schema ("tool/valid_call"); argument
   equality with the expected call is reported apart ("tool/args_exact"). Stage 2 appends the model's own
   call and the sample's tool results and asks again, once per call of a chain; the final reply must contain
-  `sample.answer` ("tool/final_answer"). The headline "tool" needs both stages;
+  `sample.answer` ("tool/final_answer"). The headline "tool" needs both stages; it is also split by the
+  expected tool ("tool/get_weather", "tool/write_file": Qwen-Agent's "filesystem-" prefix dropped);
 - no_tool: the reply calls no tool;
 - every sample: whether the first reply carries reasoning ("reasoning/think" should be 1, "reasoning/no_think"
   0).
@@ -66,6 +67,7 @@ class Outcome:
     kind: str
     thinking: bool
     lang: str
+    tool: str | None = None  # kind "tool": the expected tool's name
     answer_ok: bool | None = None
     valid_call: bool | None = None
     args_exact: bool | None = None
@@ -127,16 +129,17 @@ class Report:
 
     def table(self) -> str:
         targets = {t.metric: t for t in self.targets}
-        rows = [f"{'metric':<28} {'value':>7} {'n/N':>11}  target"]
+        width = max([28, *map(len, self.metrics)])
+        rows = [f"{'metric':<{width}} {'value':>7} {'n/N':>11}  target"]
         for name, r in self.metrics.items():
             value = "-" if r.value is None else f"{r.value:.3f}"
-            line = f"{name:<28} {value:>7} {f'{r.num}/{r.den}':>11}"
+            line = f"{name:<{width}} {value:>7} {f'{r.num}/{r.den}':>11}"
             if name in targets:
                 t = targets[name]
                 verdict = {True: "pass", False: "FAIL", None: "n/a"}[t.passes(r)]
                 line += f"  {t.op} {t.value:g} {verdict}"
             rows.append(line)
-        rows += [f"{t.metric:<28} {'-':>7} {'-':>11}  {t.op} {t.value:g} n/a" for t in self.targets
+        rows += [f"{t.metric:<{width}} {'-':>7} {'-':>11}  {t.op} {t.value:g} n/a" for t in self.targets
                  if t.metric not in self.metrics]
         start = f", server start {self.startup_s:.1f} s" if self.startup_s is not None else ""
         rows.append(f"{len(self.outcomes)} samples, {self.completion_tokens} completion tokens in {self.wall_s:.1f} s "
@@ -163,6 +166,9 @@ def summarize(outcomes: Sequence[Outcome], spec: dict | None = None) -> dict[str
     add("tool/valid_call", (o.valid_call for o in outcomes))
     add("tool/args_exact", (o.args_exact for o in outcomes))
     add("tool/final_answer", (o.final_ok for o in outcomes))
+    for name in sorted({o.tool for o in outcomes if o.tool is not None}):  # which tools the loop fails on
+        add(f"tool/{name.removeprefix('filesystem-')}",
+            (o.valid_call and o.final_ok for o in outcomes if o.tool == name))
     add("no_tool", (o.no_call for o in outcomes))
     for mode, tag in MODES.items():
         add(f"reasoning/{tag}", (o.reasoning for o in outcomes if o.thinking == mode))
@@ -273,6 +279,7 @@ def score_sample(ask: _Asker, index: int, sample) -> Outcome:
     if sample.kind in ANSWER_KINDS and sample.answer is not None:
         o.answer_ok = False
     if sample.kind == "tool":
+        o.tool = sample.tool_call["name"]
         o.valid_call = o.args_exact = o.final_ok = False
     if sample.kind == "no_tool":
         o.no_call = False
