@@ -81,6 +81,11 @@ class Outcome:
     note: str = ""  # why a tool call is not valid
     error: str | None = None
 
+    @property
+    def tool_loop(self) -> bool | None:
+        """The headline "tool": a valid call and then a final answer from its result (None: not a tool sample)."""
+        return None if self.valid_call is None else bool(self.valid_call and self.final_ok)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -162,13 +167,12 @@ def summarize(outcomes: Sequence[Outcome], spec: dict | None = None) -> dict[str
     for kind in ANSWER_KINDS:
         for mode, tag in MODES.items():
             add(f"answer/{kind}/{tag}", (o.answer_ok for o in outcomes if (o.kind, o.thinking) == (kind, mode)))
-    add("tool", (o.valid_call and o.final_ok for o in outcomes if o.valid_call is not None))
+    add("tool", (o.tool_loop for o in outcomes))
     add("tool/valid_call", (o.valid_call for o in outcomes))
     add("tool/args_exact", (o.args_exact for o in outcomes))
     add("tool/final_answer", (o.final_ok for o in outcomes))
     for name in sorted({o.tool for o in outcomes if o.tool is not None}):  # which tools the loop fails on
-        add(f"tool/{name.removeprefix('filesystem-')}",
-            (o.valid_call and o.final_ok for o in outcomes if o.tool == name))
+        add(f"tool/{name.removeprefix('filesystem-')}", (o.tool_loop for o in outcomes if o.tool == name))
     add("no_tool", (o.no_call for o in outcomes))
     for mode, tag in MODES.items():
         add(f"reasoning/{tag}", (o.reasoning for o in outcomes if o.thinking == mode))
