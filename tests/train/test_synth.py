@@ -15,6 +15,7 @@ from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
 from qwen35.train.synth import DEFAULT_MIX, generate, heldout, training
 from qwen35.train.synth.catalogue import FILESYSTEM_TOOLS, TOOLS
 from qwen35.train.synth.split import is_heldout
+from qwen35.train.synth.tools import SCENARIOS
 
 EQUATION = re.compile(r"^(\d+) ([-+x]) (\d+) = (\d+)(?:\.|。|입니다\.)$")
 COLUMN = re.compile(r"^[a-z-]+: ((?:\d+[-+x]\d+=\d+, )*)(\d+)([-+x])(\d+)=(\d+), write (\d+)(?:, (carry|borrow) (\d))?$")
@@ -200,8 +201,9 @@ def test_samples_without_tool_use_make_no_call(train_set):
 
 def task_key(sample) -> tuple | None:
     if sample.kind == "tool":
-        call = sample.tool_call
-        return ("tool", call["name"], json.dumps(call["arguments"], sort_keys=True, ensure_ascii=False))
+        call = sample.tool_call  # a call without arguments is keyed by its result (list_allowed_directories)
+        what = call["arguments"] or next(m["content"] for m in sample.messages if m["role"] == "tool")
+        return ("tool", call["name"], json.dumps(what, sort_keys=True, ensure_ascii=False))
     match = EQUATION.match(reply_and_trace(last_assistant(sample))[0])
     if sample.kind in ("arith", "followup", "no_tool") and match:
         a, op, b, _ = match.groups()
@@ -217,6 +219,27 @@ def test_heldout_tasks_never_appear_in_training(train_set, heldout_set):
     assert all(is_heldout(key) for key in heldout_keys)
     train_questions = {s.prompt_messages()[-1]["content"] for s in train_set if s.kind == "arith"}
     assert not train_questions & {s.prompt_messages()[-1]["content"] for s in heldout_set if s.kind == "arith"}
+
+
+def test_training_sees_every_tool_and_the_hard_ones_more_often(train_set, heldout_set):
+    def shares(samples) -> collections.Counter:
+        names = collections.Counter(s.tool_call["name"] for s in samples if s.kind == "tool")
+        return collections.Counter({name: n / sum(names.values()) for name, n in names.items()})
+
+    train, held = shares(train_set), shares(heldout_set)
+    assert set(held) <= set(train)
+    assert "filesystem-list_allowed_directories" in train  # an argument-free call is not held out always
+    natural = {make.__name__: weight / sum(SCENARIOS.values()) for make, weight in SCENARIOS.items()}
+    for name, make in (("filesystem-list_directory", "listing"), ("filesystem-move_file", "move"),
+                       ("send_email", "email")):
+        assert train[name] > 1.5 * natural[make]  # training only: TRAINING_BOOST
+
+
+def test_fact_drills_answer_without_tools():
+    drills = generate(200, 4, mix={"facts": 1.0})
+    assert all(s.tools is None and s.kind == "facts" and rendered_calls(s) == [] for s in drills)
+    answered = [s for s in drills if s.answer]
+    assert answered and all(s.answer in last_assistant(s)["content"] for s in answered)
 
 
 def test_copy_drills_repeat_the_request_text():

@@ -1,12 +1,17 @@
 """A fixed handful of general-knowledge questions and a joke, answered directly: requests no tool fits. They
-need no reasoning beyond deciding not to call a tool."""
+need no reasoning beyond deciding not to call a tool.
+
+They are asked with tools offered (kind "no_tool"), where a chat reads ~600 tokens of tool header for its ~15
+learnt ones; kind "facts" (training only) asks them without tools, so that the answers are learnt cheaply.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-from .sample import Exchange
+from .lang import EVEN, pick_lang
+from .sample import Exchange, Sample, one_turn
 
 CAPITALS = (  # (country, capital) in English, Chinese, Korean
     (("France", "Paris"), ("法国", "巴黎"), ("프랑스", "파리")),
@@ -70,3 +75,11 @@ def exchange(rng: random.Random, lang: str) -> Exchange:
         return Exchange(question, CAPITAL_REPLY[lang].format(country=country, city=city), "", city)
     fact = rng.choice(FACTS)
     return Exchange(rng.choice(fact.asks[lang]), fact.replies[lang], "", fact.answers[lang])
+
+
+def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
+    """A fact asked without tools; the same facts are asked in both splits, so this is a training drill."""
+    lang = pick_lang(rng, EVEN)
+    asked = exchange(rng, lang)
+    reasoning = "The user asks a general question, so I answer directly."
+    return one_turn("facts", rng, Exchange(asked.question, asked.reply, reasoning, asked.answer), thinking, lang)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 
-from . import arithmetic, convert, echo, followup, no_tool, smalltalk, tools
+from . import arithmetic, convert, echo, facts, followup, no_tool, smalltalk, tools
 from .sample import Sample
 from .split import HELDOUT, TRAIN
 
 DEFAULT_MIX = {"arith": 0.30, "convert": 0.10, "followup": 0.10, "tool": 0.25, "no_tool": 0.12, "smalltalk": 0.08}
 MAKERS = {"arith": arithmetic.make_sample, "convert": convert.make_sample, "followup": followup.make_sample,
           "tool": tools.make_sample, "no_tool": no_tool.make_sample, "smalltalk": smalltalk.make_sample,
-          "echo": echo.make_sample}  # training drills only: not in DEFAULT_MIX, so never held out
+          "echo": echo.make_sample, "facts": facts.make_sample}  # drills: not in DEFAULT_MIX, never held out
 THINKING_SHARE = 0.7
 TRAINING_SEED, HELDOUT_SEED = 0, 1_000_003
 

@@ -21,8 +21,12 @@ class Scenario:
 
     @property
     def key(self) -> tuple:
+        """The task: the first call's tool and arguments, or for a call without arguments
+        (list_allowed_directories) what the tool returns, which the reply must copy. Keyed on its empty
+        arguments alone, such a task would be held out always or never."""
         first = self.calls[0]
-        return ("tool", first.name, json.dumps(first.arguments, sort_keys=True, ensure_ascii=False))
+        what = first.arguments or first.result
+        return ("tool", first.name, json.dumps(what, sort_keys=True, ensure_ascii=False))
 
     def messages(self, thinking: bool) -> list[dict]:
         """The user's request, one assistant turn and one tool message per call, then the reply."""
