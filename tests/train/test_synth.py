@@ -115,12 +115,9 @@ def test_arithmetic_answers_and_traces_are_right(train_set):
             continue
         a, op, b, result = match.groups()
         assert eval(f"{a} {op.replace('x', '*')} {b}") == int(result) == int(sample.answer)
-        if sample.thinking or max(int(a), int(b)) > 9:  # thinking off: worked out in the reply unless one-digit
-            assert trace.split("\n")[0] == f"{a} {op} {b}"
-            check_trace(trace, int(result))
-        else:
-            assert trace == ""
-        checked[sample.thinking, trace != ""] += 1
+        assert trace.split("\n")[0] == f"{a} {op} {b}"  # thinking off: worked out in the reply, one digit too
+        check_trace(trace, int(result))
+        checked[sample.thinking, max(int(a), int(b)) > 9] += 1
     assert checked[True, True] > 600 and checked[False, True] > 200 and checked[False, False] > 5, checked
 
 
