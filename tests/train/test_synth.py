@@ -80,10 +80,16 @@ def check_trace(trace: str, result: int) -> None:
     for i, line in enumerate(columns):
         first, x, op, y, value, write, carry_kind, carry = COLUMN.match(line).groups()
         steps = [*re.findall(r"(\d+)([-+x])(\d+)=(\d+)", first), (x, op, y, value)]
-        assert len(steps) == (2 if i else 1), line  # every step has two operands; later columns take a carry
+        multiply = steps[0][1] == "x"
+        # every step has two operands; later columns take a carry, a product's digit by digit
+        assert len(steps) == (3 if i and multiply else 2 if i else 1), line
         for a, o, b, v in steps:
             assert eval(f"{a}{o.replace('x', '*')}{b}") == int(v), line
-        if i:
+        if i and multiply:
+            (_, _, _, product), (digit, _, _, ones), (tens_digit, _, carried, tens) = steps
+            assert (digit, int(tens_digit), int(carried)) == (product[-1], int(product) // 10, int(ones) // 10), line
+            value = str(10 * int(tens) + int(ones) % 10)
+        elif i:
             assert steps[0][3] in (steps[1][0], steps[1][2]), line  # the second step uses the first's value
         if i == len(columns) - 1:
             assert carry_kind is None and write == value, line

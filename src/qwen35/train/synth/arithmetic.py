@@ -11,14 +11,15 @@ last column writes its whole value:
 
     600 - 123                                  47 x 6
     ones: 10-3=7, write 7, borrow 1            ones: 7x6=42, write 2, carry 4
-    tens: 2+1=3, 10-3=7, write 7, borrow 1     tens: 4x6=24, 24+4=28, write 28
+    tens: 2+1=3, 10-3=7, write 7, borrow 1     tens: 4x6=24, 4+4=8, 2+0=2, write 28
     hundreds: 1+1=2, 6-2=4, write 4            result: 282
     result: 477
 
 Each step has two operands, written without spaces, so that its digits are adjacent tokens (the tokenizer
 makes a space before a digit a token of its own: "7 + 9 =" put the first digit five tokens before the "=").
 A model of this size learnt one-step sums of two digits well and sums of three (4x6+4, 0-2-1+10) badly
-(docs/LOG.md, 2026-12-03).
+(docs/LOG.md, 2026-12-03); a product's carry is added digit by digit for the same reason (36+4 went wrong
+where 6+4 and 3+1 do not).
 With thinking on the trace is the reasoning; with thinking off it is shown in the reply, before the equation
 (`Exchange.working`): a model of a few million parameters cannot add three-digit numbers in one step, and
 even a one-digit problem ("7 x 5") is only a table fact the traces use, so it gets its one-line trace too.
@@ -112,10 +113,17 @@ def _add_columns(a: int, b: int) -> list[str]:
 
 
 def _mul_columns(a: int, b: int) -> list[str]:
+    """A later column adds the carry to its product's ones digit, then what that carries to the product's tens
+    digit: "6x6=36, 6+4=10, 3+1=4", every step a one-digit sum."""
     width, carry, lines = len(str(a)), 0, []
     for i, x in enumerate(_digits(a, width)):
-        total = x * b + carry
-        step = f"{x}x{b}={x * b}" + (f", {x * b}+{carry}={total}" if i else "")
+        product = x * b
+        step, total = f"{x}x{b}={product}", product
+        if i:
+            ones = product % 10 + carry
+            tens = product // 10 + ones // 10
+            step += f", {product % 10}+{carry}={ones}, {product // 10}+{ones // 10}={tens}"
+            total = 10 * tens + ones % 10
         lines.append(_column(i, width, step, total))
         carry = total // 10
     return lines
