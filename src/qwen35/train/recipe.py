@@ -74,7 +74,7 @@ class Recipe:
 # arithmetic 9%; this mix keeps the tool chats' compute, cuts the no-tool chats (their target was met with
 # room to spare) and gives the rest to arithmetic, conversions and follow-ups (about 1.9x each). Copy drills
 # (synth/echo.py, ~4% of the compute) practise the copying that tool arguments need; fact drills (the no-tool
-# chats' general questions without the tool header, ~0.3% of the compute) teach their answers cheaply.
+# chats' general questions without the tool header, ~0.4% of the compute) teach their answers cheaply.
 DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.25), ("no_tool", 0.045),
             ("smalltalk", 0.08), ("echo", 0.2), ("facts", 0.03))
 

@@ -27,7 +27,7 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class Sample:
-    kind: str  # "arith" | "convert" | "followup" | "tool" | "no_tool" | "smalltalk"
+    kind: str  # "arith" | "convert" | "followup" | "tool" | "no_tool" | "smalltalk"; drills: "echo" | "facts"
     messages: list[dict]
     tools: list[dict] | None
     thinking: bool  # the enable_thinking the conversation is rendered with
