@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwen35.ops.linear import linear, linear_ref, prepack
+from qwen35.ops import linear as ops_linear
+from qwen35.ops.linear import linear, linear_ref, packing_applies, prepack
 
 
 @pytest.mark.parametrize("rows", [1, 3, 64], ids=["one-row", "few-rows", "prefill"])
@@ -15,8 +16,10 @@ def test_linear_matches_reference(rows, dtype, packed):
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 96, generator=gen).to(dtype)
     w = (torch.randn(80, 96, generator=gen) * 0.1).to(dtype)
+    if packed and not packing_applies(w):
+        pytest.skip("oneDNN has no bf16 path on this CPU (AVX2 only)")
     p = prepack(w) if packed else None
-    assert (p is not None) == packed  # CPU bf16/fp32 weights always pack
+    assert (p is not None) == packed  # CPU fp32 weights always pack, bf16 ones where oneDNN has a bf16 path
     got = linear(x, None if packed else w, p)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     assert got.shape == (rows, 80) and got.dtype == dtype
@@ -34,8 +37,6 @@ def test_prepack_skips_what_it_cannot_pack():
 @pytest.mark.parametrize("rows", [1, 2, 3, 5])
 def test_every_few_rows_kernel_matches_the_reference(dtype, rows):
     """Whichever kernel the load-time measurement picks for a plain weight, the result is the reference's."""
-    from qwen35.ops import linear as ops_linear
-
     gen = torch.Generator().manual_seed(rows)
     w = torch.randn(300, 64, generator=gen).to(dtype)
     x = torch.randn(rows, 64, generator=gen).to(dtype)
@@ -52,9 +53,17 @@ def test_every_few_rows_kernel_matches_the_reference(dtype, rows):
     assert ops_linear._FEW_ROWS_KERNEL[key] in native + ["mv", "linear", "w_xt"]
 
 
-def test_prefer_packed_measures_only_where_our_kernel_applies():
-    from qwen35.ops import linear as ops_linear
+def test_bf16_weights_stay_plain_where_onednn_has_no_bf16_path(monkeypatch):
+    """An AVX2-only CPU: packing a bf16 weight would raise, so it is not packed and the plain kernels serve."""
+    monkeypatch.setattr(ops_linear, "onednn_bf16", lambda: False)
+    w = torch.randn(80, 96).bfloat16()
+    assert prepack(w) is None and not ops_linear.prefer_packed([w])
+    assert prepack(w.float()) is not None
+    x = torch.randn(3, 96).bfloat16()
+    torch.testing.assert_close(linear(x, w).float(), linear_ref(x, w).float(), atol=2e-2, rtol=2e-2)
 
+
+def test_prefer_packed_measures_only_where_our_kernel_applies():
     assert ops_linear.prefer_packed([torch.randn(64, 32)])  # fp32: always packed
     w = [torch.randn(64, 32).bfloat16() for _ in range(3)]
     assert ops_linear.prefer_packed(w) in (True, False)

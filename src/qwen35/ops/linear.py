@@ -14,6 +14,7 @@ Everything else, including CUDA, is `F.linear`, which is also the reference.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -25,9 +26,22 @@ from . import native
 FEW_ROWS = 16
 
 
-def prepack(weight: torch.Tensor) -> torch.Tensor | None:
-    """weight: [out, in] -> its oneDNN-packed copy, or None where packing does not apply (not CPU, other dtypes)."""
+def packing_applies(weight: torch.Tensor) -> bool:
+    """Whether oneDNN can pack `weight`: a CPU weight in fp32, or in bf16 on a CPU with oneDNN's bf16 path
+    (AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/DQ; an AVX2-only CPU has none and packing raises)."""
     if weight.device.type != "cpu" or weight.dtype not in (torch.bfloat16, torch.float32):
+        return False
+    return weight.dtype == torch.float32 or onednn_bf16()
+
+
+@functools.cache
+def onednn_bf16() -> bool:
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def prepack(weight: torch.Tensor) -> torch.Tensor | None:
+    """weight: [out, in] -> its oneDNN-packed copy, or None where packing does not apply (`packing_applies`)."""
+    if not packing_applies(weight):
         return None
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
 
@@ -93,9 +107,12 @@ def prefer_packed(weights: list[torch.Tensor], evict: list[torch.Tensor] = (),
     batch), reading `evict` (other weights already in memory, up to twice the last-level cache) before each
     repetition so that the sample streams from memory as in a decode step; nothing large is allocated
     besides the sample's packed copies. Plain when ours is at least 5% faster for one row and the plain
-    layout's best 8-row kernel is within 15% of oneDNN's (packing also serves prefill and batches well)."""
+    layout's best 8-row kernel is within 15% of oneDNN's (packing also serves prefill and batches well).
+    Plain wherever oneDNN cannot pack (`packing_applies`)."""
     w0 = weights[0]
     nbytes = w0.numel() * w0.element_size()
+    if not packing_applies(w0):
+        return False
     if (w0.device.type != "cpu" or w0.dtype != torch.bfloat16 or native.ops() is None
             or not all(w.is_contiguous() for w in weights) or nbytes * len(weights) < MEASURE_MIN_BYTES):
         return True

@@ -243,12 +243,15 @@ TRANSLATE_REPLY = {"en": 'In {language}, "{text}" is "{translation}".', "zh": '"
                    "ko": '"{text}"의 {language} 번역은 "{translation}"입니다.'}
 
 
-def translate(rng: random.Random, lang: str) -> Scenario:
-    """The target language is passed as the request names it ("French", "法语", "프랑스어")."""
+def translate(rng: random.Random, lang: str, faithful: bool = True) -> Scenario:
+    """The target language is passed as the request names it ("French", "法语", "프랑스어"). `faithful`: the
+    tool returns the phrase's translation; otherwise another phrase's in the same language (training only,
+    synth/tools.py `TRAINING_STAND_INS`: the 48 translations can be learnt by heart, and a model that has
+    learnt them does not read the result, so it fails on held-out pairs)."""
     text = rng.choice(list(PHRASES))
     english = rng.choice([name for name in LANGUAGES if not (lang == "ko" and name == "Korean")])
     language = {"en": english, "zh": LANGUAGES[english][0], "ko": LANGUAGES[english][1]}[lang]
-    translation = PHRASES[text][list(LANGUAGES).index(english)]
+    translation = PHRASES[text if faithful else rng.choice(list(PHRASES))][list(LANGUAGES).index(english)]
     arguments = {"text": text, "target_language": language}
     return Scenario(say(rng, lang, TRANSLATE_ASKS, text=text, language=language),
                     (ToolCall("translate", arguments, as_json({"translation": translation})),),

@@ -120,9 +120,13 @@ LIST_REPLY = {"en": "{path} contains: {items}.", "zh": "{path} 中有：{items}�
 DIR_MARK = {"en": " (folder)", "zh": "（文件夹）", "ko": "(폴더)"}
 
 
-def listing(rng: random.Random, lang: str) -> Scenario:
+def listing(rng: random.Random, lang: str, ordered: bool = True) -> Scenario:
+    """`ordered`: the entries sorted by name, as the server lists them (Node's readdir sorts); training also
+    shows them unsorted (synth/tools.py, `TRAINING_STAND_INS`)."""
     path = folder(rng)
-    entries = sorted(rng.sample(FILES + FOLDERS, rng.randint(1, 4)))
+    entries = rng.sample(FILES + FOLDERS, rng.randint(1, 4))
+    if ordered:
+        entries.sort()
     result = "\n".join(f"[DIR] {e}" if e in FOLDERS else f"[FILE] {e}" for e in entries)
     items = ("、" if lang == "zh" else ", ").join(e + DIR_MARK[lang] if e in FOLDERS else e for e in entries)
     name = "filesystem-list_directory"
@@ -201,10 +205,13 @@ FIND_ASKS = {
 FIND_REPLY = {"en": "Found: {items}.", "zh": "找到：{items}。", "ko": "찾은 파일: {items}."}
 
 
-def find(rng: random.Random, lang: str) -> Scenario:
+def find(rng: random.Random, lang: str, ordered: bool = True) -> Scenario:
+    """`ordered` as for `listing`."""
     root, name = folder(rng), "filesystem-search_files"
     ext = rng.choice((".txt", ".md", ".csv", ".json"))
-    stems = sorted({f.split(".")[0] for f in rng.sample(FILES, 3)})
+    stems = list(dict.fromkeys(f.split(".")[0] for f in rng.sample(FILES, 3)))
+    if ordered:
+        stems.sort()
     found = [f"{root}/{rng.choice(('', 'docs/', 'notes/'))}{stem}{ext}" for stem in stems]
     call = ToolCall(name, {"path": root, "pattern": f"*{ext}"}, "\n".join(found))
     return Scenario(say(rng, lang, FIND_ASKS, ext=ext, path=root), (call,),

@@ -10,10 +10,14 @@ from . import arithmetic, convert, facts, smalltalk
 from .catalogue import TOOLS
 from .lang import EVEN, pick_lang
 from .sample import Exchange, Sample, one_turn
+from .split import TRAIN
 from .tools import FEWER
 
 NO_TOOL = "No tool fits this request, so I answer directly."
 TOPICS = {"arith": 0.35, "convert": 0.1, "smalltalk": 0.3, "facts": 0.25}
+# Training only: general questions asked under a tool header failed most (7/18 with thinking on, docs/LOG.md
+# 2026-12-03); the held-out set keeps TOPICS.
+TRAINING_TOPICS = {"arith": 0.25, "convert": 0.1, "smalltalk": 0.2, "facts": 0.45}
 NEVER_OFFERED = {
     "arith": {"code_interpreter"}, "convert": {"code_interpreter"}, "smalltalk": set(),
     "facts": {"search_web"},  # a search could answer these
@@ -33,7 +37,8 @@ def question(rng: random.Random, topic: str, thinking: bool, split: str) -> tupl
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
-    topic = rng.choices(list(TOPICS), list(TOPICS.values()))[0]
+    topics = TRAINING_TOPICS if split == TRAIN else TOPICS
+    topic = rng.choices(list(topics), list(topics.values()))[0]
     lang, asked = question(rng, topic, thinking, split)
     names = rng.sample([n for n in TOOLS if n not in NEVER_OFFERED[topic]], rng.choices((1, 2, 3, 4), FEWER)[0])
     reasoning = "\n".join(filter(None, (NO_TOOL, asked.reasoning)))

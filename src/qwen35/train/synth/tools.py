@@ -8,6 +8,7 @@ code_interpreter), which is what Qwen-Agent sends with the MCP filesystem server
 
 from __future__ import annotations
 
+import functools
 import random
 
 from . import api_calls, fs_calls
@@ -29,6 +30,12 @@ SCENARIOS = {**API_SCENARIOS, **FS_SCENARIOS}
 # folder) failed in every demo model at their natural weight (docs/LOG.md, 2026-12-03), so training sees them
 # more often.
 TRAINING_BOOST = {fs_calls.listing: 3.0, fs_calls.move: 3.0, api_calls.email: 2.5, fs_calls.allowed: 3.0}
+# Training only: a share of a scenario's weight goes to a stand-in whose result cannot be predicted from the
+# request, so that only reading the result pays: listings and search hits unsorted (sorted, a model lists
+# likely names in alphabetical order instead of reading them), translations that are not the phrase's.
+TRAINING_STAND_INS = {fs_calls.listing: (functools.partial(fs_calls.listing, ordered=False), 0.75),
+                      fs_calls.find: (functools.partial(fs_calls.find, ordered=False), 0.75),
+                      api_calls.translate: (functools.partial(api_calls.translate, faithful=False), 0.5)}
 FULL_SET_SHARE = 0.05
 FEWER = (0.35, 0.35, 0.2, 0.1)  # chance of 0, 1, 2, 3 extra tools: every tool offered costs ~50-120 tokens
 CODE = "code_interpreter"
@@ -45,7 +52,14 @@ def weights(full_set: bool, split: str) -> dict:
     natural = FS_SCENARIOS if full_set else SCENARIOS
     if split != TRAIN:
         return natural
-    return {make: weight * TRAINING_BOOST.get(make, 1.0) for make, weight in natural.items()}
+    chances = {}
+    for make, weight in natural.items():
+        weight *= TRAINING_BOOST.get(make, 1.0)
+        stand_in, share = TRAINING_STAND_INS.get(make, (None, 0.0))
+        chances[make] = weight * (1 - share)
+        if stand_in is not None:
+            chances[stand_in] = weight * share
+    return chances
 
 
 def request(rng: random.Random, chances: dict) -> tuple[str, Scenario]:
