@@ -23,6 +23,7 @@ from qwen35.loading import names
 from qwen35.loading.checkpoint import CheckpointError, has_mtp, load_model
 from qwen35.loading.fp8 import quantize_block_fp8, quantize_checkpoint_fp8
 from qwen35.model.linear import FP8Linear, Linear
+from qwen35.ops.linear import packing_applies
 from tests.model.helpers import amplify_mtp, draft_chain
 
 from .util import INDEX, all_headers, copy_ckpt, edit_config, random_prompts, weight_map
@@ -357,6 +358,7 @@ def test_fused_prepacked_head_matches_plain(loud, dtype, tol):
     plain, _ = load_model(loud[1], dtype=dtype, mtp=True, fuse=False, prepack=False)
     attn, plain_attn = fast.mtp.layers[0].self_attn, plain.mtp.layers[0].self_attn
     assert attn.qkv_proj is not None and plain_attn.qkv_proj is None
-    assert any(m.packed is not None for m in _mtp_linears(fast).values() if isinstance(m, Linear))
+    if packing_applies(torch.zeros(1, dtype=dtype)):  # bf16 packs only where oneDNN has a bf16 path
+        assert any(m.packed is not None for m in _mtp_linears(fast).values() if isinstance(m, Linear))
     assert all(m.packed is None for m in _mtp_linears(plain).values() if isinstance(m, Linear))
     assert _maxdiff(_drafts(fast)[1], _drafts(plain)[1]) < tol

@@ -260,3 +260,37 @@ def test_generation_is_fast():
     start = time.perf_counter()
     training(10_000)
     assert time.perf_counter() - start < 5.0
+
+
+def tool_results(samples, name: str) -> list[tuple[dict, str]]:
+    """(the call's arguments, the tool's result) of every sample whose first call is `name`."""
+    return [(s.tool_call["arguments"], next(m["content"] for m in s.messages if m["role"] == "tool"))
+            for s in samples if s.kind == "tool" and s.tool_call["name"] == name]
+
+
+def test_training_results_cannot_be_guessed_from_the_request():
+    """Training shows listings and search hits unsorted and translations that are not the phrase's (the
+    stand-ins of synth/tools.py); the held-out set keeps what the tools return: sorted, faithful."""
+    from qwen35.train.synth.api_calls import LANGUAGES, PHRASES
+
+    def names(result: str) -> list[str]:  # "[FILE] a.txt" -> "a.txt", "/tmp/x/docs/a.txt" -> "a.txt"
+        return [line.split("] ", 1)[-1].rsplit("/", 1)[-1] for line in result.splitlines()]
+
+    def sorted_share(samples, name: str) -> float:
+        results = [names(r) for _, r in tool_results(samples, name) if len(r.splitlines()) > 1]
+        return sum(r == sorted(r) for r in results) / len(results)
+
+    more_train, more_heldout = training(5000), heldout(3000)  # enough listings, searches and translations
+    for name in ("filesystem-list_directory", "filesystem-search_files"):
+        assert sorted_share(more_heldout, name) == 1.0
+        assert sorted_share(more_train, name) < 0.6
+
+    def faithful_share(samples) -> float:
+        pairs = tool_results(samples, "translate")
+        local = {zh: en for en, (zh, ko) in LANGUAGES.items()} | {ko: en for en, (zh, ko) in LANGUAGES.items()}
+        right = [json.loads(r)["translation"] == PHRASES[a["text"]][list(LANGUAGES).index(
+            local.get(a["target_language"], a["target_language"]))] for a, r in pairs]
+        return sum(right) / len(right)
+
+    assert faithful_share(more_heldout) == 1.0
+    assert 0.3 < faithful_share(more_train) < 0.8
