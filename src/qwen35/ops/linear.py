@@ -9,7 +9,8 @@ No kernel wins on every CPU (docs/KERNELS.md), so the choices are measured on th
   `_few_rows_kernel` times our kernel, `torch.mv` (one row), `F.linear` and `W @ x^T` once per weight and row
   count, and keeps the default (mv / F.linear) unless another is `SWITCH_MARGIN` faster (ours, on the AMD
   host where mv reads the lm_head at a third of the bandwidth).
-Everything else, including CUDA, is `F.linear`, which is also the reference.
+Everything else, including CUDA, is `F.linear`, which is also the reference; on a CPU without a bf16 GEMM
+(AVX2 only) bf16 weights are widened to fp32 for it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: torch.Tensor | 
             return torch.mv(weight, x[0]).unsqueeze(0)
         if kernel == "w_xt":
             return torch.mm(weight, x.t()).t()
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and not onednn_bf16():
+        # no bf16 GEMM on this CPU (AVX2 only): torch's fallback ran 5x slower than fp32 for 64-512 rows
+        return F.linear(x.float(), weight.float()).to(x.dtype)
     return F.linear(x, weight)
 
 
