@@ -737,6 +737,6 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
             plain = [f"{o}x{i}" for (o, i), layout in model.prepack().items() if layout == "plain"]
             release_free_memory()  # the layout measurement's packed samples
             if plain:
-                log.info("projections read by our CPU kernel (measured faster than oneDNN here): %s",
-                         ", ".join(plain))
+                log.info("projections read by our CPU kernel (measured faster than oneDNN here, or oneDNN has "
+                         "no bf16 path on this CPU): %s", ", ".join(plain))
     return model, cfg

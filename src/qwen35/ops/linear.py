@@ -117,7 +117,7 @@ def prefer_packed(weights: list[torch.Tensor], evict: list[torch.Tensor] = (),
     nbytes = w0.numel() * w0.element_size()
     if not packing_applies(w0):
         return False
-    if (w0.device.type != "cpu" or w0.dtype != torch.bfloat16 or native.ops() is None
+    if (w0.dtype != torch.bfloat16 or native.ops() is None
             or not all(w.is_contiguous() for w in weights) or nbytes * len(weights) < MEASURE_MIN_BYTES):
         return True
     sample = weights[:max(1, sample_bytes // nbytes)]
