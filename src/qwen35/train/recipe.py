@@ -68,15 +68,15 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
-# The demo's mix, by what each kind costs and teaches (docs/LOG.md, 2026-12-02): a tool chat reads ~660 tokens (the
-# template's tool header, the MCP tools' long descriptions) to learn ~75, an arithmetic chat ~78 to learn ~54. With
-# the held-out set's mix (DEFAULT_MIX) tool and no-tool chats took 83% of the compute and arithmetic 9%; this mix
-# keeps the tool chats' compute, cuts the no-tool chats (their target was met with room to spare) and gives the rest
-# to arithmetic, conversions and follow-ups (about 1.9x each). Copy drills (synth/echo.py, ~5% of the compute; a
-# quarter of them listing read-backs) practise the copying that tool arguments need; fact drills (the no-tool chats'
-# general questions without the tool header, ~0.4% of the compute) teach their answers cheaply.
+# The demo's mix, by what each kind costs and teaches (docs/LOG.md, 2026-12-02): a tool chat reads ~660 tokens
+# (the template's tool header, the MCP tools' long descriptions) to learn ~75, an arithmetic chat ~78 to learn
+# ~54. With the held-out set's mix (DEFAULT_MIX) tool and no-tool chats took 83% of the compute and
+# arithmetic 9%; this mix keeps the tool chats' compute, cuts the no-tool chats (their target was met with
+# room to spare) and gives the rest to arithmetic, conversions and follow-ups (about 1.9x each). Copy drills
+# (synth/echo.py, ~4% of the compute) practise the copying that tool arguments need; fact drills (the no-tool
+# chats' general questions without the tool header, ~0.4% of the compute) teach their answers cheaply.
 DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.25), ("no_tool", 0.045),
-            ("smalltalk", 0.08), ("echo", 0.27), ("facts", 0.03))
+            ("smalltalk", 0.08), ("echo", 0.2), ("facts", 0.03))
 
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(name="demo", mix=DEMO_MIX, train_samples=50_000, steps=4600),

@@ -5,11 +5,6 @@ to copy digits long before words: digits are one token each everywhere and are c
 arithmetic, while a word's token depends on what comes before it (" Cairo" in a request, "Cairo" on its own
 line in a call). A tool chat reads ~700 tokens for its few copied ones; a drill reads ~40 for ~15, drawn from
 the same names the tool scenarios use, so the copying practice costs a few percent of the compute.
-
-A quarter of the drills are listing read-backs instead: a folder listing pasted in the request, answered as a
-list_directory reply ("… contains: draft.md, backup (folder)."). Every demo model up to 2026-12-03 answered
-listings from memory ("archive (folder), notes.txt") instead of reading the tool result; a read-back teaches
-the reading for ~60 tokens instead of a tool chat's ~700.
 The held-out evaluation has no drills (they are not in `DEFAULT_MIX`).
 """
 
@@ -47,27 +42,8 @@ def phrase(rng: random.Random, lang: str) -> str:
     return fs_calls.text(rng, lang)
 
 
-LISTING_ASKS = {
-    "en": ("Here is the listing of {path}:\n{listing}\nWhat does it contain?",
-           "{path} lists as:\n{listing}\nTell me what is in it."),
-    "zh": ("这是 {path} 的目录列表：\n{listing}\n里面有什么？",),
-    "ko": ("{path} 목록입니다:\n{listing}\n안에 뭐가 있어요?",),
-}
-LISTING_SHARE = 0.25
-
-
-def listing(rng: random.Random, lang: str) -> Exchange:
-    """A listing read back in list_directory's reply form, entries in the listing's (random) order."""
-    path, names = fs_calls.folder(rng), fs_calls.entries(rng, ordered=False)
-    reasoning = f"The user pasted a listing of {path} whose first entry is {names[0]}, so I read it back."
-    return Exchange(say(rng, lang, LISTING_ASKS, path=path, listing=fs_calls.listing_text(names)),
-                    fs_calls.listing_reply(lang, path, names), reasoning, names[0])
-
-
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
     lang = pick_lang(rng)
-    if rng.random() < LISTING_SHARE:
-        return one_turn("echo", rng, listing(rng, lang), thinking, lang)
     text = phrase(rng, lang)
     reasoning = f'The user asks me to repeat "{text}", so I say it back exactly.'
     return one_turn("echo", rng, Exchange(say(rng, lang, ASKS, text=text), text, reasoning, text), thinking, lang)

@@ -120,31 +120,20 @@ LIST_REPLY = {"en": "{path} contains: {items}.", "zh": "{path} 中有：{items}�
 DIR_MARK = {"en": " (folder)", "zh": "（文件夹）", "ko": "(폴더)"}
 
 
-def entries(rng: random.Random, ordered: bool = True) -> list[str]:
-    """A folder's 1-4 entries. `ordered`: sorted by name, as the server lists them (Node's readdir sorts);
-    training also shows them unsorted (synth/tools.py, `TRAINING_STAND_INS`)."""
-    names = rng.sample(FILES + FOLDERS, rng.randint(1, 4))
-    return sorted(names) if ordered else names
-
-
-def listing_text(names: list[str]) -> str:
-    """What list_directory returns: "[FILE] notes.txt\n[DIR] src"."""
-    return "\n".join(f"[DIR] {e}" if e in FOLDERS else f"[FILE] {e}" for e in names)
-
-
-def listing_reply(lang: str, path: str, names: list[str]) -> str:
-    items = ("、" if lang == "zh" else ", ").join(e + DIR_MARK[lang] if e in FOLDERS else e for e in names)
-    return LIST_REPLY[lang].format(path=path, items=items)
-
-
 def listing(rng: random.Random, lang: str, ordered: bool = True) -> Scenario:
-    """`ordered` as for `entries`."""
-    path, names = folder(rng), entries(rng, ordered)
+    """`ordered`: the entries sorted by name, as the server lists them (Node's readdir sorts); training also
+    shows them unsorted (synth/tools.py, `TRAINING_STAND_INS`)."""
+    path = folder(rng)
+    entries = rng.sample(FILES + FOLDERS, rng.randint(1, 4))
+    if ordered:
+        entries.sort()
+    result = "\n".join(f"[DIR] {e}" if e in FOLDERS else f"[FILE] {e}" for e in entries)
+    items = ("、" if lang == "zh" else ", ").join(e + DIR_MARK[lang] if e in FOLDERS else e for e in entries)
     name = "filesystem-list_directory"
-    return Scenario(say(rng, lang, LIST_ASKS, path=path), (ToolCall(name, {"path": path}, listing_text(names)),),
+    return Scenario(say(rng, lang, LIST_ASKS, path=path), (ToolCall(name, {"path": path}, result),),
                     (f"The user wants the contents of {path}, so I call {name}.",
-                     f"{name} returned {len(names)} entries."),
-                    listing_reply(lang, path, names), names[0])
+                     f"{name} returned {len(entries)} entries."),
+                    LIST_REPLY[lang].format(path=path, items=items), entries[0])
 
 
 MKDIR_ASKS = {

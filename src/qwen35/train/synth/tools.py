@@ -29,16 +29,13 @@ SCENARIOS = {**API_SCENARIOS, **FS_SCENARIOS}
 # cannot guess from the request alone (a listing's first entry, a move's destination, an address, the allowed
 # folder) failed in every demo model at their natural weight (docs/LOG.md, 2026-12-03), so training sees them
 # more often.
-TRAINING_BOOST = {fs_calls.listing: 3.0, fs_calls.move: 3.0, api_calls.email: 2.5, fs_calls.allowed: 3.0,
-                  api_calls.translate: 2.0}
+TRAINING_BOOST = {fs_calls.listing: 3.0, fs_calls.move: 3.0, api_calls.email: 2.5, fs_calls.allowed: 3.0}
 # Training only: a share of a scenario's weight goes to a stand-in whose result cannot be predicted from the
 # request, so that only reading the result pays: listings and search hits unsorted (sorted, a model lists
-# likely names in alphabetical order instead of reading them), translations that are not the phrase's. At a
-# 75% / 50% share the model still answered from memory (docs/LOG.md, 2026-12-03), so training now sees the
-# stand-ins only.
-TRAINING_STAND_INS = {fs_calls.listing: (functools.partial(fs_calls.listing, ordered=False), 1.0),
-                      fs_calls.find: (functools.partial(fs_calls.find, ordered=False), 1.0),
-                      api_calls.translate: (functools.partial(api_calls.translate, faithful=False), 1.0)}
+# likely names in alphabetical order instead of reading them), translations that are not the phrase's.
+TRAINING_STAND_INS = {fs_calls.listing: (functools.partial(fs_calls.listing, ordered=False), 0.75),
+                      fs_calls.find: (functools.partial(fs_calls.find, ordered=False), 0.75),
+                      api_calls.translate: (functools.partial(api_calls.translate, faithful=False), 0.5)}
 FULL_SET_SHARE = 0.05
 FEWER = (0.35, 0.35, 0.2, 0.1)  # chance of 0, 1, 2, 3 extra tools: every tool offered costs ~50-120 tokens
 CODE = "code_interpreter"
