@@ -124,6 +124,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"qwen35 eval: error: {e}", file=sys.stderr)
         return 1
     print(report.table())
+    if args.failures and report.failures():
+        print("\nfailed samples:\n" + report.failures())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report.to_dict(), f, indent=1, ensure_ascii=False)
@@ -211,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--recipe", default="demo", help="the held-out set and targets (default demo)")
     e.add_argument("--samples", type=int, default=300, help="held-out samples (default 300)")
     e.add_argument("--json", metavar="FILE", help="also write the report (with every sample's scores) as JSON")
+    e.add_argument("--failures", action="store_true",
+                   help="also print every failed sample: the request, what the reply had to contain, the reply")
     e.add_argument("--port", type=int, default=0, help="the server's port (default: a free one)")
     e.add_argument("--mtp-tokens", type=int, default=2, help="MTP draft tokens (0: no speculative decoding)")
     e.add_argument("--max-tokens", type=int, default=512, help="per reply (default 512)")

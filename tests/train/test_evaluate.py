@@ -241,6 +241,22 @@ def test_a_failed_request_fails_its_sample_and_is_noted():
     assert (o.valid_call, o.final_ok, o.reasoning) == (True, False, False) and o.error.startswith("ConnectionError")
 
 
+def test_failed_samples_are_described_with_request_expectation_and_reply():
+    bad = ev.score_sample(Scripted(reply(calls=[("get_weather", {"town": "Paris"})]), reply("It is sunny.")), 4,
+                          WEATHER_SAMPLE)
+    good = ev.score_sample(Scripted(reply("347 + 589 = 936.", "ones: ...")), 5, ARITH)
+    assert bad.failed == ["tool"] and good.failed == []
+    text = bad.describe()
+    assert text.splitlines()[0] == "#4 tool/en/no_think get_weather: failed tool"
+    assert "asked:    'Weather in Paris?'" in text and "expected: '21'" in text and "'It is sunny.'" in text
+    assert "missing required 'city'" in text
+    errored = ev.score_sample(Scripted(TimeoutError("read timed out")), 6, ARITH)
+    assert errored.failed == ["answer", "error"] and "error: TimeoutError: read timed out" in errored.describe()
+    report = ev.Report("m", ev.summarize([bad, good]), [bad, good], 1.0, 10)
+    assert report.failures() == bad.describe()
+    assert ev.Report("m", ev.summarize([good]), [good], 1.0, 10).failures() == ""
+
+
 def test_summary_counts_and_order():
     outcomes = [ev.score_sample(Scripted(*replies), i, s) for i, (s, replies) in enumerate([
         (ARITH, [reply("= 936", "trace")]),
@@ -324,7 +340,8 @@ def test_cli_prints_the_report_and_writes_json(monkeypatch, tmp_path, capsys):
 
     def fake_run_eval(model, samples, **kwargs):
         seen.update(model=model, n=len(samples), **kwargs)
-        outcomes = [ev.score_sample(Scripted(reply("= 936")), 0, ARITH)]
+        outcomes = [ev.score_sample(Scripted(reply("= 936")), 0, ARITH),
+                     ev.score_sample(Scripted(reply("= 937")), 1, ARITH)]
         return ev.Report("m", ev.summarize(outcomes), outcomes, 1.0, 10, 2.0, ev.TARGETS["demo"])
 
     monkeypatch.setattr(ev, "heldout_samples", lambda recipe, n: [ARITH] * n)
@@ -335,9 +352,14 @@ def test_cli_prints_the_report_and_writes_json(monkeypatch, tmp_path, capsys):
     assert seen["model"] == "ckpt" and seen["n"] == 7 and seen["port"] == 8123 and seen["mtp_tokens"] == 1
     assert seen["serve_args"] == ["--device", "cuda"] and seen["recipe_name"] == "demo"
     printed = capsys.readouterr().out
-    assert "answer                         1.000         1/1  >= 0.95 pass" in printed
+    assert "answer                         0.500         1/2  >= 0.95 FAIL" in printed
+    assert "failed samples" not in printed
     assert "mtp/pos0" in printed and "n/a" in printed  # a target with nothing measured
-    assert json.loads(out.read_text())["metrics"]["answer"]["value"] == 1.0
+    assert json.loads(out.read_text())["metrics"]["answer"]["value"] == 0.5
+    assert json.loads(out.read_text())["samples"][1]["expected"] == ARITH.answer
+    assert main(["eval", "ckpt", "--samples", "2", "--failures"]) == 0
+    printed = capsys.readouterr().out
+    assert "failed samples:\n#1 arith/" in printed and "replied:  '= 937'" in printed and "#0 " not in printed
 
     def failing(*args, **kwargs):
         raise ev.EvalError("the server exited with status 2 before it was ready")

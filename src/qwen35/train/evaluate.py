@@ -80,11 +80,28 @@ class Outcome:
     finish: str | None = None  # and its finish_reason ("length": max_tokens ran out)
     note: str = ""  # why a tool call is not valid
     error: str | None = None
+    request: str = ""  # the last user message sent
+    expected: str | None = None  # what the final reply must contain
 
     @property
     def tool_loop(self) -> bool | None:
         """The headline "tool": a valid call and then a final answer from its result (None: not a tool sample)."""
         return None if self.valid_call is None else bool(self.valid_call and self.final_ok)
+
+    @property
+    def failed(self) -> list[str]:
+        """The headline checks this sample failed ("answer", "tool", "no_tool"), "error" for a failed request."""
+        checks = {"answer": self.answer_ok, "tool": self.tool_loop, "no_tool": self.no_call}
+        return [name for name, ok in checks.items() if ok is False] + (["error"] if self.error else [])
+
+    def describe(self) -> str:
+        """A failed sample in a few lines: what was asked, what the reply had to contain, what it said."""
+        mode = "think" if self.thinking else "no_think"
+        head = f"#{self.index} {self.kind}/{self.lang}/{mode}" + (f" {self.tool}" if self.tool else "")
+        lines = [f"{head}: failed {', '.join(self.failed)}", f"  asked:    {self.request!r}",
+                 f"  expected: {self.expected!r}", f"  replied:  {self.content!r}"]
+        lines += [f"  {label}: {text}" for label, text in (("note", self.note), ("error", self.error)) if text]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,10 @@ class Report:
         rows.append(f"{len(self.outcomes)} samples, {self.completion_tokens} completion tokens in {self.wall_s:.1f} s "
                     f"({self.tokens_per_s:.1f} tok/s){start}")
         return "\n".join(rows)
+
+    def failures(self) -> str:
+        """Every sample that failed a headline check, described (`Outcome.describe`); "" when none did."""
+        return "\n".join(o.describe() for o in self.outcomes if o.failed)
 
 
 def summarize(outcomes: Sequence[Outcome], spec: dict | None = None) -> dict[str, Ratio]:
@@ -278,7 +299,7 @@ def _tool_results(sample) -> list[list[dict]]:
 
 def score_sample(ask: _Asker, index: int, sample) -> Outcome:
     """Ask the sample's questions (`ask`: one request) and score the replies; never raises."""
-    o = Outcome(index, sample.kind, sample.thinking, sample.lang)
+    o = Outcome(index, sample.kind, sample.thinking, sample.lang, expected=sample.answer)
     # what the sample counts in, failed until shown otherwise
     if sample.kind in ANSWER_KINDS and sample.answer is not None:
         o.answer_ok = False
@@ -288,6 +309,7 @@ def score_sample(ask: _Asker, index: int, sample) -> Outcome:
     if sample.kind == "no_tool":
         o.no_call = False
     prompt = sample.prompt_messages()
+    o.request = str(prompt[-1].get("content") or "")
     try:
         message = ask(o, prompt, sample.tools, sample.thinking)
         o.reasoning = has_reasoning(message)
