@@ -124,8 +124,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"qwen35 eval: error: {e}", file=sys.stderr)
         return 1
     print(report.table())
-    if args.failures and report.failures():
-        print("\nfailed samples:\n" + report.failures())
+    failures = report.failures() if args.failures else ""
+    if failures:
+        print("\nfailed samples:\n" + failures)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report.to_dict(), f, indent=1, ensure_ascii=False)

@@ -355,8 +355,8 @@ def test_cli_prints_the_report_and_writes_json(monkeypatch, tmp_path, capsys):
     assert "answer                         0.500         1/2  >= 0.95 FAIL" in printed
     assert "failed samples" not in printed
     assert "mtp/pos0" in printed and "n/a" in printed  # a target with nothing measured
-    assert json.loads(out.read_text())["metrics"]["answer"]["value"] == 0.5
-    assert json.loads(out.read_text())["samples"][1]["expected"] == ARITH.answer
+    written = json.loads(out.read_text())
+    assert written["metrics"]["answer"]["value"] == 0.5 and written["samples"][1]["expected"] == ARITH.answer
     assert main(["eval", "ckpt", "--samples", "2", "--failures"]) == 0
     printed = capsys.readouterr().out
     assert "failed samples:\n#1 arith/" in printed and "replied:  '= 937'" in printed and "#0 " not in printed
