@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/qwen35 serve
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto   # one worker per core (pytest-xdist)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

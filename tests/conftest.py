@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 from qwen35.config import preset
 from qwen35.loading.writer import write_random_checkpoint
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one torch thread each, or the workers' thread pools fight over
+    # the cores (a spinning OpenMP pool made a 4 s test take 30 s)
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """A test that sets torch's thread count (training does) leaves it as it found it."""
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 HF_SHAPE = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,

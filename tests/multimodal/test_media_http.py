@@ -11,6 +11,7 @@ import ipaddress
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,8 +88,15 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the client gave up, as it should
 
 
+class Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """Quiet about clients that hang up or refuse the certificate (the tests make them); loud otherwise."""
+        if not isinstance(sys.exc_info()[1], OSError):  # ssl.SSLError and ConnectionResetError are OSErrors
+            super().handle_error(request, client_address)
+
+
 def serve(tls: ssl.SSLContext | None = None):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)

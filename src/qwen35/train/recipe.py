@@ -84,7 +84,7 @@ RECIPES: dict[str, Recipe] = {
     "smoke": Recipe(name="smoke", hidden_size=64, num_layers=4, attention_heads=2, kv_heads=1, head_dim=32,
                     gdn_heads=2, gdn_head_dim=32, intermediate_size=128, vocab_size=1024, train_samples=300,
                     vocab_samples=300, max_len=1024, steps=6, batch_tokens=2048, lr=5e-3, warmup_steps=2,
-                    checkpoint_every=3),
+                    checkpoint_every=3, threads=1),
 }
 
 
