@@ -79,11 +79,12 @@ def recurrent_gated_delta_rule(
 
 def chunked_gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """WY/UT-transform chunked form (docs/MODEL.md §3), same maths as the recurrent form.
 
     q, k: [B, T, H, dk]; v: [B, T, H, dv]; g, beta: [B, T, H]; state: [B, H, dk, dv], updated in place.
+    chunk: tokens per chunk; by default `CHUNK`, or `train_chunk(T)` when autograd goes through.
     Returns o: [B, T, H, dv].
 
     Per chunk of C tokens (local positions r, s), with G the in-chunk cumulative log-decay:
@@ -98,7 +99,8 @@ def chunked_gated_delta_rule(
     """
     B, T, H, dk = k.shape
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, g, beta)):
-        return _chunked_differentiable(q, k, v, g, beta, state, chunk)
+        return _chunked_differentiable(q, k, v, g, beta, state, chunk or train_chunk(T))
+    chunk = chunk or CHUNK
     out = q.new_empty(B, T, H, v.shape[-1])
     S = state.reshape(B * H, dk, v.shape[-1])
     span = max(1, _SPAN_TOKENS // chunk) * chunk
@@ -153,14 +155,22 @@ def _chunk_span(q, k, v, g, beta, S, out, chunk):
     return states[N]
 
 
+def train_chunk(T: int) -> int:
+    """The training path's chunk for sequences of T tokens. Its cost is dominated by per-op overhead and the
+    C x C terms, not by the recurrence: on the demo model's heads (4 of 40) forward and backward of 25 x 80
+    tokens take 23 ms with chunks of 16 against 76 ms with 64; a 2048-token sequence 41 ms with 32 against 45
+    with 64 and 55 with 16 (the loop over chunks grows). docs/LOG.md, 2026-12-03."""
+    return 16 if T <= 512 else 32
+
+
 def _chunked_differentiable(q, k, v, g, beta, state, chunk):
     """`chunked_gated_delta_rule` for training: the same chunk maths as `_chunk_span` over the whole sequence,
     written out of place so that autograd can go through it (the inference path updates its buffers in place
-    and writes with `out=`). The final state is stored detached."""
+    and writes with `out=`). As there, the loop over chunks runs only the recurrence (V' and the next S) and
+    O is one batched product afterwards. The final state is stored detached."""
     C = chunk
     B, T, H, dk = k.shape
     q, k, v, g, beta = (_to_chunks(x, C) for x in (q, k, v, g, beta))  # [N, BH, C, d] / [N, BH, C]
-    N = g.shape[0]
     G = g.cumsum(-1)
     G_exp = _decay(G).unsqueeze(-1)
     below = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -168,22 +178,25 @@ def _chunked_differentiable(q, k, v, g, beta, state, chunk):
     gamma = _decay((G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~below, float("-inf")))
     kt = k.transpose(-1, -2)
     P = (q @ kt) * gamma
-    A = (k @ kt) * gamma * beta.unsqueeze(-1)
+    A = (k @ kt) * gamma * beta.unsqueeze(-1)  # only its strict lower part is read (and gets a gradient)
     eye = torch.eye(C, dtype=q.dtype, device=q.device).expand_as(A)
-    A_inv = torch.linalg.solve_triangular(A.tril(-1) + eye, eye, upper=False, unitriangular=True)
+    A_inv = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)
     U = A_inv @ (v * beta.unsqueeze(-1))
     W = A_inv @ (k * (beta.unsqueeze(-1) * G_exp))
     decay_last = _decay(G[..., -1:]).unsqueeze(-1)
-    k_decayed = k * _decay(G[..., -1:] - G).unsqueeze(-1)
+    k_decayed_t = (k * _decay(G[..., -1:] - G).unsqueeze(-1)).transpose(-1, -2)
     S = state.reshape(B * H, dk, v.shape[-1]).clone()  # the pool row is overwritten at the end
-    outs = []
-    for n in range(N):
-        v_new = U[n] - W[n] @ S  # V' = U - W S
-        outs.append((q[n] @ S) * G_exp[n] + P[n] @ v_new)  # O = exp(G) (Q S) + P V'
-        S = S * decay_last[n] + k_decayed[n].transpose(-1, -2) @ v_new
+    starts, v_new = [], []
+    # chunk n's slices by one unbind each: indexing [n] would give every slice its own backward, each writing
+    # a zero tensor of the whole size (quadratic in the chunks)
+    for U_n, W_n, decay_n, k_n in zip(U.unbind(0), W.unbind(0), decay_last.unbind(0), k_decayed_t.unbind(0)):
+        starts.append(S)
+        v_new.append(U_n - W_n @ S)  # V' = U - W S
+        S = S * decay_n + k_n @ v_new[-1]  # S = exp(G_C) S + (exp(G_C - G) K)^T V'
     state.copy_(S.detach().view_as(state))
+    o = (q @ torch.stack(starts)) * G_exp + P @ torch.stack(v_new)  # O = exp(G) (Q S) + P V'
     out = q.new_empty(B, T, H, v.shape[-1])
-    _from_chunks(torch.stack(outs), out)  # a copy into `out`, which autograd goes through
+    _from_chunks(o, out)  # a copy into `out`, which autograd goes through
     return out
 
 
