@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/qwen35 serve
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto   # one worker per core (pytest-xdist)
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4   # one worker per core, at most 4 (pytest-xdist)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
