@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_model, describe, memory_bandwidth  # noqa: E402
+from machine import cpu_model, memory_bandwidth  # noqa: E402
 
 from qwen35.ops import gdn  # noqa: E402
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
@@ -65,7 +65,8 @@ def main() -> None:
         tokens += n if i >= 0 else 0
     gdn.train_chunk = variants["train_chunk"]
     bw = memory_bandwidth()
-    print(f"{describe()}; {args.steps} steps of <= {r.batch_tokens} tokens per variant")
+    print(f"{cpu_model()}, {args.threads} torch threads, read bandwidth {bw:.1f} GB/s; {args.steps} steps of "
+          f"<= {r.batch_tokens} tokens per variant")
     for name, s in seconds.items():
         print(f"{name:12s} {s / args.steps * 1000:7.0f} ms/step  {tokens / s:8,.0f} tokens/s")
     ratio = seconds["chunk 64"] / seconds["train_chunk"]
