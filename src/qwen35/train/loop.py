@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import TextConfig
 from ..loading.writer import init_kind, random_tensor
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops.batch import BatchBuilder
@@ -40,9 +41,10 @@ LOG_FILE = "training_log.json"
 BLOCK = 64  # K/V cache block size of the training forward (the cache is written, never read)
 
 
-def build_model(recipe: Recipe, vocab_size: int, seed: int) -> Qwen35ForCausalLM:
-    """An fp32 model of the recipe's shape, initialised as `qwen35 init` draws weights, trainable."""
-    model = Qwen35ForCausalLM(recipe.text_config(vocab_size), mtp=True)
+def build_model(recipe: Recipe, vocab_size: int, seed: int, config: TextConfig | None = None) -> Qwen35ForCausalLM:
+    """An fp32 model of the recipe's shape (or of `config`), initialised as `qwen35 init` draws weights,
+    trainable."""
+    model = Qwen35ForCausalLM(config or recipe.text_config(vocab_size), mtp=True)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

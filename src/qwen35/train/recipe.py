@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import ConfigError, TextConfig
+from ..config import ConfigError, RopeConfig, TextConfig
 from .synth.mix import DEFAULT_MIX
 
 
@@ -33,6 +33,7 @@ class Recipe:
     gdn_head_dim: int = 40
     intermediate_size: int = 480
     vocab_size: int = 4096  # embedding rows; the trained vocabulary may be a little smaller
+    partial_rotary_factor: float = 0.25  # Qwen3.5's; at head dim 40 that leaves 10 rotating dims (docs/LOG.md)
     max_position_embeddings: int = 8192
     # data
     train_samples: int = 40_000
@@ -62,7 +63,8 @@ class Recipe:
             linear_num_key_heads=self.gdn_heads, linear_num_value_heads=self.gdn_heads,
             linear_key_head_dim=self.gdn_head_dim, linear_value_head_dim=self.gdn_head_dim,
             intermediate_size=self.intermediate_size, tie_word_embeddings=True,
-            max_position_embeddings=self.max_position_embeddings, mtp_num_hidden_layers=1)
+            max_position_embeddings=self.max_position_embeddings, mtp_num_hidden_layers=1,
+            rope=RopeConfig(partial_rotary_factor=self.partial_rotary_factor))
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)

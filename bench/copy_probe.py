@@ -1,0 +1,116 @@
+"""Can a recipe's shape learn to copy? The induction test: batches of `<s> x1..xL <sep> x1..xL <end>` with
+random ids, loss on the repeat only, trained from the recipe's initialisation with its optimiser, learning
+rate and warm-up. A model that copies drives the loss towards 0; one that cannot stays near log(ids), the
+cost of guessing. The demo model's tool loop fails on copying names (docs/LOG.md, 2026-12-04): this tells in
+minutes, before a retrain of an hour, whether a change of shape lets the model copy at all.
+
+    .venv/bin/python bench/copy_probe.py [--recipe demo] [--steps 300] [--length 30] [--ids 2000]
+        [--variant recipe --variant all-attention --variant rotary=1.0 --variant theta=1e4]
+
+Variants: `recipe` (the recipe's shape), `all-attention` (every layer gated attention), `rotary=F` (RoPE's
+`partial_rotary_factor`), `theta=T` (RoPE's base). Prints the CPU model, the loss every 50 steps per
+variant, and as its last line one JSON object of the final losses. One seed; the step at which copying
+starts varies between seeds by tens of steps, so compare variants that differ by hundreds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_model  # noqa: E402
+
+from qwen35.config import TextConfig  # noqa: E402
+from qwen35.ops.batch import BatchBuilder  # noqa: E402
+from qwen35.train.examples import IGNORE, Example  # noqa: E402
+from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model  # noqa: E402
+from qwen35.train.recipe import Recipe, recipe  # noqa: E402
+
+FIRST_ID = 100  # random ids are drawn above the special ones
+
+
+def variant_config(r: Recipe, variant: str, vocab: int) -> TextConfig:
+    cfg = r.text_config(vocab)
+    if variant == "recipe":
+        return cfg
+    if variant == "all-attention":
+        return dataclasses.replace(cfg, layer_types=("full_attention",) * cfg.num_hidden_layers)
+    key, _, value = variant.partition("=")
+    if key == "rotary":
+        return dataclasses.replace(cfg, rope=dataclasses.replace(cfg.rope, partial_rotary_factor=float(value)))
+    if key == "theta":
+        return dataclasses.replace(cfg, rope=dataclasses.replace(cfg.rope, theta=float(value)))
+    raise SystemExit(f"unknown variant {variant!r}: recipe, all-attention, rotary=F or theta=T")
+
+
+def copy_example(rng: np.random.Generator, length: int, ids: int) -> Example:
+    seq = rng.integers(FIRST_ID, FIRST_ID + ids, length)
+    tokens = np.concatenate([[1], seq, [2], seq, [3]]).astype(np.int64)
+    learnt = np.zeros(len(tokens), dtype=bool)
+    learnt[length + 2:] = True  # the repeat and the end marker
+    nxt = np.full(len(tokens), IGNORE, dtype=np.int64)
+    nxt[:-1] = np.where(learnt[1:], tokens[1:], IGNORE)
+    mtp = np.full(len(tokens), IGNORE, dtype=np.int64)
+    mtp[:-2] = np.where(learnt[2:], tokens[2:], IGNORE)
+    inputs = np.zeros(len(tokens), dtype=np.int64)
+    inputs[:-1] = tokens[1:]
+    return Example(tokens, nxt, mtp, inputs)
+
+
+def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list[float]:
+    torch.manual_seed(r.seed)
+    model = build_model(r, cfg.vocab_size, r.seed, config=cfg)
+    opt = _optimizer(model, r)
+    rng = np.random.default_rng(r.seed)
+    builder = BatchBuilder(BLOCK)
+    per_batch = max(1, r.batch_tokens // (2 * length + 3))
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
+        loss, main, _ = batch_loss(model, [copy_example(rng, length, ids) for _ in range(per_batch)], builder,
+                                   r.mtp_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(main)
+    return losses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", default="demo")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--length", type=int, default=30, help="random ids to copy")
+    ap.add_argument("--ids", type=int, default=2000, help="how many distinct ids they are drawn from")
+    ap.add_argument("--variant", action="append", help="repeatable; default: recipe and rotary=1.0")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    r = recipe(args.recipe)
+    vocab = max(r.vocab_size, FIRST_ID + args.ids)
+    print(f"{cpu_model()}; recipe {r.name}, {args.steps} steps, copy {args.length} of {args.ids} ids "
+          f"(guessing costs {math.log(args.ids):.2f} nats)")
+    final = {}
+    for variant in args.variant or ["recipe", "rotary=1.0"]:
+        cfg = variant_config(r, variant, vocab)
+        t0 = time.perf_counter()
+        losses = probe(r, cfg, args.steps, args.length, args.ids)
+        curve = "  ".join(f"{i}: {np.mean(losses[max(0, i - 10):i + 1]):.2f}" for i in range(0, args.steps, 50))
+        print(f"{variant:>14}  {curve}  end: {np.mean(losses[-10:]):.2f}  ({time.perf_counter() - t0:.0f} s)")
+        final[variant] = round(float(np.mean(losses[-10:])), 3)
+    print(json.dumps({"cpu": cpu_model(), "recipe": r.name, "steps": args.steps, "final_loss": final}))
+
+
+if __name__ == "__main__":
+    main()
