@@ -12,12 +12,15 @@ import torch
 from safetensors.torch import load_file
 
 from qwen35.default_model import DEFAULT_NAME, default_model_dir
+from qwen35.loading.checkpoint import load_model
 from qwen35.runtime import cpu_model
+from qwen35.tokenizer import Tokenizer
 from qwen35.train.evaluate import TARGETS, ServerProcess, evaluate, run_eval
 from qwen35.train.export import SHARD
 from qwen35.train.loop import LOG_FILE, train
 from qwen35.train.recipe import recipe
 from qwen35.train.synth import heldout
+from tests.model.helpers import all_logits
 
 pytest.importorskip("openai")
 HANDFUL = {("arith", True): 3, ("arith", False): 2, ("convert", True): 1, ("followup", True): 1,
@@ -49,6 +52,20 @@ def test_the_embedded_model_answers_calls_tools_and_drafts():
     assert m["no_tool"].value == 1.0
     assert m["tool/valid_call"].num >= m["tool/valid_call"].den - 1
     assert m["mtp/pos0"].value >= 0.6
+
+
+def test_the_shipped_checkpoint_computes_transformers_logits():
+    """The embedded checkpoint as transformers reads its config.json (the rotary width included) and ours."""
+    transformers = pytest.importorskip("transformers")
+    shipped = default_model_dir()
+    tok = Tokenizer.from_pretrained(shipped)
+    ids = tok.encode("<|im_start|>user\nList the files in /home/user/notes, then add 45 and 38.<|im_end|>\n"
+                     "<|im_start|>assistant\n<think>\n")
+    hf = transformers.Qwen3_5ForCausalLM.from_pretrained(shipped, dtype=torch.float32).eval()
+    ours, _ = load_model(shipped, dtype=torch.float32)
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor([ids])).logits[0]
+    assert (all_logits(ours, [ids])[0] - want).abs().max() < 1e-4
 
 
 @pytest.mark.slow
