@@ -31,7 +31,7 @@ from machine import cpu_model  # noqa: E402
 
 from qwen35.config import TextConfig  # noqa: E402
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
-from qwen35.train.examples import IGNORE, Example  # noqa: E402
+from qwen35.train.examples import Example, labelled  # noqa: E402
 from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model  # noqa: E402
 from qwen35.train.recipe import Recipe, recipe  # noqa: E402
 
@@ -57,13 +57,7 @@ def copy_example(rng: np.random.Generator, length: int, ids: int) -> Example:
     tokens = np.concatenate([[1], seq, [2], seq, [3]]).astype(np.int64)
     learnt = np.zeros(len(tokens), dtype=bool)
     learnt[length + 2:] = True  # the repeat and the end marker
-    nxt = np.full(len(tokens), IGNORE, dtype=np.int64)
-    nxt[:-1] = np.where(learnt[1:], tokens[1:], IGNORE)
-    mtp = np.full(len(tokens), IGNORE, dtype=np.int64)
-    mtp[:-2] = np.where(learnt[2:], tokens[2:], IGNORE)
-    inputs = np.zeros(len(tokens), dtype=np.int64)
-    inputs[:-1] = tokens[1:]
-    return Example(tokens, nxt, mtp, inputs)
+    return labelled(tokens, learnt)
 
 
 def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list[float]:

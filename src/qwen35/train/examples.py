@@ -72,6 +72,11 @@ def encode(text: str, spans: list[tuple[int, int]], tok: Tokenizer) -> Example:
     learnt = np.zeros(len(ids), dtype=bool)
     for s, e in spans:
         learnt |= (starts >= s) & (starts < e)
+    return labelled(ids, learnt)
+
+
+def labelled(ids: np.ndarray, learnt: np.ndarray) -> Example:
+    """The example of token ids `ids` [L] whose tokens where `learnt` [L] is True carry a loss."""
     shifted = np.full(len(ids), IGNORE, dtype=np.int64)
     shifted[:-1] = np.where(learnt[1:], ids[1:], IGNORE)
     mtp = np.full(len(ids), IGNORE, dtype=np.int64)
