@@ -62,7 +62,7 @@ def copy_example(rng: np.random.Generator, length: int, ids: int) -> Example:
 
 def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list[float]:
     torch.manual_seed(r.seed)
-    model = build_model(r, cfg.vocab_size, r.seed, config=cfg)
+    model = build_model(cfg, r.seed)
     opt = _optimizer(model, r)
     rng = np.random.default_rng(r.seed)
     builder = BatchBuilder(BLOCK)

@@ -62,7 +62,7 @@ def test_training_forward_equals_the_inference_forward():
     """A ragged batch through the training path (autograd on, padded causal SDPA) gives the hidden states the
     engine's path gives each sequence alone."""
     r = recipe("smoke")
-    model = build_model(r, 300, seed=3)
+    model = build_model(r.text_config(300), seed=3)
     seqs = [list(range(5, 205)), list(range(40, 110)), list(range(7, 9))]
     builder = BatchBuilder(64)
     tables, first = [], 0

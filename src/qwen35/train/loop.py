@@ -41,10 +41,10 @@ LOG_FILE = "training_log.json"
 BLOCK = 64  # K/V cache block size of the training forward (the cache is written, never read)
 
 
-def build_model(recipe: Recipe, vocab_size: int, seed: int, config: TextConfig | None = None) -> Qwen35ForCausalLM:
-    """An fp32 model of the recipe's shape (or of `config`), initialised as `qwen35 init` draws weights,
+def build_model(config: TextConfig, seed: int) -> Qwen35ForCausalLM:
+    """An fp32 model of this shape (a recipe's `text_config`), initialised as `qwen35 init` draws weights,
     trainable."""
-    model = Qwen35ForCausalLM(config or recipe.text_config(vocab_size), mtp=True)
+    model = Qwen35ForCausalLM(config, mtp=True)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -119,7 +119,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
     torch.manual_seed(recipe.seed)
     tok, examples = make_corpus(recipe, log)
     batches = plan_batches([len(e) for e in examples], recipe.batch_tokens, recipe.seed)
-    model = build_model(recipe, tok.vocab_size, recipe.seed)
+    model = build_model(recipe.text_config(tok.vocab_size), recipe.seed)
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {recipe.steps} steps of "
         f"<= {recipe.batch_tokens} tokens; {len(batches)} batches per epoch")
     opt = _optimizer(model, recipe)
