@@ -8,9 +8,9 @@ minutes, before a retrain of an hour, whether a change of shape lets the model c
         [--variant recipe --variant all-attention --variant rotary=1.0 --variant theta=1e4]
 
 Variants: `recipe` (the recipe's shape), `all-attention` (every layer gated attention), `rotary=F` (RoPE's
-`partial_rotary_factor`), `theta=T` (RoPE's base). Prints the CPU model, the loss every 50 steps per
-variant, and as its last line one JSON object of the final losses. One seed; the step at which copying
-starts varies between seeds by tens of steps, so compare variants that differ by hundreds.
+`partial_rotary_factor`), `theta=T` (RoPE's base), `lr=X` (the peak learning rate). Prints the CPU model,
+the loss every 50 steps per variant, and as its last line one JSON object of the final losses. One seed; the
+step at which copying starts varies between seeds by tens of steps, so compare variants that differ by hundreds.
 """
 
 from __future__ import annotations
@@ -38,18 +38,21 @@ from qwen35.train.recipe import Recipe, recipe  # noqa: E402
 FIRST_ID = 100  # random ids are drawn above the special ones
 
 
-def variant_config(r: Recipe, variant: str, vocab: int) -> TextConfig:
+def variant_setup(r: Recipe, variant: str, vocab: int) -> tuple[Recipe, TextConfig]:
+    """The recipe (its optimiser settings) and the model shape of a variant."""
     cfg = r.text_config(vocab)
     if variant == "recipe":
-        return cfg
+        return r, cfg
     if variant == "all-attention":
-        return dataclasses.replace(cfg, layer_types=("full_attention",) * cfg.num_hidden_layers)
+        return r, dataclasses.replace(cfg, layer_types=("full_attention",) * cfg.num_hidden_layers)
     key, _, value = variant.partition("=")
     if key == "rotary":
-        return dataclasses.replace(cfg, rope=dataclasses.replace(cfg.rope, partial_rotary_factor=float(value)))
+        return r, dataclasses.replace(cfg, rope=dataclasses.replace(cfg.rope, partial_rotary_factor=float(value)))
     if key == "theta":
-        return dataclasses.replace(cfg, rope=dataclasses.replace(cfg.rope, theta=float(value)))
-    raise SystemExit(f"unknown variant {variant!r}: recipe, all-attention, rotary=F or theta=T")
+        return r, dataclasses.replace(cfg, rope=dataclasses.replace(cfg.rope, theta=float(value)))
+    if key == "lr":
+        return r.replace(lr=float(value)), cfg
+    raise SystemExit(f"unknown variant {variant!r}: recipe, all-attention, rotary=F, theta=T or lr=X")
 
 
 def copy_example(rng: np.random.Generator, length: int, ids: int) -> Example:
@@ -97,9 +100,9 @@ def main() -> None:
           f"(guessing costs {math.log(args.ids):.2f} nats)")
     final = {}
     for variant in args.variant or ["recipe", "rotary=1.0"]:
-        cfg = variant_config(r, variant, vocab)
+        vr, cfg = variant_setup(r, variant, vocab)
         t0 = time.perf_counter()
-        losses = probe(r, cfg, args.steps, args.length, args.ids)
+        losses = probe(vr, cfg, args.steps, args.length, args.ids)
         curve = "  ".join(f"{i}: {np.mean(losses[max(0, i - 10):i + 1]):.2f}" for i in range(0, args.steps, 50))
         print(f"{variant:>14}  {curve}  end: {np.mean(losses[-10:]):.2f}  ({time.perf_counter() - t0:.0f} s)")
         final[variant] = round(float(np.mean(losses[-10:])), 3)
