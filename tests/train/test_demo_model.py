@@ -13,11 +13,10 @@ from safetensors.torch import load_file
 
 from qwen35.default_model import DEFAULT_NAME, default_model_dir
 from qwen35.loading.checkpoint import load_model
-from qwen35.runtime import cpu_model
 from qwen35.tokenizer import Tokenizer
 from qwen35.train.evaluate import TARGETS, ServerProcess, evaluate, run_eval
 from qwen35.train.export import SHARD
-from qwen35.train.loop import LOG_FILE, train
+from qwen35.train.loop import LOG_FILE, machine, train
 from qwen35.train.recipe import recipe
 from qwen35.train.synth import heldout
 from tests.model.helpers import all_logits
@@ -85,8 +84,7 @@ def test_the_recipe_reproduces_the_shipped_model(tmp_path):
     shipped = default_model_dir()
     out = train(recipe("demo"), tmp_path / "demo")
     log = json.loads((shipped / LOG_FILE).read_text())
-    here = {"cpu": cpu_model(), "torch": torch.__version__, "threads": recipe("demo").threads}
-    if log["machine"] == here:
+    if log["machine"] == machine(recipe("demo").threads):
         want, got = load_file(str(shipped / SHARD)), load_file(str(out / SHARD))
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
         assert (shipped / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()

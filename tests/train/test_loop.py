@@ -14,7 +14,7 @@ from qwen35.loading.checkpoint import load_model
 from qwen35.tokenizer import Tokenizer
 from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
 from qwen35.train.export import SHARD
-from qwen35.train.loop import LOG_FILE, STATE_FILE, lr_at, train
+from qwen35.train.loop import LOG_FILE, STATE_FILE, lr_at, machine, train
 from qwen35.train.recipe import recipe
 from qwen35.train.vocab import SPECIALS
 from tests.model.helpers import all_logits
@@ -45,6 +45,7 @@ def test_training_is_deterministic_and_resumes_bit_identically(trained, tmp_path
     log = json.loads((tmp_path / LOG_FILE).read_text())
     assert [h["step"] for h in log["history"]] == list(range(1, SMOKE.steps + 1))
     assert log["history"] == json.loads((trained / LOG_FILE).read_text())["history"]
+    assert log["machine"] == machine(SMOKE.threads)
 
 
 def test_loss_goes_down(trained):

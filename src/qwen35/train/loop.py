@@ -69,6 +69,13 @@ def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Example]]:
     return tok, examples
 
 
+def machine(threads: int) -> dict:
+    """What a bit-identical rerun needs to match: the CPU, the kernels torch picks for it (two hosts that both
+    call themselves "AMD EPYC" differed in AVX-512), the torch build and the thread count."""
+    return {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "threads": threads}
+
+
 def lr_at(step: int, recipe: Recipe) -> float:
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
@@ -162,8 +169,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         if stop_after is not None and step + 1 >= stop_after:
             return out
     write_trained(model, tok, recipe, out)
-    machine = {"cpu": cpu_model(), "torch": torch.__version__, "threads": recipe.threads}
-    (out / LOG_FILE).write_text(json.dumps({"recipe": asdict(recipe), "machine": machine, "history": history}) + "\n")
+    log_record = {"recipe": asdict(recipe), "machine": machine(recipe.threads), "history": history}
+    (out / LOG_FILE).write_text(json.dumps(log_record) + "\n")
     state_file.unlink(missing_ok=True)
     log(f"wrote {out}")
     return out
