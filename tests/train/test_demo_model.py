@@ -79,8 +79,8 @@ def test_demo_eval_meets_the_targets():
 
 @pytest.mark.slow
 def test_the_recipe_reproduces_the_shipped_model(tmp_path):
-    """Bit-identical where the shipped model was trained (same CPU model, torch and threads); elsewhere matmul
-    rounding differs, and the reproduction must instead meet the evaluation targets."""
+    """Bit-identical where the shipped model was trained (`machine()`: the CPU, torch's kernels for it, torch and
+    threads); elsewhere matmul rounding differs, and the reproduction must instead meet the evaluation targets."""
     shipped = default_model_dir()
     out = train(recipe("demo"), tmp_path / "demo")
     log = json.loads((shipped / LOG_FILE).read_text())
