@@ -17,7 +17,9 @@ model first and, as its last line, one JSON object of the scores.
 A token counts as copied when the bigram it ends occurs in the conversation before the learnt part, or the
 token itself occurs there at most twice. 1,000 steps at one thread take ~20 minutes on the hosts of
 docs/DEMO.md. Early loss is not the end result: a whole-head RoPE trained faster for 1,400 steps and scored
-worse after 4,600 (docs/LOG.md 2026-12-04), so a screen rules changes out more surely than in.
+worse after 4,600 (docs/LOG.md 2026-12-04), so a screen rules changes out more surely than in. One screen
+ranks changes by the tool chats' columns only: with another seed (`--change seed=1`) the plain recipe's
+tool losses moved under 2%, the other kinds' by 25-45% (docs/LOG.md 2026-12-04 night).
 """
 
 from __future__ import annotations
