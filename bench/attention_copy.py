@@ -24,15 +24,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_model  # noqa: E402
 
+from screen_recipe import heldout_forward  # noqa: E402
+
 import qwen35.model.attention as attention  # noqa: E402
 from qwen35.loading.checkpoint import load_model  # noqa: E402
-from qwen35.ops.batch import BatchBuilder  # noqa: E402
 from qwen35.tokenizer.tokenizer import Tokenizer  # noqa: E402
-from qwen35.train.examples import IGNORE, encode, learnt_spans  # noqa: E402
+from qwen35.train.examples import IGNORE  # noqa: E402
 from qwen35.train.synth import heldout  # noqa: E402
 
 SHIPPED = Path(__file__).parent.parent / "src/qwen35/demo_model"
-BLOCK = 64
 
 
 class Recorder:
@@ -69,14 +69,11 @@ def main() -> None:
     for sample in heldout(args.samples):
         if sample.kind != args.kind:
             continue
-        text = sample.render()
-        ex = encode(text, learnt_spans(text, sample.thinking), tok)
+        recorder.probs.clear()
+        with torch.no_grad():
+            ex, _ = heldout_forward(model, tok, sample)
         ids, rows = ex.ids, np.flatnonzero(ex.next_labels != IGNORE)
         context = ids[:rows[0] + 1]
-        recorder.probs.clear()
-        blocks = -(-len(ids) // BLOCK)
-        with torch.no_grad():
-            model(BatchBuilder(BLOCK).build([ids], [0], [0], [range(blocks)]), model.new_cache(blocks, BLOCK, 1))
         for t in rows:
             y = int(ex.next_labels[t])
             if not 0 < np.count_nonzero(context == y) <= 2:
@@ -95,7 +92,8 @@ def main() -> None:
           f"chats; attention mass per head, means over those tokens")
     print("  layer  head   copy   induction   largest weight")
     for (layer, head), (copy, induction, largest) in sorted(stats.items()):
-        print(f"  {layers[layer]:>5}  {head:>4}  {np.mean(copy):5.3f}  {np.mean(induction):10.3f}  {np.mean(largest):15.3f}")
+        print(f"  {layers[layer]:>5}  {head:>4}  {np.mean(copy):5.3f}  {np.mean(induction):10.3f}  "
+              f"{np.mean(largest):15.3f}")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,15 @@ def copied(ex: Example) -> np.ndarray:
     return mask
 
 
+def heldout_forward(model, tok, sample) -> tuple[Example, torch.Tensor]:
+    """One held-out chat, encoded with the run's vocabulary and its learnt spans, through `model` on its own:
+    the example and its hidden states [tokens, hidden]."""
+    text = sample.render()
+    ex = encode(text, learnt_spans(text, sample.thinking), tok)
+    blocks = -(-len(ex) // BLOCK)
+    return ex, model(BatchBuilder(BLOCK).build([ex.ids], [0], [0], [range(blocks)]), model.new_cache(blocks, BLOCK, 1))
+
+
 @torch.no_grad()
 def score(r: Recipe, state_file: Path, samples: int) -> dict[str, float]:
     """Mean loss per learnt held-out token, by "kind/copy" and "kind/other"."""
@@ -89,11 +98,7 @@ def score(r: Recipe, state_file: Path, samples: int) -> dict[str, float]:
     model.eval()
     losses: dict[str, list[float]] = {}
     for sample in heldout(samples):
-        text = sample.render()
-        ex = encode(text, learnt_spans(text, sample.thinking), tok)
-        blocks = -(-len(ex) // BLOCK)
-        hidden = model(BatchBuilder(BLOCK).build([ex.ids], [0], [0], [range(blocks)]),
-                       model.new_cache(blocks, BLOCK, 1))
+        ex, hidden = heldout_forward(model, tok, sample)
         rows = np.flatnonzero(ex.next_labels != IGNORE)
         logits = model.logits(hidden[torch.from_numpy(rows)]).float()
         nll = F.cross_entropy(logits, torch.from_numpy(ex.next_labels[rows]), reduction="none").numpy()
