@@ -39,7 +39,7 @@ def main() -> None:
     r = recipe("demo").replace(train_samples=args.samples, vocab_samples=args.samples)
     tok, examples = make_corpus(r, log=lambda *a: None)
     batches = plan_batches([len(e) for e in examples], r.batch_tokens, r.seed)
-    model = build_model(r.text_config(tok.vocab_size), r.seed)
+    model = build_model(r.text_config(tok.vocab_size), r.seed, r.gdn_gate)
     opt = _optimizer(model, r)
     builder = BatchBuilder(BLOCK)
     variants = {"train_chunk": gdn.train_chunk, "chunk 64": lambda T: 64}

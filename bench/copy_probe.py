@@ -4,11 +4,12 @@ rate and warm-up. A model that copies drives the loss towards 0; one that cannot
 cost of guessing. The demo model's tool loop fails on copying names (docs/LOG.md, 2026-12-04): this tells in
 minutes, before a retrain of an hour, whether a change of shape lets the model copy at all.
 
-    .venv/bin/python bench/copy_probe.py [--recipe demo] [--steps 300] [--length 30] [--ids 2000]
+    .venv/bin/python bench/copy_probe.py [--recipe demo] [--steps 1000] [--length 30] [--ids 2000] [--seed 1]
         [--variant recipe --variant all-attention --variant rotary=1.0 --variant theta=1e4]
 
 Variants: `recipe` (the recipe's shape), `all-attention` (every layer gated attention), `rotary=F` (RoPE's
-`partial_rotary_factor`), `theta=T` (RoPE's base), `lr=X` (the peak learning rate). Prints the CPU model,
+`partial_rotary_factor`), `theta=T` (RoPE's base), `lr=X` (the peak learning rate), `gdn_gate=Z` or
+`gdn_gate=none` (Gated DeltaNet's output gate at initialisation, `train.loop.open_gate`). Prints the CPU model,
 the loss every 50 steps per variant, and as its last line one JSON object of the final losses. One seed; the
 step at which copying starts varies between seeds by tens of steps, so compare variants that differ by hundreds.
 """
@@ -52,7 +53,10 @@ def variant_setup(r: Recipe, variant: str, vocab: int) -> tuple[Recipe, TextConf
         return r, dataclasses.replace(cfg, rope=dataclasses.replace(cfg.rope, theta=float(value)))
     if key == "lr":
         return r.replace(lr=float(value)), cfg
-    raise SystemExit(f"unknown variant {variant!r}: recipe, all-attention, rotary=F, theta=T or lr=X")
+    if key == "gdn_gate":
+        return r.replace(gdn_gate=None if value == "none" else float(value)), cfg
+    raise SystemExit(f"unknown variant {variant!r}: recipe, all-attention, rotary=F, theta=T, lr=X, gdn_gate=Z "
+                     "or gdn_gate=none")
 
 
 def copy_example(rng: np.random.Generator, length: int, ids: int) -> Example:
@@ -65,7 +69,7 @@ def copy_example(rng: np.random.Generator, length: int, ids: int) -> Example:
 
 def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list[float]:
     torch.manual_seed(r.seed)
-    model = build_model(cfg, r.seed)
+    model = build_model(cfg, r.seed, r.gdn_gate)
     opt = _optimizer(model, r)
     rng = np.random.default_rng(r.seed)
     builder = BatchBuilder(BLOCK)
@@ -87,26 +91,30 @@ def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", default="demo")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--length", type=int, default=30, help="random ids to copy")
     ap.add_argument("--ids", type=int, default=2000, help="how many distinct ids they are drawn from")
-    ap.add_argument("--variant", action="append", help="repeatable; default: recipe and rotary=1.0")
+    ap.add_argument("--variant", action="append", help="repeatable; default: recipe and gdn_gate=none")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, help="the initialisation's and the data's seed (default: the recipe's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     r = recipe(args.recipe)
+    if args.seed is not None:
+        r = r.replace(seed=args.seed)
     vocab = max(r.vocab_size, FIRST_ID + args.ids)
-    print(f"{cpu_model()}; recipe {r.name}, {args.steps} steps, copy {args.length} of {args.ids} ids "
-          f"(guessing costs {math.log(args.ids):.2f} nats)")
+    print(f"{cpu_model()}; recipe {r.name}, seed {r.seed}, {args.steps} steps, copy {args.length} of {args.ids} "
+          f"ids (guessing costs {math.log(args.ids):.2f} nats)")
     final = {}
-    for variant in args.variant or ["recipe", "rotary=1.0"]:
+    for variant in args.variant or ["recipe", "gdn_gate=none"]:
         vr, cfg = variant_setup(r, variant, vocab)
         t0 = time.perf_counter()
         losses = probe(vr, cfg, args.steps, args.length, args.ids)
         curve = "  ".join(f"{i}: {np.mean(losses[max(0, i - 10):i + 1]):.2f}" for i in range(0, args.steps, 50))
         print(f"{variant:>14}  {curve}  end: {np.mean(losses[-10:]):.2f}  ({time.perf_counter() - t0:.0f} s)")
         final[variant] = round(float(np.mean(losses[-10:])), 3)
-    print(json.dumps({"cpu": cpu_model(), "recipe": r.name, "steps": args.steps, "final_loss": final}))
+    print(json.dumps({"cpu": cpu_model(), "recipe": r.name, "seed": r.seed, "steps": args.steps,
+                      "final_loss": final}))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def heldout_forward(model, tok, sample) -> tuple[Example, torch.Tensor]:
 def score(r: Recipe, state_file: Path, samples: int) -> dict[str, float]:
     """Mean loss per learnt held-out token, by "kind/copy" and "kind/other"."""
     tok, _ = make_corpus(r, log=lambda *_: None)  # the run's vocabulary (learnt from its corpus, deterministic)
-    model = build_model(r.text_config(tok.vocab_size), r.seed)
+    model = build_model(r.text_config(tok.vocab_size), r.seed, r.gdn_gate)
     model.load_state_dict(torch.load(state_file, weights_only=False)["model"])
     model.eval()
     losses: dict[str, list[float]] = {}

@@ -35,6 +35,7 @@ class Recipe:
     vocab_size: int = 4096  # embedding rows; the trained vocabulary may be a little smaller
     partial_rotary_factor: float = 0.25  # Qwen3.5's; at head dim 40 that leaves 10 rotating dims (docs/LOG.md)
     max_position_embeddings: int = 8192
+    gdn_gate: float | None = None  # Gated DeltaNet's output gate z at initialisation (loop.open_gate)
     # data
     train_samples: int = 40_000
     vocab_samples: int = 20_000  # conversations the vocabulary is learnt from
