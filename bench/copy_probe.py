@@ -10,8 +10,9 @@ minutes, before a retrain of an hour, whether a change of shape lets the model c
 Variants: `recipe` (the recipe's shape), `all-attention` (every layer gated attention), `rotary=F` (RoPE's
 `partial_rotary_factor`), `theta=T` (RoPE's base), `lr=X` (the peak learning rate), `gdn_gate=Z` or
 `gdn_gate=none` (Gated DeltaNet's output gate at initialisation, `train.loop.open_gate`). Prints the CPU model,
-the loss every 50 steps per variant, and as its last line one JSON object of the final losses. One seed; the
-step at which copying starts varies between seeds by tens of steps, so compare variants that differ by hundreds.
+the loss every 50 steps per variant, and as its last line one JSON object of the final losses. One seed a run
+(`--seed`); the step at which copying starts moved by 100-200 steps between two seeds (docs/LOG.md 2026-12-04
+late), so compare variants that differ by more, or over seeds.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--length", type=int, default=30, help="random ids to copy")
     ap.add_argument("--ids", type=int, default=2000, help="how many distinct ids they are drawn from")
-    ap.add_argument("--variant", action="append", help="repeatable; default: recipe and gdn_gate=none")
+    ap.add_argument("--variant", action="append", help="repeatable; default: recipe and gdn_gate=2.0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, help="the initialisation's and the data's seed (default: the recipe's)")
     args = ap.parse_args()
@@ -106,7 +107,7 @@ def main() -> None:
     print(f"{cpu_model()}; recipe {r.name}, seed {r.seed}, {args.steps} steps, copy {args.length} of {args.ids} "
           f"ids (guessing costs {math.log(args.ids):.2f} nats)")
     final = {}
-    for variant in args.variant or ["recipe", "gdn_gate=none"]:
+    for variant in args.variant or ["recipe", "gdn_gate=2.0"]:
         vr, cfg = variant_setup(r, variant, vocab)
         t0 = time.perf_counter()
         losses = probe(vr, cfg, args.steps, args.length, args.ids)
