@@ -1,5 +1,5 @@
 """Can a recipe's shape learn to copy? The induction test: batches of `<s> x1..xL <sep> x1..xL <end>` with
-random ids, loss on the repeat only, trained from the recipe's initialisation with its optimiser, learning
+random ids, loss on the repeat only (the drills of `train/induction.py`), trained from the recipe's initialisation with its optimiser, learning
 rate and warm-up. A model that copies drives the loss towards 0; one that cannot stays near log(ids), the
 cost of guessing. The demo model's tool loop fails on copying names (docs/LOG.md, 2026-12-04): this tells in
 minutes, before a retrain of an hour, whether a change of shape lets the model copy at all.
@@ -33,7 +33,7 @@ from machine import cpu_model  # noqa: E402
 
 from qwen35.config import TextConfig  # noqa: E402
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
-from qwen35.train.examples import Example, labelled  # noqa: E402
+from qwen35.train.induction import copy_batch  # noqa: E402
 from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model  # noqa: E402
 from qwen35.train.recipe import Recipe, recipe  # noqa: E402
 
@@ -60,26 +60,16 @@ def variant_setup(r: Recipe, variant: str, vocab: int) -> tuple[Recipe, TextConf
                      "or gdn_gate=none")
 
 
-def copy_example(rng: np.random.Generator, length: int, ids: int) -> Example:
-    seq = rng.integers(FIRST_ID, FIRST_ID + ids, length)
-    tokens = np.concatenate([[1], seq, [2], seq, [3]]).astype(np.int64)
-    learnt = np.zeros(len(tokens), dtype=bool)
-    learnt[length + 2:] = True  # the repeat and the end marker
-    return labelled(tokens, learnt)
-
-
 def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list[float]:
     torch.manual_seed(r.seed)
     model = build_model(cfg, r.seed, r.gdn_gate)
     opt = _optimizer(model, r)
-    rng = np.random.default_rng(r.seed)
     builder = BatchBuilder(BLOCK)
-    per_batch = max(1, r.batch_tokens // (2 * length + 3))
     losses = []
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
-        loss, main, _ = batch_loss(model, [copy_example(rng, length, ids) for _ in range(per_batch)], builder,
+        loss, main, _ = batch_loss(model, copy_batch(r.seed, step, r.batch_tokens, length, FIRST_ID, ids), builder,
                                    r.mtp_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip_norm)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,7 +14,9 @@ from safetensors.torch import load_file
 from qwen35.loading.checkpoint import load_model
 from qwen35.tokenizer import Tokenizer
 from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
+from qwen35.train.examples import IGNORE
 from qwen35.train.export import SHARD
+from qwen35.train.induction import copy_batch, copy_example
 from qwen35.train.loop import LOG_FILE, STATE_FILE, lr_at, machine, train
 from qwen35.train.recipe import recipe
 from qwen35.train.vocab import SPECIALS
@@ -84,3 +87,30 @@ def test_learning_rate_schedule():
     assert lr_at(0, r) == pytest.approx(0.1) and lr_at(9, r) == pytest.approx(1.0)
     assert lr_at(10, r) == pytest.approx(1.0) and lr_at(99, r) == pytest.approx(0.1, abs=1e-3)
     assert all(lr_at(i, r) >= lr_at(i + 1, r) for i in range(10, 99))
+
+
+def test_induction_drills_come_before_the_chats(monkeypatch, tmp_path):
+    import qwen35.train.loop as loop
+
+    drawn = []
+
+    def recording(seed, step, *args):
+        drawn.append(step)
+        return copy_batch(seed, step, *args)
+
+    monkeypatch.setattr(loop, "copy_batch", recording)
+    r = SMOKE.replace(copy_steps=2, gdn_gate=2.0)
+    train(r, tmp_path, log=_quiet, progress=open("/dev/null", "w"), stop_after=3)
+    assert drawn == [0, 1]  # and step 2 a batch of chats
+
+
+def test_an_induction_drill_learns_the_repeat_only():
+    ex = copy_example(np.random.default_rng(0), 5, 300, 50)
+    assert len(ex) == 13 and np.array_equal(ex.ids[1:6], ex.ids[7:12])
+    assert ((ex.ids[1:6] >= 300) & (ex.ids[1:6] < 350)).all()
+    learnt = np.flatnonzero(ex.next_labels != IGNORE)
+    assert learnt.tolist() == list(range(6, 12))  # from the second marker on: the repeat and the end marker
+    assert np.array_equal(ex.next_labels[learnt], ex.ids[7:13])
+    a, b = copy_batch(0, 7, 2048, 30, 300, 50), copy_batch(0, 7, 2048, 30, 300, 50)
+    assert len(a) == 2048 // 63 and all(np.array_equal(x.ids, y.ids) for x, y in zip(a, b))
+    assert not np.array_equal(a[0].ids, copy_batch(0, 8, 2048, 30, 300, 50)[0].ids)

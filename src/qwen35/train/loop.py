@@ -33,13 +33,15 @@ from ..runtime import cpu_model
 from ..tokenizer import Tokenizer
 from .examples import IGNORE, Example, encode, learnt_spans, plan_batches
 from .export import write_trained
+from .induction import copy_batch
 from .recipe import Recipe
 from .synth import generate
-from .vocab import train_vocab
+from .vocab import SPECIALS, train_vocab
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
 BLOCK = 64  # K/V cache block size of the training forward (the cache is written, never read)
+BYTES = 256  # the byte-level alphabet at the start of a trained vocabulary
 
 
 def build_model(config: TextConfig, seed: int, gdn_gate: float | None = None) -> Qwen35ForCausalLM:
@@ -153,6 +155,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {recipe.steps} steps of "
         f"<= {recipe.batch_tokens} tokens; {len(batches)} batches per epoch")
     opt = _optimizer(model, recipe)
+    bpe_ids = tok.vocab_size - len(SPECIALS) - BYTES  # what induction drills draw from: merged BPE tokens
     history: list[dict] = []
     start = 0
     state_file = out / STATE_FILE
@@ -170,7 +173,10 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         lr = lr_at(step, recipe)
         for group in opt.param_groups:
             group["lr"] = lr
-        chosen = [examples[i] for i in batches[step % len(batches)]]
+        if step < recipe.copy_steps:
+            chosen = copy_batch(recipe.seed, step, recipe.batch_tokens, recipe.copy_length, BYTES, bpe_ids)
+        else:
+            chosen = [examples[i] for i in batches[(step - recipe.copy_steps) % len(batches)]]
         loss, main, mtp = batch_loss(model, chosen, builder, recipe.mtp_weight)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()

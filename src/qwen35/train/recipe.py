@@ -36,6 +36,9 @@ class Recipe:
     partial_rotary_factor: float = 0.25  # Qwen3.5's; at head dim 40 that leaves 10 rotating dims (docs/LOG.md)
     max_position_embeddings: int = 8192
     gdn_gate: float | None = None  # Gated DeltaNet's output gate z at initialisation (loop.open_gate)
+    # induction drills (induction.py) before the chat data: the first `copy_steps` of `steps`
+    copy_steps: int = 0
+    copy_length: int = 30  # random ids per drill, shown once and repeated
     # data
     train_samples: int = 40_000
     vocab_samples: int = 20_000  # conversations the vocabulary is learnt from
