@@ -5,7 +5,8 @@ as causal SDPA over right-padded sequences; model/ and ops/ say where).
 One step: a batch of whole conversations (examples.py) through `Qwen35ForCausalLM` as one packed
 `ForwardBatch` from empty caches; loss = cross-entropy of the next token on the learnt rows + `mtp_weight` x
 the MTP head's cross-entropy of the token after next (the head reads the main model's final hidden at
-position i, detached, and token i+1, as it does when drafting). AdamW, linear warm-up then cosine decay to
+position i, detached, and token i+1, as it does when drafting). A recipe's first `copy_steps` take batches of
+induction drills (induction.py) instead of conversations. AdamW, linear warm-up then cosine decay to
 `min_lr_ratio`, gradient clipping. Every `checkpoint_every` steps the whole training state goes to
 `train_state.pt`, from which a rerun of the same command resumes bit-identically; the finished model is
 written in the official checkpoint layout (export.py) and the state file removed.
