@@ -1,8 +1,9 @@
 """Can a recipe's shape learn to copy? The induction test: batches of `<s> x1..xL <sep> x1..xL <end>` with
-random ids, loss on the repeat only (the drills of `train/induction.py`), trained from the recipe's initialisation with its optimiser, learning
-rate and warm-up. A model that copies drives the loss towards 0; one that cannot stays near log(ids), the
-cost of guessing. The demo model's tool loop fails on copying names (docs/LOG.md, 2026-12-04): this tells in
-minutes, before a retrain of an hour, whether a change of shape lets the model copy at all.
+random ids, loss on the repeat only (the drills of `train/induction.py`), trained from the recipe's
+initialisation with its optimiser, learning rate and warm-up. A model that copies drives the loss towards 0;
+one that cannot stays near log(ids), the cost of guessing. The demo model's tool loop failed on copying names
+(docs/LOG.md, 2026-12-04): this tells in minutes, before a retrain of an hour, whether a change of shape or
+initialisation lets the model copy at all.
 
     .venv/bin/python bench/copy_probe.py [--recipe demo] [--steps 1000] [--length 30] [--ids 2000] [--seed 1]
         [--variant recipe --variant all-attention --variant rotary=1.0 --variant theta=1e4]
@@ -69,8 +70,8 @@ def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
-        loss, main, _ = batch_loss(model, copy_batch(r.seed, step, r.batch_tokens, length, FIRST_ID, ids), builder,
-                                   r.mtp_weight)
+        drills = copy_batch(r.seed, step, r.batch_tokens, length, FIRST_ID, ids)
+        loss, main, _ = batch_loss(model, drills, builder, r.mtp_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip_norm)
         opt.step()
@@ -85,7 +86,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--length", type=int, default=30, help="random ids to copy")
     ap.add_argument("--ids", type=int, default=2000, help="how many distinct ids they are drawn from")
-    ap.add_argument("--variant", action="append", help="repeatable; default: recipe and gdn_gate=2.0")
+    ap.add_argument("--variant", action="append", help="repeatable; default: recipe (its gate open) and gdn_gate=none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, help="the initialisation's and the data's seed (default: the recipe's)")
     args = ap.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
     print(f"{cpu_model()}; recipe {r.name}, seed {r.seed}, {args.steps} steps, copy {args.length} of {args.ids} "
           f"ids (guessing costs {math.log(args.ids):.2f} nats)")
     final = {}
-    for variant in args.variant or ["recipe", "gdn_gate=2.0"]:
+    for variant in args.variant or ["recipe", "gdn_gate=none"]:
         vr, cfg = variant_setup(r, variant, vocab)
         t0 = time.perf_counter()
         losses = probe(vr, cfg, args.steps, args.length, args.ids)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from qwen35.config import ConfigError
 from qwen35.loading.checkpoint import load_model
 from qwen35.tokenizer import Tokenizer
 from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
@@ -102,6 +103,9 @@ def test_induction_drills_come_before_the_chats(monkeypatch, tmp_path):
     r = SMOKE.replace(copy_steps=2, gdn_gate=2.0)
     train(r, tmp_path, log=_quiet, progress=open("/dev/null", "w"), stop_after=3)
     assert drawn == [0, 1]  # and step 2 a batch of chats
+    for bad in (SMOKE.replace(copy_steps=SMOKE.steps), SMOKE.replace(copy_steps=-1), SMOKE.replace(copy_length=0)):
+        with pytest.raises(ConfigError, match="copy_steps"):
+            train(bad, tmp_path / "bad", log=_quiet)
 
 
 def test_an_induction_drill_learns_the_repeat_only():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TextConfig
+from ..config import ConfigError, TextConfig
 from ..loading.writer import init_kind, random_tensor
 from ..model.gated_deltanet import GatedDeltaNet
 from ..model.qwen35 import Qwen35ForCausalLM
@@ -146,6 +146,9 @@ def batch_loss(model: Qwen35ForCausalLM, examples: list[Example], builder: Batch
 def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, stop_after: int | None = None) -> Path:
     """Train `recipe` into `out_dir` (resuming from its `train_state.pt` if one is there); returns out_dir.
     `stop_after`: leave after that step with the training state saved, as an interruption would (tests)."""
+    if not 0 <= recipe.copy_steps < recipe.steps or recipe.copy_length < 1:
+        raise ConfigError(f"recipe {recipe.name!r}: copy_steps must be in [0, steps={recipe.steps}) and copy_length "
+                          f">= 1, got copy_steps={recipe.copy_steps}, copy_length={recipe.copy_length}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
