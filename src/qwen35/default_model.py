@@ -4,7 +4,7 @@ here on synthetic chats (`qwen35 train --recipe demo`, train/), shipped in the p
 It lets `make run`, `qwen35 serve` and `LLM()` without a model show real behaviour on any machine in the first
 minute: step-by-step arithmetic in `<think>`, unit conversions, tool calls in the qwen3_coder format (and no
 call when no tool fits), short replies in English, Chinese and Korean, and MTP drafts worth accepting; the
-formats are right, digits and arguments often wrong (docs/DEMO.md). Point `--model` at a real Qwen3.5
+formats are right, answers and tool arguments sometimes wrong (docs/DEMO.md). Point `--model` at a real Qwen3.5
 checkpoint directory for a real model.
 """
 
@@ -17,7 +17,7 @@ DEFAULT_NAME = "qwen35-demo"
 CAPABILITIES = ("a 3.9M-parameter Qwen3.5-architecture model trained on synthetic chats (qwen35 train --recipe demo): "
                 "arithmetic with step-by-step <think>, unit conversions, tool calls (get_weather, get_time, "
                 "convert_currency, the MCP filesystem tools, ...), short replies in English/Chinese/Korean, in the "
-                "right formats, most arithmetic right but many tool arguments wrong; it knows nothing else")
+                "right formats, with 9 in 10 answers and 5 in 6 tool loops right; it knows nothing else")
 
 
 def default_model_dir() -> Path:
