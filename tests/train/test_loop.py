@@ -20,7 +20,7 @@ from qwen35.train.export import SHARD
 from qwen35.train.induction import copy_batch, copy_example
 from qwen35.train.loop import LOG_FILE, STATE_FILE, lr_at, machine, train
 from qwen35.train.recipe import recipe
-from qwen35.train.vocab import SPECIALS
+from qwen35.train.vocab import SPECIALS, merged_ids
 from tests.model.helpers import all_logits
 
 SMOKE = recipe("smoke")
@@ -74,6 +74,9 @@ def test_the_checkpoint_is_official_and_loads_in_transformers(trained):
     assert tok.chat_template == DEFAULT_CHAT_TEMPLATE
     assert all(tok.token_to_id(t) is not None for t in SPECIALS)
     assert tok.vocab_size <= SMOKE.vocab_size
+    merged = merged_ids(tok)  # what induction drills draw from
+    assert len(tok.backend.id_to_token(merged.start - 1)) == 1 and len(tok.backend.id_to_token(merged.start)) > 1
+    assert tok.backend.id_to_token(merged.stop) == SPECIALS[0]
 
     hf = transformers.Qwen3_5ForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
     ours, _ = load_model(trained, dtype=torch.float32)

@@ -37,12 +37,11 @@ from .export import write_trained
 from .induction import copy_batch
 from .recipe import Recipe
 from .synth import generate
-from .vocab import SPECIALS, train_vocab
+from .vocab import merged_ids, train_vocab
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
 BLOCK = 64  # K/V cache block size of the training forward (the cache is written, never read)
-BYTES = 256  # the byte-level alphabet at the start of a trained vocabulary
 
 
 def build_model(config: TextConfig, seed: int, gdn_gate: float | None = None) -> Qwen35ForCausalLM:
@@ -159,7 +158,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {recipe.steps} steps of "
         f"<= {recipe.batch_tokens} tokens; {len(batches)} batches per epoch")
     opt = _optimizer(model, recipe)
-    bpe_ids = tok.vocab_size - len(SPECIALS) - BYTES  # what induction drills draw from: merged BPE tokens
+    drill_ids = merged_ids(tok)  # what induction drills draw from
     history: list[dict] = []
     start = 0
     state_file = out / STATE_FILE
@@ -178,7 +177,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         for group in opt.param_groups:
             group["lr"] = lr
         if step < recipe.copy_steps:
-            chosen = copy_batch(recipe.seed, step, recipe.batch_tokens, recipe.copy_length, BYTES, bpe_ids)
+            chosen = copy_batch(recipe.seed, step, recipe.batch_tokens, recipe.copy_length, drill_ids.start,
+                                len(drill_ids))
         else:
             chosen = [examples[i] for i in batches[(step - recipe.copy_steps) % len(batches)]]
         loss, main, mtp = batch_loss(model, chosen, builder, recipe.mtp_weight)

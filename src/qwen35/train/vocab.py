@@ -42,3 +42,8 @@ def train_vocab(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     backend.train_from_iterator(_plain_pieces(texts), trainer)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
     return Tokenizer(backend, source="a vocabulary trained on the synthetic corpus (qwen35.train.vocab)")
+
+
+def merged_ids(tok: Tokenizer) -> range:
+    """The ids of a trained vocabulary's merged BPE tokens: after the byte alphabet, before the special tokens."""
+    return range(len(pre_tokenizers.ByteLevel.alphabet()), tok.vocab_size - len(SPECIALS))
