@@ -38,7 +38,7 @@ from qwen35.train.induction import copy_batch  # noqa: E402
 from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model  # noqa: E402
 from qwen35.train.recipe import Recipe, recipe  # noqa: E402
 
-FIRST_ID = 100  # random ids are drawn above the special ones
+FIRST_ID = 100  # random ids start here (the probe has no tokenizer: any range of embedding rows does)
 
 
 def variant_setup(r: Recipe, variant: str, vocab: int) -> tuple[Recipe, TextConfig]:
