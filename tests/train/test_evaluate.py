@@ -181,7 +181,7 @@ class Scripted:
         out = self.replies.pop(0)
         if isinstance(out, Exception):
             raise out
-        outcome.content = out.get("content")
+        outcome.content, outcome.finish = out.get("content"), out.pop("finish_reason", "stop")
         return out
 
 
@@ -221,6 +221,13 @@ def test_stage_two_runs_after_an_invalid_call_but_no_call_ends_the_sample():
     assert (o.valid_call, o.final_ok, o.requests) == (False, True, 2) and "missing required 'city'" in o.note
     o = ev.score_sample(Scripted(reply("It is 21 degrees.")), 0, WEATHER_SAMPLE)
     assert (o.valid_call, o.final_ok, o.requests) == (False, False, 1)
+
+
+def test_a_call_cut_off_by_max_tokens_fails_without_being_sent_back():
+    """The server keeps a cut-off call's partial arguments (not valid JSON); sending them back would be refused."""
+    cut = reply(calls=[("get_weather", {"city": "Paris"})]) | {"finish_reason": "length"}
+    o = ev.score_sample(Scripted(cut), 0, WEATHER_SAMPLE)
+    assert (o.final_ok, o.requests, o.finish, o.error) == (False, 1, "length", None)
 
 
 def test_answers_no_tool_and_reasoning():

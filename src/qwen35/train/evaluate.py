@@ -332,6 +332,8 @@ def _stage2(ask: _Asker, o: Outcome, sample, prompt: list[dict], message: dict) 
     history = list(prompt)
     groups = _tool_results(sample)
     for i, results in enumerate(groups):
+        if o.finish == "length":  # a call cut off by max_tokens keeps partial arguments: nothing to answer
+            return False
         history += [_as_history(message), *results]
         message = ask(o, history, sample.tools, sample.thinking)
         if i + 1 < len(groups) and not message.get("tool_calls"):
