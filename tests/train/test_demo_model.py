@@ -68,8 +68,8 @@ def test_the_shipped_checkpoint_computes_transformers_logits():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="answers (90% vs 95%), the tool loop (85% vs 95%) and no call when none fits "
-                          "(88% vs 90%) are not there yet: docs/DEMO.md", strict=False)
+@pytest.mark.xfail(reason="answers (90% vs 95%) and the tool loop (89% vs 95%) are not there yet: "
+                          "docs/DEMO.md", strict=False)
 def test_demo_eval_meets_the_targets():
     report = run_eval(default_model_dir(), n=300)
     print(report.table())

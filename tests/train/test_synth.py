@@ -252,6 +252,17 @@ def test_copy_drills_repeat_the_request_text():
         assert reply == sample.answer and reply in sample.prompt_messages()[-1]["content"]
         assert sample.tools is None and rendered_calls(sample) == []
     assert len({s.answer for s in drills}) > 200
+    scrambled = [s.answer for s in drills if re.fullmatch(r"[0-9A-Za-z._-]{3,12}|[\u4e00-\u9fff\uac00-\ud7a3]{2,8}", s.answer)]
+    assert len(scrambled) > 100  # half repeat a random string that no pool of names holds
+    assert {s.lang for s in drills} == {"en", "zh", "ko"}
+
+
+def test_training_asks_for_tools_in_chinese_and_korean_more_often_than_the_heldout_set():
+    def share(samples):
+        tool_chats = [s for s in samples if s.kind == "tool"]
+        return sum(s.lang != "en" for s in tool_chats) / len(tool_chats)
+
+    assert share(training(3000)) > 0.33 and share(heldout(3000)) < 0.25
 
 
 def test_generation_is_fast():

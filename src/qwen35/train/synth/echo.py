@@ -5,7 +5,10 @@ to copy digits long before words: digits are one token each everywhere and are c
 arithmetic, while a word's token depends on what comes before it (" Cairo" in a request, "Cairo" on its own
 line in a call). A tool chat reads ~700 tokens for its few copied ones; a drill reads ~40 for ~15, drawn from
 the same names the tool scenarios use, so the copying practice costs a few percent of the compute.
-The held-out evaluation has no drills (they are not in `DEFAULT_MIX`).
+Half the drills repeat a random string instead (`scramble`): the demo model copied the names it had seen but
+not a string it had not (docs/LOG.md, 2026-12-05), and only a string that cannot be recalled teaches reading
+it from the context. Drills come in the three languages evenly. The held-out evaluation has no drills (they
+are not in `DEFAULT_MIX`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import random
 
 from . import api_calls, fs_calls
-from .lang import pick_lang, say
+from .lang import EVEN, pick_lang, say
 from .sample import Exchange, Sample, one_turn
 
 ASKS = {
@@ -21,6 +24,12 @@ ASKS = {
            "Copy this text: {text}", 'Repeat "{text}".', "Echo: {text}"),
     "zh": ("请重复：{text}", "跟我说一遍：{text}", '请原样复述"{text}"。'),
     "ko": ("따라 말해 주세요: {text}", "그대로 반복해 주세요: {text}", '"{text}" 그대로 말해 주세요.'),
+}
+RANDOM_SHARE = 0.5
+ASCII = ("0123456789", "abcdefghijklmnopqrstuvwxyz0123456789", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+CHARS = {  # characters of the kind the chats' Chinese and Korean notes and questions use
+    "zh": "你好世界明天开会买牛奶完成了今天天气很我们见谢大家报告文件目录读取写入时间股价翻译计算发送邮件搜索创建移动",
+    "ko": "안녕하세요내일회의우유사기완료세상오늘날씨좋아파일목록읽쓰보고서시간주가번역계산메일검색만들옮겨",
 }
 
 
@@ -42,8 +51,15 @@ def phrase(rng: random.Random, lang: str) -> str:
     return fs_calls.text(rng, lang)
 
 
+def scramble(rng: random.Random, lang: str) -> str:
+    """A random string: 3-12 ASCII digits, letters and marks, or 2-8 of the language's characters."""
+    if lang != "en" and rng.random() < 0.5:
+        return "".join(rng.choices(CHARS[lang], k=rng.randint(2, 8)))
+    return "".join(rng.choices(rng.choice(ASCII), k=rng.randint(3, 12)))
+
+
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
-    lang = pick_lang(rng)
-    text = phrase(rng, lang)
+    lang = pick_lang(rng, EVEN)
+    text = scramble(rng, lang) if rng.random() < RANDOM_SHARE else phrase(rng, lang)
     reasoning = f'The user asks me to repeat "{text}", so I say it back exactly.'
     return one_turn("echo", rng, Exchange(say(rng, lang, ASKS, text=text), text, reasoning, text), thinking, lang)

@@ -13,7 +13,7 @@ import random
 
 from . import api_calls, fs_calls
 from .catalogue import API_TOOLS, FILESYSTEM_TOOLS, TOOLS
-from .lang import pick_lang
+from .lang import MOSTLY_ENGLISH, pick_lang
 from .sample import USE_TOOLS, Sample, system
 from .scenario import Scenario
 from .split import TRAIN, draw
@@ -36,6 +36,9 @@ TRAINING_BOOST = {fs_calls.listing: 3.0, fs_calls.move: 3.0, api_calls.email: 2.
 TRAINING_STAND_INS = {fs_calls.listing: (functools.partial(fs_calls.listing, ordered=False), 0.75),
                       fs_calls.find: (functools.partial(fs_calls.find, ordered=False), 0.75),
                       api_calls.translate: (functools.partial(api_calls.translate, faithful=False), 0.5)}
+# Training only: more Chinese and Korean requests than the held-out set's MOSTLY_ENGLISH; those failed half
+# the time against one English request in twenty (docs/LOG.md, 2026-12-05).
+TRAINING_LANGS = {"en": 0.6, "zh": 0.2, "ko": 0.2}
 FULL_SET_SHARE = 0.05
 FEWER = (0.35, 0.35, 0.2, 0.1)  # chance of 0, 1, 2, 3 extra tools: every tool offered costs ~50-120 tokens
 CODE = "code_interpreter"
@@ -62,10 +65,10 @@ def weights(full_set: bool, split: str) -> dict:
     return chances
 
 
-def request(rng: random.Random, chances: dict) -> tuple[str, Scenario]:
+def request(rng: random.Random, chances: dict, split: str) -> tuple[str, Scenario]:
     """A language and a scenario drawn by `chances`."""
     make = rng.choices(list(chances), list(chances.values()))[0]
-    lang = pick_lang(rng)
+    lang = pick_lang(rng, TRAINING_LANGS if split == TRAIN else MOSTLY_ENGLISH)
     return lang, make(rng, lang)
 
 
@@ -87,7 +90,7 @@ def offered(rng: random.Random, needed: list[str], full_set: bool) -> list[dict]
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
     full_set = rng.random() < FULL_SET_SHARE
     chances = weights(full_set, split)
-    lang, scenario = draw(rng, split, lambda r: request(r, chances), lambda chosen: chosen[1].key)
+    lang, scenario = draw(rng, split, lambda r: request(r, chances, split), lambda chosen: chosen[1].key)
     tools = offered(rng, list(dict.fromkeys(call.name for call in scenario.calls)), full_set)
     first = scenario.calls[0]
     return Sample("tool", system(rng, (USE_TOOLS,)) + scenario.messages(thinking), tools, thinking, scenario.answer,
