@@ -26,7 +26,8 @@ ASKS = {
     "ko": ("따라 말해 주세요: {text}", "그대로 반복해 주세요: {text}", '"{text}" 그대로 말해 주세요.'),
 }
 RANDOM_SHARE = 0.5
-ASCII = ("0123456789", "abcdefghijklmnopqrstuvwxyz0123456789", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+ASCII = ("0123456789", _LOWER + "0123456789", _LOWER + _LOWER.upper() + "0123456789-_.")  # a string's alphabet
 CHARS = {  # characters of the kind the chats' Chinese and Korean notes and questions use
     "zh": "你好世界明天开会买牛奶完成了今天天气很我们见谢大家报告文件目录读取写入时间股价翻译计算发送邮件搜索创建移动",
     "ko": "안녕하세요내일회의우유사기완료세상오늘날씨좋아파일목록읽쓰보고서시간주가번역계산메일검색만들옮겨",
