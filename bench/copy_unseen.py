@@ -24,12 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_model  # noqa: E402
+from screen_recipe import heldout_forward  # noqa: E402
 
 from qwen35.loading.checkpoint import load_model  # noqa: E402
-from qwen35.ops.batch import BatchBuilder  # noqa: E402
 from qwen35.tokenizer.tokenizer import Tokenizer  # noqa: E402
-from qwen35.train.examples import IGNORE, encode, learnt_spans  # noqa: E402
-from qwen35.train.loop import BLOCK  # noqa: E402
+from qwen35.train.examples import IGNORE  # noqa: E402
 from qwen35.train.synth.echo import ASCII, CHARS  # noqa: E402
 from qwen35.train.synth.sample import Exchange, one_turn  # noqa: E402
 
@@ -42,12 +41,8 @@ LENGTHS = (4, 8, 12)
 def copy_scores(model, tok, text: str, rng: random.Random) -> tuple[int, int]:
     """(tokens predicted right, tokens) of the reply to "Repeat after me: `text`", its <|im_end|> included."""
     sample = one_turn("echo", rng, Exchange(f"Repeat after me: {text}", text, "", text), False, "en")
-    rendered = sample.render()
-    ex = encode(rendered, learnt_spans(rendered, False), tok)
-    blocks = -(-len(ex) // BLOCK)
     with torch.no_grad():
-        hidden = model(BatchBuilder(BLOCK).build([ex.ids], [0], [0], [range(blocks)]),
-                       model.new_cache(blocks, BLOCK, 1))
+        ex, hidden = heldout_forward(model, tok, sample)
     rows = np.flatnonzero(ex.next_labels != IGNORE)
     predicted = model.logits(hidden[torch.from_numpy(rows)]).argmax(-1).numpy()
     return int((predicted == ex.next_labels[rows]).sum()), len(rows)
