@@ -254,7 +254,9 @@ def test_copy_drills_repeat_the_request_text():
     assert len({s.answer for s in drills}) > 200
     random_like = r"[0-9A-Za-z._-]{3,12}|[\u4e00-\u9fff\uac00-\ud7a3]{2,8}"
     scrambled = [s.answer for s in drills if re.fullmatch(random_like, s.answer)]
-    assert len(scrambled) > 100  # half repeat a random string that no pool of names holds
+    # half repeat a random string; some names match the pattern too (a sixth of the drills with no random
+    # strings at all), so the bound sits between a sixth and two thirds of the 300
+    assert len(scrambled) > 100
     assert {s.lang for s in drills} == {"en", "zh", "ko"}
 
 
