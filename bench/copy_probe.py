@@ -70,7 +70,7 @@ def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
-        drills = copy_batch(r.seed, step, r.batch_tokens, length, FIRST_ID, ids)
+        drills = copy_batch(r.seed, step, r.copy_batch_tokens, length, FIRST_ID, ids)
         loss, main, _ = batch_loss(model, drills, builder, r.mtp_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip_norm)

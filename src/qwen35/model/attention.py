@@ -59,6 +59,9 @@ class GatedAttention(nn.Module):
         k_cache, v_cache = cache.kv(self.cache_id)
         k_cache.index_copy_(0, batch.slot_mapping, k.detach().to(k_cache.dtype))
         v_cache.index_copy_(0, batch.slot_mapping, v.detach().to(v_cache.dtype))
-        out = paged_attention(q, k, v, k_cache, v_cache, batch, self.scale)
+        if batch.shared_prefix is not None:  # training over shared prefixes (shared_prefix.py)
+            out = batch.shared_prefix.attend(self.cache_id, q, k, v, batch, self.scale)
+        else:
+            out = paged_attention(q, k, v, k_cache, v_cache, batch, self.scale)
         out = out.reshape(N, -1) * torch.sigmoid(gate.reshape(N, -1))
         return self.o_proj(out)

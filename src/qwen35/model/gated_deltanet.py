@@ -19,8 +19,8 @@ from torch import nn
 from ..config import TextConfig
 from ..ops.batch import ForwardBatch
 from ..ops import fused
-from ..ops.conv1d import causal_conv1d, causal_conv1d_step
-from ..ops.gdn import gated_delta_rule, gated_delta_rule_with_snapshots, l2norm
+from ..ops.conv1d import causal_conv1d, causal_conv1d_step, causal_conv1d_train
+from ..ops.gdn import chunked_gated_delta_rule_train, gated_delta_rule, gated_delta_rule_with_snapshots, l2norm
 from .cache import ModelCache
 from .cache_spec import layer_cache_id
 from .linear import Linear, fuse_linears
@@ -90,7 +90,10 @@ class GatedDeltaNet(nn.Module):
         g = neg_a * F.softplus(a.float() + dt_bias)
 
         conv_pool, ssm_pool = cache.state(self.cache_id)
-        if batch.slot_range is not None:  # contiguous slots: work on the pool in place
+        shared = batch.shared_prefix
+        if shared is not None:  # training over shared prefixes (shared_prefix.py): the states carry gradients
+            conv_state, state = shared.gdn_start(self.cache_id, batch.num_seqs, conv_pool, ssm_pool)
+        elif batch.slot_range is not None:  # contiguous slots: work on the pool in place
             conv_state = conv_pool[batch.slot_range[0]:batch.slot_range[1]]
             state = ssm_pool[batch.slot_range[0]:batch.slot_range[1]]
         else:
@@ -98,7 +101,10 @@ class GatedDeltaNet(nn.Module):
         snap = _snapshot_rows(batch)  # [B, k+1] or None
 
         conv_snaps = None if snap is None else (conv_pool, snap)
-        if batch.is_decode:
+        if shared is not None:
+            mixed, conv_end = causal_conv1d_train(batch.to_padded(mixed), batch.query_lens, self.conv1d.weight,
+                                                  conv_state)
+        elif batch.is_decode:
             mixed = causal_conv1d_step(mixed, conv_w, conv_state, conv_snaps).unsqueeze(1)  # [B, 1, C]
         else:
             mixed = causal_conv1d(batch.to_padded(mixed), batch.query_lens, self.conv1d.weight, conv_state,
@@ -112,13 +118,16 @@ class GatedDeltaNet(nn.Module):
             q, k = q.repeat_interleave(r, 2), k.repeat_interleave(r, 2)
         v = v.view(B, T, self.hv, self.dv)
         # padding rows get beta = g = 0 from to_padded, so they leave the state untouched
-        if snap is None:
+        if shared is not None:
+            o, state_end = chunked_gated_delta_rule_train(q, k, v, batch.to_padded(g), batch.to_padded(beta), state)
+            shared.gdn_end(self.cache_id, conv_end, state_end)
+        elif snap is None:
             o = gated_delta_rule(q, k, v, batch.to_padded(g), batch.to_padded(beta), state)  # [B, T, Hv, dv]
         else:
             o = gated_delta_rule_with_snapshots(q, k, v, batch.to_padded(g), batch.to_padded(beta), state,
                                                 batch.query_lens, ssm_pool, snap)
 
-        if batch.slot_range is None:
+        if shared is None and batch.slot_range is None:
             conv_pool.index_copy_(0, batch.state_slots, conv_state)
             ssm_pool.index_copy_(0, batch.state_slots, state)
         o = self.norm(batch.to_packed(o), z)  # [N, Hv, dv] -> gated norm per head

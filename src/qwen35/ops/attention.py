@@ -74,10 +74,31 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k
     if q.requires_grad and torch.is_grad_enabled():  # training: fresh sequences, right-padded to one length
         if int(batch.context_lens.max()) != 0:
             raise ValueError("training batches start every sequence from scratch (no cached tokens)")
-        q, k_new, v_new = (batch.to_padded(x).transpose(1, 2) for x in (q, k_new, v_new))  # [B, H, T, D]
-        out = F.scaled_dot_product_attention(q, k_new, v_new, is_causal=True, scale=scale, enable_gqa=True)
-        return batch.to_packed(out.transpose(1, 2))
+        return padded_attention(q, k_new, v_new, batch, scale)
     return paged_attention_tiled(q, k_cache, v_cache, batch, scale)
+
+
+def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: "ForwardBatch", scale: float,
+                     prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Training's attention (autograd goes through): each sequence's new tokens, right-padded to one length,
+    attend causally to themselves and, with `prefix` = (K [B, P, Hkv, D], V [B, P, Hkv, D], lens [B] int64),
+    to the first lens[b] rows of sequence b's prefix keys first (a shared prefix, model/shared_prefix.py).
+    Shapes as in `paged_attention`; returns [N, Hq, D]."""
+    q, k, v = (batch.to_padded(x) for x in (q, k, v))  # [B, T, H, D]
+    if prefix is None:
+        out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), is_causal=True, scale=scale,
+                                             enable_gqa=True)
+        return batch.to_packed(out.transpose(1, 2))
+    pk, pv, lens = prefix
+    P, T = pk.shape[1], q.shape[1]
+    t = torch.arange(T, device=q.device)
+    own = t <= t[:, None]  # [T, T]: causal over the own tokens
+    seen = torch.arange(P, device=q.device) < lens[:, None]  # [B, P]: the sequence's prefix
+    mask = torch.cat([seen[:, None, :].expand(-1, T, -1), own.expand(len(lens), -1, -1)], -1)  # [B, T, P + T]
+    k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
+    out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), attn_mask=mask[:, None],
+                                         scale=scale, enable_gqa=True)
+    return batch.to_packed(out.transpose(1, 2))
 
 
 def paged_attention_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .attention import Q_TILE, plan_query_tiles
+
+if TYPE_CHECKING:
+    from ..model.shared_prefix import SharedPrefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,7 @@ class ForwardBatch:
     is_decode: bool  # every sequence has exactly one new token (then packed == padded)
     fresh_single: bool  # one sequence, nothing cached: plain causal attention over the new tokens
     snapshot_slots: torch.Tensor | None = None  # [B, k+1] GDN scratch slots (speculative decoding)
+    shared_prefix: "SharedPrefix | None" = None  # training over shared prefixes (model/shared_prefix.py)
 
     @property
     def num_seqs(self) -> int:

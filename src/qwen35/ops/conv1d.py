@@ -39,7 +39,9 @@ def causal_conv1d(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor, sta
     B, T, C = x.shape
     K = weight.shape[-1]
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _conv_differentiable(x, lens, weight, state)
+        y, newest = causal_conv1d_train(x, lens, weight, state)
+        state.copy_(newest.detach())
+        return y
     if x.device.type == "cpu" and T <= _SHORT and int(lens.min()) == T:
         return _conv_short(x, weight, state, snapshots)
     full = torch.cat([state.transpose(1, 2).to(x.dtype), x], 1)  # [B, K-1+T, C]
@@ -60,24 +62,29 @@ def causal_conv1d(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor, sta
 
 
 def _keep_newest(full: torch.Tensor, lens: torch.Tensor, state: torch.Tensor) -> None:
-    """The new state: inputs at positions lens[b] .. lens[b]+K-2 of `full` ([B, K-1+T, C], old state then the
-    new inputs), the K-1 newest real ones."""
+    """Replace `state` by the K-1 newest real inputs of `full` (`_newest`)."""
+    state.copy_(_newest(full.detach(), lens, state.shape[-1]))
+
+
+def _newest(full: torch.Tensor, lens: torch.Tensor, W: int) -> torch.Tensor:
+    """The new state [B, C, W = K-1]: inputs at positions lens[b] .. lens[b]+K-2 of `full` ([B, K-1+T, C], old
+    state then the new inputs), the K-1 newest real ones."""
     B, _, C = full.shape
-    W = state.shape[-1]
     idx = (lens.view(B, 1) + torch.arange(W, device=full.device)).view(B, W, 1).expand(B, W, C)
-    state.copy_(full.detach().gather(1, idx).transpose(1, 2))
+    return full.gather(1, idx).transpose(1, 2)
 
 
-def _conv_differentiable(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor,
-                         state: torch.Tensor) -> torch.Tensor:
+def causal_conv1d_train(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor,
+                        state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`causal_conv1d` for training: the same K shifted multiply-adds, out of place so that autograd can go
-    through them (the tiled path writes into preallocated buffers). The new state is stored detached."""
+    through them (the tiled path writes into preallocated buffers). `state` [B, C, K-1] is only read and may
+    carry a gradient (a shared prefix's last inputs, model/shared_prefix.py). Returns (fp32 SiLU(conv(x))
+    [B, T, C], the new state [B, C, K-1]), both in the graph."""
     T, K = x.shape[1], weight.shape[-1]
     full = torch.cat([state.transpose(1, 2).to(x.dtype), x], 1).float()  # [B, K-1+T, C]
     w = weight[:, 0, :].float()
     y = sum(full[:, j:j + T] * w[:, j] for j in range(K))
-    _keep_newest(full, lens, state)
-    return F.silu(y)
+    return F.silu(y), _newest(full, lens, K - 1).to(state.dtype)
 
 
 def _conv_short(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor,

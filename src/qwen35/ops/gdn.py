@@ -99,7 +99,10 @@ def chunked_gated_delta_rule(
     """
     B, T, H, dk = k.shape
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, g, beta)):
-        return _chunked_differentiable(q, k, v, g, beta, state, chunk or train_chunk(T))
+        # the pool row `state` is overwritten below, so the recurrence starts from a copy
+        o, final = chunked_gated_delta_rule_train(q, k, v, g, beta, state.clone(), chunk)
+        state.copy_(final.detach())
+        return o
     chunk = chunk or CHUNK
     out = q.new_empty(B, T, H, v.shape[-1])
     S = state.reshape(B * H, dk, v.shape[-1])
@@ -163,13 +166,15 @@ def train_chunk(T: int) -> int:
     return 16 if T <= 512 else 32
 
 
-def _chunked_differentiable(q, k, v, g, beta, state, chunk):
+def chunked_gated_delta_rule_train(q, k, v, g, beta, state, chunk: int | None = None):
     """`chunked_gated_delta_rule` for training: the same chunk maths as `_chunk_span` over the whole sequence,
     written out of place so that autograd can go through it (the inference path updates its buffers in place
     and writes with `out=`). As there, the loop over chunks runs only the recurrence (V' and the next S) and
-    O is one batched product afterwards. The final state is stored detached."""
-    C = chunk
+    O is one batched product afterwards. `state` [B, H, dk, dv] is only read, and may carry a gradient (a
+    shared prefix's final state, model/shared_prefix.py). Returns (o [B, T, H, dv], the final state [B, H, dk,
+    dv]), both in the graph. chunk: by default `train_chunk(T)`."""
     B, T, H, dk = k.shape
+    C = chunk or train_chunk(T)
     q, k, v, g, beta = (_to_chunks(x, C) for x in (q, k, v, g, beta))  # [N, BH, C, d] / [N, BH, C]
     G = g.cumsum(-1)
     G_exp = _decay(G).unsqueeze(-1)
@@ -185,7 +190,7 @@ def _chunked_differentiable(q, k, v, g, beta, state, chunk):
     W = A_inv @ (k * (beta.unsqueeze(-1) * G_exp))
     decay_last = _decay(G[..., -1:]).unsqueeze(-1)
     k_decayed_t = (k * _decay(G[..., -1:] - G).unsqueeze(-1)).transpose(-1, -2)
-    S = state.reshape(B * H, dk, v.shape[-1]).clone()  # the pool row is overwritten at the end
+    S = state.reshape(B * H, dk, v.shape[-1])
     starts, v_new = [], []
     # chunk n's slices by one unbind each: indexing [n] would give every slice its own backward, each writing
     # a zero tensor of the whole size (quadratic in the chunks)
@@ -193,11 +198,10 @@ def _chunked_differentiable(q, k, v, g, beta, state, chunk):
         starts.append(S)
         v_new.append(U_n - W_n @ S)  # V' = U - W S
         S = S * decay_n + k_n @ v_new[-1]  # S = exp(G_C) S + (exp(G_C - G) K)^T V'
-    state.copy_(S.detach().view_as(state))
     o = (q @ torch.stack(starts)) * G_exp + P @ torch.stack(v_new)  # O = exp(G) (Q S) + P V'
     out = q.new_empty(B, T, H, v.shape[-1])
     _from_chunks(o, out)  # a copy into `out`, which autograd goes through
-    return out
+    return out, S.view(B, H, dk, -1)
 
 
 def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:

@@ -37,6 +37,63 @@ class Example:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def split(self, at: int) -> tuple["Example", "Example"]:
+        """The rows before `at` and the rows from it on."""
+        fields = (self.ids, self.next_labels, self.mtp_labels, self.mtp_inputs)
+        return Example(*(x[:at] for x in fields)), Example(*(x[at:] for x in fields))
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What a batch is made of: conversations that open with the same `head` (a tool header, without a loss),
+    each one's rest in `tails`, trained over one copy of the head (model/shared_prefix.py); or, with head
+    None, whole conversations."""
+
+    head: Example | None
+    tails: tuple[Example, ...]
+
+    def __len__(self) -> int:
+        return (len(self.head) if self.head is not None else 0) + sum(len(t) for t in self.tails)
+
+
+def header_len(ids: np.ndarray, im_start: int) -> int:
+    """Tokens of a conversation's first message (with tools offered: the system message that lists them),
+    up to the `<|im_start|>` of the next one."""
+    starts = np.flatnonzero(ids == im_start)
+    if len(starts) < 2 or starts[0] != 0:
+        raise ValueError("a conversation must open with a message and have another after it")
+    return int(starts[1])
+
+
+def share_heads(examples: list[Example], heads: list[int], most_tokens: int) -> list[Unit]:
+    """Units of the examples: those whose first heads[i] ids (0: none) are the same share them, in groups of
+    at most `most_tokens` tokens or twice the head, whichever is more (one conversation at least; a head of
+    nearly `most_tokens`, the whole MCP filesystem set, still shares); the rest alone. In the order of first
+    appearance.
+    The shared rows must carry no loss and give the MTP head the same next token (the turn after a tool
+    header always opens with `<|im_start|>`)."""
+    groups: dict[tuple, list[Example]] = {}
+    for i, (ex, n) in enumerate(zip(examples, heads)):  # the key holds the next id too: the MTP head reads it
+        groups.setdefault((n, ex.ids[:n + 1].tobytes() if n else i), []).append(ex)
+    units = []
+    for (n, _), members in groups.items():
+        if n == 0:
+            units.append(Unit(None, (members[0],)))
+            continue
+        head = members[0].split(n)[0]
+        if (head.next_labels != IGNORE).any() or (head.mtp_labels != IGNORE).any():
+            raise ValueError("a shared head must carry no loss")
+        tails, size, most = [], n, max(most_tokens, 2 * n)
+        for ex in members:
+            tail = ex.split(n)[1]
+            if tails and size + len(tail) > most:
+                units.append(Unit(head, tuple(tails)))
+                tails, size = [], n
+            tails.append(tail)
+            size += len(tail)
+        units.append(Unit(head, tuple(tails)))
+    return units
+
 
 def learnt_spans(text: str, thinking: bool) -> list[tuple[int, int]]:
     """Character spans [start, end) of what the assistant says after the conversation's last user message

@@ -3,17 +3,19 @@ code (the training paths of the ops: the chunked gated delta rule and the conv w
 as causal SDPA over right-padded sequences; model/ and ops/ say where).
 
 One step: a batch of whole conversations (examples.py) through `Qwen35ForCausalLM` as one packed
-`ForwardBatch` from empty caches; loss = cross-entropy of the next token on the learnt rows + `mtp_weight` x
-the MTP head's cross-entropy of the token after next (the head reads the main model's final hidden at
-position i, detached, and token i+1, as it does when drafting). A recipe's first `copy_steps` take batches of
-induction drills (induction.py) instead of conversations. AdamW, linear warm-up then cosine decay to
-`min_lr_ratio`, gradient clipping. Every `checkpoint_every` steps the whole training state goes to
+`ForwardBatch` from empty caches (with `share_heads`, conversations that open with the same tool header run
+it once: a pass over the headers, then one over the rest, model/shared_prefix.py); loss = cross-entropy of
+the next token on the learnt rows + `mtp_weight` x the MTP head's cross-entropy of the token after next (the
+head reads the main model's final hidden at position i, detached, and token i+1, as it does when drafting).
+A recipe's first `copy_steps` take batches of induction drills (induction.py) instead of conversations.
+AdamW, linear warm-up then cosine decay to `min_lr_ratio`, gradient clipping. Every `checkpoint_every` steps the whole training state goes to
 `train_state.pt`, from which a rerun of the same command resumes bit-identically; the finished model is
 written in the official checkpoint layout (export.py) and the state file removed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -27,12 +29,14 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, TextConfig
 from ..loading.writer import init_kind, random_tensor
+from ..model.cache import ModelCache
 from ..model.gated_deltanet import GatedDeltaNet
 from ..model.qwen35 import Qwen35ForCausalLM
-from ..ops.batch import BatchBuilder
+from ..model.shared_prefix import SharedPrefix
+from ..ops.batch import BatchBuilder, ForwardBatch
 from ..runtime import cpu_model
 from ..tokenizer import Tokenizer
-from .examples import IGNORE, Example, encode, learnt_spans, plan_batches
+from .examples import IGNORE, Example, Unit, encode, header_len, learnt_spans, plan_batches, share_heads
 from .export import write_trained
 from .induction import copy_batch
 from .recipe import Recipe
@@ -77,21 +81,27 @@ def open_gate(model: Qwen35ForCausalLM, level: float, gen: torch.Generator) -> N
             m.in_proj_z.weight += (level / along) * u
 
 
-def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Example]]:
-    """The recipe's synthetic conversations, a vocabulary learnt from them, and the encoded examples."""
+def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Unit]]:
+    """The recipe's synthetic conversations, a vocabulary learnt from them, and the encoded examples as
+    batch units: with `share_heads`, conversations with the same tool header share it (`share_heads`)."""
     t0 = time.perf_counter()
     samples = generate(recipe.train_samples, recipe.data_seed, mix=dict(recipe.mix))
     texts = [s.render() for s in samples]
     tok = train_vocab(texts[:recipe.vocab_samples], recipe.vocab_size)
-    examples = []
+    im_start = tok.backend.token_to_id("<|im_start|>")
+    examples, heads = [], []
     for sample, text in zip(samples, texts):
         ex = encode(text, learnt_spans(text, sample.thinking), tok)
         if len(ex) <= recipe.max_len:
             examples.append(ex)
+            heads.append(header_len(ex.ids, im_start) if recipe.share_heads and sample.tools else 0)
     tokens = sum(len(e) for e in examples)
+    units = share_heads(examples, heads, recipe.batch_tokens)
+    repeats = tokens - sum(len(u) for u in units)
     log(f"corpus: {len(examples)} conversations ({len(samples) - len(examples)} over {recipe.max_len} tokens "
-        f"left out), {tokens:,} tokens, vocabulary {tok.vocab_size} ids ({time.perf_counter() - t0:.0f} s)")
-    return tok, examples
+        f"left out), {tokens:,} tokens ({repeats:,} of them repeats of a shared tool header, not run), "
+        f"vocabulary {tok.vocab_size} ids ({time.perf_counter() - t0:.0f} s)")
+    return tok, units
 
 
 def machine(threads: int) -> dict:
@@ -119,27 +129,51 @@ def _optimizer(model: Qwen35ForCausalLM, recipe: Recipe) -> torch.optim.AdamW:
                              foreach=False)
 
 
-def batch_loss(model: Qwen35ForCausalLM, examples: list[Example], builder: BatchBuilder,
+def batch_loss(model: Qwen35ForCausalLM, units: list[Unit], builders: tuple[BatchBuilder, BatchBuilder],
                mtp_weight: float) -> tuple[torch.Tensor, float, float]:
-    """Returns (total loss to back-propagate, main loss, MTP loss)."""
-    ids = [e.ids for e in examples]
-    tables, first = [], 0
-    for e in examples:
-        n = -(-len(e) // BLOCK)
-        tables.append(range(first, first + n))
-        first += n
-    batch = builder.build(ids, [0] * len(ids), list(range(len(ids))), tables)
-    cache = model.new_cache(first, BLOCK, len(ids))
+    """Returns (total loss to back-propagate, main loss, MTP loss). Units with a shared head run it once
+    (model/shared_prefix.py): a first pass over the heads, then the tails continue from them. The passes
+    need a builder each, since autograd keeps the first batch's index tensors (views of its builder)."""
+    heads = [u.head for u in units if u.head is not None]
+    tails = [t for u in units for t in u.tails]
+    shared, starts = None, [0] * len(tails)
+    if heads:
+        shared = SharedPrefix()
+        batch, cache = _forward_batch(model, heads, [0] * len(heads), builders[0], shared)
+        hidden = model(batch, cache)
+        draft_in = torch.from_numpy(np.concatenate([h.mtp_inputs for h in heads]))
+        model.draft(draft_in, hidden.detach(), batch, cache)  # only to record the MTP layer's keys
+        owner, at = [], 0
+        for u in units:
+            owner += [at if u.head is not None else -1] * len(u.tails)
+            at += u.head is not None
+        shared.continue_with(batch, owner)
+        starts = [len(heads[o]) if o >= 0 else 0 for o in owner]
+    batch, cache = _forward_batch(model, tails, starts, builders[1], shared)
     hidden = model(batch, cache)
-    labels = torch.from_numpy(np.concatenate([e.next_labels for e in examples]))
+    labels = torch.from_numpy(np.concatenate([e.next_labels for e in tails]))
     rows = (labels != IGNORE).nonzero().squeeze(1)
     main = F.cross_entropy(model.logits(hidden.index_select(0, rows)), labels[rows])
-    draft_in = torch.from_numpy(np.concatenate([e.mtp_inputs for e in examples]))
+    draft_in = torch.from_numpy(np.concatenate([e.mtp_inputs for e in tails]))
     draft = model.draft(draft_in, hidden.detach(), batch, cache)
-    mtp_labels = torch.from_numpy(np.concatenate([e.mtp_labels for e in examples]))
+    mtp_labels = torch.from_numpy(np.concatenate([e.mtp_labels for e in tails]))
     rows = (mtp_labels != IGNORE).nonzero().squeeze(1)
     mtp = F.cross_entropy(model.logits(draft.index_select(0, rows)), mtp_labels[rows])
     return main + mtp_weight * mtp, main.item(), mtp.item()
+
+
+def _forward_batch(model: Qwen35ForCausalLM, examples: list[Example], starts: list[int], builder: BatchBuilder,
+                   shared: SharedPrefix | None) -> tuple[ForwardBatch, ModelCache]:
+    """A batch of `examples` whose sequence b starts at position starts[b], and empty caches for it."""
+    tables, first = [], 0
+    for e, s in zip(examples, starts):
+        n = -(-(s + len(e)) // BLOCK)
+        tables.append(range(first, first + n))
+        first += n
+    batch = builder.build([e.ids for e in examples], starts, list(range(len(examples))), tables)
+    if shared is not None:
+        batch = dataclasses.replace(batch, shared_prefix=shared)
+    return batch, model.new_cache(first, BLOCK, len(examples))
 
 
 def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, stop_after: int | None = None) -> Path:
@@ -152,8 +186,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
-    tok, examples = make_corpus(recipe, log)
-    batches = plan_batches([len(e) for e in examples], recipe.batch_tokens, recipe.seed)
+    tok, units = make_corpus(recipe, log)
+    batches = plan_batches([len(u) for u in units], recipe.batch_tokens, recipe.seed)
     model = build_model(recipe.text_config(tok.vocab_size), recipe.seed, recipe.gdn_gate)
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {recipe.steps} steps of "
         f"<= {recipe.batch_tokens} tokens; {len(batches)} batches per epoch")
@@ -170,23 +204,23 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         opt.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
         log(f"resuming at step {start}")
-    builder = BatchBuilder(BLOCK)
+    builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
     t_start, tokens_done = time.perf_counter(), 0
     for step in range(start, recipe.steps):
         lr = lr_at(step, recipe)
         for group in opt.param_groups:
             group["lr"] = lr
         if step < recipe.copy_steps:
-            chosen = copy_batch(recipe.seed, step, recipe.batch_tokens, recipe.copy_length, drill_ids.start,
-                                len(drill_ids))
+            chosen = [Unit(None, (e,)) for e in copy_batch(recipe.seed, step, recipe.copy_batch_tokens,
+                                                             recipe.copy_length, drill_ids.start, len(drill_ids))]
         else:
-            chosen = [examples[i] for i in batches[(step - recipe.copy_steps) % len(batches)]]
-        loss, main, mtp = batch_loss(model, chosen, builder, recipe.mtp_weight)
+            chosen = [units[i] for i in batches[(step - recipe.copy_steps) % len(batches)]]
+        loss, main, mtp = batch_loss(model, chosen, builders, recipe.mtp_weight)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens_done += sum(len(e) for e in chosen)
+        tokens_done += sum(len(u) for u in chosen)
         elapsed = time.perf_counter() - t_start
         history.append({"step": step + 1, "loss": round(main, 4), "mtp_loss": round(mtp, 4), "lr": lr,
                         "grad_norm": round(grad_norm, 3)})

@@ -39,15 +39,17 @@ class Recipe:
     # induction drills (induction.py) before the chat data: the first `copy_steps` of `steps`
     copy_steps: int = 0
     copy_length: int = 30  # random ids per drill, shown once and repeated
+    copy_batch_tokens: int = 2048  # per drill step (half as many formed the copy head in one run of three)
     # data
     train_samples: int = 40_000
     vocab_samples: int = 20_000  # conversations the vocabulary is learnt from
     max_len: int = 3072  # longer conversations are left out
+    share_heads: bool = False  # conversations with the same tool header run it once per batch (examples.Unit)
     data_seed: int = 0
     mix: tuple[tuple[str, float], ...] = tuple(DEFAULT_MIX.items())  # kinds of conversation and their weights
     # optimisation
     steps: int = 4000
-    batch_tokens: int = 2048  # per step, padding included
+    batch_tokens: int = 2048  # per chat step, padding included (repeats of a shared tool header not counted)
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 60
