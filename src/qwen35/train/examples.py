@@ -81,11 +81,11 @@ def share_heads(examples: list[Example], heads: list[int], most_tokens: int) -> 
             units.append(Unit(None, (members[0],)))
             continue
         head = members[0].split(n)[0]
-        if (head.next_labels != IGNORE).any() or (head.mtp_labels != IGNORE).any():
-            raise ValueError("a shared head must carry no loss")
         tails, size, most = [], n, max(most_tokens, 2 * n)
         for ex in members:
-            tail = ex.split(n)[1]
+            own_head, tail = ex.split(n)
+            if (own_head.next_labels != IGNORE).any() or (own_head.mtp_labels != IGNORE).any():
+                raise ValueError("a shared head must carry no loss")
             if tails and size + len(tail) > most:
                 units.append(Unit(head, tuple(tails)))
                 tails, size = [], n
