@@ -1,7 +1,8 @@
 """`qwen35 train` steps (forward, backward, clipping, AdamW) on the demo recipe's data, two ways: whole
-conversations, and conversations that share a tool header running it once per batch (`share_heads`,
-model/shared_prefix.py). Each way walks its own batches of the same conversations, alternating step by step
-in one run; both count the conversations and learnt tokens they got through.
+conversations in steps of 2,048 tokens (the demo recipe before 2026-12-05), and the demo recipe's steps, where
+conversations that share a tool header run it once (`share_heads`, model/shared_prefix.py) in 1,536 tokens.
+Each way walks its own batches of the same conversations, alternating step by step in one run; both count the
+conversations and learnt tokens they got through.
 
     .venv/bin/python bench/bench_train_step.py [--steps 40] [--samples 4000] [--threads 2]
 
@@ -38,10 +39,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = recipe("demo").replace(train_samples=args.samples, vocab_samples=args.samples)
     ways = {}
-    for name, share in (("whole", False), ("shared heads", True)):
-        r = base.replace(share_heads=share)
+    for name, r in (("whole", base.replace(share_heads=False, batch_tokens=2048)), ("shared heads", base)):
         tok, units = make_corpus(r, log=lambda *a: None)
-        ways[name] = (units, plan_batches([len(u) for u in units], r.batch_tokens, r.seed))
+        ways[name] = (units, plan_batches([len(u) for u in units], r.batch_tokens, r.seed), r.batch_tokens)
     model = build_model(base.text_config(tok.vocab_size), base.seed, base.gdn_gate)
     opt = _optimizer(model, base)
     builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
@@ -57,7 +57,7 @@ def main() -> None:
 
     seconds, chats, learnt = (dict.fromkeys(ways, 0) for _ in range(3))
     for i in range(-2, args.steps):  # two warm-up batches
-        for name, (units, batches) in ways.items():
+        for name, (units, batches, _) in ways.items():
             t0 = time.perf_counter()
             c, n = step([units[j] for j in batches[i % len(batches)]])
             if i >= 0:
@@ -65,10 +65,9 @@ def main() -> None:
                 chats[name] += c
                 learnt[name] += n
     bw = memory_bandwidth()
-    print(f"{cpu_model()}, {args.threads} torch threads, read bandwidth {bw:.1f} GB/s; {args.steps} steps of "
-          f"<= {base.batch_tokens} tokens per way")
+    print(f"{cpu_model()}, {args.threads} torch threads, read bandwidth {bw:.1f} GB/s; {args.steps} steps per way")
     for name, s in seconds.items():
-        print(f"{name:13s} {s / args.steps * 1000:6.0f} ms/step  {chats[name] / s:6.1f} conversations/s  "
+        print(f"{name:13s} <= {ways[name][2]} tokens {s / args.steps * 1000:6.0f} ms/step  {chats[name] / s:6.1f} conversations/s  "
               f"{learnt[name] / s:7,.0f} learnt tokens/s")
     rate = {name: learnt[name] / seconds[name] for name in ways}
     ratio = rate["shared heads"] / rate["whole"]
