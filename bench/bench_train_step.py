@@ -67,8 +67,8 @@ def main() -> None:
     bw = memory_bandwidth()
     print(f"{cpu_model()}, {args.threads} torch threads, read bandwidth {bw:.1f} GB/s; {args.steps} steps per way")
     for name, s in seconds.items():
-        print(f"{name:13s} <= {ways[name][2]} tokens {s / args.steps * 1000:6.0f} ms/step  {chats[name] / s:6.1f} conversations/s  "
-              f"{learnt[name] / s:7,.0f} learnt tokens/s")
+        print(f"{name:13s} <= {ways[name][2]} tokens {s / args.steps * 1000:6.0f} ms/step  "
+              f"{chats[name] / s:6.1f} conversations/s  {learnt[name] / s:7,.0f} learnt tokens/s")
     rate = {name: learnt[name] / seconds[name] for name in ways}
     ratio = rate["shared heads"] / rate["whole"]
     print(f"learnt tokens/s, shared heads over whole conversations: {ratio:.2f}x")

@@ -34,6 +34,7 @@ from machine import cpu_model  # noqa: E402
 
 from qwen35.config import TextConfig  # noqa: E402
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
+from qwen35.train.examples import Unit  # noqa: E402
 from qwen35.train.induction import copy_batch  # noqa: E402
 from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model  # noqa: E402
 from qwen35.train.recipe import Recipe, recipe  # noqa: E402
@@ -65,13 +66,13 @@ def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list
     torch.manual_seed(r.seed)
     model = build_model(cfg, r.seed, r.gdn_gate)
     opt = _optimizer(model, r)
-    builder = BatchBuilder(BLOCK)
+    builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
     losses = []
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
-        drills = copy_batch(r.seed, step, r.copy_batch_tokens, length, FIRST_ID, ids)
-        loss, main, _ = batch_loss(model, drills, builder, r.mtp_weight)
+        drills = [Unit.whole(e) for e in copy_batch(r.seed, step, r.copy_batch_tokens, length, FIRST_ID, ids)]
+        loss, main, _ = batch_loss(model, drills, builders, r.mtp_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip_norm)
         opt.step()

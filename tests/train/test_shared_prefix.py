@@ -53,7 +53,7 @@ def test_a_shared_header_gives_the_loss_and_gradients_of_whole_conversations(con
     model = build_model(SMOKE.text_config(300), 0, gdn_gate=2.0)
     units = share_heads(examples, heads, 10_000)
     assert [(u.head is not None, len(u.tails)) for u in units] == [(True, 2), (True, 2), (False, 1)]
-    whole, g_whole = _loss_and_grads(model, [Unit(None, (e,)) for e in examples])
+    whole, g_whole = _loss_and_grads(model, [Unit.whole(e) for e in examples])
     shared, g_shared = _loss_and_grads(model, units)
     assert shared == pytest.approx(whole, rel=1e-5)
     assert g_whole.keys() == g_shared.keys()

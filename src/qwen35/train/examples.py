@@ -52,6 +52,11 @@ class Unit:
     head: Example | None
     tails: tuple[Example, ...]
 
+    @classmethod
+    def whole(cls, example: Example) -> "Unit":
+        """One conversation, with nothing shared."""
+        return cls(None, (example,))
+
     def __len__(self) -> int:
         return (len(self.head) if self.head is not None else 0) + sum(len(t) for t in self.tails)
 
@@ -78,7 +83,7 @@ def share_heads(examples: list[Example], heads: list[int], most_tokens: int) -> 
     units = []
     for (n, _), members in groups.items():
         if n == 0:
-            units.append(Unit(None, (members[0],)))
+            units.append(Unit.whole(members[0]))
             continue
         head = members[0].split(n)[0]
         tails, size, most = [], n, max(most_tokens, 2 * n)

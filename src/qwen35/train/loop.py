@@ -8,9 +8,10 @@ it once: a pass over the headers, then one over the rest, model/shared_prefix.py
 the next token on the learnt rows + `mtp_weight` x the MTP head's cross-entropy of the token after next (the
 head reads the main model's final hidden at position i, detached, and token i+1, as it does when drafting).
 A recipe's first `copy_steps` take batches of induction drills (induction.py) instead of conversations.
-AdamW, linear warm-up then cosine decay to `min_lr_ratio`, gradient clipping. Every `checkpoint_every` steps the whole training state goes to
-`train_state.pt`, from which a rerun of the same command resumes bit-identically; the finished model is
-written in the official checkpoint layout (export.py) and the state file removed.
+AdamW, linear warm-up then cosine decay to `min_lr_ratio`, gradient clipping. Every `checkpoint_every` steps
+the whole training state goes to `train_state.pt`, from which a rerun of the same command resumes
+bit-identically; the finished model is written in the official checkpoint layout (export.py) and the state
+file removed.
 """
 
 from __future__ import annotations
@@ -211,8 +212,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         for group in opt.param_groups:
             group["lr"] = lr
         if step < recipe.copy_steps:
-            chosen = [Unit(None, (e,)) for e in copy_batch(recipe.seed, step, recipe.copy_batch_tokens,
-                                                             recipe.copy_length, drill_ids.start, len(drill_ids))]
+            chosen = [Unit.whole(e) for e in copy_batch(recipe.seed, step, recipe.copy_batch_tokens,
+                                                        recipe.copy_length, drill_ids.start, len(drill_ids))]
         else:
             chosen = [units[i] for i in batches[(step - recipe.copy_steps) % len(batches)]]
         loss, main, mtp = batch_loss(model, chosen, builders, recipe.mtp_weight)
