@@ -308,3 +308,36 @@ def test_training_results_cannot_be_guessed_from_the_request():
 
     assert faithful_share(more_heldout) == 1.0
     assert 0.3 < faithful_share(more_train) < 0.8
+
+
+def header(sample) -> str:
+    """The rendered text before the first user turn: the system message that lists the tools."""
+    text = sample.render()
+    return text[:text.index("<|im_start|>user")]
+
+
+def test_tool_siblings_share_a_header_and_ask_for_its_tools_or_none():
+    from qwen35.train.recipe import DEMO_MIX
+    from qwen35.train.synth.no_tool import NEVER_OFFERED
+
+    assert generate(300, 2, tool_siblings=1) == generate(300, 2)
+    samples = generate(3000, 2, mix=dict(DEMO_MIX), tool_siblings=4)
+    assert len(samples) == 3000
+    with_tools = [s for s in samples if s.tools]
+    groups = collections.Counter(header(s) for s in with_tools)
+    assert len(groups) < 0.5 * len(with_tools)  # 0.77 without siblings, 0.33 with
+    for sample in with_tools:
+        calls = rendered_calls(sample)
+        assert (sample.kind == "tool") == bool(calls)
+        assert all(name in offered_names(sample) for name, _ in calls)
+        if sample.kind == "no_tool" and sample.answer:
+            assert sample.answer in last_assistant(sample)["content"]
+    # siblings that answer directly never come with a tool that could have answered them (NO_TOOL's
+    # NEVER_OFFERED): a sum never with code_interpreter
+    sums = [s for s in with_tools if s.kind == "no_tool" and task_key(s) is not None]
+    assert len(sums) > 20 and not any(NEVER_OFFERED["arith"] & offered_names(s) for s in sums)
+    assert not any(is_heldout(task_key(s)) for s in samples if task_key(s) is not None)
+
+
+def offered_names(sample) -> set[str]:
+    return {tool["function"]["name"] for tool in sample.tools}

@@ -86,7 +86,8 @@ def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Unit]]:
     """The recipe's synthetic conversations, a vocabulary learnt from them, and the encoded examples as
     batch units: with `share_heads`, conversations with the same tool header share it (`share_heads`)."""
     t0 = time.perf_counter()
-    samples = generate(recipe.train_samples, recipe.data_seed, mix=dict(recipe.mix))
+    samples = generate(recipe.train_samples, recipe.data_seed, mix=dict(recipe.mix),
+                       tool_siblings=recipe.tool_siblings)
     texts = [s.render() for s in samples]
     tok = train_vocab(texts[:recipe.vocab_samples], recipe.vocab_size)
     im_start = tok.backend.token_to_id("<|im_start|>")

@@ -45,6 +45,7 @@ class Recipe:
     vocab_samples: int = 20_000  # conversations the vocabulary is learnt from
     max_len: int = 3072  # longer conversations are left out
     share_heads: bool = False  # conversations with the same tool header run it once per batch (examples.Unit)
+    tool_siblings: int = 1  # conversations drawn under one tool header, at most (synth/siblings.py)
     data_seed: int = 0
     mix: tuple[tuple[str, float], ...] = tuple(DEFAULT_MIX.items())  # kinds of conversation and their weights
     # optimisation

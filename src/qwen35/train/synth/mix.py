@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from . import arithmetic, convert, echo, facts, followup, no_tool, smalltalk, tools
+from . import arithmetic, convert, echo, facts, followup, no_tool, siblings, smalltalk, tools
 from .sample import Sample
 from .split import HELDOUT, TRAIN
 
@@ -16,13 +16,21 @@ THINKING_SHARE = 0.7
 TRAINING_SEED, HELDOUT_SEED = 0, 1_000_003
 
 
-def generate(n: int, seed: int, mix: dict[str, float] | None = None, split: str = TRAIN) -> list[Sample]:
+def generate(n: int, seed: int, mix: dict[str, float] | None = None, split: str = TRAIN,
+             tool_siblings: int = 1) -> list[Sample]:
     """`n` samples, the same for the same arguments. `mix` weighs the kinds (default DEFAULT_MIX); `split`
-    says whose tasks to draw: TRAIN's or the held-out ones'."""
+    says whose tasks to draw: TRAIN's or the held-out ones'. With `tool_siblings` > 1 (training only), each
+    draw of kind "tool" gives 1..tool_siblings conversations under one tool header (siblings.py)."""
     mix = DEFAULT_MIX if mix is None else mix
     rng = random.Random(seed)
     kinds = rng.choices(list(mix), list(mix.values()), k=n)
-    return [MAKERS[kind](rng, rng.random() < THINKING_SHARE, split) for kind in kinds]
+    samples: list[Sample] = []
+    for kind in kinds:
+        if kind == "tool" and tool_siblings > 1:
+            samples += siblings.make_siblings(rng, lambda: rng.random() < THINKING_SHARE, split, tool_siblings)
+        else:
+            samples.append(MAKERS[kind](rng, rng.random() < THINKING_SHARE, split))
+    return samples[:n]
 
 
 def training(n: int) -> list[Sample]:

@@ -24,7 +24,7 @@ NEVER_OFFERED = {
 }
 
 
-def question(rng: random.Random, topic: str, thinking: bool, split: str) -> tuple[str, Exchange]:
+def question(rng: random.Random, topic: str, split: str) -> tuple[str, Exchange]:
     if topic in ("arith", "convert"):
         lang = pick_lang(rng)
         if topic == "arith":
@@ -36,11 +36,19 @@ def question(rng: random.Random, topic: str, thinking: bool, split: str) -> tupl
     return lang, facts.exchange(rng, lang)
 
 
-def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
+def direct_answer(rng: random.Random, split: str, offered: set[str] | None = None) -> tuple[str, str, Exchange]:
+    """(topic, language, exchange) of a request none of the tools answers; with `offered`, only topics that
+    none of those tools could answer."""
     topics = TRAINING_TOPICS if split == TRAIN else TOPICS
+    if offered is not None:
+        topics = {t: w for t, w in topics.items() if not NEVER_OFFERED[t] & offered}
     topic = rng.choices(list(topics), list(topics.values()))[0]
-    lang, asked = question(rng, topic, thinking, split)
-    names = rng.sample([n for n in TOOLS if n not in NEVER_OFFERED[topic]], rng.choices((1, 2, 3, 4), FEWER)[0])
+    lang, asked = question(rng, topic, split)
     reasoning = "\n".join(filter(None, (NO_TOOL, asked.reasoning)))
-    answer = Exchange(asked.question, asked.reply, reasoning, asked.answer, asked.working)
+    return topic, lang, Exchange(asked.question, asked.reply, reasoning, asked.answer, asked.working)
+
+
+def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
+    topic, lang, answer = direct_answer(rng, split)
+    names = rng.sample([n for n in TOOLS if n not in NEVER_OFFERED[topic]], rng.choices((1, 2, 3, 4), FEWER)[0])
     return one_turn("no_tool", rng, answer, thinking, lang, [TOOLS[n] for n in names])
