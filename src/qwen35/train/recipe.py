@@ -83,17 +83,21 @@ class Recipe:
 # arithmetic 9%; this mix keeps the tool chats' compute, cuts the no-tool chats (their target was met with
 # room to spare) and gives the rest to arithmetic, conversions and follow-ups (about 1.9x each). Copy drills
 # (synth/echo.py, ~4% of the compute) practise the copying that tool arguments need; fact drills (the no-tool
-# chats' general questions without the tool header, ~0.4% of the compute) teach their answers cheaply.
-DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.25), ("no_tool", 0.045),
+# chats' general questions without the tool header, ~0.4% of the compute) teach their answers cheaply. Each
+# draw of a tool chat gives 1-4 conversations under one header (`tool_siblings`); its weight went from 0.25 to
+# 0.18 so that tool and no-tool chats keep their share of the compute (53% with 0.25) while getting 1.5x the
+# learnt tokens out of it (docs/LOG.md, 2026-12-05 night).
+DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.18), ("no_tool", 0.045),
             ("smalltalk", 0.08), ("echo", 0.2), ("facts", 0.03))
 
 # The demo starts Gated DeltaNet's gate open and with 1,000 steps of induction drills, which give it a head that
 # copies from the context; with the drawn gate this shape never learns them (docs/LOG.md, 2026-12-04). Its chat
 # steps run each shared tool header once (`share_heads`), in 1,536 tokens a step: as many chats a step as 2,048
-# tokens of whole conversations, in three quarters of the time (docs/LOG.md, 2026-12-05 evening).
+# tokens of whole conversations, in three quarters of the time (docs/LOG.md, 2026-12-05 evening), and draw
+# tool chats in groups under one header (`tool_siblings`, synth/siblings.py).
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(name="demo", mix=DEMO_MIX, train_samples=50_000, steps=5600, gdn_gate=2.0, copy_steps=1000,
-                   share_heads=True, batch_tokens=1536),
+                   share_heads=True, batch_tokens=1536, tool_siblings=4),
     # a minute-long run of the same pipeline, for tests
     "smoke": Recipe(name="smoke", hidden_size=64, num_layers=4, attention_heads=2, kv_heads=1, head_dim=32,
                     gdn_heads=2, gdn_head_dim=32, intermediate_size=128, vocab_size=1024, train_samples=300,
