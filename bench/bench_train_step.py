@@ -1,14 +1,16 @@
-"""`qwen35 train` steps (forward, backward, clipping, AdamW) on the demo recipe's data, two ways: whole
-conversations in steps of 2,048 tokens (the demo recipe before 2026-12-05), and the demo recipe's steps, where
-conversations that share a tool header run it once (`share_heads`, model/shared_prefix.py) in 1,536 tokens.
-Each way walks its own batches of the same conversations, alternating step by step in one run; both count the
-conversations and learnt tokens they got through.
+"""`qwen35 train` steps (forward, backward, clipping, AdamW) on the demo recipe's data, three ways: whole
+conversations in steps of 2,048 tokens (the demo recipe before 2026-12-05); steps of 1,536 tokens where
+conversations that share a tool header run it once (`share_heads`, model/shared_prefix.py; the recipe of
+2026-12-05); and the demo recipe's steps, which also draw tool chats in groups under one header
+(`tool_siblings`, synth/siblings.py). Each way walks its own batches of its own corpus, alternating step by
+step in one run.
 
     .venv/bin/python bench/bench_train_step.py [--steps 40] [--samples 4000] [--threads 2]
 
-Prints the CPU model and the measured memory read bandwidth, ms per step, conversations/s and learnt tokens/s
-of each way and the ratio; the last line is one JSON object. Timings on a shared 2-core machine are noisy:
-compare the ratio, not absolute numbers.
+Prints the CPU model and the measured memory read bandwidth; for each way ms per step (timed), conversations
+and learnt tokens per step (means over all its batches: a few dozen timed batches would sample the kinds of
+conversation unevenly), learnt tokens/s and its ratio to whole conversations; the last line is one JSON
+object. Timings on a shared 2-core machine are noisy: compare the ratios, not absolute numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from machine import cpu_model, memory_bandwidth  # noqa: E402
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
 from qwen35.train.examples import IGNORE, plan_batches  # noqa: E402
 from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model, make_corpus  # noqa: E402
-from qwen35.train.recipe import recipe  # noqa: E402
+from qwen35.train.recipe import DEMO_MIX, recipe  # noqa: E402
+
+DEMO_30_MIX = tuple((kind, 0.25 if kind == "tool" else w) for kind, w in DEMO_MIX)  # before tool_siblings
 
 
 def main() -> None:
@@ -39,43 +43,46 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = recipe("demo").replace(train_samples=args.samples, vocab_samples=args.samples)
     ways = {}
-    for name, r in (("whole", base.replace(share_heads=False, batch_tokens=2048)), ("shared heads", base)):
+    for name, r in (("whole", base.replace(share_heads=False, batch_tokens=2048)),
+                    ("shared heads", base.replace(mix=DEMO_30_MIX, tool_siblings=1)),
+                    ("siblings", base)):
         tok, units = make_corpus(r, log=lambda *a: None)
         ways[name] = (units, plan_batches([len(u) for u in units], r.batch_tokens, r.seed), r.batch_tokens)
     model = build_model(base.text_config(tok.vocab_size), base.seed, base.gdn_gate)
     opt = _optimizer(model, base)
     builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
 
-    def step(units: list) -> tuple[int, int]:
+    def step(units: list) -> None:
         loss, _, _ = batch_loss(model, units, builders, base.mtp_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), base.clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tails = [t for u in units for t in u.tails]
-        return len(tails), sum(int((t.next_labels != IGNORE).sum()) for t in tails)
 
-    seconds, chats, learnt = (dict.fromkeys(ways, 0) for _ in range(3))
+    seconds = dict.fromkeys(ways, 0.0)
     for i in range(-2, args.steps):  # two warm-up batches
         for name, (units, batches, _) in ways.items():
             t0 = time.perf_counter()
-            c, n = step([units[j] for j in batches[i % len(batches)]])
+            step([units[j] for j in batches[i % len(batches)]])
             if i >= 0:
                 seconds[name] += time.perf_counter() - t0
-                chats[name] += c
-                learnt[name] += n
     bw = memory_bandwidth()
-    print(f"{cpu_model()}, {args.threads} torch threads, read bandwidth {bw:.1f} GB/s; {args.steps} steps per way")
-    for name, s in seconds.items():
-        print(f"{name:13s} <= {ways[name][2]} tokens {s / args.steps * 1000:6.0f} ms/step  "
-              f"{chats[name] / s:6.1f} conversations/s  {learnt[name] / s:7,.0f} learnt tokens/s")
-    rate = {name: learnt[name] / seconds[name] for name in ways}
-    ratio = rate["shared heads"] / rate["whole"]
-    print(f"learnt tokens/s, shared heads over whole conversations: {ratio:.2f}x")
+    print(f"{cpu_model()}, {args.threads} torch threads, read bandwidth {bw:.1f} GB/s; {args.steps} timed steps per "
+          f"way; conversations and learnt tokens per step are means over all of a way's batches")
+    ms = {name: s / args.steps * 1000 for name, s in seconds.items()}
+    rate = {}
+    for name, (units, batches, most) in ways.items():
+        tails = [t for u in units for t in u.tails]
+        chats = len(tails) / len(batches)
+        learnt = sum(int((t.next_labels != IGNORE).sum()) for t in tails) / len(batches)
+        rate[name] = learnt / ms[name] * 1000
+        print(f"{name:13s} <= {most} tokens {ms[name]:6.0f} ms/step  {chats:5.1f} conversations/step  "
+              f"{learnt:5.0f} learnt tokens/step  {rate[name]:6,.0f} learnt tokens/s  "
+              f"{rate[name] / rate['whole']:.2f}x")
     print(json.dumps({"cpu": cpu_model(), "bandwidth_gbs": round(bw, 1), "threads": args.threads,
-                      "ms_per_step": {k: round(v / args.steps * 1000, 1) for k, v in seconds.items()},
-                      "learnt_tokens_per_s": {k: round(v) for k, v in rate.items()}, "speedup": round(ratio, 3)}))
-
+                      "ms_per_step": {k: round(v, 1) for k, v in ms.items()},
+                      "learnt_tokens_per_s": {k: round(v) for k, v in rate.items()},
+                      "over_whole": {k: round(v / rate["whole"], 3) for k, v in rate.items()}}))
 
 if __name__ == "__main__":
     main()
