@@ -1,4 +1,4 @@
-"""Training only: several requests under one tool header (kind "tool", with `siblings` > 1 in `generate`).
+"""Training only: several requests under one tool header (kind "tool", with `tool_siblings` > 1 in `generate`).
 
 A tool chat spends most of its tokens on the header, the system message that lists the tools (276-621 tokens
 for 1-4 tools against ~200 for the rest). Conversations with the same header train over one copy of it
@@ -40,11 +40,9 @@ def make_siblings(rng: random.Random, think: Callable[[], bool], split: str, mos
                                                                answer.reasoning if thinking else "")]
             out.append(Sample("no_tool", messages, first.tools, thinking, answer.answer, None, lang))
             continue
-        for _ in range(_TRIES):
+        for _ in range(_TRIES):  # none found (rare): the group is one smaller
             lang, scenario = draw(rng, split, lambda r: tools.request(r, chances, split), lambda c: c[1].key)
             if {call.name for call in scenario.calls} <= offered:
-                call = scenario.calls[0]
-                out.append(Sample("tool", head + scenario.messages(thinking), first.tools, thinking,
-                                  scenario.answer, {"name": call.name, "arguments": dict(call.arguments)}, lang))
+                out.append(tools.as_sample(head, scenario, first.tools, thinking, lang))
                 break
     return out

@@ -87,11 +87,16 @@ def offered(rng: random.Random, needed: list[str], full_set: bool) -> list[dict]
     return [TOOLS[name] for name in names]
 
 
+def as_sample(head: list[dict], scenario: Scenario, tools: list[dict], thinking: bool, lang: str) -> Sample:
+    """The conversation of `scenario` after the messages `head` (a system message or none), offering `tools`."""
+    first = scenario.calls[0]
+    return Sample("tool", head + scenario.messages(thinking), tools, thinking, scenario.answer,
+                  {"name": first.name, "arguments": dict(first.arguments)}, lang)
+
+
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
     full_set = rng.random() < FULL_SET_SHARE
     chances = weights(full_set, split)
     lang, scenario = draw(rng, split, lambda r: request(r, chances, split), lambda chosen: chosen[1].key)
     tools = offered(rng, list(dict.fromkeys(call.name for call in scenario.calls)), full_set)
-    first = scenario.calls[0]
-    return Sample("tool", system(rng, (USE_TOOLS,)) + scenario.messages(thinking), tools, thinking, scenario.answer,
-                  {"name": first.name, "arguments": dict(first.arguments)}, lang)
+    return as_sample(system(rng, (USE_TOOLS,)), scenario, tools, thinking, lang)
