@@ -29,9 +29,7 @@ from machine import cpu_model, memory_bandwidth  # noqa: E402
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
 from qwen35.train.examples import IGNORE, plan_batches  # noqa: E402
 from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model, make_corpus  # noqa: E402
-from qwen35.train.recipe import DEMO_MIX, recipe  # noqa: E402
-
-DEMO_30_MIX = tuple((kind, 0.25 if kind == "tool" else w) for kind, w in DEMO_MIX)  # before tool_siblings
+from qwen35.train.recipe import recipe  # noqa: E402
 
 
 def main() -> None:
@@ -43,8 +41,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = recipe("demo").replace(train_samples=args.samples, vocab_samples=args.samples)
     ways = {}
-    for name, r in (("whole", base.replace(share_heads=False, batch_tokens=2048)),
-                    ("shared heads", base.replace(mix=DEMO_30_MIX, tool_siblings=1)),
+    for name, r in (("whole", base.replace(share_heads=False, batch_tokens=2048, tool_siblings=1)),
+                    ("shared heads", base.replace(tool_siblings=1)),
                     ("siblings", base)):
         tok, units = make_corpus(r, log=lambda *a: None)
         ways[name] = (units, plan_batches([len(u) for u in units], r.batch_tokens, r.seed), r.batch_tokens)
