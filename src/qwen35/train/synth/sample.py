@@ -66,10 +66,13 @@ def with_working(reply: str, working: str) -> str:
 
 def one_turn(kind: str, rng: random.Random, exchange: Exchange, thinking: bool, lang: str,
              tools: list[dict] | None = None) -> Sample:
-    reasoning = exchange.reasoning if thinking else ""
-    messages = system(rng, (USE_TOOLS,) if tools else ()) + [user(exchange.question),
-                                                              assistant(exchange.content(thinking), reasoning)]
+    messages = system(rng, (USE_TOOLS,) if tools else ()) + turns(exchange, thinking)
     return Sample(kind, messages, tools, thinking, exchange.answer, None, lang)
+
+
+def turns(exchange: Exchange, thinking: bool) -> list[dict]:
+    """The user's question and the assistant's direct answer."""
+    return [user(exchange.question), assistant(exchange.content(thinking), exchange.reasoning if thinking else "")]
 
 
 def system(rng: random.Random, extra: tuple[str, ...] = ()) -> list[dict]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from . import no_tool, tools
 from .catalogue import FILESYSTEM_TOOLS
-from .sample import Sample, assistant, user
+from .sample import Sample, turns
 from .split import draw
 
 NO_TOOL_SHARE = 0.2  # of the further requests: none of the offered tools fits
@@ -36,9 +36,8 @@ def make_siblings(rng: random.Random, think: Callable[[], bool], split: str, mos
         thinking = think()
         if rng.random() < NO_TOOL_SHARE:
             _, lang, answer = no_tool.direct_answer(rng, split, offered)
-            messages = head + [user(answer.question), assistant(answer.content(thinking),
-                                                               answer.reasoning if thinking else "")]
-            out.append(Sample("no_tool", messages, first.tools, thinking, answer.answer, None, lang))
+            out.append(Sample("no_tool", head + turns(answer, thinking), first.tools, thinking, answer.answer, None,
+                              lang))
             continue
         for _ in range(_TRIES):  # none found (rare): the group is one smaller
             lang, scenario = draw(rng, split, lambda r: tools.request(r, chances, split), lambda c: c[1].key)
