@@ -50,6 +50,8 @@ def test_training_is_deterministic_and_resumes_bit_identically(trained, tmp_path
     assert [h["step"] for h in log["history"]] == list(range(1, SMOKE.steps + 1))
     assert log["history"] == json.loads((trained / LOG_FILE).read_text())["history"]
     assert log["machine"] == machine(SMOKE.threads)
+    assert log["runs"] == 2 and json.loads((trained / LOG_FILE).read_text())["runs"] == 1
+    assert log["wall_s"] > 0
 
 
 def test_loss_goes_down(trained):

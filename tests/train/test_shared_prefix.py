@@ -10,7 +10,7 @@ import torch
 
 from qwen35.ops.batch import BatchBuilder
 from qwen35.train.examples import Unit, header_len, labelled, share_heads
-from qwen35.train.loop import BLOCK, batch_loss, build_model, make_corpus, train
+from qwen35.train.loop import BLOCK, batch_loss, build_model, deterministic, make_corpus, train
 from qwen35.train.recipe import recipe
 
 SMOKE = recipe("smoke")
@@ -98,3 +98,27 @@ def test_the_corpus_shares_tool_headers_and_training_runs_over_them(tmp_path):
     train(r, tmp_path, log=lambda *_: None, progress=open("/dev/null", "w"), stop_after=r.checkpoint_every)
     history = torch.load(tmp_path / "train_state.pt", weights_only=False)["history"]
     assert len(history) == r.checkpoint_every and all(np.isfinite(h["loss"]) for h in history)
+
+
+def test_training_over_shared_heads_is_deterministic_on_two_threads():
+    """The tails of a unit gather its header's keys and states once each, so their backward sums into repeated
+    rows; with two threads and tensors this large torch would do that with racing atomic adds (docs/LOG.md,
+    2026-12-05, later session) and the demo's runs would differ in the last bits from step 1,006 on."""
+    r = SMOKE.replace(share_heads=True)
+    tok, units = make_corpus(r, log=lambda *_: None)
+    unit = max((u for u in units if u.head is not None), key=lambda u: len(u.tails) * len(u.head))
+    chosen = [unit] + [u for u in units if u.head is None][:2]
+    assert len(unit.tails) * len(unit.head) > 1000
+    model = build_model(recipe("demo").text_config(tok.vocab_size), 0)  # the demo's width: large enough tensors
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with deterministic():
+            runs = []
+            for _ in range(3):
+                model.zero_grad(set_to_none=True)
+                batch_loss(model, chosen, (BatchBuilder(BLOCK), BatchBuilder(BLOCK)), 0.3)[0].backward()
+                runs.append([p.grad.clone() for p in model.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))

@@ -11,11 +11,13 @@ A recipe's first `copy_steps` take batches of induction drills (induction.py) in
 AdamW, linear warm-up then cosine decay to `min_lr_ratio`, gradient clipping. Every `checkpoint_every` steps
 the whole training state goes to `train_state.pt`, from which a rerun of the same command resumes
 bit-identically; the finished model is written in the official checkpoint layout (export.py) and the state
-file removed.
+file removed. `training_log.json` keeps the recipe, the machine, each step's loss, and the wall time summed over
+the runs that made the model (`runs` > 1: it was interrupted, and each resume rebuilt the corpus).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -178,12 +180,32 @@ def _forward_batch(model: Qwen35ForCausalLM, examples: list[Example], starts: li
     return batch, model.new_cache(first, BLOCK, len(examples))
 
 
+@contextlib.contextmanager
+def deterministic():
+    """torch's deterministic kernels while training. Without them a backward that sums gradients into repeated
+    rows (a shared header's keys and states gathered once per conversation that continues it) adds them with
+    atomic adds from several threads when the tensor is large enough, in an order that changes from run to run
+    (docs/LOG.md, 2026-12-05, later session); with them it adds in index order, no slower here."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
 def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, stop_after: int | None = None) -> Path:
     """Train `recipe` into `out_dir` (resuming from its `train_state.pt` if one is there); returns out_dir.
     `stop_after`: leave after that step with the training state saved, as an interruption would (tests)."""
+    with deterministic():
+        return _train(recipe, out_dir, log, progress, stop_after)
+
+
+def _train(recipe: Recipe, out_dir: str | Path, log, progress, stop_after: int | None) -> Path:
     if not 0 <= recipe.copy_steps < recipe.steps or recipe.copy_length < 1:
         raise ConfigError(f"recipe {recipe.name!r}: copy_steps must be in [0, steps={recipe.steps}) and copy_length "
                           f">= 1, got copy_steps={recipe.copy_steps}, copy_length={recipe.copy_length}")
+    t_begin = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
@@ -196,7 +218,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
     opt = _optimizer(model, recipe)
     drill_ids = merged_ids(tok)  # what induction drills draw from
     history: list[dict] = []
-    start = 0
+    start, earlier_s, earlier_runs = 0, 0.0, 0  # wall time and runs before this one (a resume)
     state_file = out / STATE_FILE
     if state_file.exists():
         state = torch.load(state_file, weights_only=False)
@@ -205,6 +227,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
+        earlier_s, earlier_runs = state.get("wall_s", 0.0), state.get("runs", 0)
         log(f"resuming at step {start}")
     builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
     t_start, tokens_done = time.perf_counter(), 0
@@ -233,13 +256,16 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
             print(file=progress)
             torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "step": step + 1, "history": history}, out / (STATE_FILE + ".tmp"))
+                        "step": step + 1, "history": history, "runs": earlier_runs + 1,
+                        "wall_s": earlier_s + time.perf_counter() - t_begin}, out / (STATE_FILE + ".tmp"))
             (out / (STATE_FILE + ".tmp")).replace(state_file)
         if stop_after is not None and step + 1 >= stop_after:
             return out
     write_trained(model, tok, recipe, out)
-    log_record = {"recipe": asdict(recipe), "machine": machine(recipe.threads), "history": history}
+    wall_s = earlier_s + time.perf_counter() - t_begin
+    log_record = {"recipe": asdict(recipe), "machine": machine(recipe.threads), "wall_s": round(wall_s, 1),
+                  "runs": earlier_runs + 1, "history": history}
     (out / LOG_FILE).write_text(json.dumps(log_record) + "\n")
     state_file.unlink(missing_ok=True)
-    log(f"wrote {out}")
+    log(f"wrote {out} ({wall_s / 60:.1f} min" + (f" over {earlier_runs + 1} runs)" if earlier_runs else ")"))
     return out
