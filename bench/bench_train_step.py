@@ -28,7 +28,7 @@ from machine import cpu_model, memory_bandwidth  # noqa: E402
 
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
 from qwen35.train.examples import IGNORE, plan_batches  # noqa: E402
-from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model, make_corpus  # noqa: E402
+from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model, deterministic, make_corpus  # noqa: E402
 from qwen35.train.recipe import recipe  # noqa: E402
 
 
@@ -58,12 +58,13 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
 
     seconds = dict.fromkeys(ways, 0.0)
-    for i in range(-2, args.steps):  # two warm-up batches
-        for name, (units, batches, _) in ways.items():
-            t0 = time.perf_counter()
-            step([units[j] for j in batches[i % len(batches)]])
-            if i >= 0:
-                seconds[name] += time.perf_counter() - t0
+    with deterministic():  # as `train` runs
+        for i in range(-2, args.steps):  # two warm-up batches
+            for name, (units, batches, _) in ways.items():
+                t0 = time.perf_counter()
+                step([units[j] for j in batches[i % len(batches)]])
+                if i >= 0:
+                    seconds[name] += time.perf_counter() - t0
     bw = memory_bandwidth()
     print(f"{cpu_model()}, {args.threads} torch threads, read bandwidth {bw:.1f} GB/s; {args.steps} timed steps per "
           f"way; conversations and learnt tokens per step are means over all of a way's batches")
