@@ -1,7 +1,7 @@
 """The shipped demo model behaves as trained, through every layer: `qwen35 serve` on the embedded default (no
 model argument) with MTP drafting, the openai client, the reasoning and tool-call parsers. A handful of
 held-out questions here; `test_demo_eval_meets_the_targets` (slow) runs the full held-out evaluation and
-`test_the_recipe_reproduces_the_shipped_model` (slow, ~45 min) the training."""
+`test_the_recipe_reproduces_the_shipped_model` (slow, ~47 min) the training."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from qwen35.train.synth import heldout
 from tests.model.helpers import all_logits
 
 pytest.importorskip("openai")
+# of 193 answers and 72 tool loops: two runs of one recipe differ by about 8 and 5 (docs/DEMO.md), and a little more
+RUN_SPREAD = {"answer": 10, "tool": 6}
 HANDFUL = {("arith", True): 3, ("arith", False): 2, ("convert", True): 1, ("followup", True): 1,
            ("tool", True): 3, ("tool", False): 1, ("no_tool", True): 2, ("smalltalk", False): 1}
 
@@ -80,7 +82,8 @@ def test_demo_eval_meets_the_targets():
 @pytest.mark.slow
 def test_the_recipe_reproduces_the_shipped_model(tmp_path):
     """Bit-identical where the shipped model was trained (`machine()`: the CPU, torch's kernels for it, torch and
-    threads); elsewhere matmul rounding differs, and the reproduction must instead meet the evaluation targets."""
+    threads). Elsewhere matmul rounding differs, and the reproduction must instead meet every target the shipped
+    model meets and score at most a run-to-run spread below it on answers and tool loops."""
     shipped = default_model_dir()
     out = train(recipe("demo"), tmp_path / "demo")
     log = json.loads((shipped / LOG_FILE).read_text())
@@ -88,7 +91,9 @@ def test_the_recipe_reproduces_the_shipped_model(tmp_path):
         want, got = load_file(str(shipped / SHARD)), load_file(str(out / SHARD))
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
         assert (shipped / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
-    else:
-        report = run_eval(out, n=300)
-        failed = [t.metric for t in TARGETS["demo"] if not t.passes(report.metrics.get(t.metric))]
-        assert not failed, report.table()
+    else:  # other rounding, other weights: the same recipe's behaviour, as far as two runs of it differ
+        ours, theirs = run_eval(out, n=300), run_eval(shipped, n=300)
+        met = [t for t in TARGETS["demo"] if t.passes(theirs.metrics.get(t.metric))]
+        assert all(t.passes(ours.metrics.get(t.metric)) for t in met), ours.table()
+        for metric, spread in RUN_SPREAD.items():
+            assert ours.metrics[metric].num >= theirs.metrics[metric].num - spread, (metric, ours.table())
