@@ -70,8 +70,6 @@ def test_the_shipped_checkpoint_computes_transformers_logits():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="answers (91% vs 95%) and the tool loop (93% vs 95%) are not there yet: "
-                          "docs/DEMO.md", strict=False)
 def test_demo_eval_meets_the_targets():
     report = run_eval(default_model_dir(), n=300)
     print(report.table())

@@ -27,9 +27,11 @@ FS_SCENARIOS = {fs_calls.write: 0.12, fs_calls.read: 0.10, fs_calls.write_then_r
 SCENARIOS = {**API_SCENARIOS, **FS_SCENARIOS}
 # Training only (the held-out set keeps the weights above): the scenarios whose reply copies a name the model
 # cannot guess from the request alone (a listing's first entry, a move's destination, an address, the allowed
-# folder) failed in every demo model at their natural weight (docs/LOG.md, 2026-12-03), so training sees them
-# more often.
-TRAINING_BOOST = {fs_calls.listing: 3.0, fs_calls.move: 3.0, api_calls.email: 2.5, fs_calls.allowed: 3.0}
+# folder) failed in every demo model at their natural weight (docs/LOG.md, 2026-12-03), and so did translate
+# (a foreign phrase to copy into a Chinese or Korean reply: 0-1 of 3 in five models; docs/LOG.md, 2026-12-05),
+# so training sees them more often.
+TRAINING_BOOST = {fs_calls.listing: 3.0, fs_calls.move: 3.0, api_calls.email: 2.5, fs_calls.allowed: 3.0,
+                  api_calls.translate: 3.0}
 # Training only: a share of a scenario's weight goes to a stand-in whose result cannot be predicted from the
 # request, so that only reading the result pays: listings and search hits unsorted (sorted, a model lists
 # likely names in alphabetical order instead of reading them), translations that are not the phrase's.
