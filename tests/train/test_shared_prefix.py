@@ -117,7 +117,7 @@ def test_training_over_shared_heads_is_deterministic_on_two_threads():
             runs = []
             for _ in range(3):
                 model.zero_grad(set_to_none=True)
-                batch_loss(model, chosen, (BatchBuilder(BLOCK), BatchBuilder(BLOCK)), 0.3)[0].backward()
+                batch_loss(model, chosen, (BatchBuilder(BLOCK), BatchBuilder(BLOCK)), r.mtp_weight)[0].backward()
                 runs.append([p.grad.clone() for p in model.parameters()])
     finally:
         torch.set_num_threads(threads)
