@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen35.train.examples import IGNORE, encode, learnt_spans, plan_batches
+from qwen35.train.examples import IGNORE, encode, encode_all, learnt_spans, plan_batches
 from qwen35.train.synth import training
 from qwen35.train.vocab import SPECIALS, train_vocab
 
@@ -50,6 +50,15 @@ def test_earlier_turns_are_context(samples, tok):
     learnt = _learnt_text(sample, tok)
     last = sample.messages[-1]
     assert learnt == last["reasoning_content"] + "\n</think>\n\n" + last["content"] + "<|im_end|>"
+
+
+def test_encoding_many_at_once_gives_each_one_alone(samples, tok):
+    texts = [s.render() for s in samples[:40]]
+    spans = [learnt_spans(t, s.thinking) for t, s in zip(texts, samples)]
+    for many, (text, own) in zip(encode_all(texts, spans, tok), zip(texts, spans)):
+        one = encode(text, own, tok)
+        assert all((a == b).all() for a, b in zip((many.ids, many.next_labels, many.mtp_labels),
+                                                  (one.ids, one.next_labels, one.mtp_labels)))
 
 
 def test_mtp_labels_are_two_ahead(samples, tok):

@@ -128,13 +128,21 @@ def _last_user_turn(text: str) -> int:
 
 
 def encode(text: str, spans: list[tuple[int, int]], tok: Tokenizer) -> Example:
-    enc = tok.backend.encode(text)
-    ids = np.asarray(enc.ids, dtype=np.int64)
-    starts = np.asarray([s for s, _ in enc.offsets], dtype=np.int64)
-    learnt = np.zeros(len(ids), dtype=bool)
-    for s, e in spans:
-        learnt |= (starts >= s) & (starts < e)
-    return labelled(ids, learnt)
+    return encode_all([text], [spans], tok)[0]
+
+
+def encode_all(texts: list[str], spans: list[list[tuple[int, int]]], tok: Tokenizer) -> list[Example]:
+    """The examples of `texts`, whose characters in spans[i] are learnt; the tokenizer encodes them all in
+    one call, on every core."""
+    examples = []
+    for enc, text_spans in zip(tok.backend.encode_batch(texts), spans):
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        starts = np.asarray([s for s, _ in enc.offsets], dtype=np.int64)
+        learnt = np.zeros(len(ids), dtype=bool)
+        for s, e in text_spans:
+            learnt |= (starts >= s) & (starts < e)
+        examples.append(labelled(ids, learnt))
+    return examples
 
 
 def labelled(ids: np.ndarray, learnt: np.ndarray) -> Example:

@@ -39,7 +39,7 @@ from ..model.shared_prefix import SharedPrefix
 from ..ops.batch import BatchBuilder, ForwardBatch
 from ..runtime import cpu_model
 from ..tokenizer import Tokenizer
-from .examples import IGNORE, Example, Unit, encode, header_len, learnt_spans, plan_batches, share_heads
+from .examples import IGNORE, Example, Unit, encode_all, header_len, learnt_spans, plan_batches, share_heads
 from .export import write_trained
 from .induction import copy_batch
 from .recipe import Recipe
@@ -94,8 +94,8 @@ def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Unit]]:
     tok = train_vocab(texts[:recipe.vocab_samples], recipe.vocab_size)
     im_start = tok.backend.token_to_id("<|im_start|>")
     examples, heads = [], []
-    for sample, text in zip(samples, texts):
-        ex = encode(text, learnt_spans(text, sample.thinking), tok)
+    encoded = encode_all(texts, [learnt_spans(text, s.thinking) for s, text in zip(samples, texts)], tok)
+    for sample, ex in zip(samples, encoded):
         if len(ex) <= recipe.max_len:
             examples.append(ex)
             heads.append(header_len(ex.ids, im_start) if recipe.share_heads and sample.tools else 0)
