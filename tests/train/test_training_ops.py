@@ -4,12 +4,14 @@ inference forward."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from qwen35.ops.conv1d import causal_conv1d
+from qwen35.ops import native
+from qwen35.ops.conv1d import causal_conv1d, causal_conv1d_train
 from qwen35.ops.gdn import chunked_gated_delta_rule, l2norm, recurrent_gated_delta_rule
 from qwen35.ops.batch import BatchBuilder
-from qwen35.train.loop import build_model
+from qwen35.train.loop import BLOCK, batch_loss, build_model, deterministic, make_corpus
 from qwen35.train.recipe import recipe
 
 
@@ -101,3 +103,60 @@ def test_open_gate_starts_gated_deltanet_passing_what_it_reads():
     h = torch.randn(4, cfg.hidden_size)
     logits = lambda m: torch.log_softmax(h @ m.model.embed_tokens.weight.T, -1)  # noqa: E731
     assert (logits(opened) - logits(plain)).abs().max() < 1e-4
+
+
+LIB = native.ops()
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)  # equal bits: -0.0 and +0.0 differ
+
+
+@pytest.mark.skipif(LIB is None, reason="native kernels not built")
+@pytest.mark.parametrize("B,T,C", [(2, 9, 5), (3, 1, 8), (4, 2, 6), (16, 96, 480), (2, 300, 24)])
+@pytest.mark.parametrize("state_used", [False, True])
+def test_native_training_conv_is_the_torch_path_bit_for_bit(monkeypatch, B, T, C, state_used):
+    """The native taps (csrc/conv_train.cpp) give the output, the new state and every gradient autograd gives
+    through the written-out taps, to the bit (signed zeros included), whether or not the new state carries a
+    gradient (a shared header's does): a training run is the same with or without the build."""
+    gen = torch.Generator().manual_seed(B * 1000 + T)
+    x, w = torch.randn(B, T, C, generator=gen), torch.randn(C, 1, 4, generator=gen)
+    state = torch.randn(B, C, 3, generator=gen)
+    x[0, -1, : C // 2] = -0.0
+    lens = torch.randint(1, T + 1, (B,), generator=gen)
+    grads = torch.randn(B, T, C, generator=gen), torch.randn(B, C, 3, generator=gen) if state_used else None
+
+    def run(lib):
+        monkeypatch.setattr(native, "ops", lambda: lib)
+        args = [t.clone().requires_grad_() for t in (x, w, state)]
+        y, new_state = causal_conv1d_train(args[0], lens, args[1], args[2])
+        outs = (y, new_state) if state_used else (y,)
+        torch.autograd.backward(outs, grads[:len(outs)])
+        return [y, new_state, *(a.grad for a in args)]
+
+    with deterministic():
+        want, got = run(None), run(LIB)
+    for name, g, t in zip(("y", "state", "grad x", "grad w", "grad state"), got, want):
+        assert torch.equal(_bits(g), _bits(t)), name
+
+
+@pytest.mark.skipif(LIB is None, reason="native kernels not built")
+def test_a_training_step_is_the_same_with_or_without_the_native_conv(monkeypatch):
+    """A whole step over a shared header (its states' gradients reach the header's convs before the header's
+    own outputs' do) and whole conversations: loss and every gradient equal to the bit."""
+    r = recipe("smoke").replace(share_heads=True)
+    tok, units = make_corpus(r, log=lambda *_: None)
+    chosen = [max((u for u in units if u.head is not None), key=lambda u: len(u.tails))]
+    chosen += [u for u in units if u.head is None][:2]
+    model = build_model(r.text_config(tok.vocab_size), 0, gdn_gate=2.0)
+    runs = []
+    for lib in (None, LIB):
+        monkeypatch.setattr(native, "ops", lambda: lib)
+        model.zero_grad(set_to_none=True)
+        with deterministic():
+            loss = batch_loss(model, chosen, (BatchBuilder(BLOCK), BatchBuilder(BLOCK)), r.mtp_weight)[0]
+            loss.backward()
+        runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    for (name, _), a, b in zip(model.named_parameters(), runs[0][1], runs[1][1]):
+        assert torch.equal(_bits(a), _bits(b)), name

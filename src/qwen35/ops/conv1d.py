@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .pool import write_rows
 
 _TILE = 128  # time steps per tile of the prefill convolution
@@ -69,9 +70,12 @@ def _keep_newest(full: torch.Tensor, lens: torch.Tensor, state: torch.Tensor) ->
 def _newest(full: torch.Tensor, lens: torch.Tensor, W: int) -> torch.Tensor:
     """The new state [B, C, W = K-1]: inputs at positions lens[b] .. lens[b]+K-2 of `full` ([B, K-1+T, C], old
     state then the new inputs), the K-1 newest real ones."""
+    return full.gather(1, _newest_index(full, lens, W)).transpose(1, 2)
+
+
+def _newest_index(full: torch.Tensor, lens: torch.Tensor, W: int) -> torch.Tensor:
     B, _, C = full.shape
-    idx = (lens.view(B, 1) + torch.arange(W, device=full.device)).view(B, W, 1).expand(B, W, C)
-    return full.gather(1, idx).transpose(1, 2)
+    return (lens.view(B, 1) + torch.arange(W, device=full.device)).view(B, W, 1).expand(B, W, C)
 
 
 def causal_conv1d_train(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tensor,
@@ -83,8 +87,42 @@ def causal_conv1d_train(x: torch.Tensor, lens: torch.Tensor, weight: torch.Tenso
     T, K = x.shape[1], weight.shape[-1]
     full = torch.cat([state.transpose(1, 2).to(x.dtype), x], 1).float()  # [B, K-1+T, C]
     w = weight[:, 0, :].float()
+    lib = native.ops() if full.device.type == "cpu" else None
+    if lib is not None:
+        y, newest = _Taps.apply(full, w, lens, lib)
+        return F.silu(y), newest.to(state.dtype)
     y = sum(full[:, j:j + T] * w[:, j] for j in range(K))
     return F.silu(y), _newest(full, lens, K - 1).to(state.dtype)
+
+
+class _Taps(torch.autograd.Function):
+    """(`sum(full[:, j:j+T] * w[:, j] for j in range(K))`, `_newest(full, lens, K-1)`) and their backward in
+    one native pass each way (csrc/conv_train.cpp), bit for bit what autograd gives through the written-out
+    taps and gather, in its order: the input's gradient skips K zero-padded copies of `full` and their sum.
+    The taps' gradient is autograd's own arithmetic (a product and a sum over (B, T) per tap)."""
+
+    @staticmethod
+    def forward(ctx, full: torch.Tensor, w: torch.Tensor, lens: torch.Tensor, lib):
+        ctx.set_materialize_grads(False)
+        index = _newest_index(full, lens, w.shape[1] - 1)
+        ctx.save_for_backward(full, w, index)
+        ctx.lib = lib
+        return lib.conv_taps(full.contiguous(), w.contiguous()), full.gather(1, index).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, grad_newest: torch.Tensor | None):
+        full, w, index = ctx.saved_tensors
+        K = w.shape[1]
+        init = None
+        if grad_newest is not None:  # the gather's gradient, as autograd's gather backward writes it
+            init = full.new_zeros(full.shape).scatter_add_(1, index, grad_newest.transpose(1, 2))
+        grad_full = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_full = init if grad is None else ctx.lib.conv_taps_grad(grad.contiguous(), w.contiguous(), init)
+        if ctx.needs_input_grad[1] and grad is not None:  # each tap's [C] gradient, then + 0 as autograd's sum
+            T = grad.shape[1]
+            grad_w = torch.stack([(grad * full[:, j:j + T]).sum((0, 1)) for j in range(K)], 1).add_(0.0)
+        return grad_full, grad_w, None, None
 
 
 def _conv_short(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor,

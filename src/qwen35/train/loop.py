@@ -185,13 +185,17 @@ def deterministic():
     """torch's deterministic kernels while training. Without them a backward that sums gradients into repeated
     rows (a shared header's keys and states gathered once per conversation that continues it) adds them with
     atomic adds from several threads when the tensor is large enough, in an order that changes from run to run
-    (docs/LOG.md, 2026-12-05, later session); with them it adds in index order, no slower here."""
-    was = torch.are_deterministic_algorithms_enabled()
+    (docs/LOG.md, 2026-12-05, later session); with them it adds in index order, no slower here. They would also
+    fill every new tensor with NaN first, to expose reads of memory never written: nothing here reads any (its
+    results would be NaN), and the filling cost 3% of a step."""
+    was = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was)
+        torch.use_deterministic_algorithms(was[0])
+        torch.utils.deterministic.fill_uninitialized_memory = was[1]
 
 
 def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, stop_after: int | None = None) -> Path:
