@@ -10,6 +10,8 @@
 //   the order in which autograd sums the gradients `full` gets: the new state's first (`init`, the gather's
 //   gradient, when the state is used), then the K taps' zero-padded slices, the last tap's first. Without
 //   `init` the sum starts at p_{K-1}.
+// conv_taps_products(g [B, T, C], full [B, T+K-1, C]) -> [K, B, T, C]: g * full[:, j:j+T] for every tap j, the
+//   products whose sum over (B, T) is tap j's gradient (torch sums them, to round as autograd does).
 // Plain C++ for the baseline ISA, with contraction into fused multiply-adds off (it would round a product and
 // sum once): every product and sum is rounded as torch's elementwise kernels round them.
 #pragma GCC optimize("fp-contract=off")
@@ -89,14 +91,41 @@ at::Tensor conv_taps_grad(const at::Tensor& g, const at::Tensor& w, const c10::o
   return gf;
 }
 
+at::Tensor conv_taps_products(const at::Tensor& g, const at::Tensor& full) {
+  TORCH_CHECK(g.dim() == 3 && full.dim() == 3 && g.scalar_type() == at::kFloat && full.scalar_type() == at::kFloat &&
+              g.is_contiguous() && full.is_contiguous() && g.size(0) == full.size(0) && g.size(2) == full.size(2) &&
+              full.size(1) >= g.size(1),
+              "conv_taps_products: expected contiguous fp32 g [B, T, C] and full [B, T+K-1, C], got ", g.sizes(),
+              " and ", full.sizes());
+  const int64_t B = g.size(0), T = g.size(1), C = g.size(2), S = full.size(1), K = S - T + 1;
+  auto out = at::empty({K, B, T, C}, g.options());
+  const float* gp = g.data_ptr<float>();
+  const float* f = full.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, B * T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* gr = gp + r * C;
+      const float* src = f + ((r / T) * S + r % T) * C;
+      for (int64_t j = 0; j < K; ++j) {
+        const float* sj = src + j * C;
+        float* dst = o + (j * B * T + r) * C;
+        for (int64_t c = 0; c < C; ++c) dst[c] = gr[c] * sj[c];
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace qwen35
 
 TORCH_LIBRARY_FRAGMENT(qwen35, m) {
   m.def("conv_taps(Tensor full, Tensor w) -> Tensor");
   m.def("conv_taps_grad(Tensor g, Tensor w, Tensor? init) -> Tensor");
+  m.def("conv_taps_products(Tensor g, Tensor full) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qwen35, CPU, m) {
   m.impl("conv_taps", &qwen35::conv_taps);
   m.impl("conv_taps_grad", &qwen35::conv_taps_grad);
+  m.impl("conv_taps_products", &qwen35::conv_taps_products);
 }

@@ -99,7 +99,7 @@ class _Taps(torch.autograd.Function):
     """(`sum(full[:, j:j+T] * w[:, j] for j in range(K))`, `_newest(full, lens, K-1)`) and their backward in
     one native pass each way (csrc/conv_train.cpp), bit for bit what autograd gives through the written-out
     taps and gather, in its order: the input's gradient skips K zero-padded copies of `full` and their sum.
-    The taps' gradient is autograd's own arithmetic (a product and a sum over (B, T) per tap)."""
+    The taps' gradient is autograd's arithmetic: the K products in one pass, torch's sum over (B, T)."""
 
     @staticmethod
     def forward(ctx, full: torch.Tensor, w: torch.Tensor, lens: torch.Tensor, lib):
@@ -112,7 +112,6 @@ class _Taps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None, grad_newest: torch.Tensor | None):
         full, w, index = ctx.saved_tensors
-        K = w.shape[1]
         init = None
         if grad_newest is not None:  # the gather's gradient, as autograd's gather backward writes it
             init = full.new_zeros(full.shape).scatter_add_(1, index, grad_newest.transpose(1, 2))
@@ -120,8 +119,7 @@ class _Taps(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_full = init if grad is None else ctx.lib.conv_taps_grad(grad.contiguous(), w.contiguous(), init)
         if ctx.needs_input_grad[1] and grad is not None:  # each tap's [C] gradient, then + 0 as autograd's sum
-            T = grad.shape[1]
-            grad_w = torch.stack([(grad * full[:, j:j + T]).sum((0, 1)) for j in range(K)], 1).add_(0.0)
+            grad_w = ctx.lib.conv_taps_products(grad.contiguous(), full.contiguous()).sum((1, 2)).t().add(0.0)
         return grad_full, grad_w, None, None
 
 
