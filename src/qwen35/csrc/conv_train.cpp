@@ -64,7 +64,7 @@ at::Tensor conv_taps_grad(const at::Tensor& g, const at::Tensor& w, const c10::o
   if (start)
     TORCH_CHECK(init->scalar_type() == at::kFloat && init->sizes() == at::IntArrayRef({B, S, C}),
                 "conv_taps_grad: init must be fp32 [", B, ", ", S, ", ", C, "], got ", init->sizes());
-  auto gf = start ? init->contiguous().clone() : at::empty({B, S, C}, g.options());
+  auto gf = start ? init->clone(at::MemoryFormat::Contiguous) : at::empty({B, S, C}, g.options());
   const auto wt = w.t().contiguous();
   const float* gp = g.data_ptr<float>();
   const float* wp = wt.data_ptr<float>();
