@@ -9,7 +9,8 @@ import torch
 
 from qwen35.ops import native
 from qwen35.ops.conv1d import causal_conv1d, causal_conv1d_train
-from qwen35.ops.gdn import chunked_gated_delta_rule, l2norm, recurrent_gated_delta_rule
+from qwen35.ops.gdn import (chunked_gated_delta_rule, chunked_gated_delta_rule_train, l2norm,
+                            recurrent_gated_delta_rule)
 from qwen35.ops.batch import BatchBuilder
 from qwen35.train.loop import BLOCK, batch_loss, build_model, deterministic, make_corpus
 from qwen35.train.recipe import recipe
@@ -141,9 +142,40 @@ def test_native_training_conv_is_the_torch_path_bit_for_bit(monkeypatch, B, T, C
 
 
 @pytest.mark.skipif(LIB is None, reason="native kernels not built")
-def test_a_training_step_is_the_same_with_or_without_the_native_conv(monkeypatch):
-    """A whole step over a shared header (its states' gradients reach the header's convs before the header's
-    own outputs' do) and whole conversations: loss and every gradient equal to the bit."""
+@pytest.mark.parametrize("B,T,H,d,chunk", [(1, 16, 2, 8, 16), (3, 17, 2, 8, 16), (2, 100, 3, 6, 16),
+                                           (2, 185, 4, 40, 16), (2, 700, 2, 8, 32), (4, 5, 1, 4, 8)])
+@pytest.mark.parametrize("final_used,state_grad", [(False, False), (True, False), (True, True), (False, True)])
+def test_native_training_delta_rule_is_the_torch_path_bit_for_bit(monkeypatch, B, T, H, d, chunk, final_used,
+                                                                   state_grad):
+    """The loop over chunks in one native call each way (csrc/gdn_train.cpp) gives the output, the final state
+    and every gradient autograd gives through the written-out loop, to the bit (signed zeros included, as in
+    the padded last chunk), whether or not the final state carries a gradient (a shared header's does) and
+    the starting state needs one (a conversation continuing from its header)."""
+    q, k, v, g, beta, s0 = _gdn_inputs(B=B, T=T, H=H, dk=d, dv=d, seed=T)
+    gen = torch.Generator().manual_seed(B * 1000 + T)
+    grads = torch.randn(B, T, H, d, generator=gen), torch.randn(B, H, d, d, generator=gen)
+
+    def run(lib):
+        monkeypatch.setattr(native, "ops", lambda: lib)
+        args = [t.clone().requires_grad_() for t in (q, k, v, g, beta)]
+        state = s0.clone().requires_grad_(state_grad)
+        o, final = chunked_gated_delta_rule_train(*args, state.clone() if state_grad else state, chunk)
+        outs = (o, final) if final_used else (o,)
+        torch.autograd.backward(outs, grads[:len(outs)])
+        return [o, final, *(a.grad for a in args)] + ([state.grad] if state_grad else [])
+
+    with deterministic():
+        want, got = run(None), run(LIB)
+    for name, a, b in zip(("o", "final", "grad q", "grad k", "grad v", "grad g", "grad beta", "grad state"),
+                          got, want):
+        assert torch.equal(_bits(a), _bits(b)), name
+
+
+@pytest.mark.skipif(LIB is None, reason="native kernels not built")
+def test_a_training_step_is_the_same_with_or_without_the_native_kernels(monkeypatch):
+    """With the native kernels (conv taps, the delta rule's loop) or without: a whole step over a shared header
+    (its states' gradients reach the header's convs and delta rules before the header's own outputs' do) and
+    whole conversations, loss and every gradient equal to the bit."""
     r = recipe("smoke").replace(share_heads=True)
     tok, units = make_corpus(r, log=lambda *_: None)
     chosen = [max((u for u in units if u.head is not None), key=lambda u: len(u.tails))]

@@ -88,7 +88,10 @@ class ForwardBatch:
             return x.unsqueeze(1)
         if self.num_seqs == 1:
             return x.unsqueeze(0)
-        return torch.cat([x, x.new_zeros((1,) + x.shape[1:])])[self.pad_index]
+        # index_select, not x[pad_index]: the same rows, and its backward (an index_add_ into zeros) gives the
+        # same bits as indexing's (an accumulating index_put_) at ~half the cost
+        rows = torch.cat([x, x.new_zeros((1,) + x.shape[1:])]).index_select(0, self.pad_index.reshape(-1))
+        return rows.view(self.pad_index.shape + x.shape[1:])
 
     def to_packed(self, y: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] -> [N, ...]."""
@@ -96,7 +99,7 @@ class ForwardBatch:
             return y.squeeze(1)
         if self.num_seqs == 1:
             return y.squeeze(0)
-        return y.reshape((-1,) + y.shape[2:])[self.unpad_index]
+        return y.reshape((-1,) + y.shape[2:]).index_select(0, self.unpad_index)
 
     @classmethod
     def build(cls, seqs: list[SeqSpec], block_size: int, device: torch.device | str = "cpu") -> "ForwardBatch":

@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .pool import write_rows
 
 # 32 was ~7% faster on this function inside a 1k-token prefill (2 threads), 128 ~1.5x slower; 64 is FLA's
@@ -170,9 +171,11 @@ def chunked_gated_delta_rule_train(q, k, v, g, beta, state, chunk: int | None = 
     """`chunked_gated_delta_rule` for training: the same chunk maths as `_chunk_span` over the whole sequence,
     written out of place so that autograd can go through it (the inference path updates its buffers in place
     and writes with `out=`). As there, the loop over chunks runs only the recurrence (V' and the next S) and
-    O is one batched product afterwards. `state` [B, H, dk, dv] is only read, and may carry a gradient (a
-    shared prefix's final state, model/shared_prefix.py). Returns (o [B, T, H, dv], the final state [B, H, dk,
-    dv]), both in the graph. chunk: by default `train_chunk(T)`."""
+    O is one batched product afterwards. The loop runs in native code where the build is there (`_Recurrence`,
+    csrc/gdn_train.cpp), else as `_recurrence` writes it; both give the same bits, so a training run does not
+    depend on the build. `state` [B, H, dk, dv] is only read, and may carry a gradient (a shared prefix's final
+    state, model/shared_prefix.py). Returns (o [B, T, H, dv], the final state [B, H, dk, dv]), both in the
+    graph. chunk: by default `train_chunk(T)`."""
     B, T, H, dk = k.shape
     C = chunk or train_chunk(T)
     q, k, v, g, beta = (_to_chunks(x, C) for x in (q, k, v, g, beta))  # [N, BH, C, d] / [N, BH, C]
@@ -191,17 +194,51 @@ def chunked_gated_delta_rule_train(q, k, v, g, beta, state, chunk: int | None = 
     decay_last = _decay(G[..., -1:]).unsqueeze(-1)
     k_decayed_t = (k * _decay(G[..., -1:] - G).unsqueeze(-1)).transpose(-1, -2)
     S = state.reshape(B * H, dk, v.shape[-1])
-    starts, v_new = [], []
-    # chunk n's slices by one unbind each: indexing [n] would give every slice its own backward, each writing
-    # a zero tensor of the whole size (quadratic in the chunks)
-    for U_n, W_n, decay_n, k_n in zip(U.unbind(0), W.unbind(0), decay_last.unbind(0), k_decayed_t.unbind(0)):
-        starts.append(S)
-        v_new.append(U_n - W_n @ S)  # V' = U - W S
-        S = S * decay_n + k_n @ v_new[-1]  # S = exp(G_C) S + (exp(G_C - G) K)^T V'
-    o = (q @ torch.stack(starts)) * G_exp + P @ torch.stack(v_new)  # O = exp(G) (Q S) + P V'
+    lib = native.ops() if q.device.type == "cpu" and q.dtype == torch.float32 else None
+    if lib is not None:
+        starts, v_new, S = _Recurrence.apply(U, W, decay_last, k_decayed_t, S, lib)
+    else:
+        states, v_new = _recurrence(U, W, decay_last, k_decayed_t, S)
+        starts, v_new, S = torch.stack(states[:-1]), torch.stack(v_new), states[-1]
+    o = (q @ starts) * G_exp + P @ v_new  # O = exp(G) (Q S) + P V'
     out = q.new_empty(B, T, H, v.shape[-1])
     _from_chunks(o, out)  # a copy into `out`, which autograd goes through
     return out, S.view(B, H, dk, -1)
+
+
+def _recurrence(U, W, decay_last, k_decayed_t, S):
+    """The training path's loop over chunks: V'_n = U_n - W_n S and S = exp(G_C) S + (exp(G_C - G) K)^T V'_n.
+    Returns the list of states (at the start of every chunk, then the final one) and the list of V'_n."""
+    states, v_new = [S], []
+    # chunk n's slices by one unbind each: indexing [n] would give every slice its own backward, each writing
+    # a zero tensor of the whole size (quadratic in the chunks)
+    for U_n, W_n, decay_n, k_n in zip(U.unbind(0), W.unbind(0), decay_last.unbind(0), k_decayed_t.unbind(0)):
+        v_new.append(U_n - W_n @ states[-1])  # V' = U - W S
+        states.append(states[-1] * decay_n + k_n @ v_new[-1])  # S = exp(G_C) S + (exp(G_C - G) K)^T V'
+    return states, v_new
+
+
+class _Recurrence(torch.autograd.Function):
+    """`_recurrence` and its backward in one native call each way (csrc/gdn_train.cpp): bit for bit what
+    autograd gives through the loop (the same products, its order of summing a state's gradients), without
+    recording ~25 ops and views a chunk, and with the elementwise steps fused. Returns (the states at the start
+    of every chunk [N, BH, dk, dv], V' [N, BH, C, dv], the final state [BH, dk, dv])."""
+
+    @staticmethod
+    def forward(ctx, U, W, decay_last, k_decayed_t, S, lib):
+        ctx.set_materialize_grads(False)
+        starts, v_new, final = lib.gdn_recurrence(U.contiguous(), W.contiguous(), decay_last.contiguous(),
+                                                  k_decayed_t, S.contiguous())
+        ctx.save_for_backward(W, decay_last, k_decayed_t, starts, v_new)
+        ctx.lib = lib
+        return starts, v_new, final
+
+    @staticmethod
+    def backward(ctx, g_starts, g_v, g_final):
+        W, decay_last, k_decayed_t, starts, v_new = ctx.saved_tensors
+        grads = ctx.lib.gdn_recurrence_backward(g_starts, g_v, g_final, W.contiguous(), decay_last.contiguous(),
+                                                k_decayed_t, starts, v_new, ctx.needs_input_grad[4])
+        return (*grads, None)
 
 
 def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
