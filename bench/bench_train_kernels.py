@@ -1,8 +1,9 @@
-"""The demo recipe's training steps with our training kernels (the native conv taps, csrc/conv_train.cpp, and
-deterministic kernels without their NaN fill of new tensors) against torch's path (autograd through the written-out
-taps, the fill on, as `train` ran before 2026-12-05 late evening): drill steps and chat steps, each way from the
-same weights over the same batches, alternating runs in one process. After each run the weights must be equal
-to the bit, or the kernels would change what the recipe trains.
+"""The demo recipe's training steps with our training kernels (the native conv taps, csrc/conv_train.cpp, the
+delta rule's native loop over chunks, csrc/gdn_train.cpp, and deterministic kernels without their NaN fill of new
+tensors) against torch's path (autograd through the written-out taps and loop, the fill on, as `train` ran before
+2026-12-05 late evening): drill steps and chat steps, each way from the same weights over the same batches,
+alternating runs in one process. After each run the weights must be equal to the bit, or the kernels would
+change what the recipe trains.
 
     .venv/bin/python bench/bench_train_kernels.py [--steps 16] [--rounds 3] [--samples 4000] [--threads 2]
 
