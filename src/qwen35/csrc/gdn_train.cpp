@@ -44,7 +44,7 @@ void check_contiguous(const Tensor& x, const char* name) {
   TORCH_CHECK(x.is_contiguous(), "gdn_recurrence: ", name, " must be contiguous");
 }
 
-// f(begin, end) over [0, n) in slices of whole rows of `row` floats, split across threads
+// f(first, end) over the rows of `row` floats that make up n floats: whole rows, split across threads
 template <typename F>
 void rows(int64_t n, int64_t row, const F& f) {
   at::parallel_for(0, n / row, std::max<int64_t>(1, 16384 / row), [&](int64_t begin, int64_t end) {

@@ -104,10 +104,11 @@ class _Taps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, full: torch.Tensor, w: torch.Tensor, lens: torch.Tensor, lib):
         ctx.set_materialize_grads(False)
+        full, w = full.contiguous(), w.contiguous()
         index = _newest_index(full, lens, w.shape[1] - 1)
         ctx.save_for_backward(full, w, index)
         ctx.lib = lib
-        return lib.conv_taps(full.contiguous(), w.contiguous()), full.gather(1, index).transpose(1, 2)
+        return lib.conv_taps(full, w), full.gather(1, index).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None, grad_newest: torch.Tensor | None):
@@ -117,9 +118,9 @@ class _Taps(torch.autograd.Function):
             init = full.new_zeros(full.shape).scatter_add_(1, index, grad_newest.transpose(1, 2))
         grad_full = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_full = init if grad is None else ctx.lib.conv_taps_grad(grad.contiguous(), w.contiguous(), init)
+            grad_full = init if grad is None else ctx.lib.conv_taps_grad(grad.contiguous(), w, init)
         if ctx.needs_input_grad[1] and grad is not None:  # each tap's [C] gradient, then + 0 as autograd's sum
-            grad_w = ctx.lib.conv_taps_products(grad.contiguous(), full.contiguous()).sum((1, 2)).t().add(0.0)
+            grad_w = ctx.lib.conv_taps_products(grad.contiguous(), full).sum((1, 2)).t().add(0.0)
         return grad_full, grad_w, None, None
 
 

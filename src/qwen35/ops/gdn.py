@@ -227,8 +227,8 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, U, W, decay_last, k_decayed_t, S, lib):
         ctx.set_materialize_grads(False)
-        starts, v_new, final = lib.gdn_recurrence(U.contiguous(), W.contiguous(), decay_last.contiguous(),
-                                                  k_decayed_t, S.contiguous())
+        W, decay_last = W.contiguous(), decay_last.contiguous()
+        starts, v_new, final = lib.gdn_recurrence(U.contiguous(), W, decay_last, k_decayed_t, S.contiguous())
         ctx.save_for_backward(W, decay_last, k_decayed_t, starts, v_new)
         ctx.lib = lib
         return starts, v_new, final
@@ -236,8 +236,8 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_starts, g_v, g_final):
         W, decay_last, k_decayed_t, starts, v_new = ctx.saved_tensors
-        grads = ctx.lib.gdn_recurrence_backward(g_starts, g_v, g_final, W.contiguous(), decay_last.contiguous(),
-                                                k_decayed_t, starts, v_new, ctx.needs_input_grad[4])
+        grads = ctx.lib.gdn_recurrence_backward(g_starts, g_v, g_final, W, decay_last, k_decayed_t, starts, v_new,
+                                                ctx.needs_input_grad[4])
         return (*grads, None)
 
 
