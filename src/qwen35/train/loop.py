@@ -39,6 +39,7 @@ from ..model.shared_prefix import SharedPrefix
 from ..ops.batch import BatchBuilder, ForwardBatch
 from ..runtime import cpu_model
 from ..tokenizer import Tokenizer
+from .adamw import AdamW
 from .examples import IGNORE, Example, Unit, encode_all, header_len, learnt_spans, plan_batches, share_heads
 from .export import write_trained
 from .induction import copy_batch
@@ -123,14 +124,13 @@ def lr_at(step: int, recipe: Recipe) -> float:
     return floor + (recipe.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _optimizer(model: Qwen35ForCausalLM, recipe: Recipe) -> torch.optim.AdamW:
+def _optimizer(model: Qwen35ForCausalLM, recipe: Recipe) -> AdamW:
     """Weight decay on the matrices only (not on norms, gates' A_log / dt_bias or the conv taps)."""
     decay, keep = [], []
     for p in model.parameters():
         (decay if p.dim() == 2 else keep).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                              {"params": keep, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas,
-                             foreach=False)
+    return AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                  {"params": keep, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas)
 
 
 def batch_loss(model: Qwen35ForCausalLM, units: list[Unit], builders: tuple[BatchBuilder, BatchBuilder],
