@@ -192,3 +192,29 @@ def test_a_training_step_is_the_same_with_or_without_the_native_kernels(monkeypa
     assert torch.equal(runs[0][0], runs[1][0])
     for (name, _), a, b in zip(model.named_parameters(), runs[0][1], runs[1][1]):
         assert torch.equal(_bits(a), _bits(b)), name
+
+
+def test_the_mtp_layer_records_a_shared_headers_keys_without_its_output(monkeypatch):
+    """Training's pass over shared headers runs only the MTP layer's K/V (`record_draft_keys`), not its
+    attention and MLP, whose output nothing reads: loss and every gradient equal to the bit to the whole
+    draft step's (autograd then sums the same terms in the same order)."""
+    r = recipe("smoke").replace(share_heads=True)
+    tok, units = make_corpus(r, log=lambda *_: None)
+    chosen = sorted((u for u in units if u.head is not None), key=lambda u: -len(u.tails))[:2]
+    chosen += [u for u in units if u.head is None][:1]
+    model = build_model(r.text_config(tok.vocab_size), 0, gdn_gate=2.0)
+    runs = []
+    for whole in (True, False):
+        if whole:  # the full draft step, its output dropped
+            monkeypatch.setattr(model, "record_draft_keys", lambda *a: model.draft(*a))
+        else:
+            monkeypatch.undo()
+        model.zero_grad(set_to_none=True)
+        with deterministic():
+            loss = batch_loss(model, chosen, (BatchBuilder(BLOCK), BatchBuilder(BLOCK)), r.mtp_weight)[0]
+            loss.backward()
+        runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    for (name, _), a, b in zip(model.named_parameters(), runs[0][1], runs[1][1]):
+        assert torch.equal(_bits(a), _bits(b)), name
+    assert any(n.startswith("mtp.") and a.abs().sum() > 0 for (n, _), a in zip(model.named_parameters(), runs[1][1]))

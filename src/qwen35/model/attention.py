@@ -53,15 +53,31 @@ class GatedAttention(nn.Module):
         q, gate = qg.reshape(N, self.n_heads, 2 * self.head_dim).chunk(2, -1)
         k = k.reshape(N, self.n_kv, self.head_dim)
         v = v.reshape(N, self.n_kv, self.head_dim)
-        cos, sin = rope
-        q = apply_rotary(self.q_norm(q), cos, sin)
-        k = apply_rotary(self.k_norm(k), cos, sin)
-        k_cache, v_cache = cache.kv(self.cache_id)
-        k_cache.index_copy_(0, batch.slot_mapping, k.detach().to(k_cache.dtype))
-        v_cache.index_copy_(0, batch.slot_mapping, v.detach().to(v_cache.dtype))
+        q = apply_rotary(self.q_norm(q), *rope)
+        k = self._store(k, v, rope, batch, cache)
         if batch.shared_prefix is not None:  # training over shared prefixes (shared_prefix.py)
             out = batch.shared_prefix.attend(self.cache_id, q, k, v, batch, self.scale)
         else:
-            out = paged_attention(q, k, v, k_cache, v_cache, batch, self.scale)
+            out = paged_attention(q, k, v, *cache.kv(self.cache_id), batch, self.scale)
         out = out.reshape(N, -1) * torch.sigmoid(gate.reshape(N, -1))
         return self.o_proj(out)
+
+    def record_keys(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
+                    cache: ModelCache) -> None:
+        """Only the new tokens' K/V of `x` [N, H], cached and recorded by the batch's shared prefix, and no
+        output: what training needs of the MTP layer on a shared header, which predicts nothing."""
+        if batch.shared_prefix is None or not batch.shared_prefix.recording:
+            raise RuntimeError("record_keys: only for the recording pass over shared prefixes")
+        k, v = (self.k_proj(x), self.v_proj(x)) if self.qkv_proj is None else self._project(x)[1:]
+        k = k.reshape(x.shape[0], self.n_kv, self.head_dim)
+        v = v.reshape(x.shape[0], self.n_kv, self.head_dim)
+        batch.shared_prefix.record(self.cache_id, self._store(k, v, rope, batch, cache), v)
+
+    def _store(self, k: torch.Tensor, v: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
+               cache: ModelCache) -> torch.Tensor:
+        """k, v [N, Hkv, D] -> k normed and rotated; writes both to the cache."""
+        k = apply_rotary(self.k_norm(k), *rope)
+        k_cache, v_cache = cache.kv(self.cache_id)
+        k_cache.index_copy_(0, batch.slot_mapping, k.detach().to(k_cache.dtype))
+        v_cache.index_copy_(0, batch.slot_mapping, v.detach().to(v_cache.dtype))
+        return k

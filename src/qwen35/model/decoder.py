@@ -44,3 +44,8 @@ class DecoderLayer(nn.Module):
             y = self.linear_attn(u, batch, cache)
         x, h = self.post_attention_layernorm.add_forward(x, self.tp.all_reduce(y))
         return x + self.tp.all_reduce(self.mlp(h))
+
+    def record_keys(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
+                    cache: ModelCache) -> None:
+        """An attention layer's K/V of `x` only (GatedAttention.record_keys)."""
+        self.self_attn.record_keys(self.input_layernorm(x), rope, batch, cache)

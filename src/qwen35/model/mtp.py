@@ -47,6 +47,14 @@ class MTPHead(nn.Module):
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 batch: ForwardBatch, cache: ModelCache, step: int = 0) -> torch.Tensor:
         """embeds: [N, H] embeddings of token i+1; hidden: [N, H] hidden of position i -> h' [N, H]."""
-        x = self.fc(torch.cat([self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)], -1))
+        x = self._fuse(embeds, hidden)
         x = self.layers[step % len(self.layers)](x, rope, batch, cache)
         return self.norm(x)
+
+    def record_keys(self, embeds: torch.Tensor, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                    batch: ForwardBatch, cache: ModelCache, step: int = 0) -> None:
+        """Only the layer's K/V for these rows (training's pass over shared headers, which predicts nothing)."""
+        self.layers[step % len(self.layers)].record_keys(self._fuse(embeds, hidden), rope, batch, cache)
+
+    def _fuse(self, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)], -1))

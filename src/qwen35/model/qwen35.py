@@ -165,6 +165,15 @@ class Qwen35ForCausalLM(nn.Module):
         embeds = self.model.embed(token_ids) if embeds is None else embeds
         return self.mtp(embeds, hidden, rope, batch, cache, step)
 
+    def record_draft_keys(self, token_ids: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch,
+                          cache: ModelCache) -> None:
+        """`draft`'s K/V for these rows and nothing else: training's first pass over shared headers, which
+        the later conversations' draft steps attend to (model/shared_prefix.py)."""
+        if self.mtp is None:
+            raise RuntimeError("this model was loaded without its MTP head")
+        rope = self.model.rotary(batch.positions, hidden.dtype)
+        self.mtp.record_keys(self.model.embed(token_ids), hidden, rope, batch, cache)
+
     @torch.no_grad()
     def encode_media(self, items: list[MediaItem]) -> list[torch.Tensor]:
         """Each item's embeddings [item.num_tokens, hidden] in the model's dtype, the rows its placeholder

@@ -53,12 +53,16 @@ class SharedPrefix:
                scale: float) -> torch.Tensor:
         """An attention layer's output [N, Hq, D] for the new tokens' q [N, Hq, D], k, v [N, Hkv, D]."""
         if self.recording:
-            self.kv[cache_id] = (k, v)
+            self.record(cache_id, k, v)
             return padded_attention(q, k, v, batch, scale)
         if self.rows.shape[1] == 0:
             return padded_attention(q, k, v, batch, scale)
         pk, pv = (torch.cat([x, x.new_zeros((1,) + x.shape[1:])])[self.rows] for x in self.kv[cache_id])
         return padded_attention(q, k, v, batch, scale, (pk, pv, self.lens))
+
+    def record(self, cache_id: str, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep an attention layer's K, V [Np, Hkv, D] of the prefixes (while recording)."""
+        self.kv[cache_id] = (k, v)
 
     def gdn_start(self, cache_id: str, num_seqs: int, conv_pool: torch.Tensor,
                   ssm_pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

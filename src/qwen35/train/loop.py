@@ -146,7 +146,7 @@ def batch_loss(model: Qwen35ForCausalLM, units: list[Unit], builders: tuple[Batc
         batch, cache = _forward_batch(model, heads, [0] * len(heads), builders[0], shared)
         hidden = model(batch, cache)
         draft_in = torch.from_numpy(np.concatenate([h.mtp_inputs for h in heads]))
-        model.draft(draft_in, hidden.detach(), batch, cache)  # only to record the MTP layer's keys
+        model.record_draft_keys(draft_in, hidden.detach(), batch, cache)
         owner, at = [], 0
         for u in units:
             owner += [at if u.head is not None else -1] * len(u.tails)
