@@ -1,9 +1,10 @@
 """The demo recipe's training steps with our training kernels (the native conv taps, csrc/conv_train.cpp, the
-delta rule's native loop over chunks, csrc/gdn_train.cpp, and deterministic kernels without their NaN fill of new
-tensors) against torch's path (autograd through the written-out taps and loop, the fill on, as `train` ran before
-2026-12-05 late evening): drill steps and chat steps, each way from the same weights over the same batches,
-alternating runs in one process. After each run the weights must be equal to the bit, or the kernels would
-change what the recipe trains.
+delta rule's native loop over chunks, csrc/gdn_train.cpp, AdamW's native step, csrc/adamw.cpp, only the MTP
+layer's keys on shared headers, and deterministic kernels without their NaN fill of new tensors) against torch's
+path (autograd through the written-out taps and loop, torch's AdamW loop, the whole MTP step on headers, the fill
+on, as `train` ran before 2026-12-05 late evening): drill steps and chat steps, each way from the same weights over
+the same batches, alternating runs in one process. After each run the weights must be equal to the bit, or the
+kernels would change what the recipe trains.
 
     .venv/bin/python bench/bench_train_kernels.py [--steps 16] [--rounds 3] [--samples 4000] [--threads 2]
 
@@ -60,6 +61,10 @@ def main() -> None:
 
     def run(batches: list, ours: bool) -> tuple[float, list[torch.Tensor]]:
         native.ops = (lambda: lib) if ours else (lambda: None)
+        if ours:
+            model.__dict__.pop("record_draft_keys", None)
+        else:  # the whole draft step, its output dropped
+            model.record_draft_keys = lambda *a: model.draft(*a)
         model.load_state_dict(start)
         opt = _optimizer(model, r)
         seconds = 0.0

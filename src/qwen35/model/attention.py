@@ -53,8 +53,8 @@ class GatedAttention(nn.Module):
         q, gate = qg.reshape(N, self.n_heads, 2 * self.head_dim).chunk(2, -1)
         k = k.reshape(N, self.n_kv, self.head_dim)
         v = v.reshape(N, self.n_kv, self.head_dim)
-        q = apply_rotary(self.q_norm(q), *rope)
-        k = self._store(k, v, rope, batch, cache)
+        q = apply_rotary(self.q_norm(q), *rope)  # q's ops recorded before k's: the order autograd then sums
+        k = self._store(k, v, rope, batch, cache)  # the input's gradients in, which the demo's bits depend on
         if batch.shared_prefix is not None:  # training over shared prefixes (shared_prefix.py)
             out = batch.shared_prefix.attend(self.cache_id, q, k, v, batch, self.scale)
         else:
