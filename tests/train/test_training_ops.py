@@ -171,50 +171,49 @@ def test_native_training_delta_rule_is_the_torch_path_bit_for_bit(monkeypatch, B
         assert torch.equal(_bits(a), _bits(b)), name
 
 
+def _shared_header_step(units_with_header: int, whole: int, setups) -> list[tuple]:
+    """One step of the smoke recipe's model over `units_with_header` shared-header units (the most
+    conversations first) and `whole` whole conversations, once after each of `setups` (callables given the
+    model): the loss and every gradient of each run, with the parameter names."""
+    r = recipe("smoke").replace(share_heads=True)
+    tok, units = make_corpus(r, log=lambda *_: None)
+    chosen = sorted((u for u in units if u.head is not None), key=lambda u: -len(u.tails))[:units_with_header]
+    chosen += [u for u in units if u.head is None][:whole]
+    model = build_model(r.text_config(tok.vocab_size), 0, gdn_gate=2.0)
+    runs = []
+    for setup in setups:
+        setup(model)
+        model.zero_grad(set_to_none=True)
+        with deterministic():
+            loss = batch_loss(model, chosen, (BatchBuilder(BLOCK), BatchBuilder(BLOCK)), r.mtp_weight)[0]
+            loss.backward()
+        runs.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    return runs
+
+
+def _assert_same_bits(runs: list[tuple]) -> None:
+    (loss_a, grads_a), (loss_b, grads_b) = runs
+    assert torch.equal(loss_a, loss_b)
+    for name in grads_a:
+        assert torch.equal(_bits(grads_a[name]), _bits(grads_b[name])), name
+
+
 @pytest.mark.skipif(LIB is None, reason="native kernels not built")
 def test_a_training_step_is_the_same_with_or_without_the_native_kernels(monkeypatch):
     """With the native kernels (conv taps, the delta rule's loop) or without: a whole step over a shared header
     (its states' gradients reach the header's convs and delta rules before the header's own outputs' do) and
     whole conversations, loss and every gradient equal to the bit."""
-    r = recipe("smoke").replace(share_heads=True)
-    tok, units = make_corpus(r, log=lambda *_: None)
-    chosen = [max((u for u in units if u.head is not None), key=lambda u: len(u.tails))]
-    chosen += [u for u in units if u.head is None][:2]
-    model = build_model(r.text_config(tok.vocab_size), 0, gdn_gate=2.0)
-    runs = []
-    for lib in (None, LIB):
-        monkeypatch.setattr(native, "ops", lambda: lib)
-        model.zero_grad(set_to_none=True)
-        with deterministic():
-            loss = batch_loss(model, chosen, (BatchBuilder(BLOCK), BatchBuilder(BLOCK)), r.mtp_weight)[0]
-            loss.backward()
-        runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert torch.equal(runs[0][0], runs[1][0])
-    for (name, _), a, b in zip(model.named_parameters(), runs[0][1], runs[1][1]):
-        assert torch.equal(_bits(a), _bits(b)), name
+    _assert_same_bits(_shared_header_step(1, 2, [lambda m, lib=lib: monkeypatch.setattr(native, "ops", lambda: lib)
+                                                 for lib in (None, LIB)]))
 
 
 def test_the_mtp_layer_records_a_shared_headers_keys_without_its_output(monkeypatch):
     """Training's pass over shared headers runs only the MTP layer's K/V (`record_draft_keys`), not its
     attention and MLP, whose output nothing reads: loss and every gradient equal to the bit to the whole
     draft step's (autograd then sums the same terms in the same order)."""
-    r = recipe("smoke").replace(share_heads=True)
-    tok, units = make_corpus(r, log=lambda *_: None)
-    chosen = sorted((u for u in units if u.head is not None), key=lambda u: -len(u.tails))[:2]
-    chosen += [u for u in units if u.head is None][:1]
-    model = build_model(r.text_config(tok.vocab_size), 0, gdn_gate=2.0)
-    runs = []
-    for whole in (True, False):
-        if whole:  # the full draft step, its output dropped
-            monkeypatch.setattr(model, "record_draft_keys", lambda *a: model.draft(*a))
-        else:
-            monkeypatch.undo()
-        model.zero_grad(set_to_none=True)
-        with deterministic():
-            loss = batch_loss(model, chosen, (BatchBuilder(BLOCK), BatchBuilder(BLOCK)), r.mtp_weight)[0]
-            loss.backward()
-        runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert torch.equal(runs[0][0], runs[1][0])
-    for (name, _), a, b in zip(model.named_parameters(), runs[0][1], runs[1][1]):
-        assert torch.equal(_bits(a), _bits(b)), name
-    assert any(n.startswith("mtp.") and a.abs().sum() > 0 for (n, _), a in zip(model.named_parameters(), runs[1][1]))
+    def whole_draft(model):  # the full draft step, its output dropped
+        monkeypatch.setattr(model, "record_draft_keys", lambda *a: model.draft(*a))
+
+    runs = _shared_header_step(2, 1, [whole_draft, lambda model: monkeypatch.undo()])
+    _assert_same_bits(runs)
+    assert any(n.startswith("mtp.") and g.abs().sum() > 0 for n, g in runs[1][1].items())
