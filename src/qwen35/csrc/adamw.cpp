@@ -9,13 +9,15 @@
 //   p = p * decay                           param.mul_(1 - lr * weight_decay)      (skipped when decay is 1)
 //   m = fma(w1, g - m, m)                   exp_avg.lerp_(grad, 1 - beta1): torch's vectorised lerp is a fused
 //                                           multiply-add for weights under 0.5
-//   v = v * beta2; v = fma(c2 * g, g, v)    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-//   den = sqrt(v) / bc2_sqrt + eps          (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+//   v = v * beta2; v = fma(c2 * g, g, v)    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): torch's
+//                                           build contracts addcmul's `self + value * t1 * t2` into one too
+//   den = sqrt(v) / bc2_sqrt + eps          (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), with MKL's
+//                                           root, as torch's (below)
 //   p = p + (neg_step * m) / den            param.addcdiv_(exp_avg, denom, value=-step_size)
 //
 // Every other product and sum is rounded on its own (contraction into fused multiply-adds is off), so the
 // instruction set the CPU picks for the loop changes nothing; tests/train/test_adamw.py compares the two
-// bit for bit over sizes that exercise torch's vector loops and their scalar tails.
+// bit for bit over sizes that exercise torch's vector loops, their scalar tails and our blocks.
 //
 // adamw_step(params, grads, exp_avgs, exp_avg_sqs, decay, w1, beta2, c2, bc2_sqrt, eps, neg_step): in place.
 #pragma GCC optimize("fp-contract=off")
