@@ -69,9 +69,15 @@ def test_the_shipped_checkpoint_computes_transformers_logits():
     assert (all_logits(ours, [ids])[0] - want).abs().max() < 1e-4
 
 
+# With several requests in flight, which of them share a batch changes the bf16 rounding, and a reply at the
+# margin can flip from run to run (docs/DEMO.md, "A larger draw"); one at a time, the eval gives the same
+# figures every run.
+ONE_AT_A_TIME = 1
+
+
 @pytest.mark.slow
 def test_demo_eval_meets_the_targets():
-    report = run_eval(default_model_dir(), n=300)
+    report = run_eval(default_model_dir(), n=300, concurrency=ONE_AT_A_TIME)
     print(report.table())
     failed = [t.metric for t in TARGETS["demo"] if not t.passes(report.metrics.get(t.metric))]
     assert not failed, report.table()
@@ -90,7 +96,7 @@ def test_the_recipe_reproduces_the_shipped_model(tmp_path):
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
         assert (shipped / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
     else:  # other rounding, other weights: the same recipe's behaviour, as far as two runs of it differ
-        ours, theirs = run_eval(out, n=300), run_eval(shipped, n=300)
+        ours, theirs = (run_eval(d, n=300, concurrency=ONE_AT_A_TIME) for d in (out, shipped))
         met = [t for t in TARGETS["demo"] if t.passes(theirs.metrics.get(t.metric))]
         assert all(t.passes(ours.metrics.get(t.metric)) for t in met), ours.table()
         for metric, spread in RUN_SPREAD.items():
