@@ -49,8 +49,8 @@ class AdamW(torch.optim.AdamW):
                 or group["fused"] or not group["decoupled_weight_decay"] or torch.is_tensor(group["lr"]) \
                 or any(torch.is_tensor(b) for b in group["betas"]):
             return False
-        return all(p.grad is None or (p.dtype == p.grad.dtype == torch.float32 and p.device.type == "cpu"
-                                      and p.is_contiguous() and p.grad.is_contiguous() and not p.grad.is_sparse)
+        return all(p.grad is None or (not p.grad.is_sparse and p.dtype == p.grad.dtype == torch.float32
+                                      and p.device.type == "cpu" and p.is_contiguous() and p.grad.is_contiguous())
                    for p in group["params"])
 
 
