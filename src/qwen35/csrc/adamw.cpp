@@ -26,6 +26,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "isa.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -37,8 +39,6 @@ using at::Tensor;
 struct Scalars {
   float decay, w1, beta2, c2, bc2_sqrt, eps, neg_step;
 };
-
-#define QWEN35_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 // MKL's vector square root, which torch's `sqrt` calls on x86 builds (ATen/cpu/vml.h, in high-accuracy mode):
 // it is not always the correctly rounded root, so matching torch's bits means calling it too. A weak symbol:

@@ -27,6 +27,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "isa.h"
+
 #include <array>
 #include <tuple>
 
@@ -52,9 +54,7 @@ void rows(int64_t n, int64_t row, const F& f) {
   });
 }
 
-// The elementwise loops, compiled for AVX-512, AVX2 and the baseline, picked by the CPU at load time (the
-// same bits on each: one rounding per operation).
-#define QWEN35_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// The elementwise loops are QWEN35_CLONES (isa.h): the same bits on each clone, one rounding per operation.
 
 QWEN35_CLONES void sub(const float* a, const float* b, float* o, int64_t n) {
   for (int64_t i = 0; i < n; ++i) o[i] = a[i] - b[i];
@@ -140,6 +140,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gdn_recurrence_backward(
   auto gd = at::empty({N, BH, 1, 1}, opt), gKd = at::empty({N, BH, dk, C}, opt);
   auto neg_gv = at::empty({BH, C, dv}, opt), through_v = at::empty({BH, C, dv}, opt);
   auto through_w = at::empty({BH, dk, dv}, opt), product = at::empty({BH, dk, dv}, opt);
+  // S_n's gradient, written by chunk n while chunk n + 1's (g_next) is read: two buffers, taken in turn
+  const std::array<Tensor, 2> g_state{at::empty({BH, dk, dv}, opt), at::empty({BH, dk, dv}, opt)};
   const int64_t nv = BH * C * dv, ns = BH * dk * dv, per_head = dk * dv;
   const std::array<int64_t, 3> d_shape{BH, 1, 1};
   for (int64_t n = N - 1; n >= 0; --n) {
@@ -178,7 +180,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gdn_recurrence_backward(
     if (n == 0 && !need_s0) break;
     at::bmm_out(through_w, W[n].transpose(1, 2), neg_gv);  // S's: W^T.bmm(grad)
     // S_n's gradient: its use as chunk n's start, then through the decay, then through W_n S
-    auto g_cur = at::empty({BH, dk, dv}, opt);
+    const Tensor& g_cur = g_state[n % 2];
     float* gc = g_cur.data_ptr<float>();
     const float* gs = g_starts.defined() ? g_starts.data_ptr<float>() + n * ns : nullptr;
     const float* tw = through_w.data_ptr<float>();

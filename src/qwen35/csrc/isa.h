@@ -14,6 +14,9 @@ const char* isa_name(Isa isa);
 
 #define QWEN35_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma,f16c")))
 #define QWEN35_AVX2 __attribute__((target("avx2,fma,f16c")))
+// Plain loops compiled for AVX-512, AVX2 and the baseline, the clone picked by the CPU at load time. Files whose
+// results must not depend on it (the training kernels) turn FMA contraction off, so every clone rounds alike.
+#define QWEN35_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 // The lanes of a 16-lane vector that `left` remaining elements fill (all 16 when left >= 16).
 inline uint16_t tail_mask(int64_t left) { return left >= 16 ? uint16_t(0xffff) : uint16_t((1u << left) - 1); }
