@@ -224,6 +224,15 @@ def test_heldout_tasks_never_appear_in_training(train_set, heldout_set):
     assert not train_questions & {s.prompt_messages()[-1]["content"] for s in heldout_set if s.kind == "arith"}
 
 
+def test_samples_carry_the_task_key_their_split_was_drawn_by(train_set, heldout_set):
+    for s in train_set + heldout_set:
+        if task_key(s) is not None:  # the key read back from the text
+            assert s.task == task_key(s), s.messages
+    scored = [s for s in heldout_set if s.kind in ("arith", "convert", "followup", "tool")]
+    assert all(s.task and is_heldout(s.task) for s in scored)
+    assert len({s.task for s in scored}) < len(scored)  # some questions are asked more than once
+
+
 def test_training_sees_every_tool_and_the_hard_ones_more_often(train_set, heldout_set):
     def shares(samples) -> collections.Counter:
         names = collections.Counter(s.tool_call["name"] for s in samples if s.kind == "tool")

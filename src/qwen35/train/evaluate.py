@@ -17,6 +17,9 @@ What each sample kind is scored on (`Sample` in train/synth):
 - no_tool: the reply calls no tool;
 - every sample: whether the first reply carries reasoning ("reasoning/think" should be 1, "reasoning/no_think"
   0).
+Samples drawn from a small task space repeat one task (a time conversion converts 1..9, so its held-out tenth
+is a few tasks), so "answer/by_task" and "tool/by_task" count distinct tasks, a task passing when every one of
+its samples does: how many questions the score rests on.
 MTP acceptance per draft position comes from the server's /metrics counters (before/after difference).
 
 A request that fails (HTTP error, timeout) fails its sample in every metric the sample counts in (its error is
@@ -82,6 +85,7 @@ class Outcome:
     error: str | None = None
     request: str = ""  # the last user message sent
     expected: str | None = None  # what the final reply must contain
+    task: str = ""  # the question's task key (synth/split.py), or its kind and request where it has none
 
     @property
     def tool_loop(self) -> bool | None:
@@ -182,13 +186,23 @@ def summarize(outcomes: Sequence[Outcome], spec: dict | None = None) -> dict[str
         if scored:
             m[name] = Ratio(sum(scored), len(scored))
 
+    def by_task(name: str, scored) -> None:  # (task, ok): the tasks all of whose samples passed
+        tasks: dict[str, bool] = {}
+        for task, ok in scored:
+            if ok is not None:
+                tasks[task] = tasks.get(task, True) and ok
+        if tasks:
+            m[name] = Ratio(sum(tasks.values()), len(tasks))
+
     add("answer", (o.answer_ok for o in outcomes))
+    by_task("answer/by_task", ((o.task, o.answer_ok) for o in outcomes))
     for mode, tag in MODES.items():
         add(f"answer/{tag}", (o.answer_ok for o in outcomes if o.thinking == mode))
     for kind in ANSWER_KINDS:
         for mode, tag in MODES.items():
             add(f"answer/{kind}/{tag}", (o.answer_ok for o in outcomes if (o.kind, o.thinking) == (kind, mode)))
     add("tool", (o.tool_loop for o in outcomes))
+    by_task("tool/by_task", ((o.task, o.tool_loop) for o in outcomes))
     add("tool/valid_call", (o.valid_call for o in outcomes))
     add("tool/args_exact", (o.args_exact for o in outcomes))
     add("tool/final_answer", (o.final_ok for o in outcomes))
@@ -310,6 +324,7 @@ def score_sample(ask: _Asker, index: int, sample) -> Outcome:
         o.no_call = False
     prompt = sample.prompt_messages()
     o.request = str(prompt[-1].get("content") or "")
+    o.task = repr(sample.task) if sample.task else f"{sample.kind}: {o.request}"
     try:
         message = ask(o, prompt, sample.tools, sample.thinking)
         o.reasoning = has_reasoning(message)

@@ -175,7 +175,7 @@ def ask(rng: random.Random, problem: Problem, lang: str) -> str:
 def exchange(rng: random.Random, split: str, lang: str) -> Exchange:
     problem = draw_problem(rng, split)
     return Exchange(ask(rng, problem, lang), problem.reply(lang), problem.trace(), str(problem.result),
-                    problem.working)
+                    problem.working, problem.key)
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:

@@ -127,7 +127,7 @@ def ask(rng: random.Random, conv: Conversion, lang: str) -> str:
 def exchange(rng: random.Random, split: str, lang: str) -> Exchange:
     conv = draw(rng, split, random_conversion, lambda c: c.key)
     trace = conv.trace()
-    return Exchange(ask(rng, conv, lang), conv.reply(lang), trace, str(conv.result), working=trace)
+    return Exchange(ask(rng, conv, lang), conv.reply(lang), trace, str(conv.result), working=trace, task=conv.key)
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:

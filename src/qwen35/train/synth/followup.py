@@ -55,4 +55,4 @@ def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
     messages = system(rng) + [
         user(ask(rng, first, lang)), turn(first, lang, thinking), user(followup), turn(second, lang, thinking),
     ]
-    return Sample("followup", messages, None, thinking, str(second.result), None, lang)
+    return Sample("followup", messages, None, thinking, str(second.result), None, lang, second.key)

@@ -45,7 +45,7 @@ def direct_answer(rng: random.Random, split: str, offered: set[str] | None = Non
     topic = rng.choices(list(topics), list(topics.values()))[0]
     lang, asked = question(rng, topic, split)
     reasoning = "\n".join(filter(None, (NO_TOOL, asked.reasoning)))
-    return topic, lang, Exchange(asked.question, asked.reply, reasoning, asked.answer, asked.working)
+    return topic, lang, Exchange(asked.question, asked.reply, reasoning, asked.answer, asked.working, asked.task)
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:

@@ -34,6 +34,8 @@ class Sample:
     answer: str | None  # text the last assistant turn must contain
     tool_call: dict | None  # kind "tool": the first call expected, {"name", "arguments"}
     lang: str  # "en" | "zh" | "ko"
+    task: tuple = ()  # what makes the question that question (split.py's key); () where it has none
+
 
     def render(self) -> str:
         return render_chat(DEFAULT_CHAT_TEMPLATE, self.messages, tools=self.tools, add_generation_prompt=False,
@@ -54,6 +56,7 @@ class Exchange:
     reasoning: str  # used when thinking is on
     answer: str | None
     working: str = ""  # a calculation's trace, shown before the reply when thinking is off
+    task: tuple = ()  # split.py's key of the question, where it has one
 
     def content(self, thinking: bool) -> str:
         return with_working(self.reply, "" if thinking else self.working)
@@ -67,7 +70,7 @@ def with_working(reply: str, working: str) -> str:
 def one_turn(kind: str, rng: random.Random, exchange: Exchange, thinking: bool, lang: str,
              tools: list[dict] | None = None) -> Sample:
     messages = system(rng, (USE_TOOLS,) if tools else ()) + turns(exchange, thinking)
-    return Sample(kind, messages, tools, thinking, exchange.answer, None, lang)
+    return Sample(kind, messages, tools, thinking, exchange.answer, None, lang, exchange.task)
 
 
 def turns(exchange: Exchange, thinking: bool) -> list[dict]:

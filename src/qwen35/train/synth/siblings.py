@@ -37,7 +37,7 @@ def make_siblings(rng: random.Random, think: Callable[[], bool], split: str, mos
         if rng.random() < NO_TOOL_SHARE:
             _, lang, answer = no_tool.direct_answer(rng, split, offered)
             out.append(Sample("no_tool", head + turns(answer, thinking), first.tools, thinking, answer.answer, None,
-                              lang))
+                              lang, answer.task))
             continue
         for _ in range(_TRIES):  # none found (rare): the group is one smaller
             lang, scenario = draw(rng, split, lambda r: tools.request(r, chances, split), lambda c: c[1].key)

@@ -93,7 +93,7 @@ def as_sample(head: list[dict], scenario: Scenario, tools: list[dict], thinking:
     """The conversation of `scenario` after the messages `head` (a system message or none), offering `tools`."""
     first = scenario.calls[0]
     return Sample("tool", head + scenario.messages(thinking), tools, thinking, scenario.answer,
-                  {"name": first.name, "arguments": dict(first.arguments)}, lang)
+                  {"name": first.name, "arguments": dict(first.arguments)}, lang, scenario.key)
 
 
 def make_sample(rng: random.Random, thinking: bool, split: str) -> Sample:
