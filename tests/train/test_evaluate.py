@@ -279,7 +279,8 @@ def test_summary_counts_and_order():
     # the two ARITH samples are one task, which fails as one of them does
     assert got == {"answer": (2, 3), "answer/by_task": (1, 2), "answer/think": (1, 2), "answer/no_think": (1, 1),
                    "answer/arith/think": (1, 2), "answer/no_tool/no_think": (1, 1),
-                   "tool": (1, 1), "tool/by_task": (1, 1), "tool/valid_call": (1, 1), "tool/args_exact": (1, 1), "tool/final_answer": (1, 1),
+                   "tool": (1, 1), "tool/by_task": (1, 1), "tool/valid_call": (1, 1), "tool/args_exact": (1, 1),
+                   "tool/final_answer": (1, 1),
                    "tool/get_weather": (1, 1), "no_tool": (1, 1), "reasoning/think": (2, 2),
                    "reasoning/no_think": (0, 2),
                    "mtp/pos0": (7, 10), "mtp/pos1": (2, 10), "mtp/accepted_per_draft": (9, 10), "errors": (1, 5)}
