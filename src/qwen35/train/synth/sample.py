@@ -36,7 +36,6 @@ class Sample:
     lang: str  # "en" | "zh" | "ko"
     task: tuple = ()  # what makes the question that question (split.py's key); () where it has none
 
-
     def render(self) -> str:
         return render_chat(DEFAULT_CHAT_TEMPLATE, self.messages, tools=self.tools, add_generation_prompt=False,
                            enable_thinking=self.thinking)
