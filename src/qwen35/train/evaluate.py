@@ -191,8 +191,7 @@ def summarize(outcomes: Sequence[Outcome], spec: dict | None = None) -> dict[str
         for task, ok in scored:
             if ok is not None:
                 tasks[task] = tasks.get(task, True) and ok
-        if tasks:
-            m[name] = Ratio(sum(tasks.values()), len(tasks))
+        add(name, tasks.values())
 
     add("answer", (o.answer_ok for o in outcomes))
     by_task("answer/by_task", ((o.task, o.answer_ok) for o in outcomes))
