@@ -18,7 +18,8 @@ from qwen35.train.synth.split import is_heldout
 from qwen35.train.synth.tools import SCENARIOS
 
 EQUATION = re.compile(r"^(\d+) ([-+x]) (\d+) = (\d+)(?:\.|。|입니다\.)$")
-COLUMN = re.compile(r"^[a-z-]+: ((?:\d+[-+x]\d+=\d+, )*)(\d+)([-+x])(\d+)=(\d+), write (\d+)(?:, (carry|borrow) (\d))?$")
+COLUMN = re.compile(r"^[a-z-]+: ((?:\d+[-+x]\d+=\d+, )*)(?:(\d)-(\d+)<0, )?(\d+)([-+x])(\d+)=(\d+), write (\d+)"
+                    r"(?:, (carry|borrow) (\d))?$")
 STEP = re.compile(r"^(\d+) ([x/]) (\d+) = (\d+)$")  # a conversion by a power of ten
 FACTORS = {("km", "m"): 1000, ("m", "cm"): 100, ("cm", "mm"): 10, ("kg", "g"): 1000, ("L", "mL"): 1000,
            ("hour", "minute"): 60, ("minute", "second"): 60, ("day", "hour"): 24, ("foot", "inch"): 12}
@@ -78,7 +79,7 @@ def check_trace(trace: str, result: int) -> None:
     writes = []
     columns = [line for line in lines if COLUMN.match(line)]
     for i, line in enumerate(columns):
-        first, x, op, y, value, write, carry_kind, carry = COLUMN.match(line).groups()
+        first, short, lower, x, op, y, value, write, carry_kind, carry = COLUMN.match(line).groups()
         steps = [*re.findall(r"(\d+)([-+x])(\d+)=(\d+)", first), (x, op, y, value)]
         multiply = steps[0][1] == "x"
         # every step has two operands; later columns take a carry, a product's digit by digit
@@ -91,6 +92,9 @@ def check_trace(trace: str, result: int) -> None:
             value = str(10 * int(tens) + int(ones) % 10)
         elif i:
             assert steps[0][3] in (steps[1][0], steps[1][2]), line  # the second step uses the first's value
+        if op == "-":  # a column that borrows first says that its own digit is short: "2-3<0, 12-3=9"
+            assert (short is not None) == (int(x) >= 10), line
+            assert short is None or (int(short), lower) == (int(x) - 10, y) and int(short) < int(lower), line
         if i == len(columns) - 1:
             assert carry_kind is None and write == value, line
         elif carry_kind == "carry":

@@ -9,10 +9,10 @@ last column writes its whole value:
     hundreds: 3+5=8, 8+1=9, write 9
     result: 936
 
-    600 - 123                                  47 x 6
-    ones: 10-3=7, write 7, borrow 1            ones: 7x6=42, write 2, carry 4
-    tens: 2+1=3, 10-3=7, write 7, borrow 1     tens: 4x6=24, 4+4=8, 2+0=2, write 28
-    hundreds: 1+1=2, 6-2=4, write 4            result: 282
+    600 - 123                                          47 x 6
+    ones: 0-3<0, 10-3=7, write 7, borrow 1             ones: 7x6=42, write 2, carry 4
+    tens: 2+1=3, 0-3<0, 10-3=7, write 7, borrow 1      tens: 4x6=24, 4+4=8, 2+0=2, write 28
+    hundreds: 1+1=2, 6-2=4, write 4                    result: 282
     result: 477
 
 Each step has two operands, written without spaces, so that its digits are adjacent tokens (the tokenizer
@@ -130,16 +130,20 @@ def _mul_columns(a: int, b: int) -> list[str]:
 
 
 def _sub_columns(a: int, b: int) -> list[str]:
-    """The borrow is added to the lower digit first; a column that borrows subtracts from 10 + its digit."""
+    """The borrow is added to the lower digit first; a column that borrows says so ("2-3<0") and subtracts
+    from 10 + its digit. The difference of the column's own digits is written before it is decided whether
+    to borrow, so that the decision reads two adjacent digits, as a sum's step does."""
     width, borrow, lines = len(str(a)), 0, []
     for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
         lower = y + borrow
         step = f"{y}+{borrow}={lower}, " if i else ""
         borrow = int(x < lower)  # never in the top column: a >= b
-        top = x + 10 * borrow
-        step += f"{top}-{lower}={top - lower}"
+        if borrow:
+            step += f"{x}-{lower}<0, {x + 10}-{lower}={x + 10 - lower}"
+        else:
+            step += f"{x}-{lower}={x - lower}"
         tail = f", borrow {borrow}" if i < width - 1 else ""
-        lines.append(f"{PLACES[i]}: {step}, write {top - lower}{tail}")
+        lines.append(f"{PLACES[i]}: {step}, write {x + 10 * borrow - lower}{tail}")
     return lines
 
 
