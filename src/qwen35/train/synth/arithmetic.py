@@ -138,12 +138,11 @@ def _sub_columns(a: int, b: int) -> list[str]:
         lower = y + borrow
         step = f"{y}+{borrow}={lower}, " if i else ""
         borrow = int(x < lower)  # never in the top column: a >= b
-        if borrow:
-            step += f"{x}-{lower}<0, {x + 10}-{lower}={x + 10 - lower}"
-        else:
-            step += f"{x}-{lower}={x - lower}"
+        top = x + 10 * borrow
+        step += f"{x}-{lower}<0, " if borrow else ""
+        step += f"{top}-{lower}={top - lower}"
         tail = f", borrow {borrow}" if i < width - 1 else ""
-        lines.append(f"{PLACES[i]}: {step}, write {x + 10 * borrow - lower}{tail}")
+        lines.append(f"{PLACES[i]}: {step}, write {top - lower}{tail}")
     return lines
 
 
