@@ -95,19 +95,23 @@ def test_learning_rate_schedule():
     assert all(lr_at(i, r) >= lr_at(i + 1, r) for i in range(10, 99))
 
 
-def test_induction_drills_come_before_the_chats(monkeypatch, tmp_path):
+def test_induction_drills_come_before_the_chats_and_with_them(monkeypatch, tmp_path):
     import qwen35.train.loop as loop
 
     drawn = []
 
-    def recording(seed, step, *args):
-        drawn.append(step)
-        return copy_batch(seed, step, *args)
+    def recording(seed, step, batch_tokens, *args):
+        drawn.append((step, batch_tokens))
+        return copy_batch(seed, step, batch_tokens, *args)
 
     monkeypatch.setattr(loop, "copy_batch", recording)
     r = SMOKE.replace(copy_steps=2, gdn_gate=2.0)
     train(r, tmp_path, log=_quiet, progress=open("/dev/null", "w"), stop_after=3)
-    assert drawn == [0, 1]  # and step 2 a batch of chats
+    assert [step for step, _ in drawn] == [0, 1]  # and step 2 a batch of chats
+    drawn.clear()
+    train(r.replace(chat_drill_tokens=128), tmp_path / "mixed", log=_quiet, progress=open("/dev/null", "w"),
+          stop_after=4)
+    assert drawn == [(0, r.copy_batch_tokens), (1, r.copy_batch_tokens), (2, 128), (3, 128)]
     for bad in (SMOKE.replace(copy_steps=SMOKE.steps), SMOKE.replace(copy_steps=-1), SMOKE.replace(copy_length=0)):
         with pytest.raises(ConfigError, match="copy_steps"):
             train(bad, tmp_path / "bad", log=_quiet)

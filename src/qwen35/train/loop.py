@@ -244,6 +244,9 @@ def _train(recipe: Recipe, out_dir: str | Path, log, progress, stop_after: int |
                                                         recipe.copy_length, drill_ids.start, len(drill_ids))]
         else:
             chosen = [units[i] for i in batches[(step - recipe.copy_steps) % len(batches)]]
+            if recipe.chat_drill_tokens:
+                chosen += [Unit.whole(e) for e in copy_batch(recipe.seed, step, recipe.chat_drill_tokens,
+                                                             recipe.copy_length, drill_ids.start, len(drill_ids))]
         loss, main, mtp = batch_loss(model, chosen, builders, recipe.mtp_weight)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()

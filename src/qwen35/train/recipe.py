@@ -40,6 +40,7 @@ class Recipe:
     copy_steps: int = 0
     copy_length: int = 30  # random ids per drill, shown once and repeated
     copy_batch_tokens: int = 2048  # per drill step (half as many formed the copy head in one run of three)
+    chat_drill_tokens: int = 0  # drills added to every chat step after them, so that the copy head stays general
     # data
     train_samples: int = 40_000
     vocab_samples: int = 20_000  # conversations the vocabulary is learnt from
@@ -97,7 +98,7 @@ DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.2
 # tool chats in groups under one header (`tool_siblings`, synth/siblings.py).
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(name="demo", mix=DEMO_MIX, train_samples=50_000, steps=5600, gdn_gate=2.0, copy_steps=1000,
-                   share_heads=True, batch_tokens=1536, tool_siblings=4),
+                   share_heads=True, batch_tokens=1536, tool_siblings=4, chat_drill_tokens=128),
     # a minute-long run of the same pipeline, for tests
     "smoke": Recipe(name="smoke", hidden_size=64, num_layers=4, attention_heads=2, kv_heads=1, head_dim=32,
                     gdn_heads=2, gdn_head_dim=32, intermediate_size=128, vocab_size=1024, train_samples=300,
