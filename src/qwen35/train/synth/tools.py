@@ -29,9 +29,10 @@ SCENARIOS = {**API_SCENARIOS, **FS_SCENARIOS}
 # cannot guess from the request alone (a listing's first entry, a move's destination, an address, the allowed
 # folder) failed in every demo model at their natural weight (docs/LOG.md, 2026-12-03), and so did translate
 # (a foreign phrase to copy into a Chinese or Korean reply: 0-1 of 3 in five models; docs/LOG.md, 2026-12-05),
-# so training sees them more often.
+# so training sees them more often; and code_interpreter alone, whose models went on to write the result to a
+# file as `compute_write_read` does (4-5 of 19 held-out chats in some runs; docs/LOG.md, 2026-12-06).
 TRAINING_BOOST = {fs_calls.listing: 3.0, fs_calls.move: 3.0, api_calls.email: 2.5, fs_calls.allowed: 3.0,
-                  api_calls.translate: 3.0}
+                  api_calls.translate: 3.0, api_calls.code: 2.0}
 # Training only: a share of a scenario's weight goes to a stand-in whose result cannot be predicted from the
 # request, so that only reading the result pays: listings and search hits unsorted (sorted, a model lists
 # likely names in alphabetical order instead of reading them), translations that are not the phrase's.
