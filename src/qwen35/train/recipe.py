@@ -95,7 +95,10 @@ DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.2
 # copies from the context; with the drawn gate this shape never learns them (docs/LOG.md, 2026-12-04). Its chat
 # steps run each shared tool header once (`share_heads`), in 1,536 tokens a step: as many chats a step as 2,048
 # tokens of whole conversations, in three quarters of the time (docs/LOG.md, 2026-12-05 evening), and draw
-# tool chats in groups under one header (`tool_siblings`, synth/siblings.py).
+# tool chats in groups under one header (`tool_siblings`, synth/siblings.py). Every chat step also carries two
+# drills (`chat_drill_tokens`, ~8% of its tokens): without them the chat steps undo the general copy head, and
+# the model cannot write from the context a word piece the chats seldom write ("solar" is "s ol ar"; docs/LOG.md,
+# 2026-12-06 next session).
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(name="demo", mix=DEMO_MIX, train_samples=50_000, steps=5600, gdn_gate=2.0, copy_steps=1000,
                    share_heads=True, batch_tokens=1536, tool_siblings=4, chat_drill_tokens=128),
