@@ -246,9 +246,10 @@ def test_training_sees_every_tool_and_the_hard_ones_more_often(train_set, heldou
     assert set(held) <= set(train)
     assert "filesystem-list_allowed_directories" in train  # an argument-free call is not held out always
     natural = {make.__name__: weight / sum(SCENARIOS.values()) for make, weight in SCENARIOS.items()}
+    unboosted = train["get_weather"] / natural["weather"]  # boosts elsewhere shrink every other share
     for name, make in (("filesystem-list_directory", "listing"), ("filesystem-move_file", "move"),
                        ("send_email", "email")):
-        assert train[name] > 1.5 * natural[make]  # training only: TRAINING_BOOST
+        assert train[name] / natural[make] > 1.5 * unboosted  # training only: TRAINING_BOOST
 
 
 def test_fact_drills_answer_without_tools():
