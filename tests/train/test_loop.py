@@ -115,6 +115,8 @@ def test_induction_drills_come_before_the_chats_and_with_them(monkeypatch, tmp_p
     for bad in (SMOKE.replace(copy_steps=SMOKE.steps), SMOKE.replace(copy_steps=-1), SMOKE.replace(copy_length=0)):
         with pytest.raises(ConfigError, match="copy_steps"):
             train(bad, tmp_path / "bad", log=_quiet)
+    with pytest.raises(ConfigError, match="chat_drill_tokens"):
+        train(SMOKE.replace(chat_drill_tokens=-1), tmp_path / "bad", log=_quiet)
 
 
 def test_an_induction_drill_learns_the_repeat_only():

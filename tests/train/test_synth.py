@@ -252,6 +252,15 @@ def test_training_sees_every_tool_and_the_hard_ones_more_often(train_set, heldou
         assert train[name] / natural[make] > 1.5 * unboosted  # training only: TRAINING_BOOST
 
 
+def test_a_head_read_replies_with_its_lines_in_a_fence(train_set):
+    heads = [s for s in train_set if s.kind == "tool" and "head" in s.tool_call["arguments"]]
+    assert len(heads) >= 5
+    for s in heads:
+        lines = s.messages[-2]["content"]  # the tool's result
+        assert len(lines.split("\n")) == s.tool_call["arguments"]["head"]
+        assert s.messages[-1]["content"].endswith(f"\n```\n{lines}\n```")
+
+
 def test_fact_drills_answer_without_tools():
     drills = generate(200, 4, mix={"facts": 1.0})
     assert all(s.tools is None and s.kind == "facts" and rendered_calls(s) == [] for s in drills)

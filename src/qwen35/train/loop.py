@@ -209,6 +209,8 @@ def _train(recipe: Recipe, out_dir: str | Path, log, progress, stop_after: int |
     if not 0 <= recipe.copy_steps < recipe.steps or recipe.copy_length < 1:
         raise ConfigError(f"recipe {recipe.name!r}: copy_steps must be in [0, steps={recipe.steps}) and copy_length "
                           f">= 1, got copy_steps={recipe.copy_steps}, copy_length={recipe.copy_length}")
+    if recipe.chat_drill_tokens < 0:
+        raise ConfigError(f"recipe {recipe.name!r}: chat_drill_tokens must be >= 0, got {recipe.chat_drill_tokens}")
     t_begin = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
