@@ -198,6 +198,12 @@ def deterministic():
         torch.utils.deterministic.fill_uninitialized_memory = was[1]
 
 
+def _drills(recipe: Recipe, step: int, tokens: int, drill_ids: range) -> list[Unit]:
+    """Step `step`'s induction drills, `tokens` of them, as units of a batch."""
+    return [Unit.whole(e) for e in copy_batch(recipe.seed, step, tokens, recipe.copy_length, drill_ids.start,
+                                              len(drill_ids))]
+
+
 def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, stop_after: int | None = None) -> Path:
     """Train `recipe` into `out_dir` (resuming from its `train_state.pt` if one is there); returns out_dir.
     `stop_after`: leave after that step with the training state saved, as an interruption would (tests)."""
@@ -242,13 +248,11 @@ def _train(recipe: Recipe, out_dir: str | Path, log, progress, stop_after: int |
         for group in opt.param_groups:
             group["lr"] = lr
         if step < recipe.copy_steps:
-            chosen = [Unit.whole(e) for e in copy_batch(recipe.seed, step, recipe.copy_batch_tokens,
-                                                        recipe.copy_length, drill_ids.start, len(drill_ids))]
+            chosen = _drills(recipe, step, recipe.copy_batch_tokens, drill_ids)
         else:
             chosen = [units[i] for i in batches[(step - recipe.copy_steps) % len(batches)]]
             if recipe.chat_drill_tokens:
-                chosen += [Unit.whole(e) for e in copy_batch(recipe.seed, step, recipe.chat_drill_tokens,
-                                                             recipe.copy_length, drill_ids.start, len(drill_ids))]
+                chosen += _drills(recipe, step, recipe.chat_drill_tokens, drill_ids)
         loss, main, mtp = batch_loss(model, chosen, builders, recipe.mtp_weight)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()
