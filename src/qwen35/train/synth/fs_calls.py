@@ -92,8 +92,8 @@ HEAD_ASKS = {
 }
 # A head read's lines go in a code fence: the reply then ends a line with "\n" whether more follow or not, and
 # decides the end one token later, at the "\n", where the tool result shows what follows the same line (another
-# line or `</tool_response>`). Without the fence it had to decide at the line's last token, and demo models
-# stopped after the first line (docs/LOG.md, 2026-12-06 next session).
+# line or `</tool_response>`). Without the fence it had to decide at the line's last token, and a demo run
+# stopped three of 33 held-out head reads after the first line (docs/LOG.md, 2026-12-06 next session).
 HEAD_REPLY = {"en": "The first {n} lines of {path} are:\n```\n{text}\n```", "zh": "{path} 的前 {n} 行是：\n```\n{text}\n```",
               "ko": "{path} 파일의 처음 {n}줄:\n```\n{text}\n```"}
 
