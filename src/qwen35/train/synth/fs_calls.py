@@ -94,8 +94,8 @@ HEAD_ASKS = {
 # decides the end one token later, at the "\n", where the tool result shows what follows the same line (another
 # line or `</tool_response>`). Without the fence it had to decide at the line's last token, and a demo run
 # stopped three of 33 held-out head reads after the first line (docs/LOG.md, 2026-12-06 next session).
-HEAD_REPLY = {"en": "The first {n} lines of {path} are:\n```\n{text}\n```", "zh": "{path} 的前 {n} 行是：\n```\n{text}\n```",
-              "ko": "{path} 파일의 처음 {n}줄:\n```\n{text}\n```"}
+HEAD_INTRO = {"en": "The first {n} lines of {path} are:", "zh": "{path} 的前 {n} 行是：", "ko": "{path} 파일의 처음 {n}줄:"}
+HEAD_REPLY = {lang: intro + "\n```\n{text}\n```" for lang, intro in HEAD_INTRO.items()}
 
 
 def read(rng: random.Random, lang: str) -> Scenario:
