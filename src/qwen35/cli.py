@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .train.evaluate import EvalError, heldout_samples, run_eval
 
-    samples = heldout_samples(args.recipe, args.samples)
+    samples = heldout_samples(args.recipe, args.samples, args.draw)
     step = max(1, len(samples) // 10)
 
     def progress(done: int, total: int) -> None:
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="checkpoint directory")
     e.add_argument("--recipe", default="demo", help="the held-out set and targets (default demo)")
     e.add_argument("--samples", type=int, default=300, help="held-out samples (default 300)")
+    e.add_argument("--draw", type=int, default=0,
+                   help="which draw of held-out questions (default 0, the one docs/DEMO.md reports)")
     e.add_argument("--json", metavar="FILE", help="also write the report (with every sample's scores) as JSON")
     e.add_argument("--failures", action="store_true",
                    help="also print every failed sample: the request, what the reply had to contain, the reply")

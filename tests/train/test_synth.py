@@ -228,6 +228,13 @@ def test_heldout_tasks_never_appear_in_training(train_set, heldout_set):
     assert not train_questions & {s.prompt_messages()[-1]["content"] for s in heldout_set if s.kind == "arith"}
 
 
+def test_another_draw_asks_other_held_out_questions(heldout_set):
+    other = heldout(600, draw=1)
+    assert [s.messages for s in other] != [s.messages for s in heldout_set[:600]]
+    assert all(is_heldout(s.task) for s in other if s.task)
+    assert [s.messages for s in heldout(5, draw=1)] == [s.messages for s in heldout(5, draw=1)]
+
+
 def test_samples_carry_the_task_key_their_split_was_drawn_by(train_set, heldout_set):
     for s in train_set + heldout_set:
         if task_key(s) is not None:  # the key read back from the text

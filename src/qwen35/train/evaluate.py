@@ -460,13 +460,13 @@ def served_model(base_url: str, timeout: float = 30.0) -> str:
         return json.load(r)["data"][0]["id"]
 
 
-def heldout_samples(recipe_name: str, n: int) -> list:
-    """The recipe's held-out set (its questions never appear in training)."""
+def heldout_samples(recipe_name: str, n: int, draw: int = 0) -> list:
+    """The recipe's held-out set (its questions never appear in training); `draw` as for `synth.heldout`."""
     from .recipe import recipe
     from .synth import heldout
 
     recipe(recipe_name)  # an unknown name is a ConfigError naming the choices
-    return heldout(n)
+    return heldout(n, draw)
 
 
 def run_eval(model_dir: str | Path, samples: Sequence | None = None, *, n: int = 300, recipe_name: str = "demo",
