@@ -20,6 +20,7 @@ from qwen35.train.synth.tools import SCENARIOS
 EQUATION = re.compile(r"^(\d+) ([-+x]) (\d+) = (\d+)(?:\.|。|입니다\.)$")
 COLUMN = re.compile(r"^[a-z-]+: ((?:\d+[-+x]\d+=\d+, )*)(?:(\d)-(\d+)<0, )?(\d+)([-+x])(\d+)=(\d+), write (\d+)"
                     r"(?:, (carry|borrow) (\d))?$")
+CARRY_OUT = re.compile(r"^[a-z-]+: carry (\d), write (\d)$")  # what a sum's or a product's last column carries
 STEP = re.compile(r"^(\d+) ([x/]) (\d+) = (\d+)$")  # a conversion by a power of ten
 FACTORS = {("km", "m"): 1000, ("m", "cm"): 100, ("cm", "mm"): 10, ("kg", "g"): 1000, ("L", "mL"): 1000,
            ("hour", "minute"): 60, ("minute", "second"): 60, ("day", "hour"): 24, ("foot", "inch"): 12}
@@ -95,15 +96,20 @@ def check_trace(trace: str, result: int) -> None:
         if op == "-":  # a column that borrows first says that its own digit is short: "2-3<0, 12-3=9"
             assert (short is not None) == (int(x) >= 10), line
             assert short is None or (int(short), lower) == (int(x) - 10, y) and int(short) < int(lower), line
-        if i == len(columns) - 1:
+        if op != "-":  # every column of a sum or a product writes one digit and carries the rest
+            assert carry_kind == "carry" and (int(write), int(carry)) == (int(value) % 10, int(value) // 10), line
+        elif i == len(columns) - 1:
             assert carry_kind is None and write == value, line
-        elif carry_kind == "carry":
-            assert (int(write), int(carry)) == (int(value) % 10, int(value) // 10), line
         else:
-            assert (write, int(carry)) == (value, int(int(x) >= 10)), line
+            assert (write, carry_kind, int(carry)) == (value, "borrow", int(int(x) >= 10)), line
         writes.append(write)
     if columns:
-        assert int(writes[-1] + "".join(reversed(writes[:-1]))) == result
+        carried = [CARRY_OUT.match(line) for line in lines if CARRY_OUT.match(line)]
+        assert len(carried) <= 1 and lines[-2] == (carried[0].string if carried else columns[-1])
+        if op != "-":  # a last column's carry gets a line of its own, the same digit written
+            assert [(m[1], m[2]) for m in carried] == ([(carry, carry)] if carry != "0" else [])
+            writes += [m[1] for m in carried]
+        assert int("".join(reversed(writes))) == result
 
 
 def reply_and_trace(message: dict) -> tuple[str, str]:

@@ -1,19 +1,19 @@
 """Arithmetic questions (kind "arith") and the column trace every arithmetic answer reasons with.
 
-Every answer is worked out column by column, one line per digit, ones first; a missing digit is 0 and the
-last column writes its whole value:
+Every answer is worked out column by column, one line per digit, ones first; a missing digit is 0. Every
+column writes one digit; a sum's or a product's carry out of its last column gets a line of its own:
 
     347 + 589
     ones: 7+9=16, write 6, carry 1
     tens: 4+8=12, 12+1=13, write 3, carry 1
-    hundreds: 3+5=8, 8+1=9, write 9
+    hundreds: 3+5=8, 8+1=9, write 9, carry 0
     result: 936
 
     600 - 123                                          47 x 6
     ones: 0-3<0, 10-3=7, write 7, borrow 1             ones: 7x6=42, write 2, carry 4
-    tens: 2+1=3, 0-3<0, 10-3=7, write 7, borrow 1      tens: 4x6=24, 4+4=8, 2+0=2, write 28
-    hundreds: 1+1=2, 6-2=4, write 4                    result: 282
-    result: 477
+    tens: 2+1=3, 0-3<0, 10-3=7, write 7, borrow 1      tens: 4x6=24, 4+4=8, 2+0=2, write 8, carry 2
+    hundreds: 1+1=2, 6-2=4, write 4                    hundreds: carry 2, write 2
+    result: 477                                        result: 282
 
 Each step has two operands, written without spaces, so that its digits are adjacent tokens (the tokenizer
 makes a space before a digit a token of its own: "7 + 9 =" put the first digit five tokens before the "=").
@@ -23,6 +23,10 @@ where 6+4 and 3+1 do not).
 With thinking on the trace is the reasoning; with thinking off it is shown in the reply, before the equation
 (`Exchange.working`): a model of a few million parameters cannot add three-digit numbers in one step, and
 even a one-digit problem ("7 x 5") is only a table fact the traces use, so it gets its one-line trace too.
+The carry's own line makes the question whether a column is the last one the question what the next line
+reads: the next digit of an operand, or nothing. When the last column wrote its whole value ("write 28"),
+the model had to decide it at the column's "write", and held-out "89 x 4" came out "ones: 9x4=36, write 36",
+the one-digit problem's line (docs/LOG.md, 2026-12-06 third session).
 The reply ends with the equation, "347 + 589 = 936.". Add and subtract 0..999, multiply 2..99 by 1..9 (the
 conversions multiply by 1: "1 foot = 12 inches", 12 x 1).
 """
@@ -36,7 +40,7 @@ from .lang import obj, period, pick_lang, topic
 from .sample import Exchange, Sample, one_turn
 from .split import draw
 
-PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands")
+PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands")
 OPS = {"+": 0.4, "-": 0.35, "x": 0.25}
 
 SPELLINGS = {
@@ -96,10 +100,13 @@ def _digits(n: int, width: int) -> list[int]:
     return [n // 10 ** i % 10 for i in range(width)]
 
 
-def _column(i: int, width: int, step: str, value: int) -> str:
-    if i == width - 1:
-        return f"{PLACES[i]}: {step}, write {value}"
+def _column(i: int, step: str, value: int) -> str:
     return f"{PLACES[i]}: {step}, write {value % 10}, carry {value // 10}"
+
+
+def _carry_out(width: int, carry: int) -> list[str]:
+    """The line that writes what the last column carries, if anything."""
+    return [f"{PLACES[width]}: carry {carry}, write {carry}"] if carry else []
 
 
 def _add_columns(a: int, b: int) -> list[str]:
@@ -107,9 +114,9 @@ def _add_columns(a: int, b: int) -> list[str]:
     for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
         total = x + y + carry
         step = f"{x}+{y}={x + y}" + (f", {x + y}+{carry}={total}" if i else "")
-        lines.append(_column(i, width, step, total))
+        lines.append(_column(i, step, total))
         carry = total // 10
-    return lines
+    return lines + _carry_out(width, carry)
 
 
 def _mul_columns(a: int, b: int) -> list[str]:
@@ -124,9 +131,9 @@ def _mul_columns(a: int, b: int) -> list[str]:
             tens = product // 10 + ones // 10
             step += f", {product % 10}+{carry}={ones}, {product // 10}+{ones // 10}={tens}"
             total = 10 * tens + ones % 10
-        lines.append(_column(i, width, step, total))
+        lines.append(_column(i, step, total))
         carry = total // 10
-    return lines
+    return lines + _carry_out(width, carry)
 
 
 def _sub_columns(a: int, b: int) -> list[str]:

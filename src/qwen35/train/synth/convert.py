@@ -12,7 +12,8 @@ reasoning with the arithmetic module's multiplication trace of factor x quantity
     1 hour = 60 minutes
     60 x 7
     ones: 0x7=0, write 0, carry 0
-    tens: 6x7=42, 2+0=2, 4+0=4, write 42
+    tens: 6x7=42, 2+0=2, 4+0=4, write 2, carry 4
+    hundreds: carry 4, write 4
     result: 420
 
 The reply is the equation: "7 km = 7000 m.", "7 hours = 420 minutes.", "7 小时 = 420 分钟。"; with thinking
