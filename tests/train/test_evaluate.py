@@ -354,12 +354,14 @@ def test_cli_prints_the_report_and_writes_json(monkeypatch, tmp_path, capsys):
                      ev.score_sample(Scripted(reply("= 937")), 1, ARITH)]
         return ev.Report("m", ev.summarize(outcomes), outcomes, 1.0, 10, 2.0, ev.TARGETS["demo"])
 
-    monkeypatch.setattr(ev, "heldout_samples", lambda recipe, n: [ARITH] * n)
+    draws = []
+    monkeypatch.setattr(ev, "heldout_samples", lambda recipe, n, draw: draws.append(draw) or [ARITH] * n)
     monkeypatch.setattr(ev, "run_eval", fake_run_eval)
     out = tmp_path / "report.json"
     assert main(["eval", "ckpt", "--samples", "7", "--json", str(out), "--port", "8123", "--mtp-tokens", "1",
-                 "--serve-flags", "--device cuda"]) == 0
+                 "--serve-flags", "--device cuda", "--draw", "3"]) == 0
     assert seen["model"] == "ckpt" and seen["n"] == 7 and seen["port"] == 8123 and seen["mtp_tokens"] == 1
+    assert draws == [3]
     assert seen["serve_args"] == ["--device", "cuda"] and seen["recipe_name"] == "demo"
     printed = capsys.readouterr().out
     assert "answer                         0.500         1/2  >= 0.95 FAIL" in printed
@@ -367,7 +369,7 @@ def test_cli_prints_the_report_and_writes_json(monkeypatch, tmp_path, capsys):
     assert "mtp/pos0" in printed and "n/a" in printed  # a target with nothing measured
     written = json.loads(out.read_text())
     assert written["metrics"]["answer"]["value"] == 0.5 and written["samples"][1]["expected"] == ARITH.answer
-    assert main(["eval", "ckpt", "--samples", "2", "--failures"]) == 0
+    assert main(["eval", "ckpt", "--samples", "2", "--failures"]) == 0 and draws == [3, 0]
     printed = capsys.readouterr().out
     assert "failed samples:\n#1 arith/" in printed and "replied:  '= 937'" in printed and "#0 " not in printed
 
