@@ -257,7 +257,7 @@ def test_failed_samples_are_described_with_request_expectation_and_reply():
     text = bad.describe()
     assert text.splitlines()[0] == "#4 tool/en/no_think get_weather: failed tool"
     assert "asked:    'Weather in Paris?'" in text and "expected: '21'" in text and "'It is sunny.'" in text
-    assert "missing required 'city'" in text
+    assert "missing required 'city'" in text and """called:   get_weather {"town": "Paris"}""" in text
     errored = ev.score_sample(Scripted(TimeoutError("read timed out")), 6, ARITH)
     assert errored.failed == ["answer", "error"] and "error: TimeoutError: read timed out" in errored.describe()
     report = ev.Report("m", ev.summarize([bad, good]), [bad, good], 1.0, 10)

@@ -80,6 +80,7 @@ class Outcome:
     requests: int = 0
     completion_tokens: int = 0
     content: str | None = None  # the last reply's content
+    calls: list[str] = field(default_factory=list)  # every tool call the replies made, `name {arguments}`
     finish: str | None = None  # and its finish_reason ("length": max_tokens ran out)
     note: str = ""  # why a tool call is not valid
     error: str | None = None
@@ -104,6 +105,7 @@ class Outcome:
         head = f"#{self.index} {self.kind}/{self.lang}/{mode}" + (f" {self.tool}" if self.tool else "")
         lines = [f"{head}: failed {', '.join(self.failed)}", f"  asked:    {self.request!r}",
                  f"  expected: {self.expected!r}", f"  replied:  {self.content!r}"]
+        lines += [f"  called:   {call}" for call in self.calls]
         lines += [f"  {label}: {text}" for label, text in (("note", self.note), ("error", self.error)) if text]
         return "\n".join(lines)
 
@@ -325,7 +327,7 @@ def score_sample(ask: _Asker, index: int, sample) -> Outcome:
     o.request = str(prompt[-1].get("content") or "")
     o.task = repr(sample.task) if sample.task else f"{sample.kind}: {o.request}"
     try:
-        message = ask(o, prompt, sample.tools, sample.thinking)
+        message = _noted(o, ask(o, prompt, sample.tools, sample.thinking))
         o.reasoning = has_reasoning(message)
         if o.answer_ok is not None:
             o.answer_ok = answer_matches(message.get("content"), sample.answer)
@@ -349,11 +351,17 @@ def _stage2(ask: _Asker, o: Outcome, sample, prompt: list[dict], message: dict) 
         if o.finish == "length":  # a call cut off by max_tokens keeps partial arguments: nothing to answer
             return False
         history += [_as_history(message), *results]
-        message = ask(o, history, sample.tools, sample.thinking)
+        message = _noted(o, ask(o, history, sample.tools, sample.thinking))
         if i + 1 < len(groups) and not message.get("tool_calls"):
             break  # answered before the chain was done
     content = message.get("content") or ""
     return not message.get("tool_calls") and sample.answer is not None and sample.answer in content
+
+
+def _noted(o: Outcome, message: dict) -> dict:
+    """`message`, its tool calls added to the outcome's."""
+    o.calls += [f"{c['function']['name']} {c['function']['arguments']}" for c in message.get("tool_calls") or []]
+    return message
 
 
 def _openai():
