@@ -80,8 +80,8 @@ class Outcome:
     requests: int = 0
     completion_tokens: int = 0
     content: str | None = None  # the last reply's content
-    calls: list[str] = field(default_factory=list)  # every tool call the replies made, `name {arguments}`
     finish: str | None = None  # and its finish_reason ("length": max_tokens ran out)
+    calls: list[str] = field(default_factory=list)  # every tool call the replies made, `name {arguments}`
     note: str = ""  # why a tool call is not valid
     error: str | None = None
     request: str = ""  # the last user message sent
