@@ -132,12 +132,15 @@ def stock(rng: random.Random, lang: str) -> Scenario:
 
 
 # -- search_web ------------------------------------------------------------------------------------------------
+# Two training queries go on from "how" other than with " to": while every training query of a prefix went on
+# one way, the demo model wrote that instead of copying the request ("how to runar panels work" for the held-out
+# "how solar panels work"; docs/LOG.md, 2026-12-06 sixth session).
 QUERIES = {
     "en": ("best hiking trails in Norway", "how to bake sourdough bread", "latest news about the Mars rover",
            "python list comprehension examples", "cheap flights to Tokyo", "how to grow tomatoes on a balcony",
            "history of the Eiffel Tower", "easy vegan dinner recipes", "how solar panels work",
            "tips for learning Korean", "best board games for families", "how to fix a flat bike tire",
-           "opening hours of the Louvre", "symptoms of a cold", "how to write a cover letter"),
+           "how volcanoes erupt", "how batteries work", "how to write a cover letter"),
     "zh": ("北京的美食推荐", "如何学习编程", "最新的科技新闻", "上海的旅游景点", "怎么做红烧肉", "如何提高睡眠质量"),
     "ko": ("서울 맛집 추천", "김치찌개 만드는 법", "최신 과학 뉴스", "부산 여행 코스", "영어 공부 방법", "잠을 잘 자는 방법"),
 }
