@@ -134,7 +134,8 @@ def stock(rng: random.Random, lang: str) -> Scenario:
 # -- search_web ------------------------------------------------------------------------------------------------
 # Two training queries go on from "how" other than with " to": while every training query of a prefix went on
 # one way, the demo model wrote that instead of copying the request ("how to runar panels work" for the held-out
-# "how solar panels work"; docs/LOG.md, 2026-12-06 sixth session).
+# "how solar panels work"; docs/LOG.md, 2026-12-06 sixth session). They replaced two other training-split
+# queries, which kept the held-out draws as they were: a query added or one of the other split redraws them.
 QUERIES = {
     "en": ("best hiking trails in Norway", "how to bake sourdough bread", "latest news about the Mars rover",
            "python list comprehension examples", "cheap flights to Tokyo", "how to grow tomatoes on a balcony",
