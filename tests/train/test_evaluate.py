@@ -240,6 +240,13 @@ def test_answers_no_tool_and_reasoning():
     assert (o.answer_ok, o.no_call) == (True, False)
 
 
+def test_smalltalk_is_the_reference_reply_whole():
+    o = ev.score_sample(Scripted(reply("你好！\n", "greet")), 2, SMALLTALK)
+    assert (o.smalltalk_ok, o.answer_ok, o.expected, o.failed) == (True, None, "你好！", [])
+    o = ev.score_sample(Scripted(reply("不客气！你好！", "thanks")), 2, SMALLTALK)  # another intent's reply
+    assert o.smalltalk_ok is False and o.failed == ["smalltalk"] and "expected: '你好！'" in o.describe()
+
+
 def test_a_failed_request_fails_its_sample_and_is_noted():
     o = ev.score_sample(Scripted(TimeoutError("read timed out")), 0, WEATHER_SAMPLE)
     assert (o.valid_call, o.args_exact, o.final_ok, o.reasoning) == (False, False, False, None)
@@ -281,7 +288,8 @@ def test_summary_counts_and_order():
                    "answer/arith/think": (1, 2), "answer/no_tool/no_think": (1, 1),
                    "tool": (1, 1), "tool/by_task": (1, 1), "tool/valid_call": (1, 1), "tool/args_exact": (1, 1),
                    "tool/final_answer": (1, 1),
-                   "tool/get_weather": (1, 1), "no_tool": (1, 1), "reasoning/think": (2, 2),
+                   "tool/get_weather": (1, 1), "no_tool": (1, 1), "smalltalk": (0, 1), "smalltalk/think": (0, 1),
+                   "reasoning/think": (2, 2),
                    "reasoning/no_think": (0, 2),
                    "mtp/pos0": (7, 10), "mtp/pos1": (2, 10), "mtp/accepted_per_draft": (9, 10), "errors": (1, 5)}
     assert list(m)[:3] == ["answer", "answer/by_task", "answer/think"] and list(m)[-1] == "errors"

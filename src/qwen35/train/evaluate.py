@@ -15,6 +15,8 @@ What each sample kind is scored on (`Sample` in train/synth):
   `sample.answer` ("tool/final_answer"). The headline "tool" needs both stages; it is also split by the
   expected tool ("tool/get_weather", "tool/write_file": Qwen-Agent's "filesystem-" prefix dropped);
 - no_tool: the reply calls no tool;
+- smalltalk (a greeting, thanks, "who are you", ...): the reply's content is the reference reply, whole
+  ("smalltalk", by thinking mode; no target: what a user's first "Hi" gets);
 - every sample: whether the first reply carries reasoning ("reasoning/think" should be 1, "reasoning/no_think"
   0).
 Samples drawn from a small task space repeat one task (a time conversion converts 1..9, so its held-out tenth
@@ -76,6 +78,7 @@ class Outcome:
     args_exact: bool | None = None
     final_ok: bool | None = None
     no_call: bool | None = None
+    smalltalk_ok: bool | None = None
     reasoning: bool | None = None  # the first reply's; None when no reply came
     requests: int = 0
     completion_tokens: int = 0
@@ -95,8 +98,10 @@ class Outcome:
 
     @property
     def failed(self) -> list[str]:
-        """The headline checks this sample failed ("answer", "tool", "no_tool"), "error" for a failed request."""
-        checks = {"answer": self.answer_ok, "tool": self.tool_loop, "no_tool": self.no_call}
+        """The checks this sample failed ("answer", "tool", "no_tool", "smalltalk"), "error" for a failed
+        request."""
+        checks = {"answer": self.answer_ok, "tool": self.tool_loop, "no_tool": self.no_call,
+                  "smalltalk": self.smalltalk_ok}
         return [name for name, ok in checks.items() if ok is False] + (["error"] if self.error else [])
 
     def describe(self) -> str:
@@ -210,6 +215,9 @@ def summarize(outcomes: Sequence[Outcome], spec: dict | None = None) -> dict[str
     for name in sorted({o.tool for o in outcomes if o.tool is not None}):  # which tools the loop fails on
         add(f"tool/{name.removeprefix('filesystem-')}", (o.tool_loop for o in outcomes if o.tool == name))
     add("no_tool", (o.no_call for o in outcomes))
+    add("smalltalk", (o.smalltalk_ok for o in outcomes))
+    for mode, tag in MODES.items():
+        add(f"smalltalk/{tag}", (o.smalltalk_ok for o in outcomes if o.thinking == mode))
     for mode, tag in MODES.items():
         add(f"reasoning/{tag}", (o.reasoning for o in outcomes if o.thinking == mode))
     if spec and spec["drafts"] > 0:
@@ -323,6 +331,8 @@ def score_sample(ask: _Asker, index: int, sample) -> Outcome:
         o.valid_call = o.args_exact = o.final_ok = False
     if sample.kind == "no_tool":
         o.no_call = False
+    if sample.kind == "smalltalk":
+        o.smalltalk_ok, o.expected = False, sample.messages[-1]["content"]
     prompt = sample.prompt_messages()
     o.request = str(prompt[-1].get("content") or "")
     o.task = repr(sample.task) if sample.task else f"{sample.kind}: {o.request}"
@@ -333,6 +343,8 @@ def score_sample(ask: _Asker, index: int, sample) -> Outcome:
             o.answer_ok = answer_matches(message.get("content"), sample.answer)
         if o.no_call is not None:
             o.no_call = not message.get("tool_calls")
+        if o.smalltalk_ok is not None:
+            o.smalltalk_ok = (message.get("content") or "").strip() == o.expected
         if sample.kind == "tool":
             check = check_call(message, sample.tools, sample.tool_call)
             o.valid_call, o.args_exact, o.note = check.valid, check.exact, check.why
