@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model of a recipe on the synthetic chat corpus (official layout out)")
     t.add_argument("--recipe", default="demo", help="demo (the embedded default model) or smoke (a one-minute run)")
-    t.add_argument("--out", help="output directory (default: ./qwen35-RECIPE); a train_state.pt there is resumed")
+    t.add_argument("--out", help="output directory (default: ./qwen35-RECIPE); a train_state.pt there is resumed, "
+                   "and a recipe with a polish stage keeps its finished first stage in OUT/base")
     t.add_argument("--steps", type=int, help="override the recipe's step count (the result then differs from it)")
     t.set_defaults(func=cmd_train, subparser=t)
 

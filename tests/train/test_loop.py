@@ -5,6 +5,7 @@ chat template. Uses the `smoke` recipe (a few steps of a tiny model on 400 synth
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,14 +17,17 @@ from qwen35.loading.checkpoint import load_model
 from qwen35.tokenizer import Tokenizer
 from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
 from qwen35.train.examples import IGNORE
-from qwen35.train.export import SHARD
+from qwen35.model.qwen35 import Qwen35ForCausalLM
+from qwen35.train.export import SHARD, read_trained
 from qwen35.train.induction import copy_batch, copy_example
-from qwen35.train.loop import LOG_FILE, STATE_FILE, lr_at, machine, train
-from qwen35.train.recipe import recipe
+from qwen35.train.loop import BASE_DIR, LOG_FILE, STATE_FILE, lr_at, machine, train
+from qwen35.train.recipe import Polish, recipe
+from qwen35.train.synth import DEFAULT_MIX
 from qwen35.train.vocab import SPECIALS, merged_ids
 from tests.model.helpers import all_logits
 
 SMOKE = recipe("smoke")
+POLISHED = SMOKE.replace(polish=Polish(steps=4, samples=80, mix=tuple(DEFAULT_MIX.items()), lr=5e-3, warmup_steps=1))
 
 
 def _quiet(*_args, **_kwargs):
@@ -52,6 +56,56 @@ def test_training_is_deterministic_and_resumes_bit_identically(trained, tmp_path
     assert log["machine"] == machine(SMOKE.threads)
     assert log["runs"] == 2 and json.loads((trained / LOG_FILE).read_text())["runs"] == 1
     assert log["wall_s"] > 0
+
+
+def _same_weights(a, b) -> bool:
+    want, got = load_file(str(a / SHARD)), load_file(str(b / SHARD))
+    return want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_polish_trains_on_from_the_exported_first_stage_and_resumes(trained, tmp_path):
+    devnull = open("/dev/null", "w")
+    whole = train(POLISHED, tmp_path / "whole", log=_quiet, progress=devnull)
+    base = whole / BASE_DIR
+    assert _same_weights(base, trained) and not _same_weights(whole, trained)  # the first stage is the recipe's
+    assert (whole / "tokenizer.json").read_bytes() == (trained / "tokenizer.json").read_bytes()
+    log = json.loads((whole / LOG_FILE).read_text())
+    assert [h["step"] for h in log["history"]] == list(range(1, SMOKE.steps + POLISHED.polish.steps + 1))
+    assert log["history"][:SMOKE.steps] == json.loads((trained / LOG_FILE).read_text())["history"]
+    assert log["base"]["runs"] == 1 and log["runs"] == 1 and log["wall_s"] > log["base"]["wall_s"] > 0
+    assert not (whole / STATE_FILE).exists() and not (base / STATE_FILE).exists()
+
+    # from a copy of the first stage's checkpoint alone, stopped inside the polish and resumed: the same bits
+    again = tmp_path / "again"
+    shutil.copytree(base, again / BASE_DIR)
+    said = []
+    train(POLISHED, again, log=said.append, progress=devnull, stop_after=SMOKE.steps + SMOKE.checkpoint_every)
+    assert (again / STATE_FILE).exists() and not (again / SHARD).exists()
+    assert not any(line.startswith("corpus: 400") for line in said)  # the first stage's corpus was not built
+    train(POLISHED, again, log=_quiet, progress=devnull)
+    assert _same_weights(again, whole)
+    assert json.loads((again / LOG_FILE).read_text())["runs"] == 2
+
+    # a first stage of another recipe is trained again, not polished
+    other = tmp_path / "other"
+    shutil.copytree(base, other / BASE_DIR)
+    record = json.loads((other / BASE_DIR / LOG_FILE).read_text())
+    record["recipe"]["lr"] /= 2
+    (other / BASE_DIR / LOG_FILE).write_text(json.dumps(record))
+    train(POLISHED, other, log=_quiet, progress=devnull, stop_after=SMOKE.checkpoint_every)
+    assert (other / BASE_DIR / STATE_FILE).exists() and not (other / STATE_FILE).exists()
+    with pytest.raises(ConfigError, match="polish"):
+        train(SMOKE.replace(polish=Polish(steps=0, samples=80, mix=(("arith", 1.0),), lr=1e-3)), tmp_path / "bad")
+
+
+def test_read_trained_gives_the_exported_weights_and_names_a_misfit(trained):
+    model = read_trained(Qwen35ForCausalLM(SMOKE.text_config(Tokenizer.from_pretrained(trained).vocab_size),
+                                           mtp=True), trained)
+    tensors = load_file(str(trained / SHARD))
+    assert torch.equal(model.model.embed_tokens.weight, tensors["model.language_model.embed_tokens.weight"].float())
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="embed_tokens.weight should be"):
+        read_trained(Qwen35ForCausalLM(SMOKE.text_config(SMOKE.vocab_size + 64), mtp=True), trained)
 
 
 def test_loss_goes_down(trained):

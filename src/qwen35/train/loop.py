@@ -13,6 +13,12 @@ the whole training state goes to `train_state.pt`, from which a rerun of the sam
 bit-identically; the finished model is written in the official checkpoint layout (export.py) and the state
 file removed. `training_log.json` keeps the recipe, the machine, each step's loss, and the wall time summed over
 the runs that made the model (`runs` > 1: it was interrupted, and each resume rebuilt the corpus).
+
+A recipe with a polish stage (`Polish`, recipe.py) trains its steps into `<out>/base` and exports that model
+there, then trains on from the exported checkpoint with a fresh optimiser for the polish's steps into `out`.
+A rerun finds the finished first stage and goes straight to the polish; the final training_log.json has both
+stages' steps (numbered on), their summed wall time, the polish's runs, and `base` (the first stage's wall
+time and runs).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from ..runtime import cpu_model
 from ..tokenizer import Tokenizer
 from .adamw import AdamW
 from .examples import IGNORE, Example, Unit, encode_all, header_len, learnt_spans, plan_batches, share_heads
-from .export import write_trained
+from .export import read_trained, write_trained
 from .induction import copy_batch
 from .recipe import Recipe
 from .synth import generate
@@ -49,6 +55,7 @@ from .vocab import merged_ids, train_vocab
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
+BASE_DIR = "base"  # where a recipe with a polish stage keeps its first stage's model
 BLOCK = 64  # K/V cache block size of the training forward (the cache is written, never read)
 
 
@@ -93,6 +100,11 @@ def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Unit]]:
                        tool_siblings=recipe.tool_siblings)
     texts = [s.render() for s in samples]
     tok = train_vocab(texts[:recipe.vocab_samples], recipe.vocab_size)
+    return tok, _units(recipe, samples, texts, tok, log, t0)
+
+
+def _units(recipe: Recipe, samples: list, texts: list[str], tok: Tokenizer, log, t0: float) -> list[Unit]:
+    """`samples` (rendered: `texts`) encoded with `tok` as batch units (those over `max_len` tokens left out)."""
     im_start = tok.backend.token_to_id("<|im_start|>")
     examples, heads = [], []
     encoded = encode_all(texts, [learnt_spans(text, s.thinking) for s, text in zip(samples, texts)], tok)
@@ -106,7 +118,7 @@ def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Unit]]:
     log(f"corpus: {len(examples)} conversations ({len(samples) - len(examples)} over {recipe.max_len} tokens "
         f"left out), {tokens:,} tokens ({repeats:,} of them repeats of a shared tool header, not run), "
         f"vocabulary {tok.vocab_size} ids ({time.perf_counter() - t0:.0f} s)")
-    return tok, units
+    return units
 
 
 def machine(threads: int) -> dict:
@@ -117,11 +129,17 @@ def machine(threads: int) -> dict:
 
 
 def lr_at(step: int, recipe: Recipe) -> float:
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    t = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    floor = recipe.lr * recipe.min_lr_ratio
-    return floor + (recipe.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    """The first stage's learning rate at `step`."""
+    return cosine_lr(step, recipe.lr, recipe.warmup_steps, recipe.steps, recipe.min_lr_ratio)
+
+
+def cosine_lr(step: int, peak: float, warmup: int, steps: int, min_ratio: float) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then a cosine decay to `peak` x `min_ratio` at `steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    floor = peak * min_ratio
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def _optimizer(model: Qwen35ForCausalLM, recipe: Recipe) -> AdamW:
@@ -206,19 +224,33 @@ def _drills(recipe: Recipe, step: int, tokens: int, drill_ids: range) -> list[Un
 
 def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, stop_after: int | None = None) -> Path:
     """Train `recipe` into `out_dir` (resuming from its `train_state.pt` if one is there); returns out_dir.
+    With a polish stage (`recipe.polish`) the first stage trains into `<out_dir>/base` (not again once its
+    training_log.json is there and names this recipe) and the polish into out_dir.
     `stop_after`: leave after that step with the training state saved, as an interruption would (tests)."""
-    with deterministic():
-        return _train(recipe, out_dir, log, progress, stop_after)
-
-
-def _train(recipe: Recipe, out_dir: str | Path, log, progress, stop_after: int | None) -> Path:
     if not 0 <= recipe.copy_steps < recipe.steps or recipe.copy_length < 1:
         raise ConfigError(f"recipe {recipe.name!r}: copy_steps must be in [0, steps={recipe.steps}) and copy_length "
                           f">= 1, got copy_steps={recipe.copy_steps}, copy_length={recipe.copy_length}")
     if recipe.chat_drill_tokens < 0:
         raise ConfigError(f"recipe {recipe.name!r}: chat_drill_tokens must be >= 0, got {recipe.chat_drill_tokens}")
-    t_begin = time.perf_counter()
+    if recipe.polish is not None and (recipe.polish.steps < 1 or recipe.polish.samples < 1):
+        raise ConfigError(f"recipe {recipe.name!r}: a polish needs steps >= 1 and samples >= 1, got {recipe.polish}")
     out = Path(out_dir)
+    with deterministic():
+        if recipe.polish is None:
+            return _first_stage(recipe, out, log, progress, stop_after)
+        base = out / BASE_DIR
+        if _base_record(base, recipe) is None:
+            _first_stage(recipe, base, log, progress, stop_after)
+            if stop_after is not None and stop_after <= recipe.steps:
+                return out
+        else:
+            log(f"first stage: {base} (trained)")
+        return _polish(recipe, base, out, log, progress, stop_after)
+
+
+def _first_stage(recipe: Recipe, out: Path, log, progress, stop_after: int | None) -> Path:
+    """The recipe's steps from a drawn model: induction drills, then the chat corpus."""
+    t_begin = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -227,10 +259,67 @@ def _train(recipe: Recipe, out_dir: str | Path, log, progress, stop_after: int |
     model = build_model(recipe.text_config(tok.vocab_size), recipe.seed, recipe.gdn_gate)
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {recipe.steps} steps of "
         f"<= {recipe.batch_tokens} tokens; {len(batches)} batches per epoch")
-    opt = _optimizer(model, recipe)
     drill_ids = merged_ids(tok)  # what induction drills draw from
+
+    def chosen(step: int) -> list[Unit]:
+        if step < recipe.copy_steps:
+            return _drills(recipe, step, recipe.copy_batch_tokens, drill_ids)
+        return _chats(recipe, step, units, batches[(step - recipe.copy_steps) % len(batches)], drill_ids)
+
+    done = _run(recipe, model, out, range(recipe.steps), lambda step: lr_at(step, recipe), chosen, t_begin,
+                log, progress, stop_after)
+    if done is not None:
+        _finish(recipe, model, tok, out, *done, log=log)
+    return out
+
+
+def _polish(recipe: Recipe, base: Path, out: Path, log, progress, stop_after: int | None) -> Path:
+    """The polish stage (`Polish` in recipe.py) from the first stage's checkpoint in `base`."""
+    polish = recipe.polish
+    t_begin = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    tok = Tokenizer.from_pretrained(base)
+    samples = generate(polish.samples, polish.data_seed, mix=dict(polish.mix), tool_siblings=recipe.tool_siblings)
+    units = _units(recipe, samples, [s.render() for s in samples], tok, log, time.perf_counter())
+    batches = plan_batches([len(u) for u in units], recipe.batch_tokens, recipe.seed)
+    model = read_trained(Qwen35ForCausalLM(recipe.text_config(tok.vocab_size), mtp=True), base).train()
+    log(f"polish: {polish.steps} steps from {base}; {len(batches)} batches per epoch")
+    drill_ids = merged_ids(tok)
+
+    def lr(step: int) -> float:
+        return cosine_lr(step - recipe.steps, polish.lr, polish.warmup_steps, polish.steps, recipe.min_lr_ratio)
+
+    def chosen(step: int) -> list[Unit]:
+        return _chats(recipe, step, units, batches[(step - recipe.steps) % len(batches)], drill_ids)
+
+    done = _run(recipe, model, out, range(recipe.steps, recipe.steps + polish.steps), lr, chosen, t_begin,
+                log, progress, stop_after)
+    if done is not None:
+        base_log = _base_record(base, recipe)
+        history, wall_s, runs = done
+        _finish(recipe, model, tok, out, base_log["history"] + history, base_log["wall_s"] + wall_s, runs,
+                log=log, base={"wall_s": base_log["wall_s"], "runs": base_log["runs"]})
+    return out
+
+
+def _chats(recipe: Recipe, step: int, units: list[Unit], batch: list[int], drill_ids: range) -> list[Unit]:
+    """A chat step's units: one planned batch, and the recipe's drills with it."""
+    chosen = [units[i] for i in batch]
+    if recipe.chat_drill_tokens:
+        chosen += _drills(recipe, step, recipe.chat_drill_tokens, drill_ids)
+    return chosen
+
+
+def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_of, chosen, t_begin: float, log,
+         progress, stop_after: int | None) -> tuple[list[dict], float, int] | None:
+    """`steps` of AdamW (a fresh optimiser, or the one in out's training state, which this resumes), saving the
+    state every `checkpoint_every` steps and after the last. Returns (history, wall time, runs), or None when
+    `stop_after` ended it early."""
+    opt = _optimizer(model, recipe)
     history: list[dict] = []
-    start, earlier_s, earlier_runs = 0, 0.0, 0  # wall time and runs before this one (a resume)
+    start, earlier_s, earlier_runs = steps.start, 0.0, 0  # wall time and runs before this one (a resume)
     state_file = out / STATE_FILE
     if state_file.exists():
         state = torch.load(state_file, weights_only=False)
@@ -243,42 +332,51 @@ def _train(recipe: Recipe, out_dir: str | Path, log, progress, stop_after: int |
         log(f"resuming at step {start}")
     builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
     t_start, tokens_done = time.perf_counter(), 0
-    for step in range(start, recipe.steps):
-        lr = lr_at(step, recipe)
+    for step in range(start, steps.stop):
+        lr = lr_of(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        if step < recipe.copy_steps:
-            chosen = _drills(recipe, step, recipe.copy_batch_tokens, drill_ids)
-        else:
-            chosen = [units[i] for i in batches[(step - recipe.copy_steps) % len(batches)]]
-            if recipe.chat_drill_tokens:
-                chosen += _drills(recipe, step, recipe.chat_drill_tokens, drill_ids)
-        loss, main, mtp = batch_loss(model, chosen, builders, recipe.mtp_weight)
+        units = chosen(step)
+        loss, main, mtp = batch_loss(model, units, builders, recipe.mtp_weight)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens_done += sum(len(u) for u in chosen)
+        tokens_done += sum(len(u) for u in units)
         elapsed = time.perf_counter() - t_start
         history.append({"step": step + 1, "loss": round(main, 4), "mtp_loss": round(mtp, 4), "lr": lr,
                         "grad_norm": round(grad_norm, 3)})
         rate = tokens_done / elapsed
-        eta = (recipe.steps - step - 1) * elapsed / (step + 1 - start)
-        print(f"\rstep {step + 1}/{recipe.steps}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
+        eta = (steps.stop - step - 1) * elapsed / (step + 1 - start)
+        print(f"\rstep {step + 1}/{steps.stop}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
               f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min ", end="", file=progress, flush=True)
-        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
+        if (step + 1 - steps.start) % recipe.checkpoint_every == 0 or step + 1 == steps.stop:
             print(file=progress)
             torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "step": step + 1, "history": history, "runs": earlier_runs + 1,
                         "wall_s": earlier_s + time.perf_counter() - t_begin}, out / (STATE_FILE + ".tmp"))
             (out / (STATE_FILE + ".tmp")).replace(state_file)
         if stop_after is not None and step + 1 >= stop_after:
-            return out
+            return None
+    return history, earlier_s + time.perf_counter() - t_begin, earlier_runs + 1
+
+
+def _finish(recipe: Recipe, model: Qwen35ForCausalLM, tok: Tokenizer, out: Path, history: list[dict], wall_s: float,
+            runs: int, log, **extra) -> None:
+    """Write the trained model and its training_log.json, and drop the training state."""
     write_trained(model, tok, recipe, out)
-    wall_s = earlier_s + time.perf_counter() - t_begin
     log_record = {"recipe": asdict(recipe), "machine": machine(recipe.threads), "wall_s": round(wall_s, 1),
-                  "runs": earlier_runs + 1, "history": history}
+                  "runs": runs, "history": history, **extra}
     (out / LOG_FILE).write_text(json.dumps(log_record) + "\n")
-    state_file.unlink(missing_ok=True)
-    log(f"wrote {out} ({wall_s / 60:.1f} min" + (f" over {earlier_runs + 1} runs)" if earlier_runs else ")"))
-    return out
+    (out / STATE_FILE).unlink(missing_ok=True)
+    log(f"wrote {out} ({wall_s / 60:.1f} min" + (f" over {runs} runs)" if runs > 1 else ")"))
+
+
+def _base_record(base: Path, recipe: Recipe) -> dict | None:
+    """The training_log.json of a finished first stage of `recipe` in `base`, or None. Its recipe is compared
+    without the polish, which the first stage does not depend on."""
+    if not (base / LOG_FILE).exists():
+        return None
+    record = json.loads((base / LOG_FILE).read_text())
+    first = {k: v for k, v in json.loads(json.dumps(asdict(recipe))).items() if k != "polish"}  # as JSON has it
+    return record if {k: v for k, v in record["recipe"].items() if k != "polish"} == first else None

@@ -21,6 +21,23 @@ def _layer_types(n: int) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Polish:
+    """A second stage after the recipe's steps: the model as the first stage exports it (bf16 weights, its
+    vocabulary) trained on for a few `steps` with a fresh optimiser, on conversations of its own (`samples` drawn
+    with `data_seed` from `mix`) that weigh up what the first stage left weak. The other settings (batch tokens,
+    drills per chat step, MTP weight, clipping, weight decay) are the recipe's; the learning rate warms up to
+    `lr` and decays by a cosine to `lr` x the recipe's `min_lr_ratio`. Starting from the exported checkpoint
+    makes the stage rerunnable from that checkpoint alone (loop.py keeps it in `<out>/base`)."""
+
+    steps: int
+    samples: int
+    mix: tuple[tuple[str, float], ...]
+    lr: float
+    warmup_steps: int = 20
+    data_seed: int = 1
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     # model: the dense family's shape scaled down (tied embeddings, one MTP layer)
@@ -62,6 +79,7 @@ class Recipe:
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 200  # steps between resumable training states
+    polish: Polish | None = None  # a second stage (above)
 
     def text_config(self, vocab_size: int | None = None) -> TextConfig:
         return TextConfig(
