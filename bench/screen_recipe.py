@@ -122,7 +122,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="the screen's training state and scores")
     ap.add_argument("--baseline", help="another screen's --out, printed beside this one")
     args = ap.parse_args()
-    r = changed(recipe(args.recipe), args.change).replace(threads=args.threads)
+    # a screen stops inside the first stage, so a recipe's polish (which would move that stage to OUT/base) is off
+    r = changed(recipe(args.recipe), args.change).replace(threads=args.threads, polish=None)
     if not 0 < args.steps < r.steps:
         raise SystemExit(f"--steps {args.steps}: a screen stops before the recipe's {r.steps} steps end")
     out = Path(args.out)
