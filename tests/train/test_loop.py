@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from qwen35.config import ConfigError
 from qwen35.loading.checkpoint import load_model
+from qwen35.model.qwen35 import Qwen35ForCausalLM
 from qwen35.tokenizer import Tokenizer
 from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
 from qwen35.train.examples import IGNORE
-from qwen35.model.qwen35 import Qwen35ForCausalLM
 from qwen35.train.export import SHARD, read_trained
 from qwen35.train.induction import copy_batch, copy_example
 from qwen35.train.loop import BASE_DIR, LOG_FILE, STATE_FILE, lr_at, machine, train
@@ -39,6 +39,11 @@ def trained(tmp_path_factory):
     return train(SMOKE, tmp_path_factory.mktemp("smoke"), log=_quiet, progress=open("/dev/null", "w"))
 
 
+def _same_weights(a, b) -> bool:
+    want, got = load_file(str(a / SHARD)), load_file(str(b / SHARD))
+    return want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
 def test_training_is_deterministic_and_resumes_bit_identically(trained, tmp_path):
     devnull = open("/dev/null", "w")
     train(SMOKE, tmp_path, log=_quiet, progress=devnull, stop_after=SMOKE.checkpoint_every)
@@ -47,20 +52,13 @@ def test_training_is_deterministic_and_resumes_bit_identically(trained, tmp_path
         train(SMOKE.replace(lr=1e-4), tmp_path, log=_quiet, progress=devnull)
     train(SMOKE, tmp_path, log=_quiet, progress=devnull)  # picks the state up
     assert not (tmp_path / STATE_FILE).exists()
-    want, got = load_file(str(trained / SHARD)), load_file(str(tmp_path / SHARD))
-    assert want.keys() == got.keys()
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert _same_weights(tmp_path, trained)
     log = json.loads((tmp_path / LOG_FILE).read_text())
     assert [h["step"] for h in log["history"]] == list(range(1, SMOKE.steps + 1))
     assert log["history"] == json.loads((trained / LOG_FILE).read_text())["history"]
     assert log["machine"] == machine(SMOKE.threads)
     assert log["runs"] == 2 and json.loads((trained / LOG_FILE).read_text())["runs"] == 1
     assert log["wall_s"] > 0
-
-
-def _same_weights(a, b) -> bool:
-    want, got = load_file(str(a / SHARD)), load_file(str(b / SHARD))
-    return want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 def test_a_polish_trains_on_from_the_exported_first_stage_and_resumes(trained, tmp_path):
