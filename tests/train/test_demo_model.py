@@ -17,7 +17,7 @@ from qwen35.loading.checkpoint import load_model
 from qwen35.tokenizer import Tokenizer
 from qwen35.train.evaluate import TARGETS, ServerProcess, evaluate, run_eval
 from qwen35.train.export import SHARD
-from qwen35.train.loop import LOG_FILE, machine, train
+from qwen35.train.loop import LOG_FILE, machine, train, unformed_copy_head
 from qwen35.train.recipe import recipe
 from qwen35.train.synth import heldout
 from tests.model.helpers import all_logits
@@ -76,6 +76,13 @@ def test_the_shipped_checkpoint_computes_transformers_logits():
 # margin can flip from run to run (docs/DEMO.md, "A larger draw"); one at a time, the eval gives the same
 # figures every run.
 ONE_AT_A_TIME = 1
+
+
+def test_the_shipped_demo_formed_its_copy_head_in_the_drills():
+    """The warning a retrain gives when its drills end unlearnt (loop.unformed_copy_head) stays quiet on the
+    history of the run that made the shipped model."""
+    history = json.loads((default_model_dir() / LOG_FILE).read_text())["history"]
+    assert unformed_copy_head(history[:recipe("demo").copy_steps]) is None
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
 from qwen35.train.examples import IGNORE
 from qwen35.train.export import SHARD, read_trained
 from qwen35.train.induction import copy_batch, copy_example
-from qwen35.train.loop import BASE_DIR, LOG_FILE, STATE_FILE, lr_at, machine, train
+from qwen35.train.loop import (BASE_DIR, DRILL_WINDOW, LOG_FILE, STATE_FILE, lr_at, machine, train,
+                               unformed_copy_head)
 from qwen35.train.recipe import Polish, recipe
 from qwen35.train.synth import DEFAULT_MIX
 from qwen35.train.vocab import SPECIALS, merged_ids
@@ -169,6 +170,17 @@ def test_induction_drills_come_before_the_chats_and_with_them(monkeypatch, tmp_p
             train(bad, tmp_path / "bad", log=_quiet)
     with pytest.raises(ConfigError, match="chat_drill_tokens"):
         train(SMOKE.replace(chat_drill_tokens=-1), tmp_path / "bad", log=_quiet)
+
+
+def test_drills_that_end_unlearnt_are_named_when_they_end(tmp_path):
+    said = []
+    r = SMOKE.replace(copy_steps=2, gdn_gate=2.0)  # two drill steps: still at the loss of a guess
+    train(r, tmp_path, log=said.append, progress=open("/dev/null", "w"), stop_after=3)
+    warnings = [line for line in said if line.startswith("warning")]
+    assert len(warnings) == 1 and "induction drills" in warnings[0] and "over their last 2 steps" in warnings[0]
+    formed = [{"loss": 5.0}] * 10 + [{"loss": 0.04}] * (DRILL_WINDOW - 1) + [{"loss": 0.5}]
+    assert unformed_copy_head(formed) is None  # the shipped run's drills end so: a late spike within a low mean
+    assert "mean loss of 1.29" in unformed_copy_head([{"loss": 1.29}] * DRILL_WINDOW)
 
 
 def test_an_induction_drill_learns_the_repeat_only():

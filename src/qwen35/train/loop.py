@@ -57,6 +57,10 @@ STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
 BASE_DIR = "base"  # where a recipe with a polish stage keeps its first stage's model
 BLOCK = 64  # K/V cache block size of the training forward (the cache is written, never read)
+# The induction drills have formed a copy head when their loss over the last DRILL_WINDOW steps averages under
+# DRILL_FORMED: 0.045 where the demo was trained, 1.29 in a rerun on an AVX2-only CPU whose model copied worse
+# and missed the tool-loop target (docs/LOG.md, 2026-12-07).
+DRILL_WINDOW, DRILL_FORMED = 50, 0.1
 
 
 def build_model(config: TextConfig, seed: int, gdn_gate: float | None = None) -> Qwen35ForCausalLM:
@@ -350,6 +354,9 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_o
         eta = (steps.stop - step - 1) * elapsed / (step + 1 - start)
         print(f"\rstep {step + 1}/{steps.stop}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
               f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min ", end="", file=progress, flush=True)
+        if step + 1 == recipe.copy_steps and (warning := unformed_copy_head(history)):
+            print(file=progress)
+            log(warning)
         if (step + 1 - steps.start) % recipe.checkpoint_every == 0 or step + 1 == steps.stop:
             print(file=progress)
             torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -359,6 +366,19 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_o
         if stop_after is not None and step + 1 >= stop_after:
             return None
     return history, earlier_s + time.perf_counter() - t_begin, earlier_runs + 1
+
+
+def unformed_copy_head(history: list[dict]) -> str | None:
+    """A warning when the induction drills that end with `history` have not formed a copy head, else None.
+    Where they formed it late (another CPU's rounding, or another seed), the chats that follow do not make up
+    for it: the model copies paths and names from its context worse than the shipped one (docs/DEMO.md)."""
+    recent = [h["loss"] for h in history[-DRILL_WINDOW:]]
+    mean = sum(recent) / len(recent)
+    if mean < DRILL_FORMED:
+        return None
+    return (f"warning: the induction drills end at a mean loss of {mean:.2f} over their last {len(recent)} steps, "
+            f"over the {DRILL_FORMED} of a formed copy head; this run's model will copy from its context worse "
+            "than the shipped demo (docs/DEMO.md, Training)")
 
 
 def _finish(recipe: Recipe, model: Qwen35ForCausalLM, tok: Tokenizer, out: Path, history: list[dict], wall_s: float,
