@@ -371,14 +371,14 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_o
 def unformed_copy_head(history: list[dict]) -> str | None:
     """A warning when the induction drills that end with `history` have not formed a copy head, else None.
     Where they formed it late (another CPU's rounding, or another seed), the chats that follow do not make up
-    for it: the model copies paths and names from its context worse than the shipped one (docs/DEMO.md)."""
+    for it: the demo recipe's model then copied paths and names from its context worse (docs/DEMO.md)."""
     recent = [h["loss"] for h in history[-DRILL_WINDOW:]]
     mean = sum(recent) / len(recent)
     if mean < DRILL_FORMED:
         return None
     return (f"warning: the induction drills end at a mean loss of {mean:.2f} over their last {len(recent)} steps, "
-            f"over the {DRILL_FORMED} of a formed copy head; this run's model will copy from its context worse "
-            "than the shipped demo (docs/DEMO.md, Training)")
+            f"over the {DRILL_FORMED} of a formed copy head; this run's model will likely copy from its context "
+            "poorly (docs/DEMO.md, Training: On another CPU)")
 
 
 def _finish(recipe: Recipe, model: Qwen35ForCausalLM, tok: Tokenizer, out: Path, history: list[dict], wall_s: float,
