@@ -354,11 +354,13 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_o
         eta = (steps.stop - step - 1) * elapsed / (step + 1 - start)
         print(f"\rstep {step + 1}/{steps.stop}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
               f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min ", end="", file=progress, flush=True)
-        if step + 1 == recipe.copy_steps and (warning := unformed_copy_head(history)):
-            print(file=progress)
+        checkpoint = (step + 1 - steps.start) % recipe.checkpoint_every == 0 or step + 1 == steps.stop
+        warning = unformed_copy_head(history) if step + 1 == recipe.copy_steps else None
+        if checkpoint or warning:
+            print(file=progress)  # ends the progress line
+        if warning:
             log(warning)
-        if (step + 1 - steps.start) % recipe.checkpoint_every == 0 or step + 1 == steps.stop:
-            print(file=progress)
+        if checkpoint:
             torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "step": step + 1, "history": history, "runs": earlier_runs + 1,
                         "wall_s": earlier_s + time.perf_counter() - t_begin}, out / (STATE_FILE + ".tmp"))
