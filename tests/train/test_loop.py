@@ -20,8 +20,8 @@ from qwen35.tokenizer.tokenizer import DEFAULT_CHAT_TEMPLATE
 from qwen35.train.examples import IGNORE
 from qwen35.train.export import SHARD, read_trained
 from qwen35.train.induction import copy_batch, copy_example
-from qwen35.train.loop import (BASE_DIR, DRILL_WINDOW, LOG_FILE, STATE_FILE, drill_news, extra_drills, lr_at,
-                               machine, train, unformed_copy_head)
+from qwen35.train.loop import (BASE_DIR, DRILL_WINDOW, LOG_FILE, STATE_FILE, lr_at, machine, train,
+                               unformed_copy_head)
 from qwen35.train.recipe import Polish, recipe
 from qwen35.train.synth import DEFAULT_MIX
 from qwen35.train.vocab import SPECIALS, merged_ids
@@ -172,40 +172,12 @@ def test_induction_drills_come_before_the_chats_and_with_them(monkeypatch, tmp_p
         train(SMOKE.replace(chat_drill_tokens=-1), tmp_path / "bad", log=_quiet)
 
 
-def test_drills_that_end_unlearnt_go_on_and_are_named_when_they_end(monkeypatch, tmp_path):
-    import qwen35.train.loop as loop
-
-    drawn, said = [], []
-
-    def recording(seed, step, batch_tokens, *args):
-        drawn.append((step, batch_tokens))
-        return copy_batch(seed, step, batch_tokens, *args)
-
-    monkeypatch.setattr(loop, "copy_batch", recording)
-    # two drill steps and two extra: still at the loss of a guess; stopped inside the extra ones and resumed
-    r = SMOKE.replace(copy_steps=2, extra_copy_steps=2, gdn_gate=2.0, chat_drill_tokens=128)
+def test_drills_that_end_unlearnt_are_named_when_they_end(tmp_path):
+    said = []
+    r = SMOKE.replace(copy_steps=2, gdn_gate=2.0)  # two drill steps: still at the loss of a guess
     train(r, tmp_path, log=said.append, progress=open("/dev/null", "w"), stop_after=3)
-    train(r, tmp_path, log=said.append, progress=open("/dev/null", "w"), stop_after=6)
-    # the chat steps after them draw the batches and drills they would have drawn at steps 2 and 3
-    assert drawn == [(0, 2048), (1, 2048), (2, 2048), (3, 2048), (2, 128), (3, 128)]
-    assert torch.load(tmp_path / STATE_FILE, weights_only=False)["history"][-1]["lr"] == lr_at(3, r)
-    news = [line for line in said if "induction drills" in line]
-    assert len(news) == 2 and "at most 2 steps more" in news[0]
-    assert news[1].startswith("warning") and "over their last 4 steps" in news[1]
-    with pytest.raises(ConfigError, match="extra_copy_steps"):
-        train(SMOKE.replace(extra_copy_steps=3), tmp_path / "bad", log=_quiet)
-
-
-def test_extra_drills_last_until_the_copy_head_forms():
-    r = SMOKE.replace(copy_steps=60, extra_copy_steps=100)
-    formed, late = [{"loss": 0.05}] * 60, [{"loss": 1.0}] * 60
-    assert extra_drills(formed, r) == 0 and extra_drills(formed + late, r) == 0  # decided at step 60 for good
-    assert extra_drills(late[:59], r) == 0 and extra_drills(late, r) == 1  # step 60 drills on
-    assert extra_drills(late + [{"loss": 0.0}] * 45, r) == 46  # the last 50 average 0.1: one more
-    assert extra_drills(late + [{"loss": 0.0}] * 46, r) == 46  # 0.08: formed, step 106 is a chat step
-    assert extra_drills(late + [{"loss": 0.0}] * 200, r) == 46
-    assert extra_drills(late + [{"loss": 1.0}] * 200, r.replace(extra_copy_steps=5)) == 5
-    assert drill_news(late + [{"loss": 0.0}] * 46, r) == "the copy head formed after 46 extra drill steps"
+    warnings = [line for line in said if line.startswith("warning")]
+    assert len(warnings) == 1 and "induction drills" in warnings[0] and "over their last 2 steps" in warnings[0]
     formed = [{"loss": 5.0}] * 10 + [{"loss": 0.04}] * (DRILL_WINDOW - 1) + [{"loss": 0.5}]
     assert unformed_copy_head(formed) is None  # the shipped run's drills end so: a late spike within a low mean
     assert "mean loss of 1.29" in unformed_copy_head([{"loss": 1.29}] * DRILL_WINDOW)

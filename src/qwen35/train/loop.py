@@ -7,9 +7,7 @@ One step: a batch of whole conversations (examples.py) through `Qwen35ForCausalL
 it once: a pass over the headers, then one over the rest, model/shared_prefix.py); loss = cross-entropy of
 the next token on the learnt rows + `mtp_weight` x the MTP head's cross-entropy of the token after next (the
 head reads the main model's final hidden at position i, detached, and token i+1, as it does when drafting).
-A recipe's first `copy_steps` take batches of induction drills (induction.py) instead of conversations, and
-up to `extra_copy_steps` more while the drills have not formed a copy head (`extra_drills`); the chat steps
-then follow as they would have after `copy_steps`.
+A recipe's first `copy_steps` take batches of induction drills (induction.py) instead of conversations.
 AdamW, linear warm-up then cosine decay to `min_lr_ratio`, gradient clipping. Every `checkpoint_every` steps
 the whole training state goes to `train_state.pt`, from which a rerun of the same command resumes
 bit-identically; the finished model is written in the official checkpoint layout (export.py) and the state
@@ -31,8 +29,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -64,18 +61,6 @@ BLOCK = 64  # K/V cache block size of the training forward (the cache is written
 # DRILL_FORMED: 0.045 where the demo was trained, 1.29 in a rerun on an AVX2-only CPU whose model copied worse
 # and missed the tool-loop target (docs/LOG.md, 2026-12-07).
 DRILL_WINDOW, DRILL_FORMED = 50, 0.1
-
-
-@dataclass(frozen=True)
-class Stage:
-    """What a stage of training does at each step, given its history so far (the first stage's from step 0, the
-    polish's from its own first step): the step's learning rate and units, the step the stage ends at, and a
-    line to log after a step, if any."""
-
-    start: int
-    at: Callable[[int, list[dict]], tuple[float, list[Unit]]]
-    stop: Callable[[list[dict]], int]
-    news: Callable[[list[dict]], str | None] = lambda history: None
 
 
 def build_model(config: TextConfig, seed: int, gdn_gate: float | None = None) -> Qwen35ForCausalLM:
@@ -253,9 +238,6 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         raise ConfigError(f"recipe {recipe.name!r}: chat_drill_tokens must be >= 0, got {recipe.chat_drill_tokens}")
     if recipe.polish is not None and (recipe.polish.steps < 1 or recipe.polish.samples < 1):
         raise ConfigError(f"recipe {recipe.name!r}: a polish needs steps >= 1 and samples >= 1, got {recipe.polish}")
-    if recipe.extra_copy_steps < 0 or (recipe.extra_copy_steps and not recipe.copy_steps):
-        raise ConfigError(f"recipe {recipe.name!r}: extra_copy_steps must be >= 0, and 0 without copy_steps, got "
-                          f"{recipe.extra_copy_steps}")
     out = Path(out_dir)
     with deterministic():
         if recipe.polish is None:
@@ -263,7 +245,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         base = out / BASE_DIR
         if _base_record(base, recipe) is None:
             _first_stage(recipe, base, log, progress, stop_after)
-            if _base_record(base, recipe) is None:  # stopped inside it (`stop_after`)
+            if stop_after is not None and stop_after <= recipe.steps:
                 return out
         else:
             log(f"first stage: {base} (trained)")
@@ -283,18 +265,13 @@ def _first_stage(recipe: Recipe, out: Path, log, progress, stop_after: int | Non
         f"<= {recipe.batch_tokens} tokens; {len(batches)} batches per epoch")
     drill_ids = merged_ids(tok)  # what induction drills draw from
 
-    def at(step: int, history: list[dict]) -> tuple[float, list[Unit]]:
-        extra = extra_drills(history, recipe)
-        if step < recipe.copy_steps + extra:  # past copy_steps at copy_steps' last learning rate
-            return (lr_at(min(step, recipe.copy_steps - 1), recipe),
-                    _drills(recipe, step, recipe.copy_batch_tokens, drill_ids))
-        chat = step - extra  # the step it would be without the extra drills
-        return lr_at(chat, recipe), _chats(recipe, chat, units, batches[(chat - recipe.copy_steps) % len(batches)],
-                                           drill_ids)
+    def chosen(step: int) -> list[Unit]:
+        if step < recipe.copy_steps:
+            return _drills(recipe, step, recipe.copy_batch_tokens, drill_ids)
+        return _chats(recipe, step, units, batches[(step - recipe.copy_steps) % len(batches)], drill_ids)
 
-    stage = Stage(0, at, lambda history: recipe.steps + extra_drills(history, recipe),
-                  lambda history: drill_news(history, recipe))
-    done = _run(recipe, model, out, stage, t_begin, log, progress, stop_after)
+    done = _run(recipe, model, out, range(recipe.steps), lambda step: lr_at(step, recipe), chosen, t_begin,
+                log, progress, stop_after)
     if done is not None:
         _finish(recipe, model, tok, out, *done, log=log)
     return out
@@ -314,16 +291,17 @@ def _polish(recipe: Recipe, base: Path, out: Path, log, progress, stop_after: in
     model = read_trained(Qwen35ForCausalLM(recipe.text_config(tok.vocab_size), mtp=True), base).train()
     log(f"polish: {polish.steps} steps from {base}; {len(batches)} batches per epoch")
     drill_ids = merged_ids(tok)
-    base_log = _base_record(base, recipe)
-    first = len(base_log["history"])  # the first stage's steps, its extra drills included
 
-    def at(step: int, history: list[dict]) -> tuple[float, list[Unit]]:
-        lr = cosine_lr(step - first, polish.lr, polish.warmup_steps, polish.steps, recipe.min_lr_ratio)
-        return lr, _chats(recipe, step, units, batches[(step - first) % len(batches)], drill_ids)
+    def lr(step: int) -> float:
+        return cosine_lr(step - recipe.steps, polish.lr, polish.warmup_steps, polish.steps, recipe.min_lr_ratio)
 
-    done = _run(recipe, model, out, Stage(first, at, lambda history: first + polish.steps), t_begin, log,
-                progress, stop_after)
+    def chosen(step: int) -> list[Unit]:
+        return _chats(recipe, step, units, batches[(step - recipe.steps) % len(batches)], drill_ids)
+
+    done = _run(recipe, model, out, range(recipe.steps, recipe.steps + polish.steps), lr, chosen, t_begin,
+                log, progress, stop_after)
     if done is not None:
+        base_log = _base_record(base, recipe)
         history, wall_s, runs = done
         _finish(recipe, model, tok, out, base_log["history"] + history, base_log["wall_s"] + wall_s, runs,
                 log=log, base={"wall_s": base_log["wall_s"], "runs": base_log["runs"]})
@@ -338,14 +316,14 @@ def _chats(recipe: Recipe, step: int, units: list[Unit], batch: list[int], drill
     return chosen
 
 
-def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, stage: Stage, t_begin: float, log, progress,
-         stop_after: int | None) -> tuple[list[dict], float, int] | None:
-    """The stage's steps of AdamW (a fresh optimiser, or the one in out's training state, which this resumes),
-    saving the state every `checkpoint_every` steps and after the last. Returns (history, wall time, runs), or
-    None when `stop_after` ended it early."""
+def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_of, chosen, t_begin: float, log,
+         progress, stop_after: int | None) -> tuple[list[dict], float, int] | None:
+    """`steps` of AdamW (a fresh optimiser, or the one in out's training state, which this resumes), saving the
+    state every `checkpoint_every` steps and after the last. Returns (history, wall time, runs), or None when
+    `stop_after` ended it early."""
     opt = _optimizer(model, recipe)
     history: list[dict] = []
-    start, earlier_s, earlier_runs = stage.start, 0.0, 0  # wall time and runs before this one (a resume)
+    start, earlier_s, earlier_runs = steps.start, 0.0, 0  # wall time and runs before this one (a resume)
     state_file = out / STATE_FILE
     if state_file.exists():
         state = torch.load(state_file, weights_only=False)
@@ -357,11 +335,12 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, stage: Stage, t_be
         earlier_s, earlier_runs = state.get("wall_s", 0.0), state.get("runs", 0)
         log(f"resuming at step {start}")
     builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
-    t_start, tokens_done, step = time.perf_counter(), 0, start
-    while step < stage.stop(history):
-        lr, units = stage.at(step, history)
+    t_start, tokens_done = time.perf_counter(), 0
+    for step in range(start, steps.stop):
+        lr = lr_of(step)
         for group in opt.param_groups:
             group["lr"] = lr
+        units = chosen(step)
         loss, main, mtp = batch_loss(model, units, builders, recipe.mtp_weight)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()
@@ -371,16 +350,16 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, stage: Stage, t_be
         elapsed = time.perf_counter() - t_start
         history.append({"step": step + 1, "loss": round(main, 4), "mtp_loss": round(mtp, 4), "lr": lr,
                         "grad_norm": round(grad_norm, 3)})
-        rate, stop = tokens_done / elapsed, stage.stop(history)
-        eta = (stop - step - 1) * elapsed / (step + 1 - start)
-        print(f"\rstep {step + 1}/{stop}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
+        rate = tokens_done / elapsed
+        eta = (steps.stop - step - 1) * elapsed / (step + 1 - start)
+        print(f"\rstep {step + 1}/{steps.stop}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
               f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min ", end="", file=progress, flush=True)
-        checkpoint = (step + 1 - stage.start) % recipe.checkpoint_every == 0 or step + 1 == stop
-        news = stage.news(history)
-        if checkpoint or news:
+        checkpoint = (step + 1 - steps.start) % recipe.checkpoint_every == 0 or step + 1 == steps.stop
+        warning = unformed_copy_head(history) if step + 1 == recipe.copy_steps else None
+        if checkpoint or warning:
             print(file=progress)  # ends the progress line
-        if news:
-            log(news)
+        if warning:
+            log(warning)
         if checkpoint:
             torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "step": step + 1, "history": history, "runs": earlier_runs + 1,
@@ -388,55 +367,20 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, stage: Stage, t_be
             (out / (STATE_FILE + ".tmp")).replace(state_file)
         if stop_after is not None and step + 1 >= stop_after:
             return None
-        step += 1
     return history, earlier_s + time.perf_counter() - t_begin, earlier_runs + 1
 
 
-def drill_loss(history: list[dict]) -> float:
-    """The mean loss of the last DRILL_WINDOW steps of `history` (or of all, if fewer)."""
-    recent = [h["loss"] for h in history[-DRILL_WINDOW:]]
-    return sum(recent) / len(recent)
-
-
-def extra_drills(history: list[dict], recipe: Recipe) -> int:
-    """How many drill steps past `copy_steps` the first stage has taken, or takes next, as far as `history` (its
-    steps so far) decides: at step copy_steps + k one more while the drills' loss (`drill_loss`) is DRILL_FORMED
-    or more and k < `extra_copy_steps`. Where the drills form the copy head late (another CPU's rounding, or
-    another seed), the chats that follow do not make up for it (docs/DEMO.md, Training: On another CPU); where
-    they form it in time there are none, and the run is as without them. A resume finds the same count in the
-    history it restores."""
-    k = 0
-    while k < recipe.extra_copy_steps and (end := recipe.copy_steps + k) <= len(history):
-        if drill_loss(history[max(0, end - DRILL_WINDOW):end]) < DRILL_FORMED:
-            break
-        k += 1
-    return k
-
-
-def drill_news(history: list[dict], recipe: Recipe) -> str | None:
-    """A line to log after the step that ends `history`, at the end of the recipe's drills: that they go on
-    (`extra_drills`), that the extra ones formed a copy head, or a warning that none formed."""
-    copy_steps, extra = recipe.copy_steps, extra_drills(history, recipe)
-    if not copy_steps or len(history) not in (copy_steps, copy_steps + extra):
-        return None
-    if len(history) == copy_steps and extra:
-        return (f"the induction drills end at a mean loss of {drill_loss(history):.2f} over their last "
-                f"{DRILL_WINDOW} steps, over the {DRILL_FORMED} of a formed copy head: drilling on until it is "
-                f"under, at most {recipe.extra_copy_steps} steps more")
-    if warning := unformed_copy_head(history):
-        return warning
-    return f"the copy head formed after {extra} extra drill steps" if extra else None
-
-
 def unformed_copy_head(history: list[dict]) -> str | None:
-    """A warning when the induction drills that end with `history` have not formed a copy head, else None:
-    the model will then copy paths and names from its context worse (docs/DEMO.md)."""
-    mean = drill_loss(history)
+    """A warning when the induction drills that end with `history` have not formed a copy head, else None.
+    Where they formed it late (another CPU's rounding, or another seed), the chats that follow do not make up
+    for it: the demo recipe's model then copied paths and names from its context worse (docs/DEMO.md)."""
+    recent = [h["loss"] for h in history[-DRILL_WINDOW:]]
+    mean = sum(recent) / len(recent)
     if mean < DRILL_FORMED:
         return None
-    return (f"warning: the induction drills end at a mean loss of {mean:.2f} over their last "
-            f"{min(DRILL_WINDOW, len(history))} steps, over the {DRILL_FORMED} of a formed copy head; this run's "
-            "model will likely copy from its context poorly (docs/DEMO.md, Training: On another CPU)")
+    return (f"warning: the induction drills end at a mean loss of {mean:.2f} over their last {len(recent)} steps, "
+            f"over the {DRILL_FORMED} of a formed copy head; this run's model will likely copy from its context "
+            "poorly (docs/DEMO.md, Training: On another CPU)")
 
 
 def _finish(recipe: Recipe, model: Qwen35ForCausalLM, tok: Tokenizer, out: Path, history: list[dict], wall_s: float,

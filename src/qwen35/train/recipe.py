@@ -58,7 +58,6 @@ class Recipe:
     copy_length: int = 30  # random ids per drill, shown once and repeated
     copy_batch_tokens: int = 2048  # per drill step (half as many formed the copy head in one run of three)
     chat_drill_tokens: int = 0  # drills added to every chat step after them, so that the copy head stays general
-    extra_copy_steps: int = 0  # drill steps after copy_steps, at most, while no copy head has formed (loop.py)
     # data
     train_samples: int = 40_000
     vocab_samples: int = 20_000  # conversations the vocabulary is learnt from
@@ -111,9 +110,7 @@ DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.2
             ("smalltalk", 0.08), ("echo", 0.2), ("facts", 0.03))
 
 # The demo starts Gated DeltaNet's gate open and with 1,000 steps of induction drills, which give it a head that
-# copies from the context; with the drawn gate this shape never learns them (docs/LOG.md, 2026-12-04). Where
-# rounding (another CPU) or a seed forms that head late, up to 500 more drill steps until it has formed
-# (`extra_copy_steps`; none where the demo was trained: docs/LOG.md, 2026-12-07 second session). Its chat
+# copies from the context; with the drawn gate this shape never learns them (docs/LOG.md, 2026-12-04). Its chat
 # steps run each shared tool header once (`share_heads`), in 1,536 tokens a step: as many chats a step as 2,048
 # tokens of whole conversations, in three quarters of the time (docs/LOG.md, 2026-12-05 evening), and draw
 # tool chats in groups under one header (`tool_siblings`, synth/siblings.py). Every chat step also carries two
@@ -134,8 +131,7 @@ DEMO_MIX = (("arith", 0.55), ("convert", 0.18), ("followup", 0.18), ("tool", 0.2
 POLISH_MIX = tuple((kind, 0.5 if kind == "smalltalk" else weight) for kind, weight in DEMO_MIX)
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(name="demo", mix=DEMO_MIX, train_samples=50_000, steps=5600, gdn_gate=2.0, copy_steps=1000,
-                   extra_copy_steps=500, share_heads=True, batch_tokens=1536, tool_siblings=4, chat_drill_tokens=128,
-                   seed=2,
+                   share_heads=True, batch_tokens=1536, tool_siblings=4, chat_drill_tokens=128, seed=2,
                    polish=Polish(steps=200, samples=2400, mix=POLISH_MIX, lr=5e-5)),
     # a minute-long run of the same pipeline, for tests
     "smoke": Recipe(name="smoke", hidden_size=64, num_layers=4, attention_heads=2, kv_heads=1, head_dim=32,
