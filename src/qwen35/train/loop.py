@@ -372,8 +372,9 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_o
 
 def unformed_copy_head(history: list[dict]) -> str | None:
     """A warning when the induction drills that end with `history` have not formed a copy head, else None.
-    Where they formed it late (another CPU's rounding, or another seed), the chats that follow do not make up
-    for it: the demo recipe's model then copied paths and names from its context worse (docs/DEMO.md)."""
+    A late head is the first sign of a worse run (another CPU's rounding, or another seed): the demo recipe's
+    model then copied paths and names from its context worse, and drilling on until the head formed did not
+    mend it (docs/DEMO.md)."""
     recent = [h["loss"] for h in history[-DRILL_WINDOW:]]
     mean = sum(recent) / len(recent)
     if mean < DRILL_FORMED:
