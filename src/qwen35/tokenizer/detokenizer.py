@@ -2,10 +2,11 @@
 
 Qwen3.5 is byte-level BPE, so one character (CJK, emoji, accented letters) is often split over
 several tokens, and a token can end in the middle of a character. Decoding the whole sequence
-at every step and diffing is O(n) per token. Instead this keeps per-id bytes precomputed
-(`Tokenizer.token_bytes_table`) and feeds them to Python's incremental UTF-8 decoder, which
-holds back an incomplete trailing character until its last byte arrives. That is O(bytes of
-the new tokens) per step, and the concatenated output equals `Tokenizer.decode` of all ids:
+at every step and diffing is O(n) per token. Instead this reads each id's bytes
+(`Tokenizer.token_bytes_table`, each id converted once) and feeds them to Python's incremental
+UTF-8 decoder, which holds back an incomplete trailing character until its last byte arrives.
+That is O(bytes of the new tokens) per step, and the concatenated output equals
+`Tokenizer.decode` of all ids:
 
 * invalid bytes inside the stream become U+FFFD as soon as they are known to be invalid;
 * an incomplete character left at the end becomes U+FFFD on `flush()`;

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders
 
-from qwen35.tokenizer.vocab import bytes_to_unicode, load_vocab_tokenizer
+from qwen35.tokenizer.token_bytes import TokenBytes
+from qwen35.tokenizer.vocab import load_vocab_tokenizer
 
 log = logging.getLogger("qwen35.tokenizer")
 
@@ -110,7 +110,7 @@ class Tokenizer:
             t.content: i for i, t in sorted(backend.get_added_tokens_decoder().items()) if t.special
         }
         self.special_ids: frozenset[int] = frozenset(self.special_tokens.values())
-        self._token_bytes: list[bytes] | None = None
+        self._token_bytes: TokenBytes | None = None
 
     # ---- construction -------------------------------------------------------------------
 
@@ -191,34 +191,16 @@ class Tokenizer:
         return self.backend.id_to_token(token_id)
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes `token_id` decodes to (b"" for an id with no token). Precomputed for all ids."""
+        """The bytes `token_id` decodes to (b"" for an id with no token)."""
         table = self.token_bytes_table
         return table[token_id] if 0 <= token_id < len(table) else b""
 
     @property
-    def token_bytes_table(self) -> list[bytes]:
-        """`table[id]` = bytes of that token, as HF's ByteLevel decoder produces them."""
+    def token_bytes_table(self) -> TokenBytes:
+        """`table[id]` = bytes of that token, as HF's ByteLevel decoder produces them (converted on first use)."""
         if self._token_bytes is None:
-            self._token_bytes = self._build_token_bytes()
+            self._token_bytes = TokenBytes(self.backend, self.source)
         return self._token_bytes
-
-    def _build_token_bytes(self) -> list[bytes]:
-        if not isinstance(self.backend.decoder, decoders.ByteLevel):
-            raise ValueError(
-                f"{self.source}: per-token bytes need a byte-level BPE tokenizer (decoder ByteLevel), "
-                f"got decoder {type(self.backend.decoder).__name__}"
-            )
-        byte_of = {c: b for b, c in enumerate(bytes_to_unicode())}
-        vocab = self.backend.get_vocab(with_added_tokens=True)
-        table = [b""] * (max(vocab.values()) + 1)
-        for token, token_id in vocab.items():
-            try:
-                table[token_id] = bytes([byte_of[c] for c in token])
-            except KeyError:
-                # Same rule as the ByteLevel decoder: a token with a char outside the byte
-                # alphabet (an added token such as "a b") decodes to its own UTF-8.
-                table[token_id] = token.encode("utf-8")
-        return table
 
     # ---- special ids --------------------------------------------------------------------
 
