@@ -86,7 +86,7 @@ def worker(args) -> None:
 
     import torch
 
-    llm = LLM(args.model, dtype=args.dtype, max_model_len=1024, max_num_seqs=1, kv_cache_memory=256 << 20,
+    llm = LLM(args.model, dtype=args.dtype, max_model_len=4096, max_num_seqs=1, kv_cache_memory=256 << 20,
               threads=2 if args.policy == "old" else None)
     info = runtime.runtime_info()
     default_threads = torch.get_num_threads()
@@ -100,8 +100,8 @@ def worker(args) -> None:
         eng.step()  # prefill
         eng.step()
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds or n < 3:
-            eng.step()
+        while (time.perf_counter() - t0 < seconds or n < 3) and eng.has_unfinished():  # a small model can
+            eng.step()  # reach max_model_len within the phase: its steps after that would decode nothing
             n += 1
         dt = time.perf_counter() - t0
         eng.abort("bench")

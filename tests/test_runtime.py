@@ -70,6 +70,24 @@ def test_setup_is_idempotent_and_keeps_thread_count_unless_given(threads_restore
     assert runtime.setup(None)["threads"] == 2
 
 
+def test_a_small_model_gets_one_thread_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    small, large = runtime.SMALL_MODEL_PARAMS - 1, runtime.SMALL_MODEL_PARAMS
+    assert runtime.engine_threads(None, small) == 1
+    assert runtime.engine_threads(None, large) is None  # torch's one per core
+    assert runtime.engine_threads(3, small) == 3
+    assert runtime.engine_threads(None, small, {"OMP_NUM_THREADS": "2"}) is None
+
+
+def test_the_demo_engine_runs_on_one_thread(threads_restored, monkeypatch):
+    from qwen35.engine import LLM
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    LLM(max_model_len=64, max_num_seqs=1, kv_cache_memory=16 << 20)  # the embedded 3.5M-parameter model
+    assert torch.get_num_threads() == 1
+
+
 def test_ftz_reaches_openmp_workers_started_before_setup(threads_restored):
     torch.set_num_threads(2)
     torch.set_flush_denormal(False)

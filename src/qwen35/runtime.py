@@ -14,7 +14,8 @@ Two entry points:
   faster when the cores are free (docs/LOG.md). It only fills in variables the user has not set; call it
   before `import torch` to get the server's policy elsewhere.
 - `setup(threads)` runs when an engine starts; calling it again is harmless. It sets the torch thread count
-  (an explicit count, else the user's OMP_NUM_THREADS, else torch's default of one per core) and turns on
+  (`engine_threads`: an explicit count, else the user's OMP_NUM_THREADS, else one thread for a model under
+  `SMALL_MODEL_PARAMS`, else torch's default of one per core) and turns on
   flush-to-zero/denormals-are-zero (FTZ/DAZ) on the OpenMP worker threads, which only ever run torch ops.
   FTZ is per thread (MXCSR): `torch.set_flush_denormal` sets only the caller's, so workers started earlier
   keep computing with denormals (>10x slower per op).
@@ -55,6 +56,24 @@ def configure_env(environ: dict | None = None) -> dict[str, str]:
     if environ is None and set_now and "torch" in sys.modules:
         _late.extend(set_now)
     return set_now
+
+
+# Below this many parameters one torch thread decodes fastest: the ops are too small for a second thread to
+# pay for waking it (passive wait) or for its barriers. Measured on 2 cores (AMD EPYC, AVX2; docs/LOG.md,
+# 2026-12-07 third session): the 3.5M-parameter demo model decodes at 4.2-5.9 ms a token with one thread,
+# 7.4-13 ms with two under the server's passive wait; the 16M `tiny` preset 10.9 against 9.7 ms, the 0.75B
+# dense-0.8b 167 against 138 ms, where two threads win.
+SMALL_MODEL_PARAMS = 8_000_000
+
+
+def engine_threads(explicit: int | None, params: int, environ: dict | None = None) -> int | None:
+    """The torch thread count an engine sets for a model of `params` parameters: `explicit` when given; None
+    (leave torch's count: the user's OMP_NUM_THREADS, else one per core) unless the model is under
+    `SMALL_MODEL_PARAMS` and the user set no OMP_NUM_THREADS, which gives 1."""
+    if explicit:
+        return explicit
+    env = os.environ if environ is None else environ
+    return 1 if params < SMALL_MODEL_PARAMS and "OMP_NUM_THREADS" not in env else None
 
 
 def setup(threads: int | None = None) -> dict:

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from .. import runtime
-from ..config import ModelConfig
+from ..config import ModelConfig, param_count
 from ..parallel import launch
 from ..parallel.sharding import Shard
 from ..loading.checkpoint import has_mtp, load_model
@@ -102,11 +102,12 @@ class _Parent:
 class LLMEngine:
     def __init__(self, cfg: EngineConfig) -> None:
         par = cfg.parallel
-        # threads, flush-to-zero on every compute thread; the ranks on one machine share its cores
-        runtime.setup(cfg.threads or (max(1, (os.cpu_count() or 1) // par.per_node) if par.world_size > 1 else None))
-        self.cfg = cfg
         config = ModelConfig.from_dict(cfg.hf_config) if cfg.hf_config is not None else None
         config = config or ModelConfig.from_file(cfg.model)
+        # threads, flush-to-zero on every compute thread; the ranks on one machine share its cores
+        runtime.setup(max(1, (os.cpu_count() or 1) // par.per_node) if par.world_size > 1 and not cfg.threads
+                      else runtime.engine_threads(cfg.threads, param_count(config.text)))
+        self.cfg = cfg
         self.group, self.ranks = launch.start(cfg)
         if self.group.size > 1 and self.group.is_first:
             atexit.register(self.close)  # a live gloo group at interpreter exit aborts the process
