@@ -21,7 +21,8 @@ _BYTE_OF = {c: b for b, c in enumerate(bytes_to_unicode())}
 
 class TokenBytes(Sequence[bytes]):
     """`table[id]`: the bytes of token `id` (b"" for an id in range with no token); `len(table)` is one past
-    the largest id. Safe to share between threads: a slot is only ever filled with the same value."""
+    the largest id (of the model's vocabulary, numbered from 0 without gaps as BPE files are, and of the added
+    tokens). Safe to share between threads: a slot is only ever filled with the same value."""
 
     def __init__(self, backend: HFTokenizer, source: str) -> None:
         if not isinstance(backend.decoder, decoders.ByteLevel):
