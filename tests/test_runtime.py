@@ -84,8 +84,11 @@ def test_the_demo_engine_runs_on_one_thread(threads_restored, monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     torch.set_num_threads(2)
-    LLM(max_model_len=64, max_num_seqs=1, kv_cache_memory=16 << 20)  # the embedded 3.5M-parameter model
+    llm = LLM(max_model_len=64, max_num_seqs=1, kv_cache_memory=16 << 20)  # the embedded 3.5M-parameter model
     assert torch.get_num_threads() == 1
+    assert llm.engine.threads_note.startswith("1 torch thread (a model under 8M parameters")  # the banner's
+    llm = LLM(max_model_len=64, max_num_seqs=1, kv_cache_memory=16 << 20, threads=2)
+    assert torch.get_num_threads() == 2 and llm.engine.threads_note == "2 torch threads"
 
 
 def test_ftz_reaches_openmp_workers_started_before_setup(threads_restored):

@@ -48,6 +48,7 @@ class EngineInfo:
     vision: bool = False  # the vision tower is loaded: requests may carry images and video
     vision_note: str = "the checkpoint has no vision tower"  # what the banner says about media input
     parallel: str = "one rank"  # how the model is split across ranks (tensor / expert parallel)
+    threads: str = ""  # the engine's torch threads and why, for the banner ("2 torch threads")
 
 
 class EngineClient:

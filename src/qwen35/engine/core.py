@@ -23,7 +23,8 @@ def engine_info(engine: LLMEngine) -> EngineInfo:
                       hidden_size=text.hidden_size, is_moe=engine.model_cfg.is_moe, cache_plan=engine.plan.describe().replace(
                           "cache plan:", f"cache plan per rank ({engine.group.size} ranks):", engine.group.size > 1),
                       speculative=engine.speculation(), vision=engine.model.visual is not None,
-                      vision_note=engine.vision_note(), parallel=engine.parallel_note())
+                      vision_note=engine.vision_note(), parallel=engine.parallel_note(),
+                      threads=engine.threads_note)
 
 
 class EngineCore:

@@ -105,8 +105,12 @@ class LLMEngine:
         config = ModelConfig.from_dict(cfg.hf_config) if cfg.hf_config is not None else None
         config = config or ModelConfig.from_file(cfg.model)
         # threads, flush-to-zero on every compute thread; the ranks on one machine share its cores
-        runtime.setup(max(1, (os.cpu_count() or 1) // par.per_node) if par.world_size > 1 and not cfg.threads
-                      else runtime.engine_threads(cfg.threads, param_count(config.text)))
+        explicit = cfg.threads or (max(1, (os.cpu_count() or 1) // par.per_node) if par.world_size > 1 else None)
+        chosen = runtime.engine_threads(explicit, param_count(config.text))
+        threads = runtime.setup(chosen)["threads"]
+        self.threads_note = f"{threads} torch thread{'s' * (threads != 1)}" + (
+            f" (a model under {runtime.SMALL_MODEL_PARAMS // 10**6}M parameters decodes fastest on one; --threads N "
+            "to change)" if chosen and not explicit else "")
         self.cfg = cfg
         self.group, self.ranks = launch.start(cfg)
         if self.group.size > 1 and self.group.is_first:

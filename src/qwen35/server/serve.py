@@ -306,7 +306,7 @@ def banner(state, plan: ServePlan) -> str:
              f"(supports {plan.supported_len}); engine in {where}",
              f"  {info.cache_plan}",
              f"  speculative decoding: {info.speculative}",
-             f"  parallel: {info.parallel}",
+             f"  parallel: {info.parallel}" + (f"; {info.threads}" if info.threads else ""),
              f"  vision: {info.vision_note}"]
     if plan.embedded:
         from ..default_model import CAPABILITIES
