@@ -2,8 +2,10 @@
 // - AVX512 (BF16 + VNNI): bf16 weights in blocks of 4-8 rows x up to 4 input rows held in zmm accumulators,
 //   straight into vdpbf16ps; int8 and int4 weights against the inputs rounded to int8 per 32 values, with
 //   vpdpbusd (block_vnni); int8 rows whose K is not a multiple of 64 are widened to bf16 instead.
-// - AVX2 and plain C++: each weight row is dequantised to fp32 once and dotted with the fp32 inputs (the
-//   same source, compiled twice: once for AVX2+FMA, once for the baseline).
+// - AVX2: bf16 weights in blocks of 8 rows widened to fp32 in registers, FMAs with the fp32 inputs
+//   (bf16_block_avx2); int8 and int4 as the plain path.
+// - Plain C++ (and AVX2's int8/int4): each weight row is dequantised to fp32 once and dotted with the fp32
+//   inputs (the same source, compiled twice: once for AVX2+FMA, once for the baseline).
 // Every path streams each weight byte once per call: decode reads weights at the memory bandwidth.
 #include "gemm.h"
 
@@ -297,9 +299,46 @@ inline __attribute__((always_inline)) void matmul_rows_portable(const Weight& w,
   }
 }
 
+// bf16 weights on AVX2: blocks of NB rows widened to fp32 in registers, 8 lanes a load, each block dotted with
+// every input row while it is in L1 (NB independent FMA chains; no row buffer). The portable path above read
+// bf16 weights at under half the memory bandwidth for one input row, compute-bound (docs/KERNELS.md).
+QWEN35_AVX2 inline __m256 widen8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+
+QWEN35_AVX2 inline float sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+template <int NB>
+QWEN35_AVX2 void bf16_block_avx2(const Weight& w, int64_t n, const Rows& x, const Out& o) {
+  const int64_t K = w.K, K8 = K & ~int64_t(7);
+  const uint16_t* r[NB];
+  for (int i = 0; i < NB; ++i) r[i] = (const uint16_t*)w.row(n + i);
+  for (int64_t m = 0; m < x.M; ++m) {
+    const float* xm = x.x32 + m * K;
+    __m256 acc[NB];
+    for (int i = 0; i < NB; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K8; k += 8) {
+      const __m256 xv = _mm256_loadu_ps(xm + k);
+      for (int i = 0; i < NB; ++i) acc[i] = _mm256_fmadd_ps(widen8(r[i] + k), xv, acc[i]);
+    }
+    for (int i = 0; i < NB; ++i) {
+      float v = sum8(acc[i]);
+      for (int64_t k = K8; k < K; ++k) v += bf16_to_float(r[i][k]) * xm[k];
+      store(o, m, n + i, v);
+    }
+  }
+}
+
 QWEN35_AVX2 __attribute__((flatten)) void matmul_rows_avx2(const Weight& w, int64_t n0, int64_t n1,
                                                            const Rows& x, const Out& o) {
-  matmul_rows_portable(w, n0, n1, x, o);
+  if (w.fmt != Fmt::kBf16) return matmul_rows_portable(w, n0, n1, x, o);
+  int64_t n = n0;
+  for (; n + 8 <= n1; n += 8) bf16_block_avx2<8>(w, n, x, o);
+  for (; n < n1; ++n) bf16_block_avx2<1>(w, n, x, o);
 }
 
 __attribute__((flatten)) void matmul_rows_scalar(const Weight& w, int64_t n0, int64_t n1, const Rows& x,
