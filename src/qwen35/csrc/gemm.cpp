@@ -299,9 +299,9 @@ inline __attribute__((always_inline)) void matmul_rows_portable(const Weight& w,
   }
 }
 
-// bf16 weights on AVX2: blocks of NB rows widened to fp32 in registers, 8 lanes a load, each block dotted with
-// every input row while it is in L1 (NB independent FMA chains; no row buffer). The portable path above read
-// bf16 weights at under half the memory bandwidth for one input row, compute-bound (docs/KERNELS.md).
+// bf16 weights on AVX2: blocks of weight rows widened to fp32 in registers, 8 lanes a load, straight into FMAs
+// with the fp32 inputs (no row buffer). The portable path above read bf16 weights at under half the memory
+// bandwidth for one input row, compute-bound (docs/KERNELS.md).
 QWEN35_AVX2 inline __m256 widen8(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
@@ -312,33 +312,52 @@ QWEN35_AVX2 inline float sum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
-template <int NB>
-QWEN35_AVX2 void bf16_block_avx2(const Weight& w, int64_t n, const Rows& x, const Out& o) {
+// Output rows [n, n + NB) for input rows [m, m + MB): each block of weights is widened once per 8 columns and
+// used for MB inputs. Every output is the same sum in the same order whatever NB, MB and the batch are.
+template <int NB, int MB>
+QWEN35_AVX2 void bf16_block_avx2(const Weight& w, int64_t n, const Rows& x, int64_t m, const Out& o) {
   const int64_t K = w.K, K8 = K & ~int64_t(7);
   const uint16_t* r[NB];
   for (int i = 0; i < NB; ++i) r[i] = (const uint16_t*)w.row(n + i);
-  for (int64_t m = 0; m < x.M; ++m) {
-    const float* xm = x.x32 + m * K;
-    __m256 acc[NB];
-    for (int i = 0; i < NB; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K8; k += 8) {
-      const __m256 xv = _mm256_loadu_ps(xm + k);
-      for (int i = 0; i < NB; ++i) acc[i] = _mm256_fmadd_ps(widen8(r[i] + k), xv, acc[i]);
-    }
-    for (int i = 0; i < NB; ++i) {
-      float v = sum8(acc[i]);
-      for (int64_t k = K8; k < K; ++k) v += bf16_to_float(r[i][k]) * xm[k];
-      store(o, m, n + i, v);
+  const float* xm[MB];
+  for (int j = 0; j < MB; ++j) xm[j] = x.x32 + (m + j) * K;
+  __m256 acc[NB][MB];
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K8; k += 8) {
+    __m256 wv[NB];
+    for (int i = 0; i < NB; ++i) wv[i] = widen8(r[i] + k);
+    for (int j = 0; j < MB; ++j) {
+      const __m256 xv = _mm256_loadu_ps(xm[j] + k);
+      for (int i = 0; i < NB; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
     }
   }
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) {
+      float v = sum8(acc[i][j]);
+      for (int64_t k = K8; k < K; ++k) v += bf16_to_float(r[i][k]) * xm[j][k];
+      store(o, m + j, n + i, v);
+    }
+}
+
+// All input rows for output rows [n, n + NB): pairs of inputs (NB x 2 accumulators), then the odd one.
+template <int NB>
+QWEN35_AVX2 void bf16_rows_avx2(const Weight& w, int64_t n, const Rows& x, const Out& o) {
+  int64_t m = 0;
+  for (; m + 2 <= x.M; m += 2) bf16_block_avx2<NB, 2>(w, n, x, m, o);
+  if (m < x.M) bf16_block_avx2<NB, 1>(w, n, x, m, o);
 }
 
 QWEN35_AVX2 __attribute__((flatten)) void matmul_rows_avx2(const Weight& w, int64_t n0, int64_t n1,
                                                            const Rows& x, const Out& o) {
   if (w.fmt != Fmt::kBf16) return matmul_rows_portable(w, n0, n1, x, o);
   int64_t n = n0;
-  for (; n + 8 <= n1; n += 8) bf16_block_avx2<8>(w, n, x, o);
-  for (; n < n1; ++n) bf16_block_avx2<1>(w, n, x, o);
+  if (x.M == 1) {  // 8 FMA chains
+    for (; n + 8 <= n1; n += 8) bf16_rows_avx2<8>(w, n, x, o);
+  } else {  // 4 rows x 2 inputs: 8 chains, 8 + 4 + 1 of the 16 vector registers
+    for (; n + 4 <= n1; n += 4) bf16_rows_avx2<4>(w, n, x, o);
+  }
+  for (; n < n1; ++n) bf16_rows_avx2<1>(w, n, x, o);
 }
 
 __attribute__((flatten)) void matmul_rows_scalar(const Weight& w, int64_t n0, int64_t n1, const Rows& x,
