@@ -39,6 +39,18 @@ def test_int4(isa, M, group, zeros):
     _close(lib.gemm_int4(x, q, s, z, group), want)
 
 
+@pytest.mark.parametrize("K", [1024, 130])
+def test_bf16_rows_do_not_depend_on_the_batch_on_avx2_and_plain(isa, K):
+    # csrc/gemm.cpp: each output is one sum in one order, whether its input row comes alone or with 8 others
+    if isa == "avx512_bf16":
+        pytest.skip("the AVX512 blocks are not claimed batch-invariant")
+    g = torch.Generator().manual_seed(K)
+    x, w = torch.randn(9, K, generator=g).bfloat16(), torch.randn(37, K, generator=g).bfloat16()
+    alone = torch.cat([lib.gemm_bf16(x[i:i + 1], w) for i in range(9)])
+    assert torch.equal(lib.gemm_bf16(x, w), alone)
+    assert torch.equal(lib.gemm_bf16(x[:4], w), alone[:4])
+
+
 def test_strided_rows_and_bf16_output():
     """x may be a row slice of a wider tensor (a split of a fused projection); the output is x's dtype."""
     w = torch.randn(16, 64).bfloat16()
