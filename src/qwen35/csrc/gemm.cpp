@@ -2,8 +2,8 @@
 // - AVX512 (BF16 + VNNI): bf16 weights in blocks of 4-8 rows x up to 4 input rows held in zmm accumulators,
 //   straight into vdpbf16ps; int8 and int4 weights against the inputs rounded to int8 per 32 values, with
 //   vpdpbusd (block_vnni); int8 rows whose K is not a multiple of 64 are widened to bf16 instead.
-// - AVX2: bf16 weights in blocks of 8 rows widened to fp32 in registers, FMAs with the fp32 inputs
-//   (bf16_block_avx2); int8 and int4 as the plain path.
+// - AVX2: bf16 weights in blocks of 8 rows (one input row) or 4 rows x 2 input rows, widened to fp32 in
+//   registers straight into FMAs with the fp32 inputs (bf16_block_avx2); int8 and int4 as the plain path.
 // - Plain C++ (and AVX2's int8/int4): each weight row is dequantised to fp32 once and dotted with the fp32
 //   inputs (the same source, compiled twice: once for AVX2+FMA, once for the baseline).
 // Every path streams each weight byte once per call: decode reads weights at the memory bandwidth.
