@@ -5,8 +5,9 @@
 For each weight shape of dense-0.8b (and the lm_head) it cycles through copies of the weight totalling
 `--gbytes` (far beyond the caches, so every call streams from memory as in a decode step) and prints the
 weight bytes read per second for: ours (bf16, int8, int4), `torch.mv` (one row), `F.linear` on the plain
-weight, and oneDNN's packed layout (where it can pack bf16). The fraction of the measured bandwidth is what issue 10 asks for (>= 0.85
-for bf16). Prints the CPU model and bandwidth first; the last line is one JSON object.
+weight, and oneDNN's packed layout (where it can pack bf16). The fraction of the measured bandwidth is what
+issue 10 asks for (>= 0.85 for bf16). Prints the CPU model and bandwidth first; the last line is one JSON
+object.
 """
 
 from __future__ import annotations
