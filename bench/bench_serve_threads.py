@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +27,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from machine import describe  # noqa: E402
 
+from qwen35.parallel.launch import free_port  # noqa: E402
+
 QWEN35 = str(Path(sys.executable).parent / "qwen35")
 MESSAGES = [{"role": "user", "content": "What is 23 + 19?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ms_per_token(model: str | None, threads: str, tokens: int, reps: int) -> float:

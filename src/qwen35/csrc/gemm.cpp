@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "simd.h"
 
 namespace qwen35 {
 namespace {
@@ -302,10 +303,6 @@ inline __attribute__((always_inline)) void matmul_rows_portable(const Weight& w,
 // bf16 weights on AVX2: blocks of weight rows widened to fp32 in registers, 8 lanes a load, straight into FMAs
 // with the fp32 inputs (no row buffer). The portable path above read bf16 weights at under half the memory
 // bandwidth for one input row, compute-bound (docs/KERNELS.md).
-QWEN35_AVX2 inline __m256 widen8(const uint16_t* p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-
 QWEN35_AVX2 inline float sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -326,7 +323,7 @@ QWEN35_AVX2 void bf16_block_avx2(const Weight& w, int64_t n, const Rows& x, int6
     for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K8; k += 8) {
     __m256 wv[NB];
-    for (int i = 0; i < NB; ++i) wv[i] = widen8(r[i] + k);
+    for (int i = 0; i < NB; ++i) wv[i] = load8(r[i] + k);
     for (int j = 0; j < MB; ++j) {
       const __m256 xv = _mm256_loadu_ps(xm[j] + k);
       for (int i = 0; i < NB; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);

@@ -1,5 +1,5 @@
-// Vector helpers shared by the elementwise kernels (fused.cpp, vision.cpp): AVX512 exp, bf16/fp32 loads and
-// stores of 16 lanes, and the macro that compiles a portable body three times (AVX512, AVX2+FMA, baseline).
+// Vector helpers shared by the kernels (fused.cpp, vision.cpp, gemm.cpp): AVX512 exp, bf16/fp32 loads of 8 and
+// 16 lanes and stores of 16, and the macro that compiles a portable body three times (AVX512, AVX2+FMA, baseline).
 #pragma once
 #include <immintrin.h>
 
@@ -29,6 +29,12 @@ QWEN35_AVX512 inline __m512 exp512(__m512 x) {
 
 QWEN35_AVX512 inline __m512 silu512(__m512 x) {
   return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// 8 floats, or 8 bf16 widened to fp32 (a shift of each 16-bit value), for the AVX2 paths
+QWEN35_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+QWEN35_AVX2 inline __m256 load8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 
 QWEN35_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }

@@ -169,10 +169,6 @@ QWEN35_AVX2 inline __m256 exp256(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-QWEN35_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-QWEN35_AVX2 inline __m256 load8(const uint16_t* p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
 // fp32 -> the upper 16 bits rounded to nearest even (NaNs here come from bf16 inputs and stay NaN)
 QWEN35_AVX2 inline __m256i bf16_bits8(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
