@@ -122,7 +122,7 @@ def main() -> None:
     from bench_model import checkpoint
     from machine import describe
 
-    from qwen35.default_model import cache_root
+    from machine import cache_root
 
     ours = checkpoint(args)
     hf = hf_checkpoint(ours, Path(args.hf_dir) if args.hf_dir else cache_root() / f"bench-hf-{args.preset}")

@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import DTYPES, QUANT_FORMATS, checkpoint, decode_weight_bytes  # noqa: E402
-from machine import cpu_model, memory_bandwidth  # noqa: E402
+from machine import cache_root, cpu_model, memory_bandwidth  # noqa: E402
 
 GGUF_TYPES = {"bf16": "BF16", "int8": "Q8_0", "int4": "Q4_0"}
 LLAMA_CASES = ("single", "prefill2048")
@@ -183,7 +183,6 @@ def llama_cpp_source(explicit: str | None) -> Path:
     if explicit:
         return Path(explicit)
     import llama_cpp
-    from qwen35.default_model import cache_root
 
     version = llama_cpp.__version__
     root = cache_root() / f"llama-cpp-python-{version}-src"

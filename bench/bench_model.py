@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_model, memory_bandwidth  # noqa: E402
+from machine import cache_root, cpu_model, memory_bandwidth  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -32,7 +32,6 @@ def checkpoint(args) -> Path:
     if args.model:
         return Path(args.model)
     from qwen35.config import preset
-    from qwen35.default_model import cache_root
     from qwen35.loading.writer import write_random_checkpoint
 
     path = cache_root() / f"bench-{args.preset}"

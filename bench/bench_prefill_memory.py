@@ -20,7 +20,7 @@ from pathlib import Path
 
 GIB = 1 << 30
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_model  # noqa: E402
+from machine import cache_root, cpu_model  # noqa: E402
 
 
 def peak_rss() -> int:
@@ -38,7 +38,6 @@ def checkpoint(model: str | None) -> Path:
     if model:
         return Path(model)
     from qwen35.config import preset
-    from qwen35.default_model import cache_root
     from qwen35.loading.writer import write_random_checkpoint
 
     path = cache_root() / "bench-dense-0.8b"  # the checkpoint bench_model.py makes too

@@ -34,11 +34,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_model, memory_bandwidth  # noqa: E402
+from machine import cache_root, cpu_model, memory_bandwidth  # noqa: E402
 
 
 def default_paths() -> tuple[Path, Path]:
-    from qwen35.default_model import cache_root
 
     return cache_root() / "bench-tiny-mtp", cache_root() / "bench-dense-0.8b"
 

@@ -1,14 +1,21 @@
 """The machine a benchmark ran on: every bench prints these beside its ratios (timings differ 3x between hosts);
-and `timed`, the best-of-n wall time every bench uses."""
+`timed`, the best-of-n wall time every bench uses; and `cache_root`, where benches keep what they write."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from qwen35.runtime import cpu_model  # noqa: F401  (the benches read it from here)
+
+
+def cache_root() -> Path:
+    """Where benches keep the checkpoints and builds they make once: $QWEN35_CACHE, or ~/.cache/qwen35."""
+    return Path(os.environ.get("QWEN35_CACHE") or Path.home() / ".cache" / "qwen35")
 
 
 def memory_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:

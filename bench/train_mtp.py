@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from machine import cache_root, describe  # noqa: E402
 
 from qwen35.loading.checkpoint import load_model, shard_files  # noqa: E402
 from qwen35.loading.names import MTP, map_name  # noqa: E402
@@ -76,7 +76,6 @@ def checkpoint(args) -> Path:
     if args.model:
         return Path(args.model)
     from qwen35.config import preset
-    from qwen35.default_model import cache_root
     from qwen35.loading.writer import write_random_checkpoint
 
     path = cache_root() / f"bench-{args.preset}"
@@ -89,7 +88,6 @@ def checkpoint(args) -> Path:
 def output_dir(args, src: Path) -> Path:
     if args.out:
         return Path(args.out)
-    from qwen35.default_model import cache_root
 
     return cache_root() / f"{src.name}-mtp"
 
