@@ -22,33 +22,39 @@ def test_bf16_and_int8(isa, M, N, K):
     x, w = torch.randn(M, K, generator=g).bfloat16(), torch.randn(N, K, generator=g).bfloat16()
     _close(lib.gemm_bf16(x, w), x.float() @ w.float().T)
     q, s = quant.quantize_int8(w)
-    q8 = isa == "avx512_bf16" and K % 64 == 0  # these kernels round x to int8 per 32 inputs
+    q8 = isa != "scalar" and K % 64 == 0  # these kernels round x to int8 per 32 inputs
     _close(lib.gemm_int8(x, q, s), quant.matmul_ref(x, "int8", q, s, q8_inputs=q8).float())
 
 
 @pytest.mark.parametrize("M", [1, 2, 3, 6])
-@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("group", [32, 64, 96, 128])  # 96: a group that ends inside a block of 64 inputs
 @pytest.mark.parametrize("zeros", [False, True])
 def test_int4(isa, M, group, zeros):
-    N, K = 37, 256
+    N, K = 37, 384
     g = torch.Generator().manual_seed(M + group)
     x, w = torch.randn(M, K, generator=g).bfloat16(), torch.randn(N, K, generator=g)
     q, s = quant.quantize_int4(w, group)
     z = torch.randint(0, 16, s.shape, dtype=torch.uint8, generator=g) if zeros else None
-    want = quant.matmul_ref(x, "int4", q, s, z, q8_inputs=isa == "avx512_bf16").float()
+    want = quant.matmul_ref(x, "int4", q, s, z, q8_inputs=isa != "scalar").float()
     _close(lib.gemm_int4(x, q, s, z, group), want)
 
 
-@pytest.mark.parametrize("K", [1024, 130])
-def test_bf16_rows_do_not_depend_on_the_batch_on_avx2_and_plain(isa, K):
+@pytest.mark.parametrize("fmt,K", [("bf16", 1024), ("bf16", 130), ("int8", 1024), ("int8", 130), ("int4", 1024)])
+def test_rows_do_not_depend_on_the_batch_on_avx2_and_plain(isa, fmt, K):
     # csrc/gemm.cpp: each output is one sum in one order, whether its input row comes alone or with 8 others
     if isa == "avx512_bf16":
         pytest.skip("the AVX512 blocks are not claimed batch-invariant")
     g = torch.Generator().manual_seed(K)
-    x, w = torch.randn(9, K, generator=g).bfloat16(), torch.randn(37, K, generator=g).bfloat16()
-    alone = torch.cat([lib.gemm_bf16(x[i:i + 1], w) for i in range(9)])
-    assert torch.equal(lib.gemm_bf16(x, w), alone)
-    assert torch.equal(lib.gemm_bf16(x[:4], w), alone[:4])
+    x, w = torch.randn(9, K, generator=g).bfloat16(), torch.randn(37, K, generator=g)
+    if fmt == "bf16":
+        run = lambda rows: lib.gemm_bf16(rows, w.bfloat16())  # noqa: E731
+    elif fmt == "int8":
+        run = lambda rows: lib.gemm_int8(rows, *quant.quantize_int8(w))  # noqa: E731
+    else:
+        run = lambda rows: lib.gemm_int4(rows, *quant.quantize_int4(w, 64), None, 64)  # noqa: E731
+    alone = torch.cat([run(x[i:i + 1]) for i in range(9)])
+    assert torch.equal(run(x), alone)
+    assert torch.equal(run(x[:4]), alone[:4])
 
 
 def test_strided_rows_and_bf16_output():
@@ -61,10 +67,10 @@ def test_strided_rows_and_bf16_output():
     _close(y, x.float() @ w.float().T)
 
 
-def test_q8_activations_are_what_the_avx512_kernels_compute():
+def test_q8_activations_are_what_the_avx512_and_avx2_kernels_compute(isa):
     """Tight agreement with the reference that rounds x as the kernels do; 1-2% from the unrounded one."""
-    if native.isa() != "avx512_bf16":
-        pytest.skip("the int8-input kernels are the AVX512 path")
+    if isa == "scalar":
+        pytest.skip("the plain kernels widen the weights and keep x")
     g = torch.Generator().manual_seed(5)
     x, w = torch.randn(3, 256, generator=g).bfloat16(), torch.randn(40, 256, generator=g)
     for fmt in ("int8", "int4"):
@@ -126,8 +132,8 @@ def test_moe_experts_read_only_the_routed_experts_and_match_the_loop(isa, T, fmt
         (q1, s1), (q2, s2) = quant.quantize_int4(gu), quant.quantize_int4(dn)
         args, ref_w = (q1, s1, None, q2, s2, None, 32), (quant.dequantize_int4(q1, s1), quant.dequantize_int4(q2, s2))
     want = moe.experts_ref(x.float(), ref_w[0].float(), ref_w[1].float(), w, ids)
-    # quantised experts on AVX512 see their inputs rounded to int8 per 32 (quant.q8_activations)
-    _close(lib.moe_experts(x, ids, w, *args), want, tol=1e-2 if fmt == "bf16" or isa != "avx512_bf16" else 3e-2)
+    # quantised experts on AVX512 and AVX2 see their inputs rounded to int8 per 32 (quant.q8_activations)
+    _close(lib.moe_experts(x, ids, w, *args), want, tol=1e-2 if fmt == "bf16" or isa == "scalar" else 3e-2)
 
 
 def test_moe_experts_refuse_bad_ids():

@@ -3,9 +3,10 @@
 //   straight into vdpbf16ps; int8 and int4 weights against the inputs rounded to int8 per 32 values, with
 //   vpdpbusd (block_vnni); int8 rows whose K is not a multiple of 64 are widened to bf16 instead.
 // - AVX2: bf16 weights in blocks of 8 rows (one input row) or 4 rows x 2 input rows, widened to fp32 in
-//   registers straight into FMAs with the fp32 inputs (bf16_block_avx2); int8 and int4 as the plain path.
-// - Plain C++ (and AVX2's int8/int4): each weight row is dequantised to fp32 once and dotted with the fp32
-//   inputs (the same source, compiled twice: once for AVX2+FMA, once for the baseline).
+//   registers straight into FMAs with the fp32 inputs (bf16_block_avx2); int8 and int4 against the inputs
+//   rounded to int8 as for VNNI, with vpmaddubsw + vpmaddwd (quant_block_avx2).
+// - Plain C++ (and AVX2's int8 when K is not a multiple of 64): each weight row is dequantised to fp32 once and
+//   dotted with the fp32 inputs (the same source, compiled twice: once for AVX2+FMA, once for the baseline).
 // Every path streams each weight byte once per call: decode reads weights at the memory bandwidth.
 #include "gemm.h"
 
@@ -323,6 +324,8 @@ QWEN35_AVX2 void bf16_block_avx2(const Weight& w, int64_t n, const Rows& x, int6
     for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K8; k += 8) {
     __m256 wv[NB];
+    if ((k & 31) == 0)  // once a cache line: the rows the next block reads (see quant_block_avx2)
+      for (int i = 0; i < NB; ++i) _mm_prefetch((const char*)(r[i] + NB * K + k), _MM_HINT_T0);
     for (int i = 0; i < NB; ++i) wv[i] = load8(r[i] + k);
     for (int j = 0; j < MB; ++j) {
       const __m256 xv = _mm256_loadu_ps(xm[j] + k);
@@ -345,8 +348,134 @@ QWEN35_AVX2 void bf16_rows_avx2(const Weight& w, int64_t n, const Rows& x, const
   if (m < x.M) bf16_block_avx2<NB, 1>(w, n, x, m, o);
 }
 
+// int8 and int4 rows on AVX2 (K a multiple of 64), against the inputs rounded to int8 per block of 32 as for
+// VNNI (quantize_rows). vpmaddubsw multiplies unsigned by signed bytes into 16-bit pair sums and vpmaddwd with
+// ones adds pairs into 32-bit lanes of 4 products, what one vpdpbusd lane holds; the integer sums are exact.
+// int8 weights go in as |w| with w's sign moved onto x (|w| <= 128, |x| <= 127: no pair sum saturates, where
+// VNNI's w + 128 would); int4 nibbles are unsigned already and their zero point comes off per group, as on
+// AVX512. Widening the weights to fp32 instead (the plain path) ran at 0.5 (int8) and 0.16 (int4) of the memory
+// bandwidth for one input row. Each output is one sum in one order whatever NB, MB and the batch are.
+QWEN35_AVX2 inline __m256 dot32(__m256i u, __m256i s) {
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+// int4: the fp32 scales of weight rows [n, n + NB) into sf [NB, groups] (one conversion per row and call) and
+// each row's zero-point offset for input row m: int4_zero_offset (above).
+template <int NB>
+QWEN35_AVX2 void int4_scales_avx2(const Weight& w, int64_t n, float* sf) {
+  const int64_t ng = w.groups();
+  for (int i = 0; i < NB; ++i) {
+    const uint16_t* s = w.scale16 + (n + i) * ng;
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8)
+      _mm256_storeu_ps(sf + i * ng + g, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + g))));
+    for (; g < ng; ++g) sf[i * ng + g] = _cvtsh_ss(s[g]);
+  }
+}
+
+QWEN35_AVX2 float int4_zero_offset_avx2(const Weight& w, int64_t n, const float* sf, const float* c) {
+  const int64_t ng = w.groups();
+  const uint8_t* z = w.zeros ? w.zeros + n * ng : nullptr;
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= ng; g += 8) {
+    const __m256 zv = z ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(z + g))))
+                        : _mm256_set1_ps(8.0f);
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(sf + g), zv), _mm256_loadu_ps(c + g), acc);
+  }
+  float r = sum8(acc);
+  for (; g < ng; ++g) r += sf[g] * (z ? float(z[g]) : 8.0f) * c[g];
+  return r;
+}
+
+// Output rows [n, n + NB) for input rows [m, m + MB); sf: int4_scales_avx2 of these weight rows.
+template <Fmt F, int NB, int MB>
+QWEN35_AVX2 void quant_block_avx2(const Weight& w, int64_t n, const Rows& x, int64_t m, const float* sf,
+                                  const Out& o) {
+  const int64_t K = w.K, G = w.group, ng = w.groups();
+  __m256 acc[NB][MB];
+#pragma GCC unroll 8
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  int64_t g = 0, left = G / 32;  // int4: the group of the next half block of 32 inputs, and its halves left
+  for (int64_t k0 = 0; k0 < K; k0 += 64) {
+    int64_t gh[2] = {};  // int4: each half's group (no division in the loop)
+    if constexpr (F == Fmt::kInt4)
+      for (int h = 0; h < 2; ++h) {
+        gh[h] = g;
+        if (--left == 0) ++g, left = G / 32;
+      }
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) {
+      const uint8_t* r = w.row(n + i);
+      // the same place in the row NB rows on, which the next block reads: without it int4 read at 0.4 of bf16's
+      // bytes a second from memory, int8 at 0.8, and bf16 (bf16_block_avx2) the lm_head at 20 GB/s, not 24
+      // (AVX2-only AMD EPYC): the hardware prefetcher alone does not keep 8 streams ahead
+      _mm_prefetch((const char*)(r + NB * w.row_bytes + (F == Fmt::kInt8 ? k0 : k0 / 2)), _MM_HINT_T0);
+      __m256i wv[2], uv[2];  // the 64 weights as signed (int8) and as the unsigned multiplicand
+      if constexpr (F == Fmt::kInt8) {
+#pragma GCC unroll 8
+        for (int h = 0; h < 2; ++h) {
+          wv[h] = _mm256_loadu_si256((const __m256i*)(r + k0 + 32 * h));
+          uv[h] = _mm256_abs_epi8(wv[h]);
+        }
+      } else {
+        const __m256i b = _mm256_loadu_si256((const __m256i*)(r + k0 / 2));
+        uv[0] = _mm256_and_si256(b, low);
+        uv[1] = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < MB; ++j)
+#pragma GCC unroll 8
+        for (int h = 0; h < 2; ++h) {
+          const int64_t k = k0 + 32 * h;
+          __m256i xv = _mm256_loadu_si256((const __m256i*)(x.xq + (m + j) * K + k));
+          const __m256 d = _mm256_loadu_ps(x.xscale + (m + j) * (K / 4) + k / 4);  // the block's scale x 8
+          if constexpr (F == Fmt::kInt8) {
+            xv = _mm256_sign_epi8(xv, wv[h]);
+            acc[i][j] = _mm256_fmadd_ps(dot32(uv[h], xv), d, acc[i][j]);
+          } else {
+            acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dot32(uv[h], xv), d), _mm256_broadcast_ss(sf + i * ng + gh[h]),
+                                        acc[i][j]);
+          }
+        }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < MB; ++j)
+      store(o, m + j, n + i,
+            F == Fmt::kInt8 ? sum8(acc[i][j]) * w.scale[n + i]
+                            : sum8(acc[i][j]) - int4_zero_offset_avx2(w, n + i, sf + i * ng, x.xcorr + (m + j) * ng));
+}
+
+// All input rows for output rows [n, n + NB): pairs of inputs, then the odd one. sf: room for NB rows' scales.
+template <Fmt F, int NB>
+QWEN35_AVX2 void quant_rows_avx2(const Weight& w, int64_t n, const Rows& x, float* sf, const Out& o) {
+  if constexpr (F == Fmt::kInt4) int4_scales_avx2<NB>(w, n, sf);
+  int64_t m = 0;
+  for (; m + 2 <= x.M; m += 2) quant_block_avx2<F, NB, 2>(w, n, x, m, sf, o);
+  if (m < x.M) quant_block_avx2<F, NB, 1>(w, n, x, m, sf, o);
+}
+
+template <Fmt F>
+QWEN35_AVX2 void matmul_quant_avx2(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const Out& o) {
+  std::vector<float> sf(F == Fmt::kInt4 ? 8 * w.groups() : 0);
+  int64_t n = n0;
+  if (x.M == 1)
+    for (; n + 8 <= n1; n += 8) quant_rows_avx2<F, 8>(w, n, x, sf.data(), o);
+  for (; n + 4 <= n1; n += 4) quant_rows_avx2<F, 4>(w, n, x, sf.data(), o);
+  for (; n < n1; ++n) quant_rows_avx2<F, 1>(w, n, x, sf.data(), o);
+}
+
 QWEN35_AVX2 __attribute__((flatten)) void matmul_rows_avx2(const Weight& w, int64_t n0, int64_t n1,
                                                            const Rows& x, const Out& o) {
+  if (w.fmt != Fmt::kBf16 && x.xq)
+    return w.fmt == Fmt::kInt8 ? matmul_quant_avx2<Fmt::kInt8>(w, n0, n1, x, o)
+                               : matmul_quant_avx2<Fmt::kInt4>(w, n0, n1, x, o);
   if (w.fmt != Fmt::kBf16) return matmul_rows_portable(w, n0, n1, x, o);
   int64_t n = n0;
   if (x.M == 1) {  // 8 FMA chains
@@ -416,9 +545,9 @@ Weight weight_view(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
   return v;
 }
 
-// The inputs as int8 per block of 32 for the VNNI kernels: xq, the block scale repeated for each 4-input
-// lane, and the offsets the kernels subtract (int8: 128 * sum_b scale_b * sum(xq_b) per row; int4: per weight
-// group, sum over its blocks of scale_b * sum(xq_b)).
+// The inputs as int8 per block of 32 for the VNNI and AVX2 int8/int4 kernels: xq, the block scale repeated for
+// each 4-input lane, and the offsets the kernels subtract (int8 on AVX512: 128 * sum_b scale_b * sum(xq_b) per
+// row; int4: per weight group, sum over its blocks of scale_b * sum(xq_b)).
 void quantize_rows(const at::Tensor& x, const Weight& w, Rows& r, RowsStorage& keep) {
   const int64_t M = r.M, K = w.K, nb = K / 32, ng = w.fmt == Fmt::kInt4 ? w.groups() : 1;
   keep.xq = at::empty({M, K}, x.options().dtype(at::kChar));
@@ -452,11 +581,11 @@ Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep) {
   check(x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] bf16 rows");
   check(x.size(1) == w.K, "x has " + std::to_string(x.size(1)) + " columns, weight expects " + std::to_string(w.K));
   Rows r{(const uint16_t*)x.data_ptr(), x.size(0), x.stride(0)};
-  if (current_isa() != Isa::kAvx512Bf16) {
+  if (current_isa() != Isa::kScalar && w.fmt != Fmt::kBf16 && w.K % 64 == 0) {  // always int4 (weight_view)
+    quantize_rows(x, w, r, keep);
+  } else if (current_isa() != Isa::kAvx512Bf16) {
     keep.x32 = x.to(at::kFloat).contiguous();
     r.x32 = keep.x32.data_ptr<float>();
-  } else if (w.fmt != Fmt::kBf16 && w.K % 64 == 0) {  // always for int4 (weight_view checks K % 64)
-    quantize_rows(x, w, r, keep);
   }
   return r;
 }

@@ -149,15 +149,15 @@ def matmul(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
 def matmul_ref(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
                zeros: torch.Tensor | None = None, q8_inputs: bool = False) -> torch.Tensor:
     """Reference: fp32 matmul with the dequantised weight, cast to x's dtype. `q8_inputs`: with x rounded
-    as the AVX512 kernels round it (`q8_activations`)."""
+    as the AVX512 and AVX2 kernels round it (`q8_activations`)."""
     xf = q8_activations(x) if q8_inputs else x.float()
     return (xf @ dequantize(fmt, q, scale, zeros).T).to(x.dtype)
 
 
 def q8_activations(x: torch.Tensor) -> torch.Tensor:
-    """x [M, K] (K % 32 == 0) as the AVX512 int8/int4 kernels see it: int8 per block of 32 inputs with scale
-    max|x| / 127 (llama.cpp's Q8_0 rule for activations), back in fp32. Their vpdpbusd does 64 multiply-adds
-    per instruction where widened weights and FMAs made decode compute-bound (docs/KERNELS.md)."""
+    """x [M, K] (K % 32 == 0) as the AVX512 and AVX2 int8/int4 kernels see it: int8 per block of 32 inputs with
+    scale max|x| / 127 (llama.cpp's Q8_0 rule for activations), back in fp32. Their integer multiply-adds
+    (vpdpbusd, vpmaddubsw) go where widened weights and FMAs made decode compute-bound (docs/KERNELS.md)."""
     b = x.float().reshape(*x.shape[:-1], -1, 32)
     d = b.abs().amax(-1, keepdim=True) / 127.0
     q = torch.where(d > 0, torch.round(b / torch.where(d > 0, d, 1.0)), 0.0)
