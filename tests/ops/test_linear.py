@@ -70,3 +70,21 @@ def test_prefer_packed_measures_only_where_our_kernel_applies():
     assert ops_linear.prefer_packed([torch.randn(64, 32)])  # fp32: always packed
     w = [torch.randn(64, 32).bfloat16() for _ in range(3)]
     assert ops_linear.prefer_packed(w) in (True, False)
+
+
+def test_quantised_prefill_runs_in_fp32_where_onednn_has_no_bf16_path(monkeypatch):
+    """The dequantised weight of a long prefill goes through `plain_linear` too: in bf16 on an AVX2-only CPU
+    torch's fallback GEMM was 5x slower."""
+    from qwen35.ops import quant
+
+    monkeypatch.setattr(ops_linear, "onednn_bf16", lambda: False)
+    seen, real = [], torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w: seen.append((x.dtype, w.dtype)) or real(x, w))
+    w = torch.randn(48, 128)
+    x = torch.randn(quant.PREFILL_ROWS, 128).bfloat16()
+    for fmt in ("int8", "int4"):
+        q, s = quant.quantize_int8(w) if fmt == "int8" else quant.quantize_int4(w)
+        got = quant.matmul(x, fmt, q, s)
+        assert got.dtype == torch.bfloat16 and seen.pop() == (torch.float32, torch.float32)
+        want = quant.matmul_ref(x, fmt, q, s).float()  # fp32 weights; ours were dequantised to bf16
+        assert (got.float() - want).abs().max() / want.abs().max() < 1e-2

@@ -10,11 +10,10 @@ quantised lm_head, so only one copy of the vocabulary matrix stays in memory.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops import quant
-from ..ops.linear import linear, prepack
+from ..ops.linear import linear, plain_linear, prepack
 
 
 class Linear(nn.Module):
@@ -72,7 +71,7 @@ class FP8Linear(nn.Module):
         self.register_buffer("weight_scale_inv", scale_inv.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, dequantize_fp8(self.weight, self.weight_scale_inv, self.block, x.dtype))
+        return plain_linear(x, dequantize_fp8(self.weight, self.weight_scale_inv, self.block, x.dtype))
 
 
 class QuantLinear(nn.Module):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native, quant
+from .linear import plain_linear
 
 # Up to this many tokens our kernel runs the routed experts. Measured on an Intel Xeon (2 threads, 64
 # experts of 1024 at hidden 4096, top-10): 2-4x faster than the grouped GEMMs from 1 to 64 tokens
@@ -106,7 +107,7 @@ def _native_group(x: torch.Tensor, *stacks: Stack) -> int | None:
 def _expert_matmul(x: torch.Tensor, fmt: str, stack: Stack, e: int) -> torch.Tensor:
     q, scale, zeros = stack
     if scale is None:
-        return F.linear(x, q[e])
+        return plain_linear(x, q[e])
     return quant.matmul(x, fmt, q[e], scale[e], zeros[e] if zeros is not None else None)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from .linear import plain_linear
 
 INT4_GROUP = 32
 FORMATS = ("int8", "int4")
@@ -135,7 +136,7 @@ def matmul(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
            zeros: torch.Tensor | None = None) -> torch.Tensor:
     """x: [M, K] -> x W^T: [M, N] in x's dtype. q/scale/zeros: [N, ...], contiguous (a slice `q[e]` of a
     stacked weight is). Our CPU kernels for bf16 inputs up to PREFILL_ROWS rows; otherwise (long prefills,
-    other dtypes, CUDA, no build) dequantise, then F.linear."""
+    other dtypes, CUDA, no build) dequantise, then F.linear (`plain_linear`)."""
     lib = native.ops() if x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.shape[0] < PREFILL_ROWS \
         else None
     if lib is not None:
@@ -143,7 +144,7 @@ def matmul(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
         if fmt == "int8":
             return lib.gemm_int8(x, q, scale)
         return lib.gemm_int4(x, q, scale, zeros, int4_group(q, scale))
-    return F.linear(x, dequantize(fmt, q, scale, zeros, x.dtype))
+    return plain_linear(x, dequantize(fmt, q, scale, zeros, x.dtype))
 
 
 def matmul_ref(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
