@@ -583,9 +583,13 @@ Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep) {
   Rows r{(const uint16_t*)x.data_ptr(), x.size(0), x.stride(0)};
   if (current_isa() != Isa::kScalar && w.fmt != Fmt::kBf16 && w.K % 64 == 0) {  // always int4 (weight_view)
     quantize_rows(x, w, r, keep);
-  } else if (current_isa() != Isa::kAvx512Bf16) {
-    keep.x32 = x.to(at::kFloat).contiguous();
-    r.x32 = keep.x32.data_ptr<float>();
+  } else if (current_isa() != Isa::kAvx512Bf16) {  // widened here: x.to(kFloat) cost ~7 us of dispatch a call
+    const int64_t M = r.M, K = w.K;
+    keep.x32 = at::empty({M, K}, x.options().dtype(at::kFloat));
+    float* d = keep.x32.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) d[m * K + k] = bf16_to_float(r.x[m * r.ldx + k]);
+    r.x32 = d;
   }
   return r;
 }
