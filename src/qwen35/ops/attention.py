@@ -11,7 +11,8 @@ written to the cache just before). Paths:
   Each key tile runs PyTorch's CPU flash kernel and the partial results are merged by log-sum-exp
   (`flash_cpu`), or, on other devices, an explicit fp32 online softmax (running max, running sum, rescaled
   accumulator; `online`). Memory per step is O(query rows x key tile) within `SCORE_BUDGET`, never O(context);
-  there is no Python loop over sequences.
+  there is no Python loop over sequences. The key tiles, their cache rows and masks depend on the step's batch
+  only: the step's first attention layer makes them (`_key_plan`) and the others reuse them.
 
 GQA never repeats K/V: the `rep = Hq / Hkv` query heads of one K/V head are folded into the query rows
 (`[W, Hkv, rep * Qt, D]`). `paged_attention_ref` is the per-sequence fp32 reference the tests compare against.
@@ -21,6 +22,7 @@ a dense gather + masked SDPA; a batch-32 decode step's attention at 8k context 2
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -129,33 +131,68 @@ def _attend(qx: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tile
     Hkv = k_cache.shape[1]
     R = Hq // Hkv
     q = qx[tiles.rows].view(W, Qt, Hkv, R, D).permute(0, 2, 3, 1, 4).reshape(W, Hkv, R * Qt, D)
+    plan = _key_plan(tiles, block_tables, bs, R, k_cache, impl, qx.dtype)
+    state = _Online(q, scale, plan.most) if impl == "online" else _LseMerge()
+    for span in plan.spans:
+        k, v = (torch.index_select(c, 0, span.rows, out=g[:W * span.n]).view(W, span.n, Hkv, D).transpose(1, 2)
+                for c, g in zip((k_cache, v_cache), plan.gathered))  # [W, Hkv, n, D] views of the gathered rows
+        if impl == "online":
+            state.add(k, v, span.masked)
+            continue
+        o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=span.bias, scale=scale)
+        # the kernel reports lse 0 for rows that see no key in this tile: they must not count
+        state.add(o, lse.unsqueeze(-1).masked_fill_(span.unseen, float("-inf")))
+    out = state.result()  # [W, Hkv, R*Qt, D]
+    return out.view(W, Hkv, R, Qt, D).permute(0, 3, 1, 2, 4).reshape(W, Qt, Hq, D)
+
+
+@dataclass(frozen=True, slots=True)
+class _KeySpan:
+    n: int  # keys in this tile
+    rows: torch.Tensor  # [W * n] cache rows of its keys, block by block
+    masked: torch.Tensor | None  # [W, 1, R*Qt, n] bool: a key in the query's future or past its sequence's end
+    bias: torch.Tensor | None  # `masked` as an additive mask in the queries' dtype (flash_cpu)
+    unseen: torch.Tensor  # [W, 1, R*Qt, 1] bool: queries that see no key of this tile
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyPlan:
+    spans: list[_KeySpan]
+    most: int  # keys in the largest tile
+    gathered: list[torch.Tensor]  # K and V rows of one key tile, reused tile after tile and layer after layer
+
+
+def _key_plan(tiles: "QueryTiles", block_tables: torch.Tensor, bs: int, R: int, k_cache: torch.Tensor, impl: str,
+              dtype: torch.dtype) -> _KeyPlan:
+    """What `_attend` needs besides the layer's own q, K and V: the same for every attention layer of a step,
+    so made once per step and kept on `tiles` (a decode step of the demo model spent ~15% of its time on it)."""
+    Hkv, D = k_cache.shape[1:]
+    key = (R, Hkv, D, bs, impl, dtype, k_cache.dtype)
+    plan = tiles.key_plans.get(key)
+    if plan is not None:
+        return plan
+    W, Qt = tiles.rows.shape
+    device = k_cache.device
     q_pos = tiles.positions.repeat(1, R)[:, None, :, None]  # [W, 1, R*Qt, 1], rows ordered (r, t)
     tables = block_tables.index_select(0, tiles.seqs)  # [W, blocks]
     # elements per key of one tile: gathered K (and V), and scores (online) or the mask (flash, masked tiles)
     free_end = tiles.min_context // bs * bs  # keys [0, free_end) precede every query: no mask needed
-    spans = _key_tiles(0, free_end, W * max(Hkv * D, Hq * Qt if impl == "online" else 0), bs) + \
-        _key_tiles(free_end, tiles.max_kv_len, W * max(Hkv * D, Hq * Qt), bs)
-    most = max(n for _, n in spans)
-    key_off = torch.arange(most, device=q.device)
-    gathered = [k_cache.new_empty(W * most, Hkv, D), v_cache.new_empty(W * most, Hkv, D)]
-    state = _Online(q, scale, most) if impl == "online" else _LseMerge()
-    for j0, n in spans:
+    bounds = _key_tiles(0, free_end, W * max(Hkv * D, R * Hkv * Qt if impl == "online" else 0), bs) + \
+        _key_tiles(free_end, tiles.max_kv_len, W * max(Hkv * D, R * Hkv * Qt), bs)
+    most = max(n for _, n in bounds)
+    key_off = torch.arange(most, device=device)
+    spans = []
+    for j0, n in bounds:
         blocks = tables[:, j0 // bs:(j0 + n) // bs]  # [W, n / bs]
-        rows = (blocks[:, :, None] * bs + key_off[:bs]).reshape(-1)  # [W * n] cache rows, block by block
-        k, v = (torch.index_select(c, 0, rows, out=g[:W * n]).view(W, n, Hkv, D).transpose(1, 2)
-                for c, g in zip((k_cache, v_cache), gathered))  # [W, Hkv, n, D] views of the gathered rows
-        masked = key_off[:n] + j0 > q_pos if j0 >= free_end else None  # [W, 1, R*Qt, n]: future or past the end
-        if impl == "online":
-            state.add(k, v, masked)
-            continue
+        rows = (blocks[:, :, None] * bs + key_off[:bs]).reshape(-1)
+        masked = key_off[:n] + j0 > q_pos if j0 >= free_end else None
         bias = None
-        if masked is not None:
-            bias = torch.zeros(masked.shape, dtype=q.dtype, device=q.device).masked_fill_(masked, float("-inf"))
-        o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
-        # the kernel reports lse 0 for rows that see no key in this tile: they must not count
-        state.add(o, lse.unsqueeze(-1).masked_fill_(q_pos < j0, float("-inf")))
-    out = state.result()  # [W, Hkv, R*Qt, D]
-    return out.view(W, Hkv, R, Qt, D).permute(0, 3, 1, 2, 4).reshape(W, Qt, Hq, D)
+        if masked is not None and impl != "online":
+            bias = torch.zeros(masked.shape, dtype=dtype, device=device).masked_fill_(masked, float("-inf"))
+        spans.append(_KeySpan(n, rows, masked, bias, q_pos < j0))
+    gathered = [k_cache.new_empty(W * most, Hkv, D), k_cache.new_empty(W * most, Hkv, D)]
+    plan = tiles.key_plans[key] = _KeyPlan(spans, most, gathered)
+    return plan
 
 
 def _key_tiles(start: int, end: int, per_key: int, bs: int) -> list[tuple[int, int]]:

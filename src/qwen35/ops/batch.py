@@ -14,7 +14,7 @@ Layers and ops never loop over sequences or tokens in Python.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,6 +45,9 @@ class QueryTiles:
     seqs: torch.Tensor  # [W] int64 batch row of each tile (its block table)
     max_kv_len: int  # keys the longest sequence of the group sees
     min_context: int  # shortest context in the group: keys below it are visible to every query (no mask)
+    # attention's key tiles, cache rows and masks for these queries, made by the step's first attention layer
+    # and reused by the others (ops/attention.py `_key_plan`)
+    key_plans: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
