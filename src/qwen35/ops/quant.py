@@ -16,7 +16,6 @@ contiguous slices of stacked ones (`q[e]`) included.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import native
 from .linear import plain_linear
