@@ -47,14 +47,14 @@ def test_rows_do_not_depend_on_the_batch_on_avx2_and_plain(isa, fmt, K):
     g = torch.Generator().manual_seed(K)
     x, w = torch.randn(9, K, generator=g).bfloat16(), torch.randn(37, K, generator=g)
     if fmt == "bf16":
-        run = lambda rows: lib.gemm_bf16(rows, w.bfloat16())  # noqa: E731
+        gemm, args = lib.gemm_bf16, (w.bfloat16(),)
     elif fmt == "int8":
-        run = lambda rows: lib.gemm_int8(rows, *quant.quantize_int8(w))  # noqa: E731
+        gemm, args = lib.gemm_int8, quant.quantize_int8(w)
     else:
-        run = lambda rows: lib.gemm_int4(rows, *quant.quantize_int4(w, 64), None, 64)  # noqa: E731
-    alone = torch.cat([run(x[i:i + 1]) for i in range(9)])
-    assert torch.equal(run(x), alone)
-    assert torch.equal(run(x[:4]), alone[:4])
+        gemm, args = lib.gemm_int4, (*quant.quantize_int4(w, 64), None, 64)
+    alone = torch.cat([gemm(x[i:i + 1], *args) for i in range(9)])
+    assert torch.equal(gemm(x, *args), alone)
+    assert torch.equal(gemm(x[:4], *args), alone[:4])
 
 
 def test_strided_rows_and_bf16_output():
