@@ -60,6 +60,24 @@ QWEN35_AVX512 inline void gated_out_avx512(const float* o, float rs, const float
   }
 }
 
+// The same two on AVX2: 8 lanes at a time, the last n % 8 values scalar.
+QWEN35_AVX2 inline void silu_inplace_avx2(float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, silu256(_mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] = silu(y[i]);
+}
+
+template <typename T>
+QWEN35_AVX2 inline void gated_out_avx2(const float* o, float rs, const float* w, const T* z, T* out, int64_t n) {
+  const __m256 vr = _mm256_set1_ps(rs);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(o + i), vr), _mm256_loadu_ps(w + i));
+    store8(out + i, _mm256_mul_ps(y, silu256(load8(z + i))));
+  }
+  for (; i < n; ++i) put(out, i, o[i] * rs * w[i] * silu(load(z, i)));
+}
+
 // Everything one call needs; activations are T (bf16 as uint16_t, or float), rows may be strided.
 template <typename T>
 struct GdnArgs {
@@ -176,14 +194,62 @@ QWEN35_AVX512 inline void delta_rule_avx512(float* S, const float* q, const floa
   }
 }
 
-template <bool kAvx512>
+// Columns [c0, c0 + 8 NV) of the delta rule on AVX2, as delta_rule_cols_avx512 (16 registers hold NV = 4).
+template <int NV>
+QWEN35_AVX2 inline void delta_rule_cols_avx2(float* S, const float* q, const float* k, const float* v, float beta,
+                                             float decay, int64_t dk, int64_t dv, int64_t c0, float* o) {
+  __m256 acc[NV];
+#pragma GCC unroll 4
+  for (int u = 0; u < NV; ++u) acc[u] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < dk; ++i) {
+    const __m256 ki = _mm256_set1_ps(k[i]);
+    const float* row = S + i * dv + c0;
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) acc[u] = _mm256_fmadd_ps(ki, _mm256_loadu_ps(row + 8 * u), acc[u]);
+  }
+  const __m256 vb = _mm256_set1_ps(beta), vd = _mm256_set1_ps(decay);
+  __m256 e[NV];
+#pragma GCC unroll 4
+  for (int u = 0; u < NV; ++u) {
+    e[u] = _mm256_mul_ps(vb, _mm256_fnmadd_ps(vd, acc[u], _mm256_loadu_ps(v + c0 + 8 * u)));
+    acc[u] = _mm256_setzero_ps();
+  }
+  for (int64_t i = 0; i < dk; ++i) {
+    const __m256 ki = _mm256_set1_ps(k[i]), qi = _mm256_set1_ps(q[i]);
+    float* row = S + i * dv + c0;
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) {
+      const __m256 s = _mm256_fmadd_ps(vd, _mm256_loadu_ps(row + 8 * u), _mm256_mul_ps(ki, e[u]));
+      _mm256_storeu_ps(row + 8 * u, s);
+      acc[u] = _mm256_fmadd_ps(qi, s, acc[u]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < NV; ++u) _mm256_storeu_ps(o + c0 + 8 * u, acc[u]);
+}
+
+QWEN35_AVX2 inline void delta_rule_avx2(float* S, const float* q, const float* k, const float* v, float beta,
+                                        float decay, int64_t dk, int64_t dv, float* o) {
+  if (dv % 8) return delta_rule_portable(S, q, k, v, beta, decay, dk, dv, o);
+  int64_t c0 = 0;
+  for (; c0 + 32 <= dv; c0 += 32) delta_rule_cols_avx2<4>(S, q, k, v, beta, decay, dk, dv, c0, o);
+  switch ((dv - c0) / 8) {
+    case 1: delta_rule_cols_avx2<1>(S, q, k, v, beta, decay, dk, dv, c0, o); break;
+    case 2: delta_rule_cols_avx2<2>(S, q, k, v, beta, decay, dk, dv, c0, o); break;
+    case 3: delta_rule_cols_avx2<3>(S, q, k, v, beta, decay, dk, dv, c0, o); break;
+    default: break;
+  }
+}
+
+template <Isa kIsa>
 inline __attribute__((always_inline)) void silu_inplace(float* y, int64_t n) {
-  if constexpr (kAvx512) silu_inplace_avx512(y, n);
+  if constexpr (kIsa == Isa::kAvx512Bf16) silu_inplace_avx512(y, n);
+  else if constexpr (kIsa == Isa::kAvx2) silu_inplace_avx2(y, n);
   else for (int64_t i = 0; i < n; ++i) y[i] = silu(y[i]);
 }
 
 // Tasks [t0, t1) of (sequence, QK head), on the calling thread.
-template <typename T, bool kAvx512>
+template <typename T, Isa kIsa>
 inline __attribute__((always_inline)) void gdn_tasks(const GdnArgs<T>& a, int64_t t0, int64_t t1) {
   const int64_t Hk = a.Hk, Hv = a.Hv, dk = a.dk, dv = a.dv, r = Hv / Hk;
   float q[kMaxHeadDim], k[kMaxHeadDim], v[kMaxHeadDim], o[kMaxHeadDim];
@@ -193,25 +259,27 @@ inline __attribute__((always_inline)) void gdn_tasks(const GdnArgs<T>& a, int64_
     T* st = a.conv_pool + slot * a.C * (a.K - 1);
     conv_step(a, x, st, h * dk, dk, q);
     conv_step(a, x, st, Hk * dk + h * dk, dk, k);
-    silu_inplace<kAvx512>(q, dk);
-    silu_inplace<kAvx512>(k, dk);
+    silu_inplace<kIsa>(q, dk);
+    silu_inplace<kIsa>(k, dk);
     l2norm(q, dk, 1.0f / std::sqrt(float(dk)));
     l2norm(k, dk, 1.0f);
     for (int64_t j = h * r; j < (h + 1) * r; ++j) {
       conv_step(a, x, st, 2 * Hk * dk + j * dv, dv, v);
-      silu_inplace<kAvx512>(v, dv);
+      silu_inplace<kIsa>(v, dv);
       const float beta = 1.0f / (1.0f + std::exp(-load(a.b + bi * a.ld_b, j)));
       const float g = a.neg_a[j] * softplus(load(a.a + bi * a.ld_a, j) + a.dt_bias[j]);
       const float decay = g < kLogDecayCutoff ? 0.0f : std::exp(g);
       float* S = a.ssm_pool + (slot * Hv + j) * dk * dv;
-      if constexpr (kAvx512) delta_rule_avx512(S, q, k, v, beta, decay, dk, dv, o);
+      if constexpr (kIsa == Isa::kAvx512Bf16) delta_rule_avx512(S, q, k, v, beta, decay, dk, dv, o);
+      else if constexpr (kIsa == Isa::kAvx2) delta_rule_avx2(S, q, k, v, beta, decay, dk, dv, o);
       else delta_rule_portable(S, q, k, v, beta, decay, dk, dv, o);
       float ss = 0.f;
       for (int64_t c = 0; c < dv; ++c) ss += o[c] * o[c];
       const float rs = 1.0f / std::sqrt(ss / float(dv) + a.eps);
       const T* z = a.z + bi * a.ld_z + j * dv;
       T* y = a.out + bi * Hv * dv + j * dv;
-      if constexpr (kAvx512) gated_out_avx512(o, rs, a.norm_w, z, y, dv);
+      if constexpr (kIsa == Isa::kAvx512Bf16) gated_out_avx512(o, rs, a.norm_w, z, y, dv);
+      else if constexpr (kIsa == Isa::kAvx2) gated_out_avx2(o, rs, a.norm_w, z, y, dv);
       else for (int64_t c = 0; c < dv; ++c) put(y, c, o[c] * rs * a.norm_w[c] * silu(load(z, c)));
     }
   }
@@ -219,15 +287,15 @@ inline __attribute__((always_inline)) void gdn_tasks(const GdnArgs<T>& a, int64_
 
 template <typename T>
 QWEN35_AVX512 __attribute__((flatten)) void gdn_tasks_avx512(const GdnArgs<T>& a, int64_t t0, int64_t t1) {
-  gdn_tasks<T, true>(a, t0, t1);
+  gdn_tasks<T, Isa::kAvx512Bf16>(a, t0, t1);
 }
 template <typename T>
 QWEN35_AVX2 __attribute__((flatten)) void gdn_tasks_avx2(const GdnArgs<T>& a, int64_t t0, int64_t t1) {
-  gdn_tasks<T, false>(a, t0, t1);
+  gdn_tasks<T, Isa::kAvx2>(a, t0, t1);
 }
 template <typename T>
 __attribute__((flatten)) void gdn_tasks_scalar(const GdnArgs<T>& a, int64_t t0, int64_t t1) {
-  gdn_tasks<T, false>(a, t0, t1);
+  gdn_tasks<T, Isa::kScalar>(a, t0, t1);
 }
 
 void check_rows(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t B, int64_t cols) {
@@ -381,8 +449,26 @@ QWEN35_AVX512 void silu_mul_rows_vec(const T* x, int64_t ld, int64_t I, T* out, 
   }
 }
 
+template <typename T>
+QWEN35_AVX2 void silu_mul_rows_avx2(const T* x, int64_t ld, int64_t I, T* out, int64_t r0, int64_t r1) {
+  const int64_t I8 = I / 8 * 8;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = x + r * ld;
+    const T* u = g + I;
+    T* o = out + r * I;
+    for (int64_t i = 0; i < I8; i += 8) {
+      const __m256 s = round8(silu256(load8(g + i)), (T*)nullptr);
+      store8(o + i, _mm256_mul_ps(s, load8(u + i)));
+    }
+    for (int64_t i = I8; i < I; ++i) {
+      T s;
+      put(&s, 0, silu(load(g, i)));
+      put(o, i, load(&s, 0) * load(u, i));
+    }
+  }
+}
+
 QWEN35_DISPATCH3(norm_rows_isa, norm_rows)
-QWEN35_DISPATCH3(silu_mul_rows_isa, silu_mul_rows)
 
 // Rows of at least this many values per parallel task (a decode row of 1024 runs on the calling thread).
 constexpr int64_t kGrainValues = 16384;
@@ -441,21 +527,26 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
   return {std::get<1>(r), std::get<0>(r)};
 }
 
+template <typename T>
+void silu_mul_isa(Isa isa, const T* x, int64_t ld, int64_t I, T* out, int64_t r0, int64_t r1) {
+  switch (isa) {
+    case Isa::kAvx512Bf16: silu_mul_rows_vec<T>(x, ld, I, out, r0, r1); break;
+    case Isa::kAvx2: silu_mul_rows_avx2<T>(x, ld, I, out, r0, r1); break;
+    default: silu_mul_rows<T>(x, ld, I, out, r0, r1); break;
+  }
+}
+
 at::Tensor silu_mul(const at::Tensor& x) {
   check_act(x, "silu_mul");
   TORCH_CHECK(x.dim() == 2 && x.size(1) % 2 == 0, "silu_mul: x must be [N, 2I] (gate | up)");
   const int64_t N = x.size(0), I = x.size(1) / 2, ld = x.stride(0);
   at::Tensor out = at::empty({N, I}, x.options().memory_format(at::MemoryFormat::Contiguous));
   at::parallel_for(0, N, std::max<int64_t>(1, kGrainValues / std::max<int64_t>(I, 1)), [&](int64_t r0, int64_t r1) {
-    const bool vec = current_isa() == Isa::kAvx512Bf16;
+    const Isa isa = current_isa();
     if (x.scalar_type() == at::kBFloat16) {
-      auto xp = (const uint16_t*)x.data_ptr();
-      auto op = (uint16_t*)out.data_ptr();
-      vec ? silu_mul_rows_vec<uint16_t>(xp, ld, I, op, r0, r1) : silu_mul_rows_isa<uint16_t>(xp, ld, I, op, r0, r1);
+      silu_mul_isa(isa, (const uint16_t*)x.data_ptr(), ld, I, (uint16_t*)out.data_ptr(), r0, r1);
     } else {
-      auto xp = (const float*)x.data_ptr();
-      auto op = (float*)out.data_ptr();
-      vec ? silu_mul_rows_vec<float>(xp, ld, I, op, r0, r1) : silu_mul_rows_isa<float>(xp, ld, I, op, r0, r1);
+      silu_mul_isa(isa, (const float*)x.data_ptr(), ld, I, (float*)out.data_ptr(), r0, r1);
     }
   });
   return out;

@@ -156,35 +156,6 @@ QWEN35_AVX512 void bias_gelu_rows_vec(T* x, int64_t ld, const T* b, int64_t I, i
 }
 
 // AVX2 (GCC does not vectorise the portable loop: the clamps and the bf16 rounding are control flow to it).
-// exp256 is exp512 with 2^n built from exponent bits, as in exp_portable.
-QWEN35_AVX2 inline __m256 exp256(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.f / 5040);
-  for (float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-// fp32 -> the upper 16 bits rounded to nearest even (NaNs here come from bf16 inputs and stay NaN)
-QWEN35_AVX2 inline __m256i bf16_bits8(__m256 v) {
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
-}
-QWEN35_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-QWEN35_AVX2 inline void store8(uint16_t* p, __m256 v) {
-  const __m256i b = bf16_bits8(v);
-  _mm_storeu_si128((__m128i*)p, _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
-}
-QWEN35_AVX2 inline __m256 round8(__m256 v, float*) { return v; }
-QWEN35_AVX2 inline __m256 round8(__m256 v, uint16_t*) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(bf16_bits8(v), 16));
-}
-
 template <typename T>
 QWEN35_AVX2 void bias_gelu_rows_avx2(T* x, int64_t ld, const T* b, int64_t I, int64_t r0, int64_t r1) {
   const __m256 c = _mm256_set1_ps(kGeluC), one = _mm256_set1_ps(1.f);
