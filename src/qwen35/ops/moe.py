@@ -1,10 +1,10 @@
 """Routed experts without a Python loop over experts.
 
 Experts are stored stacked: `gate_up: [E, 2I, H]` (gate rows first) and `down: [E, H, I]`, the official
-fused layout. For a few bf16 tokens on CPU (decode, speculative verification, small batches) our C++ kernel
-(`csrc/moe.cpp`) reads only the experts some token picked, each once, at the memory bandwidth; otherwise
-token-expert pairs are sorted by expert and run through `torch._grouped_mm` (one grouped GEMM per projection,
-CPU and GPU). `experts_quant` is the same contract over weight-only int8/int4 stacks (ops/quant.py formats),
+fused layout. For a few bf16 tokens on CPU (decode, speculative verification, small batches; every batch on a
+CPU without oneDNN's bf16 GEMM) our C++ kernel (`csrc/moe.cpp`) reads only the experts some token picked, each
+once, at the memory bandwidth; otherwise token-expert pairs are sorted by expert and run through
+`torch._grouped_mm` (one grouped GEMM per projection, CPU and GPU). `experts_quant` is the same contract over weight-only int8/int4 stacks (ops/quant.py formats),
 through the same kernel. `experts_ref` is the plain loop used only by tests.
 """
 
@@ -14,12 +14,23 @@ import torch
 import torch.nn.functional as F
 
 from . import native, quant
-from .linear import plain_linear
+from .linear import onednn_bf16, plain_linear
 
 # Up to this many tokens our kernel runs the routed experts. Measured on an Intel Xeon (2 threads, 64
 # experts of 1024 at hidden 4096, top-10): 2-4x faster than the grouped GEMMs from 1 to 64 tokens
 # (bench/bench_engine.py, small-moe); prefill-sized batches stay with the grouped GEMMs.
 NATIVE_MAX_TOKENS = 32
+# Where oneDNN has no bf16 GEMM (AVX2-only CPUs) torch's bf16 grouped GEMM is a slow fallback, and our kernel
+# runs bf16 experts at every batch size: 3.4-4.6x faster from 64 to 2,048 tokens (bench/bench_moe_prefill.py,
+# AVX2-only AMD EPYC, 64 experts of 512 at hidden 2048, top-8). Quantised stacks otherwise loop over the experts
+# (fp32 GEMMs past 128 rows an expert): our kernel was 1.2-1.5x faster up to 256 tokens, 1.0-1.2x at 512 and
+# 0.8-1.2x past it (noisy).
+NATIVE_MAX_TOKENS_AVX2 = {False: 1 << 62, True: 512}  # by whether the stacks are quantised
+
+
+def native_max_tokens(quantised: bool) -> int:
+    """The most tokens our MoE kernel runs a call with on this CPU (see above)."""
+    return NATIVE_MAX_TOKENS if onednn_bf16() else NATIVE_MAX_TOKENS_AVX2[quantised]
 
 Stack = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]  # (q, scale, zeros); scale None: plain
 
@@ -46,8 +57,8 @@ def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
     [N, H]. `partial`: ids may hold -1 (expert parallel); only then does the grouped path count them, which
     waits for the device."""
     N, k = ids.shape
-    if (N <= NATIVE_MAX_TOKENS and x.device.type == "cpu" and x.dtype == gate_up.dtype == torch.bfloat16
-            and native.ops() is not None):
+    if (x.device.type == "cpu" and x.dtype == gate_up.dtype == torch.bfloat16 and native.ops() is not None
+            and N <= native_max_tokens(quantised=False)):
         return native.ops().moe_experts(x, ids, weights, gate_up, None, None, down, None, None, 0)
     E = gate_up.shape[0]
     flat = ids.reshape(-1)
@@ -72,11 +83,11 @@ def experts_quant(x: torch.Tensor, fmt: str, gate_up: Stack, down: Stack, weight
                   ids: torch.Tensor) -> torch.Tensor:
     """`experts` over quantised stacks: gate_up = (q [E, 2I, ...], scale [E, 2I, ...], zeros or None), down
     likewise with [E, H, ...]; a stack whose scale is None holds plain weights (int4 keeps a projection whose
-    K is not a multiple of 64 unquantised). A few bf16 tokens on CPU go through our kernel; otherwise (many
-    tokens, where each expert gets enough rows for a GEMM) a loop over the experts the batch routes to, one
-    `quant.matmul` per projection on the expert's [N, K] slice."""
+    K is not a multiple of 64 unquantised). bf16 tokens on CPU, up to `native_max_tokens`, go through our kernel;
+    otherwise (many tokens, where each expert gets enough rows for a GEMM) a loop over the experts the batch
+    routes to, one `quant.matmul` per projection on the expert's [N, K] slice."""
     N, k = ids.shape
-    group = _native_group(x, gate_up, down) if N <= NATIVE_MAX_TOKENS else None
+    group = _native_group(x, gate_up, down) if N <= native_max_tokens(quantised=True) else None
     if group is not None:
         return native.ops().moe_experts(x, ids, weights, *gate_up, *down, group)
     out = torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device)
