@@ -14,9 +14,28 @@
 
 #include "gemm.h"
 #include "isa.h"
+#include "simd.h"
 
 namespace qwen35 {
 namespace {
+
+// One pair's silu(gate) * up in fp32, rounded once to bf16 (the down projection's input row).
+QWEN35_AVX512 void silu_mul_row_avx512(const float* g, const float* u, uint16_t* out, int64_t I) {
+  for (int64_t i = 0; i < I; i += 16) {
+    const __mmask16 m = tail_mask(I - i);
+    store16(out + i, _mm512_mul_ps(silu512(load16(g + i, m)), load16(u + i, m)), m);
+  }
+}
+
+QWEN35_AVX2 void silu_mul_row_avx2(const float* g, const float* u, uint16_t* out, int64_t I) {
+  int64_t i = 0;
+  for (; i + 8 <= I; i += 8) store8(out + i, _mm256_mul_ps(silu256(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
+  for (; i < I; ++i) out[i] = float_to_bf16(g[i] / (1.0f + std::exp(-g[i])) * u[i]);
+}
+
+void silu_mul_row_scalar(const float* g, const float* u, uint16_t* out, int64_t I) {
+  for (int64_t i = 0; i < I; ++i) out[i] = float_to_bf16(g[i] / (1.0f + std::exp(-g[i])) * u[i]);
+}
 
 struct Stack {  // one stacked expert tensor and its quantisation
   at::Tensor w;
@@ -107,12 +126,16 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& ids, const at::Ten
   {
     const float* hp = h.data_ptr<float>();
     uint16_t* ap = (uint16_t*)act.data_ptr();
+    const Isa isa = current_isa();
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p)
-        for (int64_t i = 0; i < I; ++i) {
-          const float g = hp[p * 2 * I + i], u = hp[p * 2 * I + I + i];
-          ap[p * I + i] = float_to_bf16(g / (1.0f + std::exp(-g)) * u);
+      for (int64_t p = p0; p < p1; ++p) {
+        const float *g = hp + p * 2 * I, *u = g + I;
+        switch (isa) {
+          case Isa::kAvx512Bf16: silu_mul_row_avx512(g, u, ap + p * I, I); break;
+          case Isa::kAvx2: silu_mul_row_avx2(g, u, ap + p * I, I); break;
+          default: silu_mul_row_scalar(g, u, ap + p * I, I); break;
         }
+      }
     });
   }
 
