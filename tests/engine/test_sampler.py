@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from qwen35.engine.sampler import PenaltyState, Sampler, _apply_penalties, _warp, min_tokens_stop_ids
+from qwen35.engine.sampler import (PenaltyState, Sampler, _apply_penalties, _inverse_cdf, _sample_candidates, _warp,
+                                   _weights, min_tokens_stop_ids)
 from qwen35.engine.sampling_params import SamplingParams as SP
 
 V = 97
@@ -118,15 +119,42 @@ def test_filter_paths_agree_exactly():
         assert torch.equal(alone[0], batched[i])
 
 
-def test_samples_follow_the_filtered_distribution():
+@pytest.mark.parametrize("vocab", [8, 200], ids=["whole_row", "candidates"])
+def test_samples_follow_the_filtered_distribution(vocab):
     g = torch.Generator().manual_seed(2)
-    row = torch.randn(8, generator=g) * 2
+    row = torch.randn(vocab, generator=g) * 2
     p = SP(temperature=0.9, top_k=6, top_p=0.95)
     n = 4000
     gens = [torch.Generator().manual_seed(i) if i % 2 else None for i in range(n)]  # seeded and shared streams
     out = Sampler(generator=torch.Generator().manual_seed(3))(row.repeat(n, 1), [p] * n, [PenaltyState([])] * n, gens)
-    freq = torch.bincount(out.token_ids, minlength=8).double() / n
+    freq = torch.bincount(out.token_ids, minlength=vocab).double() / n
     torch.testing.assert_close(freq, ref_probs(row, p), atol=0.03, rtol=0)
+
+
+def test_candidates_pick_what_the_whole_row_picks():
+    """Rows that all have a top_k draw from their top candidates; for every uniform the token is the one the
+    whole row gives, with bf16-rounded logits (ties) too."""
+    g = torch.Generator().manual_seed(9)
+    logits = (torch.randn(4, 3000, generator=g) * 3).bfloat16().float()
+    params = [SP(temperature=0.6, top_k=20, top_p=0.95), SP(top_k=5), SP(temperature=1.3, top_k=40, min_p=0.05),
+              SP(top_k=1)]
+    whole = logits.clone()
+    _warp(whole, params)
+    weights = _weights(whole)
+    for u in torch.rand(300, 4, 1, generator=g):
+        got = _sample_candidates(logits.clone(), params, u)
+        assert got is not None and torch.equal(got, _inverse_cdf(weights, u))
+
+
+def test_ties_past_the_candidates_take_the_whole_row():
+    """top_k keeps every token tied with the k-th logit, however many: here 497 of them."""
+    x = torch.zeros(1, 500)
+    x[0, :3] = 1.0
+    p = SP(temperature=1.0, top_k=10)
+    assert _sample_candidates(x.clone(), [p], torch.full((1, 1), 0.5)) is None
+    out = Sampler(generator=torch.Generator().manual_seed(0))(x.repeat(200, 1), [p] * 200, [PenaltyState([])] * 200,
+                                                                [None] * 200)
+    assert int(out.token_ids.max()) > 400
 
 
 # ---- seeds, greedy, logprobs, min_tokens --------------------------------------------------------

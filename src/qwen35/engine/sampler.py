@@ -8,23 +8,27 @@ Pipeline, in vLLM's order, over logits [B, V] fp32 (B = rows sampled this step, 
 2. min_tokens: the ids in `PenaltyState.min_tokens_ids` (EOS and stop_token_ids) get -inf while
    fewer than `min_tokens` tokens have been generated;
 3. greedy rows (temperature 0) take the argmax here and ignore everything below (and the seed);
-4. temperature, top_k, top_p, min_p, then the exponential race `argmax(probs / q)` with
-   q ~ Exp(1), which samples from `probs` exactly (it is the Gumbel-max trick) without a host sync.
-
-Every filter is one tensor op for all rows, driven by per-row parameter tensors; a row that
+4. temperature, top_k, top_p, min_p, then one draw by inverse transform: with u ~ U[0, 1), the first
+   token (in vocabulary order) whose running sum of exp(logit - max) exceeds u times theEvery filter is one tensor op for all rows, driven by per-row parameter tensors; a row that
 switches a filter off gets a no-op threshold. The only Python loops are O(B) (building the
-parameter tensors, and drawing the noise of seeded rows). Penalties touch only the distinct
+parameter tensors, and drawing the uniforms of seeded rows). Penalties touch only the distinct
 (row, token) pairs of the histories, which `PenaltyState` keeps incrementally. A full sort of
 [B, V] happens only when some row uses top_p without top_k; otherwise top_k and top_p work on
 `topk(max k)`. Thresholds keep ties: every token whose logit equals the k-th (top_k) or the
-last kept (top_p) logit survives. Nothing reads a device value on the host (no sync).
+last kept (top_p) logit survives. When every row has a top_k (the Qwen presets' 20), the filters and
+the draw run on the rows' top candidates only, on CPU (`_sample_candidates`: 0.6 ms a row against 3.3
+for a 248k vocabulary); the token is the one the whole row gives. Otherwise nothing reads a device value
+on the host (no sync).
 
-Reproducibility: a row whose request has its own `torch.Generator` draws its noise row (exactly V
-values per sampled step) from that generator only, so a seeded request yields the same tokens
-whatever else is in the batch. Unseeded rows draw from the sampler's shared generator. For
+Reproducibility: a row whose request has its own `torch.Generator` draws its uniform (one per
+sampled step) from that generator only, and its weights and running sums do not depend on the
+other rows, so a seeded request yields the same tokens whatever else is in the batch. Unseeded
+rows draw from the sampler's shared generator. For
 `n > 1` the engine expands a request into n sub-requests; sub-request i gets seed `seed + i`
 (as vLLM does) and its own `torch.Generator(device).manual_seed(seed + i)`, created once at
 admission and kept for the whole request.
+
+equest.
 
 Logprobs follow vLLM's default `logprobs_mode="raw_logprobs"`: `log_softmax` of the model's raw
 logits, before penalties, temperature and filtering. `Sampler(logprobs_mode="penalized")` reports
@@ -51,6 +55,8 @@ from qwen35.engine.sampling_params import SamplingParams
 
 LOGPROBS_MODES = ("raw", "penalized")
 FLOAT_MAX = torch.finfo(torch.float32).max
+CANDIDATES_MAX = 1024  # rows with a top_k up to this sample from their top candidates (`_sample_candidates`)
+WEIGHT_COLUMNS = 64  # `_weights` computes exp over rows padded to a multiple of this (two AVX-512 vectors, unrolled)
 
 
 def _sanitize_(x: torch.Tensor) -> torch.Tensor:
@@ -262,13 +268,78 @@ def _apply_min_tokens(logits: torch.Tensor, params: list[SamplingParams], histor
 def _sample(x: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
             shared: torch.Generator | None) -> torch.Tensor:
     """x: [S, V] fp32 logits of non-greedy rows (modified in place) -> token ids [S] int64."""
-    _warp(x, params)
-    probs = torch.softmax(x, -1)
-    q = _exponential_noise(*x.shape, x.device, generators, shared)
-    picks = probs.div_(q).argmax(-1)
-    # a row with no finite logit has NaN probabilities (a live row has none: its max is finite, its sum
-    # >= 1): give it token 0 explicitly rather than whatever argmax makes of NaN
-    return picks.masked_fill_(probs[:, 0].isnan(), 0)
+    u = _uniforms(len(params), x.device, generators, shared)
+    picks = _sample_candidates(x, params, u)
+    if picks is None:
+        _warp(x, params)
+        picks = _inverse_cdf(_weights(x), u)
+    # a row with no finite logit has no mass (NaN): token 0 explicitly rather than whatever the search gives
+    return picks.masked_fill_(picks < 0, 0)
+
+
+def _sample_candidates(x: torch.Tensor, params: list[SamplingParams], u: torch.Tensor) -> torch.Tensor | None:
+    """`_sample` over each row's top candidates only, when every row has a top_k up to CANDIDATES_MAX (the
+    Qwen presets' 20): the filters, weights and draw then run over a few dozen values, not the vocabulary
+    (3.3 ms against 0.6 for a 248k vocabulary). The filters cut the candidates exactly as they cut the whole
+    row (`_warp` on the first max(top_k) values either way), and the survivors are drawn from in vocabulary
+    order with the same weights, so the token is the one the whole-row path gives. None (use the whole row)
+    otherwise, or when ties at some row's k-th logit run past the candidates; on CPU only, since the tie
+    check reads a value on the host."""
+    V = x.shape[1]
+    top_k = [min(p.top_k, V) for p in params]
+    if x.device.type != "cpu" or not all(0 < k <= CANDIDATES_MAX for k in top_k):
+        return None
+    width = -(-(max(top_k) + 1) // WEIGHT_COLUMNS) * WEIGHT_COLUMNS  # past every k: shows ties running on
+    if width > V:
+        return None
+    vals, ids = x.topk(width, -1)  # sorted, largest first
+    _warp(vals, params)
+    if bool((vals[:, -1] > -math.inf).any()):  # a tie at the k-th logit reaches the last candidate
+        return None
+    ids = ids.masked_fill_(vals == -math.inf, V)  # the survivors in vocabulary order, the rest after them
+    order = ids.argsort(-1)
+    picks = _inverse_cdf(_weights(vals.gather(1, order)), u)
+    return torch.where(picks < 0, picks, ids.gather(1, order).gather(1, picks.clamp(min=0)[:, None])[:, 0])
+
+
+def _weights(x: torch.Tensor) -> torch.Tensor:
+    """exp(x - max) per row of filtered logits x [S, W] (-inf: weight 0), in place when W is a multiple of
+    WEIGHT_COLUMNS. Each value's exp comes from torch's vectorised exp whatever its column, W, or the batch
+    (a row of W % WEIGHT_COLUMNS values would leave the last few to the scalar exp, whose last bit can
+    differ), so a row weighs the same alone or in any batch."""
+    S, W = x.shape
+    pad = -W % WEIGHT_COLUMNS
+    if pad:
+        x = torch.cat([x, x.new_full((S, pad), -math.inf)], 1)
+    return x.sub_(x.amax(-1, keepdim=True)).exp_()[:, :W]
+
+
+def _inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Column j of each row of weights w [S, W] (>= 0) with probability w_j / sum(w), by inverse transform
+    with one uniform u [S, 1] in [0, 1) per row: the first j whose running sum exceeds u * sum(w). The running
+    sums (torch's sequential cumsum) of a row do not depend on the batch, and zero weights between the
+    survivors add nothing, so any layout of the same survivors in the same order picks the same one. -1 for
+    a row without mass (NaN weights: no finite logit)."""
+    c = w.cumsum(-1)
+    total = c[:, -1:]
+    picks = torch.searchsorted(c, u * total, right=True).clamp_(max=w.shape[1] - 1)[:, 0]
+    return picks.masked_fill_(~(total[:, 0] > 0), -1)
+
+
+def _uniforms(S: int, device: torch.device, generators: list[torch.Generator | None],
+              shared: torch.Generator | None) -> torch.Tensor:
+    """u: [S, 1] ~ U[0, 1): row i from generators[i] when given (one draw per sampled step), else from
+    `shared`."""
+    unseeded = [i for i, g in enumerate(generators) if g is None]
+    if len(unseeded) == S:
+        return torch.rand(S, 1, generator=shared, device=device)
+    u = torch.empty(S, 1, device=device)
+    for i, g in enumerate(generators):  # the one per-row loop: a seeded row owns its stream
+        if g is not None:
+            u[i] = torch.rand(1, generator=g, device=device)
+    if unseeded:
+        u[_index(unseeded, device)] = torch.rand(len(unseeded), 1, generator=shared, device=device)
+    return u
 
 
 def _warp(x: torch.Tensor, params: list[SamplingParams]) -> None:
@@ -319,26 +390,6 @@ def _top_k_top_p(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> None:
     # rows with top_p = 1 keep everything: cumsum rounding must not cut their tail
     last_kept.masked_fill_(p_limit >= 1, float("-inf"))
     x.masked_fill_(x < last_kept, float("-inf"))
-
-
-def _exponential_noise(S: int, V: int, device: torch.device, generators: list[torch.Generator | None],
-                       shared: torch.Generator | None) -> torch.Tensor:
-    """q: [S, V] ~ Exp(1) in (0, inf]; row i from generators[i] when given (V draws), else from `shared`.
-
-    Drawn as -log(U), U ~ U[0, 1): 5x faster than `exponential_` on CPU, and never 0, so
-    `probs / q` has no 0/0 (U = 0 gives q = inf, a token that cannot win).
-    """
-    q = torch.empty(S, V, device=device)
-    unseeded = [i for i, g in enumerate(generators) if g is None]
-    if len(unseeded) == S:
-        q.uniform_(generator=shared)
-    else:
-        for i, g in enumerate(generators):  # the one per-row loop: a seeded row owns its stream
-            if g is not None:
-                q[i].uniform_(generator=g)
-        if unseeded:
-            q[_index(unseeded, device)] = torch.empty(len(unseeded), V, device=device).uniform_(generator=shared)
-    return q.log_().neg_()
 
 
 def _fill_logprobs(out: SamplerOutput, lp: torch.Tensor, rows: list[int], nums: list[int]) -> None:

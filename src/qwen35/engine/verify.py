@@ -14,8 +14,8 @@ distribution non-speculative sampling would use at that position. Then:
   d_{i+1} removed; if all k are kept, sample the bonus from p_k. Each emitted token is then distributed
   exactly as p at its position.
 
-Randomness: a seeded request draws k uniforms, then one noise row of V values (the sampler's exponential
-race), from its own generator each step, so its output depends on its seed and its logits only.
+Randomness: a seeded request draws k uniforms, then one more for the final token (the sampler's inverse
+transform), from its own generator each step, so its output depends on its seed and its logits only.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties,
-                      _exponential_noise, _fill_logprobs, _index, _sanitize_, _take_rows, _warp)
+                      _fill_logprobs, _index, _inverse_cdf, _sanitize_, _take_rows, _uniforms, _warp)
 from .sampling_params import SamplingParams
 
 
@@ -123,10 +123,8 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
     gone = [(i, d) for i, d in enumerate(removed) if d >= 0]
     if gone:
         dist[_index([i for i, _ in gone], dev), _index([d for _, d in gone], dev)] = 0.0
-    noise = _exponential_noise(len(seqs), dist.shape[1], dev, [generators[b] for b in seqs], shared)
-    picks = (dist / noise).argmax(-1)
+    picks = _inverse_cdf(dist, _uniforms(len(seqs), dev, [generators[b] for b in seqs], shared))
     # no mass left (no finite logit, or p was all on the rejected draft: cannot happen for u < 1): token 0
-    dead = dist.sum(-1)
-    picks = picks.masked_fill_(dead.isnan() | (dead <= 0), 0)
+    picks = picks.masked_fill_(picks < 0, 0)
     tokens[_index([starts[b] + accepted[b] for b in seqs], dev)] = picks
 

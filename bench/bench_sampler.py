@@ -1,0 +1,70 @@
+"""The sampler on a Qwen3.5-sized vocabulary (248,320): each sampling preset the server applies, and greedy,
+for 1 and 8 rows; rows that all have a top_k through their top candidates (`_sample_candidates`, what the
+sampler does) beside the same rows through the whole vocabulary (the path every row took before).
+
+    .venv/bin/python bench/bench_sampler.py [--rows 1,8] [--threads 2]
+
+Prints the CPU model and measured bandwidth, then milliseconds per sampler call (best of 20) and the ratio;
+the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe, timed  # noqa: E402
+
+from qwen35.engine import sampler as sampler_mod  # noqa: E402
+from qwen35.engine.sampler import PenaltyState, Sampler  # noqa: E402
+from qwen35.engine.sampling_params import SamplingParams  # noqa: E402
+from qwen35.server.params import NON_THINKING_PRESET, THINKING_PRESET  # noqa: E402
+
+VOCAB = 248_320
+CASES = {
+    "greedy": SamplingParams(temperature=0),
+    "thinking preset": SamplingParams(**THINKING_PRESET),
+    "non-thinking preset": SamplingParams(**NON_THINKING_PRESET),
+    "non-thinking, presence 1.5": SamplingParams(**NON_THINKING_PRESET, presence_penalty=1.5),
+    "temperature only": SamplingParams(temperature=0.7),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default="1,8")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(describe(), flush=True)
+    sampler = Sampler(generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(max(map(int, args.rows.split(","))), VOCAB, generator=torch.Generator().manual_seed(1)) * 3
+    candidates = sampler_mod._sample_candidates
+    result = []
+    for rows in map(int, args.rows.split(",")):
+        for name, p in CASES.items():
+            hist = [PenaltyState(list(range(200)))] * rows
+
+            def call():
+                return sampler(logits[:rows].clone(), [p] * rows, hist, [None] * rows)
+
+            ours = timed(call, repeats=20)
+            sampler_mod._sample_candidates = lambda *a: None
+            try:
+                whole = timed(call, repeats=20)
+            finally:
+                sampler_mod._sample_candidates = candidates
+            print(f"{rows} row(s), {name:27s} ours {ours * 1e3:6.2f} ms   whole vocabulary {whole * 1e3:6.2f} ms   "
+                  f"ratio {whole / ours:4.1f}x", flush=True)
+            result.append({"rows": rows, "case": name, "ours_ms": round(ours * 1e3, 3),
+                           "whole_ms": round(whole * 1e3, 3)})
+    print(json.dumps({"cpu": describe(), "results": result}))
+
+
+if __name__ == "__main__":
+    main()
