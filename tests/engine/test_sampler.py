@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from qwen35.engine.sampler import (PenaltyState, Sampler, _apply_penalties, _inverse_cdf, _sample_candidates, _warp,
-                                   _weights, min_tokens_stop_ids)
+from qwen35.engine.sampler import (PenaltyState, Sampler, _apply_penalties, _inverse_cdf, _sample_candidates,
+                                   _temperature_, _warp, _weights, min_tokens_stop_ids)
 from qwen35.engine.sampling_params import SamplingParams as SP
 
 V = 97
@@ -131,19 +131,29 @@ def test_samples_follow_the_filtered_distribution(vocab):
     torch.testing.assert_close(freq, ref_probs(row, p), atol=0.03, rtol=0)
 
 
-def test_candidates_pick_what_the_whole_row_picks():
-    """Rows that all have a top_k draw from their top candidates; for every uniform the token is the one the
-    whole row gives, with bf16-rounded logits (ties) too."""
+@pytest.mark.parametrize("with_top_p_alone", [False, True])
+def test_candidates_pick_what_the_whole_row_picks(with_top_p_alone):
+    """Rows that all have a top_k (or a top_p alone) draw from their top candidates; for every uniform the
+    token is the one the whole row gives, with bf16-rounded logits (ties) too."""
     g = torch.Generator().manual_seed(9)
-    logits = (torch.randn(4, 3000, generator=g) * 3).bfloat16().float()
+    logits = (torch.randn(5, 3000, generator=g) * 3).bfloat16().float()
     params = [SP(temperature=0.6, top_k=20, top_p=0.95), SP(top_k=5), SP(temperature=1.3, top_k=40, min_p=0.05),
-              SP(top_k=1)]
+              SP(top_k=1), SP(temperature=0.8, top_p=0.9) if with_top_p_alone else SP(top_k=700, top_p=0.5)]
     whole = logits.clone()
     _warp(whole, params)
     weights = _weights(whole)
-    for u in torch.rand(300, 4, 1, generator=g):
-        got = _sample_candidates(logits.clone(), params, u)
+    for u in torch.rand(300, 5, 1, generator=g):
+        x = logits.clone()
+        _temperature_(x, params)
+        got = _sample_candidates(x, params, u)
         assert got is not None and torch.equal(got, _inverse_cdf(weights, u))
+
+
+def test_a_nucleus_wider_than_the_candidates_takes_the_whole_row():
+    x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(4)) * 0.1  # nearly flat: 0.99 of it is ~4,900 tokens
+    params = [SP(top_p=0.99), SP(top_k=20)]
+    assert _sample_candidates(x.clone(), params, torch.full((2, 1), 0.5)) is None
+    assert _sample_candidates(x.clone(), [SP(top_p=0.1), SP(top_k=20)], torch.full((2, 1), 0.5)) is not None
 
 
 def test_ties_past_the_candidates_take_the_whole_row():
