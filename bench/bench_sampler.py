@@ -1,6 +1,7 @@
 """The sampler on a Qwen3.5-sized vocabulary (248,320): each sampling preset the server applies, greedy,
 temperature alone and top_p alone, for 1 and 8 rows; through the top candidates where the rows allow it
-(`_sample_candidates`, what the sampler does) beside the same rows through the whole vocabulary.
+(`_sample_candidates`, what the sampler does) beside the same rows through the whole vocabulary; then the
+same for speculative verification (engine/verify.py) of 2 drafts per sequence.
 
     .venv/bin/python bench/bench_sampler.py [--rows 1,8] [--threads 2]
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, timed  # noqa: E402
 
 from qwen35.engine import sampler as sampler_mod  # noqa: E402
+from qwen35.engine import verify as verify_mod  # noqa: E402
 from qwen35.engine.sampler import PenaltyState, Sampler  # noqa: E402
 from qwen35.engine.sampling_params import SamplingParams  # noqa: E402
 from qwen35.server.params import NON_THINKING_PRESET, THINKING_PRESET  # noqa: E402
@@ -66,6 +68,26 @@ def main() -> None:
                   f"ratio {whole / ours:4.1f}x", flush=True)
             result.append({"rows": rows, "case": name, "ours_ms": round(ours * 1e3, 3),
                            "whole_ms": round(whole * 1e3, 3)})
+    # speculative verification: each sequence's 3 rows (2 drafts) under the thinking preset
+    p = CASES["thinking preset"]
+    for seqs in map(int, args.rows.split(",")):
+        rows = logits[:1].repeat(3 * seqs, 1)
+        drafts = [[int(rows[0].argmax())] * 2] * seqs
+        hist = [PenaltyState(list(range(200)))] * (3 * seqs)
+
+        def call():
+            return verify_mod.verify(rows.clone(), [p] * (3 * seqs), hist, [None] * seqs, drafts)
+
+        ours = timed(call, repeats=20)
+        verify_mod._candidates = lambda *a: None
+        try:
+            whole = timed(call, repeats=20)
+        finally:
+            verify_mod._candidates = sampler_mod._candidates
+        print(f"{seqs} seq(s), verify 2 drafts, thinking preset  ours {ours * 1e3:6.2f} ms   whole vocabulary "
+              f"{whole * 1e3:6.2f} ms   ratio {whole / ours:4.1f}x", flush=True)
+        result.append({"rows": 3 * seqs, "case": "verify 2 drafts, thinking preset", "ours_ms": round(ours * 1e3, 3),
+                       "whole_ms": round(whole * 1e3, 3)})
     print(json.dumps({"cpu": describe(), "results": result}))
 
 

@@ -1,4 +1,5 @@
-"""Rejection sampling keeps the target distribution exactly (engine/verify.py), on a 6-token vocabulary.
+"""Rejection sampling keeps the target distribution exactly (engine/verify.py), on a 6-token vocabulary (whole
+rows) and on a 200-token one (the rows' top_k candidates, `sampler._candidates`).
 
 With drafts d_1, d_2, the first emitted token must follow p_0 (the processed target distribution after the
 last token), the second, given the first was d_1, must follow p_1, and so on. Each check draws 24,000
@@ -8,6 +9,7 @@ sequences; the total-variation distance to the target stays under 0.03, while th
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qwen35.engine.sampler import PenaltyState, Sampler, _warp
@@ -38,25 +40,26 @@ def _run(row_logits: torch.Tensor, drafts: list[int], params: SamplingParams, se
     return out.token_ids.view(N, k + 1), torch.tensor(kept)
 
 
-def test_rejection_sampling_matches_the_target_at_every_position():
+@pytest.mark.parametrize("vocab", [V, 200], ids=["whole_rows", "candidates"])
+def test_rejection_sampling_matches_the_target_at_every_position(vocab):
     gen = torch.Generator().manual_seed(0)
-    rows = torch.randn(3, V, generator=gen) * 1.5
+    rows = torch.randn(3, vocab, generator=gen) * 1.5
     params = SamplingParams(temperature=0.9, top_k=5, seed=None)
     p = [_target(r, params) for r in rows]
     drafts = [int(p[0].argsort()[-2]), int(p[1].argmax())]  # a so-so first draft, a good second one
     tokens, kept = _run(rows, drafts, params)
     first = torch.where(kept > 0, drafts[0], tokens[torch.arange(N), 0])
-    assert _tv(torch.bincount(first, minlength=V).float(), p[0]) < TV_BOUND
+    assert _tv(torch.bincount(first, minlength=vocab).float(), p[0]) < TV_BOUND
     after_d1 = kept >= 1
     second = torch.where(kept[after_d1] > 1, drafts[1], tokens[after_d1, 1])
     assert after_d1.sum() > 3000
-    assert _tv(torch.bincount(second, minlength=V).float(), p[1]) < TV_BOUND
+    assert _tv(torch.bincount(second, minlength=vocab).float(), p[1]) < TV_BOUND
     third = tokens[kept == 2, 2]
-    assert _tv(torch.bincount(third, minlength=V).float(), p[2]) < TV_BOUND
+    assert _tv(torch.bincount(third, minlength=vocab).float(), p[2]) < TV_BOUND
     # the distance a wrong rule would give is far above the bound: the test can fail
     a = p[0][drafts[0]]
-    resample_from_p = a * torch.nn.functional.one_hot(torch.tensor(drafts[0]), V) + (1 - a) * p[0]
-    keep_all = torch.nn.functional.one_hot(torch.tensor(drafts[0]), V).float()
+    resample_from_p = a * torch.nn.functional.one_hot(torch.tensor(drafts[0]), vocab) + (1 - a) * p[0]
+    keep_all = torch.nn.functional.one_hot(torch.tensor(drafts[0]), vocab).float()
     assert 0.5 * (resample_from_p - p[0]).abs().sum() > 0.1 and 0.5 * (keep_all - p[0]).abs().sum() > 0.1
 
 
@@ -81,9 +84,10 @@ def test_penalties_see_the_drafts_before_each_row():
     assert plain.token_ids.item() == 2
 
 
-def test_seeded_rows_are_reproducible_and_independent_of_the_batch():
-    rows = torch.randn(3, V, generator=torch.Generator().manual_seed(1))
-    params = SamplingParams(temperature=1.0, seed=5)
+@pytest.mark.parametrize("vocab,top_k", [(V, 0), (200, 20)], ids=["whole_rows", "candidates"])
+def test_seeded_rows_are_reproducible_and_independent_of_the_batch(vocab, top_k):
+    rows = torch.randn(3, vocab, generator=torch.Generator().manual_seed(1))
+    params = SamplingParams(temperature=1.0, top_k=top_k, seed=5)
     hist = PenaltyState([0])
 
     def one(batch_rows, gens, drafts):
@@ -92,6 +96,6 @@ def test_seeded_rows_are_reproducible_and_independent_of_the_batch():
         return out.token_ids.tolist(), kept
 
     alone = one(rows, [torch.Generator().manual_seed(5)], [[2, 3]])
-    other = torch.randn(2, V)
+    other = torch.randn(2, vocab)
     mixed = one(torch.cat([other, rows]), [None, torch.Generator().manual_seed(5)], [[1], [2, 3]])
     assert mixed[1][1] == alone[1][0] and mixed[0][2:] == alone[0]

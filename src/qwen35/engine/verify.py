@@ -14,6 +14,10 @@ distribution non-speculative sampling would use at that position. Then:
   d_{i+1} removed; if all k are kept, sample the bonus from p_k. Each emitted token is then distributed
   exactly as p at its position.
 
+The rows' weights (exp(logit - max) over the survivors) come from their top candidates where every row
+allows it (`sampler._candidates`: the Qwen presets' top_k of 20), else from the whole vocabulary; both give
+the same weights (bench/bench_sampler.py times both).
+
 Randomness: a seeded request draws k uniforms, then one more for the final token (the sampler's inverse
 transform), from its own generator each step, so its output depends on its seed and its logits only.
 """
@@ -22,8 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties,
-                      _fill_logprobs, _index, _inverse_cdf, _sanitize_, _take_rows, _uniforms, _warp)
+from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties, _candidates,
+                      _fill_logprobs, _filter_, _index, _inverse_cdf, _sanitize_, _take_rows, _temperature_,
+                      _uniforms, _weights)
 from .sampling_params import SamplingParams
 
 
@@ -94,14 +99,26 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
     dev = logits.device
     rows = [starts[b] + i for b in seqs for i in range(len(drafts[b]) + 1)]
     x = _take_rows(logits, rows).clone()
-    _warp(x, [params[r] for r in rows])
-    probs = torch.softmax(x, -1)  # [S_rows, V]: sequence seqs[j]'s rows start at row first[j]
-    first = [0]
+    row_params = [params[r] for r in rows]
+    _temperature_(x, row_params)
+    # each row's weights, over its surviving candidates (vocabulary order, `ids`) or over the whole vocabulary
+    cand = _candidates(x, row_params)
+    if cand is None:
+        _filter_(x, row_params)
+        w, ids = _weights(x), None
+    else:
+        w, ids = cand
+    first = [0]  # sequence seqs[j]'s rows start at row first[j]
     for b in seqs[:-1]:
         first.append(first[-1] + len(drafts[b]) + 1)
     # p_i(d_{i+1}) for every draft, in one gather and one host copy
     pairs = [(f + i, d) for f, b in zip(first, seqs) for i, d in enumerate(drafts[b])]
-    p_draft = probs[_index([r for r, _ in pairs], dev), _index([d for _, d in pairs], dev)].tolist() if pairs else []
+    p_draft = []
+    if pairs:
+        r, d = _index([r for r, _ in pairs], dev), _index([d for _, d in pairs], dev)
+        col, present = _columns(None if ids is None else ids[r], d)
+        wr = w[r]
+        p_draft = (torch.where(present, wr.gather(1, col), 0.0)[:, 0] / wr.cumsum(-1)[:, -1]).tolist()
     final_rows, removed, kept_rows, kept_tokens = [], [], [], []
     q = 0
     for f, b in zip(first, seqs):
@@ -119,12 +136,27 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
         kept_tokens += drafts[b][:n]
     if kept_rows:
         tokens[_index(kept_rows, dev)] = _index(kept_tokens, dev)
-    dist = probs[_index(final_rows, dev)]  # [S, V]
+    final = _index(final_rows, dev)
+    dist, dist_ids = w[final], None if ids is None else ids[final]  # [S, W]
     gone = [(i, d) for i, d in enumerate(removed) if d >= 0]
-    if gone:
-        dist[_index([i for i, _ in gone], dev), _index([d for _, d in gone], dev)] = 0.0
+    if gone:  # p with the rejected draft's weight taken out
+        i, d = _index([i for i, _ in gone], dev), _index([d for _, d in gone], dev)
+        col, present = _columns(None if dist_ids is None else dist_ids[i], d)
+        dist[i[:, None], col] = torch.where(present, 0.0, dist[i[:, None], col])
     picks = _inverse_cdf(dist, _uniforms(len(seqs), dev, [generators[b] for b in seqs], shared))
+    if dist_ids is not None:
+        picks = torch.where(picks < 0, picks, dist_ids.gather(1, picks.clamp(min=0)[:, None])[:, 0])
     # no mass left (no finite logit, or p was all on the rejected draft: cannot happen for u < 1): token 0
     picks = picks.masked_fill_(picks < 0, 0)
     tokens[_index([starts[b] + accepted[b] for b in seqs], dev)] = picks
 
+
+
+
+def _columns(ids: torch.Tensor | None, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where token d[j] sits in row j of the weights: (col [J, 1], present [J, 1]). Whole rows (ids None): at
+    column d. Candidates (ids [J, W], ascending): at its place among them, present only if it survived."""
+    if ids is None:
+        return d[:, None], torch.ones(len(d), 1, dtype=torch.bool, device=d.device)
+    col = torch.searchsorted(ids, d[:, None]).clamp_(max=ids.shape[1] - 1)
+    return col, ids.gather(1, col) == d[:, None]
