@@ -6,7 +6,8 @@ this CPU runs (forced, as the tests do), beside the torch ops they replace.
 - `gdn_decode`: the whole GDN step (conv, SiLU, l2norm, gates, delta rule over a [16, 128, 128] fp32 state,
   gated RMSNorm), against the torch path of `GatedDeltaNet.forward` (conv step, l2norm, recurrent rule, norm);
 - `silu_mul`: silu(gate) * up over the MLP's 3,584 columns, against `F.silu(gate) * up`;
-- `rms_norm` over 1,024 values, against `x * rsqrt(mean(x^2) + eps) * w` in fp32.
+- `rms_norm` over 1,024 values, against `x * rsqrt(mean(x^2) + eps) * w` in fp32;
+- `argmax_rows` over a 248,320-token vocabulary of fp32 logits (greedy sampling), against `argmax(-1)`.
 
 Prints the CPU model and measured bandwidth, then microseconds per call, best of several rounds; the last line
 is one JSON object. Timings on a shared 2-core machine are noisy: compare the ratios.
@@ -83,12 +84,14 @@ def main() -> None:
     neg_a, dt_bias, norm_w = -torch.rand(HV, generator=gen) * 4, torch.randn(HV, generator=gen), torch.ones(DV)
     gate_up = torch.randn(B, 2 * 3584, generator=gen).bfloat16()
     x, scale = torch.randn(B, 1024, generator=gen).bfloat16(), torch.ones(1024)
+    logits = torch.randn(B, 248_320, generator=gen) * 3
 
     ours = {
         "gdn_decode": lambda: lib.gdn_decode(mixed, z, b, a, conv_w, conv_pool, ssm_pool, slots, neg_a, dt_bias,
                                              norm_w, EPS),
         "silu_mul": lambda: lib.silu_mul(gate_up),
         "rms_norm": lambda: lib.rms_norm(x, scale, EPS),
+        "argmax": lambda: lib.argmax_rows(logits),
     }
     conv_state, state = conv_pool.clone(), ssm_pool.clone()
     gate, up = gate_up.chunk(2, -1)
@@ -98,6 +101,7 @@ def main() -> None:
         "silu_mul": lambda: F.silu(gate) * up,
         "rms_norm": lambda: (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + EPS) * scale
                              ).to(x.dtype),
+        "argmax": lambda: logits.argmax(-1),
     }
     isas = ISAS[:ISAS.index(native.isa()) + 1]
     result = {"cpu": describe(), "rows": B, "us": {}}

@@ -167,3 +167,20 @@ def test_norm_module_falls_back_for_column_major_rows():
     assert torch.equal(norm(x), want)
     s, h = norm.add_forward(x, x)
     assert torch.equal(s, x + x) and torch.equal(h, norm(x + x))
+
+
+def test_argmax_rows_matches_torch(isa):
+    """First index of the largest value, NaN counting as largest, ties to the first, -inf rows to 0, tails past
+    the vector lanes; bf16-rounded logits (many ties) too."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 1003, generator=g) * 3
+    x[1, 700], x[1, 20] = float("nan"), float("nan")
+    x[2] = float("-inf")
+    x[3, 7], x[3, 900] = float("inf"), float("inf")
+    x[4, 1001] = 50.0  # in the tail
+    x[5, 1002] = float("nan")  # NaN in the tail only
+    for rows in (x, (x * 4).bfloat16().float(), torch.randn(2, 5, generator=g)):
+        assert torch.equal(lib.argmax_rows(rows), rows.argmax(-1))
+    assert torch.equal(fused.argmax(x[:, ::2]), x[:, ::2].argmax(-1))  # strided rows: torch's
+    with pytest.raises(RuntimeError, match="argmax_rows"):
+        lib.argmax_rows(x.bfloat16())

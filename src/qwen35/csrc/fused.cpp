@@ -552,6 +552,61 @@ at::Tensor silu_mul(const at::Tensor& x) {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// argmax_rows: each fp32 row's first index of its largest value, NaN counting as largest (torch.argmax's rule).
+// torch's argmax reduces a row without vectors: 0.24 ms for a 248k vocabulary, 13x its amax.
+
+int64_t argmax_row_scalar(const float* x, int64_t V) {
+  int64_t best = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    if (std::isnan(x[i])) return i;
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
+QWEN35_AVX2 int64_t argmax_row_avx2(const float* x, int64_t V) {
+  const int64_t V8 = V / 8 * 8;
+  __m256 mx = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+  for (int64_t i = 0; i < V8; i += 8) {  // the largest value, and whether any value is NaN
+    const __m256 v = _mm256_loadu_ps(x + i);
+    mx = _mm256_max_ps(mx, v);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  if (_mm256_movemask_ps(nan)) return argmax_row_scalar(x, V);
+  float m = -INFINITY;
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mx);
+  for (float l : lanes) m = std::max(m, l);
+  for (int64_t i = V8; i < V; ++i) {
+    if (std::isnan(x[i])) return argmax_row_scalar(x, V);
+    m = std::max(m, x[i]);
+  }
+  const __m256 vm = _mm256_set1_ps(m);
+  for (int64_t i = 0; i < V8; i += 8) {  // its first place
+    const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vm, _CMP_EQ_OQ));
+    if (hit) return i + __builtin_ctz(hit);
+  }
+  for (int64_t i = V8; i < V; ++i)
+    if (x[i] == m) return i;
+  return 0;  // every value -inf
+}
+
+at::Tensor argmax_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous() &&
+                  x.size(1) > 0,
+              "argmax_rows: x must be a contiguous non-empty fp32 CPU tensor [B, V]");
+  const int64_t B = x.size(0), V = x.size(1);
+  at::Tensor out = at::empty({B}, x.options().dtype(at::kLong));
+  const float* xp = x.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  const bool avx2 = current_isa() != Isa::kScalar;
+  at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) op[r] = avx2 ? argmax_row_avx2(xp + r * V, V) : argmax_row_scalar(xp + r * V, V);
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace qwen35
 
@@ -559,6 +614,7 @@ TORCH_LIBRARY_FRAGMENT(qwen35, m) {
   m.def("rms_norm(Tensor x, Tensor scale, float eps) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor delta, Tensor scale, float eps) -> (Tensor, Tensor)");
   m.def("silu_mul(Tensor x) -> Tensor");
+  m.def("argmax_rows(Tensor x) -> Tensor");
   m.def(
       "gdn_decode(Tensor mixed, Tensor z, Tensor b, Tensor a, Tensor conv_w, Tensor(a!) conv_pool, "
       "Tensor(b!) ssm_pool, Tensor slots, Tensor neg_a, Tensor dt_bias, Tensor norm_w, float eps) -> Tensor");
@@ -569,4 +625,5 @@ TORCH_LIBRARY_IMPL(qwen35, CPU, m) {
   m.impl("rms_norm", &qwen35::rms_norm);
   m.impl("add_rms_norm", &qwen35::add_rms_norm);
   m.impl("silu_mul", &qwen35::silu_mul);
+  m.impl("argmax_rows", &qwen35::argmax_rows);
 }

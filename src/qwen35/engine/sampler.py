@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from qwen35.engine.sampling_params import SamplingParams
+from qwen35.ops.fused import argmax
 
 LOGPROBS_MODES = ("raw", "penalized")
 FLOAT_MAX = torch.finfo(torch.float32).max
@@ -172,7 +173,7 @@ class Sampler:
         greedy = [i for i, p in enumerate(params) if p.greedy]
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         if not sampled:
-            tokens = logits.argmax(-1)
+            tokens = argmax(logits)
         else:
             picks = _sample(_take_rows(logits, sampled), [params[i] for i in sampled],
                             [generators[i] for i in sampled], self.generator)
@@ -181,7 +182,7 @@ class Sampler:
             else:
                 tokens = torch.empty(B, dtype=torch.int64, device=dev)
                 tokens[_index(sampled, dev)] = picks
-                tokens[_index(greedy, dev)] = _take_rows(logits, greedy).argmax(-1)
+                tokens[_index(greedy, dev)] = argmax(_take_rows(logits, greedy))
         out = SamplerOutput(tokens)
         if lp is not None:
             _fill_logprobs(out, lp, lp_rows, [params[i].logprobs for i in lp_rows])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.fused import argmax
 from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties, _candidates,
                       _fill_logprobs, _filter_, _index, _inverse_cdf, _sanitize_, _take_rows, _temperature_,
                       _uniforms, _weights)
@@ -78,7 +79,7 @@ def verify(logits: torch.Tensor, params: list[SamplingParams], histories: list[P
     sampled = [b for b in range(len(drafts)) if not params[starts[b]].greedy]
     if greedy:
         rows = [starts[b] + i for b in greedy for i in range(sizes[b])]
-        top = _take_rows(logits, rows).argmax(-1)
+        top = argmax(_take_rows(logits, rows))
         tokens[_index(rows, dev)] = top
         top, j = top.tolist(), 0
         for b in greedy:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import ConfigError, TextConfig, VisionConfig
 from ..multimodal.inputs import MediaItem
+from ..ops import fused
 from ..ops.batch import ForwardBatch
 from ..ops.linear import linear, prefer_packed
 from ..parallel.sharding import Shard
@@ -150,8 +151,8 @@ class Qwen35ForCausalLM(nn.Module):
             local = linear(hidden, rows).float() if rows.shape[0] else hidden.new_full((hidden.shape[0], 1),
                                                                                         float("-inf"))
             ids = ids if rows.shape[0] else torch.zeros(1, dtype=torch.int64, device=hidden.device)
-        best, at = local.max(-1)
-        return self.shard.group.argmax(best, ids[at])
+        at = fused.argmax(local)
+        return self.shard.group.argmax(local.gather(1, at[:, None])[:, 0], ids[at])
 
     def draft(self, token_ids: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch, cache: ModelCache,
               step: int = 0, embeds: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,6 +8,8 @@ conv step, l2norm, the recurrent update, norms). The ops (`torch.ops.qwen35.*`):
 - `rms_norm(x, scale, eps)`, `add_rms_norm(x, delta, scale, eps) -> (x + delta, norm)`: the zero-centred
   RMSNorm, `scale` = fp32 1 + w (model/norm.py, model/decoder.py; x: [N, D] or [N, H, D] with strided rows);
 - `silu_mul(gate_up) -> silu(gate) * up` (model/mlp.py);
+- `argmax_rows(x)`: each fp32 row's first index of its largest value (`argmax` below: greedy sampling,
+  verification, drafts);
 - `vision_rotary(qk, cos, sin)` and `bias_gelu_tanh_(h, b)`: the vision tower's rotary on q and k, and fc1's
   bias + tanh GELU in place (model/vision.py; csrc/vision.cpp).
 The norms and silu_mul apply at every size (they measured faster for prefill rows too). Layers ask
@@ -38,3 +40,14 @@ def rows_ok(*xs: torch.Tensor) -> bool:
     """Every tensor has unit stride along its last dim, as the kernels read rows (a matmul may hand back a
     transposed layout)."""
     return all(x.stride(-1) == 1 or x.shape[-1] == 1 for x in xs)
+
+
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    """`x.argmax(-1)` for logits x [B, V]: our kernel for contiguous fp32 rows on CPU (a 248k vocabulary: 0.03
+    ms a row against torch's 0.25, which reduces a row without vectors), torch's elsewhere."""
+    if (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous()
+            and x.shape[1] > 0):
+        lib = native.ops()
+        if lib is not None:
+            return lib.argmax_rows(x)
+    return x.argmax(-1)
