@@ -150,7 +150,7 @@ def test_candidates_pick_what_the_whole_row_picks(with_top_p_alone):
 
 
 def test_a_nucleus_wider_than_the_candidates_takes_the_whole_row():
-    x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(4)) * 0.1  # nearly flat: 0.99 of it is ~4,900 tokens
+    x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(4)) * 0.1  # nearly flat: 0.99 is ~4,900 tokens
     params = [SP(top_p=0.99), SP(top_k=20)]
     assert _sample_candidates(x.clone(), params, torch.full((2, 1), 0.5)) is None
     assert _sample_candidates(x.clone(), [SP(top_p=0.1), SP(top_k=20)], torch.full((2, 1), 0.5)) is not None

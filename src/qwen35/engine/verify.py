@@ -152,8 +152,6 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
     tokens[_index([starts[b] + accepted[b] for b in seqs], dev)] = picks
 
 
-
-
 def _columns(ids: torch.Tensor | None, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Where token d[j] sits in row j of the weights: (col [J, 1], present [J, 1]). Whole rows (ids None): at
     column d. Candidates (ids [J, W], ascending): at its place among them, present only if it survived."""

@@ -4,8 +4,9 @@ Experts are stored stacked: `gate_up: [E, 2I, H]` (gate rows first) and `down: [
 fused layout. For a few bf16 tokens on CPU (decode, speculative verification, small batches; every batch on a
 CPU without oneDNN's bf16 GEMM) our C++ kernel (`csrc/moe.cpp`) reads only the experts some token picked, each
 once, at the memory bandwidth; otherwise token-expert pairs are sorted by expert and run through
-`torch._grouped_mm` (one grouped GEMM per projection, CPU and GPU). `experts_quant` is the same contract over weight-only int8/int4 stacks (ops/quant.py formats),
-through the same kernel. `experts_ref` is the plain loop used only by tests.
+`torch._grouped_mm` (one grouped GEMM per projection, CPU and GPU). `experts_quant` is the same contract over
+weight-only int8/int4 stacks (ops/quant.py formats), through the same kernel. `experts_ref` is the plain loop
+used only by tests.
 """
 
 from __future__ import annotations
