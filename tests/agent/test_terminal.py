@@ -92,8 +92,12 @@ class Tmux:
 def tmux(tmp_path):
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed (apt-get install tmux)")
+    # a HOME of its own (the readline history), but this machine's build of our kernels: without it the chat
+    # compiles them at its first greedy argmax, minutes on a loaded 2-core machine
+    cache = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
     session = Tmux(f"qwen35-chat-{os.getpid()}", [QWEN35, "chat", *ENGINE_FLAGS],
-                   {"HOME": str(tmp_path), "TERM": "xterm-256color", "PATH": os.environ["PATH"]})
+                   {"HOME": str(tmp_path), "XDG_CACHE_HOME": cache, "TERM": "xterm-256color",
+                    "PATH": os.environ["PATH"]})
     yield session
     session.close()
 
