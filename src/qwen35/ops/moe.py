@@ -11,6 +11,8 @@ used only by tests.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -26,12 +28,15 @@ NATIVE_MAX_TOKENS = 32
 # AVX2-only AMD EPYC, 64 experts of 512 at hidden 2048, top-8). Quantised stacks otherwise loop over the experts
 # (fp32 GEMMs past 128 rows an expert): our kernel was 1.2-1.5x faster up to 256 tokens, 1.0-1.2x at 512 and
 # 0.8-1.2x past it (noisy).
-NATIVE_MAX_TOKENS_AVX2 = {False: 1 << 62, True: 512}  # by whether the stacks are quantised
+QUANTISED_MAX_TOKENS_AVX2 = 512
 
 
 def native_max_tokens(quantised: bool) -> int:
     """The most tokens our MoE kernel runs a call with on this CPU (see above)."""
-    return NATIVE_MAX_TOKENS if onednn_bf16() else NATIVE_MAX_TOKENS_AVX2[quantised]
+    if onednn_bf16():
+        return NATIVE_MAX_TOKENS
+    return QUANTISED_MAX_TOKENS_AVX2 if quantised else sys.maxsize
+
 
 Stack = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]  # (q, scale, zeros); scale None: plain
 
