@@ -1,6 +1,6 @@
 """The sampler on a Qwen3.5-sized vocabulary (248,320): each sampling preset the server applies, greedy,
 temperature alone and top_p alone, for 1 and 8 rows; through the top candidates where the rows allow it
-(`_sample_candidates`, what the sampler does) beside the same rows through the whole vocabulary; then the
+(`_candidates`, what the sampler does) beside the same rows through the whole vocabulary; then the
 same for speculative verification (engine/verify.py) of 2 drafts per sequence.
 
     .venv/bin/python bench/bench_sampler.py [--rows 1,8] [--threads 2]
@@ -49,7 +49,7 @@ def main() -> None:
     # peaked like a trained model's: N(0, 4^2) logits give the top token ~0.7 and a 0.95 nucleus of ~80 tokens at
     # temperature 0.8 (a random model's are nearly flat, and their nucleus would run past the candidates)
     logits = torch.randn(max(map(int, args.rows.split(","))), VOCAB, generator=torch.Generator().manual_seed(1)) * 4
-    candidates = sampler_mod._sample_candidates
+    candidates = sampler_mod._candidates
     result = []
     for rows in map(int, args.rows.split(",")):
         for name, p in CASES.items():
@@ -59,11 +59,11 @@ def main() -> None:
                 return sampler(logits[:rows].clone(), [p] * rows, hist, [None] * rows)
 
             ours = timed(call, repeats=20)
-            sampler_mod._sample_candidates = lambda *a: None
+            sampler_mod._candidates = lambda *a: None
             try:
                 whole = timed(call, repeats=20)
             finally:
-                sampler_mod._sample_candidates = candidates
+                sampler_mod._candidates = candidates
             print(f"{rows} row(s), {name:34s} ours {ours * 1e3:6.2f} ms   whole vocabulary {whole * 1e3:6.2f} ms   "
                   f"ratio {whole / ours:4.1f}x", flush=True)
             result.append({"rows": rows, "case": name, "ours_ms": round(ours * 1e3, 3),
@@ -83,7 +83,7 @@ def main() -> None:
         try:
             whole = timed(call, repeats=20)
         finally:
-            verify_mod._candidates = sampler_mod._candidates
+            verify_mod._candidates = candidates
         print(f"{seqs} seq(s), verify 2 drafts, thinking preset  ours {ours * 1e3:6.2f} ms   whole vocabulary "
               f"{whole * 1e3:6.2f} ms   ratio {whole / ours:4.1f}x", flush=True)
         result.append({"rows": 3 * seqs, "case": "verify 2 drafts, thinking preset", "ours_ms": round(ours * 1e3, 3),

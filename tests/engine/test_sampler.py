@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from qwen35.engine.sampler import (PenaltyState, Sampler, _apply_penalties, _inverse_cdf, _sample_candidates,
-                                   _temperature_, _warp, _weights, min_tokens_stop_ids)
+from qwen35.engine.sampler import (PenaltyState, Sampler, _apply_penalties, _candidates, _draw, _temperature_, _warp,
+                                   _weights, min_tokens_stop_ids)
 from qwen35.engine.sampling_params import SamplingParams as SP
 
 V = 97
@@ -145,15 +145,15 @@ def test_candidates_pick_what_the_whole_row_picks(with_top_p_alone):
     for u in torch.rand(300, 5, 1, generator=g):
         x = logits.clone()
         _temperature_(x, params)
-        got = _sample_candidates(x, params, u)
-        assert got is not None and torch.equal(got, _inverse_cdf(weights, u))
+        cand = _candidates(x, params)
+        assert cand is not None and torch.equal(_draw(*cand, u), _draw(weights, None, u))
 
 
 def test_a_nucleus_wider_than_the_candidates_takes_the_whole_row():
     x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(4)) * 0.1  # nearly flat: 0.99 is ~4,900 tokens
     params = [SP(top_p=0.99), SP(top_k=20)]
-    assert _sample_candidates(x.clone(), params, torch.full((2, 1), 0.5)) is None
-    assert _sample_candidates(x.clone(), [SP(top_p=0.1), SP(top_k=20)], torch.full((2, 1), 0.5)) is not None
+    assert _candidates(x.clone(), params) is None
+    assert _candidates(x.clone(), [SP(top_p=0.1), SP(top_k=20)]) is not None
 
 
 def test_ties_past_the_candidates_take_the_whole_row():
@@ -161,7 +161,7 @@ def test_ties_past_the_candidates_take_the_whole_row():
     x = torch.zeros(1, 500)
     x[0, :3] = 1.0
     p = SP(temperature=1.0, top_k=10)
-    assert _sample_candidates(x.clone(), [p], torch.full((1, 1), 0.5)) is None
+    assert _candidates(x.clone(), [p]) is None
     out = Sampler(generator=torch.Generator().manual_seed(0))(x.repeat(200, 1), [p] * 200, [PenaltyState([])] * 200,
                                                                 [None] * 200)
     assert int(out.token_ids.max()) > 400

@@ -545,9 +545,6 @@ Weight weight_view(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
   return v;
 }
 
-// The inputs as int8 per block of 32 for the VNNI and AVX2 int8/int4 kernels: xq, the block scale repeated for
-// each 4-input lane, and the offsets the kernels subtract (int8 on AVX512: 128 * sum_b scale_b * sum(xq_b) per
-// row; int4: per weight group, sum over its blocks of scale_b * sum(xq_b)).
 // One block of 32 bf16 inputs as int8: q = round-to-nearest-even(x * 127 / max|x|) (the scalar nearbyint, as
 // _mm256_cvtps_epi32 rounds under the default MXCSR); returns the block's scale max|x| / 127 and sets sum(q).
 // Every CPU that runs these kernels has AVX2; a scalar nearbyint loop took ~3 us for 1,024 inputs.
@@ -578,6 +575,9 @@ static QWEN35_AVX2 float quantize_block_avx2(const uint16_t* src, int8_t* dst, i
   return a / 127.f;
 }
 
+// The inputs as int8 per block of 32 for the VNNI and AVX2 int8/int4 kernels: xq, the block scale repeated for
+// each 4-input lane, and the offsets the kernels subtract (int8 on AVX512: 128 * sum_b scale_b * sum(xq_b) per
+// row; int4: per weight group, sum over its blocks of scale_b * sum(xq_b)).
 void quantize_rows(const at::Tensor& x, const Weight& w, Rows& r, RowsStorage& keep) {
   const int64_t M = r.M, K = w.K, nb = K / 32, ng = w.fmt == Fmt::kInt4 ? w.groups() : 1;
   keep.xq = at::empty({M, K}, x.options().dtype(at::kChar));

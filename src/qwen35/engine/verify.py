@@ -28,7 +28,7 @@ import torch
 
 from ..ops.fused import argmax
 from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties, _candidates,
-                      _fill_logprobs, _filter_, _index, _inverse_cdf, _sanitize_, _take_rows, _temperature_,
+                      _draw, _fill_logprobs, _filter_, _index, _sanitize_, _take_rows, _temperature_,
                       _uniforms, _weights)
 from .sampling_params import SamplingParams
 
@@ -144,11 +144,8 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
         i, d = _index([i for i, _ in gone], dev), _index([d for _, d in gone], dev)
         col, present = _columns(None if dist_ids is None else dist_ids[i], d)
         dist[i[:, None], col] = torch.where(present, 0.0, dist[i[:, None], col])
-    picks = _inverse_cdf(dist, _uniforms(len(seqs), dev, [generators[b] for b in seqs], shared))
-    if dist_ids is not None:
-        picks = torch.where(picks < 0, picks, dist_ids.gather(1, picks.clamp(min=0)[:, None])[:, 0])
     # no mass left (no finite logit, or p was all on the rejected draft: cannot happen for u < 1): token 0
-    picks = picks.masked_fill_(picks < 0, 0)
+    picks = _draw(dist, dist_ids, _uniforms(len(seqs), dev, [generators[b] for b in seqs], shared))
     tokens[_index([starts[b] + accepted[b] for b in seqs], dev)] = picks
 
 
