@@ -49,45 +49,34 @@ def main() -> None:
     # peaked like a trained model's: N(0, 4^2) logits give the top token ~0.7 and a 0.95 nucleus of ~80 tokens at
     # temperature 0.8 (a random model's are nearly flat, and their nucleus would run past the candidates)
     logits = torch.randn(max(map(int, args.rows.split(","))), VOCAB, generator=torch.Generator().manual_seed(1)) * 4
-    candidates = sampler_mod._candidates
     result = []
+
+    def both(label: str, rows: int, module, call) -> None:
+        """Time `call` as it is, then with `module`'s candidates turned off (the whole-vocabulary path)."""
+        candidates = module._candidates
+        ours = timed(call, repeats=20)
+        module._candidates = lambda *a: None
+        try:
+            whole = timed(call, repeats=20)
+        finally:
+            module._candidates = candidates
+        print(f"{label:46s} ours {ours * 1e3:6.2f} ms   whole vocabulary {whole * 1e3:6.2f} ms   "
+              f"ratio {whole / ours:4.1f}x", flush=True)
+        result.append({"rows": rows, "case": label, "ours_ms": round(ours * 1e3, 3), "whole_ms": round(whole * 1e3, 3)})
+
     for rows in map(int, args.rows.split(",")):
         for name, p in CASES.items():
             hist = [PenaltyState(list(range(200)))] * rows
-
-            def call():
-                return sampler(logits[:rows].clone(), [p] * rows, hist, [None] * rows)
-
-            ours = timed(call, repeats=20)
-            sampler_mod._candidates = lambda *a: None
-            try:
-                whole = timed(call, repeats=20)
-            finally:
-                sampler_mod._candidates = candidates
-            print(f"{rows} row(s), {name:34s} ours {ours * 1e3:6.2f} ms   whole vocabulary {whole * 1e3:6.2f} ms   "
-                  f"ratio {whole / ours:4.1f}x", flush=True)
-            result.append({"rows": rows, "case": name, "ours_ms": round(ours * 1e3, 3),
-                           "whole_ms": round(whole * 1e3, 3)})
+            both(f"{rows} row(s), {name}", rows, sampler_mod,
+                 lambda: sampler(logits[:rows].clone(), [p] * rows, hist, [None] * rows))
     # speculative verification: each sequence's 3 rows (2 drafts) under the thinking preset
     p = CASES["thinking preset"]
     for seqs in map(int, args.rows.split(",")):
         rows = logits[:1].repeat(3 * seqs, 1)
         drafts = [[int(rows[0].argmax())] * 2] * seqs
         hist = [PenaltyState(list(range(200)))] * (3 * seqs)
-
-        def call():
-            return verify_mod.verify(rows.clone(), [p] * (3 * seqs), hist, [None] * seqs, drafts)
-
-        ours = timed(call, repeats=20)
-        verify_mod._candidates = lambda *a: None
-        try:
-            whole = timed(call, repeats=20)
-        finally:
-            verify_mod._candidates = candidates
-        print(f"{seqs} seq(s), verify 2 drafts, thinking preset  ours {ours * 1e3:6.2f} ms   whole vocabulary "
-              f"{whole * 1e3:6.2f} ms   ratio {whole / ours:4.1f}x", flush=True)
-        result.append({"rows": 3 * seqs, "case": "verify 2 drafts, thinking preset", "ours_ms": round(ours * 1e3, 3),
-                       "whole_ms": round(whole * 1e3, 3)})
+        both(f"{seqs} seq(s), verify 2 drafts, thinking preset", 3 * seqs, verify_mod,
+             lambda: verify_mod.verify(rows.clone(), [p] * (3 * seqs), hist, [None] * seqs, drafts))
     print(json.dumps({"cpu": describe(), "results": result}))
 
 
