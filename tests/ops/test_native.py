@@ -57,6 +57,22 @@ def test_rows_do_not_depend_on_the_batch_on_avx2_and_plain(isa, fmt, K):
     assert torch.equal(gemm(x[:4], *args), alone[:4])
 
 
+@pytest.mark.parametrize("zeros", [False, True])
+def test_int4_rows_do_not_depend_on_their_place_in_a_block(isa, zeros):
+    # the AVX2 int4 kernel sums 8 weight rows in the lanes of one register: a row's output must not depend on
+    # which lane it took or on the rows beside it (a tail block repeats its last row)
+    if isa == "avx512_bf16":
+        pytest.skip("the AVX512 blocks are not claimed batch-invariant")
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(3, 256, generator=g).bfloat16(), torch.randn(45, 256, generator=g)
+    q, s = quant.quantize_int4(w, 32)
+    z = torch.randint(0, 16, s.shape, dtype=torch.uint8, generator=g) if zeros else None
+    whole = lib.gemm_int4(x, q, s, z, 32)
+    for first in (1, 3, 8, 41):
+        part = lib.gemm_int4(x, q[first:], s[first:], None if z is None else z[first:], 32)
+        assert torch.equal(part, whole[:, first:])
+
+
 def test_strided_rows_and_bf16_output():
     """x may be a row slice of a wider tensor (a split of a fused projection); the output is x's dtype."""
     w = torch.randn(16, 64).bfloat16()

@@ -4,7 +4,8 @@
 //   vpdpbusd (block_vnni); int8 rows whose K is not a multiple of 64 are widened to bf16 instead.
 // - AVX2: bf16 weights in blocks of 8 rows (one input row) or 4 rows x 2 input rows, widened to fp32 in
 //   registers straight into FMAs with the fp32 inputs (bf16_block_avx2); int8 and int4 against the inputs
-//   rounded to int8 as for VNNI, with vpmaddubsw + vpmaddwd (quant_block_avx2).
+//   rounded to int8 as for VNNI, with vpmaddubsw + vpmaddwd (int8_block_avx2,
+//   int4_block_avx2: 8 rows reduced into one vector, so the float work is shared).
 // - Plain C++ (and AVX2's int8 when K is not a multiple of 64): each weight row is dequantised to fp32 once and
 //   dotted with the fp32 inputs (the same source, compiled twice: once for AVX2+FMA, once for the baseline).
 // Every path streams each weight byte once per call: decode reads weights at the memory bandwidth.
@@ -359,123 +360,210 @@ QWEN35_AVX2 inline __m256 dot32(__m256i u, __m256i s) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 }
 
-// int4: the fp32 scales of weight rows [n, n + NB) into sf [NB, groups] (one conversion per row and call) and
-// each row's zero-point offset for input row m: int4_zero_offset (above).
-template <int NB>
-QWEN35_AVX2 void int4_scales_avx2(const Weight& w, int64_t n, float* sf) {
-  const int64_t ng = w.groups();
-  for (int i = 0; i < NB; ++i) {
-    const uint16_t* s = w.scale16 + (n + i) * ng;
-    int64_t g = 0;
-    for (; g + 8 <= ng; g += 8)
-      _mm256_storeu_ps(sf + i * ng + g, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + g))));
-    for (; g < ng; ++g) sf[i * ng + g] = _cvtsh_ss(s[g]);
+// int4 on AVX2: 8 weight rows at a time, one fp32 lane per row. The float work per group (a conversion, the
+// input block's scale, the group scale, an FMA) is then one instruction each for 8 rows instead of one per row,
+// which made the old row-at-a-time loop compute-bound at ~18 G weights a second a core (0.6 of the bandwidth of
+// two cores). Per half block of 32 inputs vpmaddubsw gives each row 16 pair sums (|.| <= 2 * 15 * 127); two
+// rows' vectors are interleaved and added in 16 bits (|.| <= 7620), vpmaddwd with ones widens them, and two
+// more interleave-and-add steps leave one vector of the 8 rows' exact integer sums. Each lane (row) then takes
+// acc = fma(float(sum) * input scale, group scale, acc) per half block in order, and finally its zero point
+// off: the same arithmetic for every lane, so an output does not depend on the batch or on its place.
+
+// v[t] <- column t of the 8 x 8 matrix whose rows were v[0..7].
+QWEN35_AVX2 inline void transpose8(__m256* v) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
   }
 }
 
-QWEN35_AVX2 float int4_zero_offset_avx2(const Weight& w, int64_t n, const float* sf, const float* c) {
+// The fp32 group scales of weight rows r[0..7] by group, s[g * 8 + i], and scale x zero point (8 without
+// zeros) in z alike: a block of 8 groups is widened per row and transposed.
+QWEN35_AVX2 void int4_scales_avx2(const Weight& w, const int64_t* rows, float* s, float* z) {
   const int64_t ng = w.groups();
-  const uint8_t* z = w.zeros ? w.zeros + n * ng : nullptr;
-  __m256 acc = _mm256_setzero_ps();
   int64_t g = 0;
   for (; g + 8 <= ng; g += 8) {
-    const __m256 zv = z ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(z + g))))
-                        : _mm256_set1_ps(8.0f);
-    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(sf + g), zv), _mm256_loadu_ps(c + g), acc);
+    __m256 v[8], vz[8];
+    for (int i = 0; i < 8; ++i) {
+      v[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.scale16 + rows[i] * ng + g)));
+      const __m256 zp = w.zeros ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                      _mm_loadl_epi64((const __m128i*)(w.zeros + rows[i] * ng + g))))
+                                : _mm256_set1_ps(8.0f);
+      vz[i] = _mm256_mul_ps(v[i], zp);
+    }
+    transpose8(v);
+    transpose8(vz);
+    for (int t = 0; t < 8; ++t) {
+      _mm256_storeu_ps(s + (g + t) * 8, v[t]);
+      _mm256_storeu_ps(z + (g + t) * 8, vz[t]);
+    }
   }
-  float r = sum8(acc);
-  for (; g < ng; ++g) r += sf[g] * (z ? float(z[g]) : 8.0f) * c[g];
-  return r;
+  for (; g < ng; ++g)
+    for (int i = 0; i < 8; ++i) {
+      s[g * 8 + i] = _cvtsh_ss(w.scale16[rows[i] * ng + g]);
+      z[g * 8 + i] = s[g * 8 + i] * (w.zeros ? float(w.zeros[rows[i] * ng + g]) : 8.0f);
+    }
 }
 
-// Output rows [n, n + NB) for input rows [m, m + MB); sf: int4_scales_avx2 of these weight rows.
-template <Fmt F, int NB, int MB>
-QWEN35_AVX2 void quant_block_avx2(const Weight& w, int64_t n, const Rows& x, int64_t m, const float* sf,
-                                  const Out& o) {
+// Two rows' 16 pair sums (16-bit) -> 8 lanes of 32-bit sums: [a, b, a, b | a, b, a, b].
+QWEN35_AVX2 inline __m256i pair_rows(__m256i a, __m256i b) {
+  return _mm256_madd_epi16(_mm256_add_epi16(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b)),
+                           _mm256_set1_epi16(1));
+}
+
+// Four pair_rows results (rows 0-1, 2-3, 4-5, 6-7) -> each row's total in lane i.
+QWEN35_AVX2 inline __m256i rows_total(const __m256i* p) {
+  const __m256i a = _mm256_add_epi32(_mm256_unpacklo_epi64(p[0], p[1]), _mm256_unpackhi_epi64(p[0], p[1]));
+  const __m256i b = _mm256_add_epi32(_mm256_unpacklo_epi64(p[2], p[3]), _mm256_unpackhi_epi64(p[2], p[3]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+// Output rows rows[0..7] (repeats allowed: a tail) for input rows [m, m + MB); s, z: int4_scales_avx2.
+template <int MB>
+QWEN35_AVX2 void int4_block_avx2(const Weight& w, const int64_t* rows, int64_t live, const Rows& x, int64_t m,
+                                 const float* s, const float* z, const Out& o) {
   const int64_t K = w.K, G = w.group, ng = w.groups();
+  const uint8_t* r[8];
+  for (int i = 0; i < 8; ++i) r[i] = w.row(rows[i]);
+  __m256 acc[MB];
+  for (int j = 0; j < MB; ++j) acc[j] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  int64_t g = 0, left = G / 32;  // the group of the next half block of 32 inputs, and its halves left
+  for (int64_t k0 = 0; k0 < K; k0 += 64) {
+    // the next block's bytes in order, 256 a step (8 rows of K / 2 bytes over K / 64 steps; see int8_block_avx2):
+    // prefetching the same place 8 rows on instead read at ~19 GB/s, in order at 24-27 (AVX2-only AMD EPYC)
+    const char* ahead = (const char*)r[0] + 8 * w.row_bytes + 4 * k0;
+    for (int c = 0; c < 256; c += 64) _mm_prefetch(ahead + c, _MM_HINT_T0);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const int64_t k = k0 + 32 * h;
+      __m256i xv[MB], p[MB][4];
+#pragma GCC unroll 4
+      for (int j = 0; j < MB; ++j) xv[j] = _mm256_loadu_si256((const __m256i*)(x.xq + (m + j) * K + k));
+#pragma GCC unroll 4
+      for (int i = 0; i < 8; i += 2) {
+        __m256i u[2];
+#pragma GCC unroll 2
+        for (int t = 0; t < 2; ++t) {
+          const __m256i b = _mm256_loadu_si256((const __m256i*)(r[i + t] + k0 / 2));
+          u[t] = _mm256_and_si256(h ? _mm256_srli_epi16(b, 4) : b, low);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < MB; ++j)
+          p[j][i / 2] = pair_rows(_mm256_maddubs_epi16(u[0], xv[j]), _mm256_maddubs_epi16(u[1], xv[j]));
+      }
+      const __m256 sg = _mm256_loadu_ps(s + g * 8);
+#pragma GCC unroll 4
+      for (int j = 0; j < MB; ++j) {
+        const __m256 d = _mm256_broadcast_ss(x.xscale + (m + j) * (K / 4) + k / 4);  // the block's scale
+        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(rows_total(p[j])), d), sg, acc[j]);
+      }
+      if (--left == 0) ++g, left = G / 32;
+    }
+  }
+  for (int j = 0; j < MB; ++j) {
+    const float* c = x.xcorr + (m + j) * ng;  // the input's sums per group, scaled: the zero points' share
+    __m256 off = _mm256_setzero_ps();
+    for (int64_t q = 0; q < ng; ++q) off = _mm256_fmadd_ps(_mm256_loadu_ps(z + q * 8), _mm256_broadcast_ss(c + q), off);
+    alignas(32) float v[8];
+    _mm256_store_ps(v, _mm256_sub_ps(acc[j], off));
+    for (int i = 0; i < live; ++i) store(o, m + j, rows[i], v[i]);
+  }
+}
+
+// Output rows [n, n1) (at most 8; fewer repeat the last) for all input rows: pairs, then the odd one.
+QWEN35_AVX2 void int4_rows_avx2(const Weight& w, int64_t n, int64_t n1, const Rows& x, float* s, float* z,
+                                const Out& o) {
+  int64_t rows[8];
+  const int64_t live = std::min<int64_t>(8, n1 - n);
+  for (int i = 0; i < 8; ++i) rows[i] = n + std::min<int64_t>(i, live - 1);
+  int4_scales_avx2(w, rows, s, z);
+  int64_t m = 0;
+  for (; m + 2 <= x.M; m += 2) int4_block_avx2<2>(w, rows, live, x, m, s, z, o);
+  if (m < x.M) int4_block_avx2<1>(w, rows, live, x, m, s, z, o);
+}
+
+// int8: output rows [n, n + NB) for input rows [m, m + MB).
+template <int NB, int MB>
+QWEN35_AVX2 void int8_block_avx2(const Weight& w, int64_t n, const Rows& x, int64_t m, const Out& o) {
+  const int64_t K = w.K;
+  const bool sequential = NB * w.row_bytes <= 16384;
+  const char* next = (const char*)w.row(n + NB);
   __m256 acc[NB][MB];
 #pragma GCC unroll 8
   for (int i = 0; i < NB; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f);
-  int64_t g = 0, left = G / 32;  // int4: the group of the next half block of 32 inputs, and its halves left
   for (int64_t k0 = 0; k0 < K; k0 += 64) {
-    int64_t gh[2] = {};  // int4: each half's group (no division in the loop)
-    if constexpr (F == Fmt::kInt4)
-      for (int h = 0; h < 2; ++h) {
-        gh[h] = g;
-        if (--left == 0) ++g, left = G / 32;
-      }
 #pragma GCC unroll 8
     for (int i = 0; i < NB; ++i) {
       const uint8_t* r = w.row(n + i);
-      // the same place in the row NB rows on, which the next block reads: without it int4 read at 0.4 of bf16's
-      // bytes a second from memory, int8 at 0.8, and bf16 (bf16_block_avx2) the lm_head at 20 GB/s, not 24
-      // (AVX2-only AMD EPYC): the hardware prefetcher alone does not keep 8 streams ahead
-      _mm_prefetch((const char*)(r + NB * w.row_bytes + (F == Fmt::kInt8 ? k0 : k0 / 2)), _MM_HINT_T0);
-      __m256i wv[2], uv[2];  // the 64 weights as signed (int8) and as the unsigned multiplicand
-      if constexpr (F == Fmt::kInt8) {
+      // what the next block reads: without a prefetch int4 read at 0.4 of bf16's bytes a second from memory,
+      // int8 at 0.8, and bf16 (bf16_block_avx2) the lm_head at 20 GB/s, not 24 (AVX2-only AMD EPYC): the hardware
+      // prefetcher alone does not keep 8 streams ahead. A block of up to 16 KB is fetched in order, NB lines a
+      // step (rows n + NB... follow this block's in memory), larger ones row by row at this block's place: in
+      // order, int8 read at 27-30 GB/s against 21-23 with K = 1,024 and at 26 against 28 with K = 3,584.
+      if (sequential) _mm_prefetch(next + NB * k0 + 64 * i, _MM_HINT_T0);
+      else _mm_prefetch((const char*)(r + NB * w.row_bytes + k0), _MM_HINT_T0);
+      __m256i wv[2], uv[2];  // the 64 weights as signed and as the unsigned multiplicand
 #pragma GCC unroll 8
-        for (int h = 0; h < 2; ++h) {
-          wv[h] = _mm256_loadu_si256((const __m256i*)(r + k0 + 32 * h));
-          uv[h] = _mm256_abs_epi8(wv[h]);
-        }
-      } else {
-        const __m256i b = _mm256_loadu_si256((const __m256i*)(r + k0 / 2));
-        uv[0] = _mm256_and_si256(b, low);
-        uv[1] = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+      for (int h = 0; h < 2; ++h) {
+        wv[h] = _mm256_loadu_si256((const __m256i*)(r + k0 + 32 * h));
+        uv[h] = _mm256_abs_epi8(wv[h]);
       }
 #pragma GCC unroll 8
       for (int j = 0; j < MB; ++j)
 #pragma GCC unroll 8
         for (int h = 0; h < 2; ++h) {
           const int64_t k = k0 + 32 * h;
-          __m256i xv = _mm256_loadu_si256((const __m256i*)(x.xq + (m + j) * K + k));
+          const __m256i xv = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(x.xq + (m + j) * K + k)), wv[h]);
           const __m256 d = _mm256_loadu_ps(x.xscale + (m + j) * (K / 4) + k / 4);  // the block's scale x 8
-          if constexpr (F == Fmt::kInt8) {
-            xv = _mm256_sign_epi8(xv, wv[h]);
-            acc[i][j] = _mm256_fmadd_ps(dot32(uv[h], xv), d, acc[i][j]);
-          } else {
-            acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dot32(uv[h], xv), d), _mm256_broadcast_ss(sf + i * ng + gh[h]),
-                                        acc[i][j]);
-          }
+          acc[i][j] = _mm256_fmadd_ps(dot32(uv[h], xv), d, acc[i][j]);
         }
     }
   }
 #pragma GCC unroll 8
   for (int i = 0; i < NB; ++i)
 #pragma GCC unroll 8
-    for (int j = 0; j < MB; ++j)
-      store(o, m + j, n + i,
-            F == Fmt::kInt8 ? sum8(acc[i][j]) * w.scale[n + i]
-                            : sum8(acc[i][j]) - int4_zero_offset_avx2(w, n + i, sf + i * ng, x.xcorr + (m + j) * ng));
+    for (int j = 0; j < MB; ++j) store(o, m + j, n + i, sum8(acc[i][j]) * w.scale[n + i]);
 }
 
-// All input rows for output rows [n, n + NB): pairs of inputs, then the odd one. sf: room for NB rows' scales.
-template <Fmt F, int NB>
-QWEN35_AVX2 void quant_rows_avx2(const Weight& w, int64_t n, const Rows& x, float* sf, const Out& o) {
-  if constexpr (F == Fmt::kInt4) int4_scales_avx2<NB>(w, n, sf);
+// int8: all input rows for output rows [n, n + NB): pairs of inputs, then the odd one.
+template <int NB>
+QWEN35_AVX2 void int8_rows_avx2(const Weight& w, int64_t n, const Rows& x, const Out& o) {
   int64_t m = 0;
-  for (; m + 2 <= x.M; m += 2) quant_block_avx2<F, NB, 2>(w, n, x, m, sf, o);
-  if (m < x.M) quant_block_avx2<F, NB, 1>(w, n, x, m, sf, o);
+  for (; m + 2 <= x.M; m += 2) int8_block_avx2<NB, 2>(w, n, x, m, o);
+  if (m < x.M) int8_block_avx2<NB, 1>(w, n, x, m, o);
 }
 
-template <Fmt F>
 QWEN35_AVX2 void matmul_quant_avx2(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const Out& o) {
-  std::vector<float> sf(F == Fmt::kInt4 ? 8 * w.groups() : 0);
   int64_t n = n0;
+  if (w.fmt == Fmt::kInt4) {
+    std::vector<float> s(16 * w.groups());
+    for (; n < n1; n += 8) int4_rows_avx2(w, n, n1, x, s.data(), s.data() + 8 * w.groups(), o);
+    return;
+  }
   if (x.M == 1)
-    for (; n + 8 <= n1; n += 8) quant_rows_avx2<F, 8>(w, n, x, sf.data(), o);
-  for (; n + 4 <= n1; n += 4) quant_rows_avx2<F, 4>(w, n, x, sf.data(), o);
-  for (; n < n1; ++n) quant_rows_avx2<F, 1>(w, n, x, sf.data(), o);
+    for (; n + 8 <= n1; n += 8) int8_rows_avx2<8>(w, n, x, o);
+  for (; n + 4 <= n1; n += 4) int8_rows_avx2<4>(w, n, x, o);
+  for (; n < n1; ++n) int8_rows_avx2<1>(w, n, x, o);
 }
 
 QWEN35_AVX2 __attribute__((flatten)) void matmul_rows_avx2(const Weight& w, int64_t n0, int64_t n1,
                                                            const Rows& x, const Out& o) {
   if (w.fmt != Fmt::kBf16 && x.xq)
-    return w.fmt == Fmt::kInt8 ? matmul_quant_avx2<Fmt::kInt8>(w, n0, n1, x, o)
-                               : matmul_quant_avx2<Fmt::kInt4>(w, n0, n1, x, o);
+    return matmul_quant_avx2(w, n0, n1, x, o);
   if (w.fmt != Fmt::kBf16) return matmul_rows_portable(w, n0, n1, x, o);
   int64_t n = n0;
   if (x.M == 1) {  // 8 FMA chains
