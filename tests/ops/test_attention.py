@@ -57,9 +57,12 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got.float(), want.float(), **TOL[want.dtype])
 
 
+@pytest.mark.parametrize("one_tile_mask", [0, attn.ONE_TILE_MASK], ids=["split", "one-masked-tile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_paged_attention_matches_reference(name, dtype):
+def test_paged_attention_matches_reference(name, dtype, one_tile_mask, monkeypatch):
+    # one_tile_mask 0: keys below the shortest context always in a mask-free tile of their own
+    monkeypatch.setattr(attn, "ONE_TILE_MASK", one_tile_mask)
     q, k_cache, v_cache, batch = _case(SHAPES[name], dtype)
     want = paged_attention_ref(q, k_cache, v_cache, batch, D ** -0.5)
     got = paged_attention(q, *_new_kv(k_cache, v_cache, batch), k_cache, v_cache, batch, D ** -0.5)
