@@ -184,3 +184,55 @@ def test_argmax_rows_matches_torch(isa):
     assert torch.equal(fused.argmax(x[:, ::2]), x[:, ::2].argmax(-1))  # strided rows: torch's
     with pytest.raises(RuntimeError, match="argmax_rows"):
         lib.argmax_rows(x.bfloat16())
+
+
+def test_attention_prep_kernel_gives_the_torch_path_bits(tiny_ckpt, monkeypatch):
+    """`attn_prep` (q/k norms, partial rotary, cache writes in one call) against the torch ops it replaces:
+    the same logits bit for bit (the decode steps read the K/V it cached), over a packed prefill of sequences of
+    different lengths and batched decode steps."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
+    from helpers import prefill_then_decode
+
+    from qwen35.loading.checkpoint import load_model
+
+    model, _ = load_model(tiny_ckpt, dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 20000, (n,), generator=gen).tolist() for n in (7, 33, 1)]
+    cont = [torch.randint(0, 20000, (5,), generator=gen).tolist() for _ in prompts]
+    calls = []
+    real = lib.attn_prep
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+        def attn_prep(self, *a):
+            calls.append(a[0].shape[0])
+            return real(*a)
+
+    runs = {}
+    for enabled in (False, True):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        monkeypatch.setattr(fused.native, "ops", lambda: Spy())
+        runs[enabled] = prefill_then_decode(model, prompts, cont)
+        assert bool(calls) == enabled
+    assert all(torch.equal(a, b) for a, b in zip(runs[True], runs[False]))
+    assert calls[0] == sum(map(len, prompts)) and set(calls[1:]) == {len(prompts)}  # prefill rows, then decode
+
+
+def test_attention_prep_rejects_bad_inputs():
+    qkv = torch.zeros(2, (2 * 4 + 2 * 2) * 8, dtype=torch.bfloat16)
+    cs = torch.zeros(2, 4, dtype=torch.bfloat16)
+    sc = torch.ones(8)
+    kc = torch.zeros(16, 2, 8, dtype=torch.bfloat16)
+    ok = (qkv, cs, cs, sc, sc, 1e-6, kc, kc.clone(), torch.tensor([0, 5]), 4, 2, 8)
+    lib.attn_prep(*ok)
+    with pytest.raises(RuntimeError, match="slot 16 outside"):
+        lib.attn_prep(*ok[:8], torch.tensor([0, 16]), *ok[9:])
+    with pytest.raises(RuntimeError, match="qkv must be"):
+        lib.attn_prep(qkv[:, :-8], *ok[1:])
+    with pytest.raises(RuntimeError, match="bf16"):
+        lib.attn_prep(qkv.float(), *ok[1:])

@@ -17,6 +17,7 @@
 // rms_norm / add_rms_norm: the zero-centred RMSNorm (model/norm.py; `scale` is the fp32 1 + w), optionally
 // after the residual add x + delta (rounded to the activations' dtype first, as the torch path's add is).
 // silu_mul: silu(gate) * up from the fused gate|up projection (model/mlp.py), each product rounded like torch.
+// attn_prep: gated attention's q/k norms, rotary and K/V cache writes (below).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -607,6 +608,82 @@ at::Tensor argmax_rows(const at::Tensor& x) {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Gated attention's per-token work before the attention itself (model/attention.py): q and k RMSNorm per head,
+// the rotary embedding on their first rd dims, and k, v into the paged cache at the tokens' slots. The torch
+// path's values bit for bit: the norms are rms_norm's rows (norm_rows_isa), and the rotation rounds each
+// product and the sum to the activations' dtype as torch's ops do, x * cos + rotate_half(x) * sin.
+
+// Rows [r0, r1) of (token, head) pairs, each of D values already normed in out (rows of D): rotated in place.
+template <typename T>  // T = uint16_t (bf16): every rounding is explicit, none left to the compiler
+void rope_rows(T* out, const T* cos, const T* sin, int64_t heads, int64_t D, int64_t rd, int64_t r0, int64_t r1) {
+  float x[kMaxHeadDim];
+  const int64_t half = rd / 2;
+  for (int64_t r = r0; r < r1; ++r) {
+    T* o = out + r * D;
+    const T* c = cos + (r / heads) * rd;
+    const T* s = sin + (r / heads) * rd;
+    for (int64_t i = 0; i < rd; ++i) x[i] = load(o, i);
+    for (int64_t i = 0; i < rd; ++i) {
+      const float rot = i < half ? -x[i + half] : x[i - half];
+      T a, b;
+      put(&a, 0, x[i] * load(c, i));
+      put(&b, 0, rot * load(s, i));
+      put(o, i, load(&a, 0) + load(&b, 0));
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> attn_prep(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
+                                             const at::Tensor& q_scale, const at::Tensor& k_scale, double eps,
+                                             at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots,
+                                             int64_t Hq, int64_t Hkv, int64_t D) {
+  const char* op = "attn_prep";
+  TORCH_CHECK(qkv.scalar_type() == at::kBFloat16, op, ": bf16 activations only");
+  check_act(qkv, op);
+  TORCH_CHECK(qkv.dim() == 2 && qkv.size(1) == (2 * Hq + 2 * Hkv) * D, op,
+              ": qkv must be [N, (2 Hq + 2 Hkv) D] (q and its gate per head, then k, then v)");
+  TORCH_CHECK(D > 0 && D <= kMaxHeadDim, op, ": head_dim above ", kMaxHeadDim, " unsupported");
+  const int64_t N = qkv.size(0), rd = cos.size(-1), ld = qkv.stride(0);
+  for (const at::Tensor* t : {&cos, &sin})
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->is_contiguous() && t->scalar_type() == qkv.scalar_type(),
+                op, ": cos and sin must be contiguous [N, rotary_dim] in qkv's dtype");
+  TORCH_CHECK(rd % 2 == 0 && rd <= D && sin.size(1) == rd, op, ": rotary_dim must be even and at most head_dim");
+  check_f32(q_scale, "q_scale", D, op);
+  check_f32(k_scale, "k_scale", D, op);
+  for (const at::Tensor* t : {&k_cache, &v_cache})
+    TORCH_CHECK(t->dim() == 3 && t->size(1) == Hkv && t->size(2) == D && t->is_contiguous() &&
+                    t->scalar_type() == qkv.scalar_type() && t->device().is_cpu(),
+                op, ": caches must be contiguous [rows, Hkv, D] in qkv's dtype");
+  TORCH_CHECK(slots.dim() == 1 && slots.size(0) == N && slots.scalar_type() == at::kLong && slots.is_contiguous(),
+              op, ": slots must be int64 [N]");
+  const int64_t* sl = slots.data_ptr<int64_t>();
+  for (int64_t t = 0; t < N; ++t)
+    TORCH_CHECK(sl[t] >= 0 && sl[t] < k_cache.size(0), op, ": slot ", sl[t], " outside the cache");
+  at::Tensor q = at::empty({N, Hq, D}, qkv.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor k = at::empty({N, Hkv, D}, q.options());
+  const float e = float(eps);
+  {
+    using T = uint16_t;
+    const T* base = (const T*)qkv.data_ptr();
+    T* qp = (T*)q.data_ptr();
+    T* kp = (T*)k.data_ptr();
+    norm_rows_isa<T>(base, Hq, ld, 2 * D, nullptr, 0, nullptr, q_scale.data_ptr<float>(), e, D, qp, 0, N * Hq);
+    norm_rows_isa<T>(base + 2 * Hq * D, Hkv, ld, D, nullptr, 0, nullptr, k_scale.data_ptr<float>(), e, D, kp, 0,
+                     N * Hkv);
+    rope_rows<T>(qp, (const T*)cos.data_ptr(), (const T*)sin.data_ptr(), Hq, D, rd, 0, N * Hq);
+    rope_rows<T>(kp, (const T*)cos.data_ptr(), (const T*)sin.data_ptr(), Hkv, D, rd, 0, N * Hkv);
+    T* kc = (T*)k_cache.data_ptr();
+    T* vc = (T*)v_cache.data_ptr();
+    for (int64_t t = 0; t < N; ++t) {
+      std::copy(kp + t * Hkv * D, kp + (t + 1) * Hkv * D, kc + sl[t] * Hkv * D);
+      const T* v = base + t * ld + (2 * Hq + Hkv) * D;
+      std::copy(v, v + Hkv * D, vc + sl[t] * Hkv * D);
+    }
+  }
+  return {q, k};
+}
+
 }  // namespace
 }  // namespace qwen35
 
@@ -615,6 +692,9 @@ TORCH_LIBRARY_FRAGMENT(qwen35, m) {
   m.def("add_rms_norm(Tensor x, Tensor delta, Tensor scale, float eps) -> (Tensor, Tensor)");
   m.def("silu_mul(Tensor x) -> Tensor");
   m.def("argmax_rows(Tensor x) -> Tensor");
+  m.def(
+      "attn_prep(Tensor qkv, Tensor cos, Tensor sin, Tensor q_scale, Tensor k_scale, float eps, Tensor(a!) k_cache, "
+      "Tensor(b!) v_cache, Tensor slots, int Hq, int Hkv, int D) -> (Tensor, Tensor)");
   m.def(
       "gdn_decode(Tensor mixed, Tensor z, Tensor b, Tensor a, Tensor conv_w, Tensor(a!) conv_pool, "
       "Tensor(b!) ssm_pool, Tensor slots, Tensor neg_a, Tensor dt_bias, Tensor norm_w, float eps) -> Tensor");
@@ -626,4 +706,5 @@ TORCH_LIBRARY_IMPL(qwen35, CPU, m) {
   m.impl("add_rms_norm", &qwen35::add_rms_norm);
   m.impl("silu_mul", &qwen35::silu_mul);
   m.impl("argmax_rows", &qwen35::argmax_rows);
+  m.impl("attn_prep", &qwen35::attn_prep);
 }

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..config import TextConfig
+from ..ops import fused
 from ..ops.attention import paged_attention
 from ..ops.batch import ForwardBatch
 from .cache import ModelCache
@@ -41,20 +42,44 @@ class GatedAttention(nn.Module):
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.qkv_proj is not None:
-            kv = self.n_kv * self.head_dim
-            return self.qkv_proj(x).split((2 * self.n_heads * self.head_dim, kv, kv), -1)
+            return self._split(self.qkv_proj(x))
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        kv = self.n_kv * self.head_dim
+        return qkv.split((2 * self.n_heads * self.head_dim, kv, kv), -1)
+
+    def _prep_kernel(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
+                     cache: ModelCache):
+        """`torch.ops.qwen35` when one C++ call (`attn_prep`) can do the q/k norms, the rotary embedding and the
+        cache writes: bf16 on CPU without autograd, the fused projection, bf16 caches (decode's ~40 torch ops of
+        this layer, the same values)."""
+        lib = fused.lib_for(x)
+        if (lib is None or self.qkv_proj is None or batch.shared_prefix is not None or self.q_norm.weight.requires_grad
+                or self.k_norm.weight.requires_grad or rope[0].dim() != 2 or rope[0].dtype != x.dtype):
+            return None
+        k_cache, v_cache = cache.kv(self.cache_id)
+        return lib if k_cache.dtype == v_cache.dtype == x.dtype else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
                 cache: ModelCache) -> torch.Tensor:
         """x: [N, H] -> [N, H]."""
         N = x.shape[0]
-        qg, k, v = self._project(x)
-        q, gate = qg.reshape(N, self.n_heads, 2 * self.head_dim).chunk(2, -1)
-        k = k.reshape(N, self.n_kv, self.head_dim)
-        v = v.reshape(N, self.n_kv, self.head_dim)
-        q = apply_rotary(self.q_norm(q), *rope)  # q's ops recorded before k's: the order autograd then sums
-        k = self._store(k, v, rope, batch, cache)  # the input's gradients in, which the demo's bits depend on
+        lib = self._prep_kernel(x, rope, batch, cache)
+        qkv = self.qkv_proj(x) if lib is not None else None
+        if qkv is not None and fused.rows_ok(qkv):
+            q, k = lib.attn_prep(qkv, *rope, self.q_norm.scale(), self.k_norm.scale(), self.q_norm.eps,
+                                 *cache.kv(self.cache_id), batch.slot_mapping, self.n_heads, self.n_kv, self.head_dim)
+            qg, _, v = self._split(qkv)
+            gate = qg.reshape(N, self.n_heads, 2 * self.head_dim)[..., self.head_dim:]
+            v = v.reshape(N, self.n_kv, self.head_dim)
+        else:
+            qg, k, v = self._split(qkv) if qkv is not None else self._project(x)
+            q, gate = qg.reshape(N, self.n_heads, 2 * self.head_dim).chunk(2, -1)
+            k = k.reshape(N, self.n_kv, self.head_dim)
+            v = v.reshape(N, self.n_kv, self.head_dim)
+            q = apply_rotary(self.q_norm(q), *rope)  # q's ops recorded before k's: the order autograd then sums
+            k = self._store(k, v, rope, batch, cache)  # the input's gradients in, which the demo's bits depend on
         if batch.shared_prefix is not None:  # training over shared prefixes (shared_prefix.py)
             out = batch.shared_prefix.attend(self.cache_id, q, k, v, batch, self.scale)
         else:

@@ -8,6 +8,9 @@ conv step, l2norm, the recurrent update, norms). The ops (`torch.ops.qwen35.*`):
 - `rms_norm(x, scale, eps)`, `add_rms_norm(x, delta, scale, eps) -> (x + delta, norm)`: the zero-centred
   RMSNorm, `scale` = fp32 1 + w (model/norm.py, model/decoder.py; x: [N, D] or [N, H, D] with strided rows);
 - `silu_mul(gate_up) -> silu(gate) * up` (model/mlp.py);
+- `attn_prep(qkv, cos, sin, q_scale, k_scale, eps, k_cache, v_cache, slots, Hq, Hkv, D) -> (q, k)`: gated
+  attention's q/k norms, partial rotary and K/V cache writes from the fused projection's output, the torch
+  path's bits (model/attention.py: ~40 torch ops of a layer's decode step);
 - `argmax_rows(x)`: each fp32 row's first index of its largest value (`argmax` below: greedy sampling,
   verification, drafts);
 - `vision_rotary(qk, cos, sin)` and `bias_gelu_tanh_(h, b)`: the vision tower's rotary on q and k, and fc1's
