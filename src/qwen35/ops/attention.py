@@ -116,6 +116,9 @@ def paged_attention_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if impl == "auto":
         impl = "flash_cpu" if q.device.type == "cpu" and _FLASH_CPU is not None else "online"
     N, Hq, D = q.shape
+    if len(batch.query_tiles) == 1 and _rows_in_order(batch.query_tiles[0], N):  # decode: no gather, no scatter
+        o = _attend(q, k_cache, v_cache, batch.query_tiles[0], batch.block_tables, batch.block_size, scale, impl)
+        return o.reshape(N, Hq, D).to(q.dtype)
     qx = torch.cat([q, q.new_zeros(1, Hq, D)])  # row N: what padding query rows read
     out = q.new_empty(N + 1, Hq, D)  # row N: where padding rows are written, then dropped
     for tiles in batch.query_tiles:
@@ -127,6 +130,17 @@ def paged_attention_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
+def _rows_in_order(tiles: "QueryTiles", N: int) -> bool:
+    """Whether the tiles are the N packed rows themselves, one a tile, in order (a decode step), so that the
+    queries need no gather and the outputs no scatter. Asked once per step (kept with the key plans)."""
+    known = tiles.key_plans.get("rows_in_order")
+    if known is None:
+        rows = tiles.rows
+        known = tiles.key_plans["rows_in_order"] = (
+            tuple(rows.shape) == (N, 1) and bool(torch.equal(rows[:, 0], torch.arange(N, device=rows.device))))
+    return known
+
+
 def _attend(qx: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: "QueryTiles",
             block_tables: torch.Tensor, bs: int, scale: float, impl: str) -> torch.Tensor:
     """Attention of one tile group over its sequences' blocks, one key tile at a time. Returns [W, Qt, Hq, D]."""
@@ -135,12 +149,18 @@ def _attend(qx: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tile
     Hq, D = qx.shape[1:]
     Hkv = k_cache.shape[1]
     R = Hq // Hkv
-    q = qx[tiles.rows].view(W, Qt, Hkv, R, D).permute(0, 2, 3, 1, 4).reshape(W, Hkv, R * Qt, D)
+    if qx.shape[0] == W and Qt == 1:  # the packed rows in order (paged_attention_tiled): no gather
+        q = qx.reshape(W, Hkv, R, D)
+    else:
+        q = qx[tiles.rows].view(W, Qt, Hkv, R, D).permute(0, 2, 3, 1, 4).reshape(W, Hkv, R * Qt, D)
     plan = _key_plan(tiles, block_tables, bs, R, k_cache, impl, qx.dtype)
     state = _Online(q, scale, plan.most) if impl == "online" else _LseMerge()
     for span in plan.spans:
         k, v = (torch.index_select(c, 0, span.rows, out=g[:W * span.n]).view(W, span.n, Hkv, D).transpose(1, 2)
                 for c, g in zip((k_cache, v_cache), plan.gathered))  # [W, Hkv, n, D] views of the gathered rows
+        if impl != "online" and len(plan.spans) == 1:  # one tile: its output is the result, nothing to merge
+            state.acc = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=span.bias, scale=scale)[0]
+            break
         if impl == "online":
             state.add(k, v, span.masked)
             continue
