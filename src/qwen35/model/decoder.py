@@ -37,13 +37,24 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
                 cache: ModelCache) -> torch.Tensor:
-        u = self.input_layernorm(x)
+        x, ffn = self.run(x, None, rope, batch, cache)
+        return x + ffn
+
+    def run(self, x: torch.Tensor, pending: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
+            batch: ForwardBatch, cache: ModelCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer with the residual adds left to the norms that follow them: `pending` (the previous layer's
+        FFN output, or None) is added to `x` with this layer's input norm, and the result is (x, this layer's
+        FFN output) for the next norm to add: one fused add + norm per add (norm.py), the same values."""
+        if pending is None:
+            u = self.input_layernorm(x)
+        else:
+            x, u = self.input_layernorm.add_forward(x, pending)
         if self.is_attention:
             y = self.self_attn(u, rope, batch, cache)
         else:
             y = self.linear_attn(u, batch, cache)
         x, h = self.post_attention_layernorm.add_forward(x, self.tp.all_reduce(y))
-        return x + self.tp.all_reduce(self.mlp(h))
+        return x, self.tp.all_reduce(self.mlp(h))
 
     def record_keys(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: ForwardBatch,
                     cache: ModelCache) -> None:

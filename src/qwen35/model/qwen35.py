@@ -55,9 +55,10 @@ class Qwen35Model(nn.Module):
         """Returns final-normed hidden states [N, H]. `batch.positions` is [3, N] (mRoPE) with media."""
         x = self.embed(batch.input_ids) if inputs_embeds is None else inputs_embeds
         rope = self.rotary(batch.positions, x.dtype)
+        ffn = None  # each layer's FFN output, added to the residual by the next norm (DecoderLayer.run)
         for layer in self.layers:
-            x = layer(x, rope, batch, cache)
-        return self.norm(x)
+            x, ffn = layer.run(x, ffn, rope, batch, cache)
+        return self.norm(x) if ffn is None else self.norm.add_forward(x, ffn)[1]
 
 
 class Qwen35ForCausalLM(nn.Module):
