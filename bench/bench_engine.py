@@ -12,8 +12,8 @@ row lookup not; MoE: the top-k routed experts + the shared one) and the bandwidt
 
 Cases: single-sequence decode, 8 and 32 concurrent sequences (total generated tokens/s after the first token,
 as llama.cpp's rows time decode after the prompt; single decode on either side is the faster of two runs), a
-2048-token prefill (prompt tokens/s), and the second turn of a chat with a ~2,000-token history (time to first token with and
-without the prefix cache). Each runs on our engine in bf16 and in every `--quantization` mode
+2048-token prefill (prompt tokens/s), and the second turn of a chat with a ~2,000-token history (time to first
+token with and without the prefix cache). Each runs on our engine in bf16 and in every `--quantization` mode
 (`LLM(..., quantization="int8")`; a mode the engine rejects is reported unavailable and skipped), on
 transformers (bf16) and on llama.cpp (single and prefill: llama-cpp-python runs one sequence at a time) with
 the GGUF of the same precision: BF16 for bf16, Q8_0 for int8, Q4_0 for int4.

@@ -190,13 +190,8 @@ def test_attention_prep_kernel_gives_the_torch_path_bits(tiny_ckpt, monkeypatch)
     """`attn_prep` (q/k norms, partial rotary, cache writes in one call) against the torch ops it replaces:
     the same logits bit for bit (the decode steps read the K/V it cached), over a packed prefill of sequences of
     different lengths and batched decode steps."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
-    from helpers import prefill_then_decode
-
     from qwen35.loading.checkpoint import load_model
+    from tests.model.helpers import prefill_then_decode
 
     model, _ = load_model(tiny_ckpt, dtype=torch.bfloat16)
     gen = torch.Generator().manual_seed(1)

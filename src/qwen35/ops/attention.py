@@ -117,7 +117,8 @@ def paged_attention_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         impl = "flash_cpu" if q.device.type == "cpu" and _FLASH_CPU is not None else "online"
     N, Hq, D = q.shape
     if len(batch.query_tiles) == 1 and _rows_in_order(batch.query_tiles[0], N):  # decode: no gather, no scatter
-        o = _attend(q, k_cache, v_cache, batch.query_tiles[0], batch.block_tables, batch.block_size, scale, impl)
+        o = _attend(q, k_cache, v_cache, batch.query_tiles[0], batch.block_tables, batch.block_size, scale, impl,
+                    in_order=True)
         return o.reshape(N, Hq, D).to(q.dtype)
     qx = torch.cat([q, q.new_zeros(1, Hq, D)])  # row N: what padding query rows read
     out = q.new_empty(N + 1, Hq, D)  # row N: where padding rows are written, then dropped
@@ -142,32 +143,38 @@ def _rows_in_order(tiles: "QueryTiles", N: int) -> bool:
 
 
 def _attend(qx: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: "QueryTiles",
-            block_tables: torch.Tensor, bs: int, scale: float, impl: str) -> torch.Tensor:
-    """Attention of one tile group over its sequences' blocks, one key tile at a time. Returns [W, Qt, Hq, D]."""
+            block_tables: torch.Tensor, bs: int, scale: float, impl: str, in_order: bool = False) -> torch.Tensor:
+    """Attention of one tile group over its sequences' blocks, one key tile at a time. Returns [W, Qt, Hq, D].
+    `in_order`: qx holds the tiles' rows themselves, one a tile (`_rows_in_order`), so they are not gathered."""
     # W = query tiles, Qt = rows per tile, R = query heads per K/V head, n = keys in the current key tile
     W, Qt = tiles.rows.shape
     Hq, D = qx.shape[1:]
     Hkv = k_cache.shape[1]
     R = Hq // Hkv
-    if qx.shape[0] == W and Qt == 1:  # the packed rows in order (paged_attention_tiled): no gather
+    if in_order:
         q = qx.reshape(W, Hkv, R, D)
     else:
         q = qx[tiles.rows].view(W, Qt, Hkv, R, D).permute(0, 2, 3, 1, 4).reshape(W, Hkv, R * Qt, D)
     plan = _key_plan(tiles, block_tables, bs, R, k_cache, impl, qx.dtype)
-    state = _Online(q, scale, plan.most) if impl == "online" else _LseMerge()
-    for span in plan.spans:
-        k, v = (torch.index_select(c, 0, span.rows, out=g[:W * span.n]).view(W, span.n, Hkv, D).transpose(1, 2)
-                for c, g in zip((k_cache, v_cache), plan.gathered))  # [W, Hkv, n, D] views of the gathered rows
-        if impl != "online" and len(plan.spans) == 1:  # one tile: its output is the result, nothing to merge
-            state.acc = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=span.bias, scale=scale)[0]
-            break
-        if impl == "online":
-            state.add(k, v, span.masked)
-            continue
-        o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=span.bias, scale=scale)
-        # the kernel reports lse 0 for rows that see no key in this tile: they must not count
-        state.add(o, lse.unsqueeze(-1).masked_fill_(span.unseen, float("-inf")))
-    out = state.result()  # [W, Hkv, R*Qt, D]
+
+    def keys(span: _KeySpan) -> tuple[torch.Tensor, torch.Tensor]:  # [W, Hkv, n, D] views of the gathered rows
+        return tuple(torch.index_select(c, 0, span.rows, out=g[:W * span.n]).view(W, span.n, Hkv, D).transpose(1, 2)
+                     for c, g in zip((k_cache, v_cache), plan.gathered))
+
+    if impl != "online" and len(plan.spans) == 1:  # one tile: its output is the result, nothing to merge
+        span = plan.spans[0]
+        out = _FLASH_CPU(q, *keys(span), 0.0, False, attn_mask=span.bias, scale=scale)[0]
+    else:
+        state = _Online(q, scale, plan.most) if impl == "online" else _LseMerge()
+        for span in plan.spans:
+            k, v = keys(span)
+            if impl == "online":
+                state.add(k, v, span.masked)
+                continue
+            o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=span.bias, scale=scale)
+            # the kernel reports lse 0 for rows that see no key in this tile: they must not count
+            state.add(o, lse.unsqueeze(-1).masked_fill_(span.unseen, float("-inf")))
+        out = state.result()  # [W, Hkv, R*Qt, D]
     return out.view(W, Hkv, R, Qt, D).permute(0, 3, 1, 2, 4).reshape(W, Qt, Hq, D)
 
 
