@@ -118,3 +118,30 @@ def test_key_tiles_cover_the_keys_within_the_budget(start, end, per_key):
     assert spans[0][0] == start and spans[-1][0] + spans[-1][1] >= end
     assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))
     assert all(n % BS == 0 and (n * per_key <= attn.SCORE_BUDGET or n == BS) for _, n in spans)
+
+
+@pytest.mark.parametrize("hq,hkv,d", [(8, 2, 32), (4, 2, 40), (16, 1, 64), (5, 5, 256), (6, 2, 20)])
+def test_decode_kernel_matches_reference(isa, hq, hkv, d, monkeypatch):
+    """csrc/decode_attention.cpp (bf16 decode steps: K/V read in place through shuffled block tables), on every
+    ISA here: query heads per K/V head 1-16, head dims with and without a multiple of 8 (the plain loop), a
+    sequence whose only key is its new token and ones across many blocks and chunks."""
+    from qwen35.ops import native
+
+    monkeypatch.setitem(globals(), "HQ", hq)  # the shapes _case makes
+    monkeypatch.setitem(globals(), "HKV", hkv)
+    monkeypatch.setitem(globals(), "D", d)
+    q, k_cache, v_cache, batch = _case([(0, 1), (31, 1), (32, 1), (700, 1), (2049, 1)], torch.bfloat16, seed=d)
+    assert attn._decode_kernel(q, k_cache, v_cache, batch) is native.ops()
+    want = paged_attention_ref(q, k_cache, v_cache, batch, d ** -0.5)
+    got = paged_attention(q, *_new_kv(k_cache, v_cache, batch), k_cache, v_cache, batch, d ** -0.5)
+    _close(got, want)
+
+
+def test_decode_kernel_rejects_a_block_outside_the_cache():
+    q, k_cache, v_cache, batch = _case([(40, 1)], torch.bfloat16)
+    from qwen35.ops import native
+
+    tables = batch.block_tables.clone()
+    tables[0, 1] = k_cache.shape[0] // BS
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        native.ops().decode_attention(q, k_cache, v_cache, tables, batch.seq_lens, BS, 0.1)

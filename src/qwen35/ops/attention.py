@@ -4,6 +4,9 @@ Queries are the step's new tokens; keys are every cached position of the same se
 written to the cache just before). Paths:
 
 - one fresh prompt (nothing cached): plain causal SDPA over the new K/V (O(T) memory on CPU);
+- a decode step (one new token per sequence) in bf16 on CPU: our kernel (csrc/decode_attention.cpp), K/V read
+  in place through the block table, 2-5x faster than the tiles below, which gather K/V and run a flash kernel
+  built for blocks of queries (`bench/bench_decode_attention.py`);
 - otherwise, flash-decoding over the block table. The queries are regrouped into tiles of one sequence each
   (`plan_query_tiles`: decode rows in one group, prompt chunks in another, so a decode row is never padded to a
   chunk's length). A loop over key tiles gathers the K/V blocks of all query tiles at once; keys below the
@@ -30,6 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import fused, native
 
 if TYPE_CHECKING:
     from .batch import ForwardBatch, QueryTiles
@@ -82,7 +87,20 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k
         if int(batch.context_lens.max()) != 0:
             raise ValueError("training batches start every sequence from scratch (no cached tokens)")
         return padded_attention(q, k_new, v_new, batch, scale)
+    lib = _decode_kernel(q, k_cache, v_cache, batch)
+    if lib is not None:
+        return lib.decode_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.block_size, scale)
     return paged_attention_tiled(q, k_cache, v_cache, batch, scale)
+
+
+def _decode_kernel(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: "ForwardBatch"):
+    """`torch.ops.qwen35` when a decode step's attention can run in our kernel (csrc/decode_attention.cpp: K/V
+    read in place through the block table, one query row per sequence): bf16 on CPU, heads it takes."""
+    if not (batch.is_decode and q.dtype == k_cache.dtype == v_cache.dtype == torch.bfloat16 and q.is_contiguous()
+            and q.device.type == "cpu" and q.shape[-1] <= 512 and q.shape[1] % k_cache.shape[1] == 0
+            and q.shape[1] // k_cache.shape[1] <= 64 and fused.ENABLED):
+        return None
+    return native.ops()
 
 
 def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: "ForwardBatch", scale: float,
