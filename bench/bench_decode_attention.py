@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from machine import describe, per_call  # noqa: E402
 
 from qwen35.ops.attention import paged_attention, paged_attention_tiled  # noqa: E402
 from qwen35.ops.batch import ForwardBatch, SeqSpec  # noqa: E402
@@ -40,17 +39,6 @@ def decode_case(ctx: int, batch: int, seed: int = 0):
     return torch.randn(batch, HQ, D, generator=gen).bfloat16(), k, v, fb
 
 
-def best_seconds(fn, rounds: int = 5, calls: int = 10) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
@@ -64,8 +52,8 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             q, k, v, fb = decode_case(ctx, batch)
             scale = D ** -0.5
-            tiles = best_seconds(lambda: paged_attention_tiled(q, k, v, fb, scale))
-            ours = best_seconds(lambda: paged_attention(q, None, None, k, v, fb, scale))
+            tiles = per_call(lambda: paged_attention_tiled(q, k, v, fb, scale), calls=10, warmup=1)
+            ours = per_call(lambda: paged_attention(q, None, None, k, v, fb, scale), calls=10, warmup=1)
             kv_bytes = 2 * batch * (ctx + 1) * HKV * D * 2
             row = {"context": ctx, "batch": batch, "tiles_us": tiles * 1e6, "kernel_us": ours * 1e6,
                    "tiles_gb_s": kv_bytes / tiles / 1e9, "kernel_gb_s": kv_bytes / ours / 1e9, "ratio": tiles / ours}

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from machine import describe, per_call  # noqa: E402
 
 from qwen35.ops import native  # noqa: E402
 from qwen35.ops.conv1d import causal_conv1d_step  # noqa: E402
@@ -38,15 +37,7 @@ K, EPS = 4, 1e-6
 
 
 def per_call_us(fn, calls: int = 200, rounds: int = 5) -> float:
-    for _ in range(20):
-        fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best * 1e6
+    return per_call(fn, calls, rounds) * 1e6
 
 
 def gdn_torch(mixed, z, b, a, conv_w, conv_state, state, neg_a, dt_bias, norm_w):

@@ -57,3 +57,16 @@ def timed(fn, repeats: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def per_call(fn, calls: int = 200, rounds: int = 5, warmup: int = 20) -> float:
+    """Best mean seconds a call over `rounds` rounds of `calls` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
