@@ -305,12 +305,6 @@ inline __attribute__((always_inline)) void matmul_rows_portable(const Weight& w,
 // bf16 weights on AVX2: blocks of weight rows widened to fp32 in registers, 8 lanes a load, straight into FMAs
 // with the fp32 inputs (no row buffer). The portable path above read bf16 weights at under half the memory
 // bandwidth for one input row, compute-bound (docs/KERNELS.md).
-QWEN35_AVX2 inline float sum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
 // Output rows [n, n + NB) for input rows [m, m + MB): each block of weights is widened once per 8 columns and
 // used for MB inputs. Every output is the same sum in the same order whatever NB, MB and the batch are.
 template <int NB, int MB>

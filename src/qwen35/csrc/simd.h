@@ -1,5 +1,5 @@
-// Vector helpers shared by the kernels (fused.cpp, vision.cpp, gemm.cpp): exp and silu on 8 and 16 lanes, bf16/fp32
-// loads, stores and rounding of 8 and 16 lanes, and the macro that compiles a portable body three times (AVX512,
+// Vector helpers shared by the kernels (fused.cpp, vision.cpp, gemm.cpp, moe.cpp, decode_attention.cpp): exp and
+// silu on 8 and 16 lanes, an 8-lane sum, bf16/fp32 loads, stores and rounding of 8 and 16 lanes, and the macro that compiles a portable body three times (AVX512,
 // AVX2+FMA, baseline).
 #pragma once
 #include <immintrin.h>
@@ -49,6 +49,13 @@ QWEN35_AVX2 inline __m256 exp256(__m256 x) {
 // x / (1 + exp(-x)); NaN stays NaN (the numerator)
 QWEN35_AVX2 inline __m256 silu256(__m256 x) {
   return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+// The sum of 8 lanes (pairwise: halves, then quarters, then the last two)
+QWEN35_AVX2 inline float sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
 // 8 floats, or 8 bf16 widened to fp32 (a shift of each 16-bit value), for the AVX2 paths
