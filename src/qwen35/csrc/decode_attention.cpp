@@ -62,21 +62,19 @@ void softmax_step(Running& st, float* s, int64_t n) {
   st.m = M;
 }
 
-void task_scalar(const Decode& a, int64_t b, int64_t h, Running* st, float* q) {
+// Task (b, h) with its queries q [R, D] (fp32, times the scale) and its heads' states reset.
+void task_scalar(const Decode& a, int64_t b, int64_t h, Running* st, const float* q) {
   const int64_t R = a.Hq / a.Hkv, D = a.D, L = a.lens[b];
   float s[kChunk + 1];
   const uint16_t *krows[kChunk], *vrows[kChunk];
-  for (int64_t r = 0; r < R; ++r) st[r].m = -INFINITY, st[r].l = 0.f, std::fill(st[r].acc, st[r].acc + D, 0.f);
   for (int64_t p0 = 0; p0 < L; p0 += kChunk) {
     const int64_t n = std::min(kChunk, L - p0);
     a.keys(a.k, b, h, p0, n, krows);
     a.keys(a.v, b, h, p0, n, vrows);
     for (int64_t r = 0; r < R; ++r) {
-      const uint16_t* qr = a.q + (b * a.Hq + h * R + r) * D;
-      for (int64_t d = 0; d < D; ++d) q[d] = bf16_to_float(qr[d]) * a.scale;
       for (int64_t i = 0; i < n; ++i) {
         float dot = 0.f;
-        for (int64_t d = 0; d < D; ++d) dot += q[d] * bf16_to_float(krows[i][d]);
+        for (int64_t d = 0; d < D; ++d) dot += q[r * D + d] * bf16_to_float(krows[i][d]);
         s[i] = dot;
       }
       softmax_step(st[r], s, n);
@@ -85,12 +83,6 @@ void task_scalar(const Decode& a, int64_t b, int64_t h, Running* st, float* q) {
         for (int64_t d = 0; d < D; ++d) st[r].acc[d] += s[i] * bf16_to_float(vrows[i][d]);
     }
   }
-}
-
-QWEN35_AVX2 inline float hsum8(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
 }
 
 // softmax_step with the exponentials 8 at a time.
@@ -103,7 +95,7 @@ QWEN35_AVX2 void softmax_step_avx2(Running& st, float* s, int64_t n) {
   for (; i + 8 <= n; i += 8) {
     const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), _mm256_set1_ps(M)));
     _mm256_storeu_ps(s + i, e);
-    sum += hsum8(e);
+    sum += sum8(e);
   }
   for (; i < n; ++i) sum += (s[i] = std::exp(s[i] - M));
   s[kChunk] = std::exp(st.m - M);
@@ -137,8 +129,8 @@ QWEN35_AVX2 void group_chunk_avx2(const Decode& a, int64_t b, int64_t h, int64_t
     }
     #pragma GCC unroll 4
     for (int r = 0; r < RB; ++r) {
-      s[r][i] = hsum8(acc0[r]);
-      if (i + 1 < n) s[r][i + 1] = hsum8(acc1[r]);
+      s[r][i] = sum8(acc0[r]);
+      if (i + 1 < n) s[r][i + 1] = sum8(acc1[r]);
     }
   }
   #pragma GCC unroll 4
@@ -183,14 +175,9 @@ QWEN35_AVX2 void group_chunk_avx2(const Decode& a, int64_t b, int64_t h, int64_t
   }
 }
 
-QWEN35_AVX2 void task_avx2(const Decode& a, int64_t b, int64_t h, Running* st, float* q) {
+// task_scalar's contract, D a multiple of 8.
+QWEN35_AVX2 void task_avx2(const Decode& a, int64_t b, int64_t h, Running* st, const float* q) {
   const int64_t R = a.Hq / a.Hkv, D = a.D, L = a.lens[b];
-  for (int64_t r = 0; r < R; ++r) {
-    const uint16_t* qr = a.q + (b * a.Hq + h * R + r) * D;
-    for (int64_t d = 0; d < D; ++d) q[r * D + d] = bf16_to_float(qr[d]) * a.scale;
-    st[r].m = -INFINITY, st[r].l = 0.f;
-    std::fill(st[r].acc, st[r].acc + D, 0.f);
-  }
   for (int64_t p0 = 0; p0 < L; p0 += kChunk) {
     const int64_t n = std::min(kChunk, L - p0);
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
@@ -243,6 +230,12 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
     std::vector<float> q32(Hq / Hkv * D);  // the task's queries in fp32, times the scale
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / Hkv, h = t % Hkv, R = Hq / Hkv;
+      for (int64_t r = 0; r < R; ++r) {
+        const uint16_t* qr = a.q + (b * Hq + h * R + r) * D;
+        for (int64_t d = 0; d < D; ++d) q32[r * D + d] = bf16_to_float(qr[d]) * a.scale;
+        st[r].m = -INFINITY, st[r].l = 0.f;
+        std::fill(st[r].acc, st[r].acc + D, 0.f);
+      }
       avx2 ? task_avx2(a, b, h, st.data(), q32.data()) : task_scalar(a, b, h, st.data(), q32.data());
       for (int64_t r = 0; r < R; ++r) {
         uint16_t* o = a.out + (b * Hq + h * R + r) * D;
