@@ -276,11 +276,18 @@ def _sample(x: torch.Tensor, params: list[SamplingParams], generators: list[torc
     """x: [S, V] fp32 logits of non-greedy rows (modified in place) -> token ids [S] int64."""
     u = _uniforms(len(params), x.device, generators, shared)
     _temperature_(x, params)
+    return _draw(*_survivors(x, params), u)
+
+
+def _survivors(x: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each row's weights after top_k / top_p / min_p, x [S, V] being its logits after temperature: over its
+    top candidates where every row allows it (`_candidates`: (w, ids)), else over the whole vocabulary (x
+    filtered in place; (w, None))."""
     cand = _candidates(x, params)
-    if cand is None:
-        _filter_(x, params)
-        cand = _weights(x), None
-    return _draw(*cand, u)
+    if cand is not None:
+        return cand
+    _filter_(x, params)
+    return _weights(x), None
 
 
 def _draw(w: torch.Tensor, ids: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,8 @@ from __future__ import annotations
 import torch
 
 from ..ops.fused import argmax
-from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties, _candidates,
-                      _draw, _fill_logprobs, _filter_, _index, _sanitize_, _take_rows, _temperature_,
-                      _uniforms, _weights)
+from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties, _draw,
+                      _fill_logprobs, _index, _sanitize_, _survivors, _take_rows, _temperature_, _uniforms)
 from .sampling_params import SamplingParams
 
 
@@ -103,12 +102,7 @@ def _verify_sampled(logits, params, generators, drafts, starts, seqs, tokens, ac
     row_params = [params[r] for r in rows]
     _temperature_(x, row_params)
     # each row's weights, over its surviving candidates (vocabulary order, `ids`) or over the whole vocabulary
-    cand = _candidates(x, row_params)
-    if cand is None:
-        _filter_(x, row_params)
-        w, ids = _weights(x), None
-    else:
-        w, ids = cand
+    w, ids = _survivors(x, row_params)
     first = [0]  # sequence seqs[j]'s rows start at row first[j]
     for b in seqs[:-1]:
         first.append(first[-1] + len(drafts[b]) + 1)
