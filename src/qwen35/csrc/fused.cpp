@@ -615,8 +615,10 @@ at::Tensor argmax_rows(const at::Tensor& x) {
 // product and the sum to the activations' dtype as torch's ops do, x * cos + rotate_half(x) * sin.
 
 // Rows [r0, r1) of (token, head) pairs, each of D values already normed in out (rows of D): rotated in place.
-template <typename T>  // T = uint16_t (bf16): every rounding is explicit, none left to the compiler
-void rope_rows(T* out, const T* cos, const T* sin, int64_t heads, int64_t D, int64_t rd, int64_t r0, int64_t r1) {
+// bf16: every rounding is explicit, none left to the compiler.
+void rope_rows(uint16_t* out, const uint16_t* cos, const uint16_t* sin, int64_t heads, int64_t D, int64_t rd,
+               int64_t r0, int64_t r1) {
+  using T = uint16_t;
   float x[kMaxHeadDim];
   const int64_t half = rd / 2;
   for (int64_t r = r0; r < r1; ++r) {
@@ -663,23 +665,21 @@ std::tuple<at::Tensor, at::Tensor> attn_prep(const at::Tensor& qkv, const at::Te
   at::Tensor q = at::empty({N, Hq, D}, qkv.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor k = at::empty({N, Hkv, D}, q.options());
   const float e = float(eps);
-  {
-    using T = uint16_t;
-    const T* base = (const T*)qkv.data_ptr();
-    T* qp = (T*)q.data_ptr();
-    T* kp = (T*)k.data_ptr();
-    norm_rows_isa<T>(base, Hq, ld, 2 * D, nullptr, 0, nullptr, q_scale.data_ptr<float>(), e, D, qp, 0, N * Hq);
-    norm_rows_isa<T>(base + 2 * Hq * D, Hkv, ld, D, nullptr, 0, nullptr, k_scale.data_ptr<float>(), e, D, kp, 0,
-                     N * Hkv);
-    rope_rows<T>(qp, (const T*)cos.data_ptr(), (const T*)sin.data_ptr(), Hq, D, rd, 0, N * Hq);
-    rope_rows<T>(kp, (const T*)cos.data_ptr(), (const T*)sin.data_ptr(), Hkv, D, rd, 0, N * Hkv);
-    T* kc = (T*)k_cache.data_ptr();
-    T* vc = (T*)v_cache.data_ptr();
-    for (int64_t t = 0; t < N; ++t) {
-      std::copy(kp + t * Hkv * D, kp + (t + 1) * Hkv * D, kc + sl[t] * Hkv * D);
-      const T* v = base + t * ld + (2 * Hq + Hkv) * D;
-      std::copy(v, v + Hkv * D, vc + sl[t] * Hkv * D);
-    }
+  using T = uint16_t;
+  const T* base = (const T*)qkv.data_ptr();
+  T* qp = (T*)q.data_ptr();
+  T* kp = (T*)k.data_ptr();
+  norm_rows_isa<T>(base, Hq, ld, 2 * D, nullptr, 0, nullptr, q_scale.data_ptr<float>(), e, D, qp, 0, N * Hq);
+  norm_rows_isa<T>(base + 2 * Hq * D, Hkv, ld, D, nullptr, 0, nullptr, k_scale.data_ptr<float>(), e, D, kp, 0,
+                   N * Hkv);
+  rope_rows(qp, (const T*)cos.data_ptr(), (const T*)sin.data_ptr(), Hq, D, rd, 0, N * Hq);
+  rope_rows(kp, (const T*)cos.data_ptr(), (const T*)sin.data_ptr(), Hkv, D, rd, 0, N * Hkv);
+  T* kc = (T*)k_cache.data_ptr();
+  T* vc = (T*)v_cache.data_ptr();
+  for (int64_t t = 0; t < N; ++t) {
+    std::copy(kp + t * Hkv * D, kp + (t + 1) * Hkv * D, kc + sl[t] * Hkv * D);
+    const T* v = base + t * ld + (2 * Hq + Hkv) * D;
+    std::copy(v, v + Hkv * D, vc + sl[t] * Hkv * D);
   }
   return {q, k};
 }

@@ -27,14 +27,14 @@ QWEN35_AVX512 void silu_mul_row_avx512(const float* g, const float* u, uint16_t*
   }
 }
 
+void silu_mul_row_scalar(const float* g, const float* u, uint16_t* out, int64_t I) {
+  for (int64_t i = 0; i < I; ++i) out[i] = float_to_bf16(g[i] / (1.0f + std::exp(-g[i])) * u[i]);
+}
+
 QWEN35_AVX2 void silu_mul_row_avx2(const float* g, const float* u, uint16_t* out, int64_t I) {
   int64_t i = 0;
   for (; i + 8 <= I; i += 8) store8(out + i, _mm256_mul_ps(silu256(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
-  for (; i < I; ++i) out[i] = float_to_bf16(g[i] / (1.0f + std::exp(-g[i])) * u[i]);
-}
-
-void silu_mul_row_scalar(const float* g, const float* u, uint16_t* out, int64_t I) {
-  for (int64_t i = 0; i < I; ++i) out[i] = float_to_bf16(g[i] / (1.0f + std::exp(-g[i])) * u[i]);
+  silu_mul_row_scalar(g + i, u + i, out + i, I - i);
 }
 
 struct Stack {  // one stacked expert tensor and its quantisation
