@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import fused, native
+from . import fused
 
 if TYPE_CHECKING:
     from .batch import ForwardBatch, QueryTiles
@@ -96,11 +96,12 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k
 def _decode_kernel(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: "ForwardBatch"):
     """`torch.ops.qwen35` when a decode step's attention can run in our kernel (csrc/decode_attention.cpp: K/V
     read in place through the block table, one query row per sequence): bf16 on CPU, heads it takes."""
-    if not (batch.is_decode and q.dtype == k_cache.dtype == v_cache.dtype == torch.bfloat16 and q.is_contiguous()
-            and q.device.type == "cpu" and q.shape[-1] <= 512 and q.shape[1] % k_cache.shape[1] == 0
-            and q.shape[1] // k_cache.shape[1] <= 64 and fused.ENABLED):
+    lib = fused.lib_for(q)  # CPU, bf16, no autograd, the build loaded, QWEN35_FUSED not 0
+    if lib is None or not (batch.is_decode and k_cache.dtype == v_cache.dtype == torch.bfloat16 and q.is_contiguous()
+                           and q.shape[-1] <= 512 and q.shape[1] % k_cache.shape[1] == 0
+                           and q.shape[1] // k_cache.shape[1] <= 64):
         return None
-    return native.ops()
+    return lib
 
 
 def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: "ForwardBatch", scale: float,
