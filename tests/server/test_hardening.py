@@ -370,6 +370,41 @@ def test_echo_with_logprobs_returns_prompt_logprobs(server):
     assert lp["token_logprobs"][0] is None and all(x is not None for x in lp["token_logprobs"][1:])
 
 
+def _streamed_choices(server, body) -> dict[int, dict]:
+    """A streamed /v1/completions request's chunks joined per choice: text, tokens and text offsets."""
+    out: dict[int, dict] = {}
+    with httpx.stream("POST", server["url"] + "/v1/completions", json={**body, "stream": True}, headers=AUTH,
+                      timeout=60) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for c in json.loads(line[6:])["choices"]:
+                got = out.setdefault(c["index"], {"text": "", "tokens": [], "text_offset": []})
+                got["text"] += c["text"]
+                if c["logprobs"]:
+                    got["tokens"] += c["logprobs"]["tokens"]
+                    got["text_offset"] += c["logprobs"]["text_offset"]
+    return out
+
+
+@pytest.mark.parametrize("logprobs", [None, 1])
+def test_streamed_echo_and_offsets_match_the_whole_response(server, logprobs):
+    """Each of n streamed choices starts with the echo (and the prompt's logprobs), and its text offsets run on
+    across chunks, as in the response sent whole."""
+    body = {"prompt": "Hello there friend", "max_tokens": 4, "n": 2, "echo": True, "temperature": 1.0,
+            "seed": 3, "ignore_eos": True, "logprobs": logprobs}
+    whole = post(server, "/v1/completions", body).json()["choices"]
+    streamed = _streamed_choices(server, body)
+    assert sorted(streamed) == [0, 1]
+    for c in whole:
+        got = streamed[c["index"]]
+        assert got["text"] == c["text"] and got["text"].startswith("Hello there friend")
+        if logprobs is not None:
+            assert got["tokens"] == c["logprobs"]["tokens"]
+            assert got["text_offset"] == c["logprobs"]["text_offset"]
+            assert got["text_offset"][-1] + len(got["tokens"][-1]) == len(got["text"])
+
+
 def test_tokenize_renders_tools(server):
     plain = post(server, "/tokenize", {"messages": MSG}).json()["count"]
     with_tools = post(server, "/tokenize", {"messages": MSG, "tools": TOOLS}).json()["count"]

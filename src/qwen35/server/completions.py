@@ -84,7 +84,9 @@ class CompletionRun:
     tokenizer: Any
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
-    echoed: bool = False  # streaming: the echo went out with the first chunk
+    # streaming: characters each choice has sent so far (its echo included), by choice index; a choice not
+    # in it has not sent its first chunk, which carries the echo (and, with logprobs, the prompt's)
+    sent: dict[int, int] = field(default_factory=dict)
 
     def response(self, finals: list[Any]) -> dict[str, Any]:
         choices, total = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -109,24 +111,29 @@ class CompletionRun:
     def stream_chunks(self, out) -> list[dict[str, Any]]:
         chunks = []
         for c in out.outputs:
-            echo = ""
-            if self.plan.echo_texts[0] and not self.echoed:
-                self.echoed, echo = True, self.plan.echo_texts[0]
+            first = c.index not in self.sent
+            echo = self.plan.echo_texts[0] if first else ""
             if not c.delta_text and not c.finished and not echo:
                 continue
-            lp = (self._logprobs(c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):])
+            start = self.sent.get(c.index, 0)
+            lp = (self._logprobs(c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):], start)
                   if c.logprobs and c.delta_token_ids else None)
-            chunks.append(self.chunk([{"index": c.index, "text": echo + c.delta_text, "logprobs": lp,
+            if first and self.body.echo and self.body.logprobs is not None:  # the prompt's go out first
+                lp = self._with_prompt(out, lp or {"tokens": [], "token_logprobs": [], "top_logprobs": []})
+            text = echo + c.delta_text
+            self.sent[c.index] = start + len(text)
+            chunks.append(self.chunk([{"index": c.index, "text": text, "logprobs": lp,
                                        "finish_reason": _reason(c) if c.finished else None}]))
         return chunks
 
-    def _logprobs(self, token_ids: list[int], entries) -> dict[str, Any] | None:
+    def _logprobs(self, token_ids: list[int], entries, start: int = 0) -> dict[str, Any] | None:
+        """The OpenAI `logprobs` object of these tokens; `start`: the text offset of the first."""
         if self.body.logprobs is None or not entries:
             return None
         tokens = [self._tok(t) for t in token_ids]
         return {"tokens": tokens, "token_logprobs": [e[t] for t, e in zip(token_ids, entries)],
                 "top_logprobs": [{self._tok(t): lp for t, lp in e.items()} for e in entries],
-                "text_offset": _offsets(tokens)}
+                "text_offset": _offsets(tokens, start)}
 
     def _with_prompt(self, final, lp: dict[str, Any]) -> dict[str, Any]:
         """Prompt tokens first (the first has no logprob: nothing precedes it), then the generated ones."""
@@ -143,8 +150,8 @@ class CompletionRun:
         return token_text(self.tokenizer, tok_id)
 
 
-def _offsets(tokens: list[str]) -> list[int]:
-    out, pos = [], 0
+def _offsets(tokens: list[str], pos: int = 0) -> list[int]:
+    out = []
     for t in tokens:
         out.append(pos)
         pos += len(t)
