@@ -224,6 +224,32 @@ def test_case_whole_and_streamed(text, tools, content, calls):
         assert assemble_qwen_agent(deltas) == want, chunks
 
 
+# Output cut by max_tokens (finish(truncated=True)): an open call keeps its partial arguments, and markup the cut
+# left unfinished is dropped, never shown as content or inside a value.
+TRUNCATED = [
+    ("call-opened", "Sure.\n<tool_call>\n", "Sure.", None),
+    ("start-tag-cut", "Sure.\n<tool_", "Sure.", None),
+    ("function-name-cut", "Sure.\n<tool_call>\n<function=get_wea", "Sure.", None),
+    ("value-then-closing-tag-cut", "<tool_call>\n<function=get_weather>\n<parameter=city>\n Paris\n</", "",
+     '{"city": " Paris'),
+    ("value-then-newline", "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n", "",
+     '{"city": "Paris'),
+    ("typed-value-tag-cut", "<tool_call>\n<function=get_weather>\n<parameter=days>\n3\n</param", "",
+     '{"days": 3'),
+    ("end-tag-cut", "<tool_call>\n<function=get_weather>\n</function>\n</tool", "", "{}"),
+    ("plain-text", "Hello <b>there", "Hello <b>there", None),
+]
+
+
+@pytest.mark.parametrize("text, content, arguments", [c[1:] for c in TRUNCATED], ids=[c[0] for c in TRUNCATED])
+def test_truncated_output_drops_unfinished_markup(text, content, arguments):
+    for chunks in chunkings(text):
+        parser = ToolCallParser(TOOLS, id_factory=counter_ids())
+        events = [e for chunk in chunks for e in parser.feed(chunk)] + parser.finish(truncated=True)
+        assert "".join(v for kind, v in events if kind == "content") == content, chunks
+        assert [c.arguments for c in parser.calls] == ([] if arguments is None else [arguments]), chunks
+
+
 # -- the combined parser (what the chat endpoint uses) -----------------------------------------------------
 CHAT_CASES = [
     ("thinking-then-call", True, True, "Need weather.\n</think>\n\nLet me check.\n\n" + PARIS,

@@ -143,16 +143,26 @@ class ToolCallParser:
 
         `truncated` (the output hit max_tokens): a call still open is not closed. Its arguments stay the
         partial JSON that was generated, with the open value's text as written, so a cut-off call is never
-        presented as complete (with required parameters silently missing)."""
-        if truncated and self._in_call:
+        presented as complete (with required parameters silently missing). Markup the cut left unfinished
+        (a tag cut short, the newline before it, a `<tool_call>` whose function name never came) is
+        dropped rather than shown as text."""
+        if truncated:
             events = self._run(final=False)
-            if self._state == _PARAM and self._param is not None and self._buf:
-                if self._streaming:
-                    self._emit_args(json.dumps(self._buf, ensure_ascii=False)[1:-1])
-                else:
-                    self._emit_args(self._key(self._param) + self._buf)
-            self._buf, self._in_call, self._state = "", False, _TEXT
-            return events + self._take_events()
+            if self._in_call:
+                tail = self._buf[:len(self._buf) - _held_len(self._buf, _TAGS)]
+                tail = tail[:-1] if tail.endswith("\n") else tail  # a value's last newline is markup
+                if self._state == _PARAM and self._param is not None and tail:
+                    if self._streaming:
+                        self._emit_args(json.dumps(tail, ensure_ascii=False)[1:-1])
+                    else:
+                        self._emit_args(self._key(self._param) + tail)
+                self._buf, self._in_call, self._state = "", False, _TEXT
+                return events + self._take_events()
+            held = self._buf.lstrip()
+            opening = START if self._state == _TEXT else END
+            if held and (held.startswith(opening) or opening.startswith(held)):
+                self._buf = ""
+            return events + self._run(final=True)
         events = self._run(final=True)
         if self._in_call:
             self._close_call()
