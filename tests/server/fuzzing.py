@@ -377,7 +377,10 @@ def targeted_cases(rng: random.Random, full: bool = False) -> list[Case]:
     add(_case(CHAT, _with(chat, messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
                           continue_final_message=True, add_generation_prompt=False), "continue final message"))
     add(_case(CHAT, _with(chat, add_generation_prompt=False), "no generation prompt"))
-    add(_case(CHAT, _with(chat, continue_final_message=True), "continue a user message"))
+    add(_case(CHAT, _with(chat, continue_final_message=True), "continue with a generation prompt",
+              expect=(400,), expect_param="continue_final_message"))
+    add(_case(CHAT, _with(chat, continue_final_message=True, add_generation_prompt=False),
+              "continue a user message"))
     add(_case(CHAT, b'{"model":"tiny","messages":[{"role":"user","content":"a","role":"wizard"}],"max_tokens":2}',
               "duplicate key role"))
     add(_case(CHAT, _with(chat, model="nope"), "unknown model", expect=(404,)))

@@ -405,6 +405,36 @@ def test_streamed_echo_and_offsets_match_the_whole_response(server, logprobs):
             assert got["text_offset"][-1] + len(got["tokens"][-1]) == len(got["text"])
 
 
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions", {"messages": MSG, "top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+    ("/v1/chat/completions", {"messages": MSG, "logit_bias": {"99999999": 5}}, "logit_bias"),
+    ("/v1/chat/completions", {"messages": MSG, "stop_token_ids": [99999999]}, "stop_token_ids"),
+    ("/v1/completions", {"prompt": "hi", "logit_bias": {"99999999": 5}}, "logit_bias"),
+    ("/v1/completions", {"prompt": "hi", "stop_token_ids": [99999999]}, "stop_token_ids"),
+    ("/v1/chat/completions", {"messages": MSG + [{"role": "assistant", "content": "Well"}],
+                              "continue_final_message": True}, "continue_final_message"),
+])
+def test_requests_openai_and_vllm_refuse_are_400s(server, path, body, param):
+    assert_error(post(server, path, {"max_tokens": 2, **body}), 400, param)
+    assert_serving(server)
+
+
+def test_wrong_method_is_a_405_with_allow(server):
+    r = httpx.get(server["url"] + "/v1/chat/completions", headers=AUTH)
+    err = assert_error(r, 405)
+    assert err["type"] == "invalid_request_error" and "POST" in r.headers["allow"]
+
+
+def test_chat_usage_counts_reasoning_tokens(server):
+    """Thinking on (the prompt opens <think>): the random model never closes it, so every token is reasoning;
+    thinking off: none is."""
+    on = post(server, "/v1/chat/completions", {"messages": MSG, "max_tokens": 5, "ignore_eos": True}).json()
+    assert on["usage"]["completion_tokens_details"] == {"reasoning_tokens": 5}
+    off = post(server, "/v1/chat/completions", {"messages": MSG, "max_tokens": 5, "ignore_eos": True,
+                                                "chat_template_kwargs": NO_THINK}).json()
+    assert "completion_tokens_details" not in off["usage"]
+
+
 def test_tokenize_renders_tools(server):
     plain = post(server, "/tokenize", {"messages": MSG}).json()["count"]
     with_tools = post(server, "/tokenize", {"messages": MSG, "tools": TOOLS}).json()["count"]

@@ -111,9 +111,14 @@ def test_reasoning_item_when_thinking(client):
                                 extra_body={"ignore_eos": True})
     # the random model never closes </think>: all of it is reasoning
     assert r.output[0].type == "reasoning" and r.output[0].content[0].text
+    assert r.usage.output_tokens_details.reasoning_tokens == 6
+    streamed = list(client.responses.create(model="tiny", input="Say something.", max_output_tokens=6,
+                                            temperature=0, stream=True, extra_body={"ignore_eos": True}))
+    assert streamed[-1].response.usage.output_tokens_details.reasoning_tokens == 6
     off = client.responses.create(model="tiny", input="Say something.", max_output_tokens=6, temperature=0,
                                   reasoning={"effort": "none"}, extra_body={"ignore_eos": True})
     assert "reasoning" not in [o.type for o in off.output]
+    assert off.usage.output_tokens_details.reasoning_tokens == 0
 
 
 def test_forced_function_call_then_continue(client, server):

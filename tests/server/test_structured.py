@@ -91,6 +91,19 @@ def test_json_schema_after_forced_end_of_reasoning(client):
     assert msg.reasoning_content and isinstance(json.loads(msg.content)["ok"], bool)
 
 
+def test_thinking_token_budget_alone_ends_the_reasoning(client, server):
+    """Without a constraint, the budget still caps the reasoning (vLLM's field); the answer after it is free.
+    The random model never writes </think> itself, so without the budget all 40 tokens are reasoning."""
+    def ask(**extra):
+        return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                              max_tokens=40, temperature=0.7, seed=5, extra_body=extra)
+    free, capped = ask().choices[0].message, ask(thinking_token_budget=10).choices[0].message
+    assert free.reasoning_content and not free.content
+    assert capped.content, capped
+    tok = server["state"].tokenizer
+    assert len(tok.encode(capped.reasoning_content)) <= 12  # 10 tokens (re-encoding may merge or split a few)
+
+
 def test_bad_schema_is_a_400(server):
     import httpx
 

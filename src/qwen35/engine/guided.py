@@ -35,9 +35,9 @@ from .structured import GuidedDecoding
 class GuidedMatcher:
     """One request's grammar state: which tokens may come next, fed with each sampled token."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, spec: GuidedDecoding,
+    def __init__(self, matcher: llguidance.LLMatcher | None, spec: GuidedDecoding,
                  special_ids: frozenset[int] = frozenset()) -> None:
-        self.matcher = matcher
+        self.matcher = matcher  # None: a reasoning budget alone (spec.budget_only), nothing after start_after
         self.spec = spec
         self.special_ids = special_ids  # see accept()
         self.active = spec.start_after is None  # constrained from now on
@@ -62,16 +62,19 @@ class GuidedMatcher:
             if token_id == self.spec.start_after:
                 self.active = True
                 return True
-            if token_id not in self.special_ids or self.matcher.validate_tokens([token_id]) != 1:
+            if (self.matcher is None or token_id not in self.special_ids
+                    or self.matcher.validate_tokens([token_id]) != 1):
                 return True
             self.active = True
+        if self.matcher is None:
+            return True
         if self.error is None and not self.matcher.consume_token(token_id):
             self.error = self.matcher.get_error() or f"token {token_id} is not allowed here"
         return self.error is None
 
     def fork(self) -> "GuidedMatcher":
         """An independent copy of the grammar state (speculative verification walks drafts on a copy)."""
-        new = GuidedMatcher(self.matcher.deep_copy(), self.spec, self.special_ids)
+        new = GuidedMatcher(self.matcher and self.matcher.deep_copy(), self.spec, self.special_ids)
         new.active, new.free_tokens, new.error = self.active, self.free_tokens, self.error
         return new
 
@@ -83,7 +86,7 @@ class GuidedMatcher:
 
     def is_finished(self) -> bool:
         """The grammar is complete and nothing but EOS may follow (or the matcher failed)."""
-        return self.active and (self.error is not None or self.matcher.is_stopped())
+        return self.active and self.matcher is not None and (self.error is not None or self.matcher.is_stopped())
 
 
 class GuidedDecoder:
@@ -113,6 +116,8 @@ class GuidedDecoder:
 
     def matcher(self, spec: GuidedDecoding) -> GuidedMatcher:
         """A fresh matcher for `spec`; ValueError (named after the spec's field) if the grammar is invalid."""
+        if spec.budget_only:
+            return GuidedMatcher(None, spec, self.tokenizer.special_ids)
         m = llguidance.LLMatcher(self.lltokenizer, spec.llguidance_grammar, log_level=0)
         if m.is_error():
             raise ValueError(f"{spec.label}: {m.get_error().strip()}")
@@ -120,8 +125,8 @@ class GuidedDecoder:
 
     def apply(self, logits: torch.Tensor, rows: list[int], matchers: list[GuidedMatcher]) -> None:
         """Set the disallowed logits of `rows` (one matcher each) to -inf, in place. logits: [B, V] fp32."""
-        active = [(r, m) for r, m in zip(rows, matchers) if m.active]
-        waiting = [r for r, m in zip(rows, matchers) if not m.active]
+        active = [(r, m) for r, m in zip(rows, matchers) if m.active and m.matcher is not None]
+        waiting = [r for r, m in zip(rows, matchers) if not m.active and m.matcher is not None]
         if waiting and self.block_before_start:
             ids = torch.tensor(self.block_before_start, device=logits.device)
             logits[torch.tensor(waiting, device=logits.device)[:, None], ids] = float("-inf")

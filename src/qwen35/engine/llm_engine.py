@@ -230,6 +230,7 @@ class LLMEngine:
         their placeholders: one `<|image_pad|>` per image / `<|vision_start|><|video_pad|><|vision_end|>` per
         video as the chat template writes them (expanded here), or already expanded."""
         params = params or SamplingParams()
+        params.check_vocab(self.model_cfg.text.vocab_size)
         if request_id in self.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         if isinstance(prompt, str):

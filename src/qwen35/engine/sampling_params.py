@@ -113,6 +113,13 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """ValueError naming the field when a token id here is outside a `vocab_size`-token vocabulary."""
+        for name, ids in (("logit_bias", self.logit_bias or ()), ("stop_token_ids", self.stop_token_ids)):
+            bad = [t for t in ids if t >= vocab_size]
+            if bad:
+                raise ValueError(f"{name} has token id {bad[0]}, outside the model's vocabulary [0, {vocab_size})")
+
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)

@@ -22,7 +22,7 @@ _KINDS = ("json_schema", "json_object", "grammar", "regex", "choice")
 # How errors name each kind: the OpenAI / vLLM request field it usually comes from.
 _LABELS = {"json_schema": "response_format.json_schema", "json_object": "response_format",
            "grammar": "structured_outputs.grammar", "regex": "structured_outputs.regex",
-           "choice": "structured_outputs.choice"}
+           "choice": "structured_outputs.choice", "budget": "thinking_token_budget"}
 
 
 @dataclass
@@ -33,7 +33,8 @@ class GuidedDecoding:
     llguidance's syntax (GBNF is converted); regex: the whole output matches it; choice: one of the strings.
     start_after: a token id (e.g. `</think>`) before which generation is free; None: constrained from
     the first token. reasoning_budget: at most this many free tokens; then `start_after` is forced (a model
-    that would think forever still produces the constrained answer).
+    that would think forever still produces the constrained answer). A budget with `start_after` and no
+    grammar is allowed: it caps the reasoning and leaves the answer free (`thinking_token_budget` alone).
 
     Construction compiles the grammar (without a tokenizer) and raises ValueError naming the problem.
     """
@@ -49,20 +50,28 @@ class GuidedDecoding:
 
     def __post_init__(self) -> None:
         given = [k for k in _KINDS if getattr(self, k) not in (None, False)]
-        if len(given) != 1:
-            raise ValueError(f"guided decoding needs exactly one of {', '.join(_KINDS)}; got "
-                             f"{', '.join(given) or 'none'}")
         if self.start_after is not None and (not isinstance(self.start_after, int) or isinstance(
                 self.start_after, bool) or self.start_after < 0):
             raise ValueError(f"guided decoding start_after must be a token id, got {self.start_after!r}")
+        if not given and self.budget_only:
+            return
+        if len(given) != 1:
+            raise ValueError(f"guided decoding needs exactly one of {', '.join(_KINDS)}; got "
+                             f"{', '.join(given) or 'none'}")
         self._compiled = _compile(self.kind, getattr(self, self.kind))
         error = validate_grammar(self._compiled)
         if error:
             raise ValueError(f"{self.label}: {error}")
 
     @property
+    def budget_only(self) -> bool:
+        """No grammar: only the reasoning budget (before `start_after`) is enforced."""
+        return (self.start_after is not None and self.reasoning_budget is not None
+                and all(getattr(self, k) in (None, False) for k in _KINDS))
+
+    @property
     def kind(self) -> str:
-        return next(k for k in _KINDS if getattr(self, k) not in (None, False))
+        return next((k for k in _KINDS if getattr(self, k) not in (None, False)), "budget")
 
     @property
     def label(self) -> str:

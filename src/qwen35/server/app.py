@@ -41,7 +41,8 @@ from .limits import RequestError, encode_bounded, parse_json
 from .metrics import Metrics
 from .serve_args import DEFAULT_MM_LIMITS
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
-from .responses import ResponseRun, ResponsesRequest, ResponseStore, final_usage, prepare_response, reply_message
+from .responses import (ResponseRun, ResponsesRequest, ResponseStore, prepare_response, reply_message,
+                        response_usage)
 
 log = logging.getLogger("qwen35.server")
 
@@ -104,7 +105,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     async def prepare(request: Request, model: type[BaseModel], work) -> tuple[Any, Any] | JSONResponse:
         """Parse and validate the body, check the model name, then run `work(body, state)` (the request's
@@ -186,7 +187,8 @@ def create_app(state: ServerState) -> FastAPI:
         if isinstance(stream, Response):
             return stream
         if body.stream:
-            return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, body.include_usage, start),
+            return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, body.include_usage, start,
+                                          run.usage),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
         finals = await _whole(request, stream)
         if isinstance(finals, Response):
@@ -397,7 +399,8 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool, start: float):
+async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool, start: float,
+               usage_of=usage):
     final, first, last = None, None, None
     try:
         async for out in stream:
@@ -412,7 +415,7 @@ async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool
             for c in to_chunks(out):
                 yield f"data: {dumps(c)}\n\n"
         if include_usage and final is not None:
-            yield f"data: {dumps(chunk([], usage=usage(final)))}\n\n"
+            yield f"data: {dumps(chunk([], usage=usage_of(final)))}\n\n"
         _record(state, final, start)
     except ValueError as e:
         yield f"data: {dumps({'error': {'message': str(e), 'type': 'invalid_request_error', 'code': 400}})}\n\n"
@@ -443,7 +446,7 @@ async def _response_events(state: ServerState, stream, chat_run: ChatRun, run: R
             for c in chat_run.stream_chunks(out):
                 for e in run.events(c):
                     yield e
-        for e in run.finish(final_usage(final), final.outputs[0].finish_reason):
+        for e in run.finish(response_usage(chat_run.usage(final)), final.outputs[0].finish_reason):
             yield e
         if run.body.store:
             state.responses.put(run.id, planned.conversation + [reply_message(run.output)], run.final)

@@ -130,7 +130,8 @@ def _guided(body: ChatCompletionRequest, choice: str, forced: str | None, after:
             max_tokens: int) -> GuidedDecoding | None:
     """Constrained decoding for forced tool calls (native XML) and structured outputs, after `</think>`.
     With thinking on, reasoning may use `thinking_token_budget` tokens (default: half of max_tokens, at most
-    2048 kept for the answer); then `</think>` is forced, so the constrained answer always gets room."""
+    2048 kept for the answer); then `</think>` is forced, so the constrained answer always gets room. A
+    `thinking_token_budget` without a constraint is enforced alone (vLLM's field)."""
     budget = None
     if after is not None:
         budget = body.thinking_token_budget  # validated >= 0 by the protocol model
@@ -145,7 +146,10 @@ def _guided(body: ChatCompletionRequest, choice: str, forced: str | None, after:
             raise RequestError(str(e), "tools") from None
         return build_guided({"grammar": grammar}, "tools", after, budget)
     found = structured_spec(body)
-    return None if found is None else build_guided(found[0], found[1], after, budget)
+    if found is None:  # a budget alone caps the reasoning and leaves the answer free
+        return None if after is None or body.thinking_token_budget is None else \
+            GuidedDecoding(start_after=after, reasoning_budget=budget)
+    return build_guided(found[0], found[1], after, budget)
 
 
 def render_prompt(server, messages: list[Any], *, tools: list[dict] | None, add_generation_prompt: bool,
@@ -202,8 +206,13 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     """Everything CPU-bound about a chat request (render, tokenise, compile grammars): run it off the loop."""
     tok = server.tokenizer
     choice, forced = _tool_choice(body)
+    if body.top_logprobs and not body.logprobs:  # as OpenAI and vLLM
+        raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
     if body.logprobs and (body.top_logprobs or 0) > server.max_logprobs:
         raise RequestError(f"top_logprobs must be at most {server.max_logprobs} (--max-logprobs)", "top_logprobs")
+    if body.continue_final_message and body.add_generation_prompt:
+        raise RequestError("continue_final_message and add_generation_prompt cannot both be true (set "
+                           "add_generation_prompt: false to continue the last message)", "continue_final_message")
     kwargs = dict(body.chat_template_kwargs or {})
     if body.enable_thinking is not None:
         kwargs.setdefault("enable_thinking", body.enable_thinking)
@@ -228,7 +237,7 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     try:
         params = sampling_params(body, max_tokens=max_tokens or budget, thinking=thinking,
                                  defaults=server.generation_defaults, use_presets=server.use_presets,
-                                 logprobs=logprobs, guided=guided)
+                                 logprobs=logprobs, guided=guided, vocab_size=server.vocab_size)
     except ValueError as e:
         raise RequestError(str(e), str(e).split(" ", 1)[0].rstrip(":")) from None
     return ChatPlan(ids, params, started_in_reasoning, body.tools, parse_tools=bool(body.tools),
@@ -272,7 +281,10 @@ class ChatRun:
                                                                                                 c.logprobs),
                             "finish_reason": self._finish_reason(c.finish_reason, bool(calls))})
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": choices, "usage": usage(final)}
+                "choices": choices, "usage": self.usage(final)}
+
+    def usage(self, final) -> dict[str, Any]:
+        return usage(final, self.tokenizer.think_end_id if self.plan.started_in_reasoning else None)
 
     # -- streaming ----------------------------------------------------------------------------------
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -349,12 +361,19 @@ def token_text(tokenizer, tok_id: int) -> str:
     return tokenizer.token_bytes(tok_id).decode("utf-8", errors="replace")
 
 
-def usage(final) -> dict[str, int]:
+def usage(final, think_end: int | None = None) -> dict[str, Any]:
+    """OpenAI usage of a finished request. `think_end`: the `</think>` id when the reply started inside the
+    reasoning; its tokens through `</think>` (all of them without one) are then counted as reasoning tokens."""
     prompt = len(final.prompt_token_ids)
     completion = sum(len(c.token_ids) for c in final.outputs)
-    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
     if final.num_cached_tokens:
         out["prompt_tokens_details"] = {"cached_tokens": final.num_cached_tokens}
+    if think_end is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": sum(
+            c.token_ids.index(think_end) + 1 if think_end in c.token_ids else len(c.token_ids)
+            for c in final.outputs)}
     return out
 
 

@@ -66,7 +66,8 @@ def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
     try:
         params = [sampling_params(body, max_tokens=min(body.max_tokens or 16, limit - len(ids)), thinking=None,
                                   defaults=server.generation_defaults, use_presets=False, logprobs=body.logprobs,
-                                  guided=guided, prompt_logprobs=body.logprobs if want_prompt_logprobs else None)
+                                  guided=guided, prompt_logprobs=body.logprobs if want_prompt_logprobs else None,
+                                  vocab_size=vocab)
                   for ids in id_lists]
     except ValueError as e:
         raise RequestError(str(e), str(e).split(" ", 1)[0]) from None

@@ -46,7 +46,7 @@ def load_generation_defaults(model_dir: str | Path, mode: str = "auto") -> dict[
 
 def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None, defaults: dict[str, Any],
                     use_presets: bool, logprobs: int | None, guided: Any = None,
-                    prompt_logprobs: int | None = None) -> SamplingParams:
+                    prompt_logprobs: int | None = None, vocab_size: int | None = None) -> SamplingParams:
     greedy_model = defaults.get("temperature") == 0.0  # its generation_config turns sampling off (the demo model)
     preset = {} if not use_presets or thinking is None or greedy_model else \
         (THINKING_PRESET if thinking else NON_THINKING_PRESET)
@@ -77,4 +77,7 @@ def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None,
             kwargs["logit_bias"] = {int(k): v for k, v in body.logit_bias.items()}
         except ValueError:
             raise ValueError("logit_bias keys must be token ids") from None
-    return SamplingParams(**kwargs)
+    params = SamplingParams(**kwargs)
+    if vocab_size is not None:
+        params.check_vocab(vocab_size)
+    return params

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .chat import ChatPlan, prepare_chat, usage
+from .chat import ChatPlan, prepare_chat
 from .limits import MAX_MESSAGES, MAX_TOOLS, RequestError
 from .protocol import ChatCompletionRequest
 
@@ -434,13 +434,10 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: st
 
 def response_usage(chat_usage: dict[str, Any]) -> dict[str, Any]:
     cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    reasoning = (chat_usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0)
     return {"input_tokens": chat_usage["prompt_tokens"], "input_tokens_details": {"cached_tokens": cached},
-            "output_tokens": chat_usage["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": chat_usage["total_tokens"]}
-
-
-def final_usage(final) -> dict[str, Any]:
-    return response_usage(usage(final))
+            "output_tokens": chat_usage["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": chat_usage["total_tokens"]}
 
 
 def reply_message(output: list[dict[str, Any]]) -> dict[str, Any]:
