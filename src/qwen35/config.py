@@ -22,6 +22,9 @@ MOE_TYPES = ("qwen3_5_moe", "qwen3_5_moe_text")
 LAYER_KINDS = ("linear_attention", "full_attention")
 DEFAULT_MAX_POSITION = 262_144  # TextConfig.max_position_embeddings when config.json has none
 VISION_ROPE_THETA = 10_000.0  # VisionConfig.rope_theta when config.json has none
+# The text config keys that set tensor shapes (plus intermediate_size for dense models): never defaulted
+REQUIRED_TEXT_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads")
 
 
 class ConfigError(ValueError):
@@ -225,7 +228,11 @@ class TextConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, moe: bool, tie_word_embeddings: bool | None = None) -> "TextConfig":
-        n_layers = d.get("num_hidden_layers", 24)
+        missing = [k for k in REQUIRED_TEXT_KEYS + (() if moe else ("intermediate_size",)) if k not in d]
+        if missing:  # the tensors' shapes: a default would only move the error to a tensor of the wrong shape
+            raise ConfigError(f"the text config has no {', '.join(missing)} (every Qwen3.5 config.json gives them, "
+                              "under text_config for the multimodal layout)")
+        n_layers = d["num_hidden_layers"]
         layer_types = d.get("layer_types")
         if layer_types is None:
             interval = d.get("full_attention_interval", 4)

@@ -177,3 +177,17 @@ def test_async_request_failed_and_num_unfinished(tiny_ckpt, monkeypatch):
         assert idle[2]["slots_free"] == idle[2]["slots_total"]
     finally:
         engine.shutdown()
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
+    """A checkpoint whose tokenizer.json is missing falls back to the built-in 248k vocabulary; over a model of
+    4,096 ids its tokens would index past the embedding and fail every request batched with them."""
+    import shutil
+
+    from qwen35.default_model import default_model_dir
+
+    ckpt = tmp_path / "demo"
+    shutil.copytree(default_model_dir(), ckpt)
+    (ckpt / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="vocab_size 4096"):
+        make_llm(ckpt)

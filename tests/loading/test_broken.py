@@ -91,6 +91,8 @@ def _set_text(**fields):
     (_set_text(layer_types=["linear_attention"] * 3), "layer_types"),  # 3 entries, 4 layers
     (_set_text(layer_types=["linear_attention"] * 3 + ["sliding_window"]), "layer_types"),
     (_set_text(hidden_size=-64), "hidden_size"),
+    (lambda c: c["text_config"].pop("hidden_size"), "hidden_size"),
+    (lambda c: c.pop("text_config"), "vocab_size"),
     (_set_text(num_hidden_layers=0), "num_hidden_layers"),
     (_set_text(head_dim="32"), "head_dim"),
     (_set_text(rope_parameters={"rope_type": "dynamic", "rope_theta": 1e7}), "rope_type"),
@@ -101,7 +103,8 @@ def _set_text(**fields):
     (lambda c: c.update(quantization_config={"quant_method": "bitsandbytes"}), "quant_method"),
     (lambda c: c.update(quantization_config={"quant_method": "fp8", "weight_block_size": [128]}),
      "weight_block_size"),
-], ids=["heads", "gdn_heads", "layer_types_len", "layer_kind", "hidden_size", "layers", "head_dim_type",
+], ids=["heads", "gdn_heads", "layer_types_len", "layer_kind", "hidden_size", "no_hidden_size", "no_text_config",
+        "layers", "head_dim_type",
         "rope_type", "rope_theta", "eps", "act", "text_config", "quant_method", "block"])
 def test_impossible_config(dense_copy, edit, field):
     edit_config(dense_copy, edit)
@@ -129,6 +132,14 @@ def test_tensor_of_wrong_shape(dense_copy):
     edit_shard(dense_copy, Q_PROJ, shrink)
     _raises(CheckpointError, dense_copy, "layers.3.self_attn.q_proj.weight", "(224, 64)", "(256, 64)",
             shard_of(dense_copy, Q_PROJ).name)
+
+
+def test_tensor_of_integers_where_a_weight_belongs(dense_copy):
+    def to_int(t):
+        t[Q_PROJ] = t[Q_PROJ].to(torch.int32)
+
+    edit_shard(dense_copy, Q_PROJ, to_int)
+    _raises(CheckpointError, dense_copy, "layers.3.self_attn.q_proj.weight", "int32", "floating-point")
 
 
 def test_fused_experts_of_wrong_shape(moe_copy):

@@ -21,10 +21,12 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 TOL = 1e-4
 QWEN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=262144, rope_theta=1e7,
             partial_rotary_factor=0.25, mrope_section=[11, 11, 10], mrope_interleaved=True)  # the model card's
+SHAPE = dict(model_type="qwen3_5_text", vocab_size=248320, hidden_size=1024, num_hidden_layers=24,
+             num_attention_heads=8, num_key_value_heads=2, intermediate_size=3584)  # dense-0.8b's
 
 
 def _ours(rope_parameters: dict, max_pos: int, head_dim: int = 256):
-    text = ModelConfig.from_dict({"model_type": "qwen3_5_text", "head_dim": head_dim,
+    text = ModelConfig.from_dict({**SHAPE, "head_dim": head_dim,
                                   "max_position_embeddings": max_pos, "rope_parameters": rope_parameters}).text
     return text, *inv_frequencies(text.rope, text.rotary_dim, text.max_position_embeddings)
 
@@ -66,7 +68,7 @@ def test_default_rope_is_transformers_bit_for_bit():
 
 def test_yarn_parameters_round_trip_through_our_config_json():
     rp = dict(QWEN, attention_factor=1.2, beta_fast=16.0, truncate=False)
-    cfg = ModelConfig.from_dict({"model_type": "qwen3_5_text", "rope_parameters": rp})
+    cfg = ModelConfig.from_dict({**SHAPE, "rope_parameters": rp})
     again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again.text.rope == cfg.text.rope and again.text.rope.attention_factor == 1.2
 

@@ -147,6 +147,10 @@ class LLMEngine:
         k = self.spec.k if self.spec is not None else 0
         self.tokenizer = Tokenizer.from_pretrained(cfg.model)
         text = self.model_cfg.text
+        if self.tokenizer.vocab_size > text.vocab_size:  # its ids would index past the embedding
+            raise ValueError(f"{cfg.model}: the tokenizer ({self.tokenizer.source}) defines "
+                             f"{self.tokenizer.vocab_size} ids, more than the model's vocab_size {text.vocab_size}; "
+                             "is tokenizer.json missing or from another model?")
         supported = text.supported_length
         if cfg.max_model_len is not None and cfg.max_model_len > supported:
             raise ValueError(f"max_model_len {cfg.max_model_len} is larger than the {supported} tokens the model "

@@ -322,6 +322,9 @@ class _Loader:
         shape = tuple(self.params[name].shape)
         if tuple(tensor.shape) != shape:
             raise CheckpointError(f"tensor {name!r} in {file} has shape {tuple(tensor.shape)}, expected {shape}")
+        if not tensor.dtype.is_floating_point:  # quantised weights load elsewhere; this one holds numbers to use
+            raise CheckpointError(f"tensor {name!r} in {file} is {str(tensor.dtype).removeprefix('torch.')}, "
+                                  "expected a floating-point weight")
         module_name, attr = name.rsplit(".", 1)
         module = self.model.get_submodule(module_name)
         value = tensor.load(self._target_dtype(name)).to(self.device)
