@@ -46,10 +46,35 @@ def test_generate_streams_text(init_dir):
     (["generate", "--prompt", "x", "--max-tokens", "0"], "--max-tokens"),
     (["generate", "--prompt", "x", "--top-p", "2"], "--top-p"),
     (["init", "70b", "/tmp/nowhere"], "unknown preset"),
+    (["generate", "--prompt", "x", "--threads", "-3"], "--threads"),
+    (["init", "tiny", "/tmp/nowhere", "--shard-size", "abc"], "--shard-size"),
+    (["init", "tiny", "/proc/nope"], "/proc/nope"),  # cannot be created: one line, no traceback
 ])
 def test_bad_arguments_are_named(args, message):
     r = qwen35(*args)
     assert r.returncode != 0 and message in r.stderr
+
+
+def test_bad_arguments_are_one_line_without_traceback():
+    r = qwen35("init", "tiny", "/proc/nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_llm_and_generate_find_a_hugging_face_id_in_the_local_cache(init_dir, tmp_path, monkeypatch):
+    """As `qwen35 serve` does: `LLM("org/name")` and `generate --model org/name` use the cached snapshot."""
+    import os
+
+    from qwen35.engine import LLM, SamplingParams
+
+    repo = tmp_path / "hub" / "models--Org--Tiny"
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "snapshots" / "abc123").symlink_to(init_dir, target_is_directory=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    r = qwen35("generate", "--model", "Org/Tiny", "--prompt", "Hello", "--max-tokens", "2", "--dtype", "fp32",
+               env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    out = LLM("Org/Tiny", dtype="fp32", max_model_len=64).generate("Hello", SamplingParams(max_tokens=2))
+    assert len(out[0].outputs[0].token_ids) == 2
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path):

@@ -16,11 +16,16 @@ def _dtype(name: str):
 
 
 def parse_size(text: str) -> int:
+    """Bytes of a size such as 2GB, 500M or 1024; ValueError naming the text otherwise."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
+    try:
+        size = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise ValueError(f"--shard-size {text!r} is not a size such as 2GB, 500MB or 1048576") from None
+    if size <= 0:
+        raise ValueError(f"--shard-size must be positive, got {text!r}")
+    return size
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -54,7 +59,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .engine import EngineConfig, LLMEngine, SamplingParams
     from .tokenizer import Tokenizer
 
-    path = args.model
+    from .loading.model_path import resolve_model
+
+    path = None if args.model is None else resolve_model(args.model).path
     if path is None:
         path = default_model_dir()
         from .default_model import CAPABILITIES
@@ -167,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train, subparser=t)
 
     g = sub.add_parser("generate", help="stream a completion of a prompt")
-    g.add_argument("--model", help="checkpoint directory (default: the embedded random model)")
+    g.add_argument("--model", help="checkpoint directory or a Hugging Face id in the local cache (default: the "
+                   "embedded demo model)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0)
@@ -284,6 +292,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
             parser.error(f"--top-k must be >= 0, got {args.top_k}")
         if not 0 <= args.min_p <= 1:
             parser.error(f"--min-p must be in [0, 1], got {args.min_p}")
+        if args.threads < 0:
+            parser.error(f"--threads must be >= 0, got {args.threads}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ValueError) as e:
+    except (ConfigError, CheckpointError, ValueError, OSError) as e:  # OSError: a path that cannot be written
         print(f"qwen35: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

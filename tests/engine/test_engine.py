@@ -84,6 +84,13 @@ def test_bad_requests_are_refused_and_the_engine_keeps_serving(ckpt):
         llm.generate([[-1, 5]], GREEDY)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)
+    with pytest.raises(ValueError, match="stop must be a list"):
+        SamplingParams(stop=5)
+    with pytest.raises(ValueError, match="sampling_params must be a SamplingParams"):
+        llm.generate("a", {"max_tokens": 3})
+    for bad in ({"logit_bias": {10**9: 5}}, {"stop_token_ids": [10**9]}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            llm.generate([[1, 2]], SamplingParams(max_tokens=2, **bad))
     assert len(llm.generate([[1, 2, 3]], GREEDY)[0].outputs[0].token_ids) == 12
 
 
@@ -125,3 +132,18 @@ def test_yarn_allows_factor_times_the_original_window_and_no_more(tiny_ckpt):
     with pytest.raises(ValueError, match="max_model_len 16385 is larger than the 16384 tokens"):
         make_llm(tiny_ckpt, max_model_len=4 * 4096 + 1, max_num_seqs=2, hf_config=config)
     assert make_llm(tiny_ckpt, max_model_len=None, max_num_seqs=2, hf_config=config).engine.max_model_len == 8192
+
+
+def test_chat_continues_the_final_message_and_names_bad_arguments(tiny_ckpt):
+    llm = make_llm(tiny_ckpt)
+    conv = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "The answer is"}]
+    params = SamplingParams(temperature=0, max_tokens=2)
+    out = llm.chat(conv, params, add_generation_prompt=False, continue_final_message=True)[0]
+    assert llm.tokenizer.decode(out.prompt_token_ids).endswith("The answer is")
+    closed = llm.chat(conv, params, add_generation_prompt=False)[0]
+    assert llm.tokenizer.decode(closed.prompt_token_ids).rstrip().endswith("<|im_end|>")
+    with pytest.raises(ValueError, match="continue_final_message"):
+        llm.chat(conv, params, continue_final_message=True)  # with the default generation prompt
+    for key in ("add_generation_prompt", "tools", "messages"):
+        with pytest.raises(ValueError, match=key):
+            llm.chat(conv, params, chat_template_kwargs={key: False})

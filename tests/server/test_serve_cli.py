@@ -25,7 +25,7 @@ import qwen35
 from qwen35.cli import build_parser, main
 from qwen35.config import ModelConfig, preset
 from qwen35.server import model_overrides as mo
-from qwen35.server.model_path import ModelNotFound, find_in_hf_cache, hf_cache_dir, resolve_model
+from qwen35.loading.model_path import ModelNotFound, find_in_hf_cache, hf_cache_dir, resolve_model
 from qwen35.server.serve import bind_socket, plan_serve
 from qwen35.server.serve_args import ServeError, human_int, human_int_or_auto
 
@@ -129,6 +129,7 @@ def test_model_card_yarn_line_reaches_the_loader(hf_cache):
     (f"{HF_ID} --max-model-len 300k", "--max-model-len 300000 is larger than the 262144 tokens"),
     (f"{HF_ID} --kv-cache-dtype fp8", "unrecognized arguments: --kv-cache-dtype fp8"),
     ("Qwen/Qwen3.5-9B", "qwen35 does not download weights"),
+    (f"{HF_ID} --port 99999", "must be in [0, 65535], got 99999"),
 ])
 def test_unsupported_lines_fail_with_one_line(hf_cache, capsys, line, message):
     rc, err = run_cli(capsys, "serve", *line.split())

@@ -49,9 +49,16 @@ class EngineConfig:
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {self.dtype!r}")
         self.quantization = check_quantization(self.quantization)
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
-            if getattr(self, name) <= 0:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len", "kv_cache_memory",
+                     "threads", "encoder_cache_memory", "max_num_encoder_patches"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not isinstance(self.prefix_cache_fraction, (int, float)) or not 0 <= self.prefix_cache_fraction < 1:
+            raise ValueError(f"prefix_cache_fraction must be in [0, 1), got {self.prefix_cache_fraction!r}")
         for kind, n in (self.limit_mm_per_prompt or {}).items():
             if kind not in ("image", "video") or not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise ValueError(f"limit_mm_per_prompt takes 'image' / 'video' counts >= 0, got {kind!r}: {n!r}")

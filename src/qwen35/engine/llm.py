@@ -27,7 +27,8 @@ from ..multimodal.load import load_media, to_item
 from ..multimodal.media import MediaPolicy
 from ..multimodal.processor import ProcessorConfig
 from ..server.messages import normalize_chat
-from ..tokenizer.chat_template import render_chat
+from ..tokenizer.chat_template import RESERVED_VARS, render_chat
+from ..tokenizer.chat_template import continue_final_message as continued
 from .llm_engine import EngineConfig, LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
@@ -38,11 +39,16 @@ Prompt = Union[str, list[int], dict]
 
 class LLM:
     def __init__(self, model: str | None = None, allowed_local_media_path: str | None = None, **kwargs: Any) -> None:
-        """`model`: a checkpoint directory (default: the embedded demo model, `default_model.py`)."""
+        """`model`: a checkpoint directory or a Hugging Face id found in the local HF cache (nothing is downloaded;
+        default: the embedded demo model, `default_model.py`)."""
         if model is None:
             from ..default_model import default_model_dir
 
             model = default_model_dir()
+        else:
+            from ..loading.model_path import resolve_model
+
+            model = resolve_model(str(model)).path
         self.engine = LLMEngine(EngineConfig(model=str(model), **kwargs))
         self._ids = itertools.count()
         self.processor = ProcessorConfig.from_checkpoint(model)
@@ -68,6 +74,9 @@ class LLM:
              sampling_params: SamplingParams | list[SamplingParams] | None) -> list[RequestOutput]:
         """Add every prompt with its items (all or none), run the engine until they finish, in prompt order."""
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        if not all(p is None or isinstance(p, SamplingParams) for p in params):
+            raise ValueError("sampling_params must be a SamplingParams or a list of them, got "
+                             f"{type(next(p for p in params if not isinstance(p, SamplingParams))).__name__}")
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
         ids: list[str] = []
@@ -88,14 +97,23 @@ class LLM:
         return [done[r] for r in ids]
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
-             tools: list[dict] | None = None, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
-        """Render each conversation with the checkpoint's chat template and generate."""
+             tools: list[dict] | None = None, chat_template_kwargs: dict | None = None, *,
+             add_generation_prompt: bool = True, continue_final_message: bool = False) -> list[RequestOutput]:
+        """Render each conversation with the checkpoint's chat template and generate. As vLLM's `LLM.chat`:
+        `continue_final_message` (with `add_generation_prompt=False`) continues the last, assistant message."""
+        if continue_final_message and add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        kwargs = dict(chat_template_kwargs or {})
+        reserved = [k for k in RESERVED_VARS if k in kwargs]
+        if reserved:
+            raise ValueError(f"chat_template_kwargs may not set {reserved[0]!r}: it is an argument of chat()")
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts, media = [], []
         for conv in convs:
             clean, refs = normalize_chat(conv)
-            prompts.append(render_chat(self.tokenizer.chat_template, clean, tools=tools, add_generation_prompt=True,
-                                       **(chat_template_kwargs or {})))
+            text = render_chat(self.tokenizer.chat_template, clean, tools=tools,
+                               add_generation_prompt=add_generation_prompt, **kwargs)
+            prompts.append(continued(text, clean) if continue_final_message else text)
             media.append(load_media(refs, self.media_policy, self.processor) if refs else None)
         return self._run(prompts, media, sampling_params)
 

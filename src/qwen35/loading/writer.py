@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -83,6 +84,9 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str | Path, seed: int = 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = checkpoint_specs(cfg, dtype)
+    need, free = sum(map(_nbytes, specs)), shutil.disk_usage(out).free
+    if need > free:  # refused before writing: a large preset would otherwise fill the disk, then fail
+        raise OSError(f"the checkpoint needs {need / 2**30:.1f} GiB and {out} has {free / 2**30:.1f} GiB free")
     shards: list[list[Spec]] = [[]]
     size = 0
     for spec in specs:

@@ -21,7 +21,8 @@ from ..engine.structured import GuidedDecoding
 from ..multimodal.load import load_media
 from ..multimodal.prompt import expand_placeholders
 from ..output_format import tool_call_grammar
-from ..tokenizer.chat_template import TemplateLimitError, render_chat, render_chat_isolated
+from ..tokenizer.chat_template import (RESERVED_VARS, TemplateLimitError, continue_final_message, render_chat,
+                                      render_chat_isolated)
 from .limits import RequestError, encode_bounded
 from .messages import MediaRef, check_media_limits, normalize_chat
 from .params import sampling_params
@@ -29,8 +30,6 @@ from .parsers import ChatOutputParser, prompt_ends_in_reasoning
 from .protocol import ChatCompletionRequest
 
 log = logging.getLogger("qwen35.server")
-# variables the server passes to the template itself: chat_template_kwargs may not replace them
-_RESERVED_TEMPLATE_VARS = ("messages", "tools", "add_generation_prompt")
 
 
 @dataclass
@@ -162,7 +161,7 @@ def render_prompt(server, messages: list[Any], *, tools: list[dict] | None, add_
         raise RequestError("chat_template in a request is refused: this server was not started with "
                            "--trust-request-chat-template", "chat_template")
     kwargs = {**server.default_chat_template_kwargs, **(template_kwargs or {})}
-    reserved = [k for k in _RESERVED_TEMPLATE_VARS if k in kwargs]
+    reserved = [k for k in RESERVED_VARS if k in kwargs]
     if reserved:
         raise RequestError(f"chat_template_kwargs may not set {reserved[0]!r}: it is a request field",
                            "chat_template_kwargs")
@@ -219,8 +218,8 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     tools = body.tools if choice != "none" else None
     text, refs = render_prompt(server, body.messages, tools=tools, add_generation_prompt=body.add_generation_prompt,
                                template_kwargs=kwargs, request_template=body.chat_template)
-    if body.continue_final_message and body.messages[-1].get("role") == "assistant":
-        text = text[: text.rfind("<|im_end|>")] if text.rstrip().endswith("<|im_end|>") else text
+    if body.continue_final_message:
+        text = continue_final_message(text, body.messages)
     ids, media = with_media(server, encode_bounded(tok, text, server.max_model_len, "messages"), refs,
                             body.mm_processor_kwargs)
     started_in_reasoning = prompt_ends_in_reasoning(text)

@@ -91,7 +91,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     from ..config import ConfigError
     from ..tokenizer.tokenizer import find_chat_template
     from . import model_overrides as mo
-    from .model_path import resolve_model
+    from ..loading.model_path import resolve_model
 
     noops = check_features(args)
     parallel = parallel_config(args)

@@ -110,6 +110,7 @@ def _number(convert, ok, rule: str):
 
 _fraction = _number(float, lambda f: 0 < f <= 1, "in (0, 1]")
 _nonneg_int = _number(int, lambda n: n >= 0, ">= 0")
+_port = _number(int, lambda n: 0 <= n <= 65535, "in [0, 65535]")
 _positive_int = _number(int, lambda n: n > 0, "positive")
 _positive_float = _number(float, lambda x: x > 0, "positive")
 
@@ -197,7 +198,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
     h = p.add_argument_group("HTTP")
     h.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; see the DNS-rebinding note in the docs")
-    h.add_argument("--port", type=_nonneg_int, default=8000)
+    h.add_argument("--port", type=_port, default=8000)
     h.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 "
                                                    "(default: $QWEN35_API_KEY, else $VLLM_API_KEY)")
     h.add_argument("--allowed-origins", default=None, metavar="JSON", help='CORS origins, e.g. \'["*"]\'')

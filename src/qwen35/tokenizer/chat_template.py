@@ -39,6 +39,17 @@ def render_chat(template: str, messages: list[dict[str, Any]], *, tools: list[di
                                      **kwargs)
 
 
+RESERVED_VARS = ("messages", "tools", "add_generation_prompt")  # set by the caller, never by template kwargs
+
+
+def continue_final_message(text: str, messages: list[dict[str, Any]]) -> str:
+    """A rendered prompt (without generation prompt) whose last message is the assistant's, left open so that
+    generation continues it: the text up to its closing `<|im_end|>` (vLLM's `continue_final_message`)."""
+    if messages and messages[-1].get("role") == "assistant" and text.rstrip().endswith("<|im_end|>"):
+        return text[: text.rfind("<|im_end|>")]
+    return text
+
+
 # ---- untrusted templates ---------------------------------------------------------------------------------
 # A template sent with a request is code from the network: a 120-byte template can loop for hours or build
 # gigabytes (`("x" * 2000000000)|length`). The sandbox stops attribute tricks, not that; so such a template is

@@ -1,4 +1,5 @@
-"""Resolve the model argument of `qwen35 serve` to a checkpoint directory, without downloading anything.
+"""Resolve a model argument (`qwen35 serve`, `qwen35 generate`, `LLM(...)`) to a checkpoint directory, without
+downloading anything.
 
     qwen35 serve /models/Qwen3.5-0.8B     # a directory: used as is
     qwen35 serve Qwen/Qwen3.5-0.8B        # a Hugging Face id: its snapshot in the local HF cache

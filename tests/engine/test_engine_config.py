@@ -1,4 +1,5 @@
-"""Speculative decoding settings (vLLM's and SGLang's forms) and the per-request drafting pause."""
+"""Engine settings: speculative decoding (vLLM's and SGLang's forms), the per-request drafting pause, and
+EngineConfig's checks of its values."""
 
 from __future__ import annotations
 
@@ -76,3 +77,14 @@ def test_stats_per_position():
     s.record(0, 0)  # no drafts: not a round
     assert s.as_counters() == {"spec_num_drafts": 2, "spec_num_draft_tokens": 5, "spec_num_accepted_tokens": 2,
                                "spec_accepted_pos_0": 1, "spec_accepted_pos_1": 1, "spec_accepted_pos_2": 0}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("threads", -1), ("threads", 2.5), ("max_model_len", 100.5), ("max_num_seqs", "4"), ("max_num_seqs", 0),
+    ("kv_cache_memory", 0), ("block_size", True), ("prefix_cache_fraction", 2.0), ("prefix_cache_fraction", -1.0),
+    ("max_num_encoder_patches", -1),
+])
+def test_engine_config_names_a_bad_value(field, value):
+    """Checked when the config is built (before any loading), not deep inside torch or the memory plan."""
+    with pytest.raises(ValueError, match=field):
+        EngineConfig(model="unused", **{field: value})
