@@ -147,3 +147,11 @@ def test_chat_continues_the_final_message_and_names_bad_arguments(tiny_ckpt):
     for key in ("add_generation_prompt", "tools", "messages"):
         with pytest.raises(ValueError, match=key):
             llm.chat(conv, params, chat_template_kwargs={key: False})
+
+
+def test_engine_seed_makes_unseeded_requests_repeat(tiny_ckpt):
+    """`EngineConfig.seed` (`LLM(seed=)`, `qwen35 serve --seed`) seeds the engine's global RNG at start, which
+    requests without their own seed draw from."""
+    params = SamplingParams(temperature=1.5, max_tokens=8, ignore_eos=True)
+    runs = [make_llm(tiny_ckpt, seed=7).generate([[1, 2, 3]], params)[0].outputs[0].token_ids for _ in range(2)]
+    assert runs[0] == runs[1]

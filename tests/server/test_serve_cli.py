@@ -92,6 +92,13 @@ def test_model_card_lines_start(hf_cache, line):
     assert p.max_model_len in (262144, 128000)
 
 
+def test_seed_reaches_the_engine(hf_cache):
+    from qwen35.server.serve import build_config
+
+    args = build_parser().parse_args(["serve", HF_ID, "--seed", "5"])
+    assert build_config(plan_serve(args), args).seed == 5
+
+
 def test_model_card_yarn_line_reaches_the_loader(hf_cache):
     p = plan(HF_ID, "--hf-overrides", json.dumps({"text_config": {"rope_parameters": YARN}}),
              "--max-model-len", "1010000")

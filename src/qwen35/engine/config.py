@@ -25,6 +25,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     prefix_cache_fraction: float = 0.3
     threads: int | None = None
+    seed: int | None = None  # torch's global RNG at start: the noise of requests without their own seed (vLLM's)
     device: str = "cpu"  # "cuda" works through the same code paths (not exercised by this repo's CI)
     hf_config: dict | None = None  # config.json contents to use instead of the checkpoint's (--hf-overrides)
     # MTP speculative decoding: a SpeculativeConfig or vLLM's JSON dict ({"method": "mtp", ...}); None: off

@@ -112,6 +112,8 @@ class LLMEngine:
             f" (a model under {runtime.SMALL_MODEL_PARAMS // 10**6}M parameters decodes fastest on one; --threads N "
             "to change)" if chosen and not explicit else "")
         self.cfg = cfg
+        if cfg.seed is not None:
+            torch.manual_seed(cfg.seed)
         self.group, self.ranks = launch.start(cfg)
         if self.group.size > 1 and self.group.is_first:
             atexit.register(self.close)  # a live gloo group at interpreter exit aborts the process

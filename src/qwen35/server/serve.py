@@ -218,8 +218,6 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
     CUDA, available RAM on CPU) minus the weights (the checkpoint's file sizes, scaled to the bits per weight of
     --quantization int8/int4), capped at what max_num_seqs
     full-length sequences and the prefix cache can use (`memory.full_budget`, the engine's own default plan)."""
-    import torch
-
     from ..engine.llm_engine import DTYPES
     from ..engine.memory import available_memory, full_budget
 
@@ -227,6 +225,8 @@ def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len:
     tp = parallel.world_size if parallel is not None else 1
     per_node = parallel.per_node if parallel is not None else 1
     if args.device.startswith("cuda"):  # per rank: one device each
+        import torch
+
         device = torch.device("cuda", parallel.local_rank) if tp > 1 else torch.device(args.device)
         free, total = torch.cuda.mem_get_info(device)
         memory, what = min(int(frac * total), free), f"{frac:g} of the device's {total / 2**30:.1f} GiB"
@@ -265,6 +265,7 @@ def build_config(plan: ServePlan, args: argparse.Namespace):
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        kv_cache_memory=plan.kv_cache_memory, block_size=BLOCK_SIZE,
                        enable_prefix_caching=not args.no_enable_prefix_caching, threads=args.threads or None,
+                       seed=args.seed,
                        device=args.device, speculative_config=plan.speculative_config,
                        language_model_only=not any(plan.mm_limits.values()), limit_mm_per_prompt=plan.mm_limits,
                        tensor_parallel_size=plan.parallel.world_size,
@@ -358,13 +359,6 @@ def serve(args: argparse.Namespace) -> int:
         return follow(plan, args)
     sock = bind_socket(args.host, args.port)
     port = sock.getsockname()[1]
-    if args.seed is not None:
-        import random
-
-        import torch
-
-        torch.manual_seed(args.seed)
-        random.seed(args.seed)
     try:
         state = build_state(plan, args)
     except BaseException:
