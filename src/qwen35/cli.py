@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     g.add_argument("--quantization", "-q", choices=QUANTIZATION_CHOICES, default=None,
                    help="weight-only: int8 / int4 quantise at load; gptq / awq: the checkpoint is one")
-    g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: 1 for a model under 8M parameters, else one per core)")
     g.set_defaults(func=cmd_generate, subparser=g)
 
     from .server.serve_args import SECURITY_NOTE, add_serve_args

@@ -152,7 +152,7 @@ def parse_json(flag: str, text: str | None, kind: type) -> Any:
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("model", nargs="?", help="checkpoint directory or Hugging Face id in the local HF cache "
-                                            "(default: the embedded random model)")
+                                            "(default: the embedded demo model)")
     m.add_argument("--model", "--model-path", dest="model_flag", metavar="MODEL", help="same as the positional")
     m.add_argument("--revision", default=None, help="HF cache: a branch, tag or commit (default: main)")
     m.add_argument("--served-model-name", nargs="+", default=None,
@@ -189,7 +189,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    default=None, metavar="F", help="share of memory for weights + cache (see the docs)")
     e.add_argument("--no-enable-prefix-caching", "--disable-radix-cache", dest="no_enable_prefix_caching",
                    action="store_true")
-    e.add_argument("--threads", type=_nonneg_int, default=0, help="torch threads (default: torch's choice)")
+    e.add_argument("--threads", type=_nonneg_int, default=0,
+                   help="torch threads (default: 1 for a model under 8M parameters, else one per core)")
     e.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     e.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=ENGINE_PROCESS,
                    help="run the engine in a process of its own, apart from HTTP and tokenisation "
