@@ -62,6 +62,57 @@ def test_cannot_write_outside_its_directory(tmp_path):
     assert (work / "inside.txt").read_text() == "ok"
 
 
+def test_no_local_sockets(tmp_path):
+    """Unix sockets too: a cell cannot reach a local service (abstract or on the file system)."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "svc.sock"))
+    server.listen()
+    try:
+        (cell,) = run(PythonSandbox(workdir=tmp_path / "work"),
+                      f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({str(tmp_path / 'svc.sock')!r})")
+    finally:
+        server.close()
+    assert "PermissionError" in cell.error
+
+
+def test_cannot_signal_outside_processes(tmp_path):
+    import subprocess
+
+    box = PythonSandbox(workdir=tmp_path)
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        (cell,) = run(box, f"import os\nos.kill({victim.pid}, 9)")
+        if not box.protections.get("signals_scoped"):
+            pytest.skip("no Landlock signal scoping (Linux 6.12+) on this kernel")
+        assert "PermissionError" in cell.error and victim.poll() is None
+    finally:
+        victim.kill()
+
+
+def test_detached_processes_die_with_the_sandbox(tmp_path):
+    """What a cell starts in a session of its own (or double-forked) is killed on close and at the time limit."""
+    start = "import subprocess\nsubprocess.Popen(['sleep', '301'], start_new_session=True)"
+
+    def alive() -> bool:
+        import subprocess
+
+        return subprocess.run(["pgrep", "-f", "sleep 301"], capture_output=True).returncode == 0
+
+    run(PythonSandbox(workdir=tmp_path / "a"), start)
+    assert not alive()
+    run(PythonSandbox(Limits(wall_seconds=1), workdir=tmp_path / "b"),
+        start + "\nimport os\nif os.fork() == 0:\n    os.setsid()\n    import time; time.sleep(300)\n"
+        "import time; time.sleep(30)")
+    assert not alive()
+
+
+def test_writes_to_the_reply_channel_do_not_shift_replies(tmp_path):
+    spoof = "import os\nos.write(3, b'{\"result\": \"SPOOFED\", \"seq\": 99}\\nnot json\\n')"
+    cells = run(PythonSandbox(workdir=tmp_path), spoof, "print('real')", "print(2)")
+    assert cells[0].result != "SPOOFED"
+    assert cells[1].output == "real\n" and cells[2].output == "2\n"
+
+
 def test_killed_at_the_time_limit_and_restarted(tmp_path):
     sandbox = PythonSandbox(Limits(wall_seconds=1, cpu_seconds=60), workdir=tmp_path)
     a, b, c = run(sandbox, "x = 1", "import time; time.sleep(30)", "'x' in globals()")

@@ -2,10 +2,11 @@
 
 The tool has Qwen-Agent's name and schema (`{"code": string}`), so models trained on its traces call it as
 they were taught. Each session gets a fresh working directory and one worker process (`sandbox_worker.py`)
-that sandboxes itself before running anything: no network (seccomp), no writes outside its directory
-(Landlock), bounded address space, file size and CPU time per cell. A cell past its wall-clock limit (or
-its CPU limit) kills the worker's whole process group; the next cell starts a fresh worker, and the reply
-says that the state was lost. No Docker.
+that sandboxes itself before running anything: no sockets (seccomp), no writes outside its directory and,
+on Linux 6.12+, no signals to processes outside it (Landlock), bounded address space, file size and CPU time
+per cell. A cell past its wall-clock limit (or its CPU limit) kills the worker and every process it started,
+detached ones included (the worker adopts them: sandbox_worker.py); the next cell starts a fresh worker, and
+the reply says that the state was lost. No Docker.
 
 The reply to the model is the cell's output (stdout and stderr as they interleaved) -- alone, when that is
 all there is -- else labelled sections with the value of a last bare expression, the error's traceback and
@@ -17,6 +18,7 @@ interfaces that show them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -92,6 +94,7 @@ class PythonSandbox:
         self._proc: asyncio.subprocess.Process | None = None
         self.protections: dict[str, bool] = {}
         self._lock = asyncio.Lock()
+        self._seq = 0  # cells sent
 
     async def _start(self) -> None:
         config = {"workdir": str(self.workdir), "capture": str(self._private / "output"),
@@ -121,11 +124,13 @@ class PythonSandbox:
             if self._proc is None or self._proc.returncode is not None:
                 await self._start()
             proc = self._proc
-            cell = {"code": code, "cpu_seconds": self.limits.cpu_seconds, "output_chars": self.limits.output_chars}
+            self._seq += 1
+            cell = {"code": code, "cpu_seconds": self.limits.cpu_seconds, "output_chars": self.limits.output_chars,
+                    "seq": self._seq}
             proc.stdin.write((json.dumps(cell) + "\n").encode())
             try:
                 await proc.stdin.drain()
-                line = await asyncio.wait_for(proc.stdout.readline(), self.limits.wall_seconds)
+                got = await asyncio.wait_for(self._reply(proc, self._seq), self.limits.wall_seconds)
             except asyncio.TimeoutError:
                 await self._kill()
                 return CellResult(output=self._salvage(), restarted=True,
@@ -134,18 +139,30 @@ class PythonSandbox:
             except (ConnectionError, asyncio.CancelledError):
                 await self._kill()
                 raise
-            if not line:  # the worker died: CPU limit (SIGXCPU), a hard crash, os._exit
+            if got is None:  # the worker died: CPU limit (SIGXCPU), a hard crash, os._exit
                 code_ = await proc.wait()
-                self._proc = None
+                await self._kill()  # what the cell started
                 why = "its CPU time limit" if code_ == -signal.SIGXCPU else f"exit status {code_}"
                 return CellResult(output=self._salvage(), restarted=True,
                                   error=f"the interpreter stopped ({why}); it restarted and its variables are gone")
-            got = json.loads(line)
             output = _clip(got["output"], self.limits.output_chars)
             if got.get("output_truncated"):
                 output += "\n... [output cut]"
             return CellResult(output, got["result"] and _clip(got["result"], self.limits.output_chars),
                               got["error"] and _clip(got["error"], self.limits.output_chars), got["files"])
+
+    @staticmethod
+    async def _reply(proc: asyncio.subprocess.Process, seq: int) -> dict | None:
+        """The worker's reply to cell `seq` (None: it exited first). Other lines on the channel (a cell that
+        wrote to it) are skipped."""
+        while line := await proc.stdout.readline():
+            try:
+                got = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(got, dict) and got.get("seq") == seq:
+                return got
+        return None
 
     def _salvage(self) -> str:
         try:
@@ -155,14 +172,21 @@ class PythonSandbox:
         return _clip(data.decode("utf-8", errors="replace"), self.limits.output_chars)
 
     async def _kill(self) -> None:
+        """The worker and everything it started: its process group, and descendants in other sessions (a
+        detached process stays the worker's descendant, as the worker adopts orphans), first, while the
+        worker still holds them."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.returncode is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it started
-            except ProcessLookupError:
-                pass
+        for _ in range(3):  # again, for what forked while we were killing
+            found = _descendants(proc.pid)
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if not found:
+                break
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
 
     async def close(self) -> None:
@@ -170,6 +194,25 @@ class PythonSandbox:
         shutil.rmtree(self._private, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below `root` (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])  # after the command name, which may hold ')'
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def unsupported_reason() -> str | None:

@@ -5,16 +5,23 @@ Before any user code runs, the process
 - moves into its fresh working directory and clears its environment of everything but a few harmless names;
 - limits its address space (`RLIMIT_AS`), the size of any file it writes (`RLIMIT_FSIZE`) and, per cell, its
   CPU time (`RLIMIT_CPU`, raised by the cell's budget before each cell: SIGXCPU ends the process);
-- with seccomp refuses every socket that is not a Unix socket, and io_uring (no network, whatever the code
-  or its children do);
+- with seccomp refuses every socket (Unix sockets too: no network, and no reaching local services such as a
+  Docker or D-Bus socket; `socketpair` stays, for pipes between the cell's own processes) and io_uring,
+  whatever the code or its children do;
 - with Landlock lets nothing be created, written, renamed or removed outside the working directory (and
-  /dev/null); reading stays allowed, so the standard library and installed packages import.
-Both kernel features are inherited by children and cannot be lifted. `protections` in the first reply says
+  /dev/null); reading stays allowed, so the standard library and installed packages import. Where the kernel
+  has Landlock ABI 6 (Linux 6.12), it also scopes signals and abstract Unix sockets to the sandbox: a cell
+  cannot kill or signal the user's other processes. Landlock does not cover metadata: a cell can still change
+  the mode or times of the user's files outside its directory, not their contents;
+- dies with its parent (`PR_SET_PDEATHSIG`) and adopts the cell's orphaned processes (`PR_SET_CHILD_SUBREAPER`),
+  so that the parent can find and kill everything a cell started, detached or not (code_interpreter.py).
+The kernel features are inherited by children and cannot be lifted. `protections` in the first reply says
 which were applied; the parent refuses to run code when a required one is missing.
 
-Protocol: one JSON line per cell on stdin (`{"code": ...}`), one JSON line per reply on the descriptor the
-process was started with as stdout. The cell's own stdout and stderr (Python-level and fd-level, children
-included) go to a capture file outside the working directory, read back after the cell.
+Protocol: one JSON line per cell on stdin (`{"code": ..., "seq": n}`), one JSON line per reply (with the same
+`seq`) on the descriptor the process was started with as stdout; the parent skips any other line there, so a
+cell that writes to that descriptor cannot shift the replies. The cell's own stdout and stderr (Python-level
+and fd-level, children included) go to a capture file outside the working directory, read back after the cell.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ import struct
 import sys
 import traceback
 
-# ---- seccomp: no sockets but AF_UNIX, no io_uring ------------------------------------------------------
+# ---- seccomp: no sockets, no io_uring -------------------------------------------------------------------
 
 _ARCH = {"x86_64": (0xC000003E, 41, 425), "aarch64": (0xC00000B7, 198, 425)}  # audit arch, socket, io_uring_setup
 _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 _RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
-_EACCES, _AF_UNIX = 13, 1
+_EACCES = 13
 
 
 def _bpf(code: int, jt: int, jf: int, k: int) -> bytes:
@@ -47,19 +55,17 @@ def _no_network(libc) -> bool:
         return False
     audit_arch, socket_nr, uring_nr = arch
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    allow, deny, nosys = 8, 9, 10  # instruction indices below; jumps count from the next instruction
+    allow, deny, nosys = 6, 7, 8  # instruction indices below; jumps count from the next instruction
     prog = b"".join([
         _bpf(ld, 0, 0, 4),                                # 0: A = arch
         _bpf(jeq, 0, deny - 2, audit_arch),               # 1: another ABI (i386 socketcall) -> deny
         _bpf(ld, 0, 0, 0),                                # 2: A = syscall number
         _bpf(jge, deny - 4, 0, 0x40000000),               # 3: x32 numbers -> deny
         _bpf(jeq, nosys - 5, 0, uring_nr),                # 4: io_uring_setup -> ENOSYS
-        _bpf(jeq, 0, allow - 6, socket_nr),               # 5: not socket() -> allow
-        _bpf(ld, 0, 0, 16),                               # 6: A = low word of args[0], the address family
-        _bpf(jeq, allow - 8, deny - 8, _AF_UNIX),         # 7: AF_UNIX -> allow, else deny
-        _bpf(ret, 0, 0, _RET_ALLOW),                      # 8
-        _bpf(ret, 0, 0, _RET_ERRNO | _EACCES),            # 9
-        _bpf(ret, 0, 0, _RET_ERRNO | 38),                 # 10: ENOSYS
+        _bpf(jeq, deny - 6, allow - 6, socket_nr),        # 5: socket() -> deny, anything else -> allow
+        _bpf(ret, 0, 0, _RET_ALLOW),                      # 6
+        _bpf(ret, 0, 0, _RET_ERRNO | _EACCES),            # 7
+        _bpf(ret, 0, 0, _RET_ERRNO | 38),                 # 8: ENOSYS
     ])
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf)), 16)
@@ -74,6 +80,7 @@ _SYS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}  # create_ruleset
 _WRITE_FILE, _READ_FILE, _READ_DIR = 1 << 1, 1 << 2, 1 << 3
 _WRITES = [1 << 1] + [1 << i for i in range(4, 13)]  # write_file, remove_dir ... make_sym
 _REFER, _TRUNCATE = 1 << 13, 1 << 14
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6: struct landlock_ruleset_attr.scoped
 
 
 def _write_rights(abi: int) -> int:
@@ -85,31 +92,36 @@ def _write_rights(abi: int) -> int:
     return rights
 
 
-def _only_write_under(libc, workdir: str) -> bool:
+def _only_write_under(libc, workdir: str) -> tuple[bool, bool]:
+    """(writes confined to `workdir`, signals and abstract sockets scoped to the sandbox)."""
     nrs = _SYS.get(platform.machine())
     if nrs is None:
-        return False
+        return False, False
     create, add, restrict = nrs
     abi = libc.syscall(create, None, 0, 1)  # LANDLOCK_CREATE_RULESET_VERSION
     if abi < 1:
-        return False
+        return False, False
     handled = _write_rights(abi)
-    attr = struct.pack("Q", handled)
+    scoped = abi >= 6
+    # handled_access_fs, then (ABI 4+) handled_access_net (none: seccomp refuses sockets) and (ABI 6+) scoped
+    attr = struct.pack("QQQ", handled, 0, _SCOPE_SIGNAL | _SCOPE_ABSTRACT_UNIX_SOCKET) if scoped else \
+        struct.pack("Q", handled)
     ruleset = libc.syscall(create, ctypes.c_char_p(attr), len(attr), 0)
     if ruleset < 0:
-        return False
+        return False, False
     try:
         for path, rights in ((workdir, handled), ("/dev/null", _WRITE_FILE | (_TRUNCATE if abi >= 3 else 0))):
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
                 rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr (packed)
                 if libc.syscall(add, ruleset, 1, ctypes.c_char_p(rule), 0) != 0:  # LANDLOCK_RULE_PATH_BENEATH
-                    return False
+                    return False, False
             finally:
                 os.close(fd)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            return False
-        return libc.syscall(restrict, ruleset, 0) == 0
+            return False, False
+        done = libc.syscall(restrict, ruleset, 0) == 0
+        return done, done and scoped
     finally:
         os.close(ruleset)
 
@@ -189,7 +201,10 @@ def main() -> None:
     mem = config["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
-    protections = {"no_network": _no_network(libc), "write_only_workdir": _only_write_under(libc, workdir)}
+    libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL when the parent dies
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    write_only, scoped = _only_write_under(libc, workdir)
+    protections = {"no_network": _no_network(libc), "write_only_workdir": write_only, "signals_scoped": scoped}
     reply.write(json.dumps({"ready": True, "protections": protections, "pid": os.getpid()}) + "\n")
 
     namespace: dict = {"__name__": "__main__"}
@@ -210,6 +225,7 @@ def main() -> None:
         got["output"] = data.decode("utf-8", errors="replace")
         got["output_truncated"] = end - start > len(data)
         os.ftruncate(out, 0)
+        got["seq"] = cell.get("seq")
         reply.write(json.dumps(got) + "\n")
 
 
