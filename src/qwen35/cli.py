@@ -272,8 +272,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.command == "chat" and args.max_steps <= 0:
-        args.subparser.error(f"--max-steps must be positive, got {args.max_steps}")
+    if args.command == "chat":
+        if args.max_steps <= 0:
+            args.subparser.error(f"--max-steps must be positive, got {args.max_steps}")
+        if args.temperature is not None and args.temperature < 0:
+            args.subparser.error(f"--temperature must be >= 0, got {args.temperature}")
+        if args.max_tokens is not None and args.max_tokens <= 0:
+            args.subparser.error(f"--max-tokens must be positive, got {args.max_tokens}")
     if args.command == "eval":
         for flag in ("samples", "max_tokens", "concurrency"):
             if getattr(args, flag) <= 0:

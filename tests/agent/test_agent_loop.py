@@ -133,6 +133,18 @@ def test_unknown_tool_and_bad_arguments_become_results():
     assert not d.is_error and json.loads(d.text)["minutes"] == 3
 
 
+def test_a_huge_tool_result_reaches_the_model_clipped():
+    """A 1 MB result would overflow the context on this turn and every later one: head and tail are kept."""
+    def dump() -> str:
+        """Return a lot."""
+        return "head " + "x" * 1_000_000 + " tail"
+
+    agent = Agent(client=None, model="m", tools=[FunctionTool(dump)], max_result_chars=1000)
+    ((result, _),) = asyncio.run(agent._run_tools([{"id": "a", "function": {"name": "dump", "arguments": "{}"}}]))
+    assert len(result.text) < 1100 and result.text.startswith("head ") and result.text.endswith(" tail")
+    assert "characters cut" in result.text
+
+
 def test_parallel_calls_run_concurrently():
     async def slow(x: int) -> str:
         """Wait a second."""
@@ -314,3 +326,10 @@ def test_mcp_config_from_text_file_and_errors(tmp_path):
         read_config("{mcpServers")
     with pytest.raises(MCPConfigError, match="either command"):
         read_config({"mcpServers": {"a": {}}})
+    (tmp_path / "latin1.json").write_bytes(b'{"mcpServers": {"\xe9": {"command": "x"}}}')
+    with pytest.raises(MCPConfigError, match="not UTF-8"):
+        read_config(tmp_path / "latin1.json")
+    with pytest.raises(MCPConfigError, match=r"mcpServers.a.command must be a string, got int"):
+        read_config({"mcpServers": {"a": {"command": 5}}})
+    with pytest.raises(MCPConfigError, match=r"mcpServers.a.env must be an object"):
+        read_config({"mcpServers": {"a": {"command": "x", "env": ["A=1"]}}})

@@ -58,6 +58,29 @@ def test_one_shot_prints_the_answer(demo, capsys):
     assert out.out.strip() and out.out.endswith("\n") and "<think>" not in out.out and "⚙" not in out.out
 
 
+def test_control_sequences_from_the_model_and_tools_are_not_sent_to_the_terminal(tmp_path):
+    out = (tmp_path / "out.txt").open("w+")
+    screen = Screen(out, tty=False)
+    hostile = "\x1b]0;PWNED\x07\x1b[2J\x00ok\x9b"
+    for ev in [Text(hostile), ToolCall("c1", "t", hostile), ToolResultEvent("c1", "t", ToolResult(hostile), 0.1)]:
+        screen.event(ev)
+    out.seek(0)
+    text = out.read()
+    assert not any(c in text for c in "\x1b\x07\x00\x9b") and "]0;PWNED[2Jok" in text
+
+
+def test_one_shot_failure_is_one_line(demo, capsys):
+    """The server refuses the request (here: a negative temperature reaching it): one line, exit status 1."""
+    from qwen35.agent.endpoint import Endpoint
+    from qwen35.agent.terminal import run_chat
+
+    args = argparse.Namespace(prompt="Hello!", code_interpreter=False, mcp_config=None, temperature=-5.0,
+                              max_tokens=None, max_steps=10, think=False, show_reasoning=False, system=None)
+    status = run_chat(args, Endpoint(demo["url"] + "/v1", API_KEY, "tiny"))
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("qwen35 chat: error: BadRequestError") and err.count("\n") == 1, err
+
+
 class Tmux:
     def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
         self.name = name

@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tools import Tool, ToolResult
+from .tools import Tool, ToolResult, clip as _clip
 
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 # Qwen-Agent's description and schema, word for word: what Qwen models (and our demo model) were taught
@@ -72,13 +72,6 @@ class CellResult:
             parts.append(f"error:\n```\n{self.error.rstrip()}\n```")
         parts += [f"![{Path(f).name}]({f})" for f in self.files]
         return "\n\n".join(parts) or "Finished execution."
-
-
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
 
 
 class PythonSandbox:

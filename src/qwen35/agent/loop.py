@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
-from .tools import Tool, ToolResult
+from .tools import Tool, ToolResult, clip
 
 
 @dataclass
@@ -67,10 +67,13 @@ _SDK_FIELDS = ("temperature", "top_p", "max_tokens", "seed")  # sampling fields 
 class Agent:
     def __init__(self, client: Any, model: str, tools: Sequence[Tool] = (), *, max_steps: int = 10,
                  thinking: bool | None = None, parallel_calls: bool = True, tool_timeout: float = 300.0,
-                 tool_choice: str | None = None, sampling: dict[str, Any] | None = None) -> None:
+                 tool_choice: str | None = None, sampling: dict[str, Any] | None = None,
+                 max_result_chars: int = 20_000) -> None:
         """`client`: an `openai.AsyncOpenAI`. `thinking`: None keeps the server's default. `tool_choice`:
         "required" or a tool's name forces a call on the first step of each run (later steps are "auto", so
-        the model can answer). `sampling`: extra request fields (temperature, max_tokens, top_k, ...)."""
+        the model can answer). `sampling`: extra request fields (temperature, max_tokens, top_k, ...).
+        `max_result_chars`: a tool result longer than this reaches the model as its head and tail (a 1 MB
+        result would overflow the context on this and every later turn)."""
         names = [t.name for t in tools]
         if len(set(names)) != len(names):
             raise ValueError(f"tool names must be unique, got {names}")
@@ -79,6 +82,7 @@ class Agent:
         self.client, self.model, self.tools = client, model, {t.name: t for t in tools}
         self.max_steps, self.thinking, self.parallel_calls = max_steps, thinking, parallel_calls
         self.tool_timeout, self.sampling = tool_timeout, dict(sampling or {})
+        self.max_result_chars = max_result_chars
         if tool_choice not in (None, "auto", "none", "required") and tool_choice not in self.tools:
             raise ValueError(f"tool_choice must be auto, none, required or a tool's name, got {tool_choice!r}")
         self.tool_choice = tool_choice
@@ -195,6 +199,10 @@ class Agent:
             result = ToolResult(f"error: {name} was called with wrong arguments: {e}", is_error=True)
         except Exception as e:  # noqa: BLE001 -- the model reads the failure and may try again
             result = ToolResult(f"error: {name} failed: {type(e).__name__}: {e}", is_error=True)
+        if not isinstance(result, ToolResult) or not isinstance(result.text, str):
+            result = ToolResult(f"error: {name} returned {type(result).__name__}, not a ToolResult with text",
+                                is_error=True)
+        result.text = clip(result.text, self.max_result_chars)
         return result, time.perf_counter() - start
 
 

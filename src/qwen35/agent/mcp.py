@@ -38,9 +38,11 @@ def read_config(source: str | Path | dict) -> dict[str, dict[str, Any]]:
     else:
         # JSON text itself, or a file's path (asking the file system about a long JSON string would fail)
         try:
-            text = str(source) if str(source).lstrip().startswith("{") else Path(source).read_text()
+            text = str(source) if str(source).lstrip().startswith("{") else Path(source).read_text(encoding="utf-8")
         except OSError as e:
             raise MCPConfigError(f"cannot read the MCP config {source}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise MCPConfigError(f"MCP config {source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         try:
             data = json.loads(text)
         except ValueError as e:
@@ -53,6 +55,10 @@ def read_config(source: str | Path | dict) -> dict[str, dict[str, Any]]:
             raise MCPConfigError(f"mcpServers.{name}: give either command (stdio) or url (HTTP)")
         if "command" in spec and not isinstance(spec.get("args", []), list):
             raise MCPConfigError(f"mcpServers.{name}.args must be a list of strings")
+        for key, kind, what in (("command", str, "a string"), ("url", str, "a string"), ("cwd", str, "a string"),
+                                ("env", dict, "an object of strings"), ("headers", dict, "an object of strings")):
+            if key in spec and not isinstance(spec[key], kind):
+                raise MCPConfigError(f"mcpServers.{name}.{key} must be {what}, got {type(spec[key]).__name__}")
         if "-" in name:
             raise MCPConfigError(f"mcpServers.{name}: server names may not contain '-' (tools are <server>-<tool>)")
     return servers

@@ -4,7 +4,11 @@ Interactive: a prompt with line editing and history (readline, kept in ~/.qwen35
 thinking streams dimmed and folds into one line when the answer starts (`/show` unfolds the last one);
 tool calls and their results are shown as they happen; Ctrl-C stops the answer in progress (the request
 is aborted on the server) and Ctrl-D leaves. Commands: /reset, /think on|off, /show, /tools, /help, /exit.
-One-shot (`-p QUESTION`): the answer on stdout, nothing else unless asked, exit status 0 on an answer.
+One-shot (`-p QUESTION`): the answer on stdout, nothing else unless asked, exit status 0 on an answer, 1 with
+one line on stderr when the turn fails (the server refused the request, the connection dropped).
+SIGTERM ends either mode as Ctrl-D does, closing the tools (the code interpreter's processes, MCP servers).
+Text from the model and from tools is shown with terminal control sequences removed: neither can retitle the
+window, clear the screen or move the cursor.
 
 Threads: the main thread reads the keyboard and owns Ctrl-C; the agent, its tools and its MCP servers live
 on one asyncio loop on a second thread for the whole session (MCP sessions must stay on the loop that
@@ -16,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -27,6 +33,21 @@ from typing import Any, TextIO
 from .loop import Agent, Finished, Reasoning, Text, ToolCall, ToolResultEvent, close_tools
 
 HISTORY_FILE = Path.home() / ".qwen35_chat_history"
+# C0 controls but tab and newline, DEL, C1 controls: an ESC sequence loses its ESC and shows as plain text
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` without terminal control characters (model output and tool results are untrusted)."""
+    return _CONTROL.sub("", text)
+
+
+class Terminated(BaseException):
+    """SIGTERM: leave as Ctrl-D does, closing the tools first."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
 HELP = """commands:
   /reset          start a new conversation
   /think on|off   thinking mode (now: {think})
@@ -78,17 +99,18 @@ class Screen:
                     self.write(self.style.dim("thinking: "))
             self._reasoning += ev.text
             if self.show_reasoning:
-                self.write(self.style.dim(ev.text))
+                self.write(self.style.dim(printable(ev.text)))
             return
         self._fold()
         if isinstance(ev, Text):
             self._in_text = True
-            self.write(ev.text)
+            self.write(printable(ev.text))
         elif isinstance(ev, ToolCall):
             self._end_text()
-            self.write(self.style("36", f"⚙ {ev.name}") + self.style.dim(f" {ev.arguments}") + "\n")
+            self.write(self.style("36", f"⚙ {printable(ev.name)}") + self.style.dim(f" {printable(ev.arguments)}")
+                       + "\n")
         elif isinstance(ev, ToolResultEvent):
-            lines = ev.result.text.strip().splitlines() or [""]
+            lines = printable(ev.result.text).strip().splitlines() or [""]
             shown = lines[:6] + ([f"... ({len(lines) - 6} more lines)"] if len(lines) > 6 else [])
             color = "31" if ev.result.is_error else "2"
             for i, line in enumerate(shown):
@@ -169,19 +191,24 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro):
-        fut = self.submit(coro)
+        unwound = threading.Event()
+
+        async def task():
+            try:
+                return await coro
+            finally:
+                unwound.set()
+
+        fut = self.submit(task())
         try:
             while True:
                 try:
                     return fut.result(timeout=0.1)
                 except concurrent.futures.TimeoutError:
                     continue
-        except KeyboardInterrupt:
-            fut.cancel()
-            try:
-                fut.result(timeout=10)
-            except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
-                pass
+        except (KeyboardInterrupt, Terminated):
+            fut.cancel()  # marks the future at once; the task itself unwinds on the loop
+            unwound.wait(timeout=10)  # its streams closed before anything else (closing the tools) runs
             raise
 
     def close(self) -> None:
@@ -217,6 +244,8 @@ def run_chat(args, endpoint) -> int:
     """The chat against `endpoint` (an `Endpoint`); returns the exit status."""
     loop = LoopThread()
     tools, mcp, agent = [], None, None
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         tools, mcp, notes = loop.run(_build_tools(args))
         sampling = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens))
@@ -226,6 +255,8 @@ def run_chat(args, endpoint) -> int:
         if args.prompt is not None:
             return _one_shot(loop, agent, args, notes)
         return _interactive(loop, agent, args, notes, endpoint, tools)
+    except Terminated:
+        return 128 + signal.SIGTERM
     finally:
         async def _close():
             await close_tools(tools)
@@ -238,6 +269,8 @@ def run_chat(args, endpoint) -> int:
         except BaseException:  # noqa: BLE001 -- leaving anyway
             pass
         loop.close()
+        if main:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _one_shot(loop: LoopThread, agent: Agent, args, notes: list[str]) -> int:
@@ -248,7 +281,7 @@ def _one_shot(loop: LoopThread, agent: Agent, args, notes: list[str]) -> int:
         def event(self, ev):
             if isinstance(ev, Text):
                 answer.append(ev.text)
-                sys.stdout.write(ev.text)
+                sys.stdout.write(printable(ev.text))
                 sys.stdout.flush()
             elif verbose or isinstance(ev, Finished):
                 super().event(ev)
@@ -258,6 +291,9 @@ def _one_shot(loop: LoopThread, agent: Agent, args, notes: list[str]) -> int:
         done = loop.run(session.turn(args.prompt))
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 -- the server refused or failed the request: one line, no traceback
+        print(f"qwen35 chat: error: {' '.join(f'{type(e).__name__}: {e}'.split())}", file=sys.stderr)
+        return 1
     if answer and not "".join(answer).endswith("\n"):
         sys.stdout.write("\n")
     return 0 if done is not None and done.reason == "answer" else 1

@@ -20,6 +20,14 @@ class ToolResult:
     files: list[str] = field(default_factory=list)  # images and other files the call produced
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` within `limit` characters: its head and tail, and how much was cut between them."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
+
+
 class Tool:
     """A tool the model may call. Subclasses implement `call`; `close` releases what the tool holds."""
 
