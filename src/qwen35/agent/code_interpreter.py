@@ -48,6 +48,7 @@ class Limits:
     cpu_seconds: int = 30  # per cell
     memory_bytes: int = 2 << 30  # address space of the worker (and of each child)
     file_bytes: int = 256 << 20  # largest file a cell may write
+    processes: int = 256  # processes and threads the sandbox may add to its user's (RLIMIT_NPROC; not for root)
     output_chars: int = 20_000  # cell output shown to the model (head and tail kept)
 
 
@@ -91,7 +92,8 @@ class PythonSandbox:
 
     async def _start(self) -> None:
         config = {"workdir": str(self.workdir), "capture": str(self._private / "output"),
-                  "memory_bytes": self.limits.memory_bytes, "file_bytes": self.limits.file_bytes}
+                  "memory_bytes": self.limits.memory_bytes, "file_bytes": self.limits.file_bytes,
+                  "processes": self.limits.processes}
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
         env.update(MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                    MPLCONFIGDIR=str(self.workdir / ".matplotlib"), HOME=str(self.workdir))

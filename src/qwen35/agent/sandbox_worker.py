@@ -3,8 +3,10 @@ kernel does. Standard library only; started by `code_interpreter.py` as `python 
 
 Before any user code runs, the process
 - moves into its fresh working directory and clears its environment of everything but a few harmless names;
-- limits its address space (`RLIMIT_AS`), the size of any file it writes (`RLIMIT_FSIZE`) and, per cell, its
-  CPU time (`RLIMIT_CPU`, raised by the cell's budget before each cell: SIGXCPU ends the process);
+- limits its address space (`RLIMIT_AS`), the size of any file it writes (`RLIMIT_FSIZE`), the processes its
+  user may add (`RLIMIT_NPROC`: those running now plus `config["processes"]`, so a fork bomb stops there; not
+  enforced for root) and, per cell, its CPU time (`RLIMIT_CPU`, raised by the cell's budget before each cell:
+  SIGXCPU ends the process);
 - with seccomp refuses every socket (Unix sockets too: no network, and no reaching local services such as a
   Docker or D-Bus socket; `socketpair` stays, for pipes between the cell's own processes) and io_uring,
   whatever the code or its children do;
@@ -126,6 +128,23 @@ def _only_write_under(libc, workdir: str) -> tuple[bool, bool]:
         os.close(ruleset)
 
 
+def _limit_processes(extra: int) -> None:
+    """RLIMIT_NPROC counts every process (thread) of the real user: allow those running now plus `extra`."""
+    uid, running = os.getuid(), 0
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    running += len(os.listdir(f"/proc/{name}/task"))
+            except OSError:
+                continue
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    want = running + extra
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NPROC, (want, want))
+
+
 # ---- one cell ---------------------------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
@@ -201,6 +220,7 @@ def main() -> None:
     mem = config["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
+    _limit_processes(config["processes"])
     libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL when the parent dies
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     write_only, scoped = _only_write_under(libc, workdir)
