@@ -33,6 +33,13 @@ from typing import Any, TextIO
 from .loop import Agent, Finished, Reasoning, Text, ToolCall, ToolResultEvent, close_tools
 
 HISTORY_FILE = Path.home() / ".qwen35_chat_history"
+HELP = """commands:
+  /reset          start a new conversation
+  /think on|off   thinking mode (now: {think})
+  /show           unfold the last answer's thinking
+  /tools          list the tools the model may call
+  /exit           leave (or Ctrl-D); Ctrl-C stops an answer in progress"""
+
 # C0 controls but tab and newline, DEL, C1 controls: an ESC sequence loses its ESC and shows as plain text
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -48,12 +55,6 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum, frame) -> None:
     raise Terminated
-HELP = """commands:
-  /reset          start a new conversation
-  /think on|off   thinking mode (now: {think})
-  /show           unfold the last answer's thinking
-  /tools          list the tools the model may call
-  /exit           leave (or Ctrl-D); Ctrl-C stops an answer in progress"""
 
 
 class Style:
