@@ -33,7 +33,8 @@ REASONS = {200: "ok", 400: "invalid_request", 401: "unauthorized", 404: "not_fou
            413: "too_large",
            499: "client_disconnected", 500: "internal_error", 503: "overloaded"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error", 503: "server_overloaded"}
+               405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+               503: "server_overloaded"}
 
 
 def error(status: int, message: str, param: str | None = None, kind: str | None = None,
