@@ -61,6 +61,17 @@ def test_pixel_overrides_match_transformers(hf, cfg, rng):
     assert process_image(big, cfg, max_pixels=128 * 128).num_patches <= 128 * 128 // 256
 
 
+@pytest.mark.parametrize("video", [False, True])
+def test_request_pixel_bounds_past_a_decodable_image_are_refused(cfg, video):
+    """Before any resize: min_pixels 1e12 made a 96x64 image (or each video frame) a 1e12-pixel one."""
+    from qwen35.multimodal.inputs import MediaError
+
+    with pytest.raises(MediaError, match="min_pixels"):
+        cfg.with_pixels(min_pixels=10**12, video=video)
+    with pytest.raises(MediaError, match="max_pixels"):
+        cfg.with_pixels(max_pixels=10**9, video=video)
+
+
 def test_patch_layout(cfg):
     """Rows are 16x16 patches with each 2x2 merge block consecutive; a row is (channel, time, y, x), the one
     picture on both time steps."""

@@ -137,6 +137,8 @@ def test_model_card_yarn_line_reaches_the_loader(hf_cache):
     (f"{HF_ID} --kv-cache-dtype fp8", "unrecognized arguments: --kv-cache-dtype fp8"),
     ("Qwen/Qwen3.5-9B", "qwen35 does not download weights"),
     (f"{HF_ID} --port 99999", "must be in [0, 65535], got 99999"),
+    (f"{HF_ID} --speculative-config {{\"method\":\"mtp\",\"num_speculative_tokens\":2}} --num-speculative-tokens 3",
+     "--speculative-config and --num-speculative-tokens both set speculative decoding"),
 ])
 def test_unsupported_lines_fail_with_one_line(hf_cache, capsys, line, message):
     rc, err = run_cli(capsys, "serve", *line.split())

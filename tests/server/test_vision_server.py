@@ -105,6 +105,8 @@ def test_bad_media_are_400s_and_the_server_keeps_serving(client):
         _ask(client, _image(_png()), _image(_png()), _image(_png()))
     with pytest.raises(openai.BadRequestError, match="mm_processor_kwargs"):
         _ask(client, _image(_png()), extra_body={"mm_processor_kwargs": {"max_pixels": -1}})
+    with pytest.raises(openai.BadRequestError, match="min_pixels"):  # refused before resizing to 1e12 pixels
+        _ask(client, _image(_png()), extra_body={"mm_processor_kwargs": {"min_pixels": 10**12}})
     ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert ok.choices[0].message is not None
 

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .inputs import MediaError
+from .media import MAX_IMAGE_PIXELS
+
+MAX_REQUEST_PIXELS = MAX_IMAGE_PIXELS  # a request's min/max_pixels: no larger than a decodable image
+
 IMAGE_FILE = "preprocessor_config.json"
 VIDEO_FILE = "video_preprocessor_config.json"
 NESTED_FILE = "processor_config.json"
@@ -87,6 +92,10 @@ class ProcessorConfig:
         lo_name, hi_name = ("video_min_pixels", "video_max_pixels") if video else ("min_pixels", "max_pixels")
         if min_pixels is None and max_pixels is None:
             return self
+        for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+            if value is not None and value > MAX_REQUEST_PIXELS:  # before any resize: 1e12 would allocate TBs
+                raise MediaError(f"mm_processor_kwargs.{name} {value:g} is more than {MAX_REQUEST_PIXELS:,} pixels, "
+                                 "the most an image may have")
         lo = getattr(self, lo_name) if min_pixels is None else min_pixels
         hi = getattr(self, hi_name) if max_pixels is None else max_pixels
         if min_pixels is None and isinstance(hi, int):

@@ -311,10 +311,16 @@ def check_features(args: argparse.Namespace) -> list[str]:
 
 def speculative_config(args: argparse.Namespace) -> dict[str, Any] | None:
     """The speculative decoding settings of the command line as vLLM's JSON object (None: off); ServeError
-    for a malformed or unsupported one. vLLM's --speculative-config wins; SGLang's --speculative-algorithm
-    family and the old --num-speculative-tokens also work."""
+    for a malformed or unsupported one, or for two of the three forms at once (vLLM's --speculative-config,
+    SGLang's --speculative-algorithm family, the old --num-speculative-tokens)."""
     from ..engine.spec_config import SpeculativeConfig
 
+    given = [flag for flag, dest in (("--speculative-config", "speculative_config"),
+                                     ("--speculative-algorithm", "speculative_algorithm"),
+                                     ("--num-speculative-tokens", "num_speculative_tokens"))
+             if getattr(args, dest) is not None]
+    if len(given) > 1:
+        raise ServeError(f"{given[0]} and {given[1]} both set speculative decoding; give one")
     try:
         if args.speculative_config is not None:
             raw = parse_json("--speculative-config", args.speculative_config, dict)
