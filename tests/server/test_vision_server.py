@@ -107,6 +107,9 @@ def test_bad_media_are_400s_and_the_server_keeps_serving(client):
         _ask(client, _image(_png()), extra_body={"mm_processor_kwargs": {"max_pixels": -1}})
     with pytest.raises(openai.BadRequestError, match="min_pixels"):  # refused before resizing to 1e12 pixels
         _ask(client, _image(_png()), extra_body={"mm_processor_kwargs": {"min_pixels": 10**12}})
+    # past the 1,024-token context: refused from the resize grid, before its pixels are computed
+    with pytest.raises(openai.BadRequestError, match="would take 3,9[0-9][0-9] prompt tokens"):
+        _ask(client, _image(_png()), extra_body={"mm_processor_kwargs": {"min_pixels": 4_000_000}})
     ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert ok.choices[0].message is not None
 

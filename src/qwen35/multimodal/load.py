@@ -23,13 +23,20 @@ VIDEO_KWARGS = (*PIXEL_KWARGS, "fps", "num_frames")
 
 
 def load_media(refs: Sequence[tuple[str, str]], policy: MediaPolicy, cfg: ProcessorConfig,
-               mm_kwargs: dict[str, Any] | None = None) -> list[MediaItem]:
-    """Every (kind, url) as an item, in order; MediaError (a ValueError) naming the first that fails."""
+               mm_kwargs: dict[str, Any] | None = None, max_tokens: int | None = None) -> list[MediaItem]:
+    """Every (kind, url) as an item, in order; MediaError (a ValueError) naming the first that fails.
+    `max_tokens`: the prompt tokens the items may take together; an item past what is left is refused from its
+    resize grid, before its pixels are computed."""
     kwargs = _kwargs(mm_kwargs)
-    return [to_item(kind, data, cfg, kwargs) for (kind, _), data in zip(refs, fetch_all(refs, policy))]
+    items: list[MediaItem] = []
+    for (kind, _), data in zip(refs, fetch_all(refs, policy)):
+        left = None if max_tokens is None else max_tokens - sum(item.num_tokens for item in items)
+        items.append(to_item(kind, data, cfg, kwargs, left))
+    return items
 
 
-def to_item(kind: str, value: Any, cfg: ProcessorConfig, mm_kwargs: dict[str, Any] | None = None) -> MediaItem:
+def to_item(kind: str, value: Any, cfg: ProcessorConfig, mm_kwargs: dict[str, Any] | None = None,
+            max_tokens: int | None = None) -> MediaItem:
     """One image or video from what a caller has: encoded bytes, a PIL image (images), uint8 frames
     [F, H, W, 3] sampled at the processor's fps (videos), or an already processed `MediaItem`."""
     if isinstance(value, MediaItem):
@@ -42,12 +49,13 @@ def to_item(kind: str, value: Any, cfg: ProcessorConfig, mm_kwargs: dict[str, An
         image = decode_image(value) if isinstance(value, (bytes, bytearray)) else value
         if not isinstance(image, Image.Image):
             raise MediaError(f"an image must be encoded bytes or a PIL image, got {type(value).__name__}")
-        return process_image(image, cfg, **pixels)
+        return process_image(image, cfg, **pixels, max_tokens=max_tokens)
     if kind == "video":
         if isinstance(value, (bytes, bytearray)):
-            return video_item(bytes(value), cfg, kwargs.get("fps"), kwargs.get("num_frames"), **pixels)
+            return video_item(bytes(value), cfg, kwargs.get("fps"), kwargs.get("num_frames"), **pixels,
+                              max_tokens=max_tokens)
         if isinstance(value, np.ndarray) and value.ndim == 4 and value.dtype == np.uint8:
-            return process_video(value, np.arange(len(value)) / cfg.fps, cfg, **pixels)
+            return process_video(value, np.arange(len(value)) / cfg.fps, cfg, **pixels, max_tokens=max_tokens)
         raise MediaError(f"a video must be encoded bytes or uint8 frames [F, H, W, 3], got {type(value).__name__}")
     raise MediaError(f"unknown media kind {kind!r}; expected 'image' or 'video'")
 

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from .inputs import MediaError, MediaItem
 from .processor_config import ProcessorConfig
 
-__all__ = ["ProcessorConfig", "smart_resize", "open_image", "to_rgb", "process_image", "patchify"]
+__all__ = ["ProcessorConfig", "smart_resize", "open_image", "to_rgb", "check_tokens", "process_image", "patchify"]
 
 MAX_ASPECT = 200  # the processor refuses thinner images: the vision tower was never trained on them
 
@@ -83,13 +83,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
         raise MediaError(f"cannot convert a {img.mode} image to RGB: {e}") from None
 
 
+def check_tokens(tokens: int, max_tokens: int | None, what: str) -> None:
+    """MediaError when an item of `tokens` prompt tokens cannot fit the `max_tokens` the context has left:
+    known from the resize grid, so a too-large item is refused before its pixels are computed."""
+    if max_tokens is not None and tokens > max_tokens:
+        raise MediaError(f"{what} would take {tokens:,} prompt tokens; the model's context has room for "
+                         f"{max(max_tokens, 0):,} (max_model_len)")
+
+
 def process_image(img: Image.Image, cfg: ProcessorConfig, min_pixels: int | None = None,
-                  max_pixels: int | None = None) -> MediaItem:
+                  max_pixels: int | None = None, max_tokens: int | None = None) -> MediaItem:
     """One image -> `MediaItem(kind="image")`. `min_pixels` / `max_pixels` override the config's for this
-    request (vLLM's `mm_processor_kwargs`)."""
+    request (vLLM's `mm_processor_kwargs`); `max_tokens`: see `check_tokens`."""
     cfg = cfg.with_pixels(min_pixels, max_pixels)
     width, height = img.size
     h, w = smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    check_tokens((h // cfg.factor) * (w // cfg.factor), max_tokens, f"the image ({width}x{height}, resized to {w}x{h})")
     resized = np.asarray(to_rgb(img).resize((w, h), resample=Image.Resampling.BICUBIC))  # [h, w, 3] uint8
     # rescale then normalise, in transformers' arithmetic (float64 multiply, float32 subtract and divide),
     # tabulated: a uint8 channel has 256 values, so a lookup is exact and one pass.

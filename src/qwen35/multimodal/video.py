@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .inputs import MediaError, MediaItem
-from .processor import MAX_ASPECT, patchify
+from .processor import MAX_ASPECT, check_tokens, patchify
 from .processor_config import ProcessorConfig
 
 Source = bytes | str | os.PathLike
@@ -95,8 +95,14 @@ def load_video(data: Source, cfg: ProcessorConfig, fps: float | None = None,
     return np.stack(frames), times
 
 
+def video_tokens(num_frames: int, h: int, w: int, cfg: ProcessorConfig) -> int:
+    """Prompt tokens of `num_frames` sampled frames resized to h x w (frames pad to the temporal patch)."""
+    return -(-num_frames // cfg.temporal_patch_size) * (h // cfg.factor) * (w // cfg.factor)
+
+
 def process_video(frames: np.ndarray, times: np.ndarray | list[float], cfg: ProcessorConfig,
-                  min_pixels: int | None = None, max_pixels: int | None = None) -> MediaItem:
+                  min_pixels: int | None = None, max_pixels: int | None = None,
+                  max_tokens: int | None = None) -> MediaItem:
     """Sampled frames [F, H, W, 3] uint8 and their times in seconds -> `MediaItem(kind="video")`.
     `min_pixels` / `max_pixels` override the config's video bounds for this request."""
     frames = np.asarray(frames)
@@ -106,11 +112,13 @@ def process_video(frames: np.ndarray, times: np.ndarray | list[float], cfg: Proc
         raise ValueError(f"{len(times)} times for {len(frames)} frames")
     cfg = cfg.with_pixels(min_pixels, max_pixels, video=True)
     h, w = smart_resize_video(len(frames), frames.shape[1], frames.shape[2], cfg)
+    check_tokens(video_tokens(len(frames), h, w, cfg), max_tokens, f"the video ({len(frames)} frames of {w}x{h})")
     return _item([_resize(f, h, w) for f in frames], np.asarray(times, np.float64), cfg)
 
 
 def video_item(data: Source, cfg: ProcessorConfig, fps: float | None = None, num_frames: int | None = None,
-               min_pixels: int | None = None, max_pixels: int | None = None) -> MediaItem:
+               min_pixels: int | None = None, max_pixels: int | None = None,
+               max_tokens: int | None = None) -> MediaItem:
     """`process_video(*load_video(data, ...))`, the same result, resizing each frame as it is decoded."""
     cfg = cfg.with_pixels(min_pixels, max_pixels, video=True)
     sizes: dict[int, tuple[int, int]] = {}  # frames sampled -> (h, w), from the first frame: one size per clip
@@ -118,6 +126,8 @@ def video_item(data: Source, cfg: ProcessorConfig, fps: float | None = None, num
     def convert(frame: av.VideoFrame, count: int) -> np.ndarray:
         if count not in sizes:  # a second decoding pass samples a different count
             sizes[count] = smart_resize_video(count, frame.height, frame.width, cfg)
+            check_tokens(video_tokens(count, *sizes[count], cfg), max_tokens,
+                         f"the video ({count} frames of {sizes[count][1]}x{sizes[count][0]})")
         return _resize(frame.to_ndarray(format="rgb24"), *sizes[count])
 
     frames, times = _decode(data, cfg, fps, num_frames, convert)

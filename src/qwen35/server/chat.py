@@ -191,7 +191,9 @@ def with_media(server, ids: list[int], refs: list[MediaRef], mm_kwargs: dict[str
                            f"{server.client.info.vision_note}", "messages")
     check_media_limits(refs, server.mm_limits)
     try:
-        items = load_media(refs, server.media_policy, server.processor, mm_kwargs)
+        # each item's placeholder in `ids` becomes its tokens; at least one token is left for the answer
+        items = load_media(refs, server.media_policy, server.processor, mm_kwargs,
+                           max_tokens=server.max_model_len - 1 - len(ids) + len(refs))
         ids = expand_placeholders(ids, items, server.tokenizer)
     except ValueError as e:  # MediaError, a placeholder count the template got wrong
         raise RequestError(str(e), "messages") from None
