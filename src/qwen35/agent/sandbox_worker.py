@@ -129,9 +129,12 @@ def _only_write_under(libc, workdir: str) -> tuple[bool, bool]:
 
 
 def _limit_processes(extra: int) -> None:
-    """RLIMIT_NPROC counts every process (thread) of the real user: allow those running now plus `extra`."""
+    """RLIMIT_NPROC counts every process (thread) of the real user: allow those running now plus `extra`
+    (nothing is set where /proc cannot say how many run)."""
+    if not os.path.isdir("/proc"):
+        return
     uid, running = os.getuid(), 0
-    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+    for name in os.listdir("/proc"):
         if name.isdigit():
             try:
                 if os.stat(f"/proc/{name}").st_uid == uid:
