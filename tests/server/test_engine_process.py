@@ -74,7 +74,7 @@ def test_disconnect_frees_the_cache_in_the_engine_process(proc_server):
     assert state.client.num_unfinished == 0
 
 
-def test_a_dead_engine_process_fails_requests_and_health(proc_server):
+def test_a_dead_engine_process_fails_requests_and_health(proc_server, caplog):
     """Last in this module: it kills the engine process."""
     url, state = proc_server["url"], proc_server["state"]
     auth = {"Authorization": f"Bearer {API_KEY}"}
@@ -84,5 +84,6 @@ def test_a_dead_engine_process_fails_requests_and_health(proc_server):
     while state.client.healthy and time.time() < deadline:
         time.sleep(0.05)
     assert httpx.get(url + "/health").status_code == 503
+    assert "the engine process exited (killed by SIGKILL)" in caplog.text
     r = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}, headers=auth, timeout=10)
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
 
 from ..tokenizer import Tokenizer
@@ -77,7 +78,11 @@ class EngineProcess(EngineClient):
                 break
             self.deliver(key, item)
         if self.healthy:
-            log.error("the engine process exited (exit code %s)", self._proc.exitcode)
+            self._proc.join(5)  # the pipe closes before the process is reaped: wait for its exit status
+            code = self._proc.exitcode
+            how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 and -code in
+                   signal.valid_signals() else f"exit code {code}")
+            log.error("the engine process exited (%s)", how)
         self.fail_all(RequestFailed("the engine process exited"))
 
     def shutdown(self) -> None:
