@@ -57,9 +57,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .config import ModelConfig
     from .default_model import default_model_dir
     from .engine import EngineConfig, LLMEngine, SamplingParams
-    from .tokenizer import Tokenizer
-
     from .loading.model_path import resolve_model
+    from .tokenizer import Tokenizer
 
     path = None if args.model is None else resolve_model(args.model).path
     if path is None:
