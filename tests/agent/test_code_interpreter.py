@@ -57,9 +57,31 @@ def test_cannot_write_outside_its_directory(tmp_path):
                 f"open({str(outside / 'a.txt')!r}, 'w')",
                 f"import os; os.system('touch {outside / 'b.txt'}')",
                 "open('inside.txt', 'w').write('ok')")
-    assert "PermissionError" in cells[0].error
+    assert "PermissionError" in cells[0].error or "Read-only file system" in cells[0].error
     assert not list(outside.iterdir())
     assert (work / "inside.txt").read_text() == "ok"
+
+
+def test_cannot_change_metadata_outside_its_directory(tmp_path):
+    """Mode, times and owner of the user's files outside stay as they are (Landlock alone has no right for them:
+    the read-only mount namespace covers them)."""
+    work, outside = tmp_path / "work", tmp_path / "outside.txt"
+    work.mkdir()
+    outside.write_text("x")
+    outside.chmod(0o600)
+    before = outside.stat()
+    box = PythonSandbox(workdir=work)
+    cells = run(box, f"import os; os.chmod({str(outside)!r}, 0o777)", f"import os; os.utime({str(outside)!r}, (0, 0))",
+                f"import os; os.chown({str(outside)!r}, 1, 1)", "import os; os.system('mount -o remount,rw /')",
+                f"import os; os.chmod({str(outside)!r}, 0o777)",
+                "open('f.txt', 'w').close(); import os, shutil; os.chmod('f.txt', 0o700); shutil.copy2('f.txt', 'g.txt')")
+    if not box.protections.get("read_only_outside"):
+        pytest.skip("no unprivileged user namespaces on this system")
+    assert all(c.error and "Read-only file system" in c.error for c in (cells[0], cells[1], cells[4])), cells
+    assert cells[2].error
+    after = outside.stat()
+    assert (after.st_mode, after.st_mtime_ns, after.st_uid) == (before.st_mode, before.st_mtime_ns, before.st_uid)
+    assert cells[5].error is None and (work / "g.txt").stat().st_mode & 0o777 == 0o700  # inside: as usual
 
 
 def test_no_local_sockets(tmp_path):
@@ -82,9 +104,10 @@ def test_cannot_signal_outside_processes(tmp_path):
     victim = subprocess.Popen(["sleep", "60"])
     try:
         (cell,) = run(box, f"import os\nos.kill({victim.pid}, 9)")
-        if not box.protections.get("signals_scoped"):
-            pytest.skip("no Landlock signal scoping (Linux 6.12+) on this kernel")
-        assert "PermissionError" in cell.error and victim.poll() is None
+        if not (box.protections.get("signals_scoped") or box.protections.get("processes_contained")):
+            pytest.skip("neither Landlock signal scoping (Linux 6.12+) nor a PID namespace on this system")
+        # in its PID namespace the pid names no process (or one of the sandbox's own); else Landlock refuses
+        assert ("PermissionError" in cell.error or "ProcessLookupError" in cell.error) and victim.poll() is None
     finally:
         victim.kill()
 
@@ -104,6 +127,46 @@ def test_detached_processes_die_with_the_sandbox(tmp_path):
         start + "\nimport os\nif os.fork() == 0:\n    os.setsid()\n    import time; time.sleep(300)\n"
         "import time; time.sleep(30)")
     assert not alive()
+
+
+def test_detached_processes_die_when_the_parent_is_killed(tmp_path):
+    """Even a SIGKILL of the process that holds the sandbox (no close, no clean-up) ends what a cell detached:
+    the cells run in a PID namespace whose init dies with that process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = f"sleep 30{os.getpid() % 10}"  # a process name of this test's own
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import asyncio, sys
+from qwen35.agent.code_interpreter import PythonSandbox
+async def go():
+    box = PythonSandbox(workdir={str(tmp_path)!r})
+    await box.run("import subprocess; subprocess.Popen({marker.split()!r}, start_new_session=True)")
+    print(box.protections.get("processes_contained"), flush=True)
+    await asyncio.sleep(60)
+asyncio.run(go())
+"""], stdout=subprocess.PIPE, text=True)
+
+    def alive() -> bool:
+        return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+    try:
+        contained = holder.stdout.readline().strip()
+        if contained != "True":
+            pytest.skip("no unprivileged user namespaces on this system")
+        assert alive()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        deadline = time.monotonic() + 10
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive()
+    finally:
+        holder.kill()
+        subprocess.run(["pkill", "-f", marker])
 
 
 def test_writes_to_the_reply_channel_do_not_shift_replies(tmp_path):

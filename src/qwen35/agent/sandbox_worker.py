@@ -13,10 +13,14 @@ Before any user code runs, the process
 - with Landlock lets nothing be created, written, renamed or removed outside the working directory (and
   /dev/null); reading stays allowed, so the standard library and installed packages import. Where the kernel
   has Landlock ABI 6 (Linux 6.12), it also scopes signals and abstract Unix sockets to the sandbox: a cell
-  cannot kill or signal the user's other processes. Landlock does not cover metadata: a cell can still change
-  the mode or times of the user's files outside its directory, not their contents;
+  cannot kill or signal the user's other processes;
+- where unprivileged user namespaces are allowed, moves into a user, mount and PID namespace of its own
+  (`_contain`): every mount read-only but the working directory's, so that a cell cannot change the mode,
+  owner or times of files outside either (Landlock has no right for metadata), and the cells run below the
+  namespace's init, whose end kills every process in the namespace, detached ones too;
 - dies with its parent (`PR_SET_PDEATHSIG`) and adopts the cell's orphaned processes (`PR_SET_CHILD_SUBREAPER`),
-  so that the parent can find and kill everything a cell started, detached or not (code_interpreter.py).
+  so that the parent can find and kill everything a cell started, detached or not (code_interpreter.py), and
+  where the namespaces exist, a SIGKILL of the parent ends them all as well.
 The kernel features are inherited by children and cannot be lifted. `protections` in the first reply says
 which were applied; the parent refuses to run code when a required one is missing.
 
@@ -34,6 +38,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import struct
 import sys
 import traceback
@@ -148,6 +153,109 @@ def _limit_processes(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (want, want))
 
 
+# ---- namespaces: nothing outside the working directory changes, nothing a cell starts outlives the sandbox ----
+
+_CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
+_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1
+_CAPSET = {"x86_64": 126, "aarch64": 91}
+_PR_CAPBSET_DROP, _CAP_VERSION_3 = 24, 0x20080522
+
+
+def _read_only(libc, path: str, on: bool) -> bool:
+    """Set (or clear) read-only on the mount at `path` and every mount below it (mount_setattr, Linux 5.12)."""
+    attr = struct.pack("QQQQ", _MOUNT_ATTR_RDONLY * on, _MOUNT_ATTR_RDONLY * (not on), 0, 0)  # struct mount_attr
+    return libc.syscall(_MOUNT_SETATTR, _AT_FDCWD, path.encode(), _AT_RECURSIVE, ctypes.c_char_p(attr),
+                        ctypes.c_size_t(len(attr))) == 0
+
+
+def _drop_capabilities(libc) -> None:
+    """No capabilities at all, in the bounding set either (those the new user namespace gave)."""
+    for cap in range(64):
+        libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last one
+    header = ctypes.create_string_buffer(struct.pack("Ii", _CAP_VERSION_3, 0), 8)
+    data = ctypes.create_string_buffer(24)  # effective, permitted, inheritable: empty, twice 32 bits
+    libc.syscall(_CAPSET.get(platform.machine(), -1), header, data)
+
+
+def _parent_alive(fd: int) -> bool:
+    """Whether the process holding the pipe's write end still runs (for the race a death signal set after
+    fork() leaves: the parent may have died before it was set)."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1) != b""
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _fork_and_wait(init: bool) -> int:
+    """Fork; the parent waits for the child, then exits as it did, and never returns. In the child: 0.
+    `init`: the parent is the PID namespace's init, which also reaps the orphans that come to it."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(w)
+        return r
+    os.close(r)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # the protocol's pipes: let them close when the cell runner ends
+        os.dup2(null, fd)
+    while True:
+        try:
+            pid, status = os.wait() if init else os.waitpid(child, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if pid == child:
+            break
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+    if init:  # init cannot die of a signal it does not handle: pass the signal on as an exit status
+        os._exit(128 + sig if sig else os.WEXITSTATUS(status))
+    code = os.WEXITSTATUS(status)
+    if code > 128:  # the cell runner died of that signal (SIGXCPU at its CPU limit): so does this process
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(code - 128, signal.SIG_DFL)
+        os.kill(os.getpid(), code - 128)
+    os._exit(code)
+
+
+def _contain(libc, workdir: str) -> tuple[bool, bool]:
+    """Move into a user, mount and PID namespace of its own (unprivileged user namespaces; where they are
+    refused, nothing changes and this returns (False, False)):
+    - every mount is read-only but a bind mount of `workdir`: outside it nothing can be changed, metadata
+      (mode, owner, times) included, which Landlock does not cover;
+    - the cells run in a child of the namespace's init, and when init ends (it dies with this process, which
+      dies with the sandbox's parent) the kernel kills every process in the namespace, detached ones too,
+      even when the parent was killed with SIGKILL;
+    - /proc shows only the namespace's processes; no capability is left.
+    Three processes: this one (outside the PID namespace), init, and the cell runner, where this returns
+    (read-only outside, processes contained)."""
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
+        return False, False
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:  # the same ids inside (one's own id needs no privilege)
+            f.write(text)
+    read_only = (libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
+                 and libc.mount(workdir.encode(), workdir.encode(), None, _MS_BIND | _MS_REC, None) == 0
+                 and _read_only(libc, "/", True))
+    if read_only and not _read_only(libc, workdir, False):
+        read_only = not _read_only(libc, "/", False)  # undone, so that the cells can still write
+    os.chdir(workdir)  # the bind mount, not the directory beneath it
+    alive = _fork_and_wait(init=False)  # -> init, PID 1 of the new namespace
+    libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    if not _parent_alive(alive):
+        os._exit(1)
+    libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)  # best effort
+    _drop_capabilities(libc)
+    alive = _fork_and_wait(init=True)  # -> the cell runner
+    libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    if not _parent_alive(alive):
+        os._exit(1)
+    return read_only, True
+
+
 # ---- one cell ---------------------------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
@@ -208,27 +316,30 @@ def run_cell(code: str, namespace: dict, workdir: str, figures: list[int]) -> di
 def main() -> None:
     config = json.loads(sys.argv[1])
     workdir, capture = config["workdir"], config["capture"]
-    reply = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol channel: stdout as started
+    # the capture file lies outside the working directory: opened before that becomes read-only
     out = os.open(capture, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-    os.chdir(workdir)
-    sys.path.insert(0, workdir)
-
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
     libc.syscall.restype = ctypes.c_long
     mem = config["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
-    _limit_processes(config["processes"])
+    _limit_processes(config["processes"])  # before the user namespace, which keeps it as its ceiling
     libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL when the parent dies
+    read_only, contained = _contain(libc, workdir)
+
+    reply = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol channel: stdout as started
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    os.chdir(workdir)
+    sys.path.insert(0, workdir)
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     write_only, scoped = _only_write_under(libc, workdir)
-    protections = {"no_network": _no_network(libc), "write_only_workdir": write_only, "signals_scoped": scoped}
-    reply.write(json.dumps({"ready": True, "protections": protections, "pid": os.getpid()}) + "\n")
+    protections = {"no_network": _no_network(libc), "write_only_workdir": write_only, "signals_scoped": scoped,
+                   "read_only_outside": read_only, "processes_contained": contained}
+    reply.write(json.dumps({"ready": True, "protections": protections}) + "\n")
 
     namespace: dict = {"__name__": "__main__"}
     figures = [0]
