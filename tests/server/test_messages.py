@@ -60,7 +60,21 @@ def test_text_only_messages_are_unchanged():
     assert media == [] and clean == [{"role": "system", "content": "S"}, {"role": "user", "content": "abcd"}]
 
 
+def test_a_cut_off_call_sent_back_renders_with_no_arguments():
+    """A call cut off by max_tokens comes back as the server returned it (arguments not valid JSON): it renders
+    with no parameters, as vLLM does, instead of failing every later turn."""
+    cut = {"role": "assistant", "content": "",
+           "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"city": "Par'}}]}
+    clean, _ = normalize_chat([user("Weather?"), cut, {"role": "tool", "content": "sunny"}])
+    assert clean[1]["tool_calls"][0]["function"] == {"name": "f", "arguments": {}}
+    prompt = render_chat(DEFAULT_CHAT_TEMPLATE, clean, add_generation_prompt=True)
+    assert "<function=f>\n</function>" in prompt and "<tool_response>\nsunny" in prompt
+
+
 @pytest.mark.parametrize("messages,message", [
+    ([{"role": "tool", "content": "x"}, user("hi")], r"messages\[0\] is a tool result, but no assistant message"),
+    ([{"role": "system", "content": "S"}, user("hi"), {"role": "tool", "content": "x"}],
+     r"messages\[2\] is a tool result, but no assistant"),
     ([{"role": "system", "content": [{"type": "image_url", "image_url": {"url": PNG}}]}, user("hi")],
      r"messages\[0\].content\[0\] is an image: system messages cannot contain images or videos"),
     ([user("hi"), {"role": "developer", "content": [{"video": "http://a/v.mp4"}]}],

@@ -225,7 +225,7 @@ def test_stage_two_runs_after_an_invalid_call_but_no_call_ends_the_sample():
 
 
 def test_a_call_cut_off_by_max_tokens_fails_without_being_sent_back():
-    """The server keeps a cut-off call's partial arguments (not valid JSON); sending them back would be refused."""
+    """The server keeps a cut-off call's partial arguments (not valid JSON): no tool result is sent for them."""
     cut = reply(calls=[("get_weather", {"city": "Paris"})]) | {"finish_reason": "length"}
     o = ev.score_sample(Scripted(cut), 0, WEATHER_SAMPLE)
     assert (o.final_ok, o.requests, o.finish, o.error) == (False, 1, "length", None)

@@ -5,7 +5,9 @@ The official template trips on shapes real clients send; each fix below is one o
 - content given as a list of parts -> the text parts joined, when all parts are text;
 - assistant messages without `content` (tool-call turns) -> empty content;
 - `reasoning` (vLLM's name) in history -> `reasoning_content` (the template's name);
-- tool-call `arguments` given as a JSON string (the OpenAI wire format) -> a dict for the template;
+- tool-call `arguments` given as a JSON string (the OpenAI wire format) -> a dict for the template; a string
+  that is not JSON (a call cut off by max_tokens, sent back as the server returned it) -> `{}`, as vLLM does,
+  so that one cut-off call does not fail every later turn of the conversation;
 - tool messages without `tool_call_id` (Qwen-Agent) are fine: the template matches results by order.
 
 Images and videos: a content part that names one -- OpenAI's `{"type": "image_url", "image_url": {"url": U}}`,
@@ -20,9 +22,12 @@ the template refuses it; other part types (audio, embeddings) are refused by nam
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, NamedTuple
 
 from .limits import RequestError
+
+log = logging.getLogger("qwen35.server")
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -118,7 +123,8 @@ def _tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
             try:
                 args = json.loads(args) if args.strip() else {}
             except json.JSONDecodeError as e:
-                raise MessageError(f"{where}.tool_calls[{j}].function.arguments is not valid JSON: {e}") from None
+                log.warning("%s.tool_calls[%d].function.arguments is not valid JSON (%s); rendered as {}", where, j, e)
+                args = {}
         if not isinstance(args, dict):
             raise MessageError(f"{where}.tool_calls[{j}].function.arguments must be a JSON object")
         out.append({**call, "type": call.get("type", "function"),
@@ -150,6 +156,9 @@ def normalize_chat(messages: list[Any]) -> tuple[list[dict[str, Any]], list[Medi
             if msg.get("tool_calls"):
                 clean["tool_calls"] = _tool_calls(msg["tool_calls"], where)
         if role == "tool":
+            if not rest or rest[-1]["role"] not in ("assistant", "tool"):
+                raise MessageError(f"{where} is a tool result, but no assistant message (with the tool calls it "
+                                   "answers) comes before it")
             for key in ("tool_call_id", "name"):
                 if key in msg:
                     clean[key] = msg[key]

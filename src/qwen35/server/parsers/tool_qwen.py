@@ -6,6 +6,8 @@ possibly several times. Rules, following vLLM's `qwen3_coder` parser unless note
 * `<tool_call>` opens a call only when `<function=NAME>` follows (NAME without spaces, quotes,
   braces or angle brackets); otherwise it is plain content, so a tag mentioned in prose cannot
   swallow the rest of the reply (vLLM #58227). Whitespace next to a call is dropped from content.
+* A `<function=NAME>` without `<tool_call>` before it opens a call too, as in vLLM, but only where it
+  starts a line (or the output), so that a mention in prose stays text.
 * A value loses one leading and one trailing newline (markup). It ends at `</parameter>` when a tag
   or the end of output follows, at a `<parameter=` that starts a line, at `</function>` or
   `</tool_call>` followed by a tag or the end, or at the end of output: missing closing tags lose
@@ -133,6 +135,7 @@ class ToolCallParser:
         self._streaming = False  # the open parameter's value is streamed as a JSON string
         self._scan = 0  # the open value's text before this index holds no terminator
         self._line_start = True  # the open value's buffer starts a line
+        self._text_line_start = True  # the content buffer starts a line (or the output, or follows a call)
 
     def feed(self, delta: str) -> list[Event]:
         self._buf += delta
@@ -159,8 +162,8 @@ class ToolCallParser:
                 self._buf, self._in_call, self._state = "", False, _TEXT
                 return events + self._take_events()
             held = self._buf.lstrip()
-            opening = START if self._state == _TEXT else END
-            if held and (held.startswith(opening) or opening.startswith(held)):
+            openings = (START, FUNCTION) if self._state == _TEXT else (END,)
+            if held and any(held.startswith(o) or o.startswith(held) for o in openings):
                 self._buf = ""
             return events + self._run(final=True)
         events = self._run(final=True)
@@ -185,8 +188,11 @@ class ToolCallParser:
             self._after_call = False
         buf = self._buf
         i = buf.find(START)
+        j = self._bare_function(buf)
+        if j >= 0 and (i < 0 or j < i):
+            return self._open_bare(buf, j, final)
         if i < 0:
-            head = buf if final else buf[:len(buf) - _held_len(buf, (START,))].rstrip()
+            head = buf if final else buf[:len(buf) - _held_len(buf, (START, FUNCTION))].rstrip()
             self._emit_content(head)
             self._buf = buf[len(head):]
             return False
@@ -206,6 +212,30 @@ class ToolCallParser:
             self._buf = buf[len(before):]
             return False
         self._buf = s[len(FUNCTION) + opened[1]:]
+        self._open_call(opened[0])
+        return True
+
+    def _bare_function(self, buf: str) -> int:
+        """Where a `<function=` that starts a line begins in `buf`, or -1."""
+        j = buf.find(FUNCTION)
+        while j >= 0 and not (buf[j - 1] == "\n" if j else self._text_line_start):
+            j = buf.find(FUNCTION, j + 1)
+        return j
+
+    def _open_bare(self, buf: str, j: int, final: bool) -> bool:
+        """`_text` at a `<function=` with no `<tool_call>` before it (at `j`)."""
+        rest = buf[j + len(FUNCTION):]
+        opened = _read_name(rest, final)
+        if opened is False:  # not a call: text
+            self._emit_content(buf[:j + len(FUNCTION)])
+            self._buf = rest
+            return True
+        before = buf[:j].rstrip()
+        self._emit_content(before)
+        if opened is None:
+            self._buf = buf[len(before):]
+            return False
+        self._buf = rest[opened[1]:]
         self._open_call(opened[0])
         return True
 
@@ -305,7 +335,7 @@ class ToolCallParser:
         self._events.append(("tool_call", ToolCallDelta(len(self.calls) - 1, "", call.id, name)))
         self._schema = (self._props or {}).get(name, {})
         self._seen, self._sent = set(), 0
-        self._in_call, self._state = True, _BODY
+        self._in_call, self._state, self._text_line_start = True, _BODY, True
 
     def _close_call(self) -> None:
         self._emit_args("}" if self._sent else "{}")
@@ -348,6 +378,7 @@ class ToolCallParser:
     def _emit_content(self, text: str) -> None:
         if not text:
             return
+        self._text_line_start = text.endswith("\n")
         if self._events and self._events[-1][0] == "content":
             self._events[-1] = ("content", self._events[-1][1] + text)
         else:
