@@ -131,3 +131,19 @@ def test_tool_choice_none_strips_markup_and_returns_no_calls(server):
 
     msg = run.response(Final())["choices"][0]["message"]
     assert "tool_calls" not in msg and "<tool_call>" not in (msg["content"] or "")
+
+
+@pytest.mark.parametrize("effort,kwargs,thinking", [
+    ("none", None, False), ("minimal", None, False), ("high", None, True),
+    ("none", {"enable_thinking": True}, True),  # the template's own switch wins
+])
+def test_reasoning_effort_switches_thinking(server, effort, kwargs, thinking):
+    """OpenAI's `reasoning_effort`: "none" turns thinking off, as in vLLM and llama.cpp, unless
+    `chat_template_kwargs` says otherwise."""
+    from qwen35.server.chat import prepare_chat
+    from qwen35.server.protocol import ChatCompletionRequest
+
+    body = ChatCompletionRequest(messages=MSG, reasoning_effort=effort, chat_template_kwargs=kwargs)
+    assert prepare_chat(body, server["state"]).started_in_reasoning is thinking
+    with pytest.raises(ValueError, match="reasoning_effort"):
+        ChatCompletionRequest(messages=MSG, reasoning_effort="extreme")

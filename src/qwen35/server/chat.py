@@ -27,7 +27,7 @@ from .limits import RequestError, encode_bounded
 from .messages import MediaRef, check_media_limits, normalize_chat
 from .params import sampling_params
 from .parsers import ChatOutputParser, prompt_ends_in_reasoning
-from .protocol import ChatCompletionRequest
+from .protocol import THINKING_OFF, ChatCompletionRequest
 
 log = logging.getLogger("qwen35.server")
 
@@ -217,6 +217,8 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     kwargs = dict(body.chat_template_kwargs or {})
     if body.enable_thinking is not None:
         kwargs.setdefault("enable_thinking", body.enable_thinking)
+    if body.reasoning_effort is not None:
+        kwargs.setdefault("enable_thinking", body.reasoning_effort not in THINKING_OFF)
     tools = body.tools if choice != "none" else None
     text, refs = render_prompt(server, body.messages, tools=tools, add_generation_prompt=body.add_generation_prompt,
                                template_kwargs=kwargs, request_template=body.chat_template)

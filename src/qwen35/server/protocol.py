@@ -77,6 +77,8 @@ class ChatCompletionRequest(_Body):
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None  # DashScope-style top-level switch
+    # OpenAI's: "none" / "minimal" turn thinking off when nothing else says (vLLM and llama.cpp read "none" so)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     chat_template: str | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -132,3 +134,4 @@ class DetokenizeRequest(BaseModel):
 
 
 ToolChoice = Literal["none", "auto", "required"]
+THINKING_OFF = ("none", "minimal")  # reasoning effort that turns thinking off

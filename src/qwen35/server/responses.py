@@ -36,13 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .chat import ChatPlan, prepare_chat
 from .limits import MAX_MESSAGES, MAX_TOOLS, RequestError
-from .protocol import ChatCompletionRequest
+from .protocol import THINKING_OFF, ChatCompletionRequest
 
 # request fields that carry over to the chat request unchanged (the sampling extras clients send)
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                 "repetition_penalty", "seed", "stop", "parallel_tool_calls", "chat_template_kwargs",
                 "enable_thinking", "thinking_token_budget", "logit_bias", "min_tokens")
-_THINKING_OFF = ("none", "minimal")
 
 
 class ResponsesRequest(BaseModel):
@@ -204,7 +203,7 @@ def to_chat_body(body: ResponsesRequest, history: list[dict[str, Any]]) -> ChatC
              "parallel_tool_calls": body.parallel_tool_calls}
     chat.update({k: extra[k] for k in _PASSTHROUGH if extra.get(k) is not None})
     effort = (body.reasoning or {}).get("effort")
-    if effort in _THINKING_OFF:
+    if effort in THINKING_OFF:
         chat["chat_template_kwargs"] = {**(chat.get("chat_template_kwargs") or {}), "enable_thinking": False}
     return ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
 
