@@ -326,8 +326,8 @@ class VisionConfig:
 
 
 # `--quantization` / `LLM(quantization=...)`: int8 / int4 quantise a bf16 (or FP8) checkpoint at load;
-# gptq / awq name a checkpoint that already is one (checked). vLLM's kernel-specific names are aliases.
-QUANTIZATION_CHOICES = ("int8", "int4", "gptq", "awq")
+# fp8 / gptq / awq name a checkpoint that already is one (checked). vLLM's kernel-specific names are aliases.
+QUANTIZATION_CHOICES = ("int8", "int4", "fp8", "gptq", "awq")
 QUANTIZATION_ALIASES = {"gptq_marlin": "gptq", "awq_marlin": "awq"}
 
 

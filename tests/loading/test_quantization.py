@@ -160,14 +160,22 @@ def test_fp8_checkpoint_is_dequantised_then_quantised(dense_fp8, dense_ckpt, pro
     assert (want.exp() * (want - got)).sum(-1).mean() < KL_MAX["int8"] * 5  # FP8's error plus int8's
 
 
+def test_fp8_names_an_fp8_checkpoint(dense_fp8):
+    """`quantization="fp8"` (vLLM users pass it) is a check of an FP8 checkpoint, which loads as it is."""
+    model, _ = load_model(dense_fp8, quantization="FP8", progress=False)
+    assert type(model.model.layers[0].mlp.gate_proj).__name__ == "FP8Linear"
+
+
 def test_bad_values_name_the_choices(dense_ckpt):
     for bad in ("int3", "fp4", ""):
-        with pytest.raises(ValueError, match="int8, int4, gptq, awq"):
+        with pytest.raises(ValueError, match="int8, int4, fp8, gptq, awq"):
             load_model(dense_ckpt, quantization=bad, progress=False)
-        with pytest.raises(ValueError, match="int8, int4, gptq, awq"):
+        with pytest.raises(ValueError, match="int8, int4, fp8, gptq, awq"):
             EngineConfig(model=str(dense_ckpt), quantization=bad)
     with pytest.raises(ValueError, match="gptq checkpoint"):
         load_model(dense_ckpt, quantization="gptq", progress=False)
+    with pytest.raises(ValueError, match="fp8 checkpoint"):  # no FP8 compute on CPUs: not made at load
+        load_model(dense_ckpt, quantization="fp8", progress=False)
     assert check_quantization("INT8") == "int8" and check_quantization("gptq_marlin") == "gptq"
     assert check_quantization(None) is None
 

@@ -147,3 +147,21 @@ def test_reasoning_effort_switches_thinking(server, effort, kwargs, thinking):
     assert prepare_chat(body, server["state"]).started_in_reasoning is thinking
     with pytest.raises(ValueError, match="reasoning_effort"):
         ChatCompletionRequest(messages=MSG, reasoning_effort="extreme")
+
+
+def test_a_reply_cut_off_in_its_reasoning_has_null_content(server):
+    """No `</think>` before max_tokens: everything is reasoning, and content is null (vLLM), not ""."""
+    from qwen35.server.chat import ChatRun, prepare_chat
+    from qwen35.server.protocol import ChatCompletionRequest
+
+    run = ChatRun(prepare_chat(ChatCompletionRequest(messages=MSG, max_tokens=3), server["state"]), "tiny",
+                  server["state"].tokenizer)
+
+    class Out:
+        index, finish_reason, token_ids, logprobs, text = 0, "length", [1, 2, 3], None, "Let me think"
+
+    class Final:
+        outputs, prompt_token_ids, num_cached_tokens = [Out()], [1, 2], 0
+
+    msg = run.response(Final())["choices"][0]["message"]
+    assert msg["content"] is None and msg["reasoning_content"] == "Let me think"

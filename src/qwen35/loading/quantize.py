@@ -30,7 +30,7 @@ from ..ops import quant
 log = logging.getLogger("qwen35.loading")
 
 FORMATS = quant.FORMATS  # quantise at load
-CHECKPOINT_METHODS = ("gptq", "awq")  # already 4-bit on disk: accepted as a check of the checkpoint
+CHECKPOINT_METHODS = ("fp8", "gptq", "awq")  # quantised on disk: accepted as a check of the checkpoint
 KEEP = ("mlp.gate", "shared_expert_gate", "in_proj_a", "in_proj_b")  # small: kept in the load dtype
 
 

@@ -273,7 +273,9 @@ class ChatRun:
             reasoning, content, calls = self.parsers[c.index].parse_all(c.text, c.finish_reason == "length")
             if self.plan.drop_tool_calls:
                 calls = []
-            message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None}
+            # null beside calls or a reasoning (a reply cut off inside <think>), as in vLLM; "" for an empty reply
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": content or (None if calls or reasoning is not None else content)}
             if reasoning is not None and self.plan.include_reasoning:
                 message["reasoning_content"] = reasoning
                 if self.emit_reasoning_alias:

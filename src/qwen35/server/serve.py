@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..loading.quantize import CHECKPOINT_METHODS
 from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, ServeError, api_key_from,
                          check_features, is_loopback, media_policy, mm_limits, parallel_config, parse_hosts,
                          parse_json,
@@ -159,7 +160,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
         raise ServeError(f"{where_cfg}: max_position_embeddings={text.max_position_embeddings} is smaller than one "
                          f"K/V block ({BLOCK_SIZE} tokens)")
     method = cfg.quant.method if cfg.quant is not None else None
-    if args.quantization in ("gptq", "awq") and method != args.quantization:
+    if args.quantization in CHECKPOINT_METHODS and method != args.quantization:
         raise ServeError(f"--quantization {args.quantization} needs a {args.quantization} checkpoint; {where_cfg} is "
                          f"{method or 'unquantised'} (use --quantization int8 or int4 to quantise it at load)")
     supported = text.supported_length

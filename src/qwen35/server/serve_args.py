@@ -165,9 +165,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--rope-scaling", default=None, metavar="JSON", help="merged into rope_parameters (old vLLM)")
     m.add_argument("--rope-theta", type=_positive_float, default=None, help="rope_parameters.rope_theta")
     m.add_argument("--dtype", default="bfloat16", choices=["auto", "bfloat16", "bf16", "float32", "fp32"])
-    m.add_argument("--quantization", "-q", type=_quantization, default=None, metavar="{int8,int4,gptq,awq}",
-                   help="weight-only: int8 / int4 quantise the checkpoint at load; gptq / awq: the checkpoint is "
-                        "one (loaded as int4 either way). Default: as the checkpoint is")
+    m.add_argument("--quantization", "-q", type=_quantization, default=None, metavar="{int8,int4,fp8,gptq,awq}",
+                   help="weight-only: int8 / int4 quantise the checkpoint at load; fp8 / gptq / awq: the checkpoint "
+                        "is one (checked; gptq and awq load as int4). Default: as the checkpoint is")
     m.add_argument("--generation-config", default="auto", help="'auto' (checkpoint), 'vllm' (neutral) or a folder")
     m.add_argument("--chat-template", default=None, help="a Jinja template file, or the template text itself")
     m.add_argument("--default-chat-template-kwargs", default=None, metavar="JSON",
