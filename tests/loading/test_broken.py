@@ -142,6 +142,14 @@ def test_tensor_of_integers_where_a_weight_belongs(dense_copy):
     _raises(CheckpointError, dense_copy, "layers.3.self_attn.q_proj.weight", "int32", "floating-point")
 
 
+def test_fp8_e5m2_weight_is_named(dense_copy):
+    def to_e5m2(t):
+        t[Q_PROJ] = t[Q_PROJ].to(torch.float8_e5m2)
+
+    edit_shard(dense_copy, Q_PROJ, to_e5m2)
+    _raises(CheckpointError, dense_copy, "layers.3.self_attn.q_proj.weight", "F8_E5M2", "E4M3 only")
+
+
 def test_fused_experts_of_wrong_shape(moe_copy):
     name = LM + "layers.1.mlp.experts.gate_up_proj"
 

@@ -441,6 +441,9 @@ class _Loader:
             if split is not None:
                 self._take_int4(*split, tensor, file)
                 return
+        if tensor.dtype == torch.float8_e5m2:
+            raise CheckpointError(f"tensor {key!r} in {file} is F8_E5M2; FP8 checkpoints are read in E4M3 only "
+                                  "(block FP8 with weight_scale_inv, as the official ones)")
         target = map_name(key, self.mtp, self.vision)
         if target is None:
             raise CheckpointError(f"unexpected tensor {key!r} in {file}: not a Qwen3.5 checkpoint name")
