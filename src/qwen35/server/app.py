@@ -37,7 +37,7 @@ from ..multimodal.processor_config import ProcessorConfig
 from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage, with_media
 from .completions import CompletionRun, prepare_completion
 from .guard import Guard, error
-from .limits import RequestError, encode_bounded, parse_json
+from .limits import RequestError, encode_bounded, encode_prompt, parse_json
 from .metrics import Metrics
 from .serve_args import DEFAULT_MM_LIMITS
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -287,7 +287,7 @@ def _tokenize(body: TokenizeRequest, state: ServerState) -> list[int]:
         text, refs = render_prompt(state, body.messages, tools=body.tools,
                                    add_generation_prompt=body.add_generation_prompt,
                                    template_kwargs=body.chat_template_kwargs)
-        ids = encode_bounded(state.tokenizer, text, state.max_model_len, "messages")
+        ids = encode_prompt(state.tokenizer, text, state.max_model_len, "messages")
         return with_media(state, ids, refs, None)[0]
     if body.prompt is not None:
         return encode_bounded(state.tokenizer, body.prompt, state.max_model_len, "prompt")

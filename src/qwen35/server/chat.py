@@ -23,7 +23,8 @@ from ..multimodal.prompt import expand_placeholders
 from ..output_format import tool_call_grammar
 from ..tokenizer.chat_template import (RESERVED_VARS, TemplateLimitError, continue_final_message, render_chat,
                                       render_chat_isolated)
-from .limits import RequestError, encode_bounded
+from ..tokenizer.control_tokens import mark
+from .limits import RequestError, encode_prompt
 from .messages import MediaRef, check_media_limits, normalize_chat
 from .params import sampling_params
 from .parsers import ChatOutputParser, prompt_ends_in_reasoning
@@ -165,6 +166,9 @@ def render_prompt(server, messages: list[Any], *, tools: list[dict] | None, add_
     if reserved:
         raise RequestError(f"chat_template_kwargs may not set {reserved[0]!r}: it is a request field",
                            "chat_template_kwargs")
+    # the client's strings: any control-token text in them is encoded as text (tokenizer/control_tokens.py)
+    tokens_re = server.tokenizer.control_tokens_re
+    messages, tools = mark(messages, tokens_re), mark(tools, tokens_re)
     clean, media = normalize_chat(messages)
     try:
         if request_template is not None:
@@ -224,7 +228,7 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
                                template_kwargs=kwargs, request_template=body.chat_template)
     if body.continue_final_message:
         text = continue_final_message(text, body.messages)
-    ids, media = with_media(server, encode_bounded(tok, text, server.max_model_len, "messages"), refs,
+    ids, media = with_media(server, encode_prompt(tok, text, server.max_model_len, "messages"), refs,
                             body.mm_processor_kwargs)
     started_in_reasoning = prompt_ends_in_reasoning(text)
     thinking = True if started_in_reasoning else (False if text.endswith("</think>\n\n") else None)

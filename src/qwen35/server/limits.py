@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..tokenizer import control_tokens
+
 MAX_MESSAGES = 10_000  # an agent loop of thousands of tool turns still fits
 MAX_TOOLS = 512
 MAX_STOP = 16
@@ -81,6 +83,18 @@ def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt") -> l
             raise RequestError(too_long(f"more than {limit}", limit), param)
         chars *= 4
     ids = tokenizer.encode(text)
+    if len(ids) >= limit:
+        raise RequestError(too_long(str(len(ids)), limit), param)
+    return ids
+
+
+def encode_prompt(tokenizer, text: str, limit: int, param: str = "messages") -> list[int]:
+    """`encode_bounded` for a prompt rendered from marked messages (tokenizer/control_tokens.py): control-token
+    text the client sent is encoded as plain text."""
+    if not control_tokens.has_marks(text):
+        return encode_bounded(tokenizer, text, limit, param)
+    encode_bounded(tokenizer, control_tokens.unmarked(text), limit, param)  # the bound, before the real encode
+    ids = tokenizer.encode_marked(text)
     if len(ids) >= limit:
         raise RequestError(too_long(str(len(ids)), limit), param)
     return ids

