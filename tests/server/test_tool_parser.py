@@ -90,6 +90,8 @@ CASES = [
     ("bare-function-mid-line-is-prose", "Write <function=get_weather> to call it.\nThen <function=x>", TOOLS,
      "Write <function=get_weather> to call it.\nThen <function=x>", []),
     ("bare-function-bad-name-is-prose", "<function=get weather>\n", TOOLS, "<function=get weather>\n", []),
+    ("parameter-name-with-a-space", call("get_weather", ("my city", "Oslo")), TOOLS, "",
+     [("get_weather", {"my city": "Oslo"})]),
     ("no-arguments", "<tool_call>\n<function=get_weather>\n</function>\n</tool_call>", TOOLS, "",
      [("get_weather", {})]),
     ("unknown-function", call("search", ("q", "42")), TOOLS, "", [("search", {"q": "42"})]),

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 START, END = TOOL_CALL_START, TOOL_CALL_END  # this parser's markers
 _TAGS = (START, END, FUNCTION, FUNCTION_END, PARAMETER, PARAMETER_END)
 _BAD_NAME_CHARS = frozenset("{}<>\"' \t\r\n")  # vLLM `_is_valid_function_name`
+_BAD_PARAM_CHARS = _BAD_NAME_CHARS - {" "}  # a property name may hold spaces (vLLM keeps "my city" too)
 _TEXT, _BODY, _PARAM, _AFTER_FUNCTION = "text", "body", "param", "after_function"
 
 
@@ -77,13 +78,13 @@ class ToolCallDelta:
 Event = tuple[str, Any]  # ("content", str) or ("tool_call", ToolCallDelta), in output order
 
 
-def _read_name(text: str, final: bool) -> tuple[str, int] | bool | None:
-    """`text` follows `<function=` or `<parameter=`: (name, length through '>'), False if malformed,
-    None if more text is needed."""
+def _read_name(text: str, final: bool, bad: frozenset = _BAD_NAME_CHARS) -> tuple[str, int] | bool | None:
+    """`text` follows `<function=` or `<parameter=` (`bad`: `_BAD_PARAM_CHARS`): (name, length through '>'),
+    False if malformed, None if more text is needed."""
     for k, ch in enumerate(text):
         if ch == ">":
             return (text[:k], k + 1) if k else False
-        if ch in _BAD_NAME_CHARS:
+        if ch in bad:
             return False
     return False if final else None
 
@@ -244,7 +245,7 @@ class ToolCallParser:
         if not s:
             return False
         if s.startswith(PARAMETER):
-            got = _read_name(s[len(PARAMETER):], final)
+            got = _read_name(s[len(PARAMETER):], final, _BAD_PARAM_CHARS)
             if got is None:
                 return False
             if got is False:
