@@ -163,3 +163,47 @@ def test_logit_bias(client, server):
     r = client.completions.create(model="tiny", prompt="Hello", max_tokens=3, temperature=0,
                                   logit_bias={str(target): 100}, extra_body={"ignore_eos": True})
     assert r.choices[0].text == tok.decode([target] * 3)
+
+
+def test_a_client_gone_before_its_first_token_is_aborted_in_the_queue(tiny_ckpt):
+    """With one sequence running, a second request waits in the queue; when its client gives up there, it is
+    aborted at once (its queue place freed), not run to completion after the first for nobody. (Streamed or
+    not, a request waits for its first output in `_start`.)"""
+    import threading
+    import time
+
+    import httpx
+
+    from qwen35.engine.async_engine import AsyncLLM
+    from qwen35.engine.config import EngineConfig
+    from tests.server.conftest import ENGINE, live_server
+
+    engine = AsyncLLM(EngineConfig(model=str(tiny_ckpt), **{**ENGINE, "max_num_seqs": 1}))
+    step = engine.engine.step
+    engine.engine.step = lambda: (time.sleep(0.005), step())[1]  # a slower model: the first request runs for seconds
+    with live_server(engine) as srv:
+        url, state = srv["url"] + "/v1/chat/completions", srv["state"]
+        headers = {"Authorization": "Bearer test-key"}
+        body = {"model": "tiny", "messages": MSG, "max_tokens": 200, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as first:
+            lines = first.iter_lines()  # kept: a dropped iterator closes the response
+            next(lines)  # the first request runs
+            waiter = threading.Thread(target=lambda: _gives_up(url, headers))
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while state.in_flight < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert state.in_flight == 2  # the second one waits behind it
+            waiter.join()
+            while state.in_flight > 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            got = state.client.stats()
+            assert state.in_flight == 1 and (got["running"], got["waiting"]) == (1, 0)  # the first still runs
+
+
+def _gives_up(url: str, headers: dict) -> None:
+    import httpx
+
+    body = {"model": "tiny", "messages": MSG, "max_tokens": 5}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(url, json=body, headers=headers, timeout=0.5)

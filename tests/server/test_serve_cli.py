@@ -389,6 +389,31 @@ def test_port_in_use_is_one_line():
             bind_socket("127.0.0.1", taken.getsockname()[1])
 
 
+def test_accepted_connections_send_without_delay():
+    """The listening socket says TCP, so asyncio (uvicorn) turns Nagle's algorithm off on every connection: a
+    reply written in two parts (headers, body) is not held ~40 ms for a delayed ACK on a kept-alive connection."""
+    import asyncio
+
+    sock = bind_socket("127.0.0.1", 0)
+
+    async def go() -> int:
+        got = asyncio.get_running_loop().create_future()
+
+        def accepted(reader, writer):
+            got.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        try:
+            return await asyncio.wait_for(got, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(go()) != 0
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])

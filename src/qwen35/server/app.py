@@ -183,7 +183,7 @@ def create_app(state: ServerState) -> FastAPI:
         body, plan = got
         run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer)
         start = time.perf_counter()
-        stream = await _admit(state, plan, run.id)
+        stream = await _admit(state, request, plan, run.id)
         if isinstance(stream, Response):
             return stream
         if body.stream:
@@ -204,17 +204,25 @@ def create_app(state: ServerState) -> FastAPI:
         body, plan = got
         run = CompletionRun(plan, body, body.model or state.served_names[0], state.tokenizer)
         start = time.perf_counter()
-        streams = []
-        try:
-            for k, (ids, params) in enumerate(zip(plan.id_lists, plan.params)):
-                rid = run.id if len(plan.id_lists) == 1 else f"{run.id}-{k}"
-                streams.append(await _start(state, ids, params, rid))
-        except (Overloaded, ValueError, RequestFailed) as e:
-            for s in streams:  # all or nothing: the prompts already started are aborted
+        # every prompt enters the engine at once (they batch), then all or nothing: on any failure the ones
+        # that started are aborted
+        ids_of = [run.id if len(plan.id_lists) == 1 else f"{run.id}-{k}" for k in range(len(plan.id_lists))]
+        started = await asyncio.gather(*[_start(state, request, ids, params, rid) for ids, params, rid
+                                         in zip(plan.id_lists, plan.params, ids_of)], return_exceptions=True)
+        streams = [s for s in started if isinstance(s, _Admitted)]
+        failed = next((e for e in started if isinstance(e, BaseException)), None)
+        if failed is not None:
+            for s in streams:
                 await s.aclose()
-            if isinstance(e, RequestFailed):
+            if isinstance(failed, _ClientGone):
+                return Response(status_code=499)
+            if isinstance(failed, RequestFailed):
                 return _failed(run.id)
-            return _overloaded(e) if isinstance(e, Overloaded) else error(400, str(e))
+            if isinstance(failed, Overloaded):
+                return _overloaded(failed)
+            if isinstance(failed, ValueError):
+                return error(400, str(failed))
+            raise failed
         if body.stream:
             return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, body.include_usage,
                                           start), media_type="text/event-stream",
@@ -238,7 +246,7 @@ def create_app(state: ServerState) -> FastAPI:
         chat_run = ChatRun(planned.plan, model, state.tokenizer, emit_reasoning_alias=False)
         run = ResponseRun(body, model)
         start = time.perf_counter()
-        stream = await _admit(state, planned.plan, run.id)
+        stream = await _admit(state, request, planned.plan, run.id)
         if isinstance(stream, Response):
             return stream
         if body.stream:
@@ -302,11 +310,17 @@ def _detokenize(body: DetokenizeRequest, state: ServerState) -> str:
 
 # ---- generation -------------------------------------------------------------------------------------
 
-async def _start(state: ServerState, prompt_ids: list[int], params, request_id: str,
+class _ClientGone(Exception):
+    """The client disconnected before its request's first output; the request was aborted."""
+
+
+async def _start(state: ServerState, request: Request, prompt_ids: list[int], params, request_id: str,
                  media: list | None = None) -> _Admitted:
     """Admit one request into the engine and wait for its first output, so that a request the engine
     refuses becomes a 400 before any streaming. Raises Overloaded when the waiting queue is full (the check
-    and the client's count of the new request happen with no await between them)."""
+    and the client's count of the new request happen with no await between them), and _ClientGone when the
+    client leaves first: a request waiting in the queue or in its prefill is aborted then, not run for
+    nobody (and its place in the queue is free again)."""
     if state.in_flight >= state.max_running + state.max_waiting_requests:
         raise Overloaded(f"{state.in_flight} requests are running or waiting "
                          f"(--max-num-seqs {state.max_running} + --max-waiting-requests {state.max_waiting_requests})")
@@ -315,18 +329,30 @@ async def _start(state: ServerState, prompt_ids: list[int], params, request_id: 
                  len(prompt_ids), params.n, params.max_tokens, params.temperature, params.top_p, params.seed,
                  f" guided={params.guided.kind}" if params.guided else "")
     stream = state.client.generate(prompt_ids, params, request_id=request_id, media=media)
+    first = asyncio.ensure_future(stream.__anext__())
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        first = await stream.__anext__()
+        await asyncio.wait({first, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():
+            first.cancel()  # the client stream aborts the request as the cancellation unwinds it
+            await asyncio.gather(first, return_exceptions=True)
+            raise _ClientGone(request_id)
+        return _Admitted(stream, first.result())
     except BaseException:
+        first.cancel()
         await stream.aclose()
         raise
-    return _Admitted(stream, first)
+    finally:
+        gone.cancel()
 
 
-async def _admit(state: ServerState, plan, request_id: str) -> _Admitted | Response:
-    """Admit a prepared chat request: its stream, or the response that says why not (503, 400, 500)."""
+async def _admit(state: ServerState, request: Request, plan, request_id: str) -> _Admitted | Response:
+    """Admit a prepared chat request: its stream, or the response that says why not (503, 400, 500; 499
+    when the client left before the first output)."""
     try:
-        return await _start(state, plan.prompt_ids, plan.params, request_id, plan.media)
+        return await _start(state, request, plan.prompt_ids, plan.params, request_id, plan.media)
+    except _ClientGone:
+        return Response(status_code=499)
     except Overloaded as e:
         return _overloaded(e)
     except ValueError as e:

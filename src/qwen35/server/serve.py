@@ -321,7 +321,9 @@ def banner(state, plan: ServePlan) -> str:
 def bind_socket(host: str, port: int) -> socket.socket:
     """The listening address, bound now (before the model loads) so a taken port fails at once."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP; without it
+    # Nagle's algorithm and delayed ACKs held every reply on a kept-alive connection back ~40 ms
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
