@@ -57,6 +57,24 @@ def test_add_is_all_or_nothing(llm, seed, n):
     _assert_idle(eng)
 
 
+def test_an_interrupted_generate_leaves_nothing_running(llm, monkeypatch):
+    """Ctrl-C inside `LLM.generate` aborts its requests: the next call does not first run them for nobody."""
+    eng, calls = llm.engine, [0]
+    step = eng.step
+
+    def interrupted():
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return step()
+
+    monkeypatch.setattr(eng, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(["Hello"] * 4, SamplingParams(max_tokens=500, ignore_eos=True))
+    assert not eng.has_unfinished()
+    _assert_idle(eng)
+
+
 def test_a_failing_request_ends_alone(llm):
     eng = llm.engine
     prompts = _prompts([9, 30, 5], seed=7)

@@ -80,20 +80,21 @@ class LLM:
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
         ids: list[str] = []
+        done: dict[str, RequestOutput] = {}
         try:
             for prompt, p, items in zip(prompts, params, media):
                 rid = f"llm-{next(self._ids)}"
                 self.engine.add_request(rid, prompt, p or SamplingParams(), items)
                 ids.append(rid)
-        except BaseException:
-            for rid in ids:  # all or nothing: do not leave the earlier prompts to run unseen
-                self.engine.abort(rid)
+            while self.engine.has_unfinished():
+                for out in self.engine.step():
+                    if out.finished:
+                        done[out.request_id] = out
+        except BaseException:  # a bad prompt, Ctrl-C, an engine error: nothing of this call is left to run unseen
+            for rid in ids:
+                if rid not in done:
+                    self.engine.abort(rid)
             raise
-        done: dict[str, RequestOutput] = {}
-        while self.engine.has_unfinished():
-            for out in self.engine.step():
-                if out.finished:
-                    done[out.request_id] = out
         return [done[r] for r in ids]
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
