@@ -176,3 +176,30 @@ def test_checkpoints_close_to_a_chunk_start_do_not_split_it():
     # marks at 11 and 15: 11 splits the first chunk; 15 is 4 tokens after the next start: no split
     assert [x.num_tokens for x in run_step(s).seqs] == [11]
     assert [x.num_tokens for x in run_step(s).seqs] == [14]
+
+
+def test_a_blocked_queue_head_is_counted_once_and_hashed_once(monkeypatch):
+    """Prefix hits and misses count admitted requests (as /metrics says), not every step the queue head waits
+    for blocks; its prefix keys are computed once, not again at each of those steps; and the cache entries it
+    cannot free room from (the running request holds the blocks) are kept, not evicted at each step."""
+    import qwen35.engine.kv_cache_manager as kv
+
+    s = make(budget=64, blocks=16, boundary=1000)  # 16 blocks of 4: the first request leaves too few
+    prompt = list(range(20)) + [1000, 5]
+    first = Request("a", prompt + list(range(100, 120)), SamplingParams(max_tokens=8))
+    s.add(first)
+    run_step(s)
+    assert s.prefix.insert(first.all_ids, 21, first.blocks) is not None
+    head = Request("b", prompt + [7] * 20, SamplingParams(max_tokens=4))
+    s.add(head)
+    hashed = []
+    real_key = kv.prefix_key
+    monkeypatch.setattr(kv, "prefix_key", lambda tokens, p: hashed.append(p) or real_key(tokens, p))
+    for _ in range(3):
+        out = run_step(s)  # the head waits: too few blocks
+        assert not out.hits and [x.request.request_id for x in out.seqs] == ["a"] and head.status == Status.WAITING
+    assert (s.prefix.hits, s.prefix.misses) == (0, 1) and hashed == [21]  # the first request's miss only
+    s.finish(first, "length")
+    out = s.schedule()
+    assert out.hits and out.hits[0][1].length == 21 and hashed == [21]
+    assert (s.prefix.hits, s.prefix.misses, s.prefix.hit_tokens) == (1, 1, 21)

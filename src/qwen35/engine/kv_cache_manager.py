@@ -127,22 +127,35 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def lookup(self, tokens: list[int], max_length: int) -> PrefixHit | None:
-        """Longest saved prefix of `tokens` no longer than `max_length`; takes block references for the caller."""
+    def lookup(self, tokens: list[int], max_length: int, keys: dict[int, int] | None = None) -> PrefixHit | None:
+        """Longest saved prefix of `tokens` no longer than `max_length`; takes block references for the caller.
+        `keys`: the caller's memo of `tokens`' prefix keys by length (tokens only grow at the end), so that a
+        request looked up again step after step (a blocked queue head) hashes each of its prefixes once.
+        Counts nothing: the caller `record`s the lookup that admits a request."""
         for length in sorted((n for n in self.lengths if n <= max_length), reverse=True):
-            entry = self.entries.get(prefix_key(tokens, length))
+            key = keys.get(length) if keys is not None else None
+            if key is None:
+                key = prefix_key(tokens, length)
+                if keys is not None:
+                    keys[length] = key
+            entry = self.entries.get(key)
             if entry is None:  # the key includes the length
                 continue
             self.entries.move_to_end(entry.key)
             full = length // self.block_size
             shared = entry.blocks[:full]
             self.blocks.incref(shared)
-            self.hits += 1
-            self.hit_tokens += length
             partial = entry.blocks[full] if length % self.block_size else None
             return PrefixHit(length, shared, partial, entry.slot)
-        self.misses += 1
         return None
+
+    def record(self, hit: PrefixHit | None) -> None:
+        """Count one admitted request's lookup (`hits`, `misses`, `hit_tokens`: per request, as /metrics says)."""
+        if hit is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self.hit_tokens += hit.length
 
     def can_insert(self) -> bool:
         return self.slots.capacity > 0
@@ -193,8 +206,12 @@ class PrefixCache:
             del self.lengths[entry.length]
         return True
 
-    def make_room(self, blocks_needed: int) -> bool:
-        """Evict LRU entries until `blocks_needed` blocks are free; False if impossible."""
+    def make_room(self, blocks_needed: int, all_or_nothing: bool = False) -> bool:
+        """Evict LRU entries until `blocks_needed` blocks are free; False if impossible. `all_or_nothing`: evict
+        nothing when even an empty cache would not free enough (a request waiting for blocks that running
+        requests hold; without it such a queue head emptied the cache at every step, for nothing)."""
+        if all_or_nothing and self.blocks.num_free + self.exclusive_blocks() < blocks_needed:
+            return False
         while self.blocks.num_free < blocks_needed:
             if not self.evict_one():
                 return False

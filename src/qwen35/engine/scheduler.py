@@ -127,7 +127,7 @@ class Scheduler:
             req = self.waiting[0]
             # a request that wants prompt logprobs computes its whole prompt (as vLLM, it skips the prefix cache)
             lookup = req.num_computed == 0 and req.params.prompt_logprobs is None
-            hit = self.prefix.lookup(req.prefix_ids, req.num_tokens - 1) if lookup else None
+            hit = self.prefix.lookup(req.prefix_ids, req.num_tokens - 1, req.prefix_keys) if lookup else None
             start = hit.length if hit else 0
             n = min(req.num_tokens - start, budget)
             n = self._cap_at_encoder(req, start, self._cap_at_checkpoint(req, start, n))
@@ -137,11 +137,13 @@ class Scheduler:
                 break
             shared = hit.shared_blocks if hit else []
             own = self._blocks_for(start + n) - len(shared)
-            if not self.prefix.make_room(own):
+            if not self.prefix.make_room(own, all_or_nothing=True):
                 if hit:
                     self.blocks.release(shared)
                 break  # head-of-line: wait for running requests to free blocks
             self.waiting.popleft()
+            if lookup:
+                self.prefix.record(hit)
             req.blocks = shared + self.blocks.allocate(own)
             req.slot = self.slots.allocate()
             req.status = Status.RUNNING
