@@ -143,6 +143,7 @@ def test_disconnect_mid_stream_frees_the_cache(server):
 
     state = server["state"]
     idle = wait_idle(state)
+    aborted = state.metrics.registry.get_sample_value("qwen35_request_finished_total", {"finish_reason": "abort"})
     with httpx.stream("POST", server["url"] + "/v1/chat/completions", timeout=60,
                       headers={"Authorization": "Bearer test-key"},
                       json={"model": "tiny", "messages": MSG, "max_tokens": 400, "stream": True,
@@ -152,6 +153,9 @@ def test_disconnect_mid_stream_frees_the_cache(server):
                 break  # hang up mid-stream
     usage = wait_idle(state)
     assert usage["blocks_free"] == idle["blocks_free"] and usage["slots_free"] == idle["slots_free"]
+    # /metrics counts the abort (the stream's generator closes when the client leaves)
+    assert state.metrics.registry.get_sample_value("qwen35_request_finished_total",
+                                                   {"finish_reason": "abort"}) == (aborted or 0) + 1
     r = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": "Bearer test-key"},
                    json={"model": "tiny", "messages": MSG, "max_tokens": 2}, timeout=60)
     assert r.status_code == 200
@@ -199,6 +203,8 @@ def test_a_client_gone_before_its_first_token_is_aborted_in_the_queue(tiny_ckpt)
                 time.sleep(0.01)
             got = state.client.stats()
             assert state.in_flight == 1 and (got["running"], got["waiting"]) == (1, 0)  # the first still runs
+            assert state.metrics.registry.get_sample_value("qwen35_request_finished_total",
+                                                           {"finish_reason": "abort"}) == 1
 
 
 def _gives_up(url: str, headers: dict) -> None:

@@ -190,7 +190,7 @@ def create_app(state: ServerState) -> FastAPI:
             return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, body.include_usage, start,
                                           run.usage),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
-        finals = await _whole(request, stream)
+        finals = await _whole(state, request, stream)
         if isinstance(finals, Response):
             return finals
         _record(state, finals[0], start)
@@ -215,8 +215,10 @@ def create_app(state: ServerState) -> FastAPI:
             for s in streams:
                 await s.aclose()
             if isinstance(failed, _ClientGone):
+                _record_unfinished(state, None, "abort", len(started))
                 return Response(status_code=499)
             if isinstance(failed, RequestFailed):
+                _record_unfinished(state, None, "error", len(started))
                 return _failed(run.id)
             if isinstance(failed, Overloaded):
                 return _overloaded(failed)
@@ -227,7 +229,7 @@ def create_app(state: ServerState) -> FastAPI:
             return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, body.include_usage,
                                           start), media_type="text/event-stream",
                                      background=BackgroundTask(streams[0].aclose))
-        finals = await _unless_disconnected(request, streams)
+        finals = await _unless_disconnected(state, request, streams)
         if finals is None:
             return Response(status_code=499)
         if isinstance(finals, JSONResponse):
@@ -252,7 +254,7 @@ def create_app(state: ServerState) -> FastAPI:
         if body.stream:
             return StreamingResponse(_response_events(state, stream, chat_run, run, planned, start),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
-        finals = await _whole(request, stream)
+        finals = await _whole(state, request, stream)
         if isinstance(finals, Response):
             return finals
         _record(state, finals[0], start)
@@ -352,18 +354,20 @@ async def _admit(state: ServerState, request: Request, plan, request_id: str) ->
     try:
         return await _start(state, request, plan.prompt_ids, plan.params, request_id, plan.media)
     except _ClientGone:
+        _record_unfinished(state, None, "abort")
         return Response(status_code=499)
     except Overloaded as e:
         return _overloaded(e)
     except ValueError as e:
         return error(400, str(e))
     except RequestFailed:
+        _record_unfinished(state, None, "error")
         return _failed(request_id)
 
 
-async def _whole(request: Request, stream) -> list | Response:
+async def _whole(state: ServerState, request: Request, stream) -> list | Response:
     """The final output of a non-streamed request, or the response instead (499 when the client left)."""
-    finals = await _unless_disconnected(request, [stream])
+    finals = await _unless_disconnected(state, request, [stream])
     return Response(status_code=499) if finals is None else finals  # 499: nobody listens; aborted
 
 
@@ -396,7 +400,7 @@ async def _last(stream: _Admitted):
     return final
 
 
-async def _unless_disconnected(request: Request, streams: list) -> list | JSONResponse | None:
+async def _unless_disconnected(state: ServerState, request: Request, streams: list) -> list | JSONResponse | None:
     """Run the streams to their final outputs, unless the client goes away first: then abort them all
     and return None. A request that fails inside the engine is a 500 without internal text."""
     work = asyncio.ensure_future(asyncio.gather(*[_last(s) for s in streams]))
@@ -408,13 +412,16 @@ async def _unless_disconnected(request: Request, streams: list) -> list | JSONRe
             await asyncio.gather(work, return_exceptions=True)
             for s in streams:
                 await s.aclose()
+            _record_unfinished(state, None, "abort", len(streams))
             return None
         try:
             return work.result()
         except ValueError as e:
+            _record_unfinished(state, None, "error", len(streams))
             return error(400, str(e))
         except RequestFailed as e:
             log.error("request %s failed: %s", request.url.path, e)
+            _record_unfinished(state, None, "error", len(streams))
             return error(500, "the request failed inside the engine (see the server log)")
     finally:
         gone.cancel()
@@ -428,6 +435,7 @@ async def _disconnected(request: Request) -> None:
 async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool, start: float,
                usage_of=usage):
     final, first, last = None, None, None
+    unfinished = "abort"  # until the stream ends well (a client that leaves closes this generator)
     try:
         async for out in stream:
             final = out
@@ -440,16 +448,21 @@ async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool
             last = now
             for c in to_chunks(out):
                 yield f"data: {dumps(c)}\n\n"
+        _record(state, final, start)
+        unfinished = None
         if include_usage and final is not None:
             yield f"data: {dumps(chunk([], usage=usage_of(final)))}\n\n"
-        _record(state, final, start)
     except ValueError as e:
+        unfinished = "error"
         yield f"data: {dumps({'error': {'message': str(e), 'type': 'invalid_request_error', 'code': 400}})}\n\n"
     except Exception:  # keep the stream well-formed: the SDK raises APIError on an `error` chunk
+        unfinished = "error"
         log.exception("stream failed")
         message = "the request failed inside the server (see the server log)"
         yield f"data: {dumps({'error': {'message': message, 'type': 'server_error', 'code': 500}})}\n\n"
     finally:
+        if unfinished is not None:
+            _record_unfinished(state, final, unfinished)
         await stream.aclose()
     yield "data: [DONE]\n\n"
 
@@ -464,6 +477,7 @@ def _whole_response(state: ServerState, chat_run: ChatRun, run: ResponseRun, pla
 async def _response_events(state: ServerState, stream, chat_run: ChatRun, run: ResponseRun, planned, start: float):
     """The Responses API's typed events for one streamed request (no `[DONE]`: the last event closes it)."""
     final = None
+    unfinished = "abort"
     try:
         for e in run.start():
             yield e
@@ -477,14 +491,19 @@ async def _response_events(state: ServerState, stream, chat_run: ChatRun, run: R
         if run.body.store:
             state.responses.put(run.id, planned.conversation + [reply_message(run.output)], run.final)
         _record(state, final, start)
+        unfinished = None
     except ValueError as e:
+        unfinished = "error"
         for e2 in run.fail(str(e), "invalid_request_error"):
             yield e2
     except Exception:
+        unfinished = "error"
         log.exception("stream failed")
         for e in run.fail("the request failed inside the server (see the server log)", "server_error"):
             yield e
     finally:
+        if unfinished is not None:
+            _record_unfinished(state, final, unfinished)
         await stream.aclose()
 
 
@@ -494,6 +513,17 @@ def _failed(request_id: str) -> JSONResponse:
 
 def _overloaded(e: Exception) -> JSONResponse:
     return error(503, f"the server is at capacity: {e}; retry later", headers={"Retry-After": "1"})
+
+
+def _record_unfinished(state: ServerState, final, reason: str, requests: int = 1) -> None:
+    """A request that ended without finishing: `reason` "abort" (its client left) or "error". Its tokens so
+    far count; each of its sequences (or each request, when none produced output) counts under `reason`."""
+    m = state.metrics
+    if final is not None:
+        m.prompt_tokens.inc(len(final.prompt_token_ids))
+        m.generation_tokens.inc(sum(len(c.token_ids) for c in final.outputs))
+        requests = len(final.outputs)
+    m.finished.labels(reason).inc(requests)
 
 
 def _record(state: ServerState, final, start: float) -> None:
