@@ -55,6 +55,41 @@ def test_bad_arguments_are_named(args, message):
     assert r.returncode != 0 and message in r.stderr
 
 
+def test_init_refuses_a_directory_with_files(init_dir, tmp_path):
+    """Old shards of another shape beside the new files would be read by tools that glob *.safetensors."""
+    r = qwen35("init", "tiny", str(init_dir))
+    assert r.returncode == 2 and "not empty" in r.stderr
+    (tmp_path / "f").write_text("x")
+    r = qwen35("init", "tiny", str(tmp_path / "f"))
+    assert r.returncode == 2 and "is a file" in r.stderr
+
+
+def test_shards_are_readable_by_others(init_dir):
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in init_dir.glob("*.safetensors"))  # not safetensors' 0600
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--recipe", "demo", "--steps", "5"], "spends its first 1000 steps on induction drills"),
+    (["eval", "x", "--timeout", "nan"], "--timeout positive and finite"),
+    (["eval", "x", "--timeout", "inf"], "--timeout positive and finite"),
+    (["eval", "x", "--json", "/nonexistent/dir/r.json"], "--json /nonexistent/dir/r.json: not a file"),
+    (["eval", "x", "--serve-flags", "'"], "--serve-flags \"'\": No closing quotation"),
+])
+def test_train_and_eval_arguments_are_checked_first(args, message):
+    r = qwen35(*args)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_train_seed_and_steps_reach_the_recipe(monkeypatch):
+    import qwen35.train.loop as loop
+    from qwen35.cli import main
+
+    got = []
+    monkeypatch.setattr(loop, "train", lambda recipe, out: got.append((recipe.seed, recipe.steps, out)))
+    assert main(["train", "--recipe", "smoke", "--seed", "7", "--steps", "9", "--out", "x"]) == 0
+    assert got == [(7, 9, "x")]
+
+
 def test_bad_arguments_are_one_line_without_traceback():
     r = qwen35("init", "tiny", "/proc/nope")
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32"}
 
@@ -33,6 +35,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     from .loading.writer import write_random_checkpoint
 
     cfg = preset(args.preset)
+    target = Path(args.out_dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"{target} is {'a file' if not target.is_dir() else 'not empty'}: a checkpoint goes into a "
+                         "new or empty directory (old shards beside the new ones would be loaded by some tools)")
     out = write_random_checkpoint(cfg, args.out_dir, seed=args.seed, dtype=_dtype(args.dtype),
                                   shard_bytes=parse_size(args.shard_size))
     print(f"wrote a random {args.preset} checkpoint to {out}")
@@ -45,7 +51,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     chosen = recipe(args.recipe)
     if args.steps is not None:
+        if args.steps <= chosen.copy_steps:
+            raise ValueError(f"--steps {args.steps}: recipe {chosen.name!r} spends its first {chosen.copy_steps} "
+                             "steps on induction drills; give more steps than that")
         chosen = chosen.replace(steps=args.steps)
+    if args.seed is not None:
+        chosen = chosen.replace(seed=args.seed)
     train(chosen, args.out or f"qwen35-{chosen.name}")
     return 0
 
@@ -109,12 +120,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a checkpoint on the recipe's held-out chats through a `qwen35 serve` it starts; prints the report
-    (exit status 0 whatever the scores: a report, not a gate; 1 when the server fails)."""
+    (exit status 0 whatever the scores: a report, not a gate; 1 when the server fails or every request
+    failed)."""
     import json
     import shlex
+    import signal
 
     from .train.evaluate import EvalError, heldout_samples, run_eval
 
+    try:
+        serve_args = shlex.split(args.serve_flags)
+    except ValueError as e:
+        raise ValueError(f"--serve-flags {args.serve_flags!r}: {e}") from None
+    if args.json:  # before the run, not after minutes of it
+        target = Path(args.json)
+        if target.is_dir() or not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+            raise ValueError(f"--json {args.json}: not a file that can be written")
+    # SIGTERM ends the run as Ctrl-C does: through run_eval's clean-up, which stops the server it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     samples = heldout_samples(args.recipe, args.samples, args.draw)
     step = max(1, len(samples) // 10)
 
@@ -124,7 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         report = run_eval(args.model, samples, recipe_name=args.recipe, mtp_tokens=args.mtp_tokens, port=args.port,
-                          concurrency=args.concurrency, serve_args=shlex.split(args.serve_flags),
+                          concurrency=args.concurrency, serve_args=serve_args,
                           max_tokens=args.max_tokens, request_timeout=args.timeout, progress=progress)
     except EvalError as e:
         print(f"qwen35 eval: error: {e}", file=sys.stderr)
@@ -136,6 +159,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report.to_dict(), f, indent=1, ensure_ascii=False)
+    if report.outcomes and all(o.error is not None for o in report.outcomes):
+        print("qwen35 eval: error: every request failed (see the errors above, or --failures)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -170,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output directory (default: ./qwen35-RECIPE); a train_state.pt there is resumed, "
                    "and a recipe with a polish stage keeps its finished first stage in OUT/base")
     t.add_argument("--steps", type=int, help="override the recipe's step count (the result then differs from it)")
+    t.add_argument("--seed", type=int, help="override the recipe's seed (model init, batch order, drills); the "
+                   "same seed gives the same bits on the same CPU and torch build")
     t.set_defaults(func=cmd_train, subparser=t)
 
     g = sub.add_parser("generate", help="stream a completion of a prompt")
@@ -233,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     e.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
     e.add_argument("--serve-flags", default="", metavar="FLAGS",
-                   help="more `qwen35 serve` flags, e.g. '--device cuda --dtype float32'")
+                   help="more `qwen35 serve` flags, e.g. '--device cuda --dtype float32' (a single flag as "
+                        "--serve-flags=--no-engine-process)")
     e.set_defaults(func=cmd_eval, subparser=e)
     return p
 
@@ -282,8 +311,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         for flag in ("samples", "max_tokens", "concurrency"):
             if getattr(args, flag) <= 0:
                 args.subparser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-        if args.mtp_tokens < 0 or args.port < 0 or args.timeout <= 0:
-            args.subparser.error("--mtp-tokens and --port must be >= 0, --timeout positive")
+        if args.mtp_tokens < 0 or args.port < 0 or not 0 < args.timeout < float("inf"):
+            args.subparser.error("--mtp-tokens and --port must be >= 0, --timeout positive and finite")
     if args.command == "train" and args.steps is not None and args.steps <= 0:
         args.subparser.error(f"--steps must be positive, got {args.steps}")
     if args.command == "generate":

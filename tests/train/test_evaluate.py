@@ -419,3 +419,43 @@ def test_the_reference_answers_of_the_heldout_set_score_full_marks():
     m = ev.summarize(outcomes)
     assert m["reasoning/think"].value == 1.0 and m["reasoning/no_think"].value == 0.0
     assert m["answer"].den > 50 and m["tool"].den > 30 and m["no_tool"].den > 10
+
+
+def test_the_server_an_eval_starts_dies_with_it(tmp_path):
+    """However the eval ends (SIGKILL included), the `qwen35 serve` it started does not outlive it, holding its
+    port: the child is started with a parent-death signal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "pid"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import subprocess, time
+from qwen35.train.evaluate import _die_with_parent
+child = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent)
+open({str(pid_file)!r}, "w").write(str(child.pid))
+time.sleep(60)
+"""])
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # dead, waiting to be reaped by init
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the child outlived its parent")
+    finally:
+        holder.kill()

@@ -49,7 +49,7 @@ def test_training_is_deterministic_and_resumes_bit_identically(trained, tmp_path
     devnull = open("/dev/null", "w")
     train(SMOKE, tmp_path, log=_quiet, progress=devnull, stop_after=SMOKE.checkpoint_every)
     assert (tmp_path / STATE_FILE).exists() and not (tmp_path / SHARD).exists()
-    with pytest.raises(ValueError, match="different recipe"):
+    with pytest.raises(ValueError, match=r"belongs to another recipe \(lr 0\.\d+ there, 0\.0001 now\)"):
         train(SMOKE.replace(lr=1e-4), tmp_path, log=_quiet, progress=devnull)
     train(SMOKE, tmp_path, log=_quiet, progress=devnull)  # picks the state up
     assert not (tmp_path / STATE_FILE).exists()
@@ -95,6 +95,46 @@ def test_a_polish_trains_on_from_the_exported_first_stage_and_resumes(trained, t
     assert (other / BASE_DIR / STATE_FILE).exists() and not (other / STATE_FILE).exists()
     with pytest.raises(ConfigError, match="polish"):
         train(SMOKE.replace(polish=Polish(steps=0, samples=80, mix=(("arith", 1.0),), lr=1e-3)), tmp_path / "bad")
+
+
+def test_the_output_directory_is_checked_before_any_work(tmp_path, monkeypatch):
+    """A directory with other files, a file, or a training state that cannot be read is refused at once (no
+    corpus built first), in one line."""
+    import qwen35.train.loop as loop
+
+    monkeypatch.setattr(loop, "make_corpus", lambda *a: pytest.fail("the corpus was built"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"old")
+    with pytest.raises(ConfigError, match="not empty and holds no training run"):
+        train(SMOKE, other, log=_quiet)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        train(SMOKE, tmp_path / "file", log=_quiet)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / STATE_FILE).write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match=r"train_state.pt cannot be read \(.*\); remove it to start afresh"):
+        train(SMOKE, cut, log=_quiet)
+
+
+def test_an_interrupted_run_says_where_it_resumes(tmp_path, monkeypatch):
+    import qwen35.train.loop as loop
+
+    calls, real = [0], loop.batch_loss
+
+    def interrupted(*args):
+        calls[0] += 1
+        if calls[0] == SMOKE.checkpoint_every + 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(loop, "batch_loss", interrupted)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        train(SMOKE, tmp_path, log=said.append, progress=open("/dev/null", "w"))
+    assert said[-1] == (f"interrupted; {tmp_path / STATE_FILE} holds step {SMOKE.checkpoint_every}: the same "
+                        "command resumes from there")
 
 
 def test_read_trained_gives_the_exported_weights_and_names_a_misfit(trained):

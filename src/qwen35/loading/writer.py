@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,15 @@ MULTIMODAL_TOKENS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|vid
                      "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
 QWEN_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}  # the releases' defaults
 Spec = tuple[str, tuple[int, ...], torch.dtype, str]  # name, shape, on-disk dtype, init kind
+
+
+def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors shard, readable as the other files are (safetensors writes it 0600, through a temporary
+    file: another user or a container's user could not read the weights)."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def init_kind(name: str, shape: tuple[int, ...]) -> str:
@@ -102,7 +112,7 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str | Path, seed: int = 0
     for n, shard in enumerate(shards, 1):
         name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
         tensors = {s[0]: random_tensor(s[1], s[3], gen).to(s[2]) for s in shard}
-        save_file(tensors, str(out / name), metadata={"format": "pt"})
+        save_shard(tensors, out / name)
         for key in tensors:
             weight_map[key] = name
         total += sum(_nbytes(s) for s in shard)

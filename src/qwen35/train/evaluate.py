@@ -412,6 +412,15 @@ def evaluate(base_url: str, model_name: str, samples: Sequence, *, max_tokens: i
 
 # ---- a server of our own --------------------------------------------------------------------------------
 
+def _die_with_parent() -> None:
+    """In the server's child process before exec (Linux): SIGKILL when the eval that started it dies, however
+    it dies, so that no server is left holding its port."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class ServerProcess:
     """`qwen35 serve` in a subprocess: started, waited on until it prints its ready line, stopped."""
@@ -436,7 +445,7 @@ class ServerProcess:
     def start(self) -> str:
         ready = threading.Event()
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     errors="replace")
+                                     errors="replace", preexec_fn=_die_with_parent)
 
         def read() -> None:
             for line in self.proc.stderr:

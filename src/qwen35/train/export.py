@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..config import ModelConfig
 from ..loading import names
-from ..loading.writer import write_index, write_metadata
+from ..loading.writer import save_shard, write_index, write_metadata
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..tokenizer import Tokenizer
 from .recipe import Recipe
@@ -39,7 +39,7 @@ def write_trained(model: Qwen35ForCausalLM, tok: Tokenizer, recipe: Recipe, out_
             continue
         name = checkpoint_name(param)
         tensors[name] = value.detach().to(torch.float32 if names.is_f32_on_disk(name) else dtype).contiguous()
-    save_file(tensors, str(out / SHARD), metadata={"format": "pt"})
+    save_shard(tensors, out / SHARD)
     write_index(out, dict.fromkeys(tensors, SHARD), sum(t.numel() * t.element_size() for t in tensors.values()))
     write_metadata(ModelConfig(text=model.cfg), out, dtype, tok, generation=GENERATION)
     return out

@@ -239,6 +239,7 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
     if recipe.polish is not None and (recipe.polish.steps < 1 or recipe.polish.samples < 1):
         raise ConfigError(f"recipe {recipe.name!r}: a polish needs steps >= 1 and samples >= 1, got {recipe.polish}")
     out = Path(out_dir)
+    check_out_dir(out, recipe)
     with deterministic():
         if recipe.polish is None:
             return _first_stage(recipe, out, log, progress, stop_after)
@@ -250,6 +251,41 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
         else:
             log(f"first stage: {base} (trained)")
         return _polish(recipe, base, out, log, progress, stop_after)
+
+
+def check_out_dir(out: Path, recipe: Recipe) -> None:
+    """Refuse, before any work, an output directory this run would spoil or could not resume: a file, a
+    non-empty directory with no training run of ours in it (the checkpoint's files would mix with what is
+    there, and transformers would load a stale model.safetensors), or a training state of another recipe."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not any((out / name).exists() for name in (STATE_FILE, LOG_FILE, BASE_DIR)):
+        raise ConfigError(f"{out} is not empty and holds no training run ({STATE_FILE}, {LOG_FILE} or {BASE_DIR}/): "
+                          "the checkpoint would be mixed with its files; choose a new or empty directory")
+    for state_file in (out / STATE_FILE, out / BASE_DIR / STATE_FILE):
+        if state_file.exists():
+            _check_recipe(state_file, load_state(state_file)["recipe"], recipe)
+
+
+def load_state(state_file: Path) -> dict:
+    """A training state (`train_state.pt`); ValueError in one line when it cannot be read."""
+    try:
+        return torch.load(state_file, weights_only=False)
+    except Exception as e:  # cut short, empty, or not ours
+        why = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"{state_file} cannot be read ({type(e).__name__}: {why}); remove it to start "
+                         "afresh") from None
+
+
+def _check_recipe(state_file: Path, saved: dict, recipe: Recipe) -> None:
+    now = asdict(recipe)
+    if saved == now:
+        return
+    diff = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in now.items() if saved.get(k) != v]
+    raise ValueError(f"{state_file} belongs to another recipe ({'; '.join(diff[:3]) or 'other fields'}): rerun "
+                     "with the recipe and --steps it was started with to resume, or remove it to start afresh")
 
 
 def _first_stage(recipe: Recipe, out: Path, log, progress, stop_after: int | None) -> Path:
@@ -326,9 +362,8 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_o
     start, earlier_s, earlier_runs = steps.start, 0.0, 0  # wall time and runs before this one (a resume)
     state_file = out / STATE_FILE
     if state_file.exists():
-        state = torch.load(state_file, weights_only=False)
-        if state["recipe"] != asdict(recipe):
-            raise ValueError(f"{state_file} belongs to a different recipe; remove it to start afresh")
+        state = load_state(state_file)
+        _check_recipe(state_file, state["recipe"], recipe)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
@@ -336,38 +371,46 @@ def _run(recipe: Recipe, model: Qwen35ForCausalLM, out: Path, steps: range, lr_o
         log(f"resuming at step {start}")
     builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
     t_start, tokens_done = time.perf_counter(), 0
-    for step in range(start, steps.stop):
-        lr = lr_of(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        units = chosen(step)
-        loss, main, mtp = batch_loss(model, units, builders, recipe.mtp_weight)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens_done += sum(len(u) for u in units)
-        elapsed = time.perf_counter() - t_start
-        history.append({"step": step + 1, "loss": round(main, 4), "mtp_loss": round(mtp, 4), "lr": lr,
-                        "grad_norm": round(grad_norm, 3)})
-        rate = tokens_done / elapsed
-        eta = (steps.stop - step - 1) * elapsed / (step + 1 - start)
-        print(f"\rstep {step + 1}/{steps.stop}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
-              f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min ", end="", file=progress, flush=True)
-        checkpoint = (step + 1 - steps.start) % recipe.checkpoint_every == 0 or step + 1 == steps.stop
-        warning = unformed_copy_head(history) if step + 1 == recipe.copy_steps else None
-        if checkpoint or warning:
-            print(file=progress)  # ends the progress line
-        if warning:
-            log(warning)
-        if checkpoint:
-            torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "step": step + 1, "history": history, "runs": earlier_runs + 1,
-                        "wall_s": earlier_s + time.perf_counter() - t_begin}, out / (STATE_FILE + ".tmp"))
-            (out / (STATE_FILE + ".tmp")).replace(state_file)
-        if stop_after is not None and step + 1 >= stop_after:
-            return None
-    return history, earlier_s + time.perf_counter() - t_begin, earlier_runs + 1
+    saved = start if state_file.exists() else None  # the step the training state on disk holds
+    try:
+        for step in range(start, steps.stop):
+            lr = lr_of(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            units = chosen(step)
+            loss, main, mtp = batch_loss(model, units, builders, recipe.mtp_weight)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm).item()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tokens_done += sum(len(u) for u in units)
+            elapsed = time.perf_counter() - t_start
+            history.append({"step": step + 1, "loss": round(main, 4), "mtp_loss": round(mtp, 4), "lr": lr,
+                            "grad_norm": round(grad_norm, 3)})
+            rate = tokens_done / elapsed
+            eta = (steps.stop - step - 1) * elapsed / (step + 1 - start)
+            print(f"\rstep {step + 1}/{steps.stop}  loss {main:.3f}  mtp {mtp:.3f}  lr {lr:.1e}  "
+                  f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min ", end="", file=progress, flush=True)
+            checkpoint = (step + 1 - steps.start) % recipe.checkpoint_every == 0 or step + 1 == steps.stop
+            warning = unformed_copy_head(history) if step + 1 == recipe.copy_steps else None
+            if checkpoint or warning:
+                print(file=progress)  # ends the progress line
+            if warning:
+                log(warning)
+            if checkpoint:
+                torch.save({"recipe": asdict(recipe), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "step": step + 1, "history": history, "runs": earlier_runs + 1,
+                            "wall_s": earlier_s + time.perf_counter() - t_begin}, out / (STATE_FILE + ".tmp"))
+                (out / (STATE_FILE + ".tmp")).replace(state_file)
+                saved = step + 1
+            if stop_after is not None and step + 1 >= stop_after:
+                return None
+        return history, earlier_s + time.perf_counter() - t_begin, earlier_runs + 1
+    except KeyboardInterrupt:
+        print(file=progress)  # ends the progress line
+        log(f"interrupted; {state_file} holds step {saved}: the same command resumes from there" if saved else
+            f"interrupted before the first training state (saved every {recipe.checkpoint_every} steps)")
+        raise
 
 
 def unformed_copy_head(history: list[dict]) -> str | None:
