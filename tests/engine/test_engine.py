@@ -105,6 +105,19 @@ def test_n_logprobs_and_lengths(ckpt):
     assert abs(c.cumulative_logprob - sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs))) < 1e-4
 
 
+def test_n_sub_requests_prefill_their_prompt_once(tiny_ckpt):
+    """n = 4: the first sub-request computes the prompt and saves it at its last token but one; the other three
+    wait for it and start from there (before, all were admitted at once and each computed the whole prompt)."""
+    llm = make_llm(tiny_ckpt)
+    eng = llm.engine
+    prompt = list(range(1000, 1300))
+    out = llm.generate([prompt], SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=4, ignore_eos=True))[0]
+    usage = eng.cache_usage()
+    assert len(out.outputs) == 4 and all(len(c.token_ids) == 4 for c in out.outputs)
+    assert (usage["prefix_hits"], usage["prefix_hit_tokens"]) == (3, 3 * (len(prompt) - 1))
+    assert out.num_cached_tokens == len(prompt) - 1
+
+
 def test_context_length_is_checked_and_hf_config_overrides_the_file(tiny_ckpt):
     import json
 

@@ -266,6 +266,7 @@ class LLMEngine:
                        drafting=DraftPolicy(k=self.spec.k, acceptance_floor=self.spec.acceptance_floor)
                        if self.spec is not None else None)
             parent.seqs.append(seq)
+        self.scheduler.share_prompt([seq.req for seq in parent.seqs])
         self.scheduler.enqueue([seq.req for seq in parent.seqs])  # cannot fail
         self.parents[request_id] = parent
         self.seqs.update((seq.req.request_id, seq) for seq in parent.seqs)

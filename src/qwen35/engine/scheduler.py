@@ -20,6 +20,9 @@ from .kv_cache_manager import BlockPool, PrefixCache, PrefixHit, SlotPool, check
 from .request import Request, Status
 
 
+SHARE_SLACK = 16  # a mark this close to the prompt's end serves n > 1 siblings: they recompute the rest
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_num_seqs: int = 32
@@ -94,6 +97,26 @@ class Scheduler:
         """Queue prepared requests (cannot fail: the engine adds a request's n sub-requests all or none)."""
         self.waiting.extend(reqs)
 
+    def share_prompt(self, reqs: list[Request]) -> None:
+        """The n sub-requests of one request (prepared, not queued yet) prefill their prompt once: each saves
+        the prompt's state at its last token but one (where the prefix cache's last mark is further back), and
+        a sub-request whose sibling is still in its prompt waits for it (`_after_sibling`), then starts from
+        that entry instead of computing the whole prompt again. Nothing changes without a prefix cache."""
+        if len(reqs) < 2 or not self.prefix.can_insert():
+            return
+        for r in reqs:
+            r.siblings = [o for o in reqs if o is not r]
+            end = len(r.prompt_ids) - 1
+            if end >= self.cfg.checkpoint_min and (not r.checkpoints or r.checkpoints[-1] + SHARE_SLACK < end):
+                r.checkpoints = r.checkpoints + [end]
+
+    @staticmethod
+    def _after_sibling(req: Request) -> bool:
+        """Whether `req` should wait: a sibling is computing the prompt they share (`share_prompt`) and has a
+        prefix-cache mark still to save in it."""
+        return req.num_computed == 0 and req.params.prompt_logprobs is None and any(
+            s.status == Status.RUNNING and any(s.num_computed < c for c in s.checkpoints) for s in req.siblings)
+
     def finish(self, req: Request, reason: str) -> None:
         """Mark finished (or aborted) and free its cache. Safe to call in any state."""
         if req.status == Status.RUNNING:
@@ -125,6 +148,8 @@ class Scheduler:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs and self.slots.num_free:
             req = self.waiting[0]
+            if self._after_sibling(req):
+                break  # for a step or a few: then its prompt is one prefix-cache hit
             # a request that wants prompt logprobs computes its whole prompt (as vLLM, it skips the prefix cache)
             lookup = req.num_computed == 0 and req.params.prompt_logprobs is None
             hit = self.prefix.lookup(req.prefix_ids, req.num_tokens - 1, req.prefix_keys) if lookup else None
