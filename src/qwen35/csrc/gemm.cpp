@@ -660,14 +660,12 @@ static QWEN35_AVX2 float quantize_block_avx2(const uint16_t* src, int8_t* dst, i
 // The inputs as int8 per block of 32 for the VNNI and AVX2 int8/int4 kernels: xq, the block scale repeated for
 // each 4-input lane, and the offsets the kernels subtract (int8 on AVX512: 128 * sum_b scale_b * sum(xq_b) per
 // row; int4: per weight group, sum over its blocks of scale_b * sum(xq_b)).
-void quantize_rows(const at::Tensor& x, const Weight& w, Rows& r, RowsStorage& keep) {
+void quantize_rows(const Weight& w, Rows& r, RowsStorage& keep) {
   const int64_t M = r.M, K = w.K, nb = K / 32, ng = w.fmt == Fmt::kInt4 ? w.groups() : 1;
-  keep.xq = at::empty({M, K}, x.options().dtype(at::kChar));
-  keep.xscale = at::empty({M, K / 4}, x.options().dtype(at::kFloat));
-  keep.xcorr = at::zeros({M, ng}, x.options().dtype(at::kFloat));
-  int8_t* xq = keep.xq.data_ptr<int8_t>();
-  float* xs = keep.xscale.data_ptr<float>();
-  float* xc = keep.xcorr.data_ptr<float>();
+  int8_t* xq = keep.xq.get(M * K);
+  float* xs = keep.xscale.get(M * (K / 4));
+  float* xc = keep.xcorr.get(M * ng);
+  std::fill(xc, xc + M * ng, 0.f);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t b = 0; b < nb; ++b) {
       int sum = 0;
@@ -686,11 +684,10 @@ Rows prepare_rows(const at::Tensor& x, const Weight& w, RowsStorage& keep) {
   check(x.size(1) == w.K, "x has " + std::to_string(x.size(1)) + " columns, weight expects " + std::to_string(w.K));
   Rows r{(const uint16_t*)x.data_ptr(), x.size(0), x.stride(0)};
   if (current_isa() != Isa::kScalar && w.fmt != Fmt::kBf16 && w.K % 64 == 0) {  // always int4 (weight_view)
-    quantize_rows(x, w, r, keep);
+    quantize_rows(w, r, keep);
   } else if (current_isa() != Isa::kAvx512Bf16) {  // widened here: x.to(kFloat) cost ~7 us of dispatch a call
     const int64_t M = r.M, K = w.K;
-    keep.x32 = at::empty({M, K}, x.options().dtype(at::kFloat));
-    float* d = keep.x32.data_ptr<float>();
+    float* d = keep.x32.get(M * K);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) d[m * K + k] = bf16_to_float(r.x[m * r.ldx + k]);
     r.x32 = d;
