@@ -189,6 +189,13 @@ def test_cpu_limit(tmp_path):
     assert cell.restarted and "CPU time limit" in cell.error
 
 
+def test_a_cell_killed_by_a_signal_is_reported_so(tmp_path):
+    """The worker's death by a signal reaches the parent as that signal (through the PID namespace's init)."""
+    a, b = run(PythonSandbox(workdir=tmp_path), "import os; os.kill(os.getpid(), 9)", "import os; os._exit(3)")
+    assert a.restarted and "exit status -9" in a.error
+    assert b.restarted and "exit status 3" in b.error
+
+
 def test_memory_limit(tmp_path):
     sandbox = PythonSandbox(Limits(memory_bytes=512 << 20), workdir=tmp_path)
     (cell,) = run(sandbox, "b = bytearray(1 << 30)")

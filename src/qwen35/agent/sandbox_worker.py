@@ -33,6 +33,7 @@ and fd-level, children included) go to a capture file outside the working direct
 from __future__ import annotations
 
 import ast
+import contextlib
 import ctypes
 import json
 import os
@@ -210,14 +211,35 @@ def _fork_and_wait(init: bool) -> int:
         if pid == child:
             break
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-    if init:  # init cannot die of a signal it does not handle: pass the signal on as an exit status
+    if init:  # init cannot die of a signal it does not handle: pass the signal on as an exit status, as shells do
         os._exit(128 + sig if sig else os.WEXITSTATUS(status))
     code = os.WEXITSTATUS(status)
-    if code > 128:  # the cell runner died of that signal (SIGXCPU at its CPU limit): so does this process
+    if 128 < code <= 128 + signal.NSIG:  # the cell runner died of that signal (SIGXCPU at its CPU limit, SIGKILL)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(code - 128, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's disposition cannot be set (nor need be)
+            signal.signal(code - 128, signal.SIG_DFL)
         os.kill(os.getpid(), code - 128)
-    os._exit(code)
+    os._exit(code)  # (an exit status of 129 or more that a cell chose itself reads as a signal, as in a shell)
+
+
+def _enter(libc, workdir: str) -> bool | None:
+    """unshare the user, mount and PID namespaces, map our own ids, make every mount but `workdir`'s
+    read-only: whether that last part held, or None when the namespaces could not be entered."""
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
+        return None
+    try:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:  # the same ids inside (one's own id needs no privilege)
+                f.write(text)
+    except OSError:
+        return None
+    read_only = (libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
+                 and libc.mount(workdir.encode(), workdir.encode(), None, _MS_BIND | _MS_REC, None) == 0
+                 and _read_only(libc, "/", True))
+    if read_only and not _read_only(libc, workdir, False):
+        read_only = not _read_only(libc, "/", False)  # undone, so that the cells can still write
+    return read_only
 
 
 def _contain(libc, workdir: str) -> tuple[bool, bool]:
@@ -231,17 +253,14 @@ def _contain(libc, workdir: str) -> tuple[bool, bool]:
     - /proc shows only the namespace's processes; no capability is left.
     Three processes: this one (outside the PID namespace), init, and the cell runner, where this returns
     (read-only outside, processes contained)."""
-    uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
+    probe = os.fork()  # once in, there is no way back: try it in a child first (Ubuntu's AppArmor lets
+    if probe == 0:     # unshare succeed and then refuses the id maps)
+        os._exit(0 if _enter(libc, workdir) is not None else 1)
+    if os.waitpid(probe, 0)[1] != 0:
         return False, False
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:  # the same ids inside (one's own id needs no privilege)
-            f.write(text)
-    read_only = (libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
-                 and libc.mount(workdir.encode(), workdir.encode(), None, _MS_BIND | _MS_REC, None) == 0
-                 and _read_only(libc, "/", True))
-    if read_only and not _read_only(libc, workdir, False):
-        read_only = not _read_only(libc, "/", False)  # undone, so that the cells can still write
+    read_only = _enter(libc, workdir)
+    if read_only is None:
+        os._exit(1)  # what worked in the probe failed now: nothing sound is left to run cells in
     os.chdir(workdir)  # the bind mount, not the directory beneath it
     alive = _fork_and_wait(init=False)  # -> init, PID 1 of the new namespace
     libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
