@@ -73,8 +73,8 @@ def test_a_cut_off_call_sent_back_renders_with_no_arguments():
 
 @pytest.mark.parametrize("messages,message", [
     ([{"role": "tool", "content": "x"}, user("hi")], r"messages\[0\] is a tool result, but no assistant message"),
-    ([{"role": "system", "content": "S"}, user("hi"), {"role": "tool", "content": "x"}],
-     r"messages\[2\] is a tool result, but no assistant"),
+    ([{"role": "system", "content": "S"}, {"role": "tool", "content": "x"}, user("hi")],
+     r"messages\[1\] is a tool result, but no assistant"),
     ([{"role": "system", "content": [{"type": "image_url", "image_url": {"url": PNG}}]}, user("hi")],
      r"messages\[0\].content\[0\] is an image: system messages cannot contain images or videos"),
     ([user("hi"), {"role": "developer", "content": [{"video": "http://a/v.mp4"}]}],

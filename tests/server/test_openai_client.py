@@ -213,3 +213,20 @@ def _gives_up(url: str, headers: dict) -> None:
     body = {"model": "tiny", "messages": MSG, "max_tokens": 5}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(url, json=body, headers=headers, timeout=0.5)
+
+
+def test_the_capacity_check_holds_for_prompts_started_together(tiny_ckpt):
+    """Prompts of one completion request enter the engine together, yet each is counted before the next is
+    checked: five prompts on a server that takes two at a time and queues none are a 503."""
+    import httpx
+
+    from qwen35.engine.async_engine import AsyncLLM
+    from qwen35.engine.config import EngineConfig
+    from tests.server.conftest import ENGINE, live_server
+
+    with live_server(AsyncLLM(EngineConfig(model=str(tiny_ckpt), **{**ENGINE, "max_num_seqs": 2})),
+                     max_waiting_requests=0) as srv:
+        r = httpx.post(srv["url"] + "/v1/completions", headers={"Authorization": "Bearer test-key"}, timeout=60,
+                       json={"model": "tiny", "prompt": ["a", "b", "c", "d", "e"], "max_tokens": 2})
+        assert r.status_code == 503 and "at capacity" in r.json()["error"]["message"]
+        assert srv["state"].in_flight == 0  # the prompts that had started were aborted

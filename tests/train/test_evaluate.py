@@ -433,8 +433,8 @@ def test_the_server_an_eval_starts_dies_with_it(tmp_path):
     pid_file = tmp_path / "pid"
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import subprocess, time
-from qwen35.train.evaluate import _die_with_parent
-child = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent)
+from qwen35.train.evaluate import dies_with_parent
+child = subprocess.Popen(["sleep", "60"], preexec_fn=dies_with_parent())
 open({str(pid_file)!r}, "w").write(str(child.pid))
 time.sleep(60)
 """])

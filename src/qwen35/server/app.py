@@ -214,12 +214,15 @@ def create_app(state: ServerState) -> FastAPI:
         if failed is not None:
             for s in streams:
                 await s.aclose()
+            sequences = sum(p.n for p in plan.params)
             if isinstance(failed, _ClientGone):
-                _record_unfinished(state, None, "abort", len(started))
+                _record_unfinished(state, None, "abort", sequences)
                 return Response(status_code=499)
             if isinstance(failed, RequestFailed):
-                _record_unfinished(state, None, "error", len(started))
+                _record_unfinished(state, None, "error", sequences)
                 return _failed(run.id)
+            if streams:  # the prompts that had started were given up
+                _record_unfinished(state, None, "abort", sum(len(s.first.outputs) for s in streams))
             if isinstance(failed, Overloaded):
                 return _overloaded(failed)
             if isinstance(failed, ValueError):
@@ -331,20 +334,27 @@ async def _start(state: ServerState, request: Request, prompt_ids: list[int], pa
                  len(prompt_ids), params.n, params.max_tokens, params.temperature, params.top_p, params.seed,
                  f" guided={params.guided.kind}" if params.guided else "")
     stream = state.client.generate(prompt_ids, params, request_id=request_id, media=media)
-    first = asyncio.ensure_future(stream.__anext__())
+    # The first __anext__ runs in this task, so the client counts the request before anything else runs (the
+    # capacity check above stays exact); a disconnect meanwhile cancels this task, which aborts the request as
+    # the cancellation unwinds the client stream.
+    me, waiting = asyncio.current_task(), [True]
     gone = asyncio.ensure_future(_disconnected(request))
+    gone.add_done_callback(lambda g: me.cancel() if waiting[0] and not g.cancelled() else None)
     try:
-        await asyncio.wait({first, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not first.done():
-            first.cancel()  # the client stream aborts the request as the cancellation unwinds it
-            await asyncio.gather(first, return_exceptions=True)
-            raise _ClientGone(request_id)
-        return _Admitted(stream, first.result())
+        first = await stream.__anext__()
+        waiting[0] = False
+        return _Admitted(stream, first)
+    except asyncio.CancelledError:
+        await stream.aclose()
+        if gone.done() and not gone.cancelled():
+            me.uncancel()
+            raise _ClientGone(request_id) from None
+        raise
     except BaseException:
-        first.cancel()
         await stream.aclose()
         raise
     finally:
+        waiting[0] = False
         gone.cancel()
 
 
@@ -354,14 +364,14 @@ async def _admit(state: ServerState, request: Request, plan, request_id: str) ->
     try:
         return await _start(state, request, plan.prompt_ids, plan.params, request_id, plan.media)
     except _ClientGone:
-        _record_unfinished(state, None, "abort")
+        _record_unfinished(state, None, "abort", plan.params.n)
         return Response(status_code=499)
     except Overloaded as e:
         return _overloaded(e)
     except ValueError as e:
         return error(400, str(e))
     except RequestFailed:
-        _record_unfinished(state, None, "error")
+        _record_unfinished(state, None, "error", plan.params.n)
         return _failed(request_id)
 
 
@@ -412,16 +422,16 @@ async def _unless_disconnected(state: ServerState, request: Request, streams: li
             await asyncio.gather(work, return_exceptions=True)
             for s in streams:
                 await s.aclose()
-            _record_unfinished(state, None, "abort", len(streams))
+            _record_unfinished(state, None, "abort", sum(len(s.first.outputs) for s in streams))
             return None
         try:
             return work.result()
         except ValueError as e:
-            _record_unfinished(state, None, "error", len(streams))
+            _record_unfinished(state, None, "error", sum(len(s.first.outputs) for s in streams))
             return error(400, str(e))
         except RequestFailed as e:
             log.error("request %s failed: %s", request.url.path, e)
-            _record_unfinished(state, None, "error", len(streams))
+            _record_unfinished(state, None, "error", sum(len(s.first.outputs) for s in streams))
             return error(500, "the request failed inside the engine (see the server log)")
     finally:
         gone.cancel()
@@ -461,7 +471,9 @@ async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool
         message = "the request failed inside the server (see the server log)"
         yield f"data: {dumps({'error': {'message': message, 'type': 'server_error', 'code': 500}})}\n\n"
     finally:
-        if unfinished is not None:
+        if unfinished == "abort" and final is not None and all(c.finish_reason for c in final.outputs):
+            _record(state, final, start)  # it had finished: the client left before the last chunks
+        elif unfinished is not None:
             _record_unfinished(state, final, unfinished)
         await stream.aclose()
     yield "data: [DONE]\n\n"
@@ -515,15 +527,16 @@ def _overloaded(e: Exception) -> JSONResponse:
     return error(503, f"the server is at capacity: {e}; retry later", headers={"Retry-After": "1"})
 
 
-def _record_unfinished(state: ServerState, final, reason: str, requests: int = 1) -> None:
-    """A request that ended without finishing: `reason` "abort" (its client left) or "error". Its tokens so
-    far count; each of its sequences (or each request, when none produced output) counts under `reason`."""
+def _record_unfinished(state: ServerState, final, reason: str, sequences: int = 1) -> None:
+    """A request that ended without finishing: `reason` "abort" (its client left, or the server gave up on it)
+    or "error". Each of its `sequences` (n per prompt) counts under `reason`, as finished ones count under
+    theirs; with its last output `final`, so do the tokens it produced."""
     m = state.metrics
     if final is not None:
         m.prompt_tokens.inc(len(final.prompt_token_ids))
         m.generation_tokens.inc(sum(len(c.token_ids) for c in final.outputs))
-        requests = len(final.outputs)
-    m.finished.labels(reason).inc(requests)
+        sequences = len(final.outputs)
+    m.finished.labels(reason).inc(sequences)
 
 
 def _record(state: ServerState, final, start: float) -> None:

@@ -166,10 +166,11 @@ def render_prompt(server, messages: list[Any], *, tools: list[dict] | None, add_
     if reserved:
         raise RequestError(f"chat_template_kwargs may not set {reserved[0]!r}: it is a request field",
                            "chat_template_kwargs")
-    # the client's strings: any control-token text in them is encoded as text (tokenizer/control_tokens.py)
-    tokens_re = server.tokenizer.control_tokens_re
-    messages, tools = mark(messages, tokens_re), mark(tools, tokens_re)
     clean, media = normalize_chat(messages)
+    # the client's strings, as the template will read them (arguments parsed, text parts joined), keys too:
+    # any control-token text in them is encoded as text (tokenizer/control_tokens.py)
+    tokens_re = server.tokenizer.control_tokens_re
+    clean, tools = mark(clean, tokens_re), mark(tools, tokens_re)
     try:
         if request_template is not None:
             return render_chat_isolated(request_template, clean, tools=tools,
@@ -221,7 +222,8 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     kwargs = dict(body.chat_template_kwargs or {})
     if body.enable_thinking is not None:
         kwargs.setdefault("enable_thinking", body.enable_thinking)
-    if body.reasoning_effort is not None:
+    if body.reasoning_effort is not None and "enable_thinking" not in server.default_chat_template_kwargs:
+        # as vLLM: only where neither the request nor --default-chat-template-kwargs says
         kwargs.setdefault("enable_thinking", body.reasoning_effort not in THINKING_OFF)
     tools = body.tools if choice != "none" else None
     text, refs = render_prompt(server, body.messages, tools=tools, add_generation_prompt=body.add_generation_prompt,

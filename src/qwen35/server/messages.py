@@ -156,7 +156,7 @@ def normalize_chat(messages: list[Any]) -> tuple[list[dict[str, Any]], list[Medi
             if msg.get("tool_calls"):
                 clean["tool_calls"] = _tool_calls(msg["tool_calls"], where)
         if role == "tool":
-            if not rest or rest[-1]["role"] not in ("assistant", "tool"):
+            if not rest:  # the template would open no turn for it (after a user message it opens one)
                 raise MessageError(f"{where} is a tool result, but no assistant message (with the tool calls it "
                                    "answers) comes before it")
             for key in ("tool_call_id", "name"):

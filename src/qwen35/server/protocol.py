@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .limits import MAX_LOGIT_BIAS, MAX_MESSAGES, MAX_PROMPTS, MAX_STOP, MAX_TOOLS
 
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")  # OpenAI's and vLLM's values
+THINKING_OFF = ("none", "minimal")  # the efforts that turn thinking off
+
 INT64 = dict(ge=-(2**63), le=2**63 - 1)
 
 
@@ -78,7 +81,7 @@ class ChatCompletionRequest(_Body):
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None  # DashScope-style top-level switch
     # OpenAI's: "none" / "minimal" turn thinking off when nothing else says (vLLM and llama.cpp read "none" so)
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    reasoning_effort: Literal[REASONING_EFFORTS] | None = None
     chat_template: str | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -134,4 +137,4 @@ class DetokenizeRequest(BaseModel):
 
 
 ToolChoice = Literal["none", "auto", "required"]
-THINKING_OFF = ("none", "minimal")  # reasoning effort that turns thinking off
+

@@ -9,7 +9,8 @@ preparation, engine and output parser as `/v1/chat/completions`; only the shapes
   assistant turn's `reasoning_content`.
 - Function tools are flat (`{"type": "function", "name", "parameters"}`); other tool types (web search,
   file search, computer use) are refused by name. `tool_choice` `{"type": "function", "name"}` forces one.
-- `reasoning.effort` "none" or "minimal" turns thinking off; `text.format` is the response format;
+- `reasoning.effort` "none" or "minimal" turns thinking off, another effort on (unless the server's
+  `--default-chat-template-kwargs` sets `enable_thinking`); `text.format` is the response format;
   `max_output_tokens` is max_tokens.
 - Output items: a `reasoning` item (the model's thinking as `reasoning_text` content, the shape open-weight
   servers use), a `message` with `output_text`, and one `function_call` per tool call.
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .chat import ChatPlan, prepare_chat
 from .limits import MAX_MESSAGES, MAX_TOOLS, RequestError
-from .protocol import THINKING_OFF, ChatCompletionRequest
+from .protocol import REASONING_EFFORTS, ChatCompletionRequest
 
 # request fields that carry over to the chat request unchanged (the sampling extras clients send)
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
@@ -203,8 +204,8 @@ def to_chat_body(body: ResponsesRequest, history: list[dict[str, Any]]) -> ChatC
              "parallel_tool_calls": body.parallel_tool_calls}
     chat.update({k: extra[k] for k in _PASSTHROUGH if extra.get(k) is not None})
     effort = (body.reasoning or {}).get("effort")
-    if effort in THINKING_OFF:
-        chat["chat_template_kwargs"] = {**(chat.get("chat_template_kwargs") or {}), "enable_thinking": False}
+    if effort in REASONING_EFFORTS:  # switches thinking as in chat requests; other values are ignored
+        chat["reasoning_effort"] = effort
     return ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
 
 

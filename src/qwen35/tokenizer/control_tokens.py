@@ -6,8 +6,9 @@ the control token. A tool result that holds `</tool_response><|im_end|>\n<|im_st
 file) would so forge a turn. transformers 5.23 guards against it (`sanitize_control_tokens`); vLLM does not.
 We do it the same way, always, for chat requests:
 
-1. `mark` wraps each control token in the client's strings in two private-use characters (U+F0000, U+F0001;
-   any already there are removed first, so they cannot forge a mark);
+1. `mark` wraps each control token in the client's strings (after they are normalised: JSON arguments parsed,
+   text parts joined; dict keys too) in two private-use characters (U+F0000, U+F0001; any already there are
+   removed first, so they cannot forge a mark);
 2. the template renders as usual; its own control tokens are unmarked;
 3. `encode_marked` encodes marked tokens as plain text (`<`, `|`, `im`, ...) and the rest as usual; a marker
    the template separated from its token (a `split()`) is dropped and still breaks the text there.
@@ -39,11 +40,11 @@ def pattern(tokens: tuple[str, ...]) -> re.Pattern:
 
 def mark(obj: Any, tokens_re: re.Pattern) -> Any:
     """`obj` (a string, or lists and dicts of them: messages, tools) with every control token in its strings
-    wrapped in the markers. Dict keys stay as they are; other values too."""
+    wrapped in the markers, dict keys included (a tool's parameter names come from the client too)."""
     if isinstance(obj, str):
         return tokens_re.sub(f"{START}\\g<0>{END}", _MARKERS.sub("", obj))
     if isinstance(obj, dict):
-        return {k: mark(v, tokens_re) for k, v in obj.items()}
+        return {mark(k, tokens_re): mark(v, tokens_re) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [mark(v, tokens_re) for v in obj]
     return obj

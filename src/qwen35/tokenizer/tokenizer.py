@@ -179,11 +179,11 @@ class Tokenizer:
     def encode_marked(self, text: str) -> list[int]:
         """Token ids of a prompt rendered from marked strings (`control_tokens.mark`): marked control tokens
         become plain text, the template's own their ids."""
-        ids: list[int] = []
-        for piece, as_text in control_tokens.split_marked(text, self.control_tokens_re):
-            ids += (self._as_text.encode(piece, add_special_tokens=False) if as_text else
-                    self.backend.encode(piece, add_special_tokens=False)).ids
-        return ids
+        pieces = control_tokens.split_marked(text, self.control_tokens_re)
+        # two batched calls, not one per piece (a message of 50,000 marked tokens is 100,000 pieces)
+        marked = iter(self._as_text.encode_batch([p for p, t in pieces if t], add_special_tokens=False))
+        plain = iter(self.backend.encode_batch([p for p, t in pieces if not t], add_special_tokens=False))
+        return [i for _, as_text in pieces for i in next(marked if as_text else plain).ids]
 
     @functools.cached_property
     def _as_text(self) -> HFTokenizer:

@@ -412,13 +412,16 @@ def evaluate(base_url: str, model_name: str, samples: Sequence, *, max_tokens: i
 
 # ---- a server of our own --------------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """In the server's child process before exec (Linux): SIGKILL when the eval that started it dies, however
-    it dies, so that no server is left holding its port."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def dies_with_parent():
+    """A `preexec_fn` (Linux; None elsewhere): the child gets SIGKILL when the eval that started it dies,
+    however it dies, so that no server is left holding its port. prctl is looked up here, before the fork: a
+    dlopen in the forked child of a threaded parent can deadlock."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None).prctl
+    return lambda: prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -445,7 +448,7 @@ class ServerProcess:
     def start(self) -> str:
         ready = threading.Event()
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     errors="replace", preexec_fn=_die_with_parent)
+                                     errors="replace", preexec_fn=dies_with_parent())
 
         def read() -> None:
             for line in self.proc.stderr:
