@@ -329,6 +329,7 @@ class VisionConfig:
 # fp8 / gptq / awq name a checkpoint that already is one (checked). vLLM's kernel-specific names are aliases.
 QUANTIZATION_CHOICES = ("int8", "int4", "fp8", "gptq", "awq")
 QUANTIZATION_ALIASES = {"gptq_marlin": "gptq", "awq_marlin": "awq"}
+CHECKPOINT_METHODS = ("fp8", "gptq", "awq")  # quantised on disk: accepted as a check of the checkpoint
 
 
 def check_quantization(value: str | None) -> str | None:

@@ -22,7 +22,7 @@ from collections import defaultdict
 
 from torch import nn
 
-from ..config import check_quantization
+from ..config import CHECKPOINT_METHODS, check_quantization
 from ..model.linear import Linear, QuantEmbedding, QuantLinear
 from ..model.moe import Experts, QuantExperts
 from ..ops import quant
@@ -30,7 +30,6 @@ from ..ops import quant
 log = logging.getLogger("qwen35.loading")
 
 FORMATS = quant.FORMATS  # quantise at load
-CHECKPOINT_METHODS = ("fp8", "gptq", "awq")  # quantised on disk: accepted as a check of the checkpoint
 KEEP = ("mlp.gate", "shared_expert_gate", "in_proj_a", "in_proj_b")  # small: kept in the load dtype
 
 

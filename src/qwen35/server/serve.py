@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..loading.quantize import CHECKPOINT_METHODS
+from ..config import CHECKPOINT_METHODS
 from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, ServeError, api_key_from,
                          check_features, is_loopback, media_policy, mm_limits, parallel_config, parse_hosts,
                          parse_json,
