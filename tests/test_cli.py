@@ -42,6 +42,17 @@ def test_generate_streams_text(init_dir):
     assert again.stdout == r.stdout  # seeded
 
 
+def _main(capsys, *args) -> tuple[int, str]:
+    """`qwen35 ARGS` in this process: (exit status, stderr)."""
+    from qwen35.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse's errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["generate", "--prompt", "x", "--max-tokens", "0"], "--max-tokens"),
     (["generate", "--prompt", "x", "--top-p", "2"], "--top-p"),
@@ -50,18 +61,18 @@ def test_generate_streams_text(init_dir):
     (["init", "tiny", "/tmp/nowhere", "--shard-size", "abc"], "--shard-size"),
     (["init", "tiny", "/proc/nope"], "/proc/nope"),  # cannot be created: one line, no traceback
 ])
-def test_bad_arguments_are_named(args, message):
-    r = qwen35(*args)
-    assert r.returncode != 0 and message in r.stderr
+def test_bad_arguments_are_named(args, message, capsys):
+    code, err = _main(capsys, *args)
+    assert code != 0 and message in err
 
 
-def test_init_refuses_a_directory_with_files(init_dir, tmp_path):
+def test_init_refuses_a_directory_with_files(init_dir, tmp_path, capsys):
     """Old shards of another shape beside the new files would be read by tools that glob *.safetensors."""
-    r = qwen35("init", "tiny", str(init_dir))
-    assert r.returncode == 2 and "not empty" in r.stderr
+    code, err = _main(capsys, "init", "tiny", str(init_dir))
+    assert code == 2 and "not empty" in err
     (tmp_path / "f").write_text("x")
-    r = qwen35("init", "tiny", str(tmp_path / "f"))
-    assert r.returncode == 2 and "is a file" in r.stderr
+    code, err = _main(capsys, "init", "tiny", str(tmp_path / "f"))
+    assert code == 2 and "is a file" in err
 
 
 def test_shards_are_readable_by_others(init_dir):
@@ -75,9 +86,9 @@ def test_shards_are_readable_by_others(init_dir):
     (["eval", "x", "--json", "/nonexistent/dir/r.json"], "--json /nonexistent/dir/r.json: not a file"),
     (["eval", "x", "--serve-flags", "'"], "--serve-flags \"'\": No closing quotation"),
 ])
-def test_train_and_eval_arguments_are_checked_first(args, message):
-    r = qwen35(*args)
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_train_and_eval_arguments_are_checked_first(args, message, capsys):
+    code, err = _main(capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_seed_and_steps_reach_the_recipe(monkeypatch):
