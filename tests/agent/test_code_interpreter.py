@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from qwen35.agent.code_interpreter import CodeInterpreter, Limits, PythonSandbox, unsupported_reason
+from qwen35.agent.code_interpreter import CodeInterpreter, Limits, PythonSandbox, SandboxError, unsupported_reason
 
 WHY_NOT = unsupported_reason()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox on this system: {WHY_NOT}")
@@ -74,7 +74,8 @@ def test_cannot_change_metadata_outside_its_directory(tmp_path):
     cells = run(box, f"import os; os.chmod({str(outside)!r}, 0o777)", f"import os; os.utime({str(outside)!r}, (0, 0))",
                 f"import os; os.chown({str(outside)!r}, 1, 1)", "import os; os.system('mount -o remount,rw /')",
                 f"import os; os.chmod({str(outside)!r}, 0o777)",
-                "open('f.txt', 'w').close(); import os, shutil; os.chmod('f.txt', 0o700); shutil.copy2('f.txt', 'g.txt')")
+                "open('f.txt', 'w').close(); import os, shutil; os.chmod('f.txt', 0o700); "
+                "shutil.copy2('f.txt', 'g.txt')")
     if not box.protections.get("read_only_outside"):
         pytest.skip("no unprivileged user namespaces on this system")
     assert all(c.error and "Read-only file system" in c.error for c in (cells[0], cells[1], cells[4])), cells
@@ -194,6 +195,35 @@ def test_a_cell_killed_by_a_signal_is_reported_so(tmp_path):
     a, b = run(PythonSandbox(workdir=tmp_path), "import os; os.kill(os.getpid(), 9)", "import os; os._exit(3)")
     assert a.restarted and "exit status -9" in a.error
     assert b.restarted and "exit status 3" in b.error
+
+
+def test_multiprocessing_input_and_odd_text(tmp_path):
+    """multiprocessing's semaphores get a /dev/shm of the sandbox's own; input() ends at once (the cells' stdin
+    is /dev/null, not the channel the next cell arrives on); a lone surrogate prints escaped."""
+    box = PythonSandbox(workdir=tmp_path)
+    pool_cell = "from multiprocessing import Pool\nwith Pool(2) as p: print(p.map(abs, [-1, -2]))"
+    pool, ask, cat, odd, after = run(box, pool_cell,
+                                     "input('x?')", "import subprocess; subprocess.run(['cat'], timeout=5).returncode",
+                                     "print('a\\ud800b')", "print('still here')")
+    if box.protections.get("read_only_outside"):
+        assert pool.error is None and pool.output == "[1, 2]\n"
+    assert "EOFError" in ask.error and not ask.restarted
+    assert cat.result == "0" and odd.output == "a\\ud800b\n" and after.output == "still here\n"
+
+
+def test_closing_while_a_cell_runs(tmp_path):
+    async def go():
+        box = PythonSandbox(workdir=tmp_path)
+        cell = asyncio.create_task(box.run("import time; time.sleep(30)"))
+        await asyncio.sleep(1.0)
+        await box.close()
+        got = await cell
+        with pytest.raises(SandboxError, match="closed"):
+            await box.run("1")
+        return got
+
+    got = asyncio.run(go())
+    assert got.restarted and "closed while the cell ran" in got.error
 
 
 def test_memory_limit(tmp_path):

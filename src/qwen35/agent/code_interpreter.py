@@ -89,6 +89,7 @@ class PythonSandbox:
         self.protections: dict[str, bool] = {}
         self._lock = asyncio.Lock()
         self._seq = 0  # cells sent
+        self.closed = False
 
     async def _start(self) -> None:
         config = {"workdir": str(self.workdir), "capture": str(self._private / "output"),
@@ -116,6 +117,8 @@ class PythonSandbox:
     async def run(self, code: str) -> CellResult:
         """Run one cell. Limits end the cell, never the caller; a killed worker restarts on the next cell."""
         async with self._lock:
+            if self.closed:
+                raise SandboxError("this sandbox is closed")
             if self._proc is None or self._proc.returncode is not None:
                 await self._start()
             proc = self._proc
@@ -134,6 +137,9 @@ class PythonSandbox:
             except (ConnectionError, asyncio.CancelledError):
                 await self._kill()
                 raise
+            if got is None and self.closed:
+                return CellResult(output=self._salvage(), restarted=True,
+                                  error="the sandbox was closed while the cell ran; it was stopped")
             if got is None:  # the worker died: CPU limit (SIGXCPU), a hard crash, os._exit
                 code_ = await proc.wait()
                 await self._kill()  # what the cell started
@@ -185,6 +191,9 @@ class PythonSandbox:
         await proc.wait()
 
     async def close(self) -> None:
+        """Stop the worker (a cell running now ends with an error saying so) and remove the directories; a
+        closed sandbox runs no more cells."""
+        self.closed = True
         await self._kill()
         shutil.rmtree(self._private, ignore_errors=True)
         if self._own_dir:

@@ -17,16 +17,18 @@ Before any user code runs, the process
 - where unprivileged user namespaces are allowed, moves into a user, mount and PID namespace of its own
   (`_contain`): every mount read-only but the working directory's, so that a cell cannot change the mode,
   owner or times of files outside either (Landlock has no right for metadata), and the cells run below the
-  namespace's init, whose end kills every process in the namespace, detached ones too;
+  namespace's init, whose end kills every process in the namespace, detached ones too; /dev/shm is a tmpfs
+  of the sandbox's own (256 MB), writable, so multiprocessing's semaphores work;
 - dies with its parent (`PR_SET_PDEATHSIG`) and adopts the cell's orphaned processes (`PR_SET_CHILD_SUBREAPER`),
   so that the parent can find and kill everything a cell started, detached or not (code_interpreter.py), and
   where the namespaces exist, a SIGKILL of the parent ends them all as well.
 The kernel features are inherited by children and cannot be lifted. `protections` in the first reply says
 which were applied; the parent refuses to run code when a required one is missing.
 
-Protocol: one JSON line per cell on stdin (`{"code": ..., "seq": n}`), one JSON line per reply (with the same
-`seq`) on the descriptor the process was started with as stdout; the parent skips any other line there, so a
-cell that writes to that descriptor cannot shift the replies. The cell's own stdout and stderr (Python-level
+Protocol: one JSON line per cell on the descriptor started as stdin (`{"code": ..., "seq": n}`), one JSON line
+per reply (with the same `seq`) on the one started as stdout; both are moved to descriptors children do not
+inherit, and the cells get /dev/null as stdin. The parent skips any other line on the reply channel, so a
+cell that writes to it cannot shift the replies. The cell's own stdout and stderr (Python-level
 and fd-level, children included) go to a capture file outside the working directory, read back after the cell.
 """
 
@@ -100,8 +102,9 @@ def _write_rights(abi: int) -> int:
     return rights
 
 
-def _only_write_under(libc, workdir: str) -> tuple[bool, bool]:
-    """(writes confined to `workdir`, signals and abstract sockets scoped to the sandbox)."""
+def _only_write_under(libc, workdir: str, shm: str | None = None) -> tuple[bool, bool]:
+    """(writes confined to `workdir` (and `shm`, the sandbox's own tmpfs), signals and abstract sockets scoped
+    to the sandbox)."""
     nrs = _SYS.get(platform.machine())
     if nrs is None:
         return False, False
@@ -118,7 +121,8 @@ def _only_write_under(libc, workdir: str) -> tuple[bool, bool]:
     if ruleset < 0:
         return False, False
     try:
-        for path, rights in ((workdir, handled), ("/dev/null", _WRITE_FILE | (_TRUNCATE if abi >= 3 else 0))):
+        paths = [(workdir, handled), ("/dev/null", _WRITE_FILE | (_TRUNCATE if abi >= 3 else 0))]
+        for path, rights in paths + ([(shm, handled)] if shm else []):
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
                 rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr (packed)
@@ -160,6 +164,7 @@ _CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
 _MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1
 _CAPSET = {"x86_64": 126, "aarch64": 91}
+SHM, SHM_OPTIONS = "/dev/shm", b"size=256m,mode=1777"  # a private tmpfs, as large as RLIMIT_FSIZE allows a file
 _PR_CAPBSET_DROP, _CAP_VERSION_3 = 24, 0x20080522
 
 
@@ -222,9 +227,10 @@ def _fork_and_wait(init: bool) -> int:
     os._exit(code)  # (an exit status of 129 or more that a cell chose itself reads as a signal, as in a shell)
 
 
-def _enter(libc, workdir: str) -> bool | None:
+def _enter(libc, workdir: str) -> tuple[bool, bool] | None:
     """unshare the user, mount and PID namespaces, map our own ids, make every mount but `workdir`'s
-    read-only: whether that last part held, or None when the namespaces could not be entered."""
+    read-only and give the sandbox a /dev/shm of its own (POSIX semaphores: multiprocessing's locks, queues
+    and pools): whether those held, or None when the namespaces could not be entered."""
     uid, gid = os.getuid(), os.getgid()
     if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
         return None
@@ -239,12 +245,14 @@ def _enter(libc, workdir: str) -> bool | None:
                  and _read_only(libc, "/", True))
     if read_only and not _read_only(libc, workdir, False):
         read_only = not _read_only(libc, "/", False)  # undone, so that the cells can still write
-    return read_only
+    shm = read_only and os.path.isdir(SHM) and libc.mount(
+        b"tmpfs", SHM.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, SHM_OPTIONS) == 0
+    return read_only, shm
 
 
-def _contain(libc, workdir: str) -> tuple[bool, bool]:
+def _contain(libc, workdir: str) -> tuple[bool, bool, bool]:
     """Move into a user, mount and PID namespace of its own (unprivileged user namespaces; where they are
-    refused, nothing changes and this returns (False, False)):
+    refused, nothing changes and this returns (False, False, False)):
     - every mount is read-only but a bind mount of `workdir`: outside it nothing can be changed, metadata
       (mode, owner, times) included, which Landlock does not cover;
     - the cells run in a child of the namespace's init, and when init ends (it dies with this process, which
@@ -252,14 +260,14 @@ def _contain(libc, workdir: str) -> tuple[bool, bool]:
       even when the parent was killed with SIGKILL;
     - /proc shows only the namespace's processes; no capability is left.
     Three processes: this one (outside the PID namespace), init, and the cell runner, where this returns
-    (read-only outside, processes contained)."""
+    (read-only outside, a private /dev/shm, processes contained)."""
     probe = os.fork()  # once in, there is no way back: try it in a child first (Ubuntu's AppArmor lets
     if probe == 0:     # unshare succeed and then refuses the id maps)
         os._exit(0 if _enter(libc, workdir) is not None else 1)
     if os.waitpid(probe, 0)[1] != 0:
-        return False, False
-    read_only = _enter(libc, workdir)
-    if read_only is None:
+        return False, False, False
+    entered = _enter(libc, workdir)
+    if entered is None:
         os._exit(1)  # what worked in the probe failed now: nothing sound is left to run cells in
     os.chdir(workdir)  # the bind mount, not the directory beneath it
     alive = _fork_and_wait(init=False)  # -> init, PID 1 of the new namespace
@@ -272,7 +280,7 @@ def _contain(libc, workdir: str) -> tuple[bool, bool]:
     libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
     if not _parent_alive(alive):
         os._exit(1)
-    return read_only, True
+    return (*entered, True)
 
 
 # ---- one cell ---------------------------------------------------------------------------------------------
@@ -345,17 +353,24 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
     _limit_processes(config["processes"])  # before the user namespace, which keeps it as its ceiling
     libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL when the parent dies
-    read_only, contained = _contain(libc, workdir)
+    read_only, shm, contained = _contain(libc, workdir)
 
-    reply = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol channel: stdout as started
+    # the protocol's channels: stdin and stdout as started, on descriptors of their own (not inherited); the
+    # cells get /dev/null as stdin (input() is an EOFError at once, not a read of the next cell's JSON)
+    cells = os.fdopen(os.dup(0), "r")
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = os.fdopen(0, "r", closefd=False)
     os.dup2(out, 1)
     os.dup2(out, 2)
-    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False, errors="backslashreplace")
     os.chdir(workdir)
     sys.path.insert(0, workdir)
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    write_only, scoped = _only_write_under(libc, workdir)
+    write_only, scoped = _only_write_under(libc, workdir, SHM if shm else None)
     protections = {"no_network": _no_network(libc), "write_only_workdir": write_only, "signals_scoped": scoped,
                    "read_only_outside": read_only, "processes_contained": contained}
     reply.write(json.dumps({"ready": True, "protections": protections}) + "\n")
@@ -363,7 +378,7 @@ def main() -> None:
     namespace: dict = {"__name__": "__main__"}
     figures = [0]
     cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    for line in sys.stdin:
+    for line in cells:
         cell = json.loads(line)
         used = resource.getrusage(resource.RUSAGE_SELF)
         spent = int(used.ru_utime + used.ru_stime) + 1
