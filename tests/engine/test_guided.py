@@ -154,6 +154,29 @@ def test_json_object_regex_and_choice(llm, monkeypatch):
     assert choice.finish_reason == "stop" and choice.text in ("yes", "no", "maybe")
 
 
+def test_a_matcher_that_fails_mid_output_fails_the_request(llm, monkeypatch):
+    """llguidance can reject a token mid-generation (its "too complex" limits on a huge schema): the request
+    then ends in an error, not as a "stop" with broken JSON (the matcher counted as finished)."""
+    from qwen35.engine.guided import GuidedMatcher
+
+    accept = GuidedMatcher.accept
+
+    def failing(self, token_id):
+        if self.active and self.matcher is not None and getattr(self, "seen", 0) >= 2:
+            self.error = "Parser Error: Current row has 7999 items; max is 2000"
+            return False
+        self.seen = getattr(self, "seen", 0) + 1
+        return accept(self, token_id)
+
+    monkeypatch.setattr(GuidedMatcher, "accept", failing)
+    out = llm.generate(_prompt(llm, "Who are you?"), _greedy(GuidedDecoding(json_schema=PERSON)))[0]
+    c = out.outputs[0]
+    assert c.finish_reason == "error" and out.error and "structured output failed" not in (c.text or "")
+    monkeypatch.undo()
+    again = llm.generate(_prompt(llm, "Who are you?"), _greedy(GuidedDecoding(json_schema=PERSON)))[0]
+    assert again.outputs[0].finish_reason == "stop"  # the engine goes on
+
+
 def test_forced_tool_calls_required_and_named(llm):
     required = GuidedDecoding(grammar=tool_call_grammar(TOOLS, None, allow_multiple=True))
     named = GuidedDecoding(grammar=tool_call_grammar(TOOLS, ["set_alarm"], allow_multiple=False))
@@ -248,6 +271,12 @@ def test_invalid_specs_raise_value_error(llm):
         GuidedDecoding(grammar="start: undefined_rule")
     with pytest.raises(ValueError, match=r"response_format\.json_schema"):
         SamplingParams(guided={"json_schema": {"type": "object", "properties": {"a": {"$ref": "#/nope"}}}})
+    for cycle in ({"$ref": "#"}, {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+                                 "$ref": "#/$defs/a"}):  # llguidance compiles these; the output was empty
+        with pytest.raises(ValueError, match="leads back to itself through references alone"):
+            GuidedDecoding(json_schema=cycle)
+    GuidedDecoding(json_schema={"$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}},
+                                "$ref": "#/$defs/n"})  # recursion through a value is fine
     # valid without a tokenizer, but names a special token the vocabulary lacks: refused at add_request
     bad = SamplingParams(guided=GuidedDecoding(grammar="start: <|no_such_token|>"))
     with pytest.raises(ValueError, match="structured_outputs.grammar"):

@@ -539,8 +539,10 @@ class LLMEngine:
             c.cumulative_logprob = (c.cumulative_logprob or 0.0) + float(out.logprobs[i])
         delta = seq.stop.feed(token)  # the stop checker also ends at max_tokens ("length")
         if seq.guide is not None and delta.finish_reason is None:
-            if not seq.guide.accept(token):
-                log.warning("request %s: guided decoding failed: %s", req.request_id, seq.guide.error)
+            if not seq.guide.accept(token):  # e.g. llguidance's "too complex" limits, met mid-generation: the
+                # output can no longer be held to the constraint, so the request fails (not a "stop" with
+                # broken JSON); `_guarded` ends it with an error
+                raise RuntimeError(f"structured output failed after {len(c.token_ids)} tokens: {seq.guide.error}")
             if seq.guide.is_finished():  # the grammar is complete: only EOS could follow
                 more = seq.stop.force_finish("stop")
                 delta = Delta(delta.text + more.text, "stop")

@@ -83,12 +83,47 @@ class GuidedDecoding:
         return self._compiled
 
 
+_ALIAS_KEYS = frozenset({"$ref", "$defs", "definitions", "$schema", "$id", "$comment", "title", "description"})
+
+
+def _ref_cycle(schema: dict) -> str | None:
+    """A `$ref` that a chain of pure references (`{"$ref": "#"}`, a -> b -> a) reaches twice, or None.
+    llguidance compiles such a schema, and the output is then empty: not JSON."""
+    starts = [schema] + [v for k in ("$defs", "definitions") if isinstance(schema.get(k), dict)
+                         for v in schema[k].values()]
+    for node in starts:
+        seen: set[str] = set()
+        while isinstance(node, dict) and isinstance(node.get("$ref"), str) and set(node) <= _ALIAS_KEYS:
+            ref = node["$ref"]
+            if ref in seen:
+                return ref
+            seen.add(ref)
+            node = _local_ref(schema, ref)
+    return None
+
+
+def _local_ref(root: dict, ref: str) -> Any:
+    """What a local JSON pointer (`#`, `#/$defs/a`) names in `root`, or None."""
+    if not ref.startswith("#"):
+        return None
+    node: Any = root
+    for part in [p.replace("~1", "/").replace("~0", "~") for p in ref[1:].split("/")[1:]]:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def _compile(kind: str, value: Any) -> str:
     label = _LABELS[kind]
     M = llguidance.LLMatcher
     if kind == "json_schema":
         if not isinstance(value, dict):
             raise ValueError(f"{label}: the schema must be a JSON object, got {type(value).__name__}")
+        cycle = _ref_cycle(value)
+        if cycle is not None:
+            raise ValueError(f"{label}: $ref {cycle!r} leads back to itself through references alone, so no value "
+                             "can match it")
         try:
             return M.grammar_from_json_schema(json.dumps(value), defaults=JSON_OPTIONS)
         except (TypeError, ValueError) as e:
