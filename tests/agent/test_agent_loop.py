@@ -247,6 +247,29 @@ def test_unforced_mcp_loop_writes_and_reads_a_file(demo, mcp_command):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_server_that_dies_is_reported_and_its_tools_say_so(tmp_path):
+    """A stdio server whose process dies mid-call: the call and every later one say the server stopped (not
+    a transport error each time), and `failures` names it."""
+    import sys
+
+    server = tmp_path / "crashy.py"
+    server.write_text("import os\nfrom mcp.server.fastmcp import FastMCP\napp = FastMCP('t')\n"
+                      "@app.tool()\ndef crash() -> str:\n    os._exit(3)\n"
+                      "@app.tool()\ndef echo(x: str) -> str:\n    return x\napp.run()\n")
+
+    async def go():
+        async with MCPServers({"mcpServers": {"t": {"command": sys.executable, "args": [str(server)]}}}) as servers:
+            tools = {t.name: t for t in servers.tools}
+            before = await tools["t-echo"].call({"x": "hi"})
+            crashed = await tools["t-crash"].call({})
+            after = await tools["t-echo"].call({"x": "hi"})
+            return before, crashed, after, servers.failures, servers.tools
+    before, crashed, after, failures, tools = asyncio.run(go())
+    assert before.text == "hi" and not before.is_error
+    assert crashed.is_error and "stopped" in crashed.text
+    assert after.is_error and "is not running" in after.text and "t" in failures and tools == []
+
+
 def test_mcp_over_streamable_http(tmp_path):
     """A server of the SDK's own (FastMCP) over streamable HTTP, on a thread."""
     import socket

@@ -81,6 +81,33 @@ def test_one_shot_failure_is_one_line(demo, capsys):
     assert status == 1 and err.startswith("qwen35 chat: error: BadRequestError") and err.count("\n") == 1, err
 
 
+def test_sigterm_while_mcp_servers_start_closes_them(demo, capsys, tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl-C) while an MCP server is still starting: exit 143 at once, the server's process and
+    log gone, no SDK tracebacks on the terminal (a server writing non-JSON to stdout printed them)."""
+    import os
+    import signal
+    import tempfile
+    import threading
+    import time
+
+    from qwen35.agent.endpoint import Endpoint
+    from qwen35.agent.terminal import run_chat
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    marker = f"sleep 99{os.getpid() % 10}"
+    config = tmp_path / "mcp.json"
+    config.write_text('{"mcpServers": {"x": {"command": "/bin/sh", "args": ["-c", "echo not json; %s"]}}}' % marker)
+    args = argparse.Namespace(prompt="Hello!", code_interpreter=False, mcp_config=str(config), temperature=None,
+                              max_tokens=None, max_steps=10, think=False, show_reasoning=False, system=None)
+    threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    t0 = time.monotonic()
+    status = run_chat(args, Endpoint(demo["url"] + "/v1", API_KEY, "tiny"))
+    err = capsys.readouterr().err
+    assert status == 128 + signal.SIGTERM and time.monotonic() - t0 < 8
+    assert "Traceback" not in err and not list(tmp_path.glob("qwen35-mcp-*.log"))
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0
+
+
 class Tmux:
     def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
         self.name = name

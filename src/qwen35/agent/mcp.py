@@ -183,6 +183,11 @@ class MCPServer:
             return ToolResult(f"error: {self.name}-{tool} did not answer within {self.call_timeout:g} s",
                               is_error=True)
         except Exception as e:  # noqa: BLE001 -- a failing call is the model's to read, not the loop's to die of
+            if _connection_lost(e):  # the server died: say so from now on, not a transport error per call
+                self.error, self.session = f"stopped: {_describe(e)}", None
+                self._stop.set()
+                return ToolResult(f"error: the MCP server {self.name!r} stopped ({_describe(e)}); its tools are "
+                                  "unavailable", is_error=True)
             return ToolResult(f"error: {self.name}-{tool} failed: {_describe(e)}", is_error=True)
         text, is_error = result_text(result)
         return ToolResult(text, is_error=is_error)
@@ -191,7 +196,7 @@ class MCPServer:
         """Leave the session (the SDK ends a stdio server's process); a server that hangs is cancelled."""
         self._stop.set()
         if self._task is not None and not self._task.done():
-            if graceful:
+            if graceful and self.session is not None:  # one still starting has no session to leave: cancelled
                 await asyncio.wait({self._task}, timeout=10)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -241,6 +246,17 @@ class MCPServers:
     @property
     def failures(self) -> dict[str, str]:
         return {s.name: s.error for s in self.servers if s.error}
+
+
+def _connection_lost(e: BaseException) -> bool:
+    """Whether a failed call means the server's transport is gone (its process died, the stream closed)."""
+    import anyio
+
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    if isinstance(e, (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)):
+        return True
+    return type(e).__name__ == "McpError" and "connection closed" in str(e).lower()
 
 
 def _describe(e: BaseException) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import re
 import shutil
@@ -221,24 +222,35 @@ class LoopThread:
         self.thread.join(timeout=5)
 
 
-async def _build_tools(args) -> tuple[list, Any, list[str]]:
-    """The session's tools: the code interpreter and the MCP servers' tools; notes for the model about
-    servers that failed to start."""
-    tools, notes, mcp = [], [], None
+def _make_tools(args) -> tuple[list, Any]:
+    """The session's tools (the code interpreter) and its MCP servers, not started yet: known to the caller
+    before they start, so that an interruption while they start still closes them."""
+    tools: list = []
     if args.code_interpreter:
         from .code_interpreter import CodeInterpreter
 
         tools.append(CodeInterpreter())
+    mcp = None
     if args.mcp_config:
         from .mcp import MCPServers
 
+        logging.getLogger("mcp").setLevel(logging.CRITICAL)  # the SDK's tracebacks (a server writing non-JSON
+        # to stdout) are not the terminal's: start failures are reported below, a server's stderr is in its log
         mcp = MCPServers(args.mcp_config)
-        await mcp.__aenter__()
-        tools += mcp.tools
-        for name, why in mcp.failures.items():
-            notes.append(f"Note: the tool server {name!r} is unavailable ({why}).")
-            print(f"qwen35 chat: MCP server {name!r} did not start: {why}", file=sys.stderr)
-    return tools, mcp, notes
+    return tools, mcp
+
+
+async def _start_mcp(mcp, tools: list) -> list[str]:
+    """Start the MCP servers, add their tools; notes for the model about servers that failed to start."""
+    notes: list[str] = []
+    if mcp is None:
+        return notes
+    await mcp.__aenter__()
+    tools += mcp.tools
+    for name, why in mcp.failures.items():
+        notes.append(f"Note: the tool server {name!r} is unavailable ({why}).")
+        print(f"qwen35 chat: MCP server {name!r} did not start: {why}", file=sys.stderr)
+    return notes
 
 
 def run_chat(args, endpoint) -> int:
@@ -248,7 +260,8 @@ def run_chat(args, endpoint) -> int:
     main = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
-        tools, mcp, notes = loop.run(_build_tools(args))
+        tools, mcp = _make_tools(args)
+        notes = loop.run(_start_mcp(mcp, tools))
         sampling = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens))
                     if v is not None}
         agent = Agent(endpoint.async_client(), endpoint.model, tools, max_steps=args.max_steps,
