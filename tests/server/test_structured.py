@@ -220,3 +220,15 @@ def test_control_tokens_in_client_text_stay_text(server):
     plain = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi <think> there"}])
     got = prepare_chat(plain, server["state"]).prompt_ids
     assert got == tok.encode(tok.decode(got))
+
+
+def test_a_bad_constraint_is_named_by_the_field_the_client_sent(server):
+    from qwen35.server.chat import prepare_chat
+    from qwen35.server.limits import RequestError
+    from qwen35.server.protocol import ChatCompletionRequest
+
+    body = ChatCompletionRequest.model_validate({"messages": MSG, "guided_regex": "(["})
+    with pytest.raises(RequestError) as e:
+        prepare_chat(body, server["state"])
+    assert e.value.param == "guided_regex" and str(e.value).startswith("guided_regex: ")
+    assert "structured_outputs.regex" not in str(e.value)

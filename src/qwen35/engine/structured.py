@@ -23,6 +23,7 @@ _KINDS = ("json_schema", "json_object", "grammar", "regex", "choice")
 _LABELS = {"json_schema": "response_format.json_schema", "json_object": "response_format",
            "grammar": "structured_outputs.grammar", "regex": "structured_outputs.regex",
            "choice": "structured_outputs.choice", "budget": "thinking_token_budget"}
+STRUCTURED_LABELS = tuple(sorted(set(_LABELS.values()), key=len, reverse=True))  # the fields errors start with
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from ..engine.structured import GuidedDecoding
+from ..engine.structured import STRUCTURED_LABELS, GuidedDecoding
 from ..multimodal.load import load_media
 from ..multimodal.prompt import expand_placeholders
 from ..output_format import tool_call_grammar
@@ -123,7 +123,12 @@ def build_guided(spec: dict[str, Any], where: str, after: int | None, budget: in
     try:
         return GuidedDecoding(**spec, start_after=after, reasoning_budget=budget)
     except Exception as e:  # ValueError from llguidance, and TypeError/RecursionError from odd schemas
-        raise RequestError(f"{where}: {e}" if not str(e).startswith(where) else str(e), where) from None
+        text = str(e)
+        for label in STRUCTURED_LABELS:  # the engine names its own field; the client sent `where`
+            if text.startswith(label + ": "):
+                text = text[len(label) + 2:]
+                break
+        raise RequestError(f"{where}: {text}", where) from None
 
 
 def _guided(body: ChatCompletionRequest, choice: str, forced: str | None, after: int | None,
