@@ -103,6 +103,8 @@ class EngineClient:
                     raise item
                 if item.error is not None:
                     finished = True
+                    if item.error_is_request:  # the request's own fault: the server answers 400
+                        raise ValueError(item.error)
                     raise RequestFailed(item.error, item)
                 yield item
                 if item.finished:

@@ -56,7 +56,7 @@ from ..tokenizer import Tokenizer
 from .config import EngineConfig
 from .guided import GuidedDecoder, GuidedMatcher
 from .memory import default_budget, plan_memory
-from .outputs import CompletionOutput, RequestOutput
+from .outputs import CompletionOutput, ConstraintFailed, RequestOutput
 from .request import Request
 from .runner import ModelRunner
 from .sampler import PenaltyState, Sampler, SamplerOutput, min_tokens_stop_ids
@@ -97,6 +97,7 @@ class _Parent:
     prompt_ids: list[int]
     seqs: list[_Seq] = field(default_factory=list)
     error: str | None = None  # why the engine failed this request
+    error_is_request: bool = False  # the request's own fault (ConstraintFailed): the server answers 400
 
 
 class LLMEngine:
@@ -499,6 +500,9 @@ class LLMEngine:
         """Run work that belongs to `seq` alone; if it raises, fail that request and let the others go on."""
         try:
             fn(*args)
+        except ConstraintFailed as e:
+            log.warning("request %s: %s", seq.parent, e)
+            self._fail(seq, str(e), touched, request_error=True)
         except Exception as e:
             log.exception("request %s: %s failed", seq.parent, what)
             self._fail(seq, f"{what} failed ({type(e).__name__})", touched)
@@ -508,10 +512,11 @@ class LLMEngine:
         for seq in seqs:
             self._fail(seq, f"{what} failed ({type(e).__name__})", touched)
 
-    def _fail(self, seq: _Seq, message: str, touched: dict[str, _Parent]) -> None:
+    def _fail(self, seq: _Seq, message: str, touched: dict[str, _Parent], request_error: bool = False) -> None:
         """Finish `seq`'s request, every sub-request of it, with an error, and free their cache."""
         parent = self.parents[seq.parent]
-        parent.error = parent.error or message
+        if parent.error is None:
+            parent.error, parent.error_is_request = message, request_error
         for sib in parent.seqs:
             if not sib.req.finished:
                 self.scheduler.finish(sib.req, "error")
@@ -542,7 +547,8 @@ class LLMEngine:
             if not seq.guide.accept(token):  # e.g. llguidance's "too complex" limits, met mid-generation: the
                 # output can no longer be held to the constraint, so the request fails (not a "stop" with
                 # broken JSON); `_guarded` ends it with an error
-                raise RuntimeError(f"structured output failed after {len(c.token_ids)} tokens: {seq.guide.error}")
+                raise ConstraintFailed(f"the structured-output constraint failed after {len(c.token_ids)} tokens: "
+                                       f"{seq.guide.error}")
             if seq.guide.is_finished():  # the grammar is complete: only EOS could follow
                 more = seq.stop.force_finish("stop")
                 delta = Delta(delta.text + more.text, "stop")
@@ -591,7 +597,7 @@ class LLMEngine:
         plp = parent.seqs[0].prompt_logprobs
         plp = plp if plp is not None and len(plp) == len(parent.prompt_ids) else None  # complete ones only
         return RequestOutput(parent.request_id, parent.prompt, parent.prompt_ids, outs, finished, cached,
-                             prompt_logprobs=plp, error=parent.error)
+                             prompt_logprobs=plp, error=parent.error, error_is_request=parent.error_is_request)
 
     # -- introspection ------------------------------------------------------------------------------
     def speculation(self) -> str:

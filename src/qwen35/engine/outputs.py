@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+class ConstraintFailed(ValueError):
+    """A request's structured-output constraint failed mid-generation (llguidance's limits): the request's
+    fault, not the engine's. Raised while processing the output; the request ends with its error."""
+
+
 class RequestFailed(RuntimeError):
     """The engine failed while processing this request (not the caller's fault: answer 500).
 
@@ -51,3 +56,4 @@ class RequestOutput:
     # same list object in every output of the request: read it, do not modify it.
     prompt_logprobs: list[dict[int, float] | None] | None = None
     error: str | None = None  # set (and finished) when the engine failed this request; see the module docstring
+    error_is_request: bool = False  # the request itself could not be served (its grammar failed): a 400
