@@ -197,8 +197,9 @@ def _parent_alive(fd: int) -> bool:
 
 
 def _fork_and_wait(init: bool) -> int:
-    """Fork; the parent waits for the child, then exits as it did, and never returns. In the child: 0.
-    `init`: the parent is the PID namespace's init, which also reaps the orphans that come to it."""
+    """Fork; the parent waits for the child, then exits as it did, and never returns. In the child: the read
+    end of a pipe whose write end the parent holds (for `_parent_alive`). `init`: the parent is the PID
+    namespace's init, which also reaps the orphans that come to it."""
     r, w = os.pipe()
     child = os.fork()
     if child == 0:

@@ -37,7 +37,7 @@ from ..multimodal.processor_config import ProcessorConfig
 from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage, with_media
 from .completions import CompletionRun, prepare_completion
 from .guard import Guard, error
-from .limits import RequestError, encode_bounded, encode_prompt, parse_json
+from .limits import RequestError, encode_bounded, parse_json
 from .metrics import Metrics
 from .serve_args import DEFAULT_MM_LIMITS
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -300,7 +300,7 @@ def _tokenize(body: TokenizeRequest, state: ServerState) -> list[int]:
         text, refs = render_prompt(state, body.messages, tools=body.tools,
                                    add_generation_prompt=body.add_generation_prompt,
                                    template_kwargs=body.chat_template_kwargs)
-        ids = encode_prompt(state.tokenizer, text, state.max_model_len, "messages")
+        ids = encode_bounded(state.tokenizer, text, state.max_model_len, "messages", marked=True)
         return with_media(state, ids, refs, None)[0]
     if body.prompt is not None:
         return encode_bounded(state.tokenizer, body.prompt, state.max_model_len, "prompt")
@@ -413,6 +413,7 @@ async def _last(stream: _Admitted):
 async def _unless_disconnected(state: ServerState, request: Request, streams: list) -> list | JSONResponse | None:
     """Run the streams to their final outputs, unless the client goes away first: then abort them all
     and return None. A request that fails inside the engine is a 500 without internal text."""
+    sequences = sum(len(s.first.outputs) for s in streams)  # n per prompt
     work = asyncio.ensure_future(asyncio.gather(*[_last(s) for s in streams]))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
@@ -422,16 +423,16 @@ async def _unless_disconnected(state: ServerState, request: Request, streams: li
             await asyncio.gather(work, return_exceptions=True)
             for s in streams:
                 await s.aclose()
-            _record_unfinished(state, None, "abort", sum(len(s.first.outputs) for s in streams))
+            _record_unfinished(state, None, "abort", sequences)
             return None
         try:
             return work.result()
         except ValueError as e:
-            _record_unfinished(state, None, "error", sum(len(s.first.outputs) for s in streams))
+            _record_unfinished(state, None, "error", sequences)
             return error(400, str(e))
         except RequestFailed as e:
             log.error("request %s failed: %s", request.url.path, e)
-            _record_unfinished(state, None, "error", sum(len(s.first.outputs) for s in streams))
+            _record_unfinished(state, None, "error", sequences)
             return error(500, "the request failed inside the engine (see the server log)")
     finally:
         gone.cancel()
@@ -531,19 +532,21 @@ def _record_unfinished(state: ServerState, final, reason: str, sequences: int = 
     """A request that ended without finishing: `reason` "abort" (its client left, or the server gave up on it)
     or "error". Each of its `sequences` (n per prompt) counts under `reason`, as finished ones count under
     theirs; with its last output `final`, so do the tokens it produced."""
-    m = state.metrics
     if final is not None:
-        m.prompt_tokens.inc(len(final.prompt_token_ids))
-        m.generation_tokens.inc(sum(len(c.token_ids) for c in final.outputs))
+        _count_tokens(state.metrics, final)
         sequences = len(final.outputs)
-    m.finished.labels(reason).inc(sequences)
+    state.metrics.finished.labels(reason).inc(sequences)
+
+
+def _count_tokens(m, final) -> None:
+    m.prompt_tokens.inc(len(final.prompt_token_ids))
+    m.generation_tokens.inc(sum(len(c.token_ids) for c in final.outputs))
 
 
 def _record(state: ServerState, final, start: float) -> None:
     m = state.metrics
     if final is not None:
-        m.prompt_tokens.inc(len(final.prompt_token_ids))
-        m.generation_tokens.inc(sum(len(c.token_ids) for c in final.outputs))
+        _count_tokens(m, final)
         for c in final.outputs:
             m.finished.labels(c.finish_reason or "unknown").inc()
     m.e2e.observe(time.perf_counter() - start)

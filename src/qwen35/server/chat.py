@@ -24,7 +24,7 @@ from ..output_format import tool_call_grammar
 from ..tokenizer.chat_template import (RESERVED_VARS, TemplateLimitError, continue_final_message, render_chat,
                                       render_chat_isolated)
 from ..tokenizer.control_tokens import mark
-from .limits import RequestError, encode_prompt
+from .limits import RequestError, encode_bounded
 from .messages import MediaRef, check_media_limits, normalize_chat
 from .params import sampling_params
 from .parsers import ChatOutputParser, prompt_ends_in_reasoning
@@ -235,7 +235,7 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
                                template_kwargs=kwargs, request_template=body.chat_template)
     if body.continue_final_message:
         text = continue_final_message(text, body.messages)
-    ids, media = with_media(server, encode_prompt(tok, text, server.max_model_len, "messages"), refs,
+    ids, media = with_media(server, encode_bounded(tok, text, server.max_model_len, "messages", marked=True), refs,
                             body.mm_processor_kwargs)
     started_in_reasoning = prompt_ends_in_reasoning(text)
     thinking = True if started_in_reasoning else (False if text.endswith("</think>\n\n") else None)

@@ -69,32 +69,23 @@ def _check_text(text: str, path: str) -> None:
                            path or None) from None
 
 
-def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt") -> list[int]:
+def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", marked: bool = False) -> list[int]:
     """Token ids of `text`, refusing (RequestError) one of `limit` tokens or more without encoding all of it.
+    `marked`: `text` was rendered from marked messages (tokenizer/control_tokens.py): the control-token text the
+    client sent is encoded as plain text.
 
     A prefix of the text has at least as many tokens as the full text has over that stretch, give or take
     the word cut at its end; so once a prefix has `limit + 8` tokens the whole text is too long. Prefixes
     grow 4x at a time, so refusing costs at most a few prefixes and accepting about 1.3 full encodes.
     """
+    encode = tokenizer.encode_marked if marked and control_tokens.has_marks(text) else tokenizer.encode
     chars = max(limit * 16, 4096)
     while chars < len(text):
-        n = len(tokenizer.encode(text[:chars]))
+        n = len(encode(text[:chars]))
         if n >= limit + 8:
             raise RequestError(too_long(f"more than {limit}", limit), param)
         chars *= 4
-    ids = tokenizer.encode(text)
-    if len(ids) >= limit:
-        raise RequestError(too_long(str(len(ids)), limit), param)
-    return ids
-
-
-def encode_prompt(tokenizer, text: str, limit: int, param: str = "messages") -> list[int]:
-    """`encode_bounded` for a prompt rendered from marked messages (tokenizer/control_tokens.py): control-token
-    text the client sent is encoded as plain text."""
-    if not control_tokens.has_marks(text):
-        return encode_bounded(tokenizer, text, limit, param)
-    encode_bounded(tokenizer, control_tokens.unmarked(text), limit, param)  # the bound, before the real encode
-    ids = tokenizer.encode_marked(text)
+    ids = encode(text)
     if len(ids) >= limit:
         raise RequestError(too_long(str(len(ids)), limit), param)
     return ids

@@ -70,8 +70,3 @@ def split_marked(text: str, tokens_re: re.Pattern) -> list[tuple[str, bool]]:
     if pos < len(text):
         out.append((text[pos:], False))
     return out
-
-
-def unmarked(text: str) -> str:
-    """`text` without its markers (what the model reads, as characters)."""
-    return _MARKERS.sub("", text)

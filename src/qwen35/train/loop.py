@@ -266,13 +266,14 @@ def check_out_dir(out: Path, recipe: Recipe) -> None:
                           "the checkpoint would be mixed with its files; choose a new or empty directory")
     for state_file in (out / STATE_FILE, out / BASE_DIR / STATE_FILE):
         if state_file.exists():
-            _check_recipe(state_file, load_state(state_file)["recipe"], recipe)
+            # mapped, not read: only its recipe is looked at here (the resume reads the whole state later)
+            _check_recipe(state_file, load_state(state_file, mmap=True)["recipe"], recipe)
 
 
-def load_state(state_file: Path) -> dict:
+def load_state(state_file: Path, mmap: bool = False) -> dict:
     """A training state (`train_state.pt`); ValueError in one line when it cannot be read."""
     try:
-        return torch.load(state_file, weights_only=False)
+        return torch.load(state_file, weights_only=False, mmap=mmap)
     except Exception as e:  # cut short, empty, or not ours
         why = (str(e).splitlines() or [""])[0]
         raise ValueError(f"{state_file} cannot be read ({type(e).__name__}: {why}); remove it to start "

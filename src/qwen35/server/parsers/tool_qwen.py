@@ -191,30 +191,19 @@ class ToolCallParser:
         i = buf.find(START)
         j = self._bare_function(buf)
         if j >= 0 and (i < 0 or j < i):
-            return self._open_bare(buf, j, final)
+            name_at = j + len(FUNCTION)
+            return self._open_at(buf, j, name_at, name_at, _read_name(buf[name_at:], final))
         if i < 0:
             head = buf if final else buf[:len(buf) - _held_len(buf, (START, FUNCTION))].rstrip()
             self._emit_content(head)
             self._buf = buf[len(head):]
             return False
-        rest = buf[i + len(START):]
-        s = rest.lstrip()
+        s = buf[i + len(START):].lstrip()
         if s.startswith(FUNCTION):
             opened = _read_name(s[len(FUNCTION):], final)
         else:  # a real call needs <function= next: wait while that is still possible
             opened = None if not final and FUNCTION.startswith(s) else False
-        if opened is False:  # just text that mentions the tag
-            self._emit_content(buf[:i + len(START)])
-            self._buf = rest
-            return True
-        before = buf[:i].rstrip()  # whitespace before a call is dropped
-        self._emit_content(before)
-        if opened is None:
-            self._buf = buf[len(before):]
-            return False
-        self._buf = s[len(FUNCTION) + opened[1]:]
-        self._open_call(opened[0])
-        return True
+        return self._open_at(buf, i, i + len(START), len(buf) - len(s) + len(FUNCTION), opened)
 
     def _bare_function(self, buf: str) -> int:
         """Where a `<function=` that starts a line begins in `buf`, or -1."""
@@ -223,20 +212,19 @@ class ToolCallParser:
             j = buf.find(FUNCTION, j + 1)
         return j
 
-    def _open_bare(self, buf: str, j: int, final: bool) -> bool:
-        """`_text` at a `<function=` with no `<tool_call>` before it (at `j`)."""
-        rest = buf[j + len(FUNCTION):]
-        opened = _read_name(rest, final)
-        if opened is False:  # not a call: text
-            self._emit_content(buf[:j + len(FUNCTION)])
-            self._buf = rest
+    def _open_at(self, buf: str, at: int, tag_end: int, name_at: int, opened) -> bool:
+        """`_text` at opening markup starting at `at` (`<tool_call>`, or a bare `<function=`) whose tag ends at
+        `tag_end` and whose function name starts at `name_at`, read as `opened` (`_read_name`)."""
+        if opened is False:  # just text that mentions the tag
+            self._emit_content(buf[:tag_end])
+            self._buf = buf[tag_end:]
             return True
-        before = buf[:j].rstrip()
+        before = buf[:at].rstrip()  # whitespace before a call is dropped
         self._emit_content(before)
         if opened is None:
             self._buf = buf[len(before):]
             return False
-        self._buf = rest[opened[1]:]
+        self._buf = buf[name_at + opened[1]:]
         self._open_call(opened[0])
         return True
 
