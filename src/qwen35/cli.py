@@ -80,7 +80,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
               "real Qwen3.5 checkpoint.", file=sys.stderr)
     # size the cache for this one request: the prompt's length is needed before the engine is built
     context = ModelConfig.from_file(path).text.supported_length
-    prompt = Tokenizer.from_pretrained(path).encode(args.prompt)
+    tokenizer = Tokenizer.from_pretrained(path)  # held while the engine loads: it shares the parsed file
+    prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise ValueError("the prompt is empty")
     if len(prompt) + args.max_tokens > context:

@@ -722,9 +722,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     del loader  # it holds every parameter: fusing and packing below must be able to free the originals
     if cfg.text.tie_word_embeddings and isinstance(model.lm_head, Linear):
         model.lm_head.weight = model.model.embed_tokens.weight
-    # buffers built on meta (rotary inverse frequencies) are recomputed on the target device
-    model.model.rotary = type(model.model.rotary)(cfg.text.rope, cfg.text.rotary_dim,
-                                                  cfg.text.max_position_embeddings).to(device)
+    model.model.rotary.to(device)  # its inverse frequencies were computed on the CPU (rope.inv_frequencies)
     model.eval()
     if quantizer is not None:  # what was not finalised while loading (the MTP head; any out-of-order unit)
         for i, layer in enumerate(model.model.layers):

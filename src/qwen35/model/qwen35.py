@@ -20,7 +20,7 @@ from ..parallel.sharding import Shard
 from .cache import ModelCache
 from .cache_spec import CacheSpec, cache_specs
 from .decoder import DecoderLayer
-from .linear import Linear, QuantEmbedding
+from .linear import Linear, QuantEmbedding, embedding
 from .mtp import MTPHead
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
@@ -34,7 +34,7 @@ class Qwen35Model(nn.Module):
         self.cfg = cfg
         self.shard = shard or Shard.single(cfg)
         local = self.shard.text_config()
-        self.embed_tokens = nn.Embedding(self.shard.vocab_rows, cfg.hidden_size)  # all of them on one rank
+        self.embed_tokens = embedding(self.shard.vocab_rows, cfg.hidden_size)  # all of them on one rank
         self.layers = nn.ModuleList(DecoderLayer(local, i, group=self.shard.group, experts=self.shard.experts)
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

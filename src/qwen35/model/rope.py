@@ -20,10 +20,12 @@ def inv_frequencies(rope: RopeConfig, rotary_dim: int, max_position_embeddings: 
 
     Computed in fp32 with transformers' operations in transformers' order (`_compute_yarn_parameters`,
     `compute_default_rope_parameters`), so the frequencies are bit-identical to the oracle's: at a million
-    positions one ulp of a frequency is already a few hundredths of a radian of phase.
+    positions one ulp of a frequency is already a few hundredths of a radian of phase. Always on the CPU,
+    also under the loader's meta device: the values are needed, and meta's `arange` imports torch._dynamo
+    (a second of start-up).
     """
     d = rotary_dim
-    pos_freqs = rope.theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+    pos_freqs = rope.theta ** (torch.arange(0, d, 2, dtype=torch.float32, device="cpu") / d)
     extra = 1.0 / pos_freqs
     if rope.rope_type != "yarn":
         return extra, 1.0
@@ -49,7 +51,7 @@ def inv_frequencies(rope: RopeConfig, rotary_dim: int, max_position_embeddings: 
     low, high = max(low, 0), min(high, d - 1)
     if low == high:
         high += 0.001  # no singularity
-    ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    ramp = ((torch.arange(d // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
     extra_weight = 1 - ramp  # 1: keep the original frequency (high frequencies), 0: interpolate (divide by s)
     inter = 1.0 / (factor * pos_freqs)
     return inter * (1 - extra_weight) + extra * extra_weight, mscale

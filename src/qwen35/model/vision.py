@@ -23,6 +23,7 @@ from torch import nn
 from ..config import ConfigError, VisionConfig
 from ..ops.fused import lib_for
 from ..ops.vision import FramePlan, apply_rotary, frame_attention, interpolate_positions, rotary_tables
+from .linear import embedding
 
 ACTIVATIONS = {"gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
 LAYER_NORM_EPS = 1e-6
@@ -128,7 +129,7 @@ class VisionTower(nn.Module):
         check_vision_config(cfg)
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg)
-        self.pos_embed = nn.Embedding(cfg.num_position_embeddings, cfg.hidden_size)
+        self.pos_embed = embedding(cfg.num_position_embeddings, cfg.hidden_size)
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = PatchMerger(cfg)
 
