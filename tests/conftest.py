@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 
@@ -15,6 +16,26 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: one torch thread each, or the workers' thread pools fight over
     # the cores (a spinning OpenMP pool made a 4 s test take 30 s)
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qwen35_cache(tmp_path_factory):
+    """QWEN35_CACHE for the whole run, every xdist worker and the servers they start: tests never touch the
+    user's cache, and the built-in 248k vocabulary is built once per run (seconds), by the first worker, under a
+    lock the others wait on. (Each private directory used to cost its own build.)"""
+    from qwen35.tokenizer.vocab import load_vocab_tokenizer
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, shared by the workers
+    cache = root / "qwen35_cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QWEN35_CACHE", str(cache))
+        with open(root / "qwen35_cache.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            cache.mkdir(exist_ok=True)
+            load_vocab_tokenizer()
+        yield cache
 
 
 @pytest.fixture(autouse=True)

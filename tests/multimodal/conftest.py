@@ -28,13 +28,11 @@ def cfg() -> ProcessorConfig:
 
 
 @pytest.fixture(scope="session")
-def tok(tmp_path_factory):
-    """The built-in Qwen3.5 tokenizer, its vocabulary cached in a private directory."""
+def tok():
+    """The built-in Qwen3.5 tokenizer (its vocabulary from the run's cache, tests/conftest.py)."""
     from qwen35.tokenizer import Tokenizer
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("QWEN35_CACHE", str(tmp_path_factory.mktemp("qwen35_cache")))
-        yield Tokenizer.from_vocab()
+    return Tokenizer.from_vocab()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ engine has nothing left to run. The cases themselves are built in `fuzzing.py`.
 
 When requests go wrong, each is sent again alone, and the report says which fail on their own and which
 only failed beside another request (e.g. one whose engine step crashed the batch). Knobs for digging:
-QWEN35_FUZZ_COUNT (requests, default 700), QWEN35_FUZZ_FULL=1 (every targeted case, not a sample),
+QWEN35_FUZZ_COUNT (requests, default 450), QWEN35_FUZZ_FULL=1 (every targeted case, not a sample),
 QWEN35_FUZZ_SKIP=note,note (leave out cases whose note contains one of these).
 """
 
@@ -24,7 +24,7 @@ from tests.server.fuzzing import (Case, Failure, make_cases, response_problem, s
                                   stream_text)
 
 SEED = 35
-COUNT = int(os.environ.get("QWEN35_FUZZ_COUNT", 700))  # requests in the fuzz (targeted + random)
+COUNT = int(os.environ.get("QWEN35_FUZZ_COUNT", 450))  # requests in the fuzz (targeted + random)
 CONCURRENCY = 8
 TIMEOUT = 60.0  # a request with no answer in this long is a hang
 GOOD = {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story about a lighthouse."}],

