@@ -405,6 +405,26 @@ def test_streamed_echo_and_offsets_match_the_whole_response(server, logprobs):
             assert got["text_offset"][-1] + len(got["tokens"][-1]) == len(got["text"])
 
 
+def test_echo_with_max_tokens_0_scores_the_prompt_alone(server):
+    """What lm-evaluation-harness's loglikelihood sends: the prompt back, with its tokens' logprobs (the same as
+    beside a generated token), no generated token, whole and streamed; without echo, 0 is a 400."""
+    body = {"prompt": "Hello there friend", "echo": True, "logprobs": 1}
+    scored = post(server, "/v1/completions", {**body, "max_tokens": 0}).json()
+    choice, usage = scored["choices"][0], scored["usage"]
+    assert choice["text"] == "Hello there friend" and choice["finish_reason"] == "length"
+    assert usage["completion_tokens"] == 0 and usage["total_tokens"] == usage["prompt_tokens"]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == usage["prompt_tokens"] and "".join(lp["tokens"]) == choice["text"]
+    assert lp["token_logprobs"][0] is None and all(v <= 0 for v in lp["token_logprobs"][1:])
+    beside = post(server, "/v1/completions", {**body, "max_tokens": 1, "temperature": 0}).json()["choices"][0]
+    n = len(lp["tokens"])
+    assert beside["logprobs"]["token_logprobs"][:n] == lp["token_logprobs"]
+    assert _streamed_choices(server, {**body, "max_tokens": 0}) == {
+        0: {"text": choice["text"], "tokens": lp["tokens"], "text_offset": lp["text_offset"]}}
+    assert_error(post(server, "/v1/completions", {"prompt": "hi", "max_tokens": 0}), 400, "max_tokens")
+    assert_serving(server)
+
+
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/chat/completions", {"messages": MSG, "top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
     ("/v1/chat/completions", {"messages": MSG, "logit_bias": {"99999999": 5}}, "logit_bias"),

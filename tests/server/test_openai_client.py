@@ -79,8 +79,12 @@ def test_tokenize_detokenize(server):
     assert httpx.post(server["url"] + "/tokenize", json={"prompt": "hi"}).status_code == 401  # costs CPU: guarded
     r = httpx.post(server["url"] + "/tokenize", json={"prompt": "hello world"}, headers=auth)
     ids = r.json()["tokens"]
+    assert r.json()["token_strs"] is None
     assert httpx.post(server["url"] + "/detokenize", json={"tokens": ids}, headers=auth).json()["prompt"] == \
         "hello world"
+    r = httpx.post(server["url"] + "/tokenize", json={"prompt": "hello world", "return_token_strs": True},
+                   headers=auth)
+    assert r.json()["tokens"] == ids and r.json()["token_strs"] == ["hello", "Ġworld"]  # vLLM's option
 
 
 def test_metrics_and_health(server, client):

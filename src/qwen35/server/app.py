@@ -167,8 +167,8 @@ def create_app(state: ServerState) -> FastAPI:
         got = await prepare(request, TokenizeRequest, _tokenize)
         if isinstance(got, JSONResponse):
             return got
-        ids = got[1]
-        return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
+        ids, strs = got[1]
+        return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len, "token_strs": strs}
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
@@ -230,7 +230,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise failed
         if body.stream:
             return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, body.include_usage,
-                                          start), media_type="text/event-stream",
+                                          start, run.usage), media_type="text/event-stream",
                                      background=BackgroundTask(streams[0].aclose))
         finals = await _unless_disconnected(state, request, streams)
         if finals is None:
@@ -295,16 +295,19 @@ def _validation_error(exc: ValidationError) -> JSONResponse:
     return error(400, f"{param}: {msg}" if param else msg, param)
 
 
-def _tokenize(body: TokenizeRequest, state: ServerState) -> list[int]:
+def _tokenize(body: TokenizeRequest, state: ServerState) -> tuple[list[int], list[str | None] | None]:
+    """The ids, and with `return_token_strs` (vLLM's) each one's token string (byte-level, e.g. 'Ġhello')."""
     if body.messages is not None:
         text, refs = render_prompt(state, body.messages, tools=body.tools,
                                    add_generation_prompt=body.add_generation_prompt,
                                    template_kwargs=body.chat_template_kwargs)
         ids = encode_bounded(state.tokenizer, text, state.max_model_len, "messages", marked=True)
-        return with_media(state, ids, refs, None)[0]
-    if body.prompt is not None:
-        return encode_bounded(state.tokenizer, body.prompt, state.max_model_len, "prompt")
-    raise RequestError("give either prompt or messages", "prompt")
+        ids = with_media(state, ids, refs, None)[0]
+    elif body.prompt is not None:
+        ids = encode_bounded(state.tokenizer, body.prompt, state.max_model_len, "prompt")
+    else:
+        raise RequestError("give either prompt or messages", "prompt")
+    return ids, [state.tokenizer.id_to_token(t) for t in ids] if body.return_token_strs else None
 
 
 def _detokenize(body: DetokenizeRequest, state: ServerState) -> str:

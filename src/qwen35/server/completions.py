@@ -3,7 +3,9 @@
 `prepare_completion` does the CPU-bound part off the event loop (tokenising, grammar compilation) and
 refuses what this server does not do rather than ignoring it: `suffix` (Qwen3.5 has no fill-in-the-middle
 format) and `best_of` > 1. `echo` puts the prompt (text, or the decoded ids) in front of each choice;
-with `logprobs` it also returns the prompt tokens' logprobs, as vLLM does.
+with `logprobs` it also returns the prompt tokens' logprobs, as vLLM does. `echo` with `max_tokens: 0`
+returns the prompt alone, the request a scorer (lm-evaluation-harness's loglikelihood) sends: the engine
+samples one token, as it must to finish a prefill, and the reply leaves it out.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from .params import sampling_params
 from .protocol import CompletionRequest
 
 
+NO_LOGPROBS: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": []}
+
+
 @dataclass
 class CompletionPlan:
     prompts: list[str | list[int]]
     id_lists: list[list[int]]
     params: list[Any]  # SamplingParams, one per prompt
     echo_texts: list[str]  # what echo puts before each prompt's choices ("" without echo)
+    echo_only: bool = False  # echo with max_tokens 0: the prompt alone, the one sampled token left out
 
 
 def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
@@ -44,6 +50,10 @@ def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
                            "n")
     if len(prompts) > 1 and body.stream:
         raise RequestError("streaming supports one prompt per request", "prompt")
+    echo_only = body.max_tokens == 0
+    if echo_only and not body.echo:
+        raise RequestError("max_tokens must be at least 1 (0 only with echo, which then returns the prompt "
+                           "alone)", "max_tokens")
     tok, limit = server.tokenizer, server.max_model_len
     vocab = server.vocab_size
     id_lists = []
@@ -64,7 +74,8 @@ def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
     guided = build_guided(found[0], found[1], None, None) if found else None
     want_prompt_logprobs = body.echo and body.logprobs is not None
     try:
-        params = [sampling_params(body, max_tokens=min(body.max_tokens or 16, limit - len(ids)), thinking=None,
+        params = [sampling_params(body, max_tokens=1 if echo_only else min(body.max_tokens or 16, limit - len(ids)),
+                                  thinking=None,
                                   defaults=server.generation_defaults, use_presets=False, logprobs=body.logprobs,
                                   guided=guided, prompt_logprobs=body.logprobs if want_prompt_logprobs else None,
                                   vocab_size=vocab)
@@ -72,7 +83,7 @@ def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
     except ValueError as e:
         raise RequestError(str(e), str(e).split(" ", 1)[0]) from None
     echo = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in prompts]
-    return CompletionPlan(prompts, id_lists, params, echo)
+    return CompletionPlan(prompts, id_lists, params, echo, echo_only)
 
 
 @dataclass
@@ -94,16 +105,27 @@ class CompletionRun:
         n = self.body.n
         for k, final in enumerate(finals):
             for c in final.outputs:
+                if self.plan.echo_only:
+                    lp = self._with_prompt(final, NO_LOGPROBS) if self.body.logprobs is not None else None
+                    choices.append({"index": k * n + c.index, "text": self.plan.echo_texts[k],
+                                    "finish_reason": "length", "logprobs": lp})
+                    continue
                 lp = self._logprobs(c.token_ids, c.logprobs)
                 if self.body.echo and lp is not None:
                     lp = self._with_prompt(final, lp)
                 choices.append({"index": k * n + c.index, "text": self.plan.echo_texts[k] + c.text,
                                 "finish_reason": _reason(c), "logprobs": lp})
-            for key, v in usage(final).items():
+            for key, v in self.usage(final).items():
                 if key in total:
                     total[key] += v
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": choices, "usage": total}
+
+    def usage(self, final) -> dict[str, Any]:
+        if not self.plan.echo_only:
+            return usage(final)
+        prompt = len(final.prompt_token_ids)
+        return {"prompt_tokens": prompt, "completion_tokens": 0, "total_tokens": prompt}
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
@@ -112,6 +134,12 @@ class CompletionRun:
     def stream_chunks(self, out) -> list[dict[str, Any]]:
         chunks = []
         for c in out.outputs:
+            if self.plan.echo_only:  # one chunk, when the prefill is done: the prompt, its logprobs
+                if c.finished:
+                    lp = self._with_prompt(out, NO_LOGPROBS) if self.body.logprobs is not None else None
+                    chunks.append(self.chunk([{"index": c.index, "text": self.plan.echo_texts[0], "logprobs": lp,
+                                               "finish_reason": "length"}]))
+                continue
             first = c.index not in self.sent
             echo = self.plan.echo_texts[0] if first else ""
             if not c.delta_text and not c.finished and not echo:
@@ -120,7 +148,7 @@ class CompletionRun:
             lp = (self._logprobs(c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):], start)
                   if c.logprobs and c.delta_token_ids else None)
             if first and self.body.echo and self.body.logprobs is not None:  # the prompt's go out first
-                lp = self._with_prompt(out, lp or {"tokens": [], "token_logprobs": [], "top_logprobs": []})
+                lp = self._with_prompt(out, lp or NO_LOGPROBS)
             text = echo + c.delta_text
             self.sent[c.index] = start + len(text)
             chunks.append(self.chunk([{"index": c.index, "text": text, "logprobs": lp,

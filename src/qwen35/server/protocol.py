@@ -105,7 +105,7 @@ class ChatCompletionRequest(_Body):
 
 class CompletionRequest(_Body):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0: with echo only, the prompt alone (scoring it)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None  # refused: Qwen3.5 has no fill-in-the-middle format
@@ -128,6 +128,7 @@ class TokenizeRequest(BaseModel):
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool = False
+    return_token_strs: bool = False
 
 
 class DetokenizeRequest(BaseModel):
