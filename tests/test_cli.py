@@ -60,6 +60,7 @@ def _main(capsys, *args) -> tuple[int, str]:
     (["generate", "--prompt", "x", "--threads", "-3"], "--threads"),
     (["init", "tiny", "/tmp/nowhere", "--shard-size", "abc"], "--shard-size"),
     (["init", "tiny", "/proc/nope"], "/proc/nope"),  # cannot be created: one line, no traceback
+    (["chat", "--mcp-timeout", "0"], "--mcp-timeout"),
 ])
 def test_bad_arguments_are_named(args, message, capsys):
     code, err = _main(capsys, *args)

@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--url", default=None, help="a running OpenAI-compatible server instead of serving MODEL here")
     a.add_argument("--mcp-config", default=None, metavar="FILE",
                    help='tools from MCP servers: a JSON file {"mcpServers": {...}} (Claude Desktop format)')
+    a.add_argument("--mcp-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long an MCP server may take to start, and each tool call (default 120: npx may "
+                   "first download the server)")
     a.add_argument("--code-interpreter", action="store_true",
                    help="offer code_interpreter: Python in a sandboxed subprocess (no network, own directory)")
     a.add_argument("--think", dest="think", action="store_true", default=None, help="thinking on")
@@ -308,6 +311,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
             args.subparser.error(f"--temperature must be >= 0, got {args.temperature}")
         if args.max_tokens is not None and args.max_tokens <= 0:
             args.subparser.error(f"--max-tokens must be positive, got {args.max_tokens}")
+        if not 0 < args.mcp_timeout < float("inf"):
+            args.subparser.error(f"--mcp-timeout must be positive and finite, got {args.mcp_timeout}")
     if args.command == "eval":
         for flag in ("samples", "max_tokens", "concurrency"):
             if getattr(args, flag) <= 0:

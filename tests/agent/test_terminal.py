@@ -98,7 +98,8 @@ def test_sigterm_while_mcp_servers_start_closes_them(demo, capsys, tmp_path, mon
     config = tmp_path / "mcp.json"
     config.write_text('{"mcpServers": {"x": {"command": "/bin/sh", "args": ["-c", "echo not json; %s"]}}}' % marker)
     args = argparse.Namespace(prompt="Hello!", code_interpreter=False, mcp_config=str(config), temperature=None,
-                              max_tokens=None, max_steps=10, think=False, show_reasoning=False, system=None)
+                              max_tokens=None, max_steps=10, think=False, show_reasoning=False, system=None,
+                              mcp_timeout=120.0)
     threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
     t0 = time.monotonic()
     status = run_chat(args, Endpoint(demo["url"] + "/v1", API_KEY, "tiny"))
@@ -106,6 +107,30 @@ def test_sigterm_while_mcp_servers_start_closes_them(demo, capsys, tmp_path, mon
     assert status == 128 + signal.SIGTERM and time.monotonic() - t0 < 8
     assert "Traceback" not in err and not list(tmp_path.glob("qwen35-mcp-*.log"))
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0
+
+
+def test_mcp_timeout_bounds_a_server_that_never_answers(tmp_path):
+    """`--mcp-timeout`: a server that never answers `initialize` is reported as failed after that long, not the
+    default 120 s."""
+    import asyncio
+    import time
+
+    from qwen35.agent.terminal import _make_tools
+
+    config = tmp_path / "mcp.json"
+    config.write_text('{"mcpServers": {"mute": {"command": "/bin/sh", "args": ["-c", "sleep 60"]}}}')
+    _, mcp = _make_tools(argparse.Namespace(code_interpreter=False, mcp_config=str(config), mcp_timeout=1.0))
+
+    async def start():
+        t0 = time.monotonic()
+        try:
+            async with mcp:
+                return time.monotonic() - t0, mcp.failures
+        finally:
+            await mcp.close()
+
+    took, failures = asyncio.run(start())
+    assert took < 6 and "mute" in failures, (took, failures)
 
 
 class Tmux:

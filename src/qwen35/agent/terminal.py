@@ -236,7 +236,7 @@ def _make_tools(args) -> tuple[list, Any]:
 
         logging.getLogger("mcp").setLevel(logging.CRITICAL)  # the SDK's tracebacks (a server writing non-JSON
         # to stdout) are not the terminal's: start failures are reported below, a server's stderr is in its log
-        mcp = MCPServers(args.mcp_config)
+        mcp = MCPServers(args.mcp_config, start_timeout=args.mcp_timeout, call_timeout=args.mcp_timeout)
     return tools, mcp
 
 
