@@ -60,7 +60,7 @@ def test_data_url_tolerates_line_breaks_in_base64():
 @pytest.mark.parametrize("url,message", [
     ("data:image/png;base64,@@not base64@@", "not valid base64"),
     ("data:image/png;base64,iVBORw0KGgo", "not valid base64"),  # bad padding
-    ("data:text/plain;base64,aGVsbG8=", "media type is 'text/plain'; a image needs image/*"),
+    ("data:text/plain;base64,aGVsbG8=", "media type is 'text/plain'; an image needs image/*"),
     ("data:;base64,aGVsbG8=", "media type is 'missing'"),
     ("data:image/png,rawbytes", "only base64 data URLs are supported"),
     ("data:image/png;base64", "needs a ','"),

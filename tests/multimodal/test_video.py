@@ -158,7 +158,7 @@ def test_overstated_frame_count(cfg, tmp_path):
     assert item.grid_thw[0] == (len(expect) + 1) // 2 and len(item.timestamps) == item.grid_thw[0]
 
 
-def test_video_errors(cfg, clips, tmp_path):
+def test_video_errors(cfg, clips, tmp_path, monkeypatch):
     with pytest.raises(MediaError, match="cannot open video"):
         load_video(b"\x00" * 1000, cfg)
     with pytest.raises(MediaError, match="cannot open video"):
@@ -174,7 +174,20 @@ def test_video_errors(cfg, clips, tmp_path):
         frame.sample_rate = 8000
         for packet in stream.encode(frame):
             container.mux(packet)
-    with pytest.raises(MediaError, match="no video stream"):
+    with pytest.raises(MediaError, match="not a video container"):
         load_video(audio, cfg)
+    monkeypatch.chdir(tmp_path)  # FFmpeg's script formats read other files, relative to the working directory
+    _write_video(tmp_path / "secret.mp4", "mpeg4", "mp4", frames=4)
+    for script in ("ffconcat version 1.0\nfile 'secret.mp4'\nfile 'secret.mp4'\n",
+                   "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nsecret.mp4\n#EXT-X-ENDLIST\n"):
+        with pytest.raises(MediaError, match="not a video container"):
+            load_video(script.encode(), cfg)
+    audio_only = tmp_path / "tone.mkv"
+    with av.open(str(audio_only), "w", format="matroska") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    with pytest.raises(MediaError, match="no video stream"):
+        load_video(audio_only, cfg)
     with pytest.raises(ValueError, match="uint8"):
         process_video(np.zeros((4, 32, 32, 3), np.float32), [0, 1, 2, 3], cfg)

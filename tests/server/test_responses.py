@@ -48,6 +48,8 @@ def test_input_items_become_chat_turns():
     assert got[5]["content"] == "Sunny and rain." and "tool_calls" not in got[5]
     assert got[6]["content"] == [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     assert all("_open" not in m for m in got)
+    as_chat = {"type": "input_image", "image_url": {"url": "data:image/png;base64,AAAA"}}  # the chat API's form
+    assert input_messages([{"role": "user", "content": [as_chat]}])[0]["content"] == got[6]["content"]
 
 
 @pytest.mark.parametrize("item, says", [
@@ -55,6 +57,7 @@ def test_input_items_become_chat_turns():
     ({"role": "robot", "content": "x"}, "role must be"),
     ({"role": "user", "content": [{"type": "input_audio"}]}, "part type 'input_audio'"),
     ({"type": "function_call", "arguments": "{}"}, "needs a name"),
+    ({"role": "user", "content": [{"type": "input_image", "file_id": "f1"}]}, r"a URL string \(got NoneType"),
     ("text", "must be an object"),
 ])
 def test_bad_input_items_are_named(item, says):

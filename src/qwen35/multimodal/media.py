@@ -101,7 +101,7 @@ def _from_data_url(url: str, kind: str, max_bytes: int) -> bytes:
         raise MediaError(f"{where}: only base64 data URLs are supported (data:{kind}/...;base64,...)")
     if not media_type.startswith(kind + "/"):
         raise MediaError(f"{where}: the data URL's media type is {media_type or 'missing'!r}; "
-                         f"a {kind} needs {kind}/*")
+                         f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} needs {kind}/*")
     if len(payload) // 4 * 3 > max_bytes + 3:  # before decoding: base64 is 4 characters per 3 bytes
         raise MediaError(f"{where}: is larger than the limit of {max_bytes:,} bytes")
     try:

@@ -186,9 +186,48 @@ def _decode(data: Source, cfg: ProcessorConfig, fps: float | None, num_frames: i
     raise MediaError("video frame count is inconsistent between passes")
 
 
+def container_format(head: bytes) -> str | None:
+    """The demuxer for a video whose file starts with `head` (its first 512 bytes), or None when it is not one
+    of the containers videos come in. The video is then opened with that demuxer alone: left to guess from
+    the content, FFmpeg also takes its script formats, and an `ffconcat` script sent as a video made the
+    server read files below its working directory."""
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mov"  # MP4, MOV, 3GP
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # MKV, WebM
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"FLV\x01"):
+        return "flv"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "asf"  # WMV
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "mpeg"  # MPEG program stream
+    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
+        return "mpegts"
+    return None
+
+
 def _open(data: Source) -> av.container.InputContainer:
+    in_memory = isinstance(data, (bytes, bytearray, memoryview))
     try:
-        return av.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data))
+        if in_memory:
+            head = bytes(data[:512])
+        else:
+            with open(data, "rb") as f:
+                head = f.read(512)
+    except OSError as e:
+        raise MediaError(f"cannot open video: {e}") from None
+    fmt = container_format(head)
+    if fmt is None:
+        raise MediaError("cannot open video: not a video container this server reads (MP4/MOV, WebM/MKV, AVI, "
+                         "GIF, Ogg, FLV, WMV, MPEG-PS/TS)")
+    try:
+        return av.open(io.BytesIO(data) if in_memory else os.fspath(data), format=fmt)
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise MediaError(f"cannot open video: {e}") from None
 

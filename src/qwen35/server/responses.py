@@ -83,9 +83,11 @@ def _text_of(content: Any, where: str) -> str | list[dict[str, Any]]:
             parts.append({"type": "text", "text": str(part.get("refusal", ""))})
         elif kind == "input_image":
             url = part.get("image_url")
+            if isinstance(url, dict) and isinstance(url.get("url"), str):  # the chat API's form, taken too
+                url = url["url"]
             if not isinstance(url, str):
-                raise RequestError(f"{where}.content[{j}]: input_image needs image_url (file_id is not supported)",
-                                   where)
+                raise RequestError(f"{where}.content[{j}]: input_image needs image_url, a URL string "
+                                   f"(got {type(url).__name__}; file_id is not supported)", where)
             parts.append({"type": "image_url", "image_url": {"url": url}})
         else:
             raise RequestError(f"{where}.content[{j}]: part type {kind!r} is not supported (input_text, "
