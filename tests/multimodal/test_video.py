@@ -189,5 +189,7 @@ def test_video_errors(cfg, clips, tmp_path, monkeypatch):
             container.mux(packet)
     with pytest.raises(MediaError, match="no video stream"):
         load_video(audio_only, cfg)
+    with pytest.raises(MediaError, match=r"longer than 1e-09 s \(at frame 1 of"):  # --media-decode-timeout
+        video_item(clips["mp4"], cfg, timeout_s=1e-9)
     with pytest.raises(ValueError, match="uint8"):
         process_video(np.zeros((4, 32, 32, 3), np.float32), [0, 1, 2, 3], cfg)

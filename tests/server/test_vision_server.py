@@ -114,6 +114,40 @@ def test_bad_media_are_400s_and_the_server_keeps_serving(client):
     assert ok.choices[0].message is not None
 
 
+def test_slow_media_leave_workers_for_text(client, server, monkeypatch):
+    """Requests with media prepare on at most half the CPU workers: while four of them take seconds each (a
+    video decoding, a slow fetch), a text request is answered at once."""
+    import threading
+    import time
+
+    import qwen35.server.chat as chat
+
+    def slow(*args, **kwargs):
+        time.sleep(2)
+        raise ValueError("slow media")
+
+    monkeypatch.setattr(chat, "load_media", slow)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(_refused(client))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # the four are preparing, or waiting for the media gate
+    t0 = time.monotonic()
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    took = time.monotonic() - t0
+    for t in threads:
+        t.join()
+    assert took < 1.2 and results == ["slow media"] * 4, (took, results)  # without the gate: 1.7 s
+
+
+def _refused(client) -> str:
+    try:
+        _ask(client, _image(_png()))
+    except openai.BadRequestError as e:
+        return e.body["message"]
+    return "answered"
+
+
 def test_text_only_server_says_why(ckpt):
     from qwen35.engine.async_engine import AsyncLLM
     from qwen35.engine.config import EngineConfig

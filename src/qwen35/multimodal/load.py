@@ -31,14 +31,15 @@ def load_media(refs: Sequence[tuple[str, str]], policy: MediaPolicy, cfg: Proces
     items: list[MediaItem] = []
     for (kind, _), data in zip(refs, fetch_all(refs, policy)):
         left = None if max_tokens is None else max_tokens - sum(item.num_tokens for item in items)
-        items.append(to_item(kind, data, cfg, kwargs, left))
+        items.append(to_item(kind, data, cfg, kwargs, left, policy.video_decode_timeout_s))
     return items
 
 
 def to_item(kind: str, value: Any, cfg: ProcessorConfig, mm_kwargs: dict[str, Any] | None = None,
-            max_tokens: int | None = None) -> MediaItem:
+            max_tokens: int | None = None, decode_timeout_s: float | None = None) -> MediaItem:
     """One image or video from what a caller has: encoded bytes, a PIL image (images), uint8 frames
-    [F, H, W, 3] sampled at the processor's fps (videos), or an already processed `MediaItem`."""
+    [F, H, W, 3] sampled at the processor's fps (videos), or an already processed `MediaItem`.
+    `decode_timeout_s`: a video whose decoding takes longer is a MediaError (None: no limit)."""
     if isinstance(value, MediaItem):
         if value.kind != kind:
             raise MediaError(f"a {value.kind} item was given as {kind}")
@@ -53,7 +54,7 @@ def to_item(kind: str, value: Any, cfg: ProcessorConfig, mm_kwargs: dict[str, An
     if kind == "video":
         if isinstance(value, (bytes, bytearray)):
             return video_item(bytes(value), cfg, kwargs.get("fps"), kwargs.get("num_frames"), **pixels,
-                              max_tokens=max_tokens)
+                              max_tokens=max_tokens, timeout_s=decode_timeout_s)
         if isinstance(value, np.ndarray) and value.ndim == 4 and value.dtype == np.uint8:
             return process_video(value, np.arange(len(value)) / cfg.fps, cfg, **pixels, max_tokens=max_tokens)
         raise MediaError(f"a video must be encoded bytes or uint8 frames [F, H, W, 3], got {type(value).__name__}")

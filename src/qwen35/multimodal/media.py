@@ -55,7 +55,7 @@ FETCH_WORKERS = 4  # items of one request fetched at a time
 @dataclass(frozen=True)
 class MediaPolicy:
     """Where media may come from and how much of it: the server's --allowed-local-media-path,
-    --allow-private-media-urls, --allowed-media-domains and --media-fetch-timeout."""
+    --allow-private-media-urls, --allowed-media-domains, --media-fetch-timeout and --media-decode-timeout."""
 
     allowed_local_media_path: Path | None = None  # file:// URLs only under this directory; None: refused
     allow_private_urls: bool = False  # True: http(s) to loopback / private / link-local ... addresses too
@@ -64,6 +64,7 @@ class MediaPolicy:
     max_video_bytes: int = 200 * MiB
     image_timeout_s: float = 10.0  # a whole fetch: lookups, connects, redirects and the body
     video_timeout_s: float = 30.0
+    video_decode_timeout_s: float = 60.0  # decoding and resizing one video's frames
     max_redirects: int = 3
 
     def __post_init__(self) -> None:
@@ -72,7 +73,8 @@ class MediaPolicy:
             object.__setattr__(self, "allowed_media_domains", domains)
         if self.allowed_local_media_path is not None:
             object.__setattr__(self, "allowed_local_media_path", Path(self.allowed_local_media_path))
-        for name in ("max_image_bytes", "max_video_bytes", "image_timeout_s", "video_timeout_s"):
+        for name in ("max_image_bytes", "max_video_bytes", "image_timeout_s", "video_timeout_s",
+                     "video_decode_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"MediaPolicy.{name} must be positive, got {getattr(self, name)}")
         if self.max_redirects < 0:

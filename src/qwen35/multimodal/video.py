@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 
 import av
@@ -118,8 +119,10 @@ def process_video(frames: np.ndarray, times: np.ndarray | list[float], cfg: Proc
 
 def video_item(data: Source, cfg: ProcessorConfig, fps: float | None = None, num_frames: int | None = None,
                min_pixels: int | None = None, max_pixels: int | None = None,
-               max_tokens: int | None = None) -> MediaItem:
-    """`process_video(*load_video(data, ...))`, the same result, resizing each frame as it is decoded."""
+               max_tokens: int | None = None, timeout_s: float | None = None) -> MediaItem:
+    """`process_video(*load_video(data, ...))`, the same result, resizing each frame as it is decoded.
+    `timeout_s`: decoding that takes longer stops with a MediaError (None: no limit). Every frame up to the last
+    one sampled is decoded, whatever the sampled size: a long clip of 4K frames costs minutes of CPU."""
     cfg = cfg.with_pixels(min_pixels, max_pixels, video=True)
     sizes: dict[int, tuple[int, int]] = {}  # frames sampled -> (h, w), from the first frame: one size per clip
 
@@ -130,7 +133,7 @@ def video_item(data: Source, cfg: ProcessorConfig, fps: float | None = None, num
                          f"the video ({count} frames of {sizes[count][1]}x{sizes[count][0]})")
         return _resize(frame.to_ndarray(format="rgb24"), *sizes[count])
 
-    frames, times = _decode(data, cfg, fps, num_frames, convert)
+    frames, times = _decode(data, cfg, fps, num_frames, convert, timeout_s)
     return _item(frames, times, cfg)
 
 
@@ -161,9 +164,11 @@ def _item(frames: list[np.ndarray], times: np.ndarray, cfg: ProcessorConfig) -> 
 
 
 def _decode(data: Source, cfg: ProcessorConfig, fps: float | None, num_frames: int | None,
-            convert: Callable[[av.VideoFrame, int], np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+            convert: Callable[[av.VideoFrame, int], np.ndarray],
+            timeout_s: float | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Sampled frames through `convert(frame, number of frames sampled)`, and their times in seconds.
-    Two passes only when the container overstates its frame count."""
+    Two passes only when the container overstates its frame count. `timeout_s`: for both passes together."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with _open(data) as container:
         stream = _video_stream(container)
         total = stream.frames or _count_frames(data)
@@ -174,6 +179,9 @@ def _decode(data: Source, cfg: ProcessorConfig, fps: float | None, num_frames: i
         decoded = 0
         with _open(data) as container:
             for decoded, frame in enumerate(_frames(container), 1):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise MediaError(f"decoding the video took longer than {timeout_s:g} s (at frame {decoded} of "
+                                     f"{total}; --media-decode-timeout): send a shorter or smaller clip")
                 i = decoded - 1
                 while len(frames) < len(indices) and indices[len(frames)] == i:
                     _check_frame_size(frame)

@@ -38,6 +38,7 @@ from .chat import ChatRun, dumps, prepare_chat, render_prompt, usage, with_media
 from .completions import CompletionRun, prepare_completion
 from .guard import Guard, error
 from .limits import RequestError, encode_bounded, parse_json
+from .messages import MEDIA_PARTS
 from .metrics import Metrics
 from .serve_args import DEFAULT_MM_LIMITS
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -79,6 +80,10 @@ class ServerState:
         self.max_running = info.max_num_seqs
         self.chat_template = self.chat_template or self.tokenizer.chat_template
         self.cpu = ThreadPoolExecutor(self.cpu_threads, thread_name_prefix="qwen35-cpu")
+        # requests with images or video prepare on at most half the workers: fetching and decoding media can take
+        # seconds each, and the other half stays free for text (4 slow videos held every worker: a "hello" took
+        # 19 s). Waiting for the gate holds no thread.
+        self.media_gate = asyncio.Semaphore(max(1, self.cpu_threads // 2))
         self.processor = ProcessorConfig.from_checkpoint(info.model) if info.vision else None
 
     @property
@@ -112,11 +117,14 @@ def create_app(state: ServerState) -> FastAPI:
         CPU-bound preparation) on a worker thread: `(body, result)`, or the 4xx that says what is wrong."""
         raw = await request.body()
         try:
-            body = await state.run_cpu(_parse, raw, model)
+            body, media = await state.run_cpu(_parse, raw, model)
             if body.model is not None and body.model not in state.served_names:
                 return error(404, f"the model {body.model!r} does not exist; this server serves "
                                   f"{state.served_names}", "model", "not_found_error")
-            return body, await state.run_cpu(work, body, state)
+            if not media:
+                return body, await state.run_cpu(work, body, state)
+            async with state.media_gate:
+                return body, await state.run_cpu(work, body, state)
         except RequestError as e:
             return error(400, str(e), e.param)
         except ValidationError as e:
@@ -276,11 +284,26 @@ def create_app(state: ServerState) -> FastAPI:
 
 # ---- request parsing (worker threads) -----------------------------------------------------------------
 
-def _parse(raw: bytes, model: type[BaseModel]) -> BaseModel:
+def _parse(raw: bytes, model: type[BaseModel]) -> tuple[BaseModel, bool]:
+    """The validated body, and whether it names an image or video (`_names_media`)."""
     data = parse_json(raw)
     if not isinstance(data, dict):
         raise RequestError(f"the body must be a JSON object, got {type(data).__name__}")
-    return model.model_validate(data)
+    return model.model_validate(data), _names_media(data)
+
+
+def _names_media(data: dict) -> bool:
+    """Whether a message (chat, /tokenize) or input item (Responses API) has a content part that names an image
+    or video, in any of the forms messages.py takes."""
+    for turns in (data.get("messages"), data.get("input")):
+        if not isinstance(turns, list):
+            continue
+        for turn in turns:
+            content = turn.get("content") if isinstance(turn, dict) else None
+            if isinstance(content, list) and any(isinstance(part, dict) and any(k in part for k in MEDIA_PARTS)
+                                                 for part in content):
+                return True
+    return False
 
 
 def _json(build, *args: Any) -> Response:

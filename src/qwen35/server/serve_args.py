@@ -233,6 +233,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--media-fetch-timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="time limit of one media fetch (default: images $VLLM_IMAGE_FETCH_TIMEOUT or 10, videos "
                         "$VLLM_VIDEO_FETCH_TIMEOUT or 30)")
+    v.add_argument("--media-decode-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="time limit of decoding one video's frames (ours; default 60)")
 
     s = p.add_argument_group("speculative decoding with the checkpoint's MTP head")
     s.add_argument("--speculative-config", default=None, metavar="JSON",
@@ -448,4 +450,5 @@ def media_policy(args: argparse.Namespace) -> MediaPolicy:
         allowed_local_media_path=local, allow_private_urls=args.allow_private_media_urls,
         allowed_media_domains=domains,
         image_timeout_s=timeout or _fetch_timeout("VLLM_IMAGE_FETCH_TIMEOUT", MediaPolicy.image_timeout_s),
-        video_timeout_s=timeout or _fetch_timeout("VLLM_VIDEO_FETCH_TIMEOUT", MediaPolicy.video_timeout_s))
+        video_timeout_s=timeout or _fetch_timeout("VLLM_VIDEO_FETCH_TIMEOUT", MediaPolicy.video_timeout_s),
+        video_decode_timeout_s=args.media_decode_timeout or MediaPolicy.video_decode_timeout_s)
