@@ -191,5 +191,15 @@ def test_video_errors(cfg, clips, tmp_path, monkeypatch):
         load_video(audio_only, cfg)
     with pytest.raises(MediaError, match=r"longer than 1e-09 s \(at frame 1 of"):  # --media-decode-timeout
         video_item(clips["mp4"], cfg, timeout_s=1e-9)
+
+
+def test_a_video_too_long_for_the_context_is_refused_at_its_first_frame(cfg, clips):
+    """The early check counts each temporal patch's markers and timestamp too (at their fewest), so a video
+    they push past the context is refused before its frames are decoded, not after."""
+    item = video_item(clips["mp4"], cfg)
+    patches = item.grid_thw[0]
+    with pytest.raises(MediaError, match="would take"):
+        video_item(clips["mp4"], cfg, max_tokens=item.num_tokens + 8 * patches - 1)
+    assert video_item(clips["mp4"], cfg, max_tokens=item.num_tokens + 8 * patches).num_tokens == item.num_tokens
     with pytest.raises(ValueError, match="uint8"):
         process_video(np.zeros((4, 32, 32, 3), np.float32), [0, 1, 2, 3], cfg)

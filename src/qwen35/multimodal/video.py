@@ -96,9 +96,16 @@ def load_video(data: Source, cfg: ProcessorConfig, fps: float | None = None,
     return np.stack(frames), times
 
 
+# Each temporal patch also takes <|vision_start|>, <|vision_end|> and its timestamp, `<1.5 seconds>`: at least 6
+# tokens where digits and punctuation are pre-tokenised apart (Qwen's rule; prompt.py writes them)
+PATCH_EXTRA_TOKENS = 2 + 6
+
+
 def video_tokens(num_frames: int, h: int, w: int, cfg: ProcessorConfig) -> int:
-    """Prompt tokens of `num_frames` sampled frames resized to h x w (frames pad to the temporal patch)."""
-    return -(-num_frames // cfg.temporal_patch_size) * (h // cfg.factor) * (w // cfg.factor)
+    """Prompt tokens of `num_frames` sampled frames resized to h x w (frames pad to the temporal patch), with
+    each temporal patch's markers and timestamp counted at their fewest: a video this says is too long is."""
+    patches = -(-num_frames // cfg.temporal_patch_size)
+    return patches * ((h // cfg.factor) * (w // cfg.factor) + PATCH_EXTRA_TOKENS)
 
 
 def process_video(frames: np.ndarray, times: np.ndarray | list[float], cfg: ProcessorConfig,
