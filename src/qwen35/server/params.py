@@ -1,10 +1,11 @@
 """Request body -> `SamplingParams`, with the model's defaults filled in.
 
-Order per field: the request's value; for temperature / top_p / top_k / min_p the model card's preset for
-the chat's thinking mode (thinking 0.6 / 0.95 / 20 / 0, non-thinking 0.7 / 0.8 / 20 / 0), unless the
-checkpoint's generation_config.json turns sampling off (`do_sample: false`: greedy, as the demo model asks); then
-the checkpoint's generation_config.json; then neutral values. `--generation-config vllm` turns the presets and
-generation_config off (neutral defaults), as in vLLM.
+Order per field, as in vLLM: the request's value; the generation config (the checkpoint's
+generation_config.json, or the one in `--generation-config DIR`, with `--override-generation-config` on top;
+`do_sample: false` means greedy, as the demo model asks); for a chat's temperature / top_p / top_k / min_p that
+it leaves unset, the model card's preset for the thinking mode (thinking 0.6 / 0.95 / 20 / 0, non-thinking
+0.7 / 0.8 / 20 / 0); then neutral values. `--generation-config vllm` turns the generation config and the
+presets off (neutral defaults), as in vLLM.
 """
 
 from __future__ import annotations
@@ -24,24 +25,41 @@ _FROM_GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", "repetition
                            "frequency_penalty")
 
 
-def load_generation_defaults(model_dir: str | Path, mode: str = "auto") -> dict[str, Any]:
-    """Sampling defaults from generation_config.json (mode "auto"), or none (mode "vllm")."""
-    if mode == "vllm":
-        return {}
-    path = Path(mode if mode not in ("auto",) else model_dir) / "generation_config.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        log.warning("ignoring %s: %s", path, e)
-        return {}
-    out = {k: data[k] for k in _FROM_GENERATION_CONFIG if isinstance(data.get(k), (int, float))}
+def load_generation_defaults(model_dir: str | Path, mode: str = "auto",
+                             override: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Sampling defaults from the checkpoint's generation_config.json (mode "auto"), the one in the folder
+    `mode`, or none (mode "vllm"); `override` (vLLM's `--override-generation-config`) on top. ValueError for a
+    folder without a readable generation_config.json: a mistyped path must not pass unnoticed."""
+    data: dict[str, Any] = {}
+    if mode == "auto":
+        path = Path(model_dir) / "generation_config.json"
+        if path.exists():
+            try:
+                data = _read(path)
+            except ValueError as e:
+                log.warning("ignoring %s", e)
+    elif mode != "vllm":
+        data = _read(Path(mode) / "generation_config.json")
+    data = {**data, **(override or {})}
+    out = {k: data[k] for k in _FROM_GENERATION_CONFIG
+           if isinstance(data.get(k), (int, float)) and not isinstance(data.get(k), bool)}
     if data.get("do_sample") is False:
         out["temperature"] = 0.0
     if isinstance(data.get("max_new_tokens"), int):
         out["max_tokens"] = data["max_new_tokens"]
     return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
 
 
 def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None, defaults: dict[str, Any],
@@ -56,10 +74,10 @@ def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None,
         given = getattr(body, name, None)
         if given is not None:
             values[name] = given
-        elif name in preset:
-            values[name] = preset[name]
         elif name in defaults:
             values[name] = defaults[name]
+        elif name in preset:
+            values[name] = preset[name]
     cap = defaults.get("max_tokens")
     if max_tokens is None and cap is not None:
         max_tokens = cap

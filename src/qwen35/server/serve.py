@@ -85,6 +85,7 @@ class ServePlan:
     media_policy: Any = None  # multimodal.media.MediaPolicy: where media URLs may point
     state_kwargs: dict[str, Any] = field(default_factory=dict)
     parallel: Any = None  # parallel.config.ParallelConfig: this process's rank and where the ranks meet
+    generation_defaults: dict[str, Any] = field(default_factory=dict)  # params.load_generation_defaults
 
 
 def plan_serve(args: argparse.Namespace) -> ServePlan:
@@ -93,6 +94,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     from ..tokenizer.tokenizer import find_chat_template
     from . import model_overrides as mo
     from ..loading.model_path import resolve_model
+    from .params import load_generation_defaults
 
     noops = check_features(args)
     parallel = parallel_config(args)
@@ -181,6 +183,12 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
         raise ServeError(str(e)) from None
     check_chat_template(checked, checked_where, template_kwargs)
 
+    override = parse_json("--override-generation-config", args.override_generation_config, dict)
+    try:
+        generation_defaults = load_generation_defaults(model_dir, args.generation_config, override)
+    except ValueError as e:
+        raise ServeError(f"--generation-config {args.generation_config}: {e}") from None
+
     kv = None
     if args.kv_cache_memory:
         from ..cli import parse_size
@@ -210,7 +218,8 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     return ServePlan(model_dir=model_dir, hf_config=config if overridden else None, embedded=embedded,
                      served_names=args.served_model_name or [name], max_model_len=max_len, supported_len=supported,
                      kv_cache_memory=kv, chat_template=template, noops=noops, speculative_config=speculative,
-                     mm_limits=limits, media_policy=policy, state_kwargs=state_kwargs, parallel=parallel)
+                     mm_limits=limits, media_policy=policy, state_kwargs=state_kwargs, parallel=parallel,
+                     generation_defaults=generation_defaults)
 
 
 def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len: int,
@@ -275,7 +284,6 @@ def build_config(plan: ServePlan, args: argparse.Namespace):
 
 def build_state(plan: ServePlan, args: argparse.Namespace):
     from .app import ServerState
-    from .params import load_generation_defaults
 
     cfg = build_config(plan, args)
     if args.engine_process:
@@ -290,9 +298,9 @@ def build_state(plan: ServePlan, args: argparse.Namespace):
 
         client = AsyncLLM(cfg)
     try:
-        defaults = load_generation_defaults(str(plan.model_dir), args.generation_config)
         return ServerState(client, plan.served_names, chat_template=plan.chat_template,
-                           generation_defaults=defaults, mm_limits=plan.mm_limits, media_policy=plan.media_policy,
+                           generation_defaults=plan.generation_defaults, mm_limits=plan.mm_limits,
+                           media_policy=plan.media_policy,
                            **plan.state_kwargs)
     except BaseException:
         client.shutdown()

@@ -168,7 +168,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--quantization", "-q", type=_quantization, default=None, metavar="{int8,int4,fp8,gptq,awq}",
                    help="weight-only: int8 / int4 quantise the checkpoint at load; fp8 / gptq / awq: the checkpoint "
                         "is one (checked; gptq and awq load as int4). Default: as the checkpoint is")
-    m.add_argument("--generation-config", default="auto", help="'auto' (checkpoint), 'vllm' (neutral) or a folder")
+    m.add_argument("--generation-config", default="auto",
+                   help="sampling defaults: 'auto' (the checkpoint's generation_config.json), 'vllm' (neutral) or a "
+                        "folder holding a generation_config.json; they come before the model card's presets")
+    m.add_argument("--override-generation-config", default=None, metavar="JSON",
+                   help='merged over the generation config, e.g. \'{"temperature": 0.5}\'')
     m.add_argument("--chat-template", default=None, help="a Jinja template file, or the template text itself")
     m.add_argument("--default-chat-template-kwargs", default=None, metavar="JSON",
                    help='template variables for every request, e.g. \'{"enable_thinking": false}\'')
