@@ -102,7 +102,7 @@ def test_n_logprobs_and_lengths(ckpt):
     assert all(c.finish_reason == "length" for c in out.outputs)
     c = out.outputs[0]
     assert len(c.logprobs) == 5 and all(tok in lp for tok, lp in zip(c.token_ids, c.logprobs))
-    assert abs(c.cumulative_logprob - sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs))) < 1e-4
+    assert abs(c.cumulative_logprob - sum(lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs))) < 1e-4
 
 
 def test_n_sub_requests_prefill_their_prompt_once(tiny_ckpt):

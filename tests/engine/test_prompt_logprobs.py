@@ -31,12 +31,12 @@ def _check(entries, prompt: list[int], ref: torch.Tensor, k: int) -> None:
     for i in range(1, len(prompt)):
         entry, row, tok = entries[i], ref[i - 1], prompt[i]
         assert next(iter(entry)) == tok  # the prompt token first, then the top k
-        assert abs(entry[tok] - float(row[tok])) < 1e-4
+        assert abs(entry[tok].logprob - float(row[tok])) < 1e-4
         top = row.topk(k) if k else None
         if k:
             assert set(top.indices.tolist()) <= set(entry) and len(entry) <= k + 1
             for t, v in zip(top.indices.tolist(), top.values.tolist()):
-                assert abs(entry[t] - v) < 1e-4
+                assert abs(entry[t].logprob - v) < 1e-4
         else:
             assert list(entry) == [tok]
 

@@ -150,7 +150,7 @@ def test_greedy_equals_transformers_after_prefill_then_decode(llm, hf, truth):
         ids = ref.prompt_token_ids + want
         logits = transformers_logits(llm, ids, media)
     want_lp = torch.log_softmax(logits[len(ref.prompt_token_ids) - 1:-1], -1)
-    got = torch.tensor([lp[i][t] for i, t in enumerate(want)])
+    got = torch.tensor([lp[i][t].logprob for i, t in enumerate(want)])
     assert (got - want_lp[torch.arange(len(want)), torch.tensor(want)]).abs().max() < 1e-4
 
 

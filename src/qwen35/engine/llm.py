@@ -15,12 +15,24 @@ A prompt dict may carry images and videos, as in vLLM:
 `MediaItem`; one or a list per kind, matched to the prompt's placeholders in order). `chat` takes OpenAI
 `image_url` / vLLM `video_url` parts (data URLs, http(s), and file:// under `allowed_local_media_path`).
 A request the engine fails comes back finished with `finish_reason="error"` and `RequestOutput.error` set.
+
+As vLLM's: without `sampling_params`, requests sample with `get_default_sampling_params()` (the checkpoint's
+generation_config.json; `generation_config="vllm"`: neutral); logprobs are `{token id: Logprob}` (`.logprob`,
+`.rank`, `.decoded_token`); `use_tqdm` shows a progress bar on a terminal; `get_tokenizer()`; and vLLM's
+`LLM(...)` keywords for GPU memory, CUDA graphs, swap space and remote code are accepted and have nothing to do.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Union
+
+from tqdm import tqdm
 
 from ..multimodal.inputs import MediaItem
 from ..multimodal.load import load_media, to_item
@@ -30,17 +42,28 @@ from ..server.messages import normalize_chat
 from ..tokenizer.chat_template import RESERVED_VARS, render_chat
 from ..tokenizer.chat_template import continue_final_message as continued
 from .llm_engine import EngineConfig, LLMEngine
-from .outputs import RequestOutput
+from .outputs import Logprob, RequestOutput
 from .sampling_params import SamplingParams
 
+log = logging.getLogger("qwen35.engine")
 
 Prompt = Union[str, list[int], dict]
+# vLLM's LLM(...) keywords with nothing to do here: no GPU memory pool to size, no CUDA graphs to turn off, no
+# swap space, no remote code to run, no statistics log
+NOTHING_TO_DO = ("gpu_memory_utilization", "enforce_eager", "swap_space", "trust_remote_code", "disable_log_stats",
+                 "disable_custom_all_reduce", "tokenizer_mode")
 
 
 class LLM:
-    def __init__(self, model: str | None = None, allowed_local_media_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: str | None = None, allowed_local_media_path: str | None = None, *,
+                 generation_config: str = "auto", hf_overrides: dict | None = None, tokenizer: str | None = None,
+                 kv_cache_dtype: str = "auto", **kwargs: Any) -> None:
         """`model`: a checkpoint directory or a Hugging Face id found in the local HF cache (nothing is downloaded;
-        default: the embedded demo model, `default_model.py`)."""
+        default: the embedded demo model, `default_model.py`). `generation_config`: where the default sampling
+        comes from, as `qwen35 serve --generation-config`. `hf_overrides`: merged into config.json, as
+        `--hf-overrides`. Other keywords: `EngineConfig`'s."""
+        from ..server.params import load_generation_defaults
+
         if model is None:
             from ..default_model import default_model_dir
 
@@ -49,31 +72,60 @@ class LLM:
             from ..loading.model_path import resolve_model
 
             model = resolve_model(str(model)).path
+        ignored = [k for k in NOTHING_TO_DO if kwargs.pop(k, None) is not None]
+        if ignored:
+            log.info("LLM(%s): nothing to do on this engine", ", ".join(ignored))
+        if tokenizer is not None and Path(tokenizer).resolve() != Path(model).resolve():
+            raise ValueError(f"tokenizer={tokenizer!r}: a tokenizer other than the checkpoint's is not supported")
+        if kv_cache_dtype != "auto":
+            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r}: the K/V cache is kept in the model's dtype ('auto')")
+        if hf_overrides is not None:
+            from ..server.model_overrides import apply_overrides
+
+            kwargs["hf_config"] = apply_overrides(json.loads((Path(model) / "config.json").read_text()), hf_overrides)
         self.engine = LLMEngine(EngineConfig(model=str(model), **kwargs))
         self._ids = itertools.count()
         self.processor = ProcessorConfig.from_checkpoint(model)
         # offline use: private and loopback URLs are the user's own; local files only under the given directory
         self.media_policy = MediaPolicy(allowed_local_media_path=allowed_local_media_path, allow_private_urls=True)
+        self._defaults = load_generation_defaults(model, generation_config)
 
     @property
     def tokenizer(self):
         return self.engine.tokenizer
 
-    def generate(self, prompts: Prompt | list[Prompt],
-                 sampling_params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
+    def get_tokenizer(self):
+        """The checkpoint's tokenizer (`qwen35.tokenizer.Tokenizer`: encode, decode, the chat template)."""
+        return self.engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What requests without their own `sampling_params` sample with: the generation config's temperature,
+        top_p, top_k, min_p, penalties and max_new_tokens, neutral values elsewhere (vLLM's method)."""
+        d = dict(self._defaults)
+        if "max_tokens" in d:
+            d["max_tokens"] = d.pop("max_tokens")
+        return SamplingParams(**d)
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
         """Run prompts to completion (see the module docstring for their forms); outputs come back in prompt
         order. A bad prompt or request raises ValueError and runs nothing."""
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts
                                                  and isinstance(prompts[0], int)):
             prompts = [prompts]  # a single prompt
-        if not isinstance(prompts, list):
+        if not isinstance(prompts, Sequence):
             raise ValueError(f"prompts must be a prompt or a list of prompts, got {type(prompts).__name__}")
-        return self._run([_prompt(p) for p in prompts], [self._media(p) for p in prompts], sampling_params)
+        return self._run([_prompt(p) for p in prompts], [self._media(p) for p in prompts], sampling_params,
+                         use_tqdm)
 
     def _run(self, prompts: list[str | list[int]], media: list[list[MediaItem] | None],
-             sampling_params: SamplingParams | list[SamplingParams] | None) -> list[RequestOutput]:
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None,
+             use_tqdm: bool = True) -> list[RequestOutput]:
         """Add every prompt with its items (all or none), run the engine until they finish, in prompt order."""
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        params = list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(prompts)
         if not all(p is None or isinstance(p, SamplingParams) for p in params):
             raise ValueError("sampling_params must be a SamplingParams or a list of them, got "
                              f"{type(next(p for p in params if not isinstance(p, SamplingParams))).__name__}")
@@ -84,24 +136,48 @@ class LLM:
         try:
             for prompt, p, items in zip(prompts, params, media):
                 rid = f"llm-{next(self._ids)}"
-                self.engine.add_request(rid, prompt, p or SamplingParams(), items)
+                self.engine.add_request(rid, prompt, p, items)
                 ids.append(rid)
-            while self.engine.has_unfinished():
-                for out in self.engine.step():
-                    if out.finished:
-                        done[out.request_id] = out
+            with tqdm(total=len(ids), desc="generating", unit="prompt", leave=False,
+                      disable=not use_tqdm or not sys.stderr.isatty()) as bar:
+                while self.engine.has_unfinished():
+                    for out in self.engine.step():
+                        if out.finished:
+                            done[out.request_id] = out
+                            bar.update(out.request_id in ids)
         except BaseException:  # a bad prompt, Ctrl-C, an engine error: nothing of this call is left to run unseen
             for rid in ids:
                 if rid not in done:
                     self.engine.abort(rid)
             raise
-        return [done[r] for r in ids]
+        return [self._with_logprob_objects(done[r], p) for r, p in zip(ids, params)]
+
+    def _with_logprob_objects(self, out: RequestOutput, params: SamplingParams) -> RequestOutput:
+        """vLLM's `{token id: Logprob}` in place of the engine's `{token id: float}`."""
+        for c in out.outputs:
+            if c.logprobs is not None:
+                c.logprobs = [self._logprobs(e, params.logprobs) for e in c.logprobs]
+        if out.prompt_logprobs is not None:
+            out.prompt_logprobs = [None if e is None else self._logprobs(e, params.prompt_logprobs)
+                                   for e in out.prompt_logprobs]
+        return out
+
+    def _logprobs(self, entry: dict[int, float], top: int) -> dict[int, Logprob]:
+        """An entry holds the chosen token and the `top` most likely ones: each of those ranks among them (1:
+        the most likely); the chosen token, when it is not one of them, has no rank computed."""
+        first = next(iter(entry))  # the chosen token comes first (sampler.py)
+        chosen_outside = len(entry) > top
+        return {t: Logprob(v, None if t == first and chosen_outside else 1 + sum(x > v for x in entry.values()),
+                           self.tokenizer.decode([t])) for t, v in entry.items()}
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
-             tools: list[dict] | None = None, chat_template_kwargs: dict | None = None, *,
-             add_generation_prompt: bool = True, continue_final_message: bool = False) -> list[RequestOutput]:
-        """Render each conversation with the checkpoint's chat template and generate. As vLLM's `LLM.chat`:
-        `continue_final_message` (with `add_generation_prompt=False`) continues the last, assistant message."""
+             use_tqdm: bool = True, *, tools: list[dict] | None = None, chat_template: str | None = None,
+             chat_template_kwargs: dict | None = None, add_generation_prompt: bool = True,
+             continue_final_message: bool = False, mm_processor_kwargs: dict | None = None) -> list[RequestOutput]:
+        """Render each conversation with the chat template (`chat_template`: this one's text instead of the
+        checkpoint's) and generate. As vLLM's `LLM.chat`: `continue_final_message` (with
+        `add_generation_prompt=False`) continues the last, assistant message; `mm_processor_kwargs` apply to
+        its images and videos."""
         if continue_final_message and add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
         kwargs = dict(chat_template_kwargs or {})
@@ -112,11 +188,11 @@ class LLM:
         prompts, media = [], []
         for conv in convs:
             clean, refs = normalize_chat(conv)
-            text = render_chat(self.tokenizer.chat_template, clean, tools=tools,
+            text = render_chat(chat_template or self.tokenizer.chat_template, clean, tools=tools,
                                add_generation_prompt=add_generation_prompt, **kwargs)
             prompts.append(continued(text, clean) if continue_final_message else text)
-            media.append(load_media(refs, self.media_policy, self.processor) if refs else None)
-        return self._run(prompts, media, sampling_params)
+            media.append(load_media(refs, self.media_policy, self.processor, mm_processor_kwargs) if refs else None)
+        return self._run(prompts, media, sampling_params, use_tqdm)
 
     def _media(self, p: Any) -> list[MediaItem] | None:
         """The items of a prompt dict's `multi_modal_data`, in the order of the prompt's placeholders."""

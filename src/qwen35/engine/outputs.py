@@ -25,6 +25,15 @@ class RequestFailed(RuntimeError):
         self.output = output
 
 
+@dataclass(frozen=True)
+class Logprob:
+    """One entry of the offline API's logprobs, as vLLM's: `rank` 1 for the most likely token (None for a
+    chosen token outside the requested top ones, whose rank is not computed), `decoded_token` its text."""
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
 @dataclass
 class CompletionOutput:
     index: int

@@ -1,0 +1,55 @@
+"""The offline `LLM` API as vLLM scripts use it: default sampling from generation_config, `Logprob` objects,
+`use_tqdm`, `get_tokenizer()`, any sequence of prompts, and vLLM's keywords that have nothing to do here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from qwen35.engine import LLM, SamplingParams
+from qwen35.engine.outputs import Logprob
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_ckpt, tmp_path_factory):
+    ckpt = shutil.copytree(tiny_ckpt, tmp_path_factory.mktemp("api") / "ckpt")
+    (ckpt / "generation_config.json").write_text(json.dumps({"temperature": 0.6, "top_p": 0.95, "top_k": 20,
+                                                             "max_new_tokens": 3}))
+    return LLM(str(ckpt), dtype="float32", max_model_len=256, max_num_seqs=4, kv_cache_memory=48 << 20,
+               gpu_memory_utilization=0.9, trust_remote_code=True, enforce_eager=True, swap_space=4)
+
+
+def test_requests_without_params_sample_with_the_generation_config(llm):
+    p = llm.get_default_sampling_params()
+    assert (p.temperature, p.top_p, p.top_k, p.max_tokens) == (0.6, 0.95, 20, 3)
+    out = llm.generate(("Hello", "Bonjour"), use_tqdm=False)  # any sequence of prompts
+    assert [len(o.outputs[0].token_ids) for o in out] == [3, 3]
+
+
+def test_logprobs_are_logprob_objects(llm):
+    out = llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=2, logprobs=2, prompt_logprobs=1))[0]
+    first = out.outputs[0].logprobs[0]
+    chosen = out.outputs[0].token_ids[0]
+    assert all(isinstance(v, Logprob) for v in first.values()) and len(first) == 2  # greedy: chosen is the top
+    assert first[chosen].rank == 1 and first[chosen].decoded_token == llm.get_tokenizer().decode([chosen])
+    assert sorted(v.rank for v in first.values()) == [1, 2]
+    assert out.outputs[0].cumulative_logprob == pytest.approx(sum(
+        e[t].logprob for e, t in zip(out.outputs[0].logprobs, out.outputs[0].token_ids)))
+    prompt = out.prompt_logprobs
+    assert prompt[0] is None and all(isinstance(v, Logprob) for e in prompt[1:] for v in e.values())
+
+
+def test_chat_takes_a_template_and_vllm_keywords(llm):
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    out = llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=1), use_tqdm=False,
+                   chat_template=template, mm_processor_kwargs={"max_pixels": 65536})[0]
+    assert out.prompt_token_ids == llm.get_tokenizer().encode("Hi")
+
+
+def test_unsupported_keywords_are_named(tiny_ckpt):
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        LLM(str(tiny_ckpt), kv_cache_dtype="fp8")
+    with pytest.raises(ValueError, match="tokenizer="):
+        LLM(str(tiny_ckpt), tokenizer="/elsewhere")
