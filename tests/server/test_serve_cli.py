@@ -81,6 +81,9 @@ CARD_LINES = [
     f"--model-path {HF_ID} --port 8000 --tp-size 1 --mem-fraction-static 0.8 --context-length 262144 "
     "--reasoning-parser qwen3",
     f"--model-path {HF_ID} --tp 1 --context-length 262144 --reasoning-parser qwen3 --tool-call-parser qwen3_coder",
+    # vLLM flags of copied launch scripts that have nothing to change here
+    f"{HF_ID} --max-model-len 128000 --kv-cache-dtype auto --load-format safetensors --block-size 16 --swap-space 4 "
+    "--max-log-len 100 --guided-decoding-backend xgrammar --disable-uvicorn-access-log --kv-cache-memory-bytes 1G",
 ]
 
 
@@ -134,7 +137,8 @@ def test_model_card_yarn_line_reaches_the_loader(hf_cache):
     (f"{HF_ID} --tool-call-parser hermes", "'qwen3_coder' and its alias 'qwen3_xml'"),
     (f"{HF_ID} --reasoning-parser deepseek_r1", "the supported reasoning parser is 'qwen3'"),
     (f"{HF_ID} --max-model-len 300k", "--max-model-len 300000 is larger than the 262144 tokens"),
-    (f"{HF_ID} --kv-cache-dtype fp8", "unrecognized arguments: --kv-cache-dtype fp8"),
+    (f"{HF_ID} --kv-cache-dtype fp8", "--kv-cache-dtype fp8: only auto works here"),
+    (f"{HF_ID} --no-such-flag 3", "unrecognized arguments: --no-such-flag 3"),
     ("Qwen/Qwen3.5-9B", "qwen35 does not download weights"),
     (f"{HF_ID} --port 99999", "must be in [0, 65535], got 99999"),
     (f"{HF_ID} --speculative-config {{\"method\":\"mtp\",\"num_speculative_tokens\":2}} --num-speculative-tokens 3",
@@ -172,8 +176,25 @@ def run_cli_plan(*argv: str) -> tuple[int, str]:
 
 
 def test_noop_flags_are_collected_once(hf_cache):
-    p = plan(HF_ID, "--enforce-eager", "--trust-remote-code", "--enable-auto-tool-choice")
-    assert [n.split()[0] for n in p.noops] == ["--enforce-eager", "--trust-remote-code", "--enable-auto-tool-choice"]
+    p = plan(HF_ID, "--enforce-eager", "--trust-remote-code", "--enable-auto-tool-choice", "--kv-cache-dtype", "auto")
+    assert [n.split()[0] for n in p.noops] == ["--enforce-eager", "--trust-remote-code", "--enable-auto-tool-choice",
+                                                 "--kv-cache-dtype"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--kv-cache-dtype", "fp8"], "--kv-cache-dtype fp8: only auto works here"),
+    (["--block-size", "32"], "--block-size 32: only 16 works here"),
+    (["--load-format", "gguf"], "--load-format gguf: only auto or safetensors"),
+])
+def test_noop_flags_with_another_value_are_errors(hf_cache, args, says):
+    with pytest.raises(ServeError, match=says):
+        plan(HF_ID, *args)
+
+
+def test_seed_out_of_range_is_a_parse_error(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--seed", str(1 << 64)])
+    assert "signed 64-bit" in capsys.readouterr().err
 
 
 # ---- --max-model-len ------------------------------------------------------------------------------------

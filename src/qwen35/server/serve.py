@@ -395,6 +395,7 @@ def serve(args: argparse.Namespace) -> int:
             return await super().on_tick(counter)
 
     config = uvicorn.Config(create_app(state), log_level=args.uvicorn_log_level,
+                            access_log=not args.disable_uvicorn_access_log,
                             http=with_header_timeout(args.header_timeout), timeout_keep_alive=args.timeout_keep_alive,
                             timeout_graceful_shutdown=5)
     server = Server(config)

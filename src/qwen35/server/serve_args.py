@@ -40,6 +40,16 @@ NOOP_FLAGS = {
     "headless": ("--headless", "ranks other than 0 never serve HTTP"),
     "enable_metrics": ("--enable-metrics", "/metrics is always on"),
 }
+# vLLM flags that take a value and have nothing to change here: dest -> (flag, the values that mean that (None:
+# any), why); another value is an error naming the ones that work
+VALUE_NOOPS = {
+    "kv_cache_dtype": ("--kv-cache-dtype", ("auto",), "the K/V cache is kept in the model's dtype"),
+    "load_format": ("--load-format", ("auto", "safetensors"), "checkpoints are read as safetensors"),
+    "block_size": ("--block-size", ("16",), "K/V blocks are 16 tokens"),
+    "swap_space": ("--swap-space", None, "no device memory to swap out of"),
+    "max_log_len": ("--max-log-len", None, "logged requests are not cut"),
+    "guided_decoding_backend": ("--guided-decoding-backend", None, "structured outputs always use llguidance"),
+}
 PARALLEL = {  # dest -> what it is
     "pipeline_parallel_size": "pipeline parallelism",
     "data_parallel_size": "data parallelism",
@@ -113,6 +123,7 @@ _nonneg_int = _number(int, lambda n: n >= 0, ">= 0")
 _port = _number(int, lambda n: 0 <= n <= 65535, "in [0, 65535]")
 _positive_int = _number(int, lambda n: n > 0, "positive")
 _positive_float = _number(float, lambda x: x > 0, "positive")
+_seed = _number(int, lambda n: -(1 << 63) <= n < (1 << 63), "a signed 64-bit integer")
 
 
 def _choice(supported: tuple[str, ...], described: str):
@@ -187,8 +198,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("engine")
     e.add_argument("--max-num-seqs", "--max-running-requests", dest="max_num_seqs", type=_positive_int, default=16)
     e.add_argument("--max-num-batched-tokens", type=_positive_int, default=2048)
-    e.add_argument("--kv-cache-memory", default=None, help="bytes for K/V + GDN state, e.g. 4GB (wins over "
-                                                           "--gpu-memory-utilization)")
+    e.add_argument("--kv-cache-memory", "--kv-cache-memory-bytes", dest="kv_cache_memory", default=None,
+                   help="bytes for K/V + GDN state, e.g. 4GB (wins over --gpu-memory-utilization)")
     e.add_argument("--gpu-memory-utilization", "--mem-fraction-static", dest="memory_fraction", type=_fraction,
                    default=None, metavar="F", help="share of memory for weights + cache (see the docs)")
     e.add_argument("--no-enable-prefix-caching", "--disable-radix-cache", dest="no_enable_prefix_caching",
@@ -199,7 +210,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=ENGINE_PROCESS,
                    help="run the engine in a process of its own, apart from HTTP and tokenisation "
                         f"(default: {'on' if ENGINE_PROCESS else 'off'}; see docs/SERVING.md)")
-    e.add_argument("--seed", "--random-seed", dest="seed", type=int, default=None, help="torch's global seed")
+    e.add_argument("--seed", "--random-seed", dest="seed", type=_seed, default=None, help="torch's global seed")
 
     h = p.add_argument_group("HTTP")
     h.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; see the DNS-rebinding note in the docs")
@@ -215,6 +226,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--enable-log-requests", "--log-requests", dest="enable_log_requests", action="store_true")
     h.add_argument("--uvicorn-log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
+    h.add_argument("--disable-uvicorn-access-log", action="store_true",
+                   help="no line per request from uvicorn (they show at --uvicorn-log-level info)")
     h.add_argument("--timeout-keep-alive", type=_positive_float,
                    default=float(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", 5)),
                    help="seconds an idle keep-alive connection stays open (default 5)")
@@ -273,6 +286,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     n = p.add_argument_group("accepted, no effect here (named once at start-up)")
     for dest, (flag, why) in NOOP_FLAGS.items():
         n.add_argument(flag, dest=dest, action="store_true", help=why)
+    for dest, (flag, values, why) in VALUE_NOOPS.items():
+        n.add_argument(flag, dest=dest, default=None, metavar="|".join(values) if values else "X",
+                       help=why + (f" (only {', '.join(values)})" if values else ""))
 
 
 # ---- checks that need no files --------------------------------------------------------------------------
@@ -312,7 +328,15 @@ def check_features(args: argparse.Namespace) -> list[str]:
         if size != 1:
             raise ServeError(f"{what} is not implemented yet (runs on one device); "
                              f"--{dest.replace('_', '-')} {size} needs {size} devices")
-    return [f"{flag} ({why})" for dest, (flag, why) in NOOP_FLAGS.items() if getattr(args, dest)]
+    noops = [f"{flag} ({why})" for dest, (flag, why) in NOOP_FLAGS.items() if getattr(args, dest)]
+    for dest, (flag, values, why) in VALUE_NOOPS.items():
+        given = getattr(args, dest)
+        if given is None:
+            continue
+        if values is not None and given not in values:
+            raise ServeError(f"{flag} {given}: only {' or '.join(values)} works here ({why})")
+        noops.append(f"{flag} {given} ({why})")
+    return noops
 
 
 def speculative_config(args: argparse.Namespace) -> dict[str, Any] | None:
