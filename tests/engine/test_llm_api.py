@@ -53,3 +53,23 @@ def test_unsupported_keywords_are_named(tiny_ckpt):
         LLM(str(tiny_ckpt), kv_cache_dtype="fp8")
     with pytest.raises(ValueError, match="tokenizer="):
         LLM(str(tiny_ckpt), tokenizer="/elsewhere")
+
+
+def test_vllm_structured_outputs_and_clone(llm):
+    from types import SimpleNamespace
+
+    vllm_params = SimpleNamespace(json=None, regex=None, choice=["yes", "no"], grammar=None, json_object=None)
+    for kind in (vllm_params, {"choice": ["yes", "no"]}):
+        p = SamplingParams(max_tokens=4, structured_outputs=kind)
+        assert llm.generate("Answer:", p)[0].outputs[0].text in ("yes", "no")
+    schema = SamplingParams(max_tokens=40, temperature=0, guided_decoding={"json": '{"type": "integer"}'})
+    assert llm.generate("Number:", schema)[0].outputs[0].text.lstrip("-").isdigit()
+    with pytest.raises(ValueError, match="structured_outputs: 'whitespace_pattern' is not supported"):
+        SamplingParams(structured_outputs={"json": {}, "whitespace_pattern": " "})
+    with pytest.raises(ValueError, match="both set the structured output"):
+        SamplingParams(guided={"regex": "a"}, structured_outputs={"regex": "b"})
+    p = SamplingParams(stop=["x"], logit_bias={1: 2.0})
+    q = p.clone()
+    q.stop.append("y")
+    q.logit_bias[3] = 1.0
+    assert p.stop == ["x"] and p.logit_bias == {1: 2.0}

@@ -14,10 +14,12 @@ reports it as the offending parameter). Bounds follow vLLM:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .structured import GuidedDecoding
@@ -50,6 +52,10 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None  # added to the logits before sampling (OpenAI's -100..100)
     guided: GuidedDecoding | None = None  # structured output (JSON schema, grammar, ...): see engine/structured.py
+    # vLLM's names for `guided`: StructuredOutputsParams (and the older GuidedDecodingParams), or a dict of their
+    # fields: json (a schema, or its JSON text), json_object, regex, choice, grammar
+    structured_outputs: Any = None
+    guided_decoding: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -105,6 +111,13 @@ class SamplingParams:
             log.warning("temperature %s is below %s, which makes logits overflow; using %s",
                         self.temperature, MIN_TEMPERATURE, MIN_TEMPERATURE)
             self.temperature = MIN_TEMPERATURE
+        given = [name for name in ("guided", "structured_outputs", "guided_decoding")
+                 if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{given[0]} and {given[1]} both set the structured output; give one")
+        if given and given[0] != "guided":
+            self.guided = _from_vllm(given[0], getattr(self, given[0]))
+            self.structured_outputs = self.guided_decoding = None
         if self.guided is not None:  # imported here: the scheduler imports this module without torch
             from .structured import GuidedDecoding
 
@@ -117,12 +130,36 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def clone(self) -> SamplingParams:
+        """A copy whose lists and dicts are its own (vLLM's method); the compiled grammar is shared (immutable)."""
+        return dataclasses.replace(self, stop=list(self.stop), stop_token_ids=list(self.stop_token_ids),
+                                   logit_bias=dict(self.logit_bias) if self.logit_bias is not None else None)
+
     def check_vocab(self, vocab_size: int) -> None:
         """ValueError naming the field when a token id here is outside a `vocab_size`-token vocabulary."""
         for name, ids in (("logit_bias", self.logit_bias or ()), ("stop_token_ids", self.stop_token_ids)):
             bad = [t for t in ids if t >= vocab_size]
             if bad:
                 raise ValueError(f"{name} has token id {bad[0]}, outside the model's vocabulary [0, {vocab_size})")
+
+
+def _from_vllm(name: str, value: Any) -> dict[str, Any]:
+    """`guided`'s fields from vLLM's StructuredOutputsParams / GuidedDecodingParams (an object or a dict)."""
+    fields = value if isinstance(value, dict) else {k: getattr(value, k) for k in VLLM_GUIDED if hasattr(value, k)}
+    unknown = sorted(k for k, v in fields.items() if k not in VLLM_GUIDED and v not in (None, False))
+    if unknown:
+        raise ValueError(f"{name}: {unknown[0]!r} is not supported (supported: {', '.join(VLLM_GUIDED)})")
+    out = {VLLM_GUIDED[k]: v for k, v in fields.items() if k in VLLM_GUIDED and v not in (None, False)}
+    if isinstance(out.get("json_schema"), str):
+        try:
+            out["json_schema"] = json.loads(out["json_schema"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}: json is not valid JSON: {e}") from None
+    return out
+
+
+VLLM_GUIDED = {"json": "json_schema", "json_object": "json_object", "regex": "regex", "choice": "choice",
+               "grammar": "grammar"}
 
 
 def _is_int(x) -> bool:
