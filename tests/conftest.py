@@ -20,21 +20,23 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session", autouse=True)
 def qwen35_cache(tmp_path_factory):
-    """QWEN35_CACHE for the whole run, every xdist worker and the servers they start: tests never touch the
-    user's cache, and the built-in 248k vocabulary is built once per run (seconds), by the first worker, under a
-    lock the others wait on. (Each private directory used to cost its own build.)"""
-    from qwen35.tokenizer.vocab import load_vocab_tokenizer
+    """QWEN35_CACHE for every test, xdist worker and server they start: a directory of the tests' own beside
+    pytest's numbered run directories, so tests never touch the user's cache and the built-in 248k vocabulary
+    is built once per machine (seconds), by the first worker, under a lock the others wait on. Parsing it is
+    left to the tests that use it."""
+    from qwen35.tokenizer.vocab import cache_key, default_vocab_file, load_vocab_tokenizer
 
-    root = tmp_path_factory.getbasetemp()
+    run = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's directory, shared by the workers
-    cache = root / "qwen35_cache"
+        run = run.parent  # the run's directory, shared by the workers
+    cache = run.parent / "qwen35_cache"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QWEN35_CACHE", str(cache))
-        with open(root / "qwen35_cache.lock", "w") as lock:
+        with open(run.parent / "qwen35_cache.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             cache.mkdir(exist_ok=True)
-            load_vocab_tokenizer()
+            if not (cache / f"qwen35-tokenizer-{cache_key(default_vocab_file())}.json").is_file():
+                load_vocab_tokenizer()  # builds and writes it
         yield cache
 
 

@@ -73,3 +73,10 @@ def test_vllm_structured_outputs_and_clone(llm):
     q.stop.append("y")
     q.logit_bias[3] = 1.0
     assert p.stop == ["x"] and p.logit_bias == {1: 2.0}
+
+
+def test_none_in_a_list_of_params_is_the_default_and_tools_are_not_use_tqdm(llm):
+    out = llm.generate(["a", "b"], [SamplingParams(max_tokens=1), None])
+    assert [len(o.outputs[0].token_ids) for o in out] == [1, 3]  # the generation config's max_new_tokens
+    with pytest.raises(TypeError, match="pass tools="):
+        llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=1), [{"type": "function"}])

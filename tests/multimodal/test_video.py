@@ -193,6 +193,19 @@ def test_video_errors(cfg, clips, tmp_path, monkeypatch):
         video_item(clips["mp4"], cfg, timeout_s=1e-9)
 
 
+def test_containers_are_told_by_their_first_bytes():
+    from qwen35.multimodal.video import container_format
+
+    m2ts = bytearray(400)
+    m2ts[4] = m2ts[196] = m2ts[388] = 0x47
+    ts = bytearray(400)
+    ts[0] = ts[188] = ts[376] = 0x47
+    assert container_format(bytes(m2ts)) == container_format(bytes(ts)) == "mpegts"
+    assert container_format(b"\x00\x00\x00\x18styp" + bytes(8)) == "mov"  # a fragmented MP4 segment
+    assert container_format(b"\x1aE\xdf\xa3" + bytes(8)) == "matroska"
+    assert container_format(b"ffconcat version 1.0\n") is None and container_format(b"#EXTM3U\n") is None
+
+
 def test_a_video_too_long_for_the_context_is_refused_at_its_first_frame(cfg, clips):
     """The early check counts each temporal patch's markers and timestamp too (at their fewest), so a video
     they push past the context is refused before its frames are decoded, not after."""

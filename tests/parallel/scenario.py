@@ -40,8 +40,8 @@ def run(args, tp: int) -> dict:
                 *(m.packed for m in engine.model.modules() if getattr(m, "packed", None) is not None)]
         model_bytes = sum(t.numel() * t.element_size() for t in held)
         return {"tokens": [o.outputs[0].token_ids for o in outs],
-                "logprobs": [[{str(k): v for k, v in e.items()} for e in o.outputs[0].logprobs] for o in outs],
-                "prompt_logprobs": [[{str(k): v for k, v in e.items()} for e in o.prompt_logprobs[1:]]
+                "logprobs": [[{str(k): v.logprob for k, v in e.items()} for e in o.outputs[0].logprobs] for o in outs],
+                "prompt_logprobs": [[{str(k): v.logprob for k, v in e.items()} for e in o.prompt_logprobs[1:]]
                                     for o in outs if o.prompt_logprobs],
                 "logits": logits,
                 "usage": {k: v for k, v in engine.cache_usage().items() if isinstance(v, (int, list))},

@@ -509,10 +509,11 @@ def test_speculative_flags_of_vllm_and_sglang(hf_cache, flags, k):
     assert plan(HF_ID).speculative_config is None
 
 
-def test_generation_config_comes_before_the_presets(tmp_path):
-    """As vLLM: the generation config (the checkpoint's, `--generation-config DIR`'s, with
-    `--override-generation-config` on top) gives a chat's defaults; the model card's presets only fill what it
-    leaves unset. A folder without a readable generation_config.json is an error at start."""
+def test_a_generation_config_the_user_gives_is_used_as_vllm_uses_it(tmp_path):
+    """Under `auto` the model card's presets come before the checkpoint's generation_config.json; a configuration
+    the user gives (`--generation-config DIR`, `--override-generation-config`) is used with no presets, as vLLM
+    uses it. A folder without a readable generation_config.json, or an override key that is not a sampling
+    default, is an error at start."""
     from types import SimpleNamespace
 
     from qwen35.server.params import load_generation_defaults, sampling_params
@@ -520,19 +521,28 @@ def test_generation_config_comes_before_the_presets(tmp_path):
     ckpt = write_config_dir(tmp_path / "ckpt")  # its generation_config says temperature 0.7
     folder = tmp_path / "gc"
     folder.mkdir()
-    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.01, "top_k": 1}))
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.01, "top_k": 1, "do_sample": False}))
     body = SimpleNamespace(n=1, seed=None, stop=None, min_tokens=0, stop_token_ids=None, ignore_eos=False,
                            skip_special_tokens=True, include_stop_str_in_output=False, logit_bias=None)
 
-    def chat(defaults, thinking=True):
-        p = sampling_params(body, max_tokens=8, thinking=thinking, defaults=defaults, use_presets=True, logprobs=None)
-        return p.temperature, p.top_p, p.top_k
+    def chat(argv, thinking=True):
+        p = plan(str(ckpt), *argv)
+        s = sampling_params(body, max_tokens=8, thinking=thinking, defaults=p.generation_defaults,
+                            use_presets=p.state_kwargs["use_presets"], logprobs=None)
+        return s.temperature, s.top_p, s.top_k
 
-    assert chat(load_generation_defaults(ckpt)) == (0.7, 0.95, 20)  # top_p and top_k from the thinking preset
-    assert chat(load_generation_defaults(ckpt, str(folder))) == (0.01, 0.95, 1)
-    assert chat(load_generation_defaults(ckpt, str(folder), {"top_k": 5}), thinking=False) == (0.01, 0.8, 5)
+    assert chat([]) == (0.6, 0.95, 20) and chat([], thinking=False) == (0.7, 0.8, 20)
+    assert chat(["--generation-config", str(folder)]) == (0.0, 1.0, 1)  # do_sample false: greedy
+    assert chat(["--generation-config", str(folder), "--override-generation-config", '{"temperature": 0.5}'],
+                thinking=False) == (0.5, 1.0, 1)
+    assert chat(["--override-generation-config", '{"top_k": 5}']) == (0.7, 1.0, 5)
+    assert load_generation_defaults(ckpt, "vllm") == {}
     with pytest.raises(ServeError, match="no such file"):
         plan(str(ckpt), "--generation-config", str(tmp_path / "typo"))
+    with pytest.raises(ServeError, match="'max_tokens' is not a sampling default"):
+        plan(str(ckpt), "--override-generation-config", '{"max_tokens": 5}')
+    with pytest.raises(ServeError, match="'temperature' has the wrong type"):
+        plan(str(ckpt), "--override-generation-config", '{"temperature": "0.5"}')
     (folder / "generation_config.json").write_text("{not json")
     with pytest.raises(ServeError, match="generation_config.json"):
         plan(str(ckpt), "--generation-config", str(folder))

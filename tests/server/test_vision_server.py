@@ -159,3 +159,17 @@ def test_text_only_server_says_why(ckpt):
         with pytest.raises(openai.BadRequestError, match="language model only"):
             _ask(client, _image(_png()))
         assert _ask(client).choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("body, media", [
+    ({"messages": [{"role": "user", "content": "hi"}]}, False),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "an image_url"}]}]}, False),
+    ({"messages": [{"role": "user", "content": [{"image": "data:..."}]}]}, True),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": [  # a tool's output with an image
+        {"type": "input_image", "image_url": "data:..."}]}]}, True),
+    ({"input": "and now?", "previous_response_id": "resp_1"}, True),  # the stored conversation may hold some
+])
+def test_which_requests_pass_the_media_gate(body, media):
+    from qwen35.server.app import _names_media
+
+    assert _names_media(body) is media

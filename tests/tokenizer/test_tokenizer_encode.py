@@ -176,3 +176,19 @@ def test_from_pretrained_rejects_unknown_eos(tok, tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer_config.json"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+def test_special_text_as_plain_text_matches_a_full_copy(tok, samples):
+    """`_as_text` (the backend's model, pipeline and added tokens, built in a millisecond) encodes as a full
+    copy with `encode_special_tokens` does; a backend with truncation is copied whole instead."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from qwen35.tokenizer import Tokenizer
+
+    copy = HFTokenizer.from_str(tok.backend.to_str())
+    copy.encode_special_tokens = True
+    texts = samples + ["<|im_start|>user\nhi<|im_end|>", "a<think>b</think>c <tool_call>x", " <|endoftext|> "]
+    assert [tok._as_text.encode(t).ids for t in texts] == [copy.encode(t).ids for t in texts]
+    truncating = HFTokenizer.from_str(tok.backend.to_str())
+    truncating.enable_truncation(4)
+    assert len(Tokenizer(truncating)._as_text.encode("one two three four five six").ids) == 4

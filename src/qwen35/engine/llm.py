@@ -75,8 +75,15 @@ class LLM:
         ignored = [k for k in NOTHING_TO_DO if kwargs.pop(k, None) is not None]
         if ignored:
             log.info("LLM(%s): nothing to do on this engine", ", ".join(ignored))
-        if tokenizer is not None and Path(tokenizer).resolve() != Path(model).resolve():
-            raise ValueError(f"tokenizer={tokenizer!r}: a tokenizer other than the checkpoint's is not supported")
+        if tokenizer is not None:
+            from ..loading.model_path import resolve_model
+
+            try:
+                same = resolve_model(str(tokenizer)).path.resolve() == Path(model).resolve()
+            except (ValueError, OSError) as e:
+                raise ValueError(f"tokenizer={tokenizer!r}: {e}") from None
+            if not same:
+                raise ValueError(f"tokenizer={tokenizer!r}: a tokenizer other than the checkpoint's is not supported")
         if kv_cache_dtype != "auto":
             raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r}: the K/V cache is kept in the model's dtype ('auto')")
         if hf_overrides is not None:
@@ -101,10 +108,7 @@ class LLM:
     def get_default_sampling_params(self) -> SamplingParams:
         """What requests without their own `sampling_params` sample with: the generation config's temperature,
         top_p, top_k, min_p, penalties and max_new_tokens, neutral values elsewhere (vLLM's method)."""
-        d = dict(self._defaults)
-        if "max_tokens" in d:
-            d["max_tokens"] = d.pop("max_tokens")
-        return SamplingParams(**d)
+        return SamplingParams(**self._defaults)
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
@@ -123,9 +127,10 @@ class LLM:
              sampling_params: SamplingParams | Sequence[SamplingParams] | None,
              use_tqdm: bool = True) -> list[RequestOutput]:
         """Add every prompt with its items (all or none), run the engine until they finish, in prompt order."""
-        if sampling_params is None:
-            sampling_params = self.get_default_sampling_params()
         params = list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(prompts)
+        if any(p is None for p in params):
+            default = self.get_default_sampling_params()
+            params = [default if p is None else p for p in params]
         if not all(p is None or isinstance(p, SamplingParams) for p in params):
             raise ValueError("sampling_params must be a SamplingParams or a list of them, got "
                              f"{type(next(p for p in params if not isinstance(p, SamplingParams))).__name__}")
@@ -178,6 +183,8 @@ class LLM:
         checkpoint's) and generate. As vLLM's `LLM.chat`: `continue_final_message` (with
         `add_generation_prompt=False`) continues the last, assistant message; `mm_processor_kwargs` apply to
         its images and videos."""
+        if not isinstance(use_tqdm, bool):  # tools used to be the third argument: never drop them silently
+            raise TypeError(f"chat(): use_tqdm must be a bool, got {type(use_tqdm).__name__} (pass tools=...)")
         if continue_final_message and add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
         kwargs = dict(chat_template_kwargs or {})

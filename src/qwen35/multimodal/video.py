@@ -206,8 +206,8 @@ def container_format(head: bytes) -> str | None:
     of the containers videos come in. The video is then opened with that demuxer alone: left to guess from
     the content, FFmpeg also takes its script formats, and an `ffconcat` script sent as a video made the
     server read files below its working directory."""
-    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
-        return "mov"  # MP4, MOV, 3GP
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"styp", b"sidx", b"uuid", b"pnot"):
+        return "mov"  # MP4, MOV, 3GP, fragmented MP4 segments
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "matroska"  # MKV, WebM
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
@@ -224,6 +224,8 @@ def container_format(head: bytes) -> str | None:
         return "mpeg"  # MPEG program stream
     if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
         return "mpegts"
+    if len(head) > 388 and head[4] == head[196] == head[388] == 0x47:
+        return "mpegts"  # M2TS / AVCHD: 192-byte packets
     return None
 
 

@@ -82,7 +82,7 @@ class ServerState:
         self.cpu = ThreadPoolExecutor(self.cpu_threads, thread_name_prefix="qwen35-cpu")
         # requests with images or video prepare on at most half the workers: fetching and decoding media can take
         # seconds each, and the other half stays free for text (4 slow videos held every worker: a "hello" took
-        # 19 s). Waiting for the gate holds no thread.
+        # 19 s). Waiting for the gate holds no thread. With a single worker there is no half to keep free.
         self.media_gate = asyncio.Semaphore(max(1, self.cpu_threads // 2))
         self.processor = ProcessorConfig.from_checkpoint(info.model) if info.vision else None
 
@@ -293,16 +293,20 @@ def _parse(raw: bytes, model: type[BaseModel]) -> tuple[BaseModel, bool]:
 
 
 def _names_media(data: dict) -> bool:
-    """Whether a message (chat, /tokenize) or input item (Responses API) has a content part that names an image
-    or video, in any of the forms messages.py takes."""
-    for turns in (data.get("messages"), data.get("input")):
-        if not isinstance(turns, list):
-            continue
-        for turn in turns:
-            content = turn.get("content") if isinstance(turn, dict) else None
-            if isinstance(content, list) and any(isinstance(part, dict) and any(k in part for k in MEDIA_PARTS)
-                                                 for part in content):
+    """Whether a request may bring images or video to prepare: a dict anywhere in its body with a key of any
+    form messages.py takes (message contents, tool outputs, Responses input items alike), or a
+    `previous_response_id`, whose stored conversation may hold them."""
+    if data.get("previous_response_id") is not None:
+        return True
+    stack: list[Any] = [data]
+    while stack:  # iterative: a body may nest deeply
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(k in node for k in MEDIA_PARTS):
                 return True
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
     return False
 
 

@@ -1,11 +1,11 @@
 """Request body -> `SamplingParams`, with the model's defaults filled in.
 
-Order per field, as in vLLM: the request's value; the generation config (the checkpoint's
-generation_config.json, or the one in `--generation-config DIR`, with `--override-generation-config` on top;
-`do_sample: false` means greedy, as the demo model asks); for a chat's temperature / top_p / top_k / min_p that
-it leaves unset, the model card's preset for the thinking mode (thinking 0.6 / 0.95 / 20 / 0, non-thinking
-0.7 / 0.8 / 20 / 0); then neutral values. `--generation-config vllm` turns the generation config and the
-presets off (neutral defaults), as in vLLM.
+Order per field: the request's value; for a chat's temperature / top_p / top_k / min_p the model card's preset
+for its thinking mode (thinking 0.6 / 0.95 / 20 / 0, non-thinking 0.7 / 0.8 / 20 / 0), unless the generation
+config turns sampling off (`do_sample: false`: greedy, as the demo model asks); then the generation config; then
+neutral values. The generation config is the checkpoint's generation_config.json (`--generation-config auto`).
+A configuration the user gives (`--generation-config DIR`, `--override-generation-config`) is used as vLLM uses
+it, with no presets (the server sets `use_presets` False); `--generation-config vllm`: neutral values only.
 """
 
 from __future__ import annotations
@@ -40,12 +40,27 @@ def load_generation_defaults(model_dir: str | Path, mode: str = "auto",
                 log.warning("ignoring %s", e)
     elif mode != "vllm":
         data = _read(Path(mode) / "generation_config.json")
-    data = {**data, **(override or {})}
+    out = _values(data)
+    if override:
+        bad = [k for k in override if k not in (*_FROM_GENERATION_CONFIG, "max_new_tokens", "do_sample")]
+        if bad:
+            raise ValueError(f"--override-generation-config: {bad[0]!r} is not a sampling default (these are: "
+                             f"{', '.join((*_FROM_GENERATION_CONFIG, 'max_new_tokens', 'do_sample'))})")
+        given = _values(override)
+        wrong = sorted(set(override) - set(given) - {"do_sample"})
+        if wrong or ("do_sample" in override and not isinstance(override["do_sample"], bool)):
+            raise ValueError(f"--override-generation-config: {(wrong or ['do_sample'])[0]!r} has the wrong type")
+        out.update(given)
+    return out
+
+
+def _values(data: dict[str, Any]) -> dict[str, Any]:
+    """The sampling defaults a generation config holds (`do_sample: false` is temperature 0)."""
     out = {k: data[k] for k in _FROM_GENERATION_CONFIG
            if isinstance(data.get(k), (int, float)) and not isinstance(data.get(k), bool)}
     if data.get("do_sample") is False:
         out["temperature"] = 0.0
-    if isinstance(data.get("max_new_tokens"), int):
+    if isinstance(data.get("max_new_tokens"), int) and not isinstance(data.get("max_new_tokens"), bool):
         out["max_tokens"] = data["max_new_tokens"]
     return out
 
@@ -74,10 +89,10 @@ def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None,
         given = getattr(body, name, None)
         if given is not None:
             values[name] = given
-        elif name in defaults:
-            values[name] = defaults[name]
         elif name in preset:
             values[name] = preset[name]
+        elif name in defaults:
+            values[name] = defaults[name]
     cap = defaults.get("max_tokens")
     if max_tokens is None and cap is not None:
         max_tokens = cap

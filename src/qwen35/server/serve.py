@@ -204,7 +204,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     state_kwargs: dict[str, Any] = dict(
         api_key=api_key_from(args), trust_request_chat_template=args.trust_request_chat_template,
         log_requests=args.enable_log_requests, max_request_bytes=args.max_request_bytes,
-        use_presets=args.generation_config != "vllm")
+        use_presets=args.generation_config == "auto" and args.override_generation_config is None)
     if template_kwargs is not None:
         state_kwargs["default_chat_template_kwargs"] = template_kwargs
     if origins is not None:

@@ -212,8 +212,8 @@ class Tokenizer:
         added = sorted(src.get_added_tokens_decoder().items())
         for _, token in added:  # in id order, so each gets its id back where the ids follow the vocabulary
             backend.add_special_tokens([token]) if token.special else backend.add_tokens([token])
-        if any(backend.token_to_id(token.content) != i for i, token in added):  # ids with gaps: copy it all
-            backend = HFTokenizer.from_str(src.to_str())
+        if src.truncation or src.padding or any(backend.token_to_id(token.content) != i for i, token in added):
+            backend = HFTokenizer.from_str(src.to_str())  # ids with gaps, truncation or padding: copy it all
         backend.encode_special_tokens = True
         return backend
 
