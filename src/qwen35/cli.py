@@ -336,7 +336,26 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
             parser.error(f"--threads must be >= 0, got {args.threads}")
 
 
+DIE_WITH_PARENT = "QWEN35_DIE_WITH_PARENT"  # PID: `qwen35 eval` sets it for the server it starts
+
+
+def die_with_parent() -> None:
+    """Under `QWEN35_DIE_WITH_PARENT=PID`: this process gets SIGKILL when that parent dies, however it dies. Armed
+    here in the child, not in a `preexec_fn`: Python code between fork and exec can deadlock in a threaded
+    parent (it hung two test workers' Popen, docs/LOG.md 2026-12-07)."""
+    pid = os.environ.pop(DIE_WITH_PARENT, None)
+    if pid is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(pid):  # the parent died before the signal was armed
+        os._exit(128 + signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the subcommand, so the line reads `qwen35 serve: error: ...`

@@ -423,7 +423,7 @@ def test_the_reference_answers_of_the_heldout_set_score_full_marks():
 
 def test_the_server_an_eval_starts_dies_with_it(tmp_path):
     """However the eval ends (SIGKILL included), the `qwen35 serve` it started does not outlive it, holding its
-    port: the child is started with a parent-death signal."""
+    port: the child arms a parent-death signal itself (`QWEN35_DIE_WITH_PARENT`, no preexec_fn)."""
     import os
     import signal
     import subprocess
@@ -432,9 +432,11 @@ def test_the_server_an_eval_starts_dies_with_it(tmp_path):
 
     pid_file = tmp_path / "pid"
     holder = subprocess.Popen([sys.executable, "-c", f"""
-import subprocess, time
-from qwen35.train.evaluate import dies_with_parent
-child = subprocess.Popen(["sleep", "60"], preexec_fn=dies_with_parent())
+import os, subprocess, sys, time
+from qwen35.cli import DIE_WITH_PARENT
+arm = "from qwen35.cli import die_with_parent; die_with_parent(); import time; time.sleep(60)"
+child = subprocess.Popen([sys.executable, "-c", arm], env={{**os.environ, DIE_WITH_PARENT: str(os.getpid())}})
+time.sleep(3)  # the child has armed its signal (what ServerProcess.start does, the server's main() arms)
 open({str(pid_file)!r}, "w").write(str(child.pid))
 time.sleep(60)
 """])

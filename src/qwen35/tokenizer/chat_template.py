@@ -72,16 +72,12 @@ def render_chat_isolated(template: str, messages: list[dict[str, Any]], *, tools
                           "add_generation_prompt": add_generation_prompt, "kwargs": kwargs,
                           "max_output": max_output_bytes}, ensure_ascii=False)
 
-    def limit() -> None:  # runs in the child before exec
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        cpu = int(timeout) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-
+    # the child sets its own limits first thing: a preexec_fn runs Python between fork and exec, which can
+    # deadlock in a threaded server (it hung a worker thread's Popen for good, before any timeout applied)
+    limits = [str(memory_bytes), str(int(timeout) + 1)]
     try:
-        done = subprocess.run([sys.executable, "-I", "-c", _CHILD], input=payload.encode(), capture_output=True,
-                              timeout=timeout + 1.0, preexec_fn=limit)  # +1 s for the interpreter's start
+        done = subprocess.run([sys.executable, "-I", "-c", _CHILD, *limits], input=payload.encode(),
+                              capture_output=True, timeout=timeout + 1.0)  # +1 s for the interpreter's start
     except subprocess.TimeoutExpired:
         raise TemplateLimitError(f"rendering the chat template took longer than {timeout:g} s") from None
     out = done.stdout
@@ -97,7 +93,11 @@ def render_chat_isolated(template: str, messages: list[dict[str, Any]], *, tools
 
 # The child: no site-packages tricks (-I), jinja2 imported from this file's environment through sys.path.
 _CHILD = f"""
-import json, sys
+import resource, sys
+memory, cpu = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+import json
 sys.path[:0] = {json.dumps([p for p in __import__('sys').path if p])}
 try:
     from qwen35.tokenizer.chat_template import render_chat

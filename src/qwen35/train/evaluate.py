@@ -32,6 +32,7 @@ metrics, which measure presence rather than success. The evaluation goes on.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -46,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cli import DIE_WITH_PARENT
 from .scoring import answer_matches, check_call, has_reasoning
 
 ANSWER_KINDS = ("arith", "convert", "followup", "no_tool")
@@ -412,18 +414,6 @@ def evaluate(base_url: str, model_name: str, samples: Sequence, *, max_tokens: i
 
 # ---- a server of our own --------------------------------------------------------------------------------
 
-def dies_with_parent():
-    """A `preexec_fn` (Linux; None elsewhere): the child gets SIGKILL when the eval that started it dies,
-    however it dies, so that no server is left holding its port. prctl is looked up here, before the fork: a
-    dlopen in the forked child of a threaded parent can deadlock."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None).prctl
-    return lambda: prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class ServerProcess:
     """`qwen35 serve` in a subprocess: started, waited on until it prints its ready line, stopped."""
@@ -447,8 +437,10 @@ class ServerProcess:
 
     def start(self) -> str:
         ready = threading.Event()
+        # the server dies with this process, however it ends, so no server is left holding its port (cli.py)
+        env = {**os.environ, DIE_WITH_PARENT: str(os.getpid())}
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     errors="replace", preexec_fn=dies_with_parent())
+                                     errors="replace", env=env)
 
         def read() -> None:
             for line in self.proc.stderr:
