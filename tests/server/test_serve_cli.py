@@ -536,6 +536,8 @@ def test_a_generation_config_the_user_gives_is_used_as_vllm_uses_it(tmp_path):
     assert chat(["--generation-config", str(folder), "--override-generation-config", '{"temperature": 0.5}'],
                 thinking=False) == (0.5, 1.0, 1)
     assert chat(["--override-generation-config", '{"top_k": 5}']) == (0.7, 1.0, 5)
+    assert plan(str(ckpt), "--override-generation-config", '{"max_new_tokens": 9}').generation_defaults == {
+        "temperature": 0.7, "max_tokens": 9}
     assert load_generation_defaults(ckpt, "vllm") == {}
     with pytest.raises(ServeError, match="no such file"):
         plan(str(ckpt), "--generation-config", str(tmp_path / "typo"))

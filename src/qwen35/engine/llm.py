@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import logging
 import sys
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ class LLM:
         default: the embedded demo model, `default_model.py`). `generation_config`: where the default sampling
         comes from, as `qwen35 serve --generation-config`. `hf_overrides`: merged into config.json, as
         `--hf-overrides`. Other keywords: `EngineConfig`'s."""
+        from ..loading.model_path import resolve_model
         from ..server.params import load_generation_defaults
 
         if model is None:
@@ -69,15 +71,11 @@ class LLM:
 
             model = default_model_dir()
         else:
-            from ..loading.model_path import resolve_model
-
             model = resolve_model(str(model)).path
         ignored = [k for k in NOTHING_TO_DO if kwargs.pop(k, None) is not None]
         if ignored:
             log.info("LLM(%s): nothing to do on this engine", ", ".join(ignored))
         if tokenizer is not None:
-            from ..loading.model_path import resolve_model
-
             try:
                 same = resolve_model(str(tokenizer)).path.resolve() == Path(model).resolve()
             except (ValueError, OSError) as e:
@@ -93,8 +91,10 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=str(model), **kwargs))
         self._ids = itertools.count()
         self.processor = ProcessorConfig.from_checkpoint(model)
-        # offline use: private and loopback URLs are the user's own; local files only under the given directory
-        self.media_policy = MediaPolicy(allowed_local_media_path=allowed_local_media_path, allow_private_urls=True)
+        # offline use: private and loopback URLs are the user's own; local files only under the given directory;
+        # no decoding time limit (it keeps a server's other requests going; here there are none to keep)
+        self.media_policy = MediaPolicy(allowed_local_media_path=allowed_local_media_path, allow_private_urls=True,
+                                        video_decode_timeout_s=math.inf)
         self._defaults = load_generation_defaults(model, generation_config)
 
     @property
@@ -103,7 +103,7 @@ class LLM:
 
     def get_tokenizer(self):
         """The checkpoint's tokenizer (`qwen35.tokenizer.Tokenizer`: encode, decode, the chat template)."""
-        return self.engine.tokenizer
+        return self.tokenizer
 
     def get_default_sampling_params(self) -> SamplingParams:
         """What requests without their own `sampling_params` sample with: the generation config's temperature,
@@ -131,7 +131,7 @@ class LLM:
         if any(p is None for p in params):
             default = self.get_default_sampling_params()
             params = [default if p is None else p for p in params]
-        if not all(p is None or isinstance(p, SamplingParams) for p in params):
+        if not all(isinstance(p, SamplingParams) for p in params):
             raise ValueError("sampling_params must be a SamplingParams or a list of them, got "
                              f"{type(next(p for p in params if not isinstance(p, SamplingParams))).__name__}")
         if len(params) != len(prompts):
@@ -149,7 +149,7 @@ class LLM:
                     for out in self.engine.step():
                         if out.finished:
                             done[out.request_id] = out
-                            bar.update(out.request_id in ids)
+                            bar.update()
         except BaseException:  # a bad prompt, Ctrl-C, an engine error: nothing of this call is left to run unseen
             for rid in ids:
                 if rid not in done:

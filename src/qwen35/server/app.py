@@ -15,6 +15,7 @@ cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -121,9 +122,7 @@ def create_app(state: ServerState) -> FastAPI:
             if body.model is not None and body.model not in state.served_names:
                 return error(404, f"the model {body.model!r} does not exist; this server serves "
                                   f"{state.served_names}", "model", "not_found_error")
-            if not media:
-                return body, await state.run_cpu(work, body, state)
-            async with state.media_gate:
+            async with state.media_gate if media else contextlib.nullcontext():
                 return body, await state.run_cpu(work, body, state)
         except RequestError as e:
             return error(400, str(e), e.param)

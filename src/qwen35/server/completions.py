@@ -106,9 +106,7 @@ class CompletionRun:
         for k, final in enumerate(finals):
             for c in final.outputs:
                 if self.plan.echo_only:
-                    lp = self._with_prompt(final, NO_LOGPROBS) if self.body.logprobs is not None else None
-                    choices.append({"index": k * n + c.index, "text": self.plan.echo_texts[k],
-                                    "finish_reason": "length", "logprobs": lp})
+                    choices.append(self._prompt_alone(final, k * n + c.index, self.plan.echo_texts[k]))
                     continue
                 lp = self._logprobs(c.token_ids, c.logprobs)
                 if self.body.echo and lp is not None:
@@ -120,6 +118,11 @@ class CompletionRun:
                     total[key] += v
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": choices, "usage": total}
+
+    def _prompt_alone(self, final, index: int, text: str) -> dict[str, Any]:
+        """An echo-only choice (max_tokens 0): the prompt, with its logprobs when asked; the sampled token left out."""
+        lp = self._with_prompt(final, NO_LOGPROBS) if self.body.logprobs is not None else None
+        return {"index": index, "text": text, "logprobs": lp, "finish_reason": "length"}
 
     def usage(self, final) -> dict[str, Any]:
         if not self.plan.echo_only:
@@ -136,9 +139,7 @@ class CompletionRun:
         for c in out.outputs:
             if self.plan.echo_only:  # one chunk, when the prefill is done: the prompt, its logprobs
                 if c.finished:
-                    lp = self._with_prompt(out, NO_LOGPROBS) if self.body.logprobs is not None else None
-                    chunks.append(self.chunk([{"index": c.index, "text": self.plan.echo_texts[0], "logprobs": lp,
-                                               "finish_reason": "length"}]))
+                    chunks.append(self.chunk([self._prompt_alone(out, c.index, self.plan.echo_texts[0])]))
                 continue
             first = c.index not in self.sent
             echo = self.plan.echo_texts[0] if first else ""

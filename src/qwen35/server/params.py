@@ -23,6 +23,9 @@ THINKING_PRESET = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}
 NON_THINKING_PRESET = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
 _FROM_GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                            "frequency_penalty")
+# what --override-generation-config may set, and the JSON type each takes
+_OVERRIDABLE: dict[str, type | tuple[type, ...]] = {**{k: (int, float) for k in _FROM_GENERATION_CONFIG},
+                                                    "max_new_tokens": int, "do_sample": bool}
 
 
 def load_generation_defaults(model_dir: str | Path, mode: str = "auto",
@@ -41,16 +44,13 @@ def load_generation_defaults(model_dir: str | Path, mode: str = "auto",
     elif mode != "vllm":
         data = _read(Path(mode) / "generation_config.json")
     out = _values(data)
-    if override:
-        bad = [k for k in override if k not in (*_FROM_GENERATION_CONFIG, "max_new_tokens", "do_sample")]
-        if bad:
-            raise ValueError(f"--override-generation-config: {bad[0]!r} is not a sampling default (these are: "
-                             f"{', '.join((*_FROM_GENERATION_CONFIG, 'max_new_tokens', 'do_sample'))})")
-        given = _values(override)
-        wrong = sorted(set(override) - set(given) - {"do_sample"})
-        if wrong or ("do_sample" in override and not isinstance(override["do_sample"], bool)):
-            raise ValueError(f"--override-generation-config: {(wrong or ['do_sample'])[0]!r} has the wrong type")
-        out.update(given)
+    for key, value in (override or {}).items():
+        if key not in _OVERRIDABLE:
+            raise ValueError(f"--override-generation-config: {key!r} is not a sampling default (these are: "
+                             f"{', '.join(_OVERRIDABLE)})")
+        if not isinstance(value, _OVERRIDABLE[key]) or (_OVERRIDABLE[key] is not bool and isinstance(value, bool)):
+            raise ValueError(f"--override-generation-config: {key!r} has the wrong type")
+    out.update(_values(override or {}))
     return out
 
 
