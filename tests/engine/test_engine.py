@@ -168,3 +168,25 @@ def test_engine_seed_makes_unseeded_requests_repeat(tiny_ckpt):
     params = SamplingParams(temperature=1.5, max_tokens=8, ignore_eos=True)
     runs = [make_llm(tiny_ckpt, seed=7).generate([[1, 2, 3]], params)[0].outputs[0].token_ids for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_truncate_prompt_tokens_and_bad_words(tiny_ckpt):
+    """truncate_prompt_tokens keeps the prompt's last k tokens (vLLM's left truncation); bad_words are tokenised
+    by the engine and never generated."""
+    llm = make_llm(tiny_ckpt)
+    prompt = _prompts([40], seed=5)[0]
+    cut = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True,
+                                                truncate_prompt_tokens=9))[0]
+    assert cut.prompt_token_ids == prompt[-9:]
+    assert cut.outputs[0].token_ids == _ids(llm.generate([prompt[-9:]], SamplingParams(
+        temperature=0, max_tokens=6, ignore_eos=True)))[0]
+    assert llm.generate([prompt], SamplingParams(max_tokens=2, truncate_prompt_tokens=-1))[0].prompt_token_ids \
+        == prompt
+    with pytest.raises(ValueError, match="truncate_prompt_tokens 512 leaves no room"):
+        llm.generate([prompt], SamplingParams(max_tokens=2, truncate_prompt_tokens=512))
+    free = _ids(llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)))[0]
+    word = llm.get_tokenizer().decode([free[0]])
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, bad_words=[word])
+    banned = _ids(llm.generate([prompt], params))[0]
+    assert banned[0] != free[0] and free[0] not in banned
+    assert params.bad_words_token_ids is None  # the engine tokenised a copy

@@ -275,3 +275,43 @@ def test_logit_bias_forces_and_bans_tokens():
     assert out.token_ids.tolist() == [7, 49]
     with pytest.raises(ValueError, match="logit_bias"):
         SamplingParams(logit_bias={3: 500})
+
+
+def test_allowed_token_ids_restrict_every_row_that_asks():
+    logits = torch.arange(50, dtype=torch.float32).repeat(3, 1)  # 49 is every row's top token
+    params = [SP(temperature=0, allowed_token_ids=[3, 8]), SP(temperature=0),
+              SP(temperature=1.0, top_k=5, allowed_token_ids=[10, 2])]
+    hist = [PenaltyState([1]) for _ in params]
+    for seed in range(20):
+        out = Sampler()(logits.clone(), params, hist, [None, None, torch.Generator().manual_seed(seed)])
+        assert out.token_ids[:2].tolist() == [8, 49] and out.token_ids[2].item() in (2, 10)
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        SP(allowed_token_ids=[])
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        SP(allowed_token_ids=[1, -1])
+    with pytest.raises(ValueError, match="allowed_token_ids has token id 50"):
+        SP(allowed_token_ids=[50]).check_vocab(50)
+
+
+class _Words:
+    """A tokenizer of letters: 'a' is id 1, ..., ' ' is id 0; ' x' is one token (id 30 + x's id)."""
+
+    def encode(self, text: str) -> list[int]:
+        if text.startswith(" ") and len(text) > 1:
+            return [30 + ord(text[1]) - 96, *self.encode(text[2:])]
+        return [0 if c == " " else ord(c) - 96 for c in text]
+
+
+def test_bad_words_ban_the_last_token_after_the_rest_of_the_word():
+    p = SP(temperature=0, bad_words=["b", "cd"])
+    p.update_from_tokenizer(_Words())
+    # "b" alone and " b" (another first token, as many tokens); "cd" and " cd" likewise
+    assert p.bad_words_token_ids == [[2], [32], [3, 4], [33, 4]]
+    logits = torch.zeros(1, 40)
+    logits[0, [2, 4, 32]] = torch.tensor([9.0, 8.0, 7.0])  # b > d > " b" > the rest
+    hist = PenaltyState([1])
+    assert Sampler()(logits.clone(), [p], [hist], [None]).token_ids.item() == 4  # b and " b" banned, d is fine
+    hist.append(3)  # the output ends with "c": now "d" would finish "cd"
+    assert Sampler()(logits.clone(), [p], [hist], [None]).token_ids.item() == 0
+    with pytest.raises(ValueError, match="bad_words"):
+        SP(bad_words=["  "])

@@ -99,3 +99,13 @@ def test_seeded_rows_are_reproducible_and_independent_of_the_batch(vocab, top_k)
     other = torch.randn(2, vocab)
     mixed = one(torch.cat([other, rows]), [None, torch.Generator().manual_seed(5)], [[1], [2, 3]])
     assert mixed[1][1] == alone[1][0] and mixed[0][2:] == alone[0]
+
+
+def test_bad_words_see_the_drafts_before_each_row():
+    """A two-token bad word "1 2": the row after draft 1 must ban 2, as plain sampling would after emitting 1."""
+    params = SamplingParams(temperature=0, bad_words=["x"])
+    params.bad_words_token_ids = [[1, 2]]
+    hist = PenaltyState([5])
+    rows = torch.tensor([[0, 1.5, 1.0, 0, 0, 0], [0, 1.0, 1.5, 0, 0, 0]])
+    out, kept = verify(rows.clone(), [params] * 2, row_histories(hist, params, [1]), [None], [[1]])
+    assert kept == [1] and out.token_ids[1].item() == 1  # 2 is banned after 1; 1 is next best

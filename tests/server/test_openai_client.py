@@ -109,6 +109,11 @@ def test_metrics_and_health(server, client):
     ({"model": "tiny", "messages": MSG, "tool_choice": "required"}, 400, "tool_choice"),
     ({"model": "nope", "messages": MSG}, 404, "model"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "word " * 1200}]}, 400, "messages"),
+    ({"model": "tiny", "messages": MSG, "allowed_token_ids": []}, 400, "allowed_token_ids"),
+    ({"model": "tiny", "messages": MSG, "allowed_token_ids": [10**9]}, 400, "allowed_token_ids"),
+    ({"model": "tiny", "messages": MSG, "bad_words": [""]}, 400, "bad_words"),
+    ({"model": "tiny", "messages": MSG, "truncate_prompt_tokens": 0}, 400, "truncate_prompt_tokens"),
+    ({"model": "tiny", "messages": MSG, "truncate_prompt_tokens": 1024}, 400, "truncate_prompt_tokens"),
 ])
 def test_bad_requests_get_openai_errors(server, body, status, param):
     import httpx
@@ -171,6 +176,29 @@ def test_logit_bias(client, server):
     r = client.completions.create(model="tiny", prompt="Hello", max_tokens=3, temperature=0,
                                   logit_bias={str(target): 100}, extra_body={"ignore_eos": True})
     assert r.choices[0].text == tok.decode([target] * 3)
+
+
+def test_allowed_token_ids_bad_words_and_truncate_prompt_tokens(client, server):
+    """vLLM's sampling extras through `extra_body`: the reply keeps to allowed_token_ids, never writes a bad
+    word, and a prompt longer than the context is cut to its last k tokens instead of refused."""
+    tok = server["state"].tokenizer
+    allowed = tok.encode(" lighthouse keeper")
+    r = client.completions.create(model="tiny", prompt="Hello", max_tokens=6, temperature=1.0, seed=3,
+                                  extra_body={"ignore_eos": True, "allowed_token_ids": allowed})
+    assert set(tok.encode(r.choices[0].text)) <= set(allowed)
+    extra = {"ignore_eos": True, "allowed_token_ids": allowed}  # words that decode and encode back alike
+    free = client.completions.create(model="tiny", prompt="Hello", max_tokens=4, temperature=0, extra_body=extra)
+    first = tok.encode(free.choices[0].text)[0]
+    banned = client.completions.create(model="tiny", prompt="Hello", max_tokens=4, temperature=0,
+                                       extra_body={**extra, "bad_words": [tok.decode([first])]}).choices[0].text
+    assert first not in tok.encode(banned)
+    long = "word " * 1500  # more than the 1,024-token context
+    r = client.completions.create(model="tiny", prompt=long, max_tokens=2, echo=True,
+                                  extra_body={"truncate_prompt_tokens": 5})
+    assert r.usage.prompt_tokens == 5 and r.choices[0].text.startswith(tok.decode(tok.encode(long)[-5:]))
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": long}], max_tokens=2,
+                                       extra_body={"truncate_prompt_tokens": -1})
+    assert r.usage.prompt_tokens == 1023
 
 
 def test_a_client_gone_before_its_first_token_is_aborted_in_the_queue(tiny_ckpt):

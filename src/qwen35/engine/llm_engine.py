@@ -237,6 +237,9 @@ class LLMEngine:
         their placeholders: one `<|image_pad|>` per image / `<|vision_start|><|video_pad|><|vision_end|>` per
         video as the chat template writes them (expanded here), or already expanded."""
         params = params or SamplingParams()
+        if params.bad_words:
+            params = params.clone()
+            params.update_from_tokenizer(self.tokenizer)
         params.check_vocab(self.model_cfg.text.vocab_size)
         if request_id in self.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -247,6 +250,8 @@ class LLMEngine:
             vocab = self.model_cfg.text.vocab_size
             if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
                 raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        if params.truncate_prompt_tokens is not None:
+            text, ids = self._truncated(text, ids, params.truncate_prompt_tokens, bool(media))
         prompt_media = None
         if media:
             ids, prompt_media = self._place_media(ids, list(media))
@@ -271,6 +276,19 @@ class LLMEngine:
         self.scheduler.enqueue([seq.req for seq in parent.seqs])  # cannot fail
         self.parents[request_id] = parent
         self.seqs.update((seq.req.request_id, seq) for seq in parent.seqs)
+
+    def _truncated(self, text: str | None, ids: list[int], keep: int, media: bool) -> tuple[str | None, list[int]]:
+        """The prompt's last `keep` tokens (vLLM's truncate_prompt_tokens; -1: as many as leave one token of the
+        context for the answer); the text only where nothing was cut."""
+        keep = self.max_model_len - 1 if keep == -1 else keep
+        if keep >= self.max_model_len:
+            raise ValueError(f"truncate_prompt_tokens {keep} leaves no room for an answer: the context is "
+                             f"{self.max_model_len} tokens (max_model_len)")
+        if len(ids) <= keep:
+            return text, ids
+        if media:
+            raise ValueError("truncate_prompt_tokens would cut a prompt that has images or video")
+        return None, ids[-keep:]
 
     def vision_note(self) -> str:
         """One line for the start-up banner: whether and how images and video are taken."""

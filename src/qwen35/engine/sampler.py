@@ -2,6 +2,8 @@
 
 Pipeline, in vLLM's order, over logits [B, V] fp32 (B = rows sampled this step, V = vocab):
 
+0. logit_bias added; ids outside `allowed_token_ids`, and the last token of a bad word whose other tokens
+   end the output, get -inf;
 1. penalties: repetition (tokens of prompt + output: positive logits divided, negative ones
    multiplied), presence (minus `presence_penalty` for tokens in the output) and frequency
    (minus `frequency_penalty * count in the output`);
@@ -169,6 +171,7 @@ class Sampler:
         if lp_rows and self.logprobs_mode == "raw":
             lp = torch.log_softmax(_take_rows(logits, lp_rows), -1)  # [L, V]
         _apply_logit_bias(logits, params)
+        _apply_bans(logits, params, histories)
         _apply_penalties(logits, params, histories)
         _apply_min_tokens(logits, params, histories)
         if lp_rows and self.logprobs_mode == "penalized":
@@ -231,6 +234,29 @@ def _apply_logit_bias(logits: torch.Tensor, params: list[SamplingParams]) -> Non
         dev = logits.device
         logits.index_put_((torch.tensor(rows, device=dev), torch.tensor(ids, device=dev)),
                           torch.tensor(vals, device=dev), accumulate=True)
+
+
+def _apply_bans(logits: torch.Tensor, params: list[SamplingParams], histories: list[PenaltyState]) -> None:
+    """-inf for every id outside a row's `allowed_token_ids`, and for a bad word's last token where the output
+    ends with the word's other tokens (a one-token word: always), as vLLM does."""
+    V, dev = logits.shape[1], logits.device
+    allowed = [(i, p.allowed_token_ids) for i, p in enumerate(params) if p.allowed_token_ids is not None]
+    if allowed:
+        rows = torch.tensor([i for i, ids in allowed for _ in ids], device=dev)
+        ids = torch.tensor([t for _, ids in allowed for t in ids], device=dev)
+        kept = logits[rows, ids]
+        logits.index_fill_(0, _index([i for i, _ in allowed], dev), -math.inf)
+        logits[rows, ids] = kept
+    rows, ids = [], []
+    for i, p in enumerate(params):
+        output = histories[i].output_ids
+        for word in p.bad_words_token_ids or ():
+            n = len(word) - 1
+            if n <= len(output) and (n == 0 or output[-n:] == word[:-1]):
+                rows.append(i)
+                ids.append(word[-1])
+    if rows:
+        logits[torch.tensor(rows, device=dev), torch.tensor(ids, device=dev)] = -math.inf
 
 
 def _apply_penalties(logits: torch.Tensor, params: list[SamplingParams], histories: list[PenaltyState]) -> None:

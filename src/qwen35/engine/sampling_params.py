@@ -9,7 +9,11 @@ reports it as the offending parameter). Bounds follow vLLM:
   `torch.Generator.manual_seed` takes); with n > 1 sub-request i uses seed + i, so seed + n - 1 must fit too;
 * max_tokens and min_tokens must fit a signed 64-bit integer as well (the engine caps max_tokens to the
   context anyway);
-* logprobs and prompt_logprobs: 0..20 (vLLM's default max_logprobs).
+* logprobs and prompt_logprobs: 0..20 (vLLM's default max_logprobs);
+* allowed_token_ids: a non-empty list of token ids (every other id gets -inf); bad_words: non-empty strings,
+  tokenised by the engine (`update_from_tokenizer`, vLLM's rule: each word alone and after a space), whose last
+  token gets -inf wherever the output already ends with the tokens before it;
+* truncate_prompt_tokens: keep the prompt's last k tokens (k >= 1; -1: all but one token of the context).
 """
 
 from __future__ import annotations
@@ -51,21 +55,28 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None  # added to the logits before sampling (OpenAI's -100..100)
+    allowed_token_ids: list[int] | None = None  # sample only among these ids
+    bad_words: list[str] | None = None  # never generate these words (their token ids: `bad_words_token_ids`)
+    truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: all that leave room)
     guided: GuidedDecoding | None = None  # structured output (JSON schema, grammar, ...): see engine/structured.py
     # vLLM's names for `guided`: StructuredOutputsParams (and the older GuidedDecodingParams), or a dict of their
     # fields: json (a schema, or its JSON text), json_object, regex, choice, grammar
     structured_outputs: Any = None
     guided_decoding: Any = None
+    bad_words_token_ids: list[list[int]] | None = None  # set from bad_words by `update_from_tokenizer`
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        for name in ("stop", "stop_token_ids"):
+        for name in ("stop", "stop_token_ids", "allowed_token_ids", "bad_words"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (list, tuple)):
                 raise ValueError(f"{name} must be a list, got {type(value).__name__}")
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        for name in ("allowed_token_ids", "bad_words"):
+            if getattr(self, name) is not None:
+                setattr(self, name, list(getattr(self, name)))
         if self.top_k == -1:
             self.top_k = 0
         checks = [
@@ -100,6 +111,14 @@ class SamplingParams:
             (self.logit_bias is None or (isinstance(self.logit_bias, dict) and all(
                 _is_int(k) and k >= 0 and _is_num(v) and -100 <= v <= 100 for k, v in self.logit_bias.items())),
              "logit_bias", "must map token ids to numbers in [-100, 100]"),
+            (self.allowed_token_ids is None or (self.allowed_token_ids and all(
+                _is_int(t) and t >= 0 for t in self.allowed_token_ids)), "allowed_token_ids",
+             "must be a non-empty list of non-negative token ids"),
+            (self.bad_words is None or all(isinstance(w, str) and w.strip() for w in self.bad_words), "bad_words",
+             "must be non-blank strings"),
+            (self.truncate_prompt_tokens is None or (_is_int(self.truncate_prompt_tokens) and (
+                self.truncate_prompt_tokens >= 1 or self.truncate_prompt_tokens == -1)), "truncate_prompt_tokens",
+             "must be -1 (the context length) or an integer >= 1"),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -132,12 +151,34 @@ class SamplingParams:
 
     def clone(self) -> SamplingParams:
         """A copy whose lists and dicts are its own (vLLM's method); the compiled grammar is shared (immutable)."""
+        def copy(x):
+            return None if x is None else type(x)(x)
+
         return dataclasses.replace(self, stop=list(self.stop), stop_token_ids=list(self.stop_token_ids),
-                                   logit_bias=dict(self.logit_bias) if self.logit_bias is not None else None)
+                                   logit_bias=copy(self.logit_bias), allowed_token_ids=copy(self.allowed_token_ids),
+                                   bad_words=copy(self.bad_words))
+
+    def update_from_tokenizer(self, tokenizer: Any) -> None:
+        """`bad_words_token_ids` from `bad_words` (vLLM's rule): each word's ids as written, with its leading space
+        dropped, and again after one space where that gives another first token in as many tokens (the word
+        inside text)."""
+        if not self.bad_words:
+            self.bad_words_token_ids = None
+            return
+        out: list[list[int]] = []
+        for word in self.bad_words:
+            alone = tokenizer.encode(word.lstrip())
+            out.append(alone)
+            spaced = tokenizer.encode(" " + word.lstrip())
+            if spaced and spaced[0] != alone[0] and len(spaced) == len(alone):
+                out.append(spaced)
+        self.bad_words_token_ids = out
 
     def check_vocab(self, vocab_size: int) -> None:
         """ValueError naming the field when a token id here is outside a `vocab_size`-token vocabulary."""
-        for name, ids in (("logit_bias", self.logit_bias or ()), ("stop_token_ids", self.stop_token_ids)):
+        words = [t for ids in self.bad_words_token_ids or () for t in ids]
+        for name, ids in (("logit_bias", self.logit_bias or ()), ("stop_token_ids", self.stop_token_ids),
+                          ("allowed_token_ids", self.allowed_token_ids or ()), ("bad_words", words)):
             bad = [t for t in ids if t >= vocab_size]
             if bad:
                 raise ValueError(f"{name} has token id {bad[0]}, outside the model's vocabulary [0, {vocab_size})")

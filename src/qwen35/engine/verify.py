@@ -27,17 +27,19 @@ from __future__ import annotations
 import torch
 
 from ..ops.fused import argmax
-from .sampler import (PenaltyState, SamplerOutput, _apply_logit_bias, _apply_min_tokens, _apply_penalties, _draw,
-                      _fill_logprobs, _index, _sanitize_, _survivors, _take_rows, _temperature_, _uniforms)
+from .sampler import (PenaltyState, SamplerOutput, _apply_bans, _apply_logit_bias, _apply_min_tokens, _apply_penalties,
+                      _draw, _fill_logprobs, _index, _sanitize_, _survivors, _take_rows, _temperature_, _uniforms)
 from .sampling_params import SamplingParams
 
 
 def row_histories(history: PenaltyState, params: SamplingParams, drafts: list[int]) -> list[PenaltyState]:
     """The history each verification row of one sequence sees: row i has d_1..d_i as output too. Copies
-    only when the request uses penalties or min_tokens (otherwise every row shares `history`)."""
+    only when the request uses penalties, min_tokens or bad words of several tokens (otherwise every row shares
+    `history`)."""
     k = len(drafts)
     needs = (params.repetition_penalty != 1 or params.presence_penalty != 0 or params.frequency_penalty != 0
-             or (history.min_tokens_ids and len(history.output_ids) < params.min_tokens))
+             or (history.min_tokens_ids and len(history.output_ids) < params.min_tokens)
+             or any(len(word) > 1 for word in params.bad_words_token_ids or ()))
     if not needs or k == 0:
         return [history] * (k + 1)
     rows = [history]
@@ -69,6 +71,7 @@ def verify(logits: torch.Tensor, params: list[SamplingParams], histories: list[P
     lp_rows = [r for r, p in enumerate(params) if p.logprobs is not None]
     lp = torch.log_softmax(_take_rows(logits, lp_rows), -1) if lp_rows else None
     _apply_logit_bias(logits, params)
+    _apply_bans(logits, params, histories)
     _apply_penalties(logits, params, histories)
     _apply_min_tokens(logits, params, histories)
 

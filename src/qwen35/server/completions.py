@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat import build_guided, structured_spec, token_text, usage
-from .limits import MAX_SEQUENCES, RequestError, encode_bounded
+from .limits import MAX_SEQUENCES, RequestError, encode_bounded, truncated
 from .params import sampling_params
 from .protocol import CompletionRequest
 
@@ -59,9 +59,9 @@ def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
     id_lists = []
     for p in prompts:
         if isinstance(p, str):
-            ids = encode_bounded(tok, p, limit)
+            ids = encode_bounded(tok, p, limit, truncate=body.truncate_prompt_tokens)
         else:
-            ids = list(p)
+            ids = truncated(list(p), body.truncate_prompt_tokens, limit)
             if len(ids) >= limit:
                 raise RequestError(f"the prompt is {len(ids)} tokens; this model's context is {limit} tokens "
                                    "(max_model_len), which leaves no room for an answer", "prompt")
@@ -82,7 +82,9 @@ def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
                   for ids in id_lists]
     except ValueError as e:
         raise RequestError(str(e), str(e).split(" ", 1)[0]) from None
-    echo = [(p if isinstance(p, str) else tok.decode(p)) if body.echo else "" for p in prompts]
+    cut = body.truncate_prompt_tokens is not None  # then the echo is what is left of the prompt
+    echo = [(p if isinstance(p, str) and not cut else tok.decode(ids)) if body.echo else ""
+            for p, ids in zip(prompts, id_lists)]
     return CompletionPlan(prompts, id_lists, params, echo, echo_only)
 
 

@@ -69,16 +69,20 @@ def _check_text(text: str, path: str) -> None:
                            path or None) from None
 
 
-def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", marked: bool = False) -> list[int]:
+def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", marked: bool = False,
+                   truncate: int | None = None) -> list[int]:
     """Token ids of `text`, refusing (RequestError) one of `limit` tokens or more without encoding all of it.
     `marked`: `text` was rendered from marked messages (tokenizer/control_tokens.py): the control-token text the
-    client sent is encoded as plain text.
+    client sent is encoded as plain text. `truncate` (vLLM's truncate_prompt_tokens): keep the last k tokens
+    instead of refusing (-1: as many as leave one token for the answer).
 
     A prefix of the text has at least as many tokens as the full text has over that stretch, give or take
     the word cut at its end; so once a prefix has `limit + 8` tokens the whole text is too long. Prefixes
     grow 4x at a time, so refusing costs at most a few prefixes and accepting about 1.3 full encodes.
     """
     encode = tokenizer.encode_marked if marked and control_tokens.has_marks(text) else tokenizer.encode
+    if truncate is not None:
+        return truncated(encode(text), truncate, limit)
     chars = max(limit * 16, 4096)
     while chars < len(text):
         n = len(encode(text[:chars]))
@@ -89,6 +93,18 @@ def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", mark
     if len(ids) >= limit:
         raise RequestError(too_long(str(len(ids)), limit), param)
     return ids
+
+
+def truncated(ids: list[int], keep: int | None, limit: int) -> list[int]:
+    """The last `keep` of `ids` (vLLM's truncate_prompt_tokens; -1: `limit - 1`, which leaves one token for the
+    answer; None: all of them). RequestError for a `keep` that leaves no room for an answer."""
+    if keep is None:
+        return ids
+    keep = limit - 1 if keep == -1 else keep
+    if keep >= limit:
+        raise RequestError(f"truncate_prompt_tokens {keep} leaves no room for an answer: this model's context is "
+                           f"{limit} tokens (max_model_len)", "truncate_prompt_tokens")
+    return ids[-keep:]
 
 
 def too_long(count: str, limit: int) -> str:

@@ -100,7 +100,8 @@ def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None,
     kwargs = dict(values, n=body.n, seed=body.seed, max_tokens=max_tokens, min_tokens=body.min_tokens,
                   stop=stop, stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos,
                   logprobs=logprobs, skip_special_tokens=body.skip_special_tokens,
-                  include_stop_str_in_output=body.include_stop_str_in_output)
+                  include_stop_str_in_output=body.include_stop_str_in_output,
+                  allowed_token_ids=body.allowed_token_ids, bad_words=body.bad_words)
     if guided is not None:
         kwargs["guided"] = guided
     if prompt_logprobs is not None:

@@ -42,6 +42,9 @@ class _Body(BaseModel):
     include_stop_str_in_output: bool = False
     user: str | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a JSON string key) -> bias in [-100, 100]
+    allowed_token_ids: list[int] | None = Field(None, min_length=1, max_length=MAX_LOGIT_BIAS)
+    bad_words: list[str] | None = Field(None, max_length=MAX_STOP)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)  # keep the prompt's last k tokens (-1: all that fit)
     # vLLM's structured outputs: {"json" | "regex" | "choice" | "grammar": ...}, and the older guided_* fields
     structured_outputs: dict[str, Any] | None = None
     guided_json: dict[str, Any] | str | None = None
@@ -54,6 +57,13 @@ class _Body(BaseModel):
     def _stop(cls, v):
         if isinstance(v, list) and len(v) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop strings")
+        return v
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _truncate(cls, v):
+        if v == 0:
+            raise ValueError("must be -1 (as many as fit) or at least 1")
         return v
 
     @field_validator("logit_bias")

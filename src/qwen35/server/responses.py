@@ -42,7 +42,8 @@ from .protocol import REASONING_EFFORTS, ChatCompletionRequest
 # request fields that carry over to the chat request unchanged (the sampling extras clients send)
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                 "repetition_penalty", "seed", "stop", "parallel_tool_calls", "chat_template_kwargs",
-                "enable_thinking", "thinking_token_budget", "logit_bias", "min_tokens")
+                "enable_thinking", "thinking_token_budget", "logit_bias", "min_tokens", "allowed_token_ids",
+                "bad_words")
 
 
 class ResponsesRequest(BaseModel):
