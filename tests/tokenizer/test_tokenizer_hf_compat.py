@@ -61,3 +61,29 @@ def test_autotokenizer_chat_template_matches(hf):
         [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
     )
     assert off == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def test_the_transformers_methods_vllm_scripts_call_give_transformers_results(tok, hf, samples):
+    """`LLM.get_tokenizer()` in vLLM is the HF tokenizer: the calls scripts make on it give the same results on
+    ours (transformers 5's defaults: a tokenized chat comes back as a dict)."""
+    kw = dict(tools=[WEATHER_TOOL], add_generation_prompt=True)
+    assert tok.apply_chat_template(TOOL_LOOP_MESSAGES, tokenize=False, **kw) == \
+        hf.apply_chat_template(TOOL_LOOP_MESSAGES, tokenize=False, **kw)
+    ours, theirs = tok.apply_chat_template(TOOL_LOOP_MESSAGES, **kw), hf.apply_chat_template(TOOL_LOOP_MESSAGES, **kw)
+    assert dict(ours) == dict(theirs) and ours.input_ids == theirs["input_ids"]
+    assert tok.apply_chat_template(TOOL_LOOP_MESSAGES, return_dict=False, enable_thinking=False) == \
+        hf.apply_chat_template(TOOL_LOOP_MESSAGES, return_dict=False, enable_thinking=False)
+    chats = [TOOL_LOOP_MESSAGES[:2], TOOL_LOOP_MESSAGES[1:2]]
+    assert tok.apply_chat_template(chats, tokenize=False) == hf.apply_chat_template(chats, tokenize=False)
+    assert dict(tok(samples[0])) == dict(hf(samples[0]))
+    assert dict(tok(samples[:3])) == dict(hf(samples[:3]))
+    ids = tok.encode(samples[0] + "<|im_end|>")
+    assert tok.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)
+    assert tok.convert_tokens_to_ids("<|im_end|>") == hf.convert_tokens_to_ids("<|im_end|>")
+    assert tok.convert_tokens_to_ids(["<think>", "Ġworld"]) == hf.convert_tokens_to_ids(["<think>", "Ġworld"])
+    assert tok.batch_decode([ids, ids[:3]], skip_special_tokens=True) == \
+        hf.batch_decode([ids, ids[:3]], skip_special_tokens=True)
+    assert (len(tok), tok.bos_token_id) == (len(hf), hf.bos_token_id)
+    assert tok.get_vocab() == hf.get_vocab()
+    with pytest.raises(TypeError, match="return_tensors"):
+        tok.apply_chat_template(TOOL_LOOP_MESSAGES, return_tensors="pt")

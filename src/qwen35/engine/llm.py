@@ -102,7 +102,8 @@ class LLM:
         return self.engine.tokenizer
 
     def get_tokenizer(self):
-        """The checkpoint's tokenizer (`qwen35.tokenizer.Tokenizer`: encode, decode, the chat template)."""
+        """The checkpoint's tokenizer (`qwen35.tokenizer.Tokenizer`: encode, decode, the chat template, and the
+        transformers methods scripts call: `apply_chat_template`, `tok(text)`, `convert_tokens_to_ids`, ...)."""
         return self.tokenizer
 
     def get_default_sampling_params(self) -> SamplingParams:

@@ -27,6 +27,7 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 
 from qwen35.tokenizer import control_tokens
+from qwen35.tokenizer.hf_methods import HFMethods
 from qwen35.tokenizer.token_bytes import TokenBytes
 from qwen35.tokenizer.vocab import load_vocab_tokenizer
 
@@ -106,8 +107,9 @@ def find_chat_template(model_dir: str | os.PathLike) -> tuple[str, str]:
     return DEFAULT_CHAT_TEMPLATE, "the built-in Qwen3.5 template"
 
 
-class Tokenizer:
-    """Qwen3.5 tokenizer: encode/decode, special ids, chat template, save in the HF layout."""
+class Tokenizer(HFMethods):
+    """Qwen3.5 tokenizer: encode/decode, special ids, chat template, save in the HF layout; transformers' methods
+    (`apply_chat_template`, `tok(text)`, `convert_tokens_to_ids`, ...) for scripts written against vLLM."""
 
     def __init__(
         self,
