@@ -27,6 +27,8 @@ def args(*argv: str):
     (("--language-model-only",), {"image": 0, "video": 0}),
     (("--limit-mm-per-prompt", '{"image": 0, "video": 0}'), {"image": 0, "video": 0}),  # text only, as vLLM
     (("--language-model-only", "--limit-mm-per-prompt", '{"image": 0, "video": 0}'), {"image": 0, "video": 0}),
+    (("--limit-mm-per-prompt.image", "2"), {"image": 2, "video": DEFAULT_MM_LIMITS["video"]}),  # vLLM's dotted form
+    (("--limit-mm-per-prompt", "image=4,video=3", "--limit-mm-per-prompt.video=0"), {"image": 4, "video": 0}),
 ])
 def test_mm_limits(argv, limits):
     assert mm_limits(args(*argv)) == limits
@@ -52,6 +54,10 @@ def test_bad_mm_limits(value, message):
 def test_language_model_only_contradicted():
     with pytest.raises(ServeError, match="--language-model-only takes no images or videos"):
         mm_limits(args("--language-model-only", "--limit-mm-per-prompt", "image=2"))
+    with pytest.raises(ServeError, match="allows 1 videos"):
+        mm_limits(args("--language-model-only", "--limit-mm-per-prompt.video", "1"))
+    with pytest.raises(SystemExit):
+        args("--limit-mm-per-prompt.image", "-1")
 
 
 def test_media_policy_defaults(monkeypatch):

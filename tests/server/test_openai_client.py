@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.conftest import wait_idle
+from tests.server.conftest import API_KEY, wait_idle
 
 MSG = [{"role": "user", "content": "Say something."}]
 
@@ -199,6 +199,40 @@ def test_allowed_token_ids_bad_words_and_truncate_prompt_tokens(client, server):
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": long}], max_tokens=2,
                                        extra_body={"truncate_prompt_tokens": -1})
     assert r.usage.prompt_tokens == 1023
+
+
+def test_response_role_token_ids_and_forced_usage(client, server):
+    """--return-tokens-as-token-ids (or the request's own return_tokens_as_token_ids) names logprob tokens
+    'token_id:N', text offsets still counting characters; --response-role names the reply's role;
+    --enable-force-include-usage ends every stream with usage."""
+    import httpx
+
+    state = server["state"]
+    tok = state.tokenizer
+    r = client.completions.create(model="tiny", prompt="Hello", max_tokens=4, logprobs=2, echo=True,
+                                  extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True})
+    lp = r.choices[0].logprobs
+    ids = [int(t.removeprefix("token_id:")) for t in lp.tokens]
+    assert all(t.startswith("token_id:") for t in lp.tokens) and ids[:1] == tok.encode("Hello")
+    assert tok.decode(ids) == r.choices[0].text
+    assert lp.text_offset == [sum(len(tok.decode([i])) for i in ids[:k]) for k in range(len(ids))]
+    assert all(k.startswith("token_id:") for top in lp.top_logprobs[1:] for k in top)
+    saved = state.response_role, state.return_tokens_as_token_ids, state.force_include_usage
+    state.response_role, state.return_tokens_as_token_ids, state.force_include_usage = "bot", True, True
+    try:
+        body = {"model": "tiny", "messages": MSG, "max_tokens": 3, "logprobs": True, "top_logprobs": 1}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        got = httpx.post(server["url"] + "/v1/chat/completions", json=body, headers=headers, timeout=60).json()
+        assert got["choices"][0]["message"]["role"] == "bot"
+        assert all(e["token"].startswith("token_id:") for e in got["choices"][0]["logprobs"]["content"])
+        got = httpx.post(server["url"] + "/v1/chat/completions", json={**body, "return_tokens_as_token_ids": False},
+                         headers=headers, timeout=60).json()
+        assert not any(e["token"].startswith("token_id:") for e in got["choices"][0]["logprobs"]["content"])
+        chunks = list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True))
+        assert chunks[0].choices[0].delta.role == "bot"
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    finally:
+        state.response_role, state.return_tokens_as_token_ids, state.force_include_usage = saved
 
 
 def test_a_client_gone_before_its_first_token_is_aborted_in_the_queue(tiny_ckpt):

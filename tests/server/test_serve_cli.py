@@ -11,10 +11,12 @@ import json
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -373,7 +375,8 @@ def test_flags_reach_server_state(hf_cache, monkeypatch):
     monkeypatch.setenv("VLLM_API_KEY", "from-vllm-env")
     p = plan(HF_ID, "--default-chat-template-kwargs", '{"enable_thinking": false}', "--allowed-origins", '["*"]',
              "--allowed-hosts", "a.example,b.example", "--max-logprobs", "5", "--max-waiting-requests", "3",
-             "--trust-request-chat-template", "--enable-log-requests")
+             "--trust-request-chat-template", "--enable-log-requests", "--response-role", "bot",
+             "--return-tokens-as-token-ids", "--enable-force-include-usage")
     client = SimpleNamespace(tokenizer=SimpleNamespace(chat_template="t"),
                              info=SimpleNamespace(max_model_len=9, vocab_size=64, max_num_seqs=4, vision=False))
     state = ServerState(client, p.served_names, **p.state_kwargs)
@@ -382,6 +385,7 @@ def test_flags_reach_server_state(hf_cache, monkeypatch):
     assert state.allowed_origins == ["*"] and state.allowed_hosts == ["a.example", "b.example"]
     assert (state.max_logprobs, state.max_waiting_requests) == (5, 3)
     assert state.trust_request_chat_template and state.log_requests
+    assert state.response_role == "bot" and state.return_tokens_as_token_ids and state.force_include_usage
     monkeypatch.setenv("QWEN35_API_KEY", "from-qwen35-env")
     assert plan(HF_ID).state_kwargs["api_key"] == "from-qwen35-env"
     assert plan(HF_ID, "--api-key", "flag").state_kwargs["api_key"] == "flag"
@@ -486,6 +490,61 @@ def test_real_server_ready_line(tiny_ckpt):
         assert idle.recv(1) == b""  # closed by the header timer, not held forever
         assert time.monotonic() - start < 8
         idle.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate")
+    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return key, cert
+
+
+def test_ssl_files_are_checked_before_the_model_loads(hf_cache, tmp_path):
+    key, cert = _self_signed(tmp_path)
+    assert plan(HF_ID, "--ssl-keyfile", key, "--ssl-certfile", cert)  # loads
+    for argv, says in ((("--ssl-keyfile", key), "--ssl-keyfile needs --ssl-certfile"),
+                       (("--ssl-keyfile", key, "--ssl-certfile", str(tmp_path / "nope.pem")), "cannot load them"),
+                       (("--ssl-keyfile", cert, "--ssl-certfile", cert), "cannot load them"),
+                       (("--ssl-cert-reqs", "2"), "need --ssl-certfile")):
+        with pytest.raises(ServeError, match=says):
+            plan(HF_ID, *argv)
+
+
+@pytest.mark.slow  # 12 s: a whole `qwen35 serve` process
+def test_https_and_a_root_path(tiny_ckpt, tmp_path):
+    """--ssl-certfile/--ssl-keyfile serve HTTPS, as the ready line says. --root-path is the prefix of a proxy that
+    strips it: the routes answer as before."""
+    import ssl
+
+    key, cert = _self_signed(tmp_path)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwen35.cli", "serve", str(tiny_ckpt), "--port", str(port), "--dtype", "float32",
+         "--max-model-len", "256", "--max-num-seqs", "2", "--kv-cache-memory", "32MB", "--ssl-keyfile", key,
+         "--ssl-certfile", cert, "--root-path", "/qwen"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("qwen35 ready:"):
+                break
+        assert f"https://127.0.0.1:{port}/v1" in lines[-1], "".join(lines)
+        trusted = ssl.create_default_context(cafile=cert)
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/models", timeout=30, context=trusted) as r:
+            assert [m["id"] for m in json.load(r)["data"]] == [str(tiny_ckpt)]
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP gets no answer
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -66,6 +66,9 @@ class ServerState:
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # --default-chat-template-kwargs
     max_logprobs: int = 20  # --max-logprobs
     log_requests: bool = False  # --enable-log-requests
+    response_role: str = "assistant"  # --response-role
+    return_tokens_as_token_ids: bool = False  # --return-tokens-as-token-ids (a request's own field wins)
+    force_include_usage: bool = False  # --enable-force-include-usage: every stream ends with usage
     mm_limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MM_LIMITS))  # --limit-mm-per-prompt
     media_policy: MediaPolicy = field(default_factory=MediaPolicy)  # where media URLs may point
     cpu_threads: int = 4  # workers for parsing, templates, tokenising and grammars
@@ -86,6 +89,15 @@ class ServerState:
         # 19 s). Waiting for the gate holds no thread. With a single worker there is no half to keep free.
         self.media_gate = asyncio.Semaphore(max(1, self.cpu_threads // 2))
         self.processor = ProcessorConfig.from_checkpoint(info.model) if info.vision else None
+
+    def include_usage(self, body) -> bool:
+        """Whether a stream ends with a usage chunk: the request's stream_options, or the server's flag."""
+        return body.include_usage or self.force_include_usage
+
+    def token_ids_as_tokens(self, body) -> bool:
+        """Whether logprobs name tokens as 'token_id:N': the request's field, else the server's flag."""
+        own = body.return_tokens_as_token_ids
+        return self.return_tokens_as_token_ids if own is None else own
 
     @property
     def in_flight(self) -> int:
@@ -188,14 +200,15 @@ def create_app(state: ServerState) -> FastAPI:
         if isinstance(got, JSONResponse):
             return got
         body, plan = got
-        run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer)
+        run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer, role=state.response_role,
+                      token_ids_as_tokens=state.token_ids_as_tokens(body))
         start = time.perf_counter()
         stream = await _admit(state, request, plan, run.id)
         if isinstance(stream, Response):
             return stream
         if body.stream:
-            return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, body.include_usage, start,
-                                          run.usage),
+            return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, state.include_usage(body),
+                                          start, run.usage),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
         finals = await _whole(state, request, stream)
         if isinstance(finals, Response):
@@ -209,7 +222,8 @@ def create_app(state: ServerState) -> FastAPI:
         if isinstance(got, JSONResponse):
             return got
         body, plan = got
-        run = CompletionRun(plan, body, body.model or state.served_names[0], state.tokenizer)
+        run = CompletionRun(plan, body, body.model or state.served_names[0], state.tokenizer,
+                            token_ids_as_tokens=state.token_ids_as_tokens(body))
         start = time.perf_counter()
         # every prompt enters the engine at once (they batch), then all or nothing: on any failure the ones
         # that started are aborted
@@ -236,7 +250,7 @@ def create_app(state: ServerState) -> FastAPI:
                 return error(400, str(failed))
             raise failed
         if body.stream:
-            return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, body.include_usage,
+            return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, state.include_usage(body),
                                           start, run.usage), media_type="text/event-stream",
                                      background=BackgroundTask(streams[0].aclose))
         finals = await _unless_disconnected(state, request, streams)

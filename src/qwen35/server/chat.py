@@ -271,6 +271,8 @@ class ChatRun:
     model: str
     tokenizer: Any
     emit_reasoning_alias: bool = True  # also send `reasoning` (vLLM's name) next to `reasoning_content`
+    role: str = "assistant"  # --response-role
+    token_ids_as_tokens: bool = False  # logprobs name tokens 'token_id:N' (--return-tokens-as-token-ids)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -289,7 +291,7 @@ class ChatRun:
             if self.plan.drop_tool_calls:
                 calls = []
             # null beside calls or a reasoning (a reply cut off inside <think>), as in vLLM; "" for an empty reply
-            message: dict[str, Any] = {"role": "assistant",
+            message: dict[str, Any] = {"role": self.role,
                                        "content": content or (None if calls or reasoning is not None else content)}
             if reasoning is not None and self.plan.include_reasoning:
                 message["reasoning_content"] = reasoning
@@ -317,7 +319,7 @@ class ChatRun:
             i = c.index
             if not self.sent_role[i]:
                 self.sent_role[i] = True
-                chunks.append(self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                chunks.append(self.chunk([{"index": i, "delta": {"role": self.role, "content": ""},
                                            "logprobs": None, "finish_reason": None}]))
             deltas = self.parsers[i].feed(c.delta_text) if c.delta_text else []
             if c.finished:
@@ -373,11 +375,14 @@ class ChatRun:
         return {"content": content}
 
     def _tok(self, tok_id: int) -> str:
-        return token_text(self.tokenizer, tok_id)
+        return token_text(self.tokenizer, tok_id, self.token_ids_as_tokens)
 
 
-def token_text(tokenizer, tok_id: int) -> str:
-    """A token as logprobs show it: its bytes as UTF-8, a cut character replaced."""
+def token_text(tokenizer, tok_id: int, as_id: bool = False) -> str:
+    """A token as logprobs show it: its bytes as UTF-8, a cut character replaced; `as_id`: 'token_id:N' (vLLM's
+    --return-tokens-as-token-ids, for clients that must map logprobs back to ids whatever the bytes are)."""
+    if as_id:
+        return f"token_id:{tok_id}"
     return tokenizer.token_bytes(tok_id).decode("utf-8", errors="replace")
 
 

@@ -96,6 +96,7 @@ class CompletionRun:
     body: CompletionRequest
     model: str
     tokenizer: Any
+    token_ids_as_tokens: bool = False  # logprobs name tokens 'token_id:N' (--return-tokens-as-token-ids)
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     # streaming: characters each choice has sent so far (its echo included), by choice index; a choice not
@@ -162,32 +163,34 @@ class CompletionRun:
         """The OpenAI `logprobs` object of these tokens; `start`: the text offset of the first."""
         if self.body.logprobs is None or not entries:
             return None
-        tokens = [self._tok(t) for t in token_ids]
-        return {"tokens": tokens, "token_logprobs": [e[t] for t, e in zip(token_ids, entries)],
+        return {"tokens": [self._tok(t) for t in token_ids],
+                "token_logprobs": [e[t] for t, e in zip(token_ids, entries)],
                 "top_logprobs": [{self._tok(t): lp for t, lp in e.items()} for e in entries],
-                "text_offset": _offsets(tokens, start)}
+                "text_offset": self._offsets(token_ids, start)}
 
     def _with_prompt(self, final, lp: dict[str, Any]) -> dict[str, Any]:
         """Prompt tokens first (the first has no logprob: nothing precedes it), then the generated ones."""
         ids = final.prompt_token_ids
         entries = getattr(final, "prompt_logprobs", None) or [None] * len(ids)
-        tokens = [self._tok(t) for t in ids]
-        return {"tokens": tokens + lp["tokens"],
+        offsets = self._offsets(ids)
+        end = offsets[-1] + len(token_text(self.tokenizer, ids[-1])) if ids else 0
+        shift = end - (lp["text_offset"][0] if lp["text_offset"] else 0)  # the reply's offsets follow the prompt
+        return {"tokens": [self._tok(t) for t in ids] + lp["tokens"],
                 "token_logprobs": [e[t] if e else None for t, e in zip(ids, entries)] + lp["token_logprobs"],
                 "top_logprobs": [{self._tok(t): v for t, v in e.items()} if e else None for t, e in
                                  zip(ids, entries)] + lp["top_logprobs"],
-                "text_offset": _offsets(tokens + lp["tokens"])}
+                "text_offset": offsets + [o + shift for o in lp["text_offset"]]}
 
     def _tok(self, tok_id: int) -> str:
-        return token_text(self.tokenizer, tok_id)
+        return token_text(self.tokenizer, tok_id, self.token_ids_as_tokens)
 
-
-def _offsets(tokens: list[str], pos: int = 0) -> list[int]:
-    out = []
-    for t in tokens:
-        out.append(pos)
-        pos += len(t)
-    return out
+    def _offsets(self, token_ids: list[int], pos: int = 0) -> list[int]:
+        """Where each token's text starts (its text, not a 'token_id:N' label)."""
+        out = []
+        for t in token_ids:
+            out.append(pos)
+            pos += len(token_text(self.tokenizer, t))
+        return out
 
 
 def _reason(c) -> str | None:

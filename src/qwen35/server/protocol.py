@@ -45,6 +45,7 @@ class _Body(BaseModel):
     allowed_token_ids: list[int] | None = Field(None, min_length=1, max_length=MAX_LOGIT_BIAS)
     bad_words: list[str] | None = Field(None, max_length=MAX_STOP)
     truncate_prompt_tokens: int | None = Field(None, ge=-1)  # keep the prompt's last k tokens (-1: all that fit)
+    return_tokens_as_token_ids: bool | None = None  # logprobs name tokens 'token_id:N' (None: the server's flag)
     # vLLM's structured outputs: {"json" | "regex" | "choice" | "grammar": ...}, and the older guided_* fields
     structured_outputs: dict[str, Any] | None = None
     guided_json: dict[str, Any] | str | None = None

@@ -215,11 +215,33 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
         state_kwargs["max_logprobs"] = args.max_logprobs
     if args.max_waiting_requests is not None:
         state_kwargs["max_waiting_requests"] = args.max_waiting_requests
+    state_kwargs.update(response_role=args.response_role, return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+                        force_include_usage=args.enable_force_include_usage)
+    _check_ssl(args)
     return ServePlan(model_dir=model_dir, hf_config=config if overridden else None, embedded=embedded,
                      served_names=args.served_model_name or [name], max_model_len=max_len, supported_len=supported,
                      kv_cache_memory=kv, chat_template=template, noops=noops, speculative_config=speculative,
                      mm_limits=limits, media_policy=policy, state_kwargs=state_kwargs, parallel=parallel,
                      generation_defaults=generation_defaults)
+
+
+def _check_ssl(args: argparse.Namespace) -> None:
+    """The TLS files exist and load, so that a wrong path fails before the model loads, with its name."""
+    if args.ssl_keyfile is None and args.ssl_certfile is None:
+        if args.ssl_ca_certs or args.ssl_cert_reqs:
+            raise ServeError("--ssl-ca-certs and --ssl-cert-reqs need --ssl-certfile and --ssl-keyfile")
+        return
+    if args.ssl_certfile is None:
+        raise ServeError("--ssl-keyfile needs --ssl-certfile (the certificate that goes with the key)")
+    import ssl
+
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
+        if args.ssl_ca_certs:
+            ctx.load_verify_locations(args.ssl_ca_certs)
+    except (OSError, ssl.SSLError) as e:
+        raise ServeError(f"--ssl-certfile/--ssl-keyfile/--ssl-ca-certs: cannot load them: {e}") from None
 
 
 def cache_budget(model_dir: Path, text, args: argparse.Namespace, max_model_len: int,
@@ -344,9 +366,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(host: str, port: int) -> str:
+def url_of(host: str, port: int, https: bool = False) -> str:
     shown = f"[{host.strip('[]')}]" if ":" in host else host
-    return f"http://{shown}:{port}/v1"
+    return f"{'https' if https else 'http'}://{shown}:{port}/v1"
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -376,7 +398,7 @@ def serve(args: argparse.Namespace) -> int:
         sock.close()
         raise
     print(banner(state, plan), file=sys.stderr, flush=True)
-    ready = f"qwen35 ready: {url_of(args.host, port)} (model {plan.served_names[0]!r})"
+    ready = f"qwen35 ready: {url_of(args.host, port, args.ssl_certfile is not None)} (model {plan.served_names[0]!r})"
 
     class Server(uvicorn.Server):
         engine_gone = False
@@ -397,7 +419,9 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(create_app(state), log_level=args.uvicorn_log_level,
                             access_log=not args.disable_uvicorn_access_log,
                             http=with_header_timeout(args.header_timeout), timeout_keep_alive=args.timeout_keep_alive,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, root_path=args.root_path,
+                            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+                            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs)
     server = Server(config)
     try:
         server.run(sockets=[sock])

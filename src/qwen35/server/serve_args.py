@@ -233,11 +233,25 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="seconds an idle keep-alive connection stays open (default 5)")
     h.add_argument("--header-timeout", type=_positive_float, default=30.0,
                    help="seconds a connection may take to send its request headers (default 30)")
+    h.add_argument("--root-path", default="", help="the path prefix a reverse proxy serves this under (ASGI root_path)")
+    h.add_argument("--ssl-keyfile", default=None, help="serve HTTPS: the private key file (PEM)")
+    h.add_argument("--ssl-certfile", default=None, help="serve HTTPS: the certificate chain file (PEM)")
+    h.add_argument("--ssl-ca-certs", default=None, help="CA certificates for verifying clients (with --ssl-cert-reqs)")
+    h.add_argument("--ssl-cert-reqs", type=int, choices=[0, 1, 2], default=0,
+                   help="client certificates: 0 none (default), 1 optional, 2 required (Python's ssl.CERT_*)")
+    h.add_argument("--response-role", default="assistant", help="the role of chat replies (default assistant)")
+    h.add_argument("--return-tokens-as-token-ids", action="store_true",
+                   help="logprobs name tokens as 'token_id:N' (a request's own return_tokens_as_token_ids wins)")
+    h.add_argument("--enable-force-include-usage", action="store_true",
+                   help="every stream ends with a usage chunk, asked for or not")
 
     v = p.add_argument_group("images and video")
     v.add_argument("--limit-mm-per-prompt", default=None, metavar="JSON",
                    help='most images and videos per request, \'{"image": 4, "video": 1}\' (or image=4,video=1); '
                         f'default {json.dumps(DEFAULT_MM_LIMITS)}; all 0: text only, as --language-model-only')
+    for kind in MEDIA_KINDS:  # vLLM's dotted form, --limit-mm-per-prompt.image 4
+        v.add_argument(f"--limit-mm-per-prompt.{kind}", dest=f"limit_mm_{kind}", type=_nonneg_int, default=None,
+                       metavar="N", help=f"most {kind}s per request (over the same key of --limit-mm-per-prompt)")
     v.add_argument("--language-model-only", action="store_true",
                    help="text only: the vision tower is not loaded, and requests with images or videos get a 400")
     v.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
@@ -428,6 +442,8 @@ def mm_limits(args: argparse.Namespace) -> dict[str, int]:
                 raise ServeError(f"--limit-mm-per-prompt: expected JSON like '{{\"image\": 4, \"video\": 1}}' or "
                                  f"image=4,video=1, got {text!r}")
             given[kind] = int(count)
+    given.update({kind: getattr(args, f"limit_mm_{kind}") for kind in MEDIA_KINDS
+                  if getattr(args, f"limit_mm_{kind}", None) is not None})
     for kind in given:
         if kind not in MEDIA_KINDS:
             raise ServeError(f"--limit-mm-per-prompt: Qwen3.5 takes no {kind!r} input; the kinds are image and "
@@ -435,8 +451,9 @@ def mm_limits(args: argparse.Namespace) -> dict[str, int]:
     limits = {**DEFAULT_MM_LIMITS, **{kind: _mm_count(kind, v, text) for kind, v in given.items()}}
     if args.language_model_only:
         if any(limits[k] for k in given):
-            raise ServeError(f"--language-model-only takes no images or videos, but --limit-mm-per-prompt {text} "
-                             "allows some")
+            allowed = ", ".join(f"{limits[k]} {k}s" for k in given if limits[k])
+            raise ServeError(f"--language-model-only takes no images or videos, but --limit-mm-per-prompt allows "
+                             f"{allowed}")
         limits = {kind: 0 for kind in MEDIA_KINDS}
     return limits
 
