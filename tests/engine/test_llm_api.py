@@ -51,8 +51,24 @@ def test_chat_takes_a_template_and_vllm_keywords(llm):
 def test_unsupported_keywords_are_named(tiny_ckpt):
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         LLM(str(tiny_ckpt), kv_cache_dtype="fp8")
-    with pytest.raises(ValueError, match="tokenizer="):
+    with pytest.raises(ValueError, match="tokenizer='/elsewhere'"):
         LLM(str(tiny_ckpt), tokenizer="/elsewhere")
+    with pytest.raises(ValueError, match="has no tokenizer.json"):
+        LLM(str(tiny_ckpt), tokenizer=str(tiny_ckpt))
+
+
+def test_a_tokenizer_from_another_directory(tiny_ckpt, tmp_path):
+    """vLLM's tokenizer= / --tokenizer: that directory's tokenizer.json and chat template replace the
+    checkpoint's (here the checkpoint has neither)."""
+    from qwen35.tokenizer import Tokenizer
+
+    Tokenizer.from_vocab().save(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}")
+    llm = LLM(str(tiny_ckpt), tokenizer=str(tmp_path), dtype="float32", max_model_len=256,
+              kv_cache_memory=32 << 20)
+    out = llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=1), use_tqdm=False)[0]
+    assert out.prompt_token_ids == llm.get_tokenizer().encode("<<Hi>>")
+    assert llm.get_tokenizer().source == str(tmp_path / "tokenizer.json")
 
 
 def test_vllm_structured_outputs_and_clone(llm):

@@ -509,6 +509,22 @@ def _self_signed(tmp_path) -> tuple[str, str]:
     return key, cert
 
 
+def test_tokenizer_flag(hf_cache, tmp_path):
+    """--tokenizer: a directory (or HF id) with tokenizer.json, whose chat template is the one checked at start."""
+    from qwen35.tokenizer import Tokenizer
+
+    Tokenizer.from_vocab().save(tmp_path)
+    assert plan(HF_ID, "--tokenizer", str(tmp_path)).tokenizer_dir == tmp_path
+    (tmp_path / "chat_template.jinja").write_text("{% if %}")
+    with pytest.raises(ServeError, match="chat_template.jinja"):
+        plan(HF_ID, "--tokenizer", str(tmp_path))
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(ServeError, match="--tokenizer: .* has no tokenizer.json"):
+        plan(HF_ID, "--tokenizer", str(tmp_path))
+    with pytest.raises(ServeError, match="--tokenizer: model directory '/nowhere' does not exist"):
+        plan(HF_ID, "--tokenizer", "/nowhere")
+
+
 def test_ssl_files_are_checked_before_the_model_loads(hf_cache, tmp_path):
     key, cert = _self_signed(tmp_path)
     assert plan(HF_ID, "--ssl-keyfile", key, "--ssl-certfile", cert)  # loads

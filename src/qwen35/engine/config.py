@@ -16,6 +16,7 @@ ENCODER_CACHE_BYTES = 256 << 20  # default budget of vision-tower outputs kept b
 @dataclass
 class EngineConfig:
     model: str
+    tokenizer: str | None = None  # a directory whose tokenizer.json and chat template replace the checkpoint's
     dtype: str = "bfloat16"
     max_model_len: int | None = None  # default: min(model context, 8192)
     max_num_seqs: int = 32

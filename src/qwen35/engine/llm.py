@@ -62,8 +62,9 @@ class LLM:
         """`model`: a checkpoint directory or a Hugging Face id found in the local HF cache (nothing is downloaded;
         default: the embedded demo model, `default_model.py`). `generation_config`: where the default sampling
         comes from, as `qwen35 serve --generation-config`. `hf_overrides`: merged into config.json, as
-        `--hf-overrides`. Other keywords: `EngineConfig`'s."""
-        from ..loading.model_path import resolve_model
+        `--hf-overrides`. `tokenizer`: another directory (or HF id) whose tokenizer.json and chat template to use.
+        Other keywords: `EngineConfig`'s."""
+        from ..loading.model_path import resolve_model, tokenizer_dir
         from ..server.params import load_generation_defaults
 
         if model is None:
@@ -77,11 +78,9 @@ class LLM:
             log.info("LLM(%s): nothing to do on this engine", ", ".join(ignored))
         if tokenizer is not None:
             try:
-                same = resolve_model(str(tokenizer)).path.resolve() == Path(model).resolve()
+                kwargs["tokenizer"] = str(tokenizer_dir(str(tokenizer)))
             except (ValueError, OSError) as e:
                 raise ValueError(f"tokenizer={tokenizer!r}: {e}") from None
-            if not same:
-                raise ValueError(f"tokenizer={tokenizer!r}: a tokenizer other than the checkpoint's is not supported")
         if kv_cache_dtype != "auto":
             raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r}: the K/V cache is kept in the model's dtype ('auto')")
         if hf_overrides is not None:

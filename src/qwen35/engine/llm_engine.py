@@ -148,7 +148,7 @@ class LLMEngine:
                                                 vision=has_tower and not no_media and self.group.is_first,
                                                 shard=shard)
         k = self.spec.k if self.spec is not None else 0
-        self.tokenizer = Tokenizer.from_pretrained(cfg.model)
+        self.tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
         text = self.model_cfg.text
         if self.tokenizer.vocab_size > text.vocab_size:  # its ids would index past the embedding
             raise ValueError(f"{cfg.model}: the tokenizer ({self.tokenizer.source}) defines "

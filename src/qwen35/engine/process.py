@@ -52,7 +52,7 @@ class EngineProcess(EngineClient):
             self._proc.join(10)
             raise EngineStartError(str(info))
         self._outbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-        super().__init__(info, Tokenizer.from_pretrained(cfg.model), self._outbox.put)
+        super().__init__(info, Tokenizer.from_pretrained(cfg.tokenizer or cfg.model), self._outbox.put)
         self._writer = threading.Thread(target=self._write, name="qwen35-engine-writer", daemon=True)
         self._reader = threading.Thread(target=self._read, name="qwen35-engine-reader", daemon=True)
         self._writer.start()

@@ -80,3 +80,12 @@ def resolve_model(arg: str, revision: str | None = None) -> ResolvedModel:
             f"qwen35 does not download weights: run `huggingface-cli download {arg} --local-dir DIR`, "
             f"then `qwen35 serve DIR`")
     raise ModelNotFound(f"model directory {arg!r} does not exist")
+
+
+def tokenizer_dir(arg: str, revision: str | None = None) -> Path:
+    """The directory of a tokenizer given apart from the model (vLLM's `--tokenizer`): a path or an HF id, which
+    must hold tokenizer.json (without it the built-in vocabulary would be used silently, not what was asked)."""
+    path = resolve_model(arg, revision).path
+    if not (path / "tokenizer.json").is_file():
+        raise ModelNotFound(f"tokenizer {arg!r}: {path} has no tokenizer.json")
+    return path

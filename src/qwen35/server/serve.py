@@ -86,6 +86,7 @@ class ServePlan:
     state_kwargs: dict[str, Any] = field(default_factory=dict)
     parallel: Any = None  # parallel.config.ParallelConfig: this process's rank and where the ranks meet
     generation_defaults: dict[str, Any] = field(default_factory=dict)  # params.load_generation_defaults
+    tokenizer_dir: Path | None = None  # --tokenizer: its tokenizer.json and chat template instead of the checkpoint's
 
 
 def plan_serve(args: argparse.Namespace) -> ServePlan:
@@ -93,7 +94,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     from ..config import ConfigError
     from ..tokenizer.tokenizer import find_chat_template
     from . import model_overrides as mo
-    from ..loading.model_path import resolve_model
+    from ..loading.model_path import resolve_model, tokenizer_dir
     from .params import load_generation_defaults
 
     noops = check_features(args)
@@ -124,6 +125,13 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
         model_dir, name = resolved.path, resolved.name
         if resolved.source == "hf-cache":
             log.info("%s: using the cached snapshot %s", arg, model_dir)
+
+    tokenizer = None
+    if args.tokenizer is not None:
+        try:
+            tokenizer = tokenizer_dir(args.tokenizer, args.revision)
+        except ValueError as e:
+            raise ServeError(f"--tokenizer: {e}") from None
 
     # config.json, with the command-line overrides, and the length it supports
     config_file = model_dir / "config.json"
@@ -178,7 +186,8 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
 
     # the chat template: --chat-template's, else the checkpoint's
     try:
-        checked, checked_where = (template, where) if template is not None else find_chat_template(model_dir)
+        checked, checked_where = (template, where) if template is not None else \
+            find_chat_template(tokenizer or model_dir)
     except ValueError as e:
         raise ServeError(str(e)) from None
     check_chat_template(checked, checked_where, template_kwargs)
@@ -218,7 +227,8 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     state_kwargs.update(response_role=args.response_role, return_tokens_as_token_ids=args.return_tokens_as_token_ids,
                         force_include_usage=args.enable_force_include_usage)
     _check_ssl(args)
-    return ServePlan(model_dir=model_dir, hf_config=config if overridden else None, embedded=embedded,
+    return ServePlan(model_dir=model_dir, tokenizer_dir=tokenizer, hf_config=config if overridden else None,
+                     embedded=embedded,
                      served_names=args.served_model_name or [name], max_model_len=max_len, supported_len=supported,
                      kv_cache_memory=kv, chat_template=template, noops=noops, speculative_config=speculative,
                      mm_limits=limits, media_policy=policy, state_kwargs=state_kwargs, parallel=parallel,
@@ -292,6 +302,7 @@ def build_config(plan: ServePlan, args: argparse.Namespace):
     from ..engine.config import EngineConfig
 
     return EngineConfig(model=str(plan.model_dir), hf_config=plan.hf_config, dtype=args.dtype,
+                        tokenizer=None if plan.tokenizer_dir is None else str(plan.tokenizer_dir),
                        quantization=args.quantization,
                        max_model_len=plan.max_model_len,
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,

@@ -166,6 +166,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                                             "(default: the embedded demo model)")
     m.add_argument("--model", "--model-path", dest="model_flag", metavar="MODEL", help="same as the positional")
     m.add_argument("--revision", default=None, help="HF cache: a branch, tag or commit (default: main)")
+    m.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="a directory or HF id whose tokenizer.json and chat template replace the checkpoint's")
     m.add_argument("--served-model-name", nargs="+", default=None,
                    help="names the server answers to (default: the model argument as given)")
     m.add_argument("--max-model-len", "--context-length", dest="max_model_len", type=human_int_or_auto,
