@@ -178,15 +178,17 @@ def run_cli_plan(*argv: str) -> tuple[int, str]:
 
 
 def test_noop_flags_are_collected_once(hf_cache):
-    p = plan(HF_ID, "--enforce-eager", "--trust-remote-code", "--enable-auto-tool-choice", "--kv-cache-dtype", "auto")
+    p = plan(HF_ID, "--enforce-eager", "--trust-remote-code", "--enable-auto-tool-choice", "--kv-cache-dtype", "auto",
+             "--chat-template-content-format", "openai")
     assert [n.split()[0] for n in p.noops] == ["--enforce-eager", "--trust-remote-code", "--enable-auto-tool-choice",
-                                                 "--kv-cache-dtype"]
+                                                 "--kv-cache-dtype", "--chat-template-content-format"]
 
 
 @pytest.mark.parametrize("args, says", [
     (["--kv-cache-dtype", "fp8"], "--kv-cache-dtype fp8: only auto works here"),
     (["--block-size", "32"], "--block-size 32: only 16 works here"),
     (["--load-format", "gguf"], "--load-format gguf: only auto or safetensors"),
+    (["--chat-template-content-format", "string"], "--chat-template-content-format string: only auto or openai"),
 ])
 def test_noop_flags_with_another_value_are_errors(hf_cache, args, says):
     with pytest.raises(ServeError, match=says):

@@ -49,6 +49,8 @@ VALUE_NOOPS = {
     "swap_space": ("--swap-space", None, "no device memory to swap out of"),
     "max_log_len": ("--max-log-len", None, "logged requests are not cut"),
     "guided_decoding_backend": ("--guided-decoding-backend", None, "structured outputs always use llguidance"),
+    "chat_template_content_format": ("--chat-template-content-format", ("auto", "openai"),
+                                     "content parts reach the template as OpenAI parts, which Qwen3.5's reads"),
 }
 PARALLEL = {  # dest -> what it is
     "pipeline_parallel_size": "pipeline parallelism",
