@@ -3,6 +3,7 @@ logprobs."""
 
 from __future__ import annotations
 
+import json
 import pytest
 
 from tests.server.conftest import API_KEY, wait_idle
@@ -233,6 +234,48 @@ def test_response_role_token_ids_and_forced_usage(client, server):
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
     finally:
         state.response_role, state.return_tokens_as_token_ids, state.force_include_usage = saved
+
+
+def test_prompt_logprobs_and_return_token_ids(server):
+    """vLLM's prompt_logprobs (per prompt token: None first, then the token and the k most likely with rank and
+    text) and return_token_ids (the prompt's ids, each choice's ids; streamed: with the first chunk, then each
+    chunk's), on both endpoints."""
+    import httpx
+
+    tok, url = server["state"].tokenizer, server["url"]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def post(path, body):
+        r = httpx.post(url + path, json=body, headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    prompt = "The lighthouse keeper said"
+    ids = tok.encode(prompt)
+    got = post("/v1/completions", {"model": "tiny", "prompt": prompt, "max_tokens": 3, "echo": True, "logprobs": 1,
+                                   "prompt_logprobs": 3, "return_token_ids": True, "ignore_eos": True})
+    choice = got["choices"][0]
+    plp = choice["prompt_logprobs"]
+    assert choice["prompt_token_ids"] == ids and len(choice["token_ids"]) == 3 and len(plp) == len(ids)
+    assert plp[0] is None and all(str(t) in e and 3 <= len(e) <= 4 for t, e in zip(ids[1:], plp[1:]))
+    assert all(sorted(v["rank"] for v in e.values() if v["rank"] is not None) == [1, 2, 3] for e in plp[1:])
+    echo = choice["logprobs"]  # the echo's own count (1), from the same numbers
+    assert all(len(e) <= 2 for e in echo["top_logprobs"][1:len(ids)])
+    assert echo["token_logprobs"][1:len(ids)] == [e[str(t)]["logprob"] for t, e in zip(ids[1:], plp[1:])]
+    chat = post("/v1/chat/completions", {"model": "tiny", "messages": MSG, "max_tokens": 3, "prompt_logprobs": 0,
+                                         "return_token_ids": True})
+    assert len(chat["prompt_logprobs"]) == len(chat["prompt_token_ids"]) == chat["usage"]["prompt_tokens"]
+    assert len(chat["choices"][0]["token_ids"]) == chat["usage"]["completion_tokens"]
+    body = {"model": "tiny", "messages": MSG, "max_tokens": 5, "stream": True, "return_token_ids": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert events[0]["prompt_token_ids"] == chat["prompt_token_ids"]
+    streamed = [t for e in events for c in e["choices"] for t in c.get("token_ids", [])]
+    assert len(streamed) == events[-1]["usage"]["completion_tokens"]
+    r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x", "stream": True,
+                                                  "prompt_logprobs": 1}, headers=headers, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_logprobs"
 
 
 def test_a_client_gone_before_its_first_token_is_aborted_in_the_queue(tiny_ckpt):

@@ -43,7 +43,7 @@ from ..server.messages import normalize_chat
 from ..tokenizer.chat_template import RESERVED_VARS, render_chat
 from ..tokenizer.chat_template import continue_final_message as continued
 from .llm_engine import EngineConfig, LLMEngine
-from .outputs import Logprob, RequestOutput
+from .outputs import Logprob, RequestOutput, ranked
 from .sampling_params import SamplingParams
 
 log = logging.getLogger("qwen35.engine")
@@ -168,12 +168,7 @@ class LLM:
         return out
 
     def _logprobs(self, entry: dict[int, float], top: int) -> dict[int, Logprob]:
-        """An entry holds the chosen token and the `top` most likely ones: each of those ranks among them (1:
-        the most likely); the chosen token, when it is not one of them, has no rank computed."""
-        first = next(iter(entry))  # the chosen token comes first (sampler.py)
-        chosen_outside = len(entry) > top
-        return {t: Logprob(v, None if t == first and chosen_outside else 1 + sum(x > v for x in entry.values()),
-                           self.tokenizer.decode([t])) for t, v in entry.items()}
+        return ranked(entry, top, lambda t: self.tokenizer.decode([t]))
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
              use_tqdm: bool = True, *, tools: list[dict] | None = None, chat_template: str | None = None,

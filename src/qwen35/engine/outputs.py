@@ -34,6 +34,16 @@ class Logprob:
     decoded_token: str | None = None
 
 
+def ranked(entry: dict[int, float], top: int, decode) -> dict[int, Logprob]:
+    """An engine entry (the chosen token first, then the `top` most likely) as vLLM's `{id: Logprob}`: each of the
+    top ones ranks among them (1: the most likely); the chosen token, when not one of them, has no rank.
+    `decode(id)`: the token's text."""
+    first = next(iter(entry))
+    chosen_outside = len(entry) > top
+    return {t: Logprob(v, None if t == first and chosen_outside else 1 + sum(x > v for x in entry.values()),
+                       decode(t)) for t, v in entry.items()}
+
+
 @dataclass
 class CompletionOutput:
     index: int

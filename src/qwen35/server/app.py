@@ -201,7 +201,7 @@ def create_app(state: ServerState) -> FastAPI:
             return got
         body, plan = got
         run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer, role=state.response_role,
-                      token_ids_as_tokens=state.token_ids_as_tokens(body))
+                      token_ids_as_tokens=state.token_ids_as_tokens(body), return_token_ids=body.return_token_ids)
         start = time.perf_counter()
         stream = await _admit(state, request, plan, run.id)
         if isinstance(stream, Response):

@@ -17,6 +17,7 @@ from typing import Any
 
 import jinja2
 
+from ..engine.outputs import ranked
 from ..engine.structured import STRUCTURED_LABELS, GuidedDecoding
 from ..multimodal.load import load_media
 from ..multimodal.prompt import expand_placeholders
@@ -221,6 +222,9 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
         raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
     if body.logprobs and (body.top_logprobs or 0) > server.max_logprobs:
         raise RequestError(f"top_logprobs must be at most {server.max_logprobs} (--max-logprobs)", "top_logprobs")
+    if (body.prompt_logprobs or 0) > server.max_logprobs:
+        raise RequestError(f"prompt_logprobs must be at most {server.max_logprobs} (--max-logprobs)",
+                           "prompt_logprobs")
     if body.continue_final_message and body.add_generation_prompt:
         raise RequestError("continue_final_message and add_generation_prompt cannot both be true (set "
                            "add_generation_prompt: false to continue the last message)", "continue_final_message")
@@ -255,7 +259,8 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     try:
         params = sampling_params(body, max_tokens=max_tokens or budget, thinking=thinking,
                                  defaults=server.generation_defaults, use_presets=server.use_presets,
-                                 logprobs=logprobs, guided=guided, vocab_size=server.vocab_size)
+                                 logprobs=logprobs, guided=guided, vocab_size=server.vocab_size,
+                                 prompt_logprobs=body.prompt_logprobs)
     except ValueError as e:
         raise RequestError(str(e), str(e).split(" ", 1)[0].rstrip(":")) from None
     return ChatPlan(ids, params, started_in_reasoning, body.tools, parse_tools=bool(body.tools),
@@ -272,6 +277,7 @@ class ChatRun:
     tokenizer: Any
     emit_reasoning_alias: bool = True  # also send `reasoning` (vLLM's name) next to `reasoning_content`
     role: str = "assistant"  # --response-role
+    return_token_ids: bool = False  # vLLM's return_token_ids: the prompt's and each choice's ids in the response
     token_ids_as_tokens: bool = False  # logprobs name tokens 'token_id:N' (--return-tokens-as-token-ids)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
@@ -299,11 +305,19 @@ class ChatRun:
                     message["reasoning"] = reasoning
             if calls:
                 message["tool_calls"] = calls
-            choices.append({"index": c.index, "message": message, "logprobs": self._logprobs(c, c.token_ids,
-                                                                                                c.logprobs),
-                            "finish_reason": self._finish_reason(c.finish_reason, bool(calls))})
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": choices, "usage": self.usage(final)}
+            choice = {"index": c.index, "message": message, "logprobs": self._logprobs(c, c.token_ids, c.logprobs),
+                      "finish_reason": self._finish_reason(c.finish_reason, bool(calls))}
+            if self.return_token_ids:
+                choice["token_ids"] = list(c.token_ids)
+            choices.append(choice)
+        out = {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+               "choices": choices, "usage": self.usage(final)}
+        if self.plan.params.prompt_logprobs is not None:
+            out["prompt_logprobs"] = prompt_logprobs_json(final.prompt_logprobs, self.plan.params.prompt_logprobs,
+                                                          self.tokenizer)
+        if self.return_token_ids:
+            out["prompt_token_ids"] = list(final.prompt_token_ids)
+        return out
 
     def usage(self, final) -> dict[str, Any]:
         return usage(final, self.tokenizer.think_end_id if self.plan.started_in_reasoning else None)
@@ -319,20 +333,24 @@ class ChatRun:
             i = c.index
             if not self.sent_role[i]:
                 self.sent_role[i] = True
+                first = {"prompt_token_ids": list(out.prompt_token_ids)} if self.return_token_ids else {}
                 chunks.append(self.chunk([{"index": i, "delta": {"role": self.role, "content": ""},
-                                           "logprobs": None, "finish_reason": None}]))
+                                           "logprobs": None, "finish_reason": None}], **first))
             deltas = self.parsers[i].feed(c.delta_text) if c.delta_text else []
             if c.finished:
                 deltas += self.parsers[i].finish(c.finish_reason == "length")
             lp = self._logprobs(c, c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):]
                                 if c.logprobs and c.delta_token_ids else None)
+            # this step's token ids go with its first chunk, as its logprobs do
+            ids = {"token_ids": list(c.delta_token_ids)} if self.return_token_ids and c.delta_token_ids else {}
             for d in deltas:
                 delta = self._delta(d, i)
                 if delta:
-                    chunks.append(self.chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}]))
-                    lp = None
-            if lp is not None:
-                chunks.append(self.chunk([{"index": i, "delta": {}, "logprobs": lp, "finish_reason": None}]))
+                    chunks.append(self.chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": None,
+                                               **ids}]))
+                    lp, ids = None, {}
+            if lp is not None or ids:
+                chunks.append(self.chunk([{"index": i, "delta": {}, "logprobs": lp, "finish_reason": None, **ids}]))
             if c.finished:
                 chunks.append(self.chunk([{"index": i, "delta": {}, "logprobs": None,
                                            "finish_reason": self._finish_reason(c.finish_reason,
@@ -384,6 +402,28 @@ def token_text(tokenizer, tok_id: int, as_id: bool = False) -> str:
     if as_id:
         return f"token_id:{tok_id}"
     return tokenizer.token_bytes(tok_id).decode("utf-8", errors="replace")
+
+
+def prompt_logprobs_json(entries: list[dict[int, float] | None] | None, k: int, tokenizer) -> list | None:
+    """vLLM's `prompt_logprobs` field: per prompt token None (the first) or {"id": {logprob, rank, decoded_token}}
+    for the token and the k most likely (an entry computed for more keeps its k best); -inf is -9999.0 (JSON has
+    no infinity), as vLLM clamps it."""
+    if entries is None:
+        return None
+    out: list[dict[str, Any] | None] = []
+    for entry in entries:
+        if entry is None:
+            out.append(None)
+            continue
+        out.append({str(t): {"logprob": max(lp.logprob, -9999.0), "rank": lp.rank, "decoded_token": lp.decoded_token}
+                    for t, lp in ranked(top_of(entry, k), k, lambda t: tokenizer.decode([t])).items()})
+    return out
+
+
+def top_of(entry: dict[int, float], k: int) -> dict[int, float]:
+    """A logprob entry (the chosen token first) cut to the chosen token and the k most likely."""
+    chosen = next(iter(entry))
+    return {chosen: entry[chosen], **dict(sorted(entry.items(), key=lambda kv: -kv[1])[:k])}
 
 
 def usage(final, think_end: int | None = None) -> dict[str, Any]:

@@ -15,13 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import build_guided, structured_spec, token_text, usage
+from .chat import build_guided, prompt_logprobs_json, structured_spec, token_text, top_of, usage
 from .limits import MAX_SEQUENCES, RequestError, encode_bounded, truncated
 from .params import sampling_params
 from .protocol import CompletionRequest
 
 
-NO_LOGPROBS: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": []}
+NO_LOGPROBS: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
 
 
 @dataclass
@@ -40,6 +40,9 @@ def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
         raise RequestError("best_of is not supported (use n)", "best_of")
     if body.logprobs is not None and body.logprobs > server.max_logprobs:
         raise RequestError(f"logprobs must be at most {server.max_logprobs} (--max-logprobs)", "logprobs")
+    if (body.prompt_logprobs or 0) > server.max_logprobs:
+        raise RequestError(f"prompt_logprobs must be at most {server.max_logprobs} (--max-logprobs)",
+                           "prompt_logprobs")
     prompts = body.prompt
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
@@ -72,12 +75,13 @@ def prepare_completion(body: CompletionRequest, server) -> CompletionPlan:
         id_lists.append(ids)
     found = structured_spec(body)
     guided = build_guided(found[0], found[1], None, None) if found else None
-    want_prompt_logprobs = body.echo and body.logprobs is not None
+    # the engine computes the most the echo (its logprobs) and prompt_logprobs ask; each shows its own count
+    asked = [k for k in (body.logprobs if body.echo else None, body.prompt_logprobs) if k is not None]
     try:
         params = [sampling_params(body, max_tokens=1 if echo_only else min(body.max_tokens or 16, limit - len(ids)),
                                   thinking=None,
                                   defaults=server.generation_defaults, use_presets=False, logprobs=body.logprobs,
-                                  guided=guided, prompt_logprobs=body.logprobs if want_prompt_logprobs else None,
+                                  guided=guided, prompt_logprobs=max(asked) if asked else None,
                                   vocab_size=vocab)
                   for ids in id_lists]
     except ValueError as e:
@@ -109,18 +113,31 @@ class CompletionRun:
         for k, final in enumerate(finals):
             for c in final.outputs:
                 if self.plan.echo_only:
-                    choices.append(self._prompt_alone(final, k * n + c.index, self.plan.echo_texts[k]))
+                    choices.append(self._extras(final, None, self._prompt_alone(final, k * n + c.index,
+                                                                                 self.plan.echo_texts[k])))
                     continue
                 lp = self._logprobs(c.token_ids, c.logprobs)
                 if self.body.echo and lp is not None:
                     lp = self._with_prompt(final, lp)
-                choices.append({"index": k * n + c.index, "text": self.plan.echo_texts[k] + c.text,
-                                "finish_reason": _reason(c), "logprobs": lp})
+                choices.append(self._extras(final, c, {"index": k * n + c.index,
+                                                       "text": self.plan.echo_texts[k] + c.text,
+                                                       "finish_reason": _reason(c), "logprobs": lp}))
             for key, v in self.usage(final).items():
                 if key in total:
                     total[key] += v
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": choices, "usage": total}
+
+    def _extras(self, final, c, choice: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's extra choice fields: `prompt_logprobs`, and with return_token_ids the prompt's and the choice's
+        token ids (`c` None: an echo-only choice, which generated none)."""
+        if self.body.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = prompt_logprobs_json(final.prompt_logprobs, self.body.prompt_logprobs,
+                                                             self.tokenizer)
+        if self.body.return_token_ids:
+            choice["prompt_token_ids"] = list(final.prompt_token_ids)
+            choice["token_ids"] = list(c.token_ids) if c is not None else []
+        return choice
 
     def _prompt_alone(self, final, index: int, text: str) -> dict[str, Any]:
         """An echo-only choice (max_tokens 0): the prompt, with its logprobs when asked; the sampled token left out."""
@@ -146,7 +163,9 @@ class CompletionRun:
                 continue
             first = c.index not in self.sent
             echo = self.plan.echo_texts[0] if first else ""
-            if not c.delta_text and not c.finished and not echo:
+            # a step whose token made no text yet (half a character) still sends its logprobs and ids
+            tokens_wanted = c.delta_token_ids and (self.body.logprobs is not None or self.body.return_token_ids)
+            if not c.delta_text and not c.finished and not echo and not tokens_wanted:
                 continue
             start = self.sent.get(c.index, 0)
             lp = (self._logprobs(c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):], start)
@@ -155,8 +174,11 @@ class CompletionRun:
                 lp = self._with_prompt(out, lp or NO_LOGPROBS)
             text = echo + c.delta_text
             self.sent[c.index] = start + len(text)
-            chunks.append(self.chunk([{"index": c.index, "text": text, "logprobs": lp,
-                                       "finish_reason": _reason(c) if c.finished else None}]))
+            choice = {"index": c.index, "text": text, "logprobs": lp, "finish_reason": _reason(c) if c.finished else None}
+            if self.body.return_token_ids:  # the prompt's ids with the first chunk, each chunk's own ids
+                choice.update({"prompt_token_ids": list(out.prompt_token_ids)} if first else {},
+                              token_ids=list(c.delta_token_ids))
+            chunks.append(self.chunk([choice]))
         return chunks
 
     def _logprobs(self, token_ids: list[int], entries, start: int = 0) -> dict[str, Any] | None:
@@ -177,8 +199,8 @@ class CompletionRun:
         shift = end - (lp["text_offset"][0] if lp["text_offset"] else 0)  # the reply's offsets follow the prompt
         return {"tokens": [self._tok(t) for t in ids] + lp["tokens"],
                 "token_logprobs": [e[t] if e else None for t, e in zip(ids, entries)] + lp["token_logprobs"],
-                "top_logprobs": [{self._tok(t): v for t, v in e.items()} if e else None for t, e in
-                                 zip(ids, entries)] + lp["top_logprobs"],
+                "top_logprobs": [{self._tok(t): v for t, v in top_of(e, self.body.logprobs or 0).items()} if e else None
+                                 for t, e in zip(ids, entries)] + lp["top_logprobs"],
                 "text_offset": offsets + [o + shift for o in lp["text_offset"]]}
 
     def _tok(self, tok_id: int) -> str:

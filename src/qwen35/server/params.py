@@ -101,7 +101,8 @@ def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None,
                   stop=stop, stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos,
                   logprobs=logprobs, skip_special_tokens=body.skip_special_tokens,
                   include_stop_str_in_output=body.include_stop_str_in_output,
-                  allowed_token_ids=body.allowed_token_ids, bad_words=body.bad_words)
+                  allowed_token_ids=getattr(body, "allowed_token_ids", None),
+                  bad_words=getattr(body, "bad_words", None))
     if guided is not None:
         kwargs["guided"] = guided
     if prompt_logprobs is not None:

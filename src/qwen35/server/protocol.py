@@ -46,6 +46,8 @@ class _Body(BaseModel):
     bad_words: list[str] | None = Field(None, max_length=MAX_STOP)
     truncate_prompt_tokens: int | None = Field(None, ge=-1)  # keep the prompt's last k tokens (-1: all that fit)
     return_tokens_as_token_ids: bool | None = None  # logprobs name tokens 'token_id:N' (None: the server's flag)
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: each prompt token's logprob and top k
+    return_token_ids: bool = False  # vLLM: the prompt's and each choice's token ids in the response
     # vLLM's structured outputs: {"json" | "regex" | "choice" | "grammar": ...}, and the older guided_* fields
     structured_outputs: dict[str, Any] | None = None
     guided_json: dict[str, Any] | str | None = None
@@ -58,6 +60,13 @@ class _Body(BaseModel):
     def _stop(cls, v):
         if isinstance(v, list) and len(v) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop strings")
+        return v
+
+    @field_validator("prompt_logprobs")
+    @classmethod
+    def _prompt_logprobs(cls, v, info):
+        if v and info.data.get("stream"):
+            raise ValueError("prompt_logprobs are not available when stream is true (as in vLLM)")
         return v
 
     @field_validator("truncate_prompt_tokens")
