@@ -236,6 +236,16 @@ def test_response_role_token_ids_and_forced_usage(client, server):
         state.response_role, state.return_tokens_as_token_ids, state.force_include_usage = saved
 
 
+def test_continuous_usage_stats(client):
+    """vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far."""
+    chunks = list(client.completions.create(model="tiny", prompt="Hello", max_tokens=5, stream=True,
+                                            stream_options={"include_usage": True, "continuous_usage_stats": True},
+                                            extra_body={"ignore_eos": True}))
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert all(c.usage is not None and c.usage.prompt_tokens == 1 for c in chunks)
+    assert counts == sorted(counts) and counts[-1] == 5 and counts[0] < 5
+
+
 def test_prompt_logprobs_and_return_token_ids(server):
     """vLLM's prompt_logprobs (per prompt token: None first, then the token and the k most likely with rank and
     text) and return_token_ids (the prompt's ids, each choice's ids; streamed: with the first chunk, then each

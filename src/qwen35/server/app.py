@@ -208,7 +208,7 @@ def create_app(state: ServerState) -> FastAPI:
             return stream
         if body.stream:
             return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, state.include_usage(body),
-                                          start, run.usage),
+                                          start, run.usage, state.include_usage(body) and body.continuous_usage),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
         finals = await _whole(state, request, stream)
         if isinstance(finals, Response):
@@ -251,7 +251,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise failed
         if body.stream:
             return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, state.include_usage(body),
-                                          start, run.usage), media_type="text/event-stream",
+                                          start, run.usage, state.include_usage(body) and body.continuous_usage), media_type="text/event-stream",
                                      background=BackgroundTask(streams[0].aclose))
         finals = await _unless_disconnected(state, request, streams)
         if finals is None:
@@ -487,7 +487,8 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool, start: float,
-               usage_of=usage):
+               usage_of=usage, continuous: bool = False):
+    """The SSE stream of one request; `continuous` (vLLM's continuous_usage_stats): each chunk with its usage."""
     final, first, last = None, None, None
     unfinished = "abort"  # until the stream ends well (a client that leaves closes this generator)
     try:
@@ -500,7 +501,10 @@ async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool
             elif last is not None:
                 state.metrics.itl.observe(now - last)
             last = now
+            so_far = usage_of(out) if continuous else None
             for c in to_chunks(out):
+                if so_far is not None:
+                    c["usage"] = so_far
                 yield f"data: {dumps(c)}\n\n"
         _record(state, final, start)
         unfinished = None

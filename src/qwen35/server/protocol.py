@@ -87,6 +87,11 @@ class _Body(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's `continuous_usage_stats`: usage so far in every chunk (with include_usage)."""
+        return bool(self.stream_options and self.stream_options.get("continuous_usage_stats"))
+
 
 class ChatCompletionRequest(_Body):
     messages: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_MESSAGES)
