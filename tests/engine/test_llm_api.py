@@ -96,3 +96,14 @@ def test_none_in_a_list_of_params_is_the_default_and_tools_are_not_use_tqdm(llm)
     assert [len(o.outputs[0].token_ids) for o in out] == [1, 3]  # the generation config's max_new_tokens
     with pytest.raises(TypeError, match="pass tools="):
         llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=1), [{"type": "function"}])
+
+
+def test_detokenize_false_gives_ids_only(llm):
+    """vLLM's detokenize=False: the same tokens, no text, logprobs without decoded_token; stop strings refused."""
+    want = llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))[0].outputs[0]
+    out = llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=1,
+                                                     detokenize=False))[0].outputs[0]
+    assert out.token_ids == want.token_ids and want.text and out.text == ""
+    assert all(lp.decoded_token is None for e in out.logprobs for lp in e.values())
+    with pytest.raises(ValueError, match="stop strings need detokenize=True"):
+        SamplingParams(stop=["x"], detokenize=False)

@@ -43,7 +43,7 @@ from ..server.messages import normalize_chat
 from ..tokenizer.chat_template import RESERVED_VARS, render_chat
 from ..tokenizer.chat_template import continue_final_message as continued
 from .llm_engine import EngineConfig, LLMEngine
-from .outputs import Logprob, RequestOutput, ranked
+from .outputs import RequestOutput, ranked
 from .sampling_params import SamplingParams
 
 log = logging.getLogger("qwen35.engine")
@@ -159,16 +159,17 @@ class LLM:
 
     def _with_logprob_objects(self, out: RequestOutput, params: SamplingParams) -> RequestOutput:
         """vLLM's `{token id: Logprob}` in place of the engine's `{token id: float}`."""
+        text = self._logprob_text if params.detokenize else lambda t: None  # vLLM: no decoded_token without text
         for c in out.outputs:
             if c.logprobs is not None:
-                c.logprobs = [self._logprobs(e, params.logprobs) for e in c.logprobs]
+                c.logprobs = [ranked(e, params.logprobs, text) for e in c.logprobs]
         if out.prompt_logprobs is not None:
-            out.prompt_logprobs = [None if e is None else self._logprobs(e, params.prompt_logprobs)
+            out.prompt_logprobs = [None if e is None else ranked(e, params.prompt_logprobs, text)
                                    for e in out.prompt_logprobs]
         return out
 
-    def _logprobs(self, entry: dict[int, float], top: int) -> dict[int, Logprob]:
-        return ranked(entry, top, lambda t: self.tokenizer.decode([t]))
+    def _logprob_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
              use_tqdm: bool = True, *, tools: list[dict] | None = None, chat_template: str | None = None,

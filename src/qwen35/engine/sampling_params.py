@@ -53,6 +53,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token (0: only the chosen token's)
     prompt_logprobs: int | None = None  # same per prompt token (RequestOutput.prompt_logprobs); None: off
     skip_special_tokens: bool = True
+    detokenize: bool = True  # False: token ids only, no text (stop strings then cannot be matched)
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None  # added to the logits before sampling (OpenAI's -100..100)
     allowed_token_ids: list[int] | None = None  # sample only among these ids
@@ -101,6 +102,7 @@ class SamplingParams:
             (self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
              "must not exceed max_tokens"),
             (all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"),
+            (self.detokenize or not self.stop, "stop", "strings need detokenize=True (there is no text to match)"),
             (all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
              "must be non-negative integers"),
             (self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS), "logprobs",

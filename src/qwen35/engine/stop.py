@@ -47,7 +47,8 @@ class StopChecker:
         self.max_tokens = params.max_tokens if max_tokens is None else max_tokens
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        self._detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=params.skip_special_tokens)
+        self._detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=params.skip_special_tokens) \
+            if params.detokenize else _NoText()
         self._eos_ids = frozenset(() if params.ignore_eos else eos_token_ids)
         self._stop_ids = frozenset(params.stop_token_ids)
         self._stops = tuple(params.stop)
@@ -142,3 +143,13 @@ class StopChecker:
         self.finish_reason = reason
         self._pending = ""
         return self._emit(text, reason)
+
+
+class _NoText:
+    """The detokenizer of a request with `detokenize=False`: token ids only, no text."""
+
+    def feed(self, token_id: int) -> str:
+        return ""
+
+    def flush(self) -> str:
+        return ""
