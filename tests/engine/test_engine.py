@@ -190,3 +190,33 @@ def test_truncate_prompt_tokens_and_bad_words(tiny_ckpt):
     banned = _ids(llm.generate([prompt], params))[0]
     assert banned[0] != free[0] and free[0] not in banned
     assert params.bad_words_token_ids is None  # the engine tokenised a copy
+
+
+def test_cache_salt_keeps_prefix_cache_entries_apart(tiny_ckpt):
+    """vLLM's cache_salt: a prompt reuses the prefix cache only of prompts with the same salt (none included)."""
+    llm = make_llm(tiny_ckpt)
+    prompt = _prompts([70], seed=9)[0]
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+
+    def run(ids, salt=None):
+        p = {"prompt_token_ids": ids} if salt is None else {"prompt_token_ids": ids, "cache_salt": salt}
+        out = llm.generate(p, params)[0]
+        return out.num_cached_tokens, ids + out.outputs[0].token_ids + [5, 6, 7]  # the next turn's prompt
+
+    hits, follow = run(prompt)
+    assert hits == 0 and run(follow)[0] > 0  # a finished sequence is saved, and its next turn reuses it
+    assert run(follow, "tenant-a")[0] == 0
+    hits, follow_a = run(prompt, "tenant-a")
+    assert hits == 0 and run(follow_a, "tenant-b")[0] == 0 and run(follow_a, "tenant-a")[0] > 0
+    with pytest.raises(ValueError, match="cache_salt"):
+        run(prompt, "")
+
+
+def test_prefix_keys_are_keyed_hashes():
+    """Keys are a keyed BLAKE2b of the tokens and salt (not Python's invertible tuple hash)."""
+    from qwen35.engine.kv_cache_manager import prefix_key
+
+    ids = list(range(40))
+    assert prefix_key(ids, 20) == prefix_key(ids[:20] + [7], 20) != prefix_key(ids, 21)
+    assert len({prefix_key(ids, 20), prefix_key(ids, 20, "a"), prefix_key(ids, 20, "b")}) == 3
+    assert prefix_key([-5, 3], 2) != prefix_key([5, 3], 2) and isinstance(prefix_key(ids, 3), bytes)

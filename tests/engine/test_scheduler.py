@@ -194,7 +194,7 @@ def test_a_blocked_queue_head_is_counted_once_and_hashed_once(monkeypatch):
     s.add(head)
     hashed = []
     real_key = kv.prefix_key
-    monkeypatch.setattr(kv, "prefix_key", lambda tokens, p: hashed.append(p) or real_key(tokens, p))
+    monkeypatch.setattr(kv, "prefix_key", lambda tokens, p, salt=None: hashed.append(p) or real_key(tokens, p, salt))
     for _ in range(3):
         out = run_step(s)  # the head waits: too few blocks
         assert not out.hits and [x.request.request_id for x in out.seqs] == ["a"] and head.status == Status.WAITING

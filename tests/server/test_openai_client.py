@@ -115,6 +115,7 @@ def test_metrics_and_health(server, client):
     ({"model": "tiny", "messages": MSG, "bad_words": [""]}, 400, "bad_words"),
     ({"model": "tiny", "messages": MSG, "truncate_prompt_tokens": 0}, 400, "truncate_prompt_tokens"),
     ({"model": "tiny", "messages": MSG, "truncate_prompt_tokens": 1024}, 400, "truncate_prompt_tokens"),
+    ({"model": "tiny", "messages": MSG, "cache_salt": ""}, 400, "cache_salt"),
 ])
 def test_bad_requests_get_openai_errors(server, body, status, param):
     import httpx
@@ -200,6 +201,9 @@ def test_allowed_token_ids_bad_words_and_truncate_prompt_tokens(client, server):
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": long}], max_tokens=2,
                                        extra_body={"truncate_prompt_tokens": -1})
     assert r.usage.prompt_tokens == 1023
+    salted = [client.chat.completions.create(model="tiny", messages=MSG, max_tokens=1,
+                                             extra_body={"cache_salt": "tenant-x"}) for _ in range(2)]
+    assert salted[0].usage.prompt_tokens == salted[1].usage.prompt_tokens  # accepted (the engine tests the keys)
 
 
 def test_response_role_token_ids_and_forced_usage(client, server):

@@ -9,11 +9,18 @@
   shares the full blocks, copies the rows of a partial block, copies the state, and computes only the rest.
   Entries are saved where chats and agent loops diverge (see `checkpoint_positions`) and at the end of each
   finished sequence; least-recently-used entries are evicted when blocks or slots run out.
+  An entry's key is a keyed BLAKE2b of its tokens (and the request's `cache_salt`, vLLM's per-tenant
+  isolation), with a key drawn per process: Python's `hash` of a tuple is deterministic and invertible step by
+  step, so a client could craft a prompt whose key equals another prompt's and have its K/V served to it
+  (the class of vLLM's CVE-2025-25183).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import os
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -77,8 +84,17 @@ class SlotPool:
         heapq.heappush(self._free, slot)
 
 
-def prefix_key(tokens: list[int], p: int) -> int:
-    return hash((p, tuple(tokens[:p])))
+_KEY = os.urandom(32)  # per process: keys cannot be predicted, so no prompt can be made to collide with another
+
+
+def prefix_key(tokens: list[int], p: int, salt: str | None = None) -> bytes:
+    """The key of the first `p` tokens (media placeholders are negative digests, so signed 64-bit) and the salt."""
+    h = hashlib.blake2b(key=_KEY, digest_size=16)
+    if salt is not None:
+        encoded = salt.encode()
+        h.update(len(encoded).to_bytes(8, "little") + encoded)
+    h.update(array("q", tokens[:p]).tobytes())
+    return h.digest()
 
 
 def checkpoint_positions(prompt: list[int], boundary_id: int | None, min_length: int, every: int,
@@ -102,7 +118,7 @@ def checkpoint_positions(prompt: list[int], boundary_id: int | None, min_length:
 
 @dataclass(eq=False)
 class PrefixEntry:
-    key: int
+    key: bytes
     length: int
     blocks: list[int]  # covering [0, length)
     slot: int
@@ -119,7 +135,7 @@ class PrefixHit:
 class PrefixCache:
     def __init__(self, blocks: BlockPool, slots: SlotPool, block_size: int) -> None:
         self.blocks, self.slots, self.block_size = blocks, slots, block_size
-        self.entries: OrderedDict[int, PrefixEntry] = OrderedDict()  # LRU order: oldest first
+        self.entries: OrderedDict[bytes, PrefixEntry] = OrderedDict()  # LRU order: oldest first
         self.lengths: dict[int, int] = {}  # length -> number of entries with it
         self.held: dict[int, int] = {}  # block -> references entries hold on it (for exclusive_blocks)
         self.hits = self.misses = self.hit_tokens = 0
@@ -127,7 +143,8 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def lookup(self, tokens: list[int], max_length: int, keys: dict[int, int] | None = None) -> PrefixHit | None:
+    def lookup(self, tokens: list[int], max_length: int, keys: dict[int, bytes] | None = None,
+               salt: str | None = None) -> PrefixHit | None:
         """Longest saved prefix of `tokens` no longer than `max_length`; takes block references for the caller.
         `keys`: the caller's memo of `tokens`' prefix keys by length (tokens only grow at the end), so that a
         request looked up again step after step (a blocked queue head) hashes each of its prefixes once.
@@ -135,7 +152,7 @@ class PrefixCache:
         for length in sorted((n for n in self.lengths if n <= max_length), reverse=True):
             key = keys.get(length) if keys is not None else None
             if key is None:
-                key = prefix_key(tokens, length)
+                key = prefix_key(tokens, length, salt)
                 if keys is not None:
                     keys[length] = key
             entry = self.entries.get(key)
@@ -160,12 +177,12 @@ class PrefixCache:
     def can_insert(self) -> bool:
         return self.slots.capacity > 0
 
-    def insert(self, tokens: list[int], length: int, blocks: list[int]) -> int | None:
+    def insert(self, tokens: list[int], length: int, blocks: list[int], salt: str | None = None) -> int | None:
         """Register the first `length` tokens (K/V in `blocks`). Returns the state slot the caller must fill
         with the GDN state after token `length`, or None when it is already cached or cannot be stored."""
         if self.slots.capacity == 0 or length <= 0:
             return None
-        key = prefix_key(tokens, length)
+        key = prefix_key(tokens, length, salt)
         if key in self.entries:
             self.entries.move_to_end(key)
             return None
@@ -180,9 +197,9 @@ class PrefixCache:
         self.lengths[length] = self.lengths.get(length, 0) + 1
         return slot
 
-    def discard(self, tokens: list[int], length: int) -> None:
+    def discard(self, tokens: list[int], length: int, salt: str | None = None) -> None:
         """Drop the entry for the first `length` tokens, if any (its state could not be saved)."""
-        entry = self.entries.get(prefix_key(tokens, length))
+        entry = self.entries.get(prefix_key(tokens, length, salt))
         if entry is not None:
             self.entries.move_to_end(entry.key, last=False)
             self.evict_one()

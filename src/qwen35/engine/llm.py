@@ -6,7 +6,8 @@
 
 A prompt is a string, a list of token ids, or one of vLLM's prompt dicts `{"prompt": "..."}` /
 `{"prompt_token_ids": [...]}`; `generate` takes one prompt or a list of them (mixed kinds are fine).
-A prompt dict may carry images and videos, as in vLLM:
+A prompt dict may carry a `cache_salt` (its prefix-cache entries are shared only with prompts of the same
+salt) and images and videos, as in vLLM:
 
     llm.generate({"prompt": "<|vision_start|><|image_pad|><|vision_end|>What is this?",
                   "multi_modal_data": {"image": pil_image}, "mm_processor_kwargs": {"max_pixels": 512 * 512}})
@@ -24,6 +25,7 @@ generation_config.json; `generation_config="vllm"`: neutral); logprobs are `{tok
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -120,13 +122,15 @@ class LLM:
             prompts = [prompts]  # a single prompt
         if not isinstance(prompts, Sequence):
             raise ValueError(f"prompts must be a prompt or a list of prompts, got {type(prompts).__name__}")
+        salts = [p.get("cache_salt") if isinstance(p, dict) else None for p in prompts]
         return self._run([_prompt(p) for p in prompts], [self._media(p) for p in prompts], sampling_params,
-                         use_tqdm)
+                         use_tqdm, salts)
 
     def _run(self, prompts: list[str | list[int]], media: list[list[MediaItem] | None],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None,
-             use_tqdm: bool = True) -> list[RequestOutput]:
-        """Add every prompt with its items (all or none), run the engine until they finish, in prompt order."""
+             use_tqdm: bool = True, salts: list[str | None] | None = None) -> list[RequestOutput]:
+        """Add every prompt with its items (all or none), run the engine until they finish, in prompt order.
+        `salts`: each prompt dict's `cache_salt` (vLLM's), set on a copy of its params."""
         params = list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(prompts)
         if any(p is None for p in params):
             default = self.get_default_sampling_params()
@@ -136,6 +140,9 @@ class LLM:
                              f"{type(next(p for p in params if not isinstance(p, SamplingParams))).__name__}")
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
+        for i, salt in enumerate(salts or ()):
+            if salt is not None:
+                params[i] = dataclasses.replace(params[i], cache_salt=salt)  # validated there
         ids: list[str] = []
         done: dict[str, RequestOutput] = {}
         try:
@@ -221,7 +228,7 @@ def _prompt(p: Any) -> str | list[int]:
             raise ValueError("a token-id prompt (prompt_token_ids) must be a list of integers")
         return p
     if isinstance(p, dict):
-        keys = set(p) - {"multi_modal_data", "mm_processor_kwargs"}
+        keys = set(p) - {"multi_modal_data", "mm_processor_kwargs", "cache_salt"}
         if keys == {"prompt"} and isinstance(p["prompt"], str):
             return p["prompt"]
         if keys == {"prompt_token_ids"} and isinstance(p["prompt_token_ids"], list):

@@ -590,12 +590,12 @@ class LLMEngine:
     def _save_prefix(self, req: Request, length: int) -> None:
         """Register `req`'s first `length` tokens in the prefix cache and copy its GDN state there."""
         prefix = self.scheduler.prefix
-        slot = prefix.insert(req.prefix_ids, length, req.blocks)
+        slot = prefix.insert(req.prefix_ids, length, req.blocks, req.params.cache_salt)
         if slot is not None:
             try:
                 self.runner.save_state(req, slot)
             except BaseException:
-                prefix.discard(req.prefix_ids, length)  # never leave an entry without its state
+                prefix.discard(req.prefix_ids, length, req.params.cache_salt)  # never an entry without its state
                 raise
 
     def _output(self, parent: _Parent) -> RequestOutput:

@@ -36,7 +36,7 @@ class Request:
     draft_ids: list[int] = field(default_factory=list)  # speculative tokens to verify after the last token
     media: PromptMedia | None = None  # images / video in the prompt: their rows, positions and cache key
     _key: list[int] | None = field(default=None, repr=False)  # prompt's prefix-cache key when it has media
-    prefix_keys: dict[int, int] = field(default_factory=dict, repr=False)  # PrefixCache.lookup's memo
+    prefix_keys: dict[int, bytes] = field(default_factory=dict, repr=False)  # PrefixCache.lookup's memo
     siblings: list[Request] = field(default_factory=list, repr=False)  # the other sub-requests of an n > 1 one
 
     @property

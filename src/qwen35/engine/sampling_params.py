@@ -59,6 +59,9 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None  # sample only among these ids
     bad_words: list[str] | None = None  # never generate these words (their token ids: `bad_words_token_ids`)
     truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: all that leave room)
+    # vLLM's cache_salt (a request field there; it travels with the params here): prefix-cache entries are
+    # shared only between requests with the same salt, so one tenant cannot time another's cached prompts
+    cache_salt: str | None = None
     guided: GuidedDecoding | None = None  # structured output (JSON schema, grammar, ...): see engine/structured.py
     # vLLM's names for `guided`: StructuredOutputsParams (and the older GuidedDecodingParams), or a dict of their
     # fields: json (a schema, or its JSON text), json_object, regex, choice, grammar
@@ -118,6 +121,8 @@ class SamplingParams:
              "must be a non-empty list of non-negative token ids"),
             (self.bad_words is None or all(isinstance(w, str) and w.strip() for w in self.bad_words), "bad_words",
              "must be non-blank strings"),
+            (self.cache_salt is None or (isinstance(self.cache_salt, str) and self.cache_salt), "cache_salt",
+             "must be a non-empty string"),
             (self.truncate_prompt_tokens is None or (_is_int(self.truncate_prompt_tokens) and (
                 self.truncate_prompt_tokens >= 1 or self.truncate_prompt_tokens == -1)), "truncate_prompt_tokens",
              "must be -1 (the context length) or an integer >= 1"),

@@ -152,7 +152,8 @@ class Scheduler:
                 break  # for a step or a few: then its prompt is one prefix-cache hit
             # a request that wants prompt logprobs computes its whole prompt (as vLLM, it skips the prefix cache)
             lookup = req.num_computed == 0 and req.params.prompt_logprobs is None
-            hit = self.prefix.lookup(req.prefix_ids, req.num_tokens - 1, req.prefix_keys) if lookup else None
+            hit = self.prefix.lookup(req.prefix_ids, req.num_tokens - 1, req.prefix_keys,
+                                     req.params.cache_salt) if lookup else None
             start = hit.length if hit else 0
             n = min(req.num_tokens - start, budget)
             n = self._cap_at_encoder(req, start, self._cap_at_checkpoint(req, start, n))

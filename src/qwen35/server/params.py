@@ -102,7 +102,7 @@ def sampling_params(body: Any, *, max_tokens: int | None, thinking: bool | None,
                   logprobs=logprobs, skip_special_tokens=body.skip_special_tokens,
                   include_stop_str_in_output=body.include_stop_str_in_output,
                   allowed_token_ids=getattr(body, "allowed_token_ids", None),
-                  bad_words=getattr(body, "bad_words", None))
+                  bad_words=getattr(body, "bad_words", None), cache_salt=getattr(body, "cache_salt", None))
     if guided is not None:
         kwargs["guided"] = guided
     if prompt_logprobs is not None:

@@ -48,6 +48,7 @@ class _Body(BaseModel):
     return_tokens_as_token_ids: bool | None = None  # logprobs name tokens 'token_id:N' (None: the server's flag)
     prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: each prompt token's logprob and top k
     return_token_ids: bool = False  # vLLM: the prompt's and each choice's token ids in the response
+    cache_salt: str | None = Field(None, min_length=1, max_length=1024)  # vLLM: prefix cache shared per salt
     # vLLM's structured outputs: {"json" | "regex" | "choice" | "grammar": ...}, and the older guided_* fields
     structured_outputs: dict[str, Any] | None = None
     guided_json: dict[str, Any] | str | None = None
