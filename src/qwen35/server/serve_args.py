@@ -39,6 +39,8 @@ NOOP_FLAGS = {
     "enable_auto_tool_choice": ("--enable-auto-tool-choice", "tool calls are always parsed"),
     "headless": ("--headless", "ranks other than 0 never serve HTTP"),
     "enable_metrics": ("--enable-metrics", "/metrics is always on"),
+    "enable_prompt_tokens_details": ("--enable-prompt-tokens-details",
+                                     "usage always reports prompt_tokens_details.cached_tokens"),
 }
 # vLLM flags that take a value and have nothing to change here: dest -> (flag, the values that mean that (None:
 # any), why); another value is an error naming the ones that work
