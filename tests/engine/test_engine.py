@@ -182,8 +182,10 @@ def test_truncate_prompt_tokens_and_bad_words(tiny_ckpt):
         temperature=0, max_tokens=6, ignore_eos=True)))[0]
     assert llm.generate([prompt], SamplingParams(max_tokens=2, truncate_prompt_tokens=-1))[0].prompt_token_ids \
         == prompt
-    with pytest.raises(ValueError, match="truncate_prompt_tokens 512 leaves no room"):
-        llm.generate([prompt], SamplingParams(max_tokens=2, truncate_prompt_tokens=512))
+    assert llm.generate([prompt], SamplingParams(max_tokens=2, truncate_prompt_tokens=512))[0].prompt_token_ids \
+        == prompt  # the context length itself, as TRL sets it: a short prompt is kept whole
+    with pytest.raises(ValueError, match="truncate_prompt_tokens 513 is more than the context"):
+        llm.generate([prompt], SamplingParams(max_tokens=2, truncate_prompt_tokens=513))
     free = _ids(llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)))[0]
     word = llm.get_tokenizer().decode([free[0]])
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, bad_words=[word])

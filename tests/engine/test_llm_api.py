@@ -98,6 +98,16 @@ def test_none_in_a_list_of_params_is_the_default_and_tools_are_not_use_tqdm(llm)
         llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=1), [{"type": "function"}])
 
 
+def test_apply_chat_template_output_is_a_prompt(llm):
+    """transformers 5's `apply_chat_template` returns a dict of input_ids: generate takes it as vLLM scripts pass
+    it."""
+    msgs = [{"role": "user", "content": "Hi"}]
+    enc = llm.get_tokenizer().apply_chat_template(msgs, add_generation_prompt=True)
+    out = llm.generate(enc, SamplingParams(max_tokens=1))[0]
+    assert out.prompt_token_ids == enc["input_ids"] == llm.chat(msgs, SamplingParams(max_tokens=1),
+                                                                   use_tqdm=False)[0].prompt_token_ids
+
+
 def test_detokenize_false_gives_ids_only(llm):
     """vLLM's detokenize=False: the same tokens, no text, logprobs without decoded_token; stop strings refused."""
     want = llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))[0].outputs[0]

@@ -114,7 +114,9 @@ def test_metrics_and_health(server, client):
     ({"model": "tiny", "messages": MSG, "allowed_token_ids": [10**9]}, 400, "allowed_token_ids"),
     ({"model": "tiny", "messages": MSG, "bad_words": [""]}, 400, "bad_words"),
     ({"model": "tiny", "messages": MSG, "truncate_prompt_tokens": 0}, 400, "truncate_prompt_tokens"),
-    ({"model": "tiny", "messages": MSG, "truncate_prompt_tokens": 1024}, 400, "truncate_prompt_tokens"),
+    ({"model": "tiny", "messages": MSG, "truncate_prompt_tokens": 1025}, 400, "truncate_prompt_tokens"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "word " * 1200}], "truncate_prompt_tokens": 1024},
+     400, "truncate_prompt_tokens"),  # cut to the whole context: still no room for an answer
     ({"model": "tiny", "messages": MSG, "cache_salt": ""}, 400, "cache_salt"),
 ])
 def test_bad_requests_get_openai_errors(server, body, status, param):
@@ -201,6 +203,9 @@ def test_allowed_token_ids_bad_words_and_truncate_prompt_tokens(client, server):
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": long}], max_tokens=2,
                                        extra_body={"truncate_prompt_tokens": -1})
     assert r.usage.prompt_tokens == 1023
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=2,
+                                       extra_body={"truncate_prompt_tokens": 1024})  # TRL's max_prompt_length
+    assert r.usage.prompt_tokens < 30
     salted = [client.chat.completions.create(model="tiny", messages=MSG, max_tokens=1,
                                              extra_body={"cache_salt": "tenant-x"}) for _ in range(2)]
     assert salted[0].usage.prompt_tokens == salted[1].usage.prompt_tokens  # accepted (the engine tests the keys)
@@ -235,6 +240,10 @@ def test_response_role_token_ids_and_forced_usage(client, server):
         assert not any(e["token"].startswith("token_id:") for e in got["choices"][0]["logprobs"]["content"])
         chunks = list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True))
         assert chunks[0].choices[0].delta.role == "bot"
+        cont = {"model": "tiny", "max_tokens": 2, "add_generation_prompt": False, "continue_final_message": True,
+                "messages": MSG + [{"role": "assistant", "content": "Well"}]}  # continuing a message: its role
+        got = httpx.post(server["url"] + "/v1/chat/completions", json=cont, headers=headers, timeout=60).json()
+        assert got["choices"][0]["message"]["role"] == "assistant"
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
     finally:
         state.response_role, state.return_tokens_as_token_ids, state.force_include_usage = saved
@@ -248,6 +257,11 @@ def test_continuous_usage_stats(client):
     counts = [c.usage.completion_tokens for c in chunks]
     assert all(c.usage is not None and c.usage.prompt_tokens == 1 for c in chunks)
     assert counts == sorted(counts) and counts[-1] == 5 and counts[0] < 5
+    chunks = list(client.completions.create(model="tiny", prompt="Hello", max_tokens=3, n=2, stream=True,
+                                            stream_options={"include_usage": True, "continuous_usage_stats": True},
+                                            extra_body={"ignore_eos": True}))
+    per_choice = [c.usage.completion_tokens for c in chunks if c.choices and c.choices[0].index == 1]
+    assert max(per_choice) == 3 and chunks[-1].usage.completion_tokens == 6  # each choice its own; the end, all
 
 
 def test_prompt_logprobs_and_return_token_ids(server):
@@ -290,6 +304,24 @@ def test_prompt_logprobs_and_return_token_ids(server):
     r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x", "stream": True,
                                                   "prompt_logprobs": 1}, headers=headers, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_logprobs"
+    echo_only = {"model": "tiny", "prompt": prompt, "max_tokens": 0, "echo": True, "return_token_ids": True}
+    whole = post("/v1/completions", echo_only)["choices"][0]
+    with httpx.stream("POST", url + "/v1/completions", json={**echo_only, "stream": True}, headers=headers,
+                      timeout=60) as r:
+        streamed = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert whole["prompt_token_ids"] == streamed[0]["choices"][0]["prompt_token_ids"] == ids
+    assert whole["token_ids"] == streamed[0]["choices"][0]["token_ids"] == []
+
+
+def test_streamed_text_offsets_match_the_whole_response(client, server):
+    """Offsets count token texts in both forms, also where a token is a third of a character (no text yet)."""
+    tok = server["state"].tokenizer
+    parrot = tok.encode("🦜")  # a character of several byte tokens
+    kwargs = dict(model="tiny", prompt="Hello", max_tokens=6, logprobs=0, temperature=0, echo=True,
+                  extra_body={"ignore_eos": True, "allowed_token_ids": parrot})
+    whole = client.completions.create(**kwargs).choices[0].logprobs.text_offset
+    streamed = [o for c in client.completions.create(stream=True, **kwargs) for o in c.choices[0].logprobs.text_offset]
+    assert len(parrot) > 1 and streamed == whole and whole == sorted(whole)
 
 
 def test_a_client_gone_before_its_first_token_is_aborted_in_the_queue(tiny_ckpt):

@@ -523,7 +523,7 @@ def test_tokenizer_flag(hf_cache, tmp_path):
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(ServeError, match="--tokenizer: .* has no tokenizer.json"):
         plan(HF_ID, "--tokenizer", str(tmp_path))
-    with pytest.raises(ServeError, match="--tokenizer: model directory '/nowhere' does not exist"):
+    with pytest.raises(ServeError, match="--tokenizer: tokenizer '/nowhere' is neither a directory"):
         plan(HF_ID, "--tokenizer", "/nowhere")
 
 
@@ -549,8 +549,8 @@ def test_https_and_a_root_path(tiny_ckpt, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "qwen35.cli", "serve", str(tiny_ckpt), "--port", str(port), "--dtype", "float32",
          "--max-model-len", "256", "--max-num-seqs", "2", "--kv-cache-memory", "32MB", "--ssl-keyfile", key,
-         "--ssl-certfile", cert, "--root-path", "/qwen"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        text=True)
+         "--ssl-certfile", cert, "--root-path", "/qwen", "--api-key", "k"], stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, text=True)
     try:
         lines = []
         for line in proc.stderr:
@@ -559,8 +559,15 @@ def test_https_and_a_root_path(tiny_ckpt, tmp_path):
                 break
         assert f"https://127.0.0.1:{port}/v1" in lines[-1], "".join(lines)
         trusted = ssl.create_default_context(cafile=cert)
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/models", timeout=30, context=trusted) as r:
+        base = f"https://127.0.0.1:{port}"
+        models = urllib.request.Request(base + "/v1/models", headers={"Authorization": "Bearer k"})
+        with urllib.request.urlopen(models, timeout=30, context=trusted) as r:
             assert [m["id"] for m in json.load(r)["data"]] == [str(tiny_ckpt)]
+        for open_path in ("/health", "/", "/metrics"):  # open without the key under the root path too
+            with urllib.request.urlopen(base + open_path, timeout=30, context=trusted) as r:
+                assert r.status == 200
+                if open_path == "/metrics":
+                    assert 'endpoint="/v1/models"' in r.read().decode()  # counted under its route's path
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP gets no answer
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
     finally:
@@ -625,3 +632,12 @@ def test_a_generation_config_the_user_gives_is_used_as_vllm_uses_it(tmp_path):
     (folder / "generation_config.json").write_text("{not json")
     with pytest.raises(ServeError, match="generation_config.json"):
         plan(str(ckpt), "--generation-config", str(folder))
+
+
+def test_route_path_strips_the_root_path():
+    from qwen35.server.guard import route_path
+
+    assert route_path({"path": "/qwen/health", "root_path": "/qwen"}) == "/health"
+    assert route_path({"path": "/qwen", "root_path": "/qwen"}) == "/"
+    assert route_path({"path": "/qwenx/health", "root_path": "/qwen"}) == "/qwenx/health"
+    assert route_path({"path": "/health"}) == "/health"

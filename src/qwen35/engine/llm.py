@@ -233,6 +233,8 @@ def _prompt(p: Any) -> str | list[int]:
             return p["prompt"]
         if keys == {"prompt_token_ids"} and isinstance(p["prompt_token_ids"], list):
             return _prompt(p["prompt_token_ids"])
+        if keys in ({"input_ids"}, {"input_ids", "attention_mask"}) and isinstance(p["input_ids"], list):
+            return _prompt(p["input_ids"])  # what `tokenizer.apply_chat_template(...)` returns (transformers 5)
         raise ValueError(f"a prompt dict must be {{'prompt': str}} or {{'prompt_token_ids': list[int]}}, "
                          f"got keys {sorted(map(str, p))}")
     raise ValueError(f"a prompt must be a string, a list of token ids or a prompt dict, got {type(p).__name__}")

@@ -281,9 +281,9 @@ class LLMEngine:
         """The prompt's last `keep` tokens (vLLM's truncate_prompt_tokens; -1: as many as leave one token of the
         context for the answer); the text only where nothing was cut."""
         keep = self.max_model_len - 1 if keep == -1 else keep
-        if keep >= self.max_model_len:
-            raise ValueError(f"truncate_prompt_tokens {keep} leaves no room for an answer: the context is "
-                             f"{self.max_model_len} tokens (max_model_len)")
+        if keep > self.max_model_len:  # as vLLM; a cut prompt that fills the context is refused as any such prompt
+            raise ValueError(f"truncate_prompt_tokens {keep} is more than the context of {self.max_model_len} "
+                             "tokens (max_model_len)")
         if len(ids) <= keep:
             return text, ids
         if media:

@@ -240,10 +240,10 @@ def _apply_bans(logits: torch.Tensor, params: list[SamplingParams], histories: l
     """-inf for every id outside a row's `allowed_token_ids`, and for a bad word's last token where the output
     ends with the word's other tokens (a one-token word: always), as vLLM does."""
     V, dev = logits.shape[1], logits.device
-    allowed = [(i, p.allowed_token_ids) for i, p in enumerate(params) if p.allowed_token_ids is not None]
+    allowed = [(i, _allowed_index(p, dev)) for i, p in enumerate(params) if p.allowed_token_ids is not None]
     if allowed:
-        rows = torch.tensor([i for i, ids in allowed for _ in ids], device=dev)
-        ids = torch.tensor([t for _, ids in allowed for t in ids], device=dev)
+        rows = torch.cat([torch.full_like(ids, i) for i, ids in allowed])
+        ids = torch.cat([ids for _, ids in allowed])
         kept = logits[rows, ids]
         logits.index_fill_(0, _index([i for i, _ in allowed], dev), -math.inf)
         logits[rows, ids] = kept
@@ -257,6 +257,15 @@ def _apply_bans(logits: torch.Tensor, params: list[SamplingParams], histories: l
                 ids.append(word[-1])
     if rows:
         logits[torch.tensor(rows, device=dev), torch.tensor(ids, device=dev)] = -math.inf
+
+
+def _allowed_index(p: SamplingParams, device: torch.device) -> torch.Tensor:
+    """`p.allowed_token_ids` as an index tensor, built once per request (a list can hold the whole vocabulary)."""
+    cached = getattr(p, "_allowed_index", None)
+    if cached is None or cached.device != device or cached.numel() != len(p.allowed_token_ids):
+        cached = torch.tensor(p.allowed_token_ids, dtype=torch.int64, device=device)
+        object.__setattr__(p, "_allowed_index", cached)
+    return cached
 
 
 def _apply_penalties(logits: torch.Tensor, params: list[SamplingParams], histories: list[PenaltyState]) -> None:

@@ -200,7 +200,9 @@ def create_app(state: ServerState) -> FastAPI:
         if isinstance(got, JSONResponse):
             return got
         body, plan = got
-        run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer, role=state.response_role,
+        # vLLM's rule: a reply that continues the last message (no generation prompt) takes that message's role
+        role = state.response_role if body.add_generation_prompt else str(body.messages[-1].get("role", "assistant"))
+        run = ChatRun(plan, body.model or state.served_names[0], state.tokenizer, role=role,
                       token_ids_as_tokens=state.token_ids_as_tokens(body), return_token_ids=body.return_token_ids)
         start = time.perf_counter()
         stream = await _admit(state, request, plan, run.id)
@@ -486,6 +488,14 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+def _choice_usage(total: dict[str, Any], out, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    """A chunk's continuous usage: with n > 1, its own choice's completion tokens (as vLLM counts them)."""
+    if len(out.outputs) == 1 or len(choices) != 1:
+        return total
+    n = next((len(o.token_ids) for o in out.outputs if o.index == choices[0]["index"]), 0)
+    return {"prompt_tokens": total["prompt_tokens"], "completion_tokens": n, "total_tokens": total["prompt_tokens"] + n}
+
+
 async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool, start: float,
                usage_of=usage, continuous: bool = False):
     """The SSE stream of one request; `continuous` (vLLM's continuous_usage_stats): each chunk with its usage."""
@@ -504,7 +514,7 @@ async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool
             so_far = usage_of(out) if continuous else None
             for c in to_chunks(out):
                 if so_far is not None:
-                    c["usage"] = so_far
+                    c["usage"] = _choice_usage(so_far, out, c["choices"])
                 yield f"data: {dumps(c)}\n\n"
         _record(state, final, start)
         unfinished = None

@@ -103,9 +103,10 @@ class CompletionRun:
     token_ids_as_tokens: bool = False  # logprobs name tokens 'token_id:N' (--return-tokens-as-token-ids)
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
-    # streaming: characters each choice has sent so far (its echo included), by choice index; a choice not
-    # in it has not sent its first chunk, which carries the echo (and, with logprobs, the prompt's)
-    sent: dict[int, int] = field(default_factory=dict)
+    # streaming: the text offset of each choice's next token (as the whole response counts them: token texts,
+    # after the prompt's with echo), by choice index; a choice not in it has not sent its first chunk, which
+    # carries the echo (and, with logprobs, the prompt's)
+    offset: dict[int, int] = field(default_factory=dict)
 
     def response(self, finals: list[Any]) -> dict[str, Any]:
         choices, total = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -159,21 +160,24 @@ class CompletionRun:
         for c in out.outputs:
             if self.plan.echo_only:  # one chunk, when the prefill is done: the prompt, its logprobs
                 if c.finished:
-                    chunks.append(self.chunk([self._prompt_alone(out, c.index, self.plan.echo_texts[0])]))
+                    chunks.append(self.chunk([self._extras(out, None, self._prompt_alone(out, c.index,
+                                                                                       self.plan.echo_texts[0]))]))
                 continue
-            first = c.index not in self.sent
+            first = c.index not in self.offset
             echo = self.plan.echo_texts[0] if first else ""
             # a step whose token made no text yet (half a character) still sends its logprobs and ids
             tokens_wanted = c.delta_token_ids and (self.body.logprobs is not None or self.body.return_token_ids)
             if not c.delta_text and not c.finished and not echo and not tokens_wanted:
                 continue
-            start = self.sent.get(c.index, 0)
+            if first:
+                self.offset[c.index] = self._text_len(out.prompt_token_ids) if self.body.echo else 0
+            start = self.offset[c.index]
             lp = (self._logprobs(c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):], start)
                   if c.logprobs and c.delta_token_ids else None)
             if first and self.body.echo and self.body.logprobs is not None:  # the prompt's go out first
                 lp = self._with_prompt(out, lp or NO_LOGPROBS)
             text = echo + c.delta_text
-            self.sent[c.index] = start + len(text)
+            self.offset[c.index] = start + self._text_len(c.delta_token_ids)
             choice = {"index": c.index, "text": text, "logprobs": lp, "finish_reason": _reason(c) if c.finished else None}
             if self.body.return_token_ids:  # the prompt's ids with the first chunk, each chunk's own ids
                 choice.update({"prompt_token_ids": list(out.prompt_token_ids)} if first else {},
@@ -194,17 +198,19 @@ class CompletionRun:
         """Prompt tokens first (the first has no logprob: nothing precedes it), then the generated ones."""
         ids = final.prompt_token_ids
         entries = getattr(final, "prompt_logprobs", None) or [None] * len(ids)
-        offsets = self._offsets(ids)
-        end = offsets[-1] + len(token_text(self.tokenizer, ids[-1])) if ids else 0
+        end = self._text_len(ids)
         shift = end - (lp["text_offset"][0] if lp["text_offset"] else 0)  # the reply's offsets follow the prompt
         return {"tokens": [self._tok(t) for t in ids] + lp["tokens"],
                 "token_logprobs": [e[t] if e else None for t, e in zip(ids, entries)] + lp["token_logprobs"],
                 "top_logprobs": [{self._tok(t): v for t, v in top_of(e, self.body.logprobs or 0).items()} if e else None
                                  for t, e in zip(ids, entries)] + lp["top_logprobs"],
-                "text_offset": offsets + [o + shift for o in lp["text_offset"]]}
+                "text_offset": self._offsets(ids) + [o + shift for o in lp["text_offset"]]}
 
     def _tok(self, tok_id: int) -> str:
         return token_text(self.tokenizer, tok_id, self.token_ids_as_tokens)
+
+    def _text_len(self, token_ids: list[int]) -> int:
+        return sum(len(token_text(self.tokenizer, t)) for t in token_ids)
 
     def _offsets(self, token_ids: list[int], pos: int = 0) -> list[int]:
         """Where each token's text starts (its text, not a 'token_id:N' label)."""

@@ -45,6 +45,14 @@ def error(status: int, message: str, param: str | None = None, kind: str | None 
                         status_code=status, headers=headers)
 
 
+def route_path(scope) -> str:
+    """The path the routes see: without the ASGI root_path (--root-path), which uvicorn puts in front of it."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):] or "/"
+    return path
+
+
 class Guard:
     def __init__(self, app, state) -> None:
         self.app, self.state = app, state
@@ -55,7 +63,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        path = scope.get("path", "")
+        path = route_path(scope)
         status = {"code": 0}
 
         async def counted_send(message):
@@ -84,7 +92,7 @@ class Guard:
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if "*" not in state.allowed_hosts and name.strip("[]") not in state.allowed_hosts:
                 return error(400, f"the Host header {host!r} is not allowed (--allowed-hosts)")
-        path = scope.get("path", "")
+        path = route_path(scope)
         if (self.expected is not None and scope.get("method") != "OPTIONS"
                 and not path.startswith(OPEN_PATHS) and path != "/"
                 and not hmac.compare_digest(headers.get("authorization", "").encode(), self.expected)):

@@ -17,6 +17,8 @@ MAX_MESSAGES = 10_000  # an agent loop of thousands of tool turns still fits
 MAX_TOOLS = 512
 MAX_STOP = 16
 MAX_LOGIT_BIAS = 1024
+MAX_BAD_WORDS = 1024
+MAX_ALLOWED_TOKEN_IDS = 1 << 18  # any subset of a Qwen3.5 vocabulary (248,320 ids)
 MAX_PROMPTS = 128  # completion prompts in one request
 MAX_SEQUENCES = 256  # completion prompts x n
 MAX_JSON_DEPTH = 256  # nesting of a request body
@@ -97,14 +99,18 @@ def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", mark
 
 def truncated(ids: list[int], keep: int | None, limit: int) -> list[int]:
     """The last `keep` of `ids` (vLLM's truncate_prompt_tokens; -1: `limit - 1`, which leaves one token for the
-    answer; None: all of them). RequestError for a `keep` that leaves no room for an answer."""
+    answer; None: all of them). RequestError for a `keep` past the context, as vLLM, and for a cut prompt that
+    still fills it."""
     if keep is None:
         return ids
     keep = limit - 1 if keep == -1 else keep
-    if keep >= limit:
-        raise RequestError(f"truncate_prompt_tokens {keep} leaves no room for an answer: this model's context is "
-                           f"{limit} tokens (max_model_len)", "truncate_prompt_tokens")
-    return ids[-keep:]
+    if keep > limit:
+        raise RequestError(f"truncate_prompt_tokens {keep} is more than this model's context of {limit} tokens "
+                           "(max_model_len)", "truncate_prompt_tokens")
+    ids = ids[-keep:]
+    if len(ids) >= limit:
+        raise RequestError(too_long(str(len(ids)), limit), "truncate_prompt_tokens")
+    return ids
 
 
 def too_long(count: str, limit: int) -> str:

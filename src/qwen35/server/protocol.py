@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .limits import MAX_LOGIT_BIAS, MAX_MESSAGES, MAX_PROMPTS, MAX_STOP, MAX_TOOLS
+from .limits import (MAX_ALLOWED_TOKEN_IDS, MAX_BAD_WORDS, MAX_LOGIT_BIAS, MAX_MESSAGES, MAX_PROMPTS, MAX_STOP,
+                     MAX_TOOLS)
 
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")  # OpenAI's and vLLM's values
 THINKING_OFF = ("none", "minimal")  # the efforts that turn thinking off
@@ -42,8 +43,8 @@ class _Body(BaseModel):
     include_stop_str_in_output: bool = False
     user: str | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a JSON string key) -> bias in [-100, 100]
-    allowed_token_ids: list[int] | None = Field(None, min_length=1, max_length=MAX_LOGIT_BIAS)
-    bad_words: list[str] | None = Field(None, max_length=MAX_STOP)
+    allowed_token_ids: list[int] | None = Field(None, min_length=1, max_length=MAX_ALLOWED_TOKEN_IDS)
+    bad_words: list[str] | None = Field(None, max_length=MAX_BAD_WORDS)
     truncate_prompt_tokens: int | None = Field(None, ge=-1)  # keep the prompt's last k tokens (-1: all that fit)
     return_tokens_as_token_ids: bool | None = None  # logprobs name tokens 'token_id:N' (None: the server's flag)
     prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: each prompt token's logprob and top k

@@ -43,7 +43,7 @@ from .protocol import REASONING_EFFORTS, ChatCompletionRequest
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                 "repetition_penalty", "seed", "stop", "parallel_tool_calls", "chat_template_kwargs",
                 "enable_thinking", "thinking_token_budget", "logit_bias", "min_tokens", "allowed_token_ids",
-                "bad_words", "cache_salt")
+                "bad_words", "cache_salt", "truncate_prompt_tokens")
 
 
 class ResponsesRequest(BaseModel):

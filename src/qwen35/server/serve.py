@@ -129,7 +129,7 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     tokenizer = None
     if args.tokenizer is not None:
         try:
-            tokenizer = tokenizer_dir(args.tokenizer, args.revision)
+            tokenizer = tokenizer_dir(args.tokenizer)  # --revision is the model's
         except ValueError as e:
             raise ServeError(f"--tokenizer: {e}") from None
 
