@@ -456,6 +456,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C a `qwen35 serve` process, killed if it has not stopped in 30 s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.slow  # 12 s: a whole `qwen35 serve` process; `qwen35 chat` tests start the same path in-process
 def test_real_server_ready_line(tiny_ckpt):
     port = _free_port()
@@ -493,12 +503,7 @@ def test_real_server_ready_line(tiny_ckpt):
         assert time.monotonic() - start < 8
         idle.close()
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _interrupt(proc)
 
 
 def _self_signed(tmp_path) -> tuple[str, str]:
@@ -571,12 +576,7 @@ def test_https_and_a_root_path(tiny_ckpt, tmp_path):
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP gets no answer
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _interrupt(proc)
 
 
 @pytest.mark.parametrize("flags,k", [
