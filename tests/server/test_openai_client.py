@@ -249,6 +249,16 @@ def test_response_role_token_ids_and_forced_usage(client, server):
         state.response_role, state.return_tokens_as_token_ids, state.force_include_usage = saved
 
 
+def test_completions_usage_counts_cached_prompt_tokens(client):
+    """Like the chat endpoint, a completion's usage says how many prompt tokens the prefix cache served."""
+    prompt = list(range(1000, 1060))
+    first = client.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0,
+                                      extra_body={"ignore_eos": True, "return_token_ids": True})
+    follow = prompt + first.choices[0].model_extra["token_ids"] + [7, 8]  # the next turn: the saved sequence + more
+    r = client.completions.create(model="tiny", prompt=follow, max_tokens=1)
+    assert r.usage.prompt_tokens_details is not None and r.usage.prompt_tokens_details.cached_tokens > 0
+
+
 def test_continuous_usage_stats(client):
     """vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far."""
     chunks = list(client.completions.create(model="tiny", prompt="Hello", max_tokens=5, stream=True,

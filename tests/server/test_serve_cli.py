@@ -392,6 +392,8 @@ def test_flags_reach_server_state(hf_cache, monkeypatch):
     assert plan(HF_ID).state_kwargs["api_key"] == "from-qwen35-env"
     assert plan(HF_ID, "--api-key", "flag").state_kwargs["api_key"] == "flag"
     assert plan(HF_ID, "--allowed-hosts", '["h"]').state_kwargs["allowed_hosts"] == ["h"]
+    with pytest.raises(ServeError, match="--max-logprobs 21: at most 20"):
+        plan(HF_ID, "--max-logprobs", "21")
 
 
 def test_memory_fraction_sizes_the_cache(hf_cache, monkeypatch):

@@ -8,7 +8,7 @@ failure inside the server, and then without internal text. `guard.py` applies wh
 
 The event loop only moves bytes: parsing and validating bodies, rendering templates, tokenising, compiling
 grammars and detokenising run in the server's worker threads (`ServerState.run_cpu`), and the model runs
-on the engine thread. A client that disconnects, streaming or not, aborts its request, which frees its
+in the engine's process (on a thread of this one with `--no-engine-process`). A client that disconnects, streaming or not, aborts its request, which frees its
 cache.
 """
 

@@ -109,7 +109,7 @@ class CompletionRun:
     offset: dict[int, int] = field(default_factory=dict)
 
     def response(self, finals: list[Any]) -> dict[str, Any]:
-        choices, total = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        choices, total, cached = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, 0
         n = self.body.n
         for k, final in enumerate(finals):
             for c in final.outputs:
@@ -123,9 +123,12 @@ class CompletionRun:
                 choices.append(self._extras(final, c, {"index": k * n + c.index,
                                                        "text": self.plan.echo_texts[k] + c.text,
                                                        "finish_reason": _reason(c), "logprobs": lp}))
-            for key, v in self.usage(final).items():
-                if key in total:
-                    total[key] += v
+            one = self.usage(final)
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                total[key] += one[key]
+            cached += (one.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        if cached:  # as the chat endpoint (and vLLM) report it: when some prompt tokens came from the cache
+            total["prompt_tokens_details"] = {"cached_tokens": cached}
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": choices, "usage": total}
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CHECKPOINT_METHODS
+from ..engine.sampling_params import MAX_LOGPROBS
 from .serve_args import (BLOCK_SIZE, DEFAULT_MAX_MODEL_LEN, ServeError, api_key_from,
                          check_features, is_loopback, media_policy, mm_limits, parallel_config, parse_hosts,
                          parse_json,
@@ -221,6 +222,9 @@ def plan_serve(args: argparse.Namespace) -> ServePlan:
     if hosts is not None:
         state_kwargs["allowed_hosts"] = hosts
     if args.max_logprobs is not None:
+        if args.max_logprobs > MAX_LOGPROBS:
+            raise ServeError(f"--max-logprobs {args.max_logprobs}: at most {MAX_LOGPROBS} (the most a request may "
+                             "ask here, as vLLM's default); the flag can only lower it")
         state_kwargs["max_logprobs"] = args.max_logprobs
     if args.max_waiting_requests is not None:
         state_kwargs["max_waiting_requests"] = args.max_waiting_requests

@@ -228,7 +228,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--max-request-bytes", type=_positive_int, default=16 << 20)
     h.add_argument("--max-waiting-requests", type=_nonneg_int, default=None,
                    help="queued requests before 503 (default 256)")
-    h.add_argument("--max-logprobs", type=_nonneg_int, default=None, help="largest top_logprobs (default 20)")
+    h.add_argument("--max-logprobs", type=_nonneg_int, default=None,
+                   help="largest logprobs / top_logprobs / prompt_logprobs a request may ask (default and most: 20)")
     h.add_argument("--enable-log-requests", "--log-requests", dest="enable_log_requests", action="store_true")
     h.add_argument("--uvicorn-log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
