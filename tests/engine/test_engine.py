@@ -47,10 +47,18 @@ def test_greedy_identical_alone_batched_chunked_and_cached(ckpt):
 
 
 def test_seeded_sampling_ignores_batch_composition(ckpt):
+    """A seeded request draws the same tokens alone or in a batch, as far as its logits are the same. They need
+    not be: on an AMD EPYC with AVX-512, fp32 `mm` and `_grouped_mm` round a row differently in a GEMM of 1 and
+    of 4 rows (2026-12-07), and the MoE checkpoint's draw moved there (its experts' groups are sized by the
+    batch). So for MoE only the seed's reproducibility is checked (the sampler's own batch independence:
+    tests/engine/test_sampler.py)."""
     llm = make_llm(ckpt)
     p = _prompts([30], seed=3)[0]
     params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=10, ignore_eos=True)
     alone = _ids(llm.generate([p], params))[0]
+    assert _ids(llm.generate([p], params))[0] == alone
+    if llm.engine.model_cfg.is_moe:
+        return
     others = _prompts([12, 50, 7], seed=4)
     batch = llm.generate(others[:2] + [p] + others[2:],
                          [SamplingParams(temperature=1.0, max_tokens=10), GREEDY, params, SamplingParams(seed=9)])
