@@ -185,8 +185,12 @@ QWEN35_AVX512 void block_vnni(const Weight& w, int64_t n, const Rows& x, int64_t
         const __m256i b = _mm256_loadu_si256((const __m256i*)(wr[i] + k0 / 2));
         const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, low)),
                                               _mm256_and_si256(_mm256_srli_epi16(b, 4), low), 1);
-        // lanes 0-7 hold inputs k0..k0+31, lanes 8-15 inputs k0+32..k0+63: two groups when G == 32
-        const __m512 sw = G == 32 ? _mm512_permutexvar_ps(pick, s16[i]) : _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]));
+        // lanes 0-7 hold inputs k0..k0+31, lanes 8-15 inputs k0+32..k0+63: two groups when G == 32, and when
+        // an odd multiple of 32 (96, 160, ...) ends a group at k0 + 32
+        const __m512 sw = G == 32       ? _mm512_permutexvar_ps(pick, s16[i])
+                          : G % 64 == 0 ? _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G]))
+                                        : _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(_cvtsh_ss(sr[i][k0 / G])),
+                                                               _mm512_set1_ps(_cvtsh_ss(sr[i][(k0 + 32) / G])));
 #pragma GCC unroll 16
         for (int j = 0; j < MB; ++j)
           acc[i][j] = _mm512_fmadd_ps(
