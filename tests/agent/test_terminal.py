@@ -215,7 +215,8 @@ def test_interactive_chat_under_tmux(tmux, tmp_path):
     tmux.keys("C-l")  # readline clears the screen
     tmux.wait_cleared()  # before typing on: a C-l still queued behind the stopped answer would erase the question
     tmux.type("Hello!")
-    screen = tmux.wait_for("▸ thought for")  # answered, thinking folded: the engine survived the Ctrl-C
+    tmux.wait_for("▸ thought for")  # answered, thinking folded: the engine survived the Ctrl-C
+    screen = tmux.wait_for(prompt, after=1)  # "› Hello!" and the prompt after the answer: C-d now ends the chat
     assert prompt + " Hello!" in screen
     tmux.keys("C-d")
     deadline = time.time() + 30
