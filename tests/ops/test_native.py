@@ -183,3 +183,23 @@ print("ok")
     env = {**__import__("os").environ, "QWEN35_NATIVE": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_int4_kernels_isa_is_chosen_by_measurement_and_forced_isas_win():
+    """`quant.choose_int4_isa` may cap the int4 kernels at AVX2 (measured faster on a Zen 4); forcing an ISA
+    (tests) clears that cap, and no measurement runs while an ISA is forced."""
+    if native.isa() != "avx512_bf16":
+        pytest.skip("only a CPU with AVX512-BF16 has two int4 paths to choose from")
+    try:
+        assert lib.set_int4_isa("avx2") == "avx2" and lib.int4_isa() == "avx2"
+        native.force_isa("avx512_bf16")
+        assert lib.int4_isa() == "avx512_bf16"
+        quant._int4_isa_chosen = False
+        quant.choose_int4_isa()  # forced: nothing measured, nothing changed
+        assert not quant._int4_isa_chosen and lib.int4_isa() == "avx512_bf16"
+        with pytest.raises((RuntimeError, ValueError), match="unknown ISA"):
+            lib.set_int4_isa("avx1024")
+    finally:
+        native.force_isa(None)
+    quant.choose_int4_isa()  # measured now: either path, by this machine's timings
+    assert quant._int4_isa_chosen and lib.int4_isa() in ("avx512_bf16", "avx2")

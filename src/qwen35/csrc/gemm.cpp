@@ -582,7 +582,7 @@ void check(bool ok, const std::string& what) { TORCH_CHECK(ok, what); }
 }  // namespace
 
 void matmul_rows(const Weight& w, int64_t n0, int64_t n1, const Rows& x, const Out& out) {
-  switch (current_isa()) {
+  switch (w.fmt == Fmt::kInt4 ? int4_isa() : current_isa()) {
     case Isa::kAvx512Bf16: matmul_rows_avx512(w, n0, n1, x, out); break;
     case Isa::kAvx2: matmul_rows_avx2(w, n0, n1, x, out); break;
     default: matmul_rows_scalar(w, n0, n1, x, out); break;

@@ -10,6 +10,9 @@ enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512Bf16 = 2 };
 
 // The ISA kernels use now: the best this CPU supports, unless a test forced a lower one with set_isa.
 Isa current_isa();
+// The ISA of the int4 row kernels: current_isa(), or AVX2 where the machine measured the VNNI blocks slower
+// (ops/quant.py `choose_int4_isa`: half the bandwidth on an AMD Zen 4); set_isa clears that choice.
+Isa int4_isa();
 const char* isa_name(Isa isa);
 
 #define QWEN35_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma,f16c")))

@@ -78,9 +78,14 @@ def isa() -> str:
     return "none" if lib is None else lib.isa()
 
 
+_forced = False  # a test chose the ISA: machine-measured choices (quant.choose_int4_isa) stay out of its way
+
+
 def force_isa(name: str | None) -> str:
     """Tests: make every kernel use `name` ('avx512_bf16', 'avx2', 'scalar'; None: the best this CPU has).
     Returns the ISA now in use."""
+    global _forced
+    _forced = name is not None
     return ops().set_isa(name or "")
 
 

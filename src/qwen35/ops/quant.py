@@ -131,6 +131,42 @@ def int4_group(q: torch.Tensor, scale: torch.Tensor) -> int:
     return 2 * q.shape[-1] // scale.shape[-1]
 
 
+_int4_isa_chosen = False
+INT4_SWITCH_MARGIN = 1.2  # the AVX2 int4 kernel replaces the VNNI one only when this much faster
+
+
+def choose_int4_isa() -> None:
+    """Once per process, on a CPU with AVX512-BF16: time the int4 kernel's VNNI and AVX2 paths on one decode row
+    of 4096 x 1024 weights (random bytes, as many copies as twice the last-level cache holds, so they stream
+    from memory) and keep AVX2 for int4 where it is `INT4_SWITCH_MARGIN` faster. On an AMD EPYC (Zen 4) the VNNI blocks read int4 at 11-18 GB/s and the AVX2
+    ones at 20-36 (2026-12-07); Intel hosts measured the VNNI blocks fast. Both give the same sums' values to
+    rounding (tests/ops/test_native.py). Skipped while a test forces an ISA."""
+    global _int4_isa_chosen
+    lib = native.ops()
+    if _int4_isa_chosen or lib is None or native._forced or lib.isa() != "avx512_bf16":
+        return
+    _int4_isa_chosen = True
+    from .linear import _cache_flush_bytes, _time
+
+    rows, k = 4096, 1024
+    copies = max(2, _cache_flush_bytes() // (rows * k // 2))
+    g = torch.Generator().manual_seed(0)
+    q_all = torch.randint(0, 256, (copies * rows, k // 2), dtype=torch.uint8, generator=g)
+    s_all = (torch.rand(copies * rows, k // 32, generator=g) / 64).half()
+    x = torch.randn(1, k, generator=g).bfloat16()
+    turn = iter(range(1 << 30))
+
+    def run():
+        c = next(turn) % copies
+        lib.gemm_int4(x, q_all[c * rows:(c + 1) * rows], s_all[c * rows:(c + 1) * rows], None, 32)
+
+    lib.set_int4_isa("")
+    vnni = _time(run, repeats=8)
+    lib.set_int4_isa("avx2")
+    avx2 = _time(run, repeats=8)
+    lib.set_int4_isa("avx2" if avx2 * INT4_SWITCH_MARGIN <= vnni else "")
+
+
 def matmul(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
            zeros: torch.Tensor | None = None) -> torch.Tensor:
     """x: [M, K] -> x W^T: [M, N] in x's dtype. q/scale/zeros: [N, ...], contiguous (a slice `q[e]` of a
@@ -142,6 +178,8 @@ def matmul(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
         x = x if x.stride(-1) == 1 else x.contiguous()
         if fmt == "int8":
             return lib.gemm_int8(x, q, scale)
+        if not _int4_isa_chosen:
+            choose_int4_isa()
         return lib.gemm_int4(x, q, scale, zeros, int4_group(q, scale))
     return plain_linear(x, dequantize(fmt, q, scale, zeros, x.dtype))
 
