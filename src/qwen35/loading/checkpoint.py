@@ -40,7 +40,7 @@ from . import gptq
 from ..parallel.sharding import Shard, Slice
 from .names import (EXPERT_PROJS, LM_HEAD, MTP, SCALE, TOWER, Target, checkpoint_tensors, is_quantised, map_name,
                     parse)
-from .quantize import Quantizer, release_free_memory, resolve
+from .quantize import Quantizer, choose_kernels, release_free_memory, resolve
 
 log = logging.getLogger("qwen35.loading")
 
@@ -734,6 +734,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
             quantizer.quantize_head(model)
         quantizer.report()
         release_free_memory()
+        if quantizer.prepack:  # measured choices, as the layouts below
+            choose_kernels(model)
     elif on_cpu:
         if fuse:
             model.fuse()

@@ -127,6 +127,13 @@ class Quantizer:
                      "; ".join(f"{k} ({why})" for k, why in sorted(self.kept.items())))
 
 
+def choose_kernels(model: nn.Module) -> None:
+    """The int4 kernel's path, measured on this machine (`quant.choose_int4_isa`) when `model` has int4 weights:
+    at load, not in a request's first step."""
+    if any(getattr(m, "fmt", None) == "int4" for m in model.modules()):
+        quant.choose_int4_isa()
+
+
 def release_free_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc `malloc_trim`; elsewhere nothing). Quantising frees
     each unit's bf16 weights in pieces the allocator keeps between the quantised ones: dense-0.8b int8 peaked

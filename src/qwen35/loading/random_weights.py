@@ -19,7 +19,7 @@ from ..model.moe import Experts, QuantExperts
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..ops import quant
 from .checkpoint import FP32_SUFFIXES
-from .quantize import _replace, kept_reason
+from .quantize import _replace, choose_kernels, kept_reason
 from .writer import init_kind, random_tensor
 
 STD = 0.02
@@ -109,4 +109,6 @@ def random_model(cfg: ModelConfig, fmt: str | None = "int4", seed: int = 0, dtyp
     if meta:
         return model
     model.model.rotary = type(model.model.rotary)(text.rope, text.rotary_dim, text.max_position_embeddings)
+    if prepack:
+        choose_kernels(model)
     return model.eval()

@@ -95,8 +95,6 @@ def experts_quant(x: torch.Tensor, fmt: str, gate_up: Stack, down: Stack, weight
     N, k = ids.shape
     group = _native_group(x, gate_up, down) if N <= native_max_tokens(quantised=True) else None
     if group is not None:
-        if fmt == "int4" and not quant._int4_isa_chosen:
-            quant.choose_int4_isa()
         return native.ops().moe_experts(x, ids, weights, *gate_up, *down, group)
     out = torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device)
     for e in ids.unique().tolist():

@@ -136,11 +136,12 @@ INT4_SWITCH_MARGIN = 1.2  # the AVX2 int4 kernel replaces the VNNI one only when
 
 
 def choose_int4_isa() -> None:
-    """Once per process, on a CPU with AVX512-BF16: time the int4 kernel's VNNI and AVX2 paths on one decode row
-    of 4096 x 1024 weights (random bytes, as many copies as twice the last-level cache holds, so they stream
-    from memory) and keep AVX2 for int4 where it is `INT4_SWITCH_MARGIN` faster. On an AMD EPYC (Zen 4) the VNNI blocks read int4 at 11-18 GB/s and the AVX2
-    ones at 20-36 (2026-12-07); Intel hosts measured the VNNI blocks fast. Both give the same sums' values to
-    rounding (tests/ops/test_native.py). Skipped while a test forces an ISA."""
+    """Once per process, on a CPU with AVX512-BF16 (the loader calls it for a model with int4 weights, beside
+    the other layout measurements): time the int4 kernel's VNNI and AVX2 paths on one decode row of 4096 x 1024
+    weights (random bytes, as many copies as twice the last-level cache holds, so they stream from memory) and
+    keep AVX2 for int4 where it is `INT4_SWITCH_MARGIN` faster. On an AMD EPYC (Zen 4) the VNNI blocks read int4
+    at 11-18 GB/s and the AVX2 ones at 20-36 (2026-12-07); Intel hosts measured the VNNI blocks fast. Both paths
+    agree to rounding (tests/ops/test_native.py). Skipped while a test forces an ISA."""
     global _int4_isa_chosen
     lib = native.ops()
     if _int4_isa_chosen or lib is None or native._forced or lib.isa() != "avx512_bf16":
@@ -178,8 +179,6 @@ def matmul(x: torch.Tensor, fmt: str, q: torch.Tensor, scale: torch.Tensor,
         x = x if x.stride(-1) == 1 else x.contiguous()
         if fmt == "int8":
             return lib.gemm_int8(x, q, scale)
-        if not _int4_isa_chosen:
-            choose_int4_isa()
         return lib.gemm_int4(x, q, scale, zeros, int4_group(q, scale))
     return plain_linear(x, dequantize(fmt, q, scale, zeros, x.dtype))
 
