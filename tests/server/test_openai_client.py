@@ -118,6 +118,9 @@ def test_metrics_and_health(server, client):
     ({"model": "tiny", "messages": [{"role": "user", "content": "word " * 1200}], "truncate_prompt_tokens": 1024},
      400, "truncate_prompt_tokens"),  # cut to the whole context: still no room for an answer
     ({"model": "tiny", "messages": MSG, "cache_salt": ""}, 400, "cache_salt"),
+    ({"model": "tiny", "truncate_prompt_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}, {"type": "text", "text": "Hi"}]}]},
+     400, "truncate_prompt_tokens"),  # no cut may take images or video
 ])
 def test_bad_requests_get_openai_errors(server, body, status, param):
     import httpx

@@ -240,10 +240,7 @@ def prepare_chat(body: ChatCompletionRequest, server) -> ChatPlan:
     if body.continue_final_message:
         text = continue_final_message(text, body.messages)
     ids = encode_bounded(tok, text, server.max_model_len, "messages", marked=True,
-                         truncate=body.truncate_prompt_tokens)
-    if refs and body.truncate_prompt_tokens is not None and len(ids) < len(tok.encode_marked(text)):
-        raise RequestError("truncate_prompt_tokens would cut a prompt that has images or video",
-                           "truncate_prompt_tokens")
+                         truncate=body.truncate_prompt_tokens, media=bool(refs))
     ids, media = with_media(server, ids, refs, body.mm_processor_kwargs)
     started_in_reasoning = prompt_ends_in_reasoning(text)
     thinking = True if started_in_reasoning else (False if text.endswith("</think>\n\n") else None)

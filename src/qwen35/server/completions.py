@@ -172,15 +172,16 @@ class CompletionRun:
             tokens_wanted = c.delta_token_ids and (self.body.logprobs is not None or self.body.return_token_ids)
             if not c.delta_text and not c.finished and not echo and not tokens_wanted:
                 continue
+            offsets = self.body.logprobs is not None  # only logprobs show text offsets
             if first:
-                self.offset[c.index] = self._text_len(out.prompt_token_ids) if self.body.echo else 0
+                self.offset[c.index] = self._text_len(out.prompt_token_ids) if self.body.echo and offsets else 0
             start = self.offset[c.index]
             lp = (self._logprobs(c.delta_token_ids, c.logprobs[-len(c.delta_token_ids):], start)
                   if c.logprobs and c.delta_token_ids else None)
             if first and self.body.echo and self.body.logprobs is not None:  # the prompt's go out first
                 lp = self._with_prompt(out, lp or NO_LOGPROBS)
             text = echo + c.delta_text
-            self.offset[c.index] = start + self._text_len(c.delta_token_ids)
+            self.offset[c.index] = start + (self._text_len(c.delta_token_ids) if offsets else 0)
             choice = {"index": c.index, "text": text, "logprobs": lp, "finish_reason": _reason(c) if c.finished else None}
             if self.body.return_token_ids:  # the prompt's ids with the first chunk, each chunk's own ids
                 choice.update({"prompt_token_ids": list(out.prompt_token_ids)} if first else {},
@@ -201,13 +202,14 @@ class CompletionRun:
         """Prompt tokens first (the first has no logprob: nothing precedes it), then the generated ones."""
         ids = final.prompt_token_ids
         entries = getattr(final, "prompt_logprobs", None) or [None] * len(ids)
-        end = self._text_len(ids)
+        offsets = self._offsets(ids)
+        end = offsets[-1] + len(token_text(self.tokenizer, ids[-1])) if ids else 0
         shift = end - (lp["text_offset"][0] if lp["text_offset"] else 0)  # the reply's offsets follow the prompt
         return {"tokens": [self._tok(t) for t in ids] + lp["tokens"],
                 "token_logprobs": [e[t] if e else None for t, e in zip(ids, entries)] + lp["token_logprobs"],
                 "top_logprobs": [{self._tok(t): v for t, v in top_of(e, self.body.logprobs or 0).items()} if e else None
                                  for t, e in zip(ids, entries)] + lp["top_logprobs"],
-                "text_offset": self._offsets(ids) + [o + shift for o in lp["text_offset"]]}
+                "text_offset": offsets + [o + shift for o in lp["text_offset"]]}
 
     def _tok(self, tok_id: int) -> str:
         return token_text(self.tokenizer, tok_id, self.token_ids_as_tokens)

@@ -72,11 +72,12 @@ def _check_text(text: str, path: str) -> None:
 
 
 def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", marked: bool = False,
-                   truncate: int | None = None) -> list[int]:
+                   truncate: int | None = None, media: bool = False) -> list[int]:
     """Token ids of `text`, refusing (RequestError) one of `limit` tokens or more without encoding all of it.
     `marked`: `text` was rendered from marked messages (tokenizer/control_tokens.py): the control-token text the
     client sent is encoded as plain text. `truncate` (vLLM's truncate_prompt_tokens): keep the last k tokens
-    instead of refusing (-1: as many as leave one token for the answer).
+    instead of refusing (-1: as many as leave one token for the answer; `media`: the prompt has images or video,
+    which no cut may take, see `truncated`).
 
     A prefix of the text has at least as many tokens as the full text has over that stretch, give or take
     the word cut at its end; so once a prefix has `limit + 8` tokens the whole text is too long. Prefixes
@@ -84,7 +85,7 @@ def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", mark
     """
     encode = tokenizer.encode_marked if marked and control_tokens.has_marks(text) else tokenizer.encode
     if truncate is not None:
-        return truncated(encode(text), truncate, limit)
+        return truncated(encode(text), truncate, limit, media)
     chars = max(limit * 16, 4096)
     while chars < len(text):
         n = len(encode(text[:chars]))
@@ -97,16 +98,20 @@ def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", mark
     return ids
 
 
-def truncated(ids: list[int], keep: int | None, limit: int) -> list[int]:
+def truncated(ids: list[int], keep: int | None, limit: int, media: bool = False) -> list[int]:
     """The last `keep` of `ids` (vLLM's truncate_prompt_tokens; -1: `limit - 1`, which leaves one token for the
-    answer; None: all of them). RequestError for a `keep` past the context, as vLLM, and for a cut prompt that
-    still fills it."""
+    answer; None: all of them). RequestError for a `keep` past the context, as vLLM, for any cut of a prompt
+    with images or video (`media`; the engine refuses it alike), and for a cut prompt that still fills the
+    context."""
     if keep is None:
         return ids
     keep = limit - 1 if keep == -1 else keep
     if keep > limit:
         raise RequestError(f"truncate_prompt_tokens {keep} is more than this model's context of {limit} tokens "
                            "(max_model_len)", "truncate_prompt_tokens")
+    if media and len(ids) > keep:
+        raise RequestError("truncate_prompt_tokens would cut a prompt that has images or video",
+                           "truncate_prompt_tokens")
     ids = ids[-keep:]
     if len(ids) >= limit:
         raise RequestError(too_long(str(len(ids)), limit), "truncate_prompt_tokens")
