@@ -17,7 +17,8 @@ def test_page_is_served_without_the_key_and_is_self_contained(server):
     assert "default-src 'self'" in r.headers["content-security-policy"]
     html = r.text
     # relative: under a proxy's prefix (--root-path) the page calls the API under the same prefix
-    assert 'fetch(API + "v1/chat/completions"' in html and "innerHTML" not in html  # model text is only ever set as text
+    # model text is only ever set as text
+    assert 'fetch(API + "v1/chat/completions"' in html and "innerHTML" not in html
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # nothing fetched outside
     assert httpx.get(server["url"] + "/v1/models", timeout=30).status_code == 401  # the API itself stays closed
 

@@ -8,8 +8,8 @@ failure inside the server, and then without internal text. `guard.py` applies wh
 
 The event loop only moves bytes: parsing and validating bodies, rendering templates, tokenising, compiling
 grammars and detokenising run in the server's worker threads (`ServerState.run_cpu`), and the model runs
-in the engine's process (on a thread of this one with `--no-engine-process`). A client that disconnects, streaming or not, aborts its request, which frees its
-cache.
+in the engine's process (on a thread of this one with `--no-engine-process`). A client that disconnects,
+streaming or not, aborts its request, which frees its cache.
 """
 
 from __future__ import annotations
@@ -90,9 +90,11 @@ class ServerState:
         self.media_gate = asyncio.Semaphore(max(1, self.cpu_threads // 2))
         self.processor = ProcessorConfig.from_checkpoint(info.model) if info.vision else None
 
-    def include_usage(self, body) -> bool:
-        """Whether a stream ends with a usage chunk: the request's stream_options, or the server's flag."""
-        return body.include_usage or self.force_include_usage
+    def stream_usage(self, body) -> tuple[bool, bool]:
+        """(whether a stream ends with a usage chunk: the request's stream_options, or the server's flag;
+        whether every chunk carries the usage so far: vLLM's continuous_usage_stats, with the first)."""
+        include = body.include_usage or self.force_include_usage
+        return include, include and body.continuous_usage
 
     def token_ids_as_tokens(self, body) -> bool:
         """Whether logprobs name tokens as 'token_id:N': the request's field, else the server's flag."""
@@ -209,8 +211,8 @@ def create_app(state: ServerState) -> FastAPI:
         if isinstance(stream, Response):
             return stream
         if body.stream:
-            return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, state.include_usage(body),
-                                          start, run.usage, state.include_usage(body) and body.continuous_usage),
+            return StreamingResponse(_sse(state, stream, run.stream_chunks, run.chunk, *state.stream_usage(body),
+                                          start=start, usage_of=run.usage),
                                      media_type="text/event-stream", background=BackgroundTask(stream.aclose))
         finals = await _whole(state, request, stream)
         if isinstance(finals, Response):
@@ -252,8 +254,8 @@ def create_app(state: ServerState) -> FastAPI:
                 return error(400, str(failed))
             raise failed
         if body.stream:
-            return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, state.include_usage(body),
-                                          start, run.usage, state.include_usage(body) and body.continuous_usage), media_type="text/event-stream",
+            return StreamingResponse(_sse(state, streams[0], run.stream_chunks, run.chunk, *state.stream_usage(body),
+                                          start=start, usage_of=run.usage), media_type="text/event-stream",
                                      background=BackgroundTask(streams[0].aclose))
         finals = await _unless_disconnected(state, request, streams)
         if finals is None:
@@ -496,8 +498,8 @@ def _choice_usage(total: dict[str, Any], out, choices: list[dict[str, Any]]) -> 
     return {"prompt_tokens": total["prompt_tokens"], "completion_tokens": n, "total_tokens": total["prompt_tokens"] + n}
 
 
-async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool, start: float,
-               usage_of=usage, continuous: bool = False):
+async def _sse(state: ServerState, stream, to_chunks, chunk, include_usage: bool, continuous: bool, *,
+               start: float, usage_of=usage):
     """The SSE stream of one request; `continuous` (vLLM's continuous_usage_stats): each chunk with its usage."""
     final, first, last = None, None, None
     unfinished = "abort"  # until the stream ends well (a client that leaves closes this generator)

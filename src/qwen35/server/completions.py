@@ -182,7 +182,8 @@ class CompletionRun:
                 lp = self._with_prompt(out, lp or NO_LOGPROBS)
             text = echo + c.delta_text
             self.offset[c.index] = start + (self._text_len(c.delta_token_ids) if offsets else 0)
-            choice = {"index": c.index, "text": text, "logprobs": lp, "finish_reason": _reason(c) if c.finished else None}
+            choice = {"index": c.index, "text": text, "logprobs": lp,
+                      "finish_reason": _reason(c) if c.finished else None}
             if self.body.return_token_ids:  # the prompt's ids with the first chunk, each chunk's own ids
                 choice.update({"prompt_token_ids": list(out.prompt_token_ids)} if first else {},
                               token_ids=list(c.delta_token_ids))
