@@ -296,3 +296,21 @@ def test_unconstrained_outputs_unchanged(llm, monkeypatch):
     mixed = llm.generate(prompts + [_prompt(llm, "JSON")],
                          [params, params, _greedy(GuidedDecoding(json_schema=PERSON))])
     assert calls and [o.outputs[0].token_ids for o in mixed[:2]] == alone
+
+
+def test_regex_classes_are_ascii(llm):
+    """`\\d` and `\\w` in a regex are ASCII, as in a JSON schema's pattern and vLLM's default backend: a model held to
+    `\\d{3}` cannot write full-width or Arabic-Indic digits (llguidance alone takes them as Unicode classes)."""
+    dec: GuidedDecoder = llm.engine.guided
+
+    def accepts(regex, text):
+        m = dec.matcher(GuidedDecoding(regex=regex)).matcher
+        ids = llm.tokenizer.encode(text)
+        return m.try_consume_tokens(ids) == len(ids) and m.is_accepting()
+
+    for regex, yes, no in [(r"\d{3}", "123", "１２３"), (r"\d{2}", "42", "٤٢"), (r"\w+", "ab_9", "héllo"),
+                           (r"[\d.]+", "1.5", "１.５"), (r"[^\W_]+", "abc", "aé"), (r"\D+", "ab", "a1"),
+                           (r"[\]\d]+", "]1", "]１"), (r"a\\d", "a\\d", "a\\1"), (r"[[:alpha:]\w]+", "x_1", "é")]:
+        assert accepts(regex, yes), (regex, yes)
+        assert not accepts(regex, no), (regex, no)
+    assert accepts(r"\p{L}+", "é") and accepts(r"\s+", " \t")  # other classes keep their meaning

@@ -143,7 +143,48 @@ def _compile(kind: str, value: Any) -> str:
     if kind == "regex":
         if not isinstance(value, str):
             raise ValueError(f"{label}: the regex must be a string, got {type(value).__name__}")
-        return M.grammar_from_regex(value)
+        return M.grammar_from_regex(ascii_classes(value))
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c for c in value):
         raise ValueError(f"{label}: choice must be a non-empty list of non-empty strings")
     return M.grammar_from_lark("start: " + " | ".join(lit(c) for c in value))
+
+
+# \d, \w and their negations as ASCII classes: outside a bracket class, and inside one (POSIX classes there).
+_OUTSIDE = {"d": "[0-9]", "D": "[^0-9]", "w": "[0-9A-Za-z_]", "W": "[^0-9A-Za-z_]"}
+_INSIDE = {"d": "[:digit:]", "D": "[:^digit:]", "w": "[:word:]", "W": "[:^word:]"}
+
+
+def ascii_classes(regex: str) -> str:
+    """`regex` with `\\d`, `\\w`, `\\D` and `\\W` meaning ASCII digits and word characters, as in a JSON
+    schema's `pattern` (ECMA-262) and in vLLM's default structured-output backend. llguidance's regexes take
+    them as Unicode classes, so `\\d{3}` let a model write full-width or Arabic-Indic digits."""
+    out, i, depth = [], 0, 0  # depth: how many bracket classes are open
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\" and i + 1 < len(regex):
+            e = regex[i + 1]
+            out.append((_INSIDE if depth else _OUTSIDE).get(e, c + e))
+            i += 2
+            continue
+        if depth and regex.startswith("[:", i):  # a POSIX class inside a bracket class: copied whole
+            end = regex.find(":]", i + 2)
+            if end != -1:
+                out.append(regex[i:end + 2])
+                i = end + 2
+                continue
+        if c == "[":
+            depth += 1
+            out.append(c)
+            i += 1
+            if regex.startswith("^", i):
+                out.append("^")
+                i += 1
+            if regex.startswith("]", i):  # a leading ] is a literal
+                out.append("]")
+                i += 1
+            continue
+        if c == "]" and depth:
+            depth -= 1
+        out.append(c)
+        i += 1
+    return "".join(out)
