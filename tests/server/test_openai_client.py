@@ -199,6 +199,11 @@ def test_allowed_token_ids_bad_words_and_truncate_prompt_tokens(client, server):
     banned = client.completions.create(model="tiny", prompt="Hello", max_tokens=4, temperature=0,
                                        extra_body={**extra, "bad_words": [tok.decode([first])]}).choices[0].text
     assert first not in tok.encode(banned)
+    import httpx
+
+    r = httpx.post(server["url"] + "/v1/completions", headers={"Authorization": "Bearer test-key"}, timeout=60,
+                   json={"model": "tiny", "prompt": "Hello", "allowed_token_ids": [tok.im_end_id], "min_tokens": 2})
+    assert r.status_code == 400 and "allowed_token_ids holds only stop tokens" in r.text, r.text  # none to sample
     long = "word " * 1500  # more than the 1,024-token context
     r = client.completions.create(model="tiny", prompt=long, max_tokens=2, echo=True,
                                   extra_body={"truncate_prompt_tokens": 5})

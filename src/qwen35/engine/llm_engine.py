@@ -241,6 +241,10 @@ class LLMEngine:
             params = params.clone()
             params.update_from_tokenizer(self.tokenizer)
         params.check_vocab(self.model_cfg.text.vocab_size)
+        if (params.allowed_token_ids is not None and params.min_tokens
+                and set(params.allowed_token_ids) <= set(min_tokens_stop_ids(params, self.eos_ids))):
+            raise ValueError("allowed_token_ids holds only stop tokens (EOS, stop_token_ids), which min_tokens "
+                             f"forbids for the first {params.min_tokens} tokens: no token could be sampled")
         if request_id in self.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         if isinstance(prompt, str):
