@@ -43,6 +43,8 @@ def test_every_few_rows_kernel_matches_the_reference(dtype, rows):
     want = ops_linear.linear_ref(x, w).float()
     key = (w.data_ptr(), w.dtype, tuple(w.shape), rows)
     native = ["native"] if ops_linear._native_applies(x, w) else []
+    if native and rows == 1 and ops_linear.in_order_applies():
+        native.append("native_in_order")
     for kernel in native + (["mv"] if rows == 1 else []) + ["linear", "w_xt"]:
         ops_linear._FEW_ROWS_KERNEL[key] = kernel
         got = ops_linear.linear(x, w).float()

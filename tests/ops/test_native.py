@@ -26,6 +26,17 @@ def test_bf16_and_int8(isa, M, N, K):
     _close(lib.gemm_int8(x, q, s), quant.matmul_ref(x, "int8", q, s, q8_inputs=q8).float())
 
 
+@pytest.mark.parametrize("N,K", [(7, 96), (64, 1024), (33, 130), (5, 17), (9, 160), (1030, 256)])
+def test_bf16_in_order(isa, N, K):
+    """One input row against weight rows read one after another (csrc/gemm.cpp: bf16_in_order_avx512): K a
+    multiple of 128, of 32 only, and neither; N splits unevenly between threads. Elsewhere it is the blocks."""
+    g = torch.Generator().manual_seed(N + K)
+    x, w = torch.randn(1, K, generator=g).bfloat16(), torch.randn(N, K, generator=g).bfloat16()
+    _close(lib.gemm_bf16(x, w, True), x.float() @ w.float().T)
+    x3 = torch.randn(3, K, generator=g).bfloat16()  # more rows: the blocks, whatever in_order says
+    assert torch.equal(lib.gemm_bf16(x3, w, True), lib.gemm_bf16(x3, w))
+
+
 @pytest.mark.parametrize("M", [1, 2, 3, 6])
 @pytest.mark.parametrize("group", [32, 64, 96, 128])  # 96: a group that ends inside a block of 64 inputs
 @pytest.mark.parametrize("zeros", [False, True])

@@ -6,9 +6,10 @@ No kernel wins on every CPU (docs/KERNELS.md), so the choices are measured on th
   (`ops/native.py`) for a few rows. The loader times both, for one and eight rows, over the model's weights
   of that shape.
 - For a plain CPU weight and 1 to `FEW_ROWS` rows (decode, the k + 1 rows of a speculative verification),
-  `_few_rows_kernel` times our kernel, `torch.mv` (one row), `F.linear` and `W @ x^T` once per weight and row
+  `_few_rows_kernel` times our kernel (for one row on an AVX512-BF16 CPU also its in-order variant, which reads
+  the weight rows one after another), `torch.mv` (one row), `F.linear` and `W @ x^T` once per weight and row
   count, and keeps the default (mv / F.linear) unless another is `SWITCH_MARGIN` faster (ours, on the AMD
-  host where mv reads the lm_head at a third of the bandwidth).
+  hosts where mv reads the lm_head at a third of the bandwidth).
 Everything else, including CUDA, is `F.linear`, which is also the reference; on a CPU without a bf16 GEMM
 (AVX2 only) bf16 weights are widened to fp32 for it.
 """
@@ -53,8 +54,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: torch.Tensor | 
         return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
     if x.dim() == 2 and x.shape[0] <= FEW_ROWS and weight.device.type == "cpu":
         kernel = _few_rows_kernel(x, weight)
-        if kernel == "native":
-            return native.ops().gemm_bf16(x if x.stride(-1) == 1 else x.contiguous(), weight)
+        if kernel in ("native", "native_in_order"):
+            return native.ops().gemm_bf16(x if x.stride(-1) == 1 else x.contiguous(), weight,
+                                          kernel == "native_in_order")
         if kernel == "mv":
             return torch.mv(weight, x[0]).unsqueeze(0)
         if kernel == "w_xt":
@@ -71,7 +73,7 @@ def plain_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
-_FEW_ROWS_KERNEL: dict[tuple, str] = {}  # (weight, dtype, shape, rows) -> "native" | "mv" | "w_xt" | "linear"
+_FEW_ROWS_KERNEL: dict[tuple, str] = {}  # (weight, dtype, shape, rows) -> a candidate's name (_few_rows_kernel)
 SWITCH_MARGIN = 1.2  # another kernel replaces the default only when this much faster: a stable choice
 
 
@@ -89,6 +91,8 @@ def _few_rows_kernel(x: torch.Tensor, weight: torch.Tensor) -> str:
         candidates = {}
         if _native_applies(x, weight):
             candidates["native"] = lambda: native.ops().gemm_bf16(x.contiguous(), weight)
+            if rows == 1 and in_order_applies():
+                candidates["native_in_order"] = lambda: native.ops().gemm_bf16(x.contiguous(), weight, True)
         if rows == 1:
             candidates["mv"] = lambda: torch.mv(weight, x[0])
         candidates.update({"linear": lambda: F.linear(x, weight), "w_xt": lambda: torch.mm(weight, x.t())})
@@ -99,6 +103,11 @@ def _few_rows_kernel(x: torch.Tensor, weight: torch.Tensor) -> str:
             choice = fastest
         _FEW_ROWS_KERNEL[key] = choice
     return choice
+
+
+def in_order_applies() -> bool:
+    """Whether `gemm_bf16`'s in_order variant differs from its blocks here (AVX512-BF16 kernels)."""
+    return native.isa() == "avx512_bf16"
 
 
 def _native_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -113,12 +122,14 @@ def prefer_packed(weights: list[torch.Tensor], evict: list[torch.Tensor] = (),
                   sample_bytes: int = 32 << 20) -> bool:
     """Whether weights of one shape should take oneDNN's packed layout (True) or stay plain for our kernel.
 
-    Times both over up to `sample_bytes` of the weights for one row (single-sequence decode) and 8 rows (a
-    batch), reading `evict` (other weights already in memory, up to twice the last-level cache) before each
-    repetition so that the sample streams from memory as in a decode step; nothing large is allocated
-    besides the sample's packed copies. Plain when ours is at least 5% faster for one row and the plain
-    layout's best 8-row kernel is within 15% of oneDNN's (packing also serves prefill and batches well).
-    Plain wherever oneDNN cannot pack (`packing_applies`)."""
+    Times both over up to `sample_bytes` of the weights for one row (single-sequence decode; our blocks and,
+    where it applies, our in-order variant) and 8 rows (a batch), reading `evict` (other weights already in
+    memory, up to twice the last-level cache) before each repetition so that the sample streams from memory
+    as in a decode step; nothing large is allocated besides the sample's packed copies. Plain when ours is at
+    least 5% faster for one row and that gain is at least the 8-row loss, as ratios (one row 1.35x faster
+    and 8 rows 0.8x as fast: plain); prefill is no slower either way (F.linear for more than `FEW_ROWS` rows).
+    Packed wherever oneDNN can pack and our kernel cannot run; plain wherever oneDNN cannot pack
+    (`packing_applies`)."""
     w0 = weights[0]
     nbytes = w0.numel() * w0.element_size()
     if not packing_applies(w0):
@@ -141,12 +152,14 @@ def prefer_packed(weights: list[torch.Tensor], evict: list[torch.Tensor] = (),
     gemm, onednn = native.ops().gemm_bf16, torch.ops.mkldnn._linear_pointwise
     x1, x8 = (torch.randn(rows, w0.shape[1]).to(w0.dtype) for rows in (1, 8))
     ours1 = cold(lambda: [gemm(x1, w) for w in sample])
+    if in_order_applies():
+        ours1 = min(ours1, cold(lambda: [gemm(x1, w, True) for w in sample]))
     packed1 = cold(lambda: [onednn(x1, p, None, "none", [], "") for p in packed])
     if not ours1 * 1.05 < packed1:
         return True
     plain8 = min(cold(lambda: [gemm(x8, w) for w in sample]), cold(lambda: [F.linear(x8, w) for w in sample]))
     packed8 = cold(lambda: [onednn(x8, p, None, "none", [], "") for p in packed])
-    return plain8 > packed8 * 1.15
+    return packed1 / ours1 < plain8 / packed8  # the one-row gain smaller than the 8-row loss
 
 
 def _cache_flush_bytes() -> int:
