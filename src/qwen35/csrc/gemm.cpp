@@ -240,6 +240,28 @@ QWEN35_AVX512 void quant_vnni(const Weight& w, int64_t n, const Rows& x, const O
 // kernel over all input rows.
 constexpr int64_t kInt8DirectRows = 4;
 
+// bf16 weight rows n..n+NB-1 against all input rows, 8 at a time (NB x 8 accumulators): the weights stream
+// from memory once per 8 inputs, not once per 4 (see matmul_rows_avx512).
+template <int NB>
+QWEN35_AVX512 void bf16_wide_avx512(const Weight& w, int64_t n, const Rows& x, const Out& o) {
+  const uint8_t* wr[NB];
+  for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
+  const char* next = (const char*)w.row(n + NB);
+  for (int64_t m = 0; m < x.M; m += 8) {
+    const char* ahead = m == 0 ? next : nullptr;
+    switch (std::min<int64_t>(8, x.M - m)) {
+      case 1: run_block<Fmt::kBf16, NB, 1>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
+      case 2: run_block<Fmt::kBf16, NB, 2>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
+      case 3: run_block<Fmt::kBf16, NB, 3>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
+      case 4: run_block<Fmt::kBf16, NB, 4>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
+      case 5: run_block<Fmt::kBf16, NB, 5>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
+      case 6: run_block<Fmt::kBf16, NB, 6>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
+      case 7: run_block<Fmt::kBf16, NB, 7>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
+      default: run_block<Fmt::kBf16, NB, 8>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
+    }
+  }
+}
+
 template <int NB>
 QWEN35_AVX512 void rows_block_avx512(const Weight& w, int64_t n, const Rows& x, const Out& o, uint16_t* scratch) {
   const uint8_t* wr[NB];
@@ -264,6 +286,10 @@ QWEN35_AVX512 void matmul_rows_avx512(const Weight& w, int64_t n0, int64_t n1, c
   int64_t n = n0;
   if ((x.M == 1 && w.fmt != Fmt::kInt4) || (x.M == 2 && w.fmt == Fmt::kBf16))  // 8 or 16 accumulators
     for (; n + 8 <= n1; n += 8) rows_block_avx512<8>(w, n, x, o, scratch.data());
+  // bf16 for 5 or more inputs: 3 rows x 8 inputs (24 accumulators) read the weights once per 8 inputs; on an
+  // AMD Zen 4, 8 inputs read them 11-18% faster than 4-row blocks swept twice (12: 4-9%, 5 and 16: the same)
+  if (x.M >= 5 && w.fmt == Fmt::kBf16)
+    for (; n + 3 <= n1; n += 3) bf16_wide_avx512<3>(w, n, x, o);
   for (; n + 4 <= n1; n += 4) rows_block_avx512<4>(w, n, x, o, scratch.data());
   for (; n < n1; ++n) rows_block_avx512<1>(w, n, x, o, scratch.data());
 }
