@@ -497,6 +497,10 @@ QWEN35_AVX2 void int4_block_avx2(const Weight& w, const int64_t* rows, int64_t l
     // prefetching the same place 8 rows on instead read at ~19 GB/s, in order at 24-27 (AVX2-only AMD EPYC)
     const char* ahead = (const char*)r[0] + 8 * w.row_bytes + 4 * k0;
     for (int c = 0; c < 256; c += 64) _mm_prefetch(ahead + c, _MM_HINT_T0);
+    // and its scales (and zero points), 64 bytes a step: int4_scales_avx2 reads them all before its first
+    // step, and rows of 2-3.5 KB read 5-40% faster so (1,024 x 3,584: 14-15 against 11-14 GB/s, AMD Zen 4)
+    if (k0 < 16 * ng) _mm_prefetch((const char*)(w.scale16 + (rows[0] + 8) * ng) + k0, _MM_HINT_T0);
+    if (w.zeros && k0 < 8 * ng) _mm_prefetch((const char*)(w.zeros + (rows[0] + 8) * ng) + k0, _MM_HINT_T0);
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       const int64_t k = k0 + 32 * h;
