@@ -314,3 +314,6 @@ def test_regex_classes_are_ascii(llm):
         assert accepts(regex, yes), (regex, yes)
         assert not accepts(regex, no), (regex, no)
     assert accepts(r"\p{L}+", "é") and accepts(r"\s+", " \t")  # other classes keep their meaning
+    with pytest.raises(ValueError, match=r"\\d\(") as bad:  # an error quotes the regex as written
+        GuidedDecoding(regex=r"\d(")
+    assert "[0-9]" not in str(bad.value)

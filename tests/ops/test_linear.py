@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from qwen35.ops import linear as ops_linear
+from qwen35.ops import native
 from qwen35.ops.linear import linear, linear_ref, packing_applies, prepack
 
 
@@ -43,8 +44,6 @@ def test_every_few_rows_kernel_matches_the_reference(dtype, rows):
     want = ops_linear.linear_ref(x, w).float()
     key = (w.data_ptr(), w.dtype, tuple(w.shape), rows)
     native = ["native"] if ops_linear._native_applies(x, w) else []
-    if native and rows == 1 and ops_linear.in_order_applies():
-        native.append("native_in_order")
     for kernel in native + (["mv"] if rows == 1 else []) + ["linear", "w_xt"]:
         ops_linear._FEW_ROWS_KERNEL[key] = kernel
         got = ops_linear.linear(x, w).float()
@@ -90,3 +89,20 @@ def test_quantised_prefill_runs_in_fp32_where_onednn_has_no_bf16_path(monkeypatc
         assert got.dtype == torch.bfloat16 and seen.pop() == (torch.float32, torch.float32)
         want = quant.matmul_ref(x, fmt, q, s).float()  # fp32 weights; ours were dequantised to bf16
         assert (got.float() - want).abs().max() / want.abs().max() < 1e-2
+
+
+def test_the_one_row_order_is_measured_only_where_it_can_tell(monkeypatch):
+    """`choose_in_order` times our kernel's two orders on a weight that streams from memory; on one that the
+    cache holds, or without the AVX512-BF16 kernels, the blocks stay. Either order gives the reference's result."""
+    small = torch.randn(256, 64).bfloat16()
+    assert not ops_linear.choose_in_order(small) and not ops_linear._in_order
+    x = torch.randn(1, 64).bfloat16()
+    monkeypatch.setattr(ops_linear, "_in_order", True)
+    key = (small.data_ptr(), small.dtype, tuple(small.shape), 1)
+    monkeypatch.setitem(ops_linear._FEW_ROWS_KERNEL, key, "native")
+    if ops_linear._native_applies(x, small):
+        got = ops_linear.linear(x, small).float()
+        assert (got - ops_linear.linear_ref(x, small).float()).abs().max() <= 0.05
+    monkeypatch.setattr(ops_linear, "_cache_flush_bytes", lambda: 0)  # as if this weight streamed from memory
+    chose = ops_linear.choose_in_order(small)
+    assert chose == ops_linear._in_order and (not chose or native.isa() == "avx512_bf16")

@@ -15,7 +15,7 @@ def _close(y: torch.Tensor, ref: torch.Tensor, tol: float = 8e-3) -> None:
     assert err < tol, f"max error {err:.2e} relative to max |ref|"
 
 
-@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 8, 9, 16])
 @pytest.mark.parametrize("N,K", [(7, 96), (64, 1024), (33, 130), (5, 17)])
 def test_bf16_and_int8(isa, M, N, K):
     g = torch.Generator().manual_seed(M * 1000 + N + K)

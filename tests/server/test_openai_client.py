@@ -203,7 +203,12 @@ def test_allowed_token_ids_bad_words_and_truncate_prompt_tokens(client, server):
 
     r = httpx.post(server["url"] + "/v1/completions", headers={"Authorization": "Bearer test-key"}, timeout=60,
                    json={"model": "tiny", "prompt": "Hello", "allowed_token_ids": [tok.im_end_id], "min_tokens": 2})
-    assert r.status_code == 400 and "allowed_token_ids holds only stop tokens" in r.text, r.text  # none to sample
+    assert r.status_code == 400 and "allowed_token_ids leaves no token to sample" in r.text, r.text
+    word = tok.decode([allowed[0]])  # a one-token bad word, the only id allowed
+    r = httpx.post(server["url"] + "/v1/completions", headers={"Authorization": "Bearer test-key"}, timeout=60,
+                   json={"model": "tiny", "prompt": "Hello", "allowed_token_ids": [allowed[0], tok.im_end_id],
+                         "bad_words": [word], "min_tokens": 1})
+    assert r.status_code == 400 and "allowed_token_ids leaves no token to sample" in r.text, r.text
     long = "word " * 1500  # more than the 1,024-token context
     r = client.completions.create(model="tiny", prompt=long, max_tokens=2, echo=True,
                                   extra_body={"truncate_prompt_tokens": 5})

@@ -1,7 +1,8 @@
 // Decode-shaped matmuls (see gemm.h), three ways:
-// - AVX512 (BF16 + VNNI): bf16 weights in blocks of 4-8 rows x up to 4 input rows held in zmm accumulators,
-//   straight into vdpbf16ps; int8 and int4 weights against the inputs rounded to int8 per 32 values, with
-//   vpdpbusd (block_vnni); int8 rows whose K is not a multiple of 64 are widened to bf16 instead.
+// - AVX512 (BF16 + VNNI): bf16 weights in blocks of 4-8 rows x up to 4 input rows (3 rows x up to 8 for five
+//   or more inputs) held in zmm accumulators, straight into vdpbf16ps, or for one input row and in_order the
+//   rows one after another (bf16_in_order_avx512); int8 and int4 weights against the inputs rounded to int8 per
+//   32 values, with vpdpbusd (block_vnni); int8 rows whose K is not a multiple of 64 are widened to bf16 instead.
 // - AVX2: bf16 weights in blocks of 8 rows (one input row) or 4 rows x 2 input rows, widened to fp32 in
 //   registers straight into FMAs with the fp32 inputs (bf16_block_avx2); int8 and int4 against the inputs
 //   rounded to int8 as for VNNI, with vpmaddubsw + vpmaddwd (int8_block_avx2,
@@ -58,7 +59,7 @@ QWEN35_AVX512 void block_bf16_int8(const uint8_t* const* wr, const uint16_t* con
   for (int64_t k = 0; k < K; k += 32) {
     const int64_t left = K - k;  // >= 32 except in the last step of a K that is not a multiple of 32
     __m512bh xv[MB];
-    if (next != nullptr)
+    if (next != nullptr)  // bf16 rows only (2 bytes an input); the int8 callers pass none
 #pragma GCC unroll 16
       for (int i = 0; i < NB; ++i) _mm_prefetch(next + i * row_bytes + 2 * k, _MM_HINT_T0);
 #pragma GCC unroll 16
@@ -267,8 +268,9 @@ QWEN35_AVX512 void rows_block_avx512(const Weight& w, int64_t n, const Rows& x, 
   const uint8_t* wr[NB];
   if (w.fmt == Fmt::kBf16) {
     for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
-    sweep<Fmt::kBf16, NB>(wr, x, w.K, nullptr, n, o, (const char*)w.row(n + NB), w.row_bytes);  // (a prefetch
-    // past the end of the weight does not fault)
+    // the next block's rows to prefetch: past the last block they lie beyond the weight, which a prefetch
+    // may name (it never faults)
+    sweep<Fmt::kBf16, NB>(wr, x, w.K, nullptr, n, o, (const char*)w.row(n + NB), w.row_bytes);
   } else if (w.fmt != Fmt::kBf16 && x.xq) {
     quant_vnni<NB>(w, n, x, o);
   } else if (w.fmt == Fmt::kInt8 && x.M <= kInt8DirectRows) {

@@ -241,10 +241,13 @@ class LLMEngine:
             params = params.clone()
             params.update_from_tokenizer(self.tokenizer)
         params.check_vocab(self.model_cfg.text.vocab_size)
-        if (params.allowed_token_ids is not None and params.min_tokens
-                and set(params.allowed_token_ids) <= set(min_tokens_stop_ids(params, self.eos_ids))):
-            raise ValueError("allowed_token_ids holds only stop tokens (EOS, stop_token_ids), which min_tokens "
-                             f"forbids for the first {params.min_tokens} tokens: no token could be sampled")
+        if params.allowed_token_ids is not None:  # the sampler would fall back to token 0
+            banned = {ids[0] for ids in params.bad_words_token_ids or () if len(ids) == 1}
+            if params.min_tokens:
+                banned.update(min_tokens_stop_ids(params, self.eos_ids))
+            if set(params.allowed_token_ids) <= banned:
+                raise ValueError("allowed_token_ids leaves no token to sample: each id is a one-token bad word or a "
+                                 f"stop token (EOS, stop_token_ids), which min_tokens ({params.min_tokens}) forbids")
         if request_id in self.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         if isinstance(prompt, str):

@@ -61,6 +61,8 @@ class GuidedDecoding:
                              f"{', '.join(given) or 'none'}")
         self._compiled = _compile(self.kind, getattr(self, self.kind))
         error = validate_grammar(self._compiled)
+        if error and self.kind == "regex":  # name the regex the request wrote, not its ASCII rewrite
+            error = validate_grammar(llguidance.LLMatcher.grammar_from_regex(self.regex)) or error
         if error:
             raise ValueError(f"{self.label}: {error}")
 

@@ -15,7 +15,7 @@ from ..config import ConfigError, TextConfig, VisionConfig
 from ..multimodal.inputs import MediaItem
 from ..ops import fused
 from ..ops.batch import ForwardBatch
-from ..ops.linear import linear, prefer_packed
+from ..ops.linear import choose_in_order, linear, prefer_packed
 from ..parallel.sharding import Shard
 from .cache import ModelCache
 from .cache_spec import CacheSpec, cache_specs
@@ -96,8 +96,11 @@ class Qwen35ForCausalLM(nn.Module):
     def prepack(self) -> dict[tuple, str]:
         """CPU: choose each projection's layout, per weight shape, by timing on this machine
         (`ops.linear.prefer_packed`): oneDNN's packed layout, or the plain weight for our decode kernel.
-        lm_head keeps its plain weight (it may be tied to the embedding; `ops.linear` measures its kernel).
+        lm_head keeps its plain weight (it may be tied to the embedding; `ops.linear` measures its kernel), and
+        first sets our kernel's one-row order (`ops.linear.choose_in_order`).
         Returns {(out, in): "packed" | "plain"}, what the measurement chose."""
+        if self.lm_head.weight is not None:
+            choose_in_order(self.lm_head.weight)
         by_shape: dict[tuple, list[Linear]] = {}
         for module in self._stacks():
             if isinstance(module, Linear) and module.weight is not None:

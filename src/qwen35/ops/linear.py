@@ -5,9 +5,10 @@ No kernel wins on every CPU (docs/KERNELS.md), so the choices are measured on th
   than `F.linear` for decode-sized inputs, no slower for prefill) or the plain weight read by our C++ kernel
   (`ops/native.py`) for a few rows. The loader times both, for one and eight rows, over the model's weights
   of that shape.
+- Our kernel's one-row order (`choose_in_order`, once per load on the lm_head): its blocks of weight rows, or
+  on an AVX512-BF16 CPU the rows one after another where that is `IN_ORDER_MARGIN` faster.
 - For a plain CPU weight and 1 to `FEW_ROWS` rows (decode, the k + 1 rows of a speculative verification),
-  `_few_rows_kernel` times our kernel (for one row on an AVX512-BF16 CPU also its in-order variant, which reads
-  the weight rows one after another), `torch.mv` (one row), `F.linear` and `W @ x^T` once per weight and row
+  `_few_rows_kernel` times our kernel, `torch.mv` (one row), `F.linear` and `W @ x^T` once per weight and row
   count, and keeps the default (mv / F.linear) unless another is `SWITCH_MARGIN` faster (ours, on the AMD
   hosts where mv reads the lm_head at a third of the bandwidth).
 Everything else, including CUDA, is `F.linear`, which is also the reference; on a CPU without a bf16 GEMM
@@ -17,6 +18,7 @@ Everything else, including CUDA, is `F.linear`, which is also the reference; on 
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 from pathlib import Path
 
@@ -54,9 +56,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor | None, packed: torch.Tensor | 
         return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
     if x.dim() == 2 and x.shape[0] <= FEW_ROWS and weight.device.type == "cpu":
         kernel = _few_rows_kernel(x, weight)
-        if kernel in ("native", "native_in_order"):
-            return native.ops().gemm_bf16(x if x.stride(-1) == 1 else x.contiguous(), weight,
-                                          kernel == "native_in_order")
+        if kernel == "native":
+            return native.ops().gemm_bf16(x if x.stride(-1) == 1 else x.contiguous(), weight, _in_order)
         if kernel == "mv":
             return torch.mv(weight, x[0]).unsqueeze(0)
         if kernel == "w_xt":
@@ -90,9 +91,7 @@ def _few_rows_kernel(x: torch.Tensor, weight: torch.Tensor) -> str:
     if choice is None:
         candidates = {}
         if _native_applies(x, weight):
-            candidates["native"] = lambda: native.ops().gemm_bf16(x.contiguous(), weight)
-            if rows == 1 and in_order_applies():
-                candidates["native_in_order"] = lambda: native.ops().gemm_bf16(x.contiguous(), weight, True)
+            candidates["native"] = lambda: native.ops().gemm_bf16(x.contiguous(), weight, _in_order)
         if rows == 1:
             candidates["mv"] = lambda: torch.mv(weight, x[0])
         candidates.update({"linear": lambda: F.linear(x, weight), "w_xt": lambda: torch.mm(weight, x.t())})
@@ -105,9 +104,35 @@ def _few_rows_kernel(x: torch.Tensor, weight: torch.Tensor) -> str:
     return choice
 
 
-def in_order_applies() -> bool:
-    """Whether `gemm_bf16`'s in_order variant differs from its blocks here (AVX512-BF16 kernels)."""
-    return native.isa() == "avx512_bf16"
+_in_order = False  # one input row through gemm_bf16's in-order variant (choose_in_order)
+IN_ORDER_MARGIN = 1.1  # in order replaces the blocks only when this much faster: a stable choice
+
+
+def choose_in_order(weight: torch.Tensor) -> bool:
+    """Our bf16 kernel's order for one input row, measured on `weight` (the lm_head: the largest bf16 weight a
+    token reads, and one that streams from memory) and kept for the process: the rows one after another
+    (`gemm_bf16(x, w, in_order=True)`) where that is `IN_ORDER_MARGIN` faster than the blocks, medians of five
+    alternating calls; otherwise, on another ISA, or on a weight under twice the last-level cache (it would time
+    the cache), the blocks. On an AMD Zen 4 the lm_head of dense-0.8b read at 27 against 21 GB/s in order, and
+    other weights with rows of 2 KB 18-47% faster, longer rows about as fast (docs/KERNELS.md); Intel hosts
+    read at the bandwidth in blocks. The orders sum in different orders: a choice that flipped between runs
+    could flip greedy outputs, hence the margin."""
+    global _in_order
+    _in_order = False
+    lib = native.ops()
+    if (lib is None or native.isa() != "avx512_bf16" or weight.dtype != torch.bfloat16 or weight.device.type != "cpu"
+            or not weight.is_contiguous() or weight.numel() * 2 < _cache_flush_bytes()):
+        return False
+    x = torch.randn(1, weight.shape[1]).to(weight.dtype)
+    lib.gemm_bf16(x, weight, True)  # warm-up
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(5):
+        for order in (False, True):
+            t0 = time.perf_counter()
+            lib.gemm_bf16(x, weight, order)
+            times[order].append(time.perf_counter() - t0)
+    _in_order = statistics.median(times[True]) * IN_ORDER_MARGIN <= statistics.median(times[False])
+    return _in_order
 
 
 def _native_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -115,6 +140,7 @@ def _native_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and native.ops() is not None)
 
 
+PLAIN_BATCH_LOSS = 1.3  # the most 8 rows may be slower in the plain layout
 MEASURE_MIN_BYTES = 16 << 20  # weight groups smaller than this are packed without measuring (tiny models)
 
 
@@ -122,14 +148,14 @@ def prefer_packed(weights: list[torch.Tensor], evict: list[torch.Tensor] = (),
                   sample_bytes: int = 32 << 20) -> bool:
     """Whether weights of one shape should take oneDNN's packed layout (True) or stay plain for our kernel.
 
-    Times both over up to `sample_bytes` of the weights for one row (single-sequence decode; our blocks and,
-    where it applies, our in-order variant) and 8 rows (a batch), reading `evict` (other weights already in
-    memory, up to twice the last-level cache) before each repetition so that the sample streams from memory
-    as in a decode step; nothing large is allocated besides the sample's packed copies. Plain when ours is at
-    least 5% faster for one row and that gain is at least the 8-row loss, as ratios (one row 1.35x faster
-    and 8 rows 0.8x as fast: plain); prefill is no slower either way (F.linear for more than `FEW_ROWS` rows).
-    Packed wherever oneDNN can pack and our kernel cannot run; plain wherever oneDNN cannot pack
-    (`packing_applies`)."""
+    Times both over up to `sample_bytes` of the weights for one row (single-sequence decode, in the order
+    `choose_in_order` chose) and 8 rows (a batch), reading `evict` (other weights already in memory, up to
+    twice the last-level cache) before each repetition so that the sample streams from memory as in a decode
+    step; nothing large is allocated besides the sample's packed copies. Plain when ours is at least 5% faster
+    for one row, that gain is at least the 8-row loss as ratios (one row 1.35x faster and 8 rows 0.8x as fast:
+    plain), and 8 rows are at most `PLAIN_BATCH_LOSS` slower; prefill is no slower either way (F.linear for
+    more than `FEW_ROWS` rows). Packed wherever oneDNN can pack and our kernel cannot run; plain wherever
+    oneDNN cannot pack (`packing_applies`)."""
     w0 = weights[0]
     nbytes = w0.numel() * w0.element_size()
     if not packing_applies(w0):
@@ -151,15 +177,14 @@ def prefer_packed(weights: list[torch.Tensor], evict: list[torch.Tensor] = (),
 
     gemm, onednn = native.ops().gemm_bf16, torch.ops.mkldnn._linear_pointwise
     x1, x8 = (torch.randn(rows, w0.shape[1]).to(w0.dtype) for rows in (1, 8))
-    ours1 = cold(lambda: [gemm(x1, w) for w in sample])
-    if in_order_applies():
-        ours1 = min(ours1, cold(lambda: [gemm(x1, w, True) for w in sample]))
+    ours1 = cold(lambda: [gemm(x1, w, _in_order) for w in sample])
     packed1 = cold(lambda: [onednn(x1, p, None, "none", [], "") for p in packed])
     if not ours1 * 1.05 < packed1:
         return True
     plain8 = min(cold(lambda: [gemm(x8, w) for w in sample]), cold(lambda: [F.linear(x8, w) for w in sample]))
     packed8 = cold(lambda: [onednn(x8, p, None, "none", [], "") for p in packed])
-    return packed1 / ours1 < plain8 / packed8  # the one-row gain smaller than the 8-row loss
+    # packed: the one-row gain smaller than the 8-row loss, or that loss over the cap
+    return packed1 / ours1 < plain8 / packed8 or plain8 > packed8 * PLAIN_BATCH_LOSS
 
 
 def _cache_flush_bytes() -> int:
