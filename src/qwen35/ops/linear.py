@@ -113,10 +113,10 @@ def choose_in_order(weight: torch.Tensor) -> bool:
     token reads, and one that streams from memory) and kept for the process: the rows one after another
     (`gemm_bf16(x, w, in_order=True)`) where that is `IN_ORDER_MARGIN` faster than the blocks, medians of five
     alternating calls; otherwise, on another ISA, or on a weight under twice the last-level cache (it would time
-    the cache), the blocks. On an AMD Zen 4 the lm_head of dense-0.8b read at 27 against 21 GB/s in order, and
-    other weights with rows of 2 KB 18-47% faster, longer rows about as fast (docs/KERNELS.md); Intel hosts
-    read at the bandwidth in blocks. The orders sum in different orders: a choice that flipped between runs
-    could flip greedy outputs, hence the margin."""
+    the cache), the blocks. On an AMD Zen 4 the lm_head of dense-0.8b read at 25-32 against 20-22 GB/s in order
+    in some runs and about as fast in others, the host's memory speed moving between runs (docs/KERNELS.md);
+    Intel hosts read at the bandwidth in blocks. The orders sum in different orders: a choice that flipped
+    between runs could flip greedy outputs, hence the margin."""
     global _in_order
     _in_order = False
     lib = native.ops()
