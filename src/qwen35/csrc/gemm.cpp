@@ -125,20 +125,23 @@ QWEN35_AVX512 void run_block(const uint8_t* const* wr, const Rows& x, int64_t m,
     for (int j = 0; j < MB; ++j) store(o, m + j, n + i, scale ? r[i][j] * scale[i] : r[i][j]);
 }
 
-// All input rows against weight rows n..n+NB-1 held at wr (bf16 or int8), 4 input rows at a time; the first
-// four prefetch the next block's rows where `next` is given (see block_bf16_int8).
-template <Fmt F, int NB>
+// run_block for the `rows` (1..MB) input rows from m: the block of that many inputs.
+template <Fmt F, int NB, int MB>
+QWEN35_AVX512 void run_rows(int64_t rows, const uint8_t* const* wr, const Rows& x, int64_t m, int64_t K,
+                            const float* scale, int64_t n, const Out& o, const char* next, int64_t row_bytes) {
+  if constexpr (MB > 1)
+    if (rows < MB) return run_rows<F, NB, MB - 1>(rows, wr, x, m, K, scale, n, o, next, row_bytes);
+  run_block<F, NB, MB>(wr, x, m, K, scale, n, o, next, row_bytes);
+}
+
+// All input rows against weight rows n..n+NB-1 held at wr (bf16 or int8), CHUNK input rows at a time; the
+// first chunk prefetches the next block's rows where `next` is given (see block_bf16_int8).
+template <Fmt F, int NB, int CHUNK = 4>
 QWEN35_AVX512 void sweep(const uint8_t* const* wr, const Rows& x, int64_t K, const float* scale, int64_t n,
                          const Out& o, const char* next = nullptr, int64_t row_bytes = 0) {
-  for (int64_t m = 0; m < x.M; m += 4) {
-    const char* ahead = m == 0 ? next : nullptr;
-    switch (std::min<int64_t>(4, x.M - m)) {
-      case 1: run_block<F, NB, 1>(wr, x, m, K, scale, n, o, ahead, row_bytes); break;
-      case 2: run_block<F, NB, 2>(wr, x, m, K, scale, n, o, ahead, row_bytes); break;
-      case 3: run_block<F, NB, 3>(wr, x, m, K, scale, n, o, ahead, row_bytes); break;
-      default: run_block<F, NB, 4>(wr, x, m, K, scale, n, o, ahead, row_bytes); break;
-    }
-  }
+  for (int64_t m = 0; m < x.M; m += CHUNK)
+    run_rows<F, NB, CHUNK>(std::min<int64_t>(CHUNK, x.M - m), wr, x, m, K, scale, n, o, m == 0 ? next : nullptr,
+                           row_bytes);
 }
 
 // int8 and int4 rows with AVX512-VNNI: the inputs are quantised to int8 per block of 32 (scale = max|x| / 127,
@@ -247,20 +250,7 @@ template <int NB>
 QWEN35_AVX512 void bf16_wide_avx512(const Weight& w, int64_t n, const Rows& x, const Out& o) {
   const uint8_t* wr[NB];
   for (int i = 0; i < NB; ++i) wr[i] = w.row(n + i);
-  const char* next = (const char*)w.row(n + NB);
-  for (int64_t m = 0; m < x.M; m += 8) {
-    const char* ahead = m == 0 ? next : nullptr;
-    switch (std::min<int64_t>(8, x.M - m)) {
-      case 1: run_block<Fmt::kBf16, NB, 1>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
-      case 2: run_block<Fmt::kBf16, NB, 2>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
-      case 3: run_block<Fmt::kBf16, NB, 3>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
-      case 4: run_block<Fmt::kBf16, NB, 4>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
-      case 5: run_block<Fmt::kBf16, NB, 5>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
-      case 6: run_block<Fmt::kBf16, NB, 6>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
-      case 7: run_block<Fmt::kBf16, NB, 7>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
-      default: run_block<Fmt::kBf16, NB, 8>(wr, x, m, w.K, nullptr, n, o, ahead, w.row_bytes); break;
-    }
-  }
+  sweep<Fmt::kBf16, NB, 8>(wr, x, w.K, nullptr, n, o, (const char*)w.row(n + NB), w.row_bytes);
 }
 
 template <int NB>
