@@ -60,7 +60,7 @@ from .outputs import CompletionOutput, ConstraintFailed, RequestOutput
 from .request import Request
 from .runner import ModelRunner
 from .sampler import PenaltyState, Sampler, SamplerOutput, min_tokens_stop_ids
-from .sampling_params import SamplingParams
+from .sampling_params import SamplingParams, truncate_prompt
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .spec_config import DRAFT_VOCAB_FILE
 from .speculative import DraftPolicy, SpecStats
@@ -286,16 +286,10 @@ class LLMEngine:
 
     def _truncated(self, text: str | None, ids: list[int], keep: int, media: bool) -> tuple[str | None, list[int]]:
         """The prompt's last `keep` tokens (vLLM's truncate_prompt_tokens; -1: as many as leave one token of the
-        context for the answer); the text only where nothing was cut."""
-        keep = self.max_model_len - 1 if keep == -1 else keep
-        if keep > self.max_model_len:  # as vLLM; a cut prompt that fills the context is refused as any such prompt
-            raise ValueError(f"truncate_prompt_tokens {keep} is more than the context of {self.max_model_len} "
-                             "tokens (max_model_len)")
-        if len(ids) <= keep:
-            return text, ids
-        if media:
-            raise ValueError("truncate_prompt_tokens would cut a prompt that has images or video")
-        return None, ids[-keep:]
+        context for the answer); the text only where nothing was cut. A cut prompt that still fills the context is
+        refused later, as any such prompt."""
+        cut = truncate_prompt(ids, keep, self.max_model_len, media)
+        return (text if len(cut) == len(ids) else None), cut
 
     def vision_note(self) -> str:
         """One line for the start-up banner: whether and how images and video are taken."""

@@ -191,6 +191,21 @@ class SamplingParams:
                 raise ValueError(f"{name} has token id {bad[0]}, outside the model's vocabulary [0, {vocab_size})")
 
 
+def truncate_prompt(ids: list[int], keep: int, limit: int, media: bool = False) -> list[int]:
+    """vLLM's truncate_prompt_tokens: the last `keep` of `ids` (-1: `limit - 1`, which leaves one token of a
+    `limit`-token context for the answer). ValueError for a `keep` past the context, as vLLM, and for any cut of
+    a prompt with images or video (`media`). The engine (`LLMEngine._truncated`) and the server
+    (`server/limits.truncated`) both cut prompts with it."""
+    keep = limit - 1 if keep == -1 else keep
+    if keep > limit:
+        raise ValueError(f"truncate_prompt_tokens {keep} is more than the context of {limit} tokens (max_model_len)")
+    if len(ids) <= keep:
+        return ids
+    if media:
+        raise ValueError("truncate_prompt_tokens would cut a prompt that has images or video")
+    return ids[-keep:]
+
+
 def _from_vllm(name: str, value: Any) -> dict[str, Any]:
     """`guided`'s fields from vLLM's StructuredOutputsParams / GuidedDecodingParams (an object or a dict)."""
     fields = value if isinstance(value, dict) else {k: getattr(value, k) for k in VLLM_GUIDED if hasattr(value, k)}

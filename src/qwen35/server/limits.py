@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..engine.sampling_params import truncate_prompt
 from ..tokenizer import control_tokens
 
 MAX_MESSAGES = 10_000  # an agent loop of thousands of tool turns still fits
@@ -100,19 +101,15 @@ def encode_bounded(tokenizer, text: str, limit: int, param: str = "prompt", mark
 
 def truncated(ids: list[int], keep: int | None, limit: int, media: bool = False) -> list[int]:
     """The last `keep` of `ids` (vLLM's truncate_prompt_tokens; -1: `limit - 1`, which leaves one token for the
-    answer; None: all of them). RequestError for a `keep` past the context, as vLLM, for any cut of a prompt
-    with images or video (`media`; the engine refuses it alike), and for a cut prompt that still fills the
+    answer; None: all of them). RequestError for what the engine's cut refuses (`truncate_prompt`: a `keep` past
+    the context, any cut of a prompt with images or video, `media`) and for a cut prompt that still fills the
     context."""
     if keep is None:
         return ids
-    keep = limit - 1 if keep == -1 else keep
-    if keep > limit:
-        raise RequestError(f"truncate_prompt_tokens {keep} is more than this model's context of {limit} tokens "
-                           "(max_model_len)", "truncate_prompt_tokens")
-    if media and len(ids) > keep:
-        raise RequestError("truncate_prompt_tokens would cut a prompt that has images or video",
-                           "truncate_prompt_tokens")
-    ids = ids[-keep:]
+    try:
+        ids = truncate_prompt(ids, keep, limit, media)
+    except ValueError as e:
+        raise RequestError(str(e), "truncate_prompt_tokens") from None
     if len(ids) >= limit:
         raise RequestError(too_long(str(len(ids)), limit), "truncate_prompt_tokens")
     return ids
