@@ -86,13 +86,11 @@ def tokenizer_dir(arg: str) -> Path:
     """The directory of a tokenizer given apart from the model (vLLM's `--tokenizer`): a path or an HF id (its
     newest cached snapshot), which must hold tokenizer.json (without it the built-in vocabulary would be used
     silently, not what was asked)."""
-    path = Path(arg).expanduser()
-    if not path.is_dir():
-        found = find_in_hf_cache(arg) if looks_like_hf_id(arg) else None
-        if found is None:
-            raise ModelNotFound(f"tokenizer {arg!r} is neither a directory nor in the Hugging Face cache "
-                                f"({hf_cache_dir()})")
-        path = found
+    try:
+        path = resolve_model(arg).path  # the model's --revision is not the tokenizer's
+    except ModelNotFound:
+        raise ModelNotFound(f"tokenizer {arg!r} is neither a directory nor in the Hugging Face cache "
+                            f"({hf_cache_dir()})") from None
     if not (path / "tokenizer.json").is_file():
         raise ModelNotFound(f"tokenizer {arg!r}: {path} has no tokenizer.json")
     return path
