@@ -31,7 +31,8 @@ from qwen35.ops import native  # noqa: E402
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
 from qwen35.train.examples import Unit, plan_batches  # noqa: E402
 from qwen35.train.induction import copy_batch  # noqa: E402
-from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model, deterministic, make_corpus  # noqa: E402
+from qwen35.train.init import build_model  # noqa: E402
+from qwen35.train.loop import BLOCK, _optimizer, batch_loss, deterministic, make_corpus  # noqa: E402
 from qwen35.train.recipe import recipe  # noqa: E402
 from qwen35.train.vocab import merged_ids  # noqa: E402
 
@@ -55,7 +56,7 @@ def main() -> None:
         "drill": [[Unit.whole(e) for e in copy_batch(r.seed, i, r.copy_batch_tokens, r.copy_length, ids.start,
                                                       len(ids))] for i in range(args.steps)],
         "chat": [[units[j] for j in chat_batches[i]] for i in range(args.steps)]}
-    model = build_model(r.text_config(tok.vocab_size), r.seed, r.gdn_gate)
+    model = build_model(r.text_config(tok.vocab_size), r.seed, r.gdn_gate, r.copy_conv)
     start = copy.deepcopy(model.state_dict())
     builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
 

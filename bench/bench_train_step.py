@@ -28,7 +28,8 @@ from machine import cpu_model, memory_bandwidth  # noqa: E402
 
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
 from qwen35.train.examples import IGNORE, plan_batches  # noqa: E402
-from qwen35.train.loop import BLOCK, _optimizer, batch_loss, build_model, deterministic, make_corpus  # noqa: E402
+from qwen35.train.init import build_model  # noqa: E402
+from qwen35.train.loop import BLOCK, _optimizer, batch_loss, deterministic, make_corpus  # noqa: E402
 from qwen35.train.recipe import recipe  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main() -> None:
                     ("siblings", base)):
         tok, units = make_corpus(r, log=lambda *a: None)
         ways[name] = (units, plan_batches([len(u) for u in units], r.batch_tokens, r.seed), r.batch_tokens)
-    model = build_model(base.text_config(tok.vocab_size), base.seed, base.gdn_gate)
+    model = build_model(base.text_config(tok.vocab_size), base.seed, base.gdn_gate, base.copy_conv)
     opt = _optimizer(model, base)
     builders = (BatchBuilder(BLOCK), BatchBuilder(BLOCK))
 

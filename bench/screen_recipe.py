@@ -40,7 +40,8 @@ from machine import cpu_model  # noqa: E402
 
 from qwen35.ops.batch import BatchBuilder  # noqa: E402
 from qwen35.train.examples import IGNORE, Example, encode, learnt_spans  # noqa: E402
-from qwen35.train.loop import BLOCK, STATE_FILE, build_model, make_corpus, train  # noqa: E402
+from qwen35.train.init import build_model  # noqa: E402
+from qwen35.train.loop import BLOCK, STATE_FILE, make_corpus, train  # noqa: E402
 from qwen35.train.recipe import Recipe, recipe  # noqa: E402
 from qwen35.train.synth import heldout  # noqa: E402
 
@@ -93,7 +94,7 @@ def heldout_forward(model, tok, sample) -> tuple[Example, torch.Tensor]:
 def score(r: Recipe, state_file: Path, samples: int) -> dict[str, float]:
     """Mean loss per learnt held-out token, by "kind/copy" and "kind/other"."""
     tok, _ = make_corpus(r, log=lambda *_: None)  # the run's vocabulary (learnt from its corpus, deterministic)
-    model = build_model(r.text_config(tok.vocab_size), r.seed, r.gdn_gate)
+    model = build_model(r.text_config(tok.vocab_size), r.seed, r.gdn_gate, r.copy_conv)
     model.load_state_dict(torch.load(state_file, weights_only=False)["model"])
     model.eval()
     losses: dict[str, list[float]] = {}

@@ -10,7 +10,8 @@ import torch
 
 from qwen35.ops.batch import BatchBuilder
 from qwen35.train.examples import Unit, header_len, labelled, share_heads
-from qwen35.train.loop import BLOCK, batch_loss, build_model, deterministic, make_corpus, train
+from qwen35.train.init import build_model
+from qwen35.train.loop import BLOCK, batch_loss, deterministic, make_corpus, train
 from qwen35.train.recipe import recipe
 
 SMOKE = recipe("smoke")

@@ -36,10 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TextConfig
-from ..loading.writer import init_kind, random_tensor
+from ..config import ConfigError
 from ..model.cache import ModelCache
-from ..model.gated_deltanet import GatedDeltaNet
 from ..model.qwen35 import Qwen35ForCausalLM
 from ..model.shared_prefix import SharedPrefix
 from ..ops.batch import BatchBuilder, ForwardBatch
@@ -49,6 +47,7 @@ from .adamw import AdamW
 from .examples import IGNORE, Example, Unit, encode_all, header_len, learnt_spans, plan_batches, share_heads
 from .export import read_trained, write_trained
 from .induction import copy_batch
+from .init import build_model
 from .recipe import Recipe
 from .synth import generate
 from .vocab import merged_ids, train_vocab
@@ -61,39 +60,6 @@ BLOCK = 64  # K/V cache block size of the training forward (the cache is written
 # DRILL_FORMED: 0.045 where the demo was trained, 1.29 in a rerun on an AVX2-only CPU whose model copied worse
 # and missed the tool-loop target (docs/LOG.md, 2026-12-07).
 DRILL_WINDOW, DRILL_FORMED = 50, 0.1
-
-
-def build_model(config: TextConfig, seed: int, gdn_gate: float | None = None) -> Qwen35ForCausalLM:
-    """An fp32 model of this shape (a recipe's `text_config`), initialised as `qwen35 init` draws weights,
-    trainable; with `gdn_gate`, Gated DeltaNet's output gate then starts open at that level (`open_gate`)."""
-    model = Qwen35ForCausalLM(config, mtp=True)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(random_tensor(tuple(p.shape), init_kind(name, tuple(p.shape)), gen))
-        if gdn_gate is not None:
-            open_gate(model, gdn_gate, gen)
-    return model.train()
-
-
-def open_gate(model: Qwen35ForCausalLM, level: float, gen: torch.Generator) -> None:
-    """Start every Gated DeltaNet's output gate open, z ~ `level` for every token (docs/LOG.md, 2026-12-04 late).
-
-    The gate's projection has no bias, so drawn like the others (std 0.02) at a width of 160 it gives z with a
-    std of 0.25: silu(z) ~ z / 2 multiplies what the layer read out by noise around 0, and nothing reaches the
-    residual stream until the gate is learnt (the real model's width of 4096 makes z 16x larger, so its gate
-    starts half open). Here every embedding row gets one shared direction u as long as its own random part, a
-    shift of all logits alike under tied embeddings that the softmax ignores, and each gate projection reads
-    u into every channel."""
-    emb = model.model.embed_tokens.weight
-    u = torch.randn(emb.shape[1], generator=gen)
-    u /= u.norm()
-    size = emb.norm(dim=1).mean()
-    emb += size * u
-    along = size / emb.pow(2).mean(1).sqrt().mean()  # u's coordinate after the layers' RMSNorm
-    for m in model.modules():
-        if isinstance(m, GatedDeltaNet):
-            m.in_proj_z.weight += (level / along) * u
 
 
 def make_corpus(recipe: Recipe, log=print) -> tuple[Tokenizer, list[Unit]]:
@@ -297,7 +263,7 @@ def _first_stage(recipe: Recipe, out: Path, log, progress, stop_after: int | Non
     torch.manual_seed(recipe.seed)
     tok, units = make_corpus(recipe, log)
     batches = plan_batches([len(u) for u in units], recipe.batch_tokens, recipe.seed)
-    model = build_model(recipe.text_config(tok.vocab_size), recipe.seed, recipe.gdn_gate)
+    model = build_model(recipe.text_config(tok.vocab_size), recipe.seed, recipe.gdn_gate, recipe.copy_conv)
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {recipe.steps} steps of "
         f"<= {recipe.batch_tokens} tokens; {len(batches)} batches per epoch")
     drill_ids = merged_ids(tok)  # what induction drills draw from

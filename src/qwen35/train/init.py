@@ -1,0 +1,71 @@
+"""How a recipe draws the model it trains: the weights as `qwen35 init` draws them, then two optional changes
+to Gated DeltaNet that let a model this small learn from the first steps (docs/DEMO.md, Training)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import TextConfig
+from ..loading.writer import init_kind, random_tensor
+from ..model.gated_deltanet import GatedDeltaNet
+from ..model.qwen35 import Qwen35ForCausalLM
+
+
+def build_model(config: TextConfig, seed: int, gdn_gate: float | None = None,
+                copy_conv: bool = False) -> Qwen35ForCausalLM:
+    """An fp32 model of this shape (a recipe's `text_config`), initialised as `qwen35 init` draws weights,
+    trainable; with `gdn_gate`, Gated DeltaNet's output gate then starts open at that level (`open_gate`); with
+    `copy_conv`, its conv starts as a copy path (`copy_conv`)."""
+    model = Qwen35ForCausalLM(config, mtp=True)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(random_tensor(tuple(p.shape), init_kind(name, tuple(p.shape)), gen))
+        if gdn_gate is not None:
+            open_gate(model, gdn_gate, gen)
+        if copy_conv:
+            copy_conv_init(model)
+    return model.train()
+
+
+def open_gate(model: Qwen35ForCausalLM, level: float, gen: torch.Generator) -> None:
+    """Start every Gated DeltaNet's output gate open, z ~ `level` for every token (docs/LOG.md, 2026-12-04 late).
+
+    The gate's projection has no bias, so drawn like the others (std 0.02) at a width of 160 it gives z with a
+    std of 0.25: silu(z) ~ z / 2 multiplies what the layer read out by noise around 0, and nothing reaches the
+    residual stream until the gate is learnt (the real model's width of 4096 makes z 16x larger, so its gate
+    starts half open). Here every embedding row gets one shared direction u as long as its own random part, a
+    shift of all logits alike under tied embeddings that the softmax ignores, and each gate projection reads
+    u into every channel."""
+    emb = model.model.embed_tokens.weight
+    u = torch.randn(emb.shape[1], generator=gen)
+    u /= u.norm()
+    size = emb.norm(dim=1).mean()
+    emb += size * u
+    along = size / emb.pow(2).mean(1).sqrt().mean()  # u's coordinate after the layers' RMSNorm
+    for m in model.modules():
+        if isinstance(m, GatedDeltaNet):
+            m.in_proj_z.weight += (level / along) * u
+
+
+def copy_conv_init(model: Qwen35ForCausalLM) -> None:
+    """Start every Gated DeltaNet as an associative memory of "which token followed this one".
+
+    Its causal conv (kernel 4) starts as a pure shift: the key channels take the previous token's projection
+    (tap K-2 = 1), the query and value channels the current one's (tap K-1 = 1), the other taps 0; and the key
+    rows of `in_proj_qkv` start equal to the query rows. The delta rule then writes value x_t under key x_{t-1}
+    at every step, and the query at a later x_t (l2-normalised, so a repeat matches with cosine 1) reads back
+    what followed its earlier occurrence: the induction that copying a name or a path from the context needs,
+    there from step 0 instead of found by gradient descent after a plateau whose length rounding decides (the
+    drawn conv: loss at guessing for 450 steps on one CPU, 1,000 and more on two others; docs/LOG.md,
+    2026-12-08). Training moves all of it from there."""
+    for m in model.modules():
+        if isinstance(m, GatedDeltaNet):
+            kd = m.split[0]
+            w = m.conv1d.weight  # [channels: q | k | v, 1, K]
+            w.zero_()
+            w[:, 0, -1] = 1.0
+            w[kd:2 * kd, 0, -1] = 0.0
+            w[kd:2 * kd, 0, -2] = 1.0
+            qkv = m.in_proj_qkv.weight
+            qkv[kd:2 * kd] = qkv[:kd]
