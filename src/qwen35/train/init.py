@@ -57,8 +57,10 @@ def copy_conv_init(model: Qwen35ForCausalLM) -> None:
     at every step, and the query at a later x_t (l2-normalised, so a repeat matches with cosine 1) reads back
     what followed its earlier occurrence: the induction that copying a name or a path from the context needs,
     there from step 0 instead of found by gradient descent after a plateau whose length rounding decides (the
-    drawn conv: loss at guessing for 450 steps on one CPU, 1,000 and more on two others; docs/LOG.md,
-    2026-12-08). Training moves all of it from there."""
+    drawn conv: loss at guessing for 450 steps on one CPU, 1,000 and more on two others). Training moves all of
+    it from there. Not in the demo recipe: its drills' loss fell under 0.1 by step ~400 on every seed tried, but
+    the model kept leaning on a memory keyed by one token, which loses its place where tokens repeat (digits,
+    a path's "/tmp_"): it copied long strings worse and scored below the shipped demo (docs/LOG.md, 2026-12-08)."""
     for m in model.modules():
         if isinstance(m, GatedDeltaNet):
             kd = m.split[0]
