@@ -10,9 +10,9 @@ initialisation lets the model copy at all.
 
 Variants: `recipe` (the recipe's shape), `all-attention` (every layer gated attention), `rotary=F` (RoPE's
 `partial_rotary_factor`), `theta=T` (RoPE's base), `lr=X` (the peak learning rate), `gdn_gate=Z` or
-`gdn_gate=none` (Gated DeltaNet's output gate at initialisation, `train.init.open_gate`), `copy_conv=on|off`
-(Gated DeltaNet's conv started as a copy path, `train.init.copy_conv_init`). Prints the CPU model,
-the loss every 50 steps per variant, and as its last line one JSON object of the final losses. One seed a run
+`gdn_gate=none` (Gated DeltaNet's output gate at initialisation, `train.init.open_gate`), `copy_conv=0|1|2`
+(Gated DeltaNet's conv started as a copy path keyed by 1 or 2 tokens, `train.init.copy_conv_init`). Prints
+the CPU model, the loss every 50 steps per variant, and as its last line one JSON object of the final losses. One seed a run
 (`--seed`); the step at which copying starts moved by 100-200 steps between two seeds (docs/LOG.md 2026-12-04
 late), so compare variants that differ by more, or over seeds.
 """
@@ -60,10 +60,10 @@ def variant_setup(r: Recipe, variant: str, vocab: int) -> tuple[Recipe, TextConf
         return r.replace(lr=float(value)), cfg
     if key == "gdn_gate":
         return r.replace(gdn_gate=None if value == "none" else float(value)), cfg
-    if key == "copy_conv" and value in ("on", "off"):
-        return r.replace(copy_conv=value == "on"), cfg
+    if key == "copy_conv" and value in ("0", "1", "2"):
+        return r.replace(copy_conv=int(value)), cfg
     raise SystemExit(f"unknown variant {variant!r}: recipe, all-attention, rotary=F, theta=T, lr=X, gdn_gate=Z, "
-                     "gdn_gate=none or copy_conv=on|off")
+                     "gdn_gate=none or copy_conv=0|1|2")
 
 
 def probe(r: Recipe, cfg: TextConfig, steps: int, length: int, ids: int) -> list[float]:
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--length", type=int, default=30, help="random ids to copy")
     ap.add_argument("--ids", type=int, default=2000, help="how many distinct ids they are drawn from")
-    ap.add_argument("--variant", action="append", help="repeatable; default: recipe and copy_conv=off")
+    ap.add_argument("--variant", action="append", help="repeatable; default: recipe, copy_conv=1 and copy_conv=2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, help="the initialisation's and the data's seed (default: the recipe's)")
     args = ap.parse_args()
@@ -103,7 +103,7 @@ def main() -> None:
     print(f"{cpu_model()}; recipe {r.name}, seed {r.seed}, {args.steps} steps, copy {args.length} of {args.ids} "
           f"ids (guessing costs {math.log(args.ids):.2f} nats)")
     final = {}
-    for variant in args.variant or ["recipe", "copy_conv=off"]:
+    for variant in args.variant or ["recipe", "copy_conv=1", "copy_conv=2"]:
         vr, cfg = variant_setup(r, variant, vocab)
         t0 = time.perf_counter()
         losses = probe(vr, cfg, args.steps, args.length, args.ids)

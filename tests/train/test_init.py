@@ -3,12 +3,15 @@ path."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from qwen35.config import ConfigError
 from qwen35.ops.conv1d import causal_conv1d_train
 from qwen35.ops.gdn import l2norm
 from qwen35.train.init import build_model
+from qwen35.train.loop import train
 from qwen35.train.recipe import recipe
 
 
@@ -33,14 +36,15 @@ def test_open_gate_starts_gated_deltanet_passing_what_it_reads():
 
 
 
-def test_copy_conv_keys_each_token_by_the_one_before_it():
+def test_copy_conv_keys_each_token_by_the_tokens_before_it():
     """With `copy_conv`, every Gated DeltaNet's key at position t is its query at t-1 (l2-normalised: cosine 1 for
-    the same token), so the delta rule stores each token under the token before it, and a query at a repeat of
-    x reads what followed x's earlier occurrence; values are the current token's. Without it, keys and queries
-    are unrelated."""
+    the same tokens), so the delta rule stores each token under the token (or two) before it, and a query at a
+    repeat reads what followed the earlier occurrence; values are the current token's. Keyed by two tokens, a
+    repeat of one token after another predecessor no longer matches. Without it, keys and queries are
+    unrelated."""
     cfg = recipe("smoke").text_config(300)
-    ids = torch.tensor([5, 17, 99, 5, 17, 42, 8, 99, 123])
-    for copy_conv in (True, False):
+    ids = torch.tensor([5, 17, 99, 5, 17, 42, 8, 99, 123])  # 99 at 2 (after 17) and 7 (after 8)
+    for copy_conv in (1, 2, 0):
         model = build_model(cfg, seed=3, gdn_gate=2.0, copy_conv=copy_conv)
         for layer in model.model.layers:
             if not hasattr(layer, "linear_attn"):
@@ -55,7 +59,15 @@ def test_copy_conv_keys_each_token_by_the_one_before_it():
             cos = (q[:-1] * k[1:]).sum(-1)  # query at t-1 against key at t
             if copy_conv:
                 assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+                one_token = (q[7] * k[3]).sum(-1)  # the query at the second 99 against the key after the first
+                assert (one_token > 0.9999).all() if copy_conv == 1 else (one_token < 0.99).all()
                 assert torch.allclose(v, l2norm(F.silu(gdn.in_proj_qkv(h)).split(gdn.split, -1)[2]
                                                 .view(len(ids), gdn.hv, -1)), atol=1e-5)
             else:
                 assert cos.abs().mean() < 0.5
+
+
+def test_copy_conv_other_than_one_or_two_tokens_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="copy_conv"):
+        train(recipe("smoke").replace(copy_conv=3), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

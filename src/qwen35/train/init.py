@@ -12,10 +12,10 @@ from ..model.qwen35 import Qwen35ForCausalLM
 
 
 def build_model(config: TextConfig, seed: int, gdn_gate: float | None = None,
-                copy_conv: bool = False) -> Qwen35ForCausalLM:
+                copy_conv: int = 0) -> Qwen35ForCausalLM:
     """An fp32 model of this shape (a recipe's `text_config`), initialised as `qwen35 init` draws weights,
     trainable; with `gdn_gate`, Gated DeltaNet's output gate then starts open at that level (`open_gate`); with
-    `copy_conv`, its conv starts as a copy path (`copy_conv`)."""
+    `copy_conv` 1 or 2, its conv starts as a copy path keyed by that many tokens (`copy_conv_init`)."""
     model = Qwen35ForCausalLM(config, mtp=True)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -24,7 +24,7 @@ def build_model(config: TextConfig, seed: int, gdn_gate: float | None = None,
         if gdn_gate is not None:
             open_gate(model, gdn_gate, gen)
         if copy_conv:
-            copy_conv_init(model)
+            copy_conv_init(model, copy_conv)
     return model.train()
 
 
@@ -48,8 +48,12 @@ def open_gate(model: Qwen35ForCausalLM, level: float, gen: torch.Generator) -> N
             m.in_proj_z.weight += (level / along) * u
 
 
-def copy_conv_init(model: Qwen35ForCausalLM) -> None:
-    """Start every Gated DeltaNet as an associative memory of "which token followed this one".
+SECOND_TAP = 0.5  # with keys of two tokens: the weight of the one further back
+
+
+def copy_conv_init(model: Qwen35ForCausalLM, tokens: int = 1) -> None:
+    """Start every Gated DeltaNet as an associative memory of "which token followed this one" (`tokens` 1) or
+    "which token followed these two" (`tokens` 2).
 
     Its causal conv (kernel 4) starts as a pure shift: the key channels take the previous token's projection
     (tap K-2 = 1), the query and value channels the current one's (tap K-1 = 1), the other taps 0; and the key
@@ -60,7 +64,11 @@ def copy_conv_init(model: Qwen35ForCausalLM) -> None:
     drawn conv: loss at guessing for 450 steps on one CPU, 1,000 and more on two others). Training moves all of
     it from there. Not in the demo recipe: its drills' loss fell under 0.1 by step ~400 on every seed tried, but
     the model kept leaning on a memory keyed by one token, which loses its place where tokens repeat (digits,
-    a path's "/tmp_"): it copied long strings worse and scored below the shipped demo (docs/LOG.md, 2026-12-08)."""
+    a path's "/tmp_"): it copied long strings worse and scored below the shipped demo (docs/LOG.md, 2026-12-08).
+    With `tokens` 2 the query also takes the previous token (tap K-2 = `SECOND_TAP`) and the key the one before
+    that (tap K-3): a key then matches where the last two tokens do, which one token of ten digits cannot."""
+    if tokens not in (1, 2):
+        raise ValueError(f"copy_conv keys a token by 1 or 2 tokens before it, got {tokens}")
     for m in model.modules():
         if isinstance(m, GatedDeltaNet):
             kd = m.split[0]
@@ -69,5 +77,8 @@ def copy_conv_init(model: Qwen35ForCausalLM) -> None:
             w[:, 0, -1] = 1.0
             w[kd:2 * kd, 0, -1] = 0.0
             w[kd:2 * kd, 0, -2] = 1.0
+            if tokens == 2:
+                w[:kd, 0, -2] = SECOND_TAP
+                w[kd:2 * kd, 0, -3] = SECOND_TAP
             qkv = m.in_proj_qkv.weight
             qkv[kd:2 * kd] = qkv[:kd]

@@ -202,6 +202,8 @@ def train(recipe: Recipe, out_dir: str | Path, log=print, progress=sys.stderr, s
                           f">= 1, got copy_steps={recipe.copy_steps}, copy_length={recipe.copy_length}")
     if recipe.chat_drill_tokens < 0:
         raise ConfigError(f"recipe {recipe.name!r}: chat_drill_tokens must be >= 0, got {recipe.chat_drill_tokens}")
+    if recipe.copy_conv not in (0, 1, 2):
+        raise ConfigError(f"recipe {recipe.name!r}: copy_conv keys by 1 or 2 tokens (0: off), got {recipe.copy_conv}")
     if recipe.polish is not None and (recipe.polish.steps < 1 or recipe.polish.samples < 1):
         raise ConfigError(f"recipe {recipe.name!r}: a polish needs steps >= 1 and samples >= 1, got {recipe.polish}")
     out = Path(out_dir)

@@ -53,7 +53,7 @@ class Recipe:
     partial_rotary_factor: float = 0.25  # Qwen3.5's; at head dim 40 that leaves 10 rotating dims (docs/LOG.md)
     max_position_embeddings: int = 8192
     gdn_gate: float | None = None  # Gated DeltaNet's output gate z at initialisation (init.open_gate)
-    copy_conv: bool = False  # Gated DeltaNet starts as a memory of which token followed which (init.copy_conv_init)
+    copy_conv: int = 0  # 1 or 2: Gated DeltaNet starts as a memory of what followed 1 or 2 tokens (init.copy_conv_init)
     # induction drills (induction.py) before the chat data: the first `copy_steps` of `steps`
     copy_steps: int = 0
     copy_length: int = 30  # random ids per drill, shown once and repeated
