@@ -12,9 +12,10 @@ Variants: `recipe` (the recipe's shape), `all-attention` (every layer gated atte
 `partial_rotary_factor`), `theta=T` (RoPE's base), `lr=X` (the peak learning rate), `gdn_gate=Z` or
 `gdn_gate=none` (Gated DeltaNet's output gate at initialisation, `train.init.open_gate`), `copy_conv=0|1|2`
 (Gated DeltaNet's conv started as a copy path keyed by 1 or 2 tokens, `train.init.copy_conv_init`). Prints
-the CPU model, the loss every 50 steps per variant, and as its last line one JSON object of the final losses. One seed a run
-(`--seed`); the step at which copying starts moved by 100-200 steps between two seeds (docs/LOG.md 2026-12-04
-late), so compare variants that differ by more, or over seeds.
+the CPU model, the loss every 50 steps per variant, and as its last line one JSON object of the final losses.
+One seed a run (`--seed`); the step at which copying starts moved by 100-200 steps between two seeds
+(docs/LOG.md 2026-12-04 late), so compare variants that differ by more, or over seeds. `--ids 10` (digits)
+tells a memory that finds its place where tokens repeat from one that does not (docs/LOG.md, 2026-12-08).
 """
 
 from __future__ import annotations
