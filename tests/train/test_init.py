@@ -35,7 +35,6 @@ def test_open_gate_starts_gated_deltanet_passing_what_it_reads():
     assert (logits(opened) - logits(plain)).abs().max() < 1e-4
 
 
-
 def test_copy_conv_keys_each_token_by_the_tokens_before_it():
     """With `copy_conv`, every Gated DeltaNet's key at position t is its query at t-1 (l2-normalised: cosine 1 for
     the same tokens), so the delta rule stores each token under the token (or two) before it, and a query at a
